@@ -1,0 +1,3 @@
+from gpdpr.cli import app
+
+app()

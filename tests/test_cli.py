@@ -1,0 +1,155 @@
+"""The gpdpr command as a person uses it: real subprocesses, real exit codes, real files."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+GPDPR = [sys.executable, "-m", "gpdpr"]
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*GPDPR, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--practices", "0"], "--practices must be at least 1"),
+        (["--patients", "-5"], "--patients must be at least 1"),
+        (["--practices", "50", "--patients", "100"], "too few for 50 practices"),
+        (["--patients", "1100000"], "999 test range"),
+        (["--format", "xml"], "--format must be one of fhir, columnar"),
+        (["--mess-rate", "2"], "--mess-rate must be between 0 and 0.5"),
+        (["--as-of", "31/10/2026"], "--as-of must be a date"),
+        (["--seed", "-1"], "--seed must be zero or positive"),
+    ],
+)
+def test_impossible_arguments_give_one_line_exit_2_and_write_nothing(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = run("synth", "--out", str(tmp_path / "out"), *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert leftovers(tmp_path) == []
+
+
+def test_an_unwritable_or_impossible_folder_is_refused_cleanly(tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    for out in [a_file / "out", Path("/proc/gpdpr-cannot-write-here")]:
+        result = run("synth", "--out", str(out), "--practices", "1", "--patients", "100")
+        assert result.returncode == 2
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert f"cannot write to {out}" in result.stderr
+    assert leftovers(tmp_path) == ["a-file"]
+
+
+def test_an_existing_folder_with_content_is_never_overwritten(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    result = run("synth", "--out", str(out), "--practices", "1", "--patients", "100")
+    assert result.returncode == 2 and "already exists" in result.stderr
+    assert leftovers(out) == ["precious.txt"]
+
+
+def test_synth_writes_one_folder_per_practice_and_reports(tmp_path: Path) -> None:
+    out = tmp_path / "nation"
+    result = run(
+        "synth",
+        "--out",
+        str(out),
+        "--practices",
+        "3",
+        "--patients",
+        "900",
+        "--seed",
+        "4",
+        "--format",
+        "fhir",
+    )
+    assert result.returncode == 0, result.stderr
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert folders == ["Z10001", "Z10002", "Z10003"]
+    assert all(
+        (out / f / "Patient.ndjson").exists() and (out / f / "export.json").exists()
+        for f in folders
+    )
+    summary = json.loads((out / "synth-summary.json").read_text())
+    assert summary["patients"] == 900
+    assert "900 patient records" in result.stdout
+    assert "Recorded prevalence" in result.stdout and "hypertension" in result.stdout
+
+
+def test_a_stopped_run_leaves_nothing_behind(tmp_path: Path) -> None:
+    out = tmp_path / "nation"
+    proc = subprocess.Popen(
+        [
+            *GPDPR,
+            "synth",
+            "--out",
+            str(out),
+            "--practices",
+            "200",
+            "--patients",
+            "300000",
+            "--format",
+            "fhir",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    staged = None
+    while time.monotonic() < deadline and staged is None:
+        staged = next(
+            (
+                p
+                for p in tmp_path.iterdir()
+                if p.name.startswith(".nation.partial") and any(p.iterdir())
+            ),
+            None,
+        )
+        time.sleep(0.1)
+    assert staged is not None, "the run never started writing"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    assert proc.returncode != 0
+    assert leftovers(tmp_path) == []
+
+
+def test_demo_runs_and_can_run_again(tmp_path: Path) -> None:
+    for _ in range(2):
+        result = run("demo", "--home", str(tmp_path / "home"))
+        assert result.returncode == 0, result.stderr
+        assert "60,000 patient records" in result.stdout
+    practices = tmp_path / "home" / "practices"
+    assert len([p for p in practices.iterdir() if p.is_dir()]) == 20
+
+
+def test_demo_will_not_delete_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    mine = tmp_path / "home" / "practices"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    result = run("demo", "--home", str(tmp_path / "home"))
+    assert result.returncode == 2 and "was not made by the demo" in result.stderr
+    assert (mine / "notes.txt").read_text() == "mine"
+
+
+def test_help_lists_the_commands() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    assert "synth" in result.stdout and "demo" in result.stdout
