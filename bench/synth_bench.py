@@ -71,7 +71,7 @@ def main() -> None:
         [(r.split(":")[0], int(r.split(":")[1])) for r in args.only] if args.only else DEFAULT_RUNS
     )
 
-    console = Console()
+    console = Console(width=150)
     table = Table(title=f"gpdpr synth on {os.cpu_count()} cores", header_style="bold")
     for column in [
         "format",

@@ -37,6 +37,7 @@ from gpdpr.terminology import (
 )
 
 Resource = dict[str, Any]
+SLICE_ROWS = 20_000  # rows turned into Python objects at a time
 XHTML = "http://www.w3.org/1999/xhtml"
 HL7 = "http://terminology.hl7.org/CodeSystem"
 VACCINATION_PROCEDURE_EXT = (
@@ -151,7 +152,9 @@ class FhirWriter:
     def _unparseable(self, iso: str) -> str:
         """A date as a careless interface writes it: day-first, or a day the month lacks."""
         year, month, day = iso[:4], iso[5:7], iso[8:10]
-        return f"{day}/{month}/{year}" if self.rng.random() < 0.5 else f"{year}-{month}-3{day[1]}"
+        if self.rng.random() < 0.5:
+            return f"{day}/{month}/{year}"
+        return f"{year}-{month}-{32 + int(day[1]) % 8}"  # no month has a 32nd to 39th
 
     def _ref(self, kind: str, local_id: int | None) -> dict[str, str] | None:
         if local_id is None:
@@ -171,18 +174,20 @@ class FhirWriter:
         """Build each row's resource and write it, applying FHIR-only faults. (A record with no
         subject needs nothing here: its patient id is already null, so the reference is left
         out.)"""
-        by_type: dict[str, list[bytes]] = {}
-        for row in _rows(table):
-            fault = row.get(FAULT_COLUMN, 0)
-            resource_type, resource = build(row)
-            if fault == UNPARSEABLE_DATE:
-                for f in date_fields:
-                    if f in resource:
-                        resource[f] = self._unparseable(resource[f])
-                        break
-            by_type.setdefault(resource_type, []).append(self._dump(resource, fault))
-        for resource_type, lines in by_type.items():
-            self._emit(resource_type, lines)
+        # In slices, so that only a slice's Python objects are alive at once.
+        for first in range(0, table.num_rows, SLICE_ROWS):
+            by_type: dict[str, list[bytes]] = {}
+            for row in _rows(table.slice(first, SLICE_ROWS)):
+                fault = row.get(FAULT_COLUMN, 0)
+                resource_type, resource = build(row)
+                if fault == UNPARSEABLE_DATE:
+                    for f in date_fields:
+                        if f in resource:
+                            resource[f] = self._unparseable(resource[f])
+                            break
+                by_type.setdefault(resource_type, []).append(self._dump(resource, fault))
+            for resource_type, lines in by_type.items():
+                self._emit(resource_type, lines)
 
     def close(self) -> None:
         for resource_type in RESOURCE_TYPES:

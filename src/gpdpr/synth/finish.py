@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from gpdpr.identifiers import format_nhs_number
 from gpdpr.supplier import schema
@@ -33,6 +34,7 @@ from gpdpr.synth.records import (
     UNKNOWN_CODE,
     Block,
     Generator,
+    Rows,
     Vocabulary,
     vocabularies,
 )
@@ -54,6 +56,22 @@ _PHRASES = [
     "Declined examination today.",
     "Symptoms improving since last visit.",
 ]
+
+
+ALL_FAULTS = BOTH_FORMAT_FAULTS + FHIR_ONLY_FAULTS
+
+
+@dataclass
+class Started:
+    """A record table's drawn columns after ids and faults: `days` is the main date, faults
+    applied; `patients` the local patient ids with nulls where the reference was dropped."""
+
+    cols: dict[str, npt.NDArray[Any]]
+    n: int
+    fault: npt.NDArray[np.int8]
+    ids: IntArray
+    patients: pa.Array
+    days: npt.NDArray[Any]
 
 
 @dataclass
@@ -81,8 +99,6 @@ def _to_timestamps(seconds: npt.NDArray[Any]) -> pa.Array:
 def _strings(values: npt.NDArray[Any], empty_is_null: bool = False) -> pa.Array:
     array = pa.array(values, type=pa.string())
     if empty_is_null:
-        import pyarrow.compute as pc
-
         array = pc.if_else(pc.equal(array, ""), pa.scalar(None, pa.string()), array)
     return array
 
@@ -104,6 +120,14 @@ def _choose(
 def _code_arrays() -> tuple[pa.Array, pa.Array]:
     snomed, dmd = vocabularies()
     return pa.array(snomed.codes, type=pa.string()), pa.array(dmd.codes, type=pa.string())
+
+
+def _snomed_text(codes: npt.NDArray[Any]) -> pa.Array:
+    return _code_arrays()[0].take(pa.array(codes))
+
+
+def _dmd_text(codes: npt.NDArray[Any]) -> pa.Array:
+    return _code_arrays()[1].take(pa.array(codes))
 
 
 @cache
@@ -202,43 +226,45 @@ class Finisher:
             out[idx] = " ".join(parts)
         return pa.array(out, type=pa.string())
 
-    def faults(
-        self, n: int, kinds: list[int]
-    ) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.bool_]]:
+    def start(
+        self,
+        table: str,
+        rows: Rows,
+        codes: list[tuple[str, Vocabulary]],
+        kinds: list[int] = ALL_FAULTS,
+    ) -> Started:
+        """The common first steps for a record table: its drawn rows (sorted), record ids, and the
+        faults planted at the mess rate, applied to the canonical columns: unknown codes (the
+        named code columns, changed in place), duplicate ids, missing patient references and
+        implausible dates (in `day`, the main date)."""
+        cols = rows.build()
+        n = len(cols["row"])
         fault = np.zeros(n, dtype=np.int8)
         hit = np.flatnonzero(self.rng.random(n) < self.gen.mess_rate)
         fault[hit] = self.rng.choice(kinds, size=len(hit))
-        return fault, fault != 0
 
-    def apply_faults(
-        self,
-        fault: npt.NDArray[np.int8],
-        ids: IntArray,
-        patient_id: IntArray,
-        codes: list[tuple[IntArray, Vocabulary]],
-        days: IntArray,
-    ) -> tuple[IntArray, pa.Array, IntArray]:
-        """Damage the canonical columns where a fault was planted; returns (ids, patient ids with
-        nulls, days). Codes are changed in place."""
-        for code, vocabulary in codes:
+        for column, vocabulary in codes:
             bad = fault == UNKNOWN_CODE
-            code[bad] = vocabulary.unknown[
+            cols[column][bad] = vocabulary.unknown[
                 self.rng.integers(len(vocabulary.unknown), size=int(bad.sum()))
             ]
+        ids = self.ids.take(table, n)
         dup = np.flatnonzero(fault == DUPLICATE_ID)
         keep = np.flatnonzero(fault != DUPLICATE_ID)  # a copied id must be one that stays put
         if len(dup) and len(keep):
-            ids = ids.copy()
             ids[dup] = ids[keep[self.rng.integers(len(keep), size=len(dup))]]
         else:
             fault[dup] = 0  # nothing to duplicate: no fault after all
-        bad_date = fault == IMPLAUSIBLE_DATE
-        future = self.as_of + self.rng.integers(30, 3000, size=len(days))
+        day_key = next(k for k in ("day", "effective", "onset") if k in cols)
+        future = self.as_of + self.rng.integers(30, 3000, size=n)
+        placeholder = self.rng.random(n) < 0.5
         days = np.where(
-            bad_date, np.where(self.rng.random(len(days)) < 0.5, PLACEHOLDER_DATE, future), days
+            fault == IMPLAUSIBLE_DATE,
+            np.where(placeholder, PLACEHOLDER_DATE, future),
+            cols[day_key],
         )
-        patients = pa.array(patient_id, mask=fault == NO_SUBJECT)
-        return ids, patients, days
+        patients = pa.array(self.b.patient_id[cols["row"]], mask=fault == NO_SUBJECT)
+        return Started(cols, n, fault, ids, patients, days)
 
     # ---- tables -----------------------------------------------------------------------------
 
@@ -307,183 +333,129 @@ class Finisher:
         return {"patients": patients, "registrations": registrations}
 
     def clinical_events(self) -> pa.Table:
-        cols = self.gen.events.build()
-        n = len(cols["row"])
-        snomed_codes, _ = _code_arrays()
         snomed, _ = vocabularies()
-        fault, _ = self.faults(n, BOTH_FORMAT_FAULTS + FHIR_ONLY_FAULTS)
-        ids, patients, days = self.apply_faults(
-            fault,
-            self.ids.take("clinical_events", n),
-            self.b.patient_id[cols["row"]],
-            [(cols["code"], snomed)],
-            cols["effective"],
-        )
-        recorded_at = self.time_of_day(cols["recorded"])
-        status, last_modified = self.statuses(recorded_at)
         events = self.gen.events
+        t = self.start("clinical_events", events, [("code", snomed)])
+        recorded_at = self.time_of_day(t.cols["recorded"])
+        status, last_modified = self.statuses(recorded_at)
         labels = list(events.labels["category"])
         noteworthy = np.isin(
-            cols["category"],
+            t.cols["category"],
             [labels.index(c) for c in ("condition", "symptom", "procedure") if c in labels],
         )
-        has_value = ~np.isnan(cols["value"])
         return pa.table(
             {
-                "event_id": ids,
-                "patient_id": patients,
-                "staff_id": self.staff(cols["role"], list(events.labels["role"])),
-                "category": events.strings("category", cols["category"]),
-                "code": snomed_codes.take(pa.array(cols["code"])),
-                "effective_date": _to_dates(days),
+                "event_id": t.ids,
+                "patient_id": t.patients,
+                "staff_id": self.staff(t.cols["role"], list(events.labels["role"])),
+                "category": events.strings("category", t.cols["category"]),
+                "code": _snomed_text(t.cols["code"]),
+                "effective_date": _to_dates(t.days),
                 "recorded_at": _to_timestamps(recorded_at),
-                "value": pa.array(cols["value"], mask=~has_value),
-                "unit": events.strings("unit", cols["unit"]),
-                "free_text": self.notes(cols["row"], noteworthy),
+                "value": pa.array(t.cols["value"], mask=np.isnan(t.cols["value"])),
+                "unit": events.strings("unit", t.cols["unit"]),
+                "free_text": self.notes(t.cols["row"], noteworthy),
                 "status": status,
                 "last_modified": _to_timestamps(last_modified),
-                FAULT_COLUMN: fault,
+                FAULT_COLUMN: t.fault,
             }
         )
 
     def medications(self) -> pa.Table:
-        cols = self.gen.medications.build()
-        n = len(cols["row"])
-        _, dmd_codes = _code_arrays()
         _, dmd = vocabularies()
-        fault, _ = self.faults(n, BOTH_FORMAT_FAULTS + FHIR_ONLY_FAULTS)
-        ids, patients, days = self.apply_faults(
-            fault,
-            self.ids.take("medications", n),
-            self.b.patient_id[cols["row"]],
-            [(cols["code"], dmd)],
-            cols["day"],
-        )
-        issued_at = self.time_of_day(cols["day"])
-        status, last_modified = self.statuses(issued_at, active="issued")
         meds = self.gen.medications
-        issued_here = cols["source"] == list(meds.labels["source"]).index("issued")
+        t = self.start("medications", meds, [("code", dmd)])
+        status, last_modified = self.statuses(self.time_of_day(t.cols["day"]), active="issued")
+        issued_here = t.cols["source"] == list(meds.labels["source"]).index("issued")
         return pa.table(
             {
-                "issue_id": ids,
-                "patient_id": patients,
-                "staff_id": self.staff(cols["role"], list(meds.labels["role"])),
-                "code": dmd_codes.take(pa.array(cols["code"])),
-                "issue_date": _to_dates(days),
-                "quantity": cols["quantity"],
-                "quantity_unit": _labels(dose_units(), cols["code"]),
-                "dosage": meds.strings("dosage", cols["dosage"]),
-                "course": meds.strings("course", cols["course"]),
-                "source": meds.strings("source", cols["source"]),
-                "free_text": self.notes(cols["row"], issued_here),
+                "issue_id": t.ids,
+                "patient_id": t.patients,
+                "staff_id": self.staff(t.cols["role"], list(meds.labels["role"])),
+                "code": _dmd_text(t.cols["code"]),
+                "issue_date": _to_dates(t.days),
+                "quantity": t.cols["quantity"],
+                "quantity_unit": _labels(dose_units(), t.cols["code"]),
+                "dosage": meds.strings("dosage", t.cols["dosage"]),
+                "course": meds.strings("course", t.cols["course"]),
+                "source": meds.strings("source", t.cols["source"]),
+                "free_text": self.notes(t.cols["row"], issued_here),
                 "status": status,
                 "last_modified": _to_timestamps(last_modified),
-                FAULT_COLUMN: fault,
+                FAULT_COLUMN: t.fault,
             }
         )
 
     def immunisations(self) -> pa.Table:
-        cols = self.gen.immunisations.build()
-        n = len(cols["row"])
-        snomed_codes, dmd_codes = _code_arrays()
         snomed, dmd = vocabularies()
-        fault, _ = self.faults(n, BOTH_FORMAT_FAULTS + FHIR_ONLY_FAULTS)
-        ids, patients, days = self.apply_faults(
-            fault,
-            self.ids.take("immunisations", n),
-            self.b.patient_id[cols["row"]],
-            [(cols["procedure"], snomed), (cols["vaccine"], dmd)],
-            cols["day"],
+        t = self.start(
+            "immunisations", self.gen.immunisations, [("procedure", snomed), ("vaccine", dmd)]
         )
-        given_at = self.time_of_day(cols["day"])
-        status, last_modified = self.statuses(given_at, active="completed")
+        status, last_modified = self.statuses(self.time_of_day(t.cols["day"]), active="completed")
         letters = np.array(list("ABCDEFGHJKLMNPRSTUVWXYZ"))
         batch = np.char.add(
             np.char.add(
-                letters[self.rng.integers(len(letters), size=n)],
-                letters[self.rng.integers(len(letters), size=n)],
+                letters[self.rng.integers(len(letters), size=t.n)],
+                letters[self.rng.integers(len(letters), size=t.n)],
             ),
-            np.char.zfill(self.rng.integers(0, 10000, size=n).astype(str), 4),
+            np.char.zfill(self.rng.integers(0, 10000, size=t.n).astype(str), 4),
         )
         return pa.table(
             {
-                "immunisation_id": ids,
-                "patient_id": patients,
-                "staff_id": self.staff(np.full(n, NURSE)),
-                "procedure_code": snomed_codes.take(pa.array(cols["procedure"])),
-                "vaccine_code": dmd_codes.take(pa.array(cols["vaccine"])),
-                "date": _to_dates(days),
+                "immunisation_id": t.ids,
+                "patient_id": t.patients,
+                "staff_id": self.staff(np.full(t.n, NURSE)),
+                "procedure_code": _snomed_text(t.cols["procedure"]),
+                "vaccine_code": _dmd_text(t.cols["vaccine"]),
+                "date": _to_dates(t.days),
                 "batch": _strings(batch),
                 "status": status,
                 "last_modified": _to_timestamps(last_modified),
-                FAULT_COLUMN: fault,
+                FAULT_COLUMN: t.fault,
             }
         )
 
     def allergies(self) -> pa.Table:
-        cols = self.gen.allergies.build()
-        n = len(cols["row"])
-        snomed_codes, _ = _code_arrays()
         snomed, _ = vocabularies()
-        fault, _ = self.faults(n, BOTH_FORMAT_FAULTS + FHIR_ONLY_FAULTS)
-        ids, patients, days = self.apply_faults(
-            fault,
-            self.ids.take("allergies", n),
-            self.b.patient_id[cols["row"]],
-            [(cols["code"], snomed)],
-            cols["onset"],
-        )
-        recorded_at = self.time_of_day(cols["recorded"])
+        t = self.start("allergies", self.gen.allergies, [("code", snomed)])
+        recorded_at = self.time_of_day(t.cols["recorded"])
         status, last_modified = self.statuses(recorded_at)
         reactions = [*self.gen.params.allergy_reactions, ""]
-        reaction = self.rng.integers(len(reactions), size=n)
         return pa.table(
             {
-                "allergy_id": ids,
-                "patient_id": patients,
-                "staff_id": self.staff(np.full(n, GP)),
-                "code": snomed_codes.take(pa.array(cols["code"])),
-                "onset_date": _to_dates(days),
+                "allergy_id": t.ids,
+                "patient_id": t.patients,
+                "staff_id": self.staff(np.full(t.n, GP)),
+                "code": _snomed_text(t.cols["code"]),
+                "onset_date": _to_dates(t.days),
                 "recorded_at": _to_timestamps(recorded_at),
-                "reaction": _labels(reactions, reaction),
+                "reaction": _labels(reactions, self.rng.integers(len(reactions), size=t.n)),
                 "status": status,
                 "last_modified": _to_timestamps(last_modified),
-                FAULT_COLUMN: fault,
+                FAULT_COLUMN: t.fault,
             }
         )
 
     def appointments(self) -> pa.Table:
-        cols = self.gen.appointments.build()
-        n = len(cols["row"])
         cfg = self.gen.params.appointments
-        fault, _ = self.faults(
-            n, [k for k in BOTH_FORMAT_FAULTS + FHIR_ONLY_FAULTS if k != UNKNOWN_CODE]
-        )
-        start = cols["seconds"]
-        days = start // SECONDS_PER_DAY
-        ids, patients, bad_days = self.apply_faults(
-            fault, self.ids.take("appointments", n), self.b.patient_id[cols["row"]], [], days
-        )
-        start = start + (bad_days - days) * SECONDS_PER_DAY
-        future = days > self.as_of
-        modes, mode = _choose(self.rng, cfg["modes"], n)
-        statuses, status = _choose(self.rng, cfg["statuses"], n)
+        kinds = [k for k in ALL_FAULTS if k != UNKNOWN_CODE]  # appointments carry no code
+        t = self.start("appointments", self.gen.appointments, [], kinds)
+        start = t.days.astype(np.int64) * SECONDS_PER_DAY + 8 * 3600 + t.cols["slot"] * 600
+        future = t.cols["day"] > self.as_of  # already booked, for after the extract
+        modes, mode = _choose(self.rng, cfg["modes"], t.n)
+        statuses, status = _choose(self.rng, cfg["statuses"], t.n)
         statuses.append("booked")
         status = np.where(future, len(statuses) - 1, status)
         lo, hi = cfg["booked_ahead_days"]
-        booked = (
-            start
-            - self.rng.integers(lo, hi + 1, size=n) * SECONDS_PER_DAY
-            - self.rng.integers(600, 20_000, size=n)
-        )
-        duration = np.array(cfg["durations"], dtype=np.int32)[
-            self.rng.integers(len(cfg["durations"]), size=n)
-        ]
-        roles = self.rng.choice(3, size=n, p=[0.6, 0.3, 0.1])
+        ahead = self.rng.integers(lo, hi + 1, size=t.n) * SECONDS_PER_DAY
+        booked = start - ahead - self.rng.integers(600, 20_000, size=t.n)
+        durations = np.array(cfg["durations"], dtype=np.int32)
+        duration = durations[self.rng.integers(len(durations), size=t.n)]
+        roles = self.rng.choice(3, size=t.n, p=[0.6, 0.3, 0.1])
         return pa.table(
             {
-                "appointment_id": ids,
-                "patient_id": patients,
+                "appointment_id": t.ids,
+                "patient_id": t.patients,
                 "staff_id": self.staff(roles, [GP, NURSE, HCA]),
                 "start": _to_timestamps(start),
                 "duration_minutes": duration,
@@ -491,39 +463,27 @@ class Finisher:
                 "status": _labels(statuses, status),
                 "booked_at": _to_timestamps(booked),
                 "last_modified": _to_timestamps(np.where(future, booked, start + duration * 60)),
-                FAULT_COLUMN: fault,
+                FAULT_COLUMN: t.fault,
             }
         )
 
     def referrals(self) -> pa.Table:
-        cols = self.gen.referrals.build()
-        n = len(cols["row"])
-        snomed_codes, _ = _code_arrays()
         snomed, _ = vocabularies()
-        cfg = self.gen.params.referrals
-        fault, _ = self.faults(n, BOTH_FORMAT_FAULTS + FHIR_ONLY_FAULTS)
-        ids, patients, days = self.apply_faults(
-            fault,
-            self.ids.take("referrals", n),
-            self.b.patient_id[cols["row"]],
-            [(cols["code"], snomed)],
-            cols["day"],
-        )
-        sent_at = self.time_of_day(cols["day"])
-        status, last_modified = self.statuses(sent_at)
-        priorities, priority = _choose(self.rng, cfg["priorities"], n)
+        t = self.start("referrals", self.gen.referrals, [("code", snomed)])
+        status, last_modified = self.statuses(self.time_of_day(t.cols["day"]))
+        priorities, priority = _choose(self.rng, self.gen.params.referrals["priorities"], t.n)
         return pa.table(
             {
-                "referral_id": ids,
-                "patient_id": patients,
-                "staff_id": self.staff(np.full(n, GP)),
-                "code": snomed_codes.take(pa.array(cols["code"])),
-                "referral_date": _to_dates(days),
+                "referral_id": t.ids,
+                "patient_id": t.patients,
+                "staff_id": self.staff(np.full(t.n, GP)),
+                "code": _snomed_text(t.cols["code"]),
+                "referral_date": _to_dates(t.days),
                 "priority": _labels(priorities, priority),
-                "free_text": self.notes(cols["row"], np.ones(n, dtype=bool)),
+                "free_text": self.notes(t.cols["row"], np.ones(t.n, dtype=bool)),
                 "status": status,
                 "last_modified": _to_timestamps(last_modified),
-                FAULT_COLUMN: fault,
+                FAULT_COLUMN: t.fault,
             }
         )
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
 
 from gpdpr.synth.nation import (
     NO_DATE,
@@ -174,10 +175,10 @@ class Rows:
         vocabulary = np.array(list(self.labels[name]))
         return vocabulary[codes]
 
-    def strings(self, name: str, codes: npt.NDArray[np.int16], empty_is_null: bool = True) -> Any:
+    def strings(
+        self, name: str, codes: npt.NDArray[np.int16], empty_is_null: bool = True
+    ) -> pa.Array:
         """A text column as an Arrow string array ('' becomes null unless told otherwise)."""
-        import pyarrow as pa
-
         vocabulary = list(self.labels[name])
         values = pa.array(
             [None if (v == "" and empty_is_null) else v for v in vocabulary], type=pa.string()
@@ -296,7 +297,7 @@ class Generator:
         )
         self.immunisations = Rows({"row": -1, "procedure": -1, "vaccine": -1, "day": 0}, "day")
         self.allergies = Rows({"row": -1, "code": -1, "onset": 0, "recorded": 0}, "onset")
-        self.appointments = Rows({"row": -1, "seconds": 0}, "seconds")
+        self.appointments = Rows({"row": -1, "day": 0, "slot": 0}, "day")
         self.referrals = Rows({"row": -1, "code": -1, "day": 0}, "day")
 
     # ---- history: travels with the record ------------------------------------------------------
@@ -657,9 +658,7 @@ class Generator:
         rows = np.concatenate([rows, future_rows])
         days = np.concatenate([days, future_days])
         slot = self.rng.integers(0, 60, len(rows))  # ten-minute slots from 08:00
-        self.appointments.add(
-            row=rows, seconds=days.astype(np.int64) * SECONDS_PER_DAY + 8 * 3600 + slot * 600
-        )
+        self.appointments.add(row=rows, day=days, slot=slot)
 
         rcfg = params.referrals
         rows, days = _poisson_days(self.rng, b.first, b.last_day, rcfg["rate_per_year"])

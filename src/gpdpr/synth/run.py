@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date
@@ -74,26 +74,21 @@ class SynthSummary:
         return sum(p.patients for p in self.practices)
 
     def total_rows(self) -> dict[str, int]:
-        totals: dict[str, int] = {}
-        for p in self.practices:
-            for table, n in p.rows.items():
-                totals[table] = totals.get(table, 0) + n
-        return totals
+        return _add_up(p.rows for p in self.practices)
 
     def total_faults(self) -> dict[str, int]:
-        totals: dict[str, int] = {}
-        for p in self.practices:
-            for per_kind in p.faults.values():
-                for kind, n in per_kind.items():
-                    totals[kind] = totals.get(kind, 0) + n
-        return totals
+        return _add_up(per_table for p in self.practices for per_table in p.faults.values())
 
     def total_resources(self) -> dict[str, int]:
-        totals: dict[str, int] = {}
-        for p in self.practices:
-            for kind, n in p.resources.items():
-                totals[kind] = totals.get(kind, 0) + n
-        return totals
+        return _add_up(p.resources for p in self.practices)
+
+
+def _add_up(counts: Iterable[dict[str, int]]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for count in counts:
+        for key, n in count.items():
+            totals[key] = totals.get(key, 0) + n
+    return totals
 
 
 def validate(request: SynthRequest) -> None:
