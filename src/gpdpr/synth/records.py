@@ -1,11 +1,9 @@
 """A practice's records, drawn for a block of its registrations.
 
-Input: the nation (person-level facts) and the registrations in one block. Output: the supplier
-extract tables for that block as Arrow tables (see gpdpr.supplier.schema), plus a hidden `_fault`
-column marking the data-quality faults that were planted, which the writers use and then drop.
-
-Everything is vectorised over the block: records are produced as arrays of (registration, code,
-date, ...) and only turned into strings at the end, by taking from small vocabularies.
+Input: the nation (person-level facts) and the registrations in one block. Output: a Generator
+holding, per record table, arrays of (registration, code, date, value, ...) drawn vectorised over
+the block; finish.py turns them into supplier tables (ids, staff, times, notes, faults). Text is
+kept as small integer codes until then, so nothing here moves strings around.
 
 Two rules decide which practice holds a person-level fact:
 - *history* (long-term diagnoses, allergies, opt-out codes, gender reassignment) travels with the
@@ -169,11 +167,6 @@ class Rows:
         cols = {name: np.concatenate([p[name] for p in self.parts]) for name in self.defaults}
         order = np.lexsort((cols[self.order_by], cols["row"]))
         return {name: col[order] for name, col in cols.items()}
-
-    def text(self, name: str, codes: npt.NDArray[np.int16]) -> npt.NDArray[np.str_]:
-        """Decode a text column (used where the finishing step must compare values)."""
-        vocabulary = np.array(list(self.labels[name]))
-        return vocabulary[codes]
 
     def strings(
         self, name: str, codes: npt.NDArray[np.int16], empty_is_null: bool = True
