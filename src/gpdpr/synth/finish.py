@@ -67,11 +67,14 @@ class Started:
     applied; `patients` the local patient ids with nulls where the reference was dropped."""
 
     cols: dict[str, npt.NDArray[Any]]
-    n: int
     fault: npt.NDArray[np.int8]
     ids: IntArray
     patients: pa.Array
     days: npt.NDArray[Any]
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
 
 
 @dataclass
@@ -236,7 +239,7 @@ class Finisher:
         """The common first steps for a record table: its drawn rows (sorted), record ids, and the
         faults planted at the mess rate, applied to the canonical columns: unknown codes (the
         named code columns, changed in place), duplicate ids, missing patient references and
-        implausible dates (in `day`, the main date)."""
+        implausible dates (in the table's main date, the column its rows are ordered by)."""
         cols = rows.build()
         n = len(cols["row"])
         fault = np.zeros(n, dtype=np.int8)
@@ -255,16 +258,15 @@ class Finisher:
             ids[dup] = ids[keep[self.rng.integers(len(keep), size=len(dup))]]
         else:
             fault[dup] = 0  # nothing to duplicate: no fault after all
-        day_key = next(k for k in ("day", "effective", "onset") if k in cols)
         future = self.as_of + self.rng.integers(30, 3000, size=n)
         placeholder = self.rng.random(n) < 0.5
         days = np.where(
             fault == IMPLAUSIBLE_DATE,
             np.where(placeholder, PLACEHOLDER_DATE, future),
-            cols[day_key],
+            cols[rows.order_by],
         )
         patients = pa.array(self.b.patient_id[cols["row"]], mask=fault == NO_SUBJECT)
-        return Started(cols, n, fault, ids, patients, days)
+        return Started(cols, fault, ids, patients, days)
 
     # ---- tables -----------------------------------------------------------------------------
 
