@@ -127,5 +127,124 @@ def demo(
     )
 
 
+practice_app = typer.Typer(
+    help="The practice side: extract what the specification allows, pseudonymised and signed.",
+    no_args_is_help=True,
+)
+custodian_app = typer.Typer(
+    help="The key custodian: collection key and practice signing keys.", no_args_is_help=True
+)
+app.add_typer(practice_app, name="practice")
+app.add_typer(custodian_app, name="custodian")
+
+
+@custodian_app.command("init")
+def custodian_init(
+    keys: Annotated[Path, typer.Option(help="Key folder to create, apart from any data.")],
+) -> None:
+    """Create the collection key that every pseudonym is made with."""
+    from gpdpr.custodian.keys import init
+
+    try:
+        collection = init(keys)
+    except UserError as exc:
+        fail(str(exc))
+    console.print(f"collection key [bold]{collection.id}[/] created in {keys}")
+
+
+@custodian_app.command("issue-practice")
+def custodian_issue_practice(
+    ods: Annotated[str, typer.Argument(help="The practice's ODS code, e.g. Z10001.")],
+    keys: Annotated[Path, typer.Option(help="The custodian's key folder.")],
+) -> None:
+    """Issue a practice its key kit: the collection key and a new signing key."""
+    from gpdpr.custodian.keys import issue_practice
+
+    try:
+        kit = issue_practice(keys, ods)
+    except UserError as exc:
+        fail(str(exc))
+    console.print(f"key kit for [bold]{ods.upper()}[/] written to {kit}")
+
+
+def _run_extract(
+    practice: Path, out: Path, keys: Path, since: str | None, spec: Path | None, quiet: bool
+) -> dict[str, object]:
+    from gpdpr.practice.extract import ExtractRequest, extract, parse_watermark
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        request = ExtractRequest(
+            practice, out, keys, parse_watermark(since) if since else None, spec
+        )
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            TextColumn("{task.fields[rows]:,} rows read"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=quiet,
+        ) as progress:
+            task = progress.add_task(f"extracting {practice.name}", rows=0)
+
+            def advance(table: str, rows: int) -> None:
+                total = progress.tasks[task].fields["rows"] + rows
+                progress.update(
+                    task, description=f"extracting {practice.name}: {table}", rows=total
+                )
+
+            return extract(request, on_progress=advance)
+    except UserError as exc:
+        fail(str(exc))
+        raise  # unreachable: fail exits
+
+
+@practice_app.command("extract")
+def practice_extract(
+    practice: Annotated[
+        Path, typer.Argument(help="The practice's FHIR export or columnar extract.")
+    ],
+    out: Annotated[Path, typer.Option(help="Package folder to create (never overwritten).")],
+    keys: Annotated[
+        Path,
+        typer.Option(
+            envvar="GPDPR_PRACTICE_KEYS",
+            help="The practice's key kit, as issued by the custodian (kept apart from data).",
+        ),
+    ],
+    since: Annotated[
+        str | None,
+        typer.Option(help="Watermark: a time, or the previous package. Sends only what changed."),
+    ] = None,
+    spec: Annotated[
+        Path | None,
+        typer.Option(help="Another specification file (its version and hash go in the manifest)."),
+    ] = None,
+) -> None:
+    """Extract one practice into a signed, pseudonymised package."""
+    from gpdpr.practice import report
+
+    manifest = _run_extract(practice, out, keys, since, spec, quiet=False)
+    report.render(manifest, out, console)
+
+
+@practice_app.command("verify")
+def practice_verify(
+    package: Annotated[Path, typer.Argument(help="An extract package folder.")],
+    public_key: Annotated[Path, typer.Option(help="The practice's signing.pub.")],
+) -> None:
+    """Check a package's signature and every file's checksum."""
+    from gpdpr.practice.kit import read_public_key
+    from gpdpr.practice.package import verify
+
+    try:
+        manifest = verify(package, read_public_key(public_key))
+    except UserError as exc:
+        fail(str(exc))
+    console.print(
+        f"[green]verified[/]: package {manifest['package_id']} from "
+        f"{manifest['practice']['ods_code']}, {len(manifest['files'])} files intact"
+    )
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())

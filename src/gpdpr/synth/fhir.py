@@ -521,7 +521,7 @@ class FhirWriter:
             "start": a["start"],
             "end": a["end"],
             "minutesDuration": a["duration_minutes"],
-            "created": a["booked_at"][:10],
+            "created": a["booked_at"],
             "participant": participants,
         }
         return "Appointment", resource

@@ -451,6 +451,12 @@ class Finisher:
         lo, hi = cfg["booked_ahead_days"]
         ahead = self.rng.integers(lo, hi + 1, size=t.n) * SECONDS_PER_DAY
         booked = start - ahead - self.rng.integers(600, 20_000, size=t.n)
+        # Nothing can have been booked after the extract was taken: pull those bookings back
+        # into the days before it (deterministically, so the random streams are unchanged).
+        extract_end = (int(self.as_of) + 1) * SECONDS_PER_DAY - 1
+        booked = np.where(
+            booked > extract_end, extract_end - booked % (5 * SECONDS_PER_DAY), booked
+        )
         durations = np.array(cfg["durations"], dtype=np.int32)
         duration = durations[self.rng.integers(len(durations), size=t.n)]
         roles = self.rng.choice(3, size=t.n, p=[0.6, 0.3, 0.1])

@@ -1,0 +1,133 @@
+"""The key custodian's keys: the collection key behind every pseudonym, and each practice's
+signing key. Keys live in a key folder of their own, never beside data, and are written readable
+by their owner only.
+
+    KEYS/
+      custodian.json            what this folder is; the collection key's id
+      collection.key            the collection key (32 random bytes)
+      practices/Z10001/         a practice's kit (see gpdpr.practice.kit for its files)
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gpdpr.errors import UserError
+from gpdpr.practice.kit import (
+    COLLECTION_KEY,
+    KEY_BYTES,
+    PRACTICE_FILE,
+    SIGNING_KEY,
+    SIGNING_PUB,
+    CollectionKey,
+    key_id,
+    public_key_id,
+    read_collection_key,
+)
+
+CUSTODIAN_FILE = "custodian.json"
+ODS_PATTERN = re.compile(r"^[A-Z][A-Z0-9]{2,9}$")
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _write_secret(path: Path, data: bytes) -> None:
+    """Create a file only its owner can read; never overwrite one."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _collection_file(key: bytes, created: str) -> bytes:
+    document = {
+        "kind": "gpdpr collection key",
+        "id": key_id(key),
+        "created": created,
+        "key": base64.b64encode(key).decode(),
+    }
+    return orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def init(folder: Path) -> CollectionKey:
+    """Create a key folder with a new collection key. Refuses a folder that already has one:
+    replacing the collection key would silently change every pseudonym."""
+    if (folder / COLLECTION_KEY).exists():
+        raise UserError(
+            f"{folder} already holds a collection key; a new one would change every pseudonym. "
+            "Use another folder for a new scheme"
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "practices").mkdir(exist_ok=True)
+        os.chmod(folder, 0o700)
+        key = secrets.token_bytes(KEY_BYTES)
+        created = _now()
+        _write_secret(folder / COLLECTION_KEY, _collection_file(key, created))
+        (folder / CUSTODIAN_FILE).write_bytes(
+            orjson.dumps(
+                {"kind": "gpdpr key custodian", "created": created, "collection_key": key_id(key)},
+                option=orjson.OPT_INDENT_2,
+            )
+            + b"\n"
+        )
+    except OSError as exc:
+        raise UserError(f"cannot create the key folder {folder}: {exc.strerror or exc}") from None
+    return CollectionKey(key, key_id(key))
+
+
+def issue_practice(folder: Path, ods: str) -> Path:
+    """Make a practice's kit: a copy of the collection key and a new Ed25519 signing key."""
+    ods = ods.strip().upper()
+    if not ODS_PATTERN.match(ods):
+        raise UserError(f"{ods!r} is not an ODS code (a letter then 2 to 9 letters or digits)")
+    collection = read_collection_key(folder / COLLECTION_KEY)
+    kit = folder / "practices" / ods
+    if kit.exists():
+        raise UserError(
+            f"{kit} already exists: {ods} has been issued keys. Revoke them before issuing new ones"
+        )
+    signing = Ed25519PrivateKey.generate()
+    try:
+        kit.mkdir(parents=True)
+        os.chmod(kit, 0o700)
+        _write_secret(kit / COLLECTION_KEY, _collection_file(collection.key, _now()))
+        _write_secret(
+            kit / SIGNING_KEY,
+            signing.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+        (kit / SIGNING_PUB).write_bytes(
+            signing.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        (kit / PRACTICE_FILE).write_bytes(
+            orjson.dumps(
+                {
+                    "kind": "gpdpr practice key kit",
+                    "ods_code": ods,
+                    "issued": _now(),
+                    "collection_key": collection.id,
+                    "signing_key": public_key_id(signing.public_key()),
+                },
+                option=orjson.OPT_INDENT_2,
+            )
+            + b"\n"
+        )
+    except OSError as exc:
+        raise UserError(f"cannot write the practice kit {kit}: {exc.strerror or exc}") from None
+    return kit

@@ -1,0 +1,145 @@
+"""Reads a supplier's columnar extract (Parquet, gpdpr.supplier.schema) into canonical batches.
+
+Only the columns the specification can use are read from disk; names, addresses, contact details
+and free text are never loaded. Parquet row groups are read a batch at a time, so memory does not
+grow with the size of a table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from gpdpr.errors import UserError
+from gpdpr.practice.source import (
+    PATIENT_COLUMNS,
+    RECORD_COLUMNS,
+    Batch,
+    Practice,
+    ReaderFault,
+    Staff,
+    utc_naive,
+)
+from gpdpr.supplier.schema import ID_COLUMN, TABLES
+
+MANIFEST = "extract.json"
+BATCH_ROWS = 1 << 20
+
+
+def is_columnar(folder: Path) -> bool:
+    return (folder / MANIFEST).exists()
+
+
+class ColumnarReader:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        try:
+            about = orjson.loads((folder / MANIFEST).read_bytes())
+            ods = str(about["ods_code"])
+            extracted_at = utc_naive(datetime.fromisoformat(str(about["extracted_at"])))
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise UserError(
+                f"{folder / MANIFEST} is not a readable supplier extract manifest (it must give "
+                "ods_code and extracted_at); ask the supplier for the extract again"
+            ) from None
+        for name in TABLES:
+            if not (folder / f"{name}.parquet").exists():
+                raise UserError(
+                    f"{folder} has no {name}.parquet: the supplier extract is incomplete; "
+                    "ask for it again"
+                )
+        self.practice = Practice(ods, "columnar", extracted_at)
+
+    def _file(self, table: str, columns: list[str]) -> pq.ParquetFile:
+        path = self.folder / f"{table}.parquet"
+        try:
+            parquet = pq.ParquetFile(path)
+        except (OSError, pa.ArrowException) as exc:
+            raise UserError(
+                f"cannot read {path}: {exc}; the file is damaged, ask the supplier for it again"
+            ) from None
+        missing = [c for c in columns if c not in parquet.schema_arrow.names]
+        if missing:
+            raise UserError(
+                f"{path} lacks the column(s) {', '.join(missing)}; it is not a supplier extract "
+                "table gpdpr knows"
+            )
+        return parquet
+
+    def _batches(self, table: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
+        parquet = self._file(table, columns)
+        try:
+            yield from parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns)
+        except (OSError, pa.ArrowException) as exc:
+            raise UserError(
+                f"cannot read {self.folder / table}.parquet: {exc}; the file is damaged, "
+                "ask the supplier for it again"
+            ) from None
+
+    def staff(self) -> Staff:
+        columns = ["staff_id", "sds_user_id", "role"]
+        table = pa.Table.from_batches(list(self._batches("staff", columns)))
+        return Staff(
+            table["staff_id"].to_pylist(),
+            table["sds_user_id"].to_pylist(),
+            table["role"].to_pylist(),
+        )
+
+    def patients(self) -> Iterator[Batch]:
+        yield from self._canonical("patients", list(PATIENT_COLUMNS))
+
+    def records(self, table: str) -> Iterator[Batch]:
+        yield from self._canonical(table, list(RECORD_COLUMNS[table]))
+
+    def _canonical(self, table: str, wanted: list[str]) -> Iterator[Batch]:
+        id_column = ID_COLUMN[table]
+        refs = ["patient_id"] if table != "patients" else []
+        if "staff_id" in TABLES[table].names:
+            refs.append("staff_id")
+        present = [c for c in wanted if c in TABLES[table].names]
+        first_row = 1
+        for batch in self._batches(table, [id_column, *refs, *present]):
+            n = batch.num_rows
+            ids = batch.column(id_column)
+            columns: dict[str, pa.Array] = {
+                "_row": pa.array(range(first_row, first_row + n), pa.int64()),
+                "_key": ids,
+                "_bad_date": pa.nulls(n, pa.bool_()).fill_null(False),
+                "record_id": pc.cast(ids, pa.string()),
+            }
+            if table == "patients":
+                columns["patient_ref"] = ids
+            else:
+                columns["patient_ref"] = batch.column("patient_id")
+                columns["staff_ref"] = (
+                    batch.column("staff_id") if "staff_id" in refs else pa.nulls(n, pa.int64())
+                )
+            source_types = {**PATIENT_COLUMNS, **RECORD_COLUMNS.get(table, {})}
+            for name in wanted:
+                if name in present:
+                    columns[name] = batch.column(name).cast(source_types[name])
+                else:  # e.g. registrations have no status in this format
+                    columns[name] = pa.nulls(n, source_types[name])
+            first_row += n
+            yield Batch(pa.table(columns), f"{table}.parquet")
+
+    def opt_out_events(self, codes: set[str]) -> pa.Table:
+        columns = ["patient_id", "code", "effective_date", "recorded_at", "status", "last_modified"]
+        parts = []
+        value_set = pa.array(sorted(codes), pa.string())
+        for batch in self._batches("clinical_events", columns):
+            parts.append(batch.filter(pc.is_in(batch.column("code"), value_set=value_set)))
+        table = pa.Table.from_batches(parts, schema=parts[0].schema if parts else None)
+        if not parts:
+            raise UserError(f"{self.folder}/clinical_events.parquet holds no row groups")
+        table = table.rename_columns(["patient_ref", *columns[1:]])
+        return table.append_column("_bad_date", pa.array([False] * table.num_rows, pa.bool_()))
+
+    def faults(self) -> list[ReaderFault]:
+        return []  # a Parquet row is always a record; its faults are found by the rules

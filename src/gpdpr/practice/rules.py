@@ -1,0 +1,568 @@
+"""The specification applied to canonical batches: quarantine, exclusions, pseudonyms, coarsening.
+
+Everything here works on whole Arrow / numpy columns, so the same rules run at the same speed on
+either reader's output. Each row gets one outcome, decided in a fixed order (the first that
+applies wins):
+
+  quarantine  unreadable date, no subject, subject not registered here, duplicate record id
+  excluded    the patient has an active Type 1 opt-out (their faulty records are not reported
+              either: a Type 1 patient contributes nothing, not even problems)
+  quarantine  unknown code, missing or implausible date
+  excluded    entered in error, an opt-out code itself, a restricted or uncollected sensitive
+              code, older than the retention cut-off
+  kept        everything else, projected onto exactly the specification's fields
+
+In an incremental extract only rows changed since the watermark are considered (plus every row of
+a patient whose opt-out was withdrawn since: the centre erased them and needs them again); a
+changed row that is now excluded becomes a deletion, so the centre removes its earlier copy.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from importlib import resources
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from gpdpr.errors import UserError
+from gpdpr.practice.pseudonyms import Pseudonymiser, normalise_postcode
+from gpdpr.practice.source import CODE_SYSTEMS, RECORD_COLUMNS, Batch, Staff
+from gpdpr.spec import Specification, Table
+from gpdpr.terminology import load_catalogue
+
+EARLIEST = date(1900, 1, 2)  # 1900-01-01 is a common "date unknown" placeholder
+ENTERED_IN_ERROR = "entered-in-error"
+
+# Outcomes, in the order they are decided.
+KEPT = 0
+BAD_DATE, NO_SUBJECT, UNKNOWN_SUBJECT, DUPLICATE = 1, 2, 3, 4
+TYPE1 = 5
+UNKNOWN_CODE, MISSING_DATE, IMPLAUSIBLE_DATE = 6, 7, 8
+IN_ERROR, OPT_OUT_CODE, CODE_SET, RETENTION = 9, 10, 11, 12
+QUARANTINE = {BAD_DATE, NO_SUBJECT, UNKNOWN_SUBJECT, DUPLICATE, UNKNOWN_CODE, MISSING_DATE}
+QUARANTINE |= {IMPLAUSIBLE_DATE}
+REASONS = {
+    BAD_DATE: "a date or time that cannot be read",
+    NO_SUBJECT: "no patient (subject) given",
+    UNKNOWN_SUBJECT: "patient not registered at this practice",
+    DUPLICATE: "duplicate record id (the first is kept)",
+    UNKNOWN_CODE: "code missing or not in the terminology release",
+    MISSING_DATE: "no date",
+    IMPLAUSIBLE_DATE: "implausible date (before birth, before 1900 or after the extract)",
+}
+EXCLUSIONS = {
+    TYPE1: "type1_opt_out",
+    IN_ERROR: "entered_in_error",
+    OPT_OUT_CODE: "opt_out_code",
+    RETENTION: "older_than_retention",
+}
+DELETE_WHEN_CHANGED = {IN_ERROR, OPT_OUT_CODE, CODE_SET, RETENTION}
+BoolArray = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class Window:
+    extracted_at: datetime  # the end of the window: when the supplier took the extract
+    since: datetime | None  # the watermark of an incremental extract
+    retention_from: date  # records of the retention tables dated before this are not collected
+
+    @property
+    def kind(self) -> str:
+        return "historic" if self.since is None else "incremental"
+
+
+def window_for(spec: Specification, extracted_at: datetime, since: datetime | None) -> Window:
+    end = extracted_at.date()
+    try:
+        start = end.replace(year=end.year - spec.retention_years)
+    except ValueError:  # 29 February
+        start = end.replace(year=end.year - spec.retention_years, day=28)
+    if since is not None and since >= extracted_at:
+        raise UserError(
+            f"the watermark {since.isoformat()} is not before this extract "
+            f"({extracted_at.isoformat()}): there is nothing newer to send"
+        )
+    return Window(extracted_at, since, start)
+
+
+@dataclass
+class Tally:
+    """What happened to every row: the manifest's counts."""
+
+    written: Counter[str] = field(default_factory=Counter)
+    excluded: Counter[str] = field(default_factory=Counter)
+    excluded_by_table: dict[str, Counter[str]] = field(default_factory=dict)
+    unchanged: Counter[str] = field(default_factory=Counter)
+
+    def exclude(self, table: str, reason: str, n: int) -> None:
+        if n:
+            self.excluded[reason] += n
+            self.excluded_by_table.setdefault(table, Counter())[reason] += n
+
+
+@dataclass
+class Quarantined:
+    source: str
+    position: int
+    record_id: str | None
+    reason: str
+
+
+class SeenIds:
+    """Record ids met so far in one table (as int64 keys), to quarantine repeats. Kept sorted;
+    each batch is merged in (a stable sort of two sorted runs is a linear merge)."""
+
+    def __init__(self) -> None:
+        self.seen = np.empty(0, np.int64)
+
+    def repeats(self, keys: npt.NDArray[np.int64]) -> BoolArray:
+        n = len(keys)
+        order = np.argsort(keys, kind="stable")
+        ordered = keys[order]
+        later = np.zeros(n, bool)
+        later[1:] = ordered[1:] == ordered[:-1]
+        repeat = np.empty(n, bool)
+        repeat[order] = later
+        if self.seen.size:
+            pos = np.minimum(np.searchsorted(self.seen, keys), self.seen.size - 1)
+            repeat |= self.seen[pos] == keys
+        self.seen = np.sort(np.concatenate([self.seen, ordered[~later]]), kind="stable")
+        return repeat
+
+
+# ---- the spec's field types as Arrow types ---------------------------------------------------
+
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "pseudonym": pa.string(),
+    "string": pa.string(),
+    "code": pa.string(),
+    "date": pa.date32(),
+    "timestamp": pa.timestamp("s", tz="UTC"),
+    "int": pa.int32(),
+    "float": pa.float64(),
+    "bool": pa.bool_(),
+}
+PATIENT_FIELDS = {
+    "patient",
+    "linkable",
+    "sex",
+    "birth_year",
+    "birth_month",
+    "death_year",
+    "death_month",
+    "lsoa_code",
+    "region_code",
+    "imd_decile",
+    "postcode_key",
+    "last_modified",
+}
+
+
+def package_schema(table: Table) -> pa.Schema:
+    return pa.schema([(f.name, ARROW_TYPES[f.type]) for f in table.fields])
+
+
+def check_supported(spec: Specification) -> None:
+    """Every field the specification asks for must be one the extractor can make; a field it
+    cannot make is an error, never a silently empty column."""
+    for name, table in spec.tables.items():
+        if name == "patients":
+            makeable = PATIENT_FIELDS
+        elif name == "staff":
+            makeable = {"staff", "role"}
+        elif name in RECORD_COLUMNS:
+            makeable = {"record_id", "patient", "staff", *RECORD_COLUMNS[name]}
+        else:
+            raise UserError(f"{spec.source}: the extractor has no source for table {name!r}")
+        unknown = [f for f in table.field_names if f not in makeable]
+        if unknown:
+            raise UserError(
+                f"{spec.source}: the extractor cannot make field(s) {', '.join(unknown)} "
+                f"of table {name!r}"
+            )
+
+
+# ---- people -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Geography:
+    """Postcode -> small area, region and deprivation decile, from the lookup the spec names."""
+
+    areas: dict[str, tuple[str, str, int]]
+
+    @classmethod
+    def load(cls, spec: Specification) -> Geography:
+        lookup = spec.raw["coarsening"]["postcode"]["lookup"]
+        package, _, name = lookup.partition("/")
+        try:
+            text = resources.files(package).joinpath(name).read_text(encoding="utf-8")
+        except (ModuleNotFoundError, FileNotFoundError, OSError):
+            raise UserError(
+                f"{spec.source}: the postcode lookup {lookup!r} cannot be read"
+            ) from None
+        areas = {
+            normalise_postcode(r["postcode"]): (
+                r["lsoa_code"],
+                r["region_code"],
+                int(r["imd_decile"]),
+            )
+            for r in csv.DictReader(text.splitlines())
+        }
+        return cls(areas)
+
+
+@dataclass
+class OptOuts:
+    """Each patient's Type 1 status, from their latest opt-out code."""
+
+    active: set[object]  # latest code is a dissent: contributes nothing
+    withdrawn: set[object]  # latest code is a withdrawal
+    restored_since: set[object]  # withdrawn after the watermark: send everything again
+
+
+def opt_outs(events: pa.Table, spec: Specification, since: datetime | None) -> OptOuts:
+    """The latest opt-out code per patient decides. An entry entered in error does not count.
+    Where the record is unclear, the dissent stands: a dissent whose date cannot be read counts
+    as the latest, a withdrawal whose date cannot be read does not count, and a dissent and a
+    withdrawal at the same moment leave the patient opted out."""
+    dissent = spec.dissent.code
+    latest: dict[object, tuple[tuple[date, datetime, bool], str, datetime | None]] = {}
+    for e in events.to_pylist():
+        if e["status"] == ENTERED_IN_ERROR or e["patient_ref"] is None:
+            continue
+        is_dissent = e["code"] == dissent
+        unclear = e["_bad_date"] or e["effective_date"] is None
+        if unclear and not is_dissent:
+            continue
+        when = date.max if unclear else e["effective_date"]
+        order = (when, e["recorded_at"] or datetime.min, is_dissent)
+        ref = e["patient_ref"]
+        if ref not in latest or order > latest[ref][0]:
+            latest[ref] = (order, e["code"], e["last_modified"])
+    active = {ref for ref, (_, code, _) in latest.items() if code == dissent}
+    withdrawn = set(latest) - active
+    restored: set[object] = set()
+    if since is not None:
+        for ref in withdrawn:
+            modified = latest[ref][2]
+            if modified is None or modified > since:
+                restored.add(ref)
+    return OptOuts(active, withdrawn, restored)
+
+
+@dataclass
+class PatientIndex:
+    """The practice's patients in row order: their refs (to look records up by), pseudonyms,
+    dates of birth (for plausibility), and Type 1 state."""
+
+    refs: pa.Array
+    pseudonyms: pa.Array
+    birth: pa.Array
+    type1: BoolArray
+    resend: BoolArray
+
+    def positions(self, refs: pa.Array) -> pa.Array:
+        return pc.index_in(refs, value_set=self.refs)
+
+
+@dataclass
+class StaffIndex:
+    refs: pa.Array
+    pseudonyms: pa.Array
+    roles: pa.Array
+
+    @classmethod
+    def build(cls, staff: Staff, pseudonymiser: Pseudonymiser) -> StaffIndex:
+        pseudonyms = [
+            pseudonymiser.staff(sds, ref)
+            for ref, sds in zip(staff.refs, staff.sds_user_ids, strict=True)
+        ]
+        return cls(pa.array(staff.refs), pa.array(pseudonyms, pa.string()), pa.array(staff.roles))
+
+    def table(self, spec_table: Table) -> pa.Table:
+        columns = {"staff": self.pseudonyms, "role": self.roles.cast(pa.string())}
+        return pa.table(
+            {f: columns[f] for f in spec_table.field_names}, schema=package_schema(spec_table)
+        )
+
+
+# ---- the rules --------------------------------------------------------------------------------
+
+
+class Rules:
+    def __init__(
+        self,
+        spec: Specification,
+        window: Window,
+        pseudonymiser: Pseudonymiser,
+        tally: Tally,
+        quarantine: list[Quarantined],
+    ) -> None:
+        self.spec = spec
+        self.window = window
+        self.pseudonymiser = pseudonymiser
+        self.tally = tally
+        self.quarantine = quarantine
+        catalogue = load_catalogue()
+        self.known_codes = {
+            system: pa.array(sorted({c.code for c in catalogue.concepts if c.system == system}))
+            for system in ("snomed", "dmd")
+        }
+        excluded = spec.excluded_codes()
+        self.set_codes = pa.array(list(excluded), pa.string())
+        self.set_names = np.array(list(excluded.values()) or [""], dtype=object)
+        self.set_rules = {n: s.rule for n, s in spec.code_sets.items()}
+        self.opt_out_codes = pa.array([spec.dissent.code, spec.dissent_withdrawn.code])
+        self.deletions: list[tuple[str, str]] = []
+        self._seen: dict[str, SeenIds] = {}
+
+    # ---- patients ------------------------------------------------------------------------------
+
+    def patients(
+        self, batches: list[Batch], opt: OptOuts, geography: Geography
+    ) -> tuple[PatientIndex, pa.Table, list[str], list[str]]:
+        """The patient index, the patients table to write, and the pseudonyms of patients with
+        an active and a withdrawn Type 1 opt-out (for the manifest)."""
+        good: list[pa.Table] = []
+        for batch in batches:
+            t = batch.table
+            n = t.num_rows
+            outcome = np.zeros(n, np.int8)
+            repeat = self._seen.setdefault("patients", SeenIds()).repeats(t["_key"].to_numpy())
+            birth = t["date_of_birth"]
+            too_late = pc.fill_null(pc.greater(birth, self.window.extracted_at.date()), False)
+            too_early = pc.fill_null(pc.less(birth, date(1880, 1, 1)), False)
+            _first(outcome, t["_bad_date"].to_numpy(zero_copy_only=False), BAD_DATE)
+            _first(outcome, repeat, DUPLICATE)
+            _first(outcome, _np(pc.or_(too_late, too_early)), IMPLAUSIBLE_DATE)
+            self._report(batch, outcome, np.ones(n, bool))
+            good.append(t.filter(pa.array(outcome == KEPT)))
+        people = pa.concat_tables(good) if good else None
+        if people is None or people.num_rows == 0:
+            raise UserError("the practice has no readable patient records: nothing to extract")
+
+        refs = people["patient_ref"].combine_chunks()
+        ref_list = refs.to_pylist()
+        made = [
+            self.pseudonymiser.patient(nhs, ref)
+            for nhs, ref in zip(people["nhs_number"].to_pylist(), ref_list, strict=True)
+        ]
+        pseudonyms = pa.array([m[0] for m in made], pa.string())
+        type1 = np.array([r in opt.active for r in ref_list], bool)
+        resend = np.array([r in opt.restored_since for r in ref_list], bool)
+        index = PatientIndex(
+            refs, pseudonyms, people["date_of_birth"].combine_chunks(), type1, resend
+        )
+
+        considered = self._changed(people["last_modified"].combine_chunks(), resend)
+        self.tally.exclude("patients", "type1_opt_out", int((considered & type1).sum()))
+        self.tally.unchanged["patients"] += int((~considered).sum())
+        keep = considered & ~type1
+        table = self._patient_table(people, made, keep, geography)
+        active = sorted(p for p, t in zip(pseudonyms.to_pylist(), type1, strict=True) if t)
+        withdrawn = sorted(
+            p for p, r in zip(pseudonyms.to_pylist(), ref_list, strict=True) if r in opt.withdrawn
+        )
+        return index, table, active, withdrawn
+
+    def _patient_table(
+        self,
+        people: pa.Table,
+        made: list[tuple[str, bool]],
+        keep: BoolArray,
+        geography: Geography,
+    ) -> pa.Table:
+        mask = pa.array(keep)
+        kept = people.filter(mask)
+        postcodes = kept["postcode"].to_pylist()
+        areas = [geography.areas.get(normalise_postcode(p)) if p else None for p in postcodes]
+        birth, death = kept["date_of_birth"], kept["date_of_death"]
+        chosen = [m for m, k in zip(made, keep, strict=True) if k]
+        columns = {
+            "patient": pa.array([m[0] for m in chosen], pa.string()),
+            "linkable": pa.array([m[1] for m in chosen], pa.bool_()),
+            "sex": kept["sex"],
+            "birth_year": pc.year(birth),
+            "birth_month": pc.month(birth),
+            "death_year": pc.year(death),
+            "death_month": pc.month(death),
+            "lsoa_code": pa.array([a[0] if a else None for a in areas], pa.string()),
+            "region_code": pa.array([a[1] if a else None for a in areas], pa.string()),
+            "imd_decile": pa.array([a[2] if a else None for a in areas], pa.int32()),
+            "postcode_key": pa.array(
+                [self.pseudonymiser.postcode(p) if p else None for p in postcodes], pa.string()
+            ),
+            "last_modified": kept["last_modified"],
+        }
+        return self._project("patients", columns)
+
+    # ---- records -------------------------------------------------------------------------------
+
+    def records(self, table: str, batch: Batch, index: PatientIndex, staff: StaffIndex) -> pa.Table:
+        """The rows of one batch that leave the practice, in the specification's shape."""
+        t = batch.table
+        n = t.num_rows
+        spec_table = self.spec.tables[table]
+        outcome = np.zeros(n, np.int8)
+
+        position = index.positions(t["patient_ref"])
+        registered = _np(pc.is_valid(position))
+        where = position.fill_null(0).to_numpy(zero_copy_only=False)
+        has_subject = _np(pc.is_valid(t["patient_ref"]))
+        repeat = self._seen.setdefault(table, SeenIds()).repeats(t["_key"].to_numpy())
+
+        _first(outcome, t["_bad_date"].to_numpy(zero_copy_only=False), BAD_DATE)
+        _first(outcome, ~has_subject, NO_SUBJECT)
+        _first(outcome, ~registered, UNKNOWN_SUBJECT)
+        _first(outcome, repeat, DUPLICATE)
+        _first(outcome, registered & index.type1[where], TYPE1)
+
+        set_hit = np.zeros(n, bool)
+        set_which = np.zeros(n, np.int64)
+        opt_out_code = np.zeros(n, bool)
+        for (owner, column), system in CODE_SYSTEMS.items():
+            if owner != table:
+                continue
+            codes = t[column]
+            _first(outcome, ~_np(pc.is_in(codes, value_set=self.known_codes[system])), UNKNOWN_CODE)
+            opt_out_code |= _np(pc.is_in(codes, value_set=self.opt_out_codes))
+            found = pc.index_in(codes, value_set=self.set_codes)
+            hit = _np(pc.is_valid(found))
+            set_which = np.where(hit & ~set_hit, found.fill_null(0).to_numpy(), set_which)
+            set_hit |= hit
+
+        if spec_table.date is not None:
+            when = t[spec_table.date]
+            day = when.cast(pa.date32()) if pa.types.is_timestamp(when.type) else when
+            _first(outcome, ~_np(pc.is_valid(day)), MISSING_DATE)
+            _first(
+                outcome,
+                self._implausible(table, t, day, index, where, registered),
+                IMPLAUSIBLE_DATE,
+            )
+
+        _first(outcome, _np(pc.equal(t["status"], ENTERED_IN_ERROR)), IN_ERROR)
+        _first(outcome, opt_out_code, OPT_OUT_CODE)
+        _first(outcome, set_hit, CODE_SET)
+        if table in self.spec.retention_tables and spec_table.date is not None:
+            old = _np(pc.less(day, self.window.retention_from))
+            _first(outcome, old, RETENTION)
+
+        considered = self._changed(t["last_modified"], registered & index.resend[where])
+        self._report(batch, outcome, considered)
+        self._count(table, outcome, considered, set_which)
+        if self.window.since is not None:
+            gone = considered & np.isin(outcome, list(DELETE_WHEN_CHANGED))
+            ids = t["record_id"].filter(pa.array(gone)).to_pylist()
+            self.deletions.extend((table, i) for i in ids)
+        keep = pa.array(considered & (outcome == KEPT))
+        kept = t.filter(keep)
+        columns: dict[str, pa.Array | pa.ChunkedArray] = {
+            name: kept[name] for name in kept.column_names if not name.startswith("_")
+        }
+        columns["patient"] = pc.take(index.pseudonyms, position.filter(keep))
+        if "staff_ref" in kept.column_names:
+            columns["staff"] = pc.take(staff.pseudonyms, staff_positions(staff, kept["staff_ref"]))
+        return self._project(table, columns)
+
+    def _implausible(
+        self,
+        table: str,
+        t: pa.Table,
+        day: pa.ChunkedArray,
+        index: PatientIndex,
+        where: npt.NDArray[np.int64],
+        registered: BoolArray,
+    ) -> BoolArray:
+        """Before 1900, before the patient was born, or after the extract was taken (except
+        appointments booked for the days ahead)."""
+        values = _days(day)
+        birth = _days(index.birth)[where]
+        early = values < _day_number(EARLIEST)
+        before_birth = registered & (birth != _NO_DAY) & (values < birth)
+        future = values > _day_number(self.window.extracted_at.date())
+        if table == "appointments":
+            future &= ~_np(pc.equal(t["status"], "booked"))
+        implausible: BoolArray = (values != _NO_DAY) & (early | before_birth | future)
+        return implausible
+
+    def _changed(self, last_modified: pa.Array | pa.ChunkedArray, resend: BoolArray) -> BoolArray:
+        if self.window.since is None:
+            return np.ones(len(last_modified), bool)
+        newer = pc.fill_null(
+            pc.greater(last_modified, pa.scalar(self.window.since, pa.timestamp("s"))), True
+        )
+        return _np(newer) | resend
+
+    def _report(self, batch: Batch, outcome: npt.NDArray[np.int8], considered: BoolArray) -> None:
+        bad = np.flatnonzero(considered & np.isin(outcome, list(QUARANTINE)))
+        if not bad.size:
+            return
+        rows = batch.table["_row"].to_numpy()[bad]
+        ids = batch.table["record_id"].take(pa.array(bad)).to_pylist()
+        for row, rid, code in zip(rows.tolist(), ids, outcome[bad].tolist(), strict=True):
+            self.quarantine.append(Quarantined(batch.source, row, rid, REASONS[code]))
+
+    def _count(
+        self,
+        table: str,
+        outcome: npt.NDArray[np.int8],
+        considered: BoolArray,
+        set_which: npt.NDArray[np.int64],
+    ) -> None:
+        self.tally.unchanged[table] += int((~considered).sum())
+        looked = outcome[considered]
+        for code, reason in EXCLUSIONS.items():
+            self.tally.exclude(table, reason, int((looked == code).sum()))
+        in_set = considered & (outcome == CODE_SET)
+        if in_set.any():
+            names, counts = np.unique(self.set_names[set_which[in_set]], return_counts=True)
+            for name, count in zip(names.tolist(), counts.tolist(), strict=True):
+                self.tally.exclude(table, f"{self.set_rules[name]}_code:{name}", count)
+
+    def _project(self, table: str, columns: dict[str, pa.Array | pa.ChunkedArray]) -> pa.Table:
+        """Exactly the specification's fields, in its order and types: nothing else can leave."""
+        schema = package_schema(self.spec.tables[table])
+        return pa.table({f.name: _cast(columns[f.name], f.type) for f in schema}, schema=schema)
+
+
+def staff_positions(staff: StaffIndex, refs: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return pc.index_in(refs, value_set=staff.refs)
+
+
+# ---- small helpers ----------------------------------------------------------------------------
+
+_NO_DAY = np.iinfo(np.int32).min
+
+
+def _np(values: pa.Array | pa.ChunkedArray) -> BoolArray:
+    """A boolean column as numpy, null read as false."""
+    return np.asarray(pc.fill_null(values, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _days(values: pa.Array | pa.ChunkedArray) -> npt.NDArray[np.int32]:
+    """date32 as days since 1970, with nulls as a sentinel below every real date."""
+    return np.asarray(
+        pc.fill_null(values.cast(pa.int32()), _NO_DAY).to_numpy(zero_copy_only=False), np.int32
+    )
+
+
+def _day_number(day: date) -> int:
+    return (day - date(1970, 1, 1)).days
+
+
+def _first(outcome: npt.NDArray[np.int8], mask: BoolArray, code: int) -> None:
+    """Give `code` to the rows in `mask` that have no outcome yet."""
+    outcome[(outcome == KEPT) & mask] = code
+
+
+def _cast(values: pa.Array | pa.ChunkedArray, kind: pa.DataType) -> pa.Array | pa.ChunkedArray:
+    # Naive times here are UTC already, so giving them the UTC zone changes no value.
+    return values.cast(kind)

@@ -1,0 +1,245 @@
+"""The data specification: one TOML file (specification.toml) read into typed, checked objects.
+
+The extractor takes every decision about what leaves a practice from a Specification; the public
+page will render the same object. The content hash is over the parsed content (canonical JSON),
+so comments and layout can be tidied without changing it, but any change of meaning does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gpdpr.errors import UserError
+
+FIELD_TYPES = {"pseudonym", "string", "code", "date", "timestamp", "int", "float", "bool"}
+RULES = {"restricted", "sensitive"}
+SHIPPED = "specification.toml"
+
+
+@dataclass(frozen=True)
+class Code:
+    system: str
+    code: str
+    term: str
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: str
+    description: str
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    title: str
+    description: str
+    covers: tuple[str, ...]
+    fields: tuple[Field, ...]
+    date: str | None  # the field retention and plausibility checks use
+
+    @property
+    def field_names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+
+@dataclass(frozen=True)
+class CodeSet:
+    name: str
+    title: str
+    rule: str  # restricted | sensitive
+    collect: bool  # always False for restricted sets
+    why: str  # the law (restricted) or the reason (sensitive)
+    codes: tuple[Code, ...]
+
+
+@dataclass(frozen=True)
+class NeverCollected:
+    name: str
+    title: str
+    what: str
+    reason: str
+    fhir_resource_types: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Specification:
+    name: str
+    version: str
+    effective_from: str
+    summary: str
+    sha256: str
+    source: str  # where it was read from, for messages
+    tables: dict[str, Table]
+    never_collected: dict[str, NeverCollected]
+    code_sets: dict[str, CodeSet]
+    dissent: Code
+    dissent_withdrawn: Code
+    retention_years: int
+    retention_tables: tuple[str, ...]
+    raw: dict[str, Any]  # the parsed file, for renderers that show every part of it
+
+    def excluded_codes(self) -> dict[str, str]:
+        """Code -> the name of the set that keeps it out (restricted sets, and sensitive sets
+        this specification does not collect)."""
+        out: dict[str, str] = {}
+        for code_set in self.code_sets.values():
+            if not code_set.collect:
+                for c in code_set.codes:
+                    out[c.code] = code_set.name
+        return out
+
+    def never_read_resource_types(self) -> set[str]:
+        return {t for item in self.never_collected.values() for t in item.fhir_resource_types}
+
+
+def content_hash(parsed: dict[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(parsed, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+@cache
+def shipped() -> Specification:
+    """The specification this release of gpdpr enforces."""
+    text = resources.files(__package__).joinpath(SHIPPED).read_text(encoding="utf-8")
+    return parse(text, source=f"gpdpr/spec/{SHIPPED}")
+
+
+def load(path: Path | None) -> Specification:
+    """The shipped specification, or another file (its version and hash go into every package)."""
+    if path is None:
+        return shipped()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot read the specification {path}: {exc.strerror or exc}") from None
+    return parse(text, source=str(path))
+
+
+def parse(text: str, source: str) -> Specification:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{source}: not valid TOML ({exc}); fix the file and try again") from None
+    return _Reader(raw, source).specification()
+
+
+class _Reader:
+    """Walks the parsed TOML, naming the exact key whenever something is missing or wrong."""
+
+    def __init__(self, raw: dict[str, Any], source: str) -> None:
+        self.raw = raw
+        self.source = source
+
+    def fail(self, where: str, problem: str) -> UserError:
+        return UserError(f"{self.source}: [{where}] {problem}")
+
+    def get(self, table: dict[str, Any], key: str, where: str, kind: type = str) -> Any:
+        if key not in table:
+            raise self.fail(where, f"is missing `{key}`")
+        value = table[key]
+        if not isinstance(value, kind):
+            raise self.fail(where, f"`{key}` should be a {kind.__name__}")
+        return value
+
+    def code(self, entry: Any, where: str) -> Code:
+        if not isinstance(entry, dict):
+            raise self.fail(where, "each code should be { system = ..., code = ..., term = ... }")
+        system = self.get(entry, "system", where)
+        if system not in ("snomed", "dmd"):
+            raise self.fail(where, f"code system {system!r} is not snomed or dmd")
+        code = self.get(entry, "code", where)
+        if not code.isdigit():
+            raise self.fail(where, f"code {code!r} is not a SNOMED CT identifier")
+        return Code(system, code, self.get(entry, "term", where))
+
+    def specification(self) -> Specification:
+        raw = self.raw
+        head = self.get(raw, "specification", "specification", dict)
+        opt_out = self.get(raw, "type1_opt_out", "type1_opt_out", dict)
+        retention = self.get(raw, "retention", "retention", dict)
+        tables = {
+            name: self.table(name, body)
+            for name, body in self.get(raw, "tables", "tables", dict).items()
+        }
+        retention_tables = tuple(self.get(retention, "tables", "retention", list))
+        for name in retention_tables:
+            if name not in tables or tables[name].date is None:
+                raise self.fail("retention", f"table {name!r} is not a dated table in [tables]")
+        return Specification(
+            name=self.get(head, "name", "specification"),
+            version=self.get(head, "version", "specification"),
+            effective_from=self.get(head, "effective_from", "specification"),
+            summary=self.get(head, "summary", "specification").strip(),
+            sha256=content_hash(raw),
+            source=self.source,
+            tables=tables,
+            never_collected={
+                name: self.never(name, body)
+                for name, body in self.get(raw, "never_collected", "never_collected", dict).items()
+            },
+            code_sets={
+                name: self.code_set(name, body)
+                for name, body in self.get(raw, "code_sets", "code_sets", dict).items()
+            },
+            dissent=self.code(opt_out.get("dissent"), "type1_opt_out.dissent"),
+            dissent_withdrawn=self.code(opt_out.get("withdrawn"), "type1_opt_out.withdrawn"),
+            retention_years=self.get(retention, "years", "retention", int),
+            retention_tables=retention_tables,
+            raw=raw,
+        )
+
+    def table(self, name: str, body: dict[str, Any]) -> Table:
+        where = f"tables.{name}"
+        fields = []
+        for field_name, field in self.get(body, "fields", where, dict).items():
+            fwhere = f"{where}.fields.{field_name}"
+            kind = self.get(field, "type", fwhere)
+            if kind not in FIELD_TYPES:
+                raise self.fail(fwhere, f"type {kind!r} is not one of {sorted(FIELD_TYPES)}")
+            fields.append(Field(field_name, kind, self.get(field, "description", fwhere)))
+        date = body.get("date")
+        if date is not None and date not in {f.name for f in fields}:
+            raise self.fail(where, f"`date = {date!r}` is not one of its fields")
+        return Table(
+            name=name,
+            title=self.get(body, "title", where),
+            description=self.get(body, "description", where),
+            covers=tuple(self.get(body, "covers", where, list)),
+            fields=tuple(fields),
+            date=date,
+        )
+
+    def never(self, name: str, body: dict[str, Any]) -> NeverCollected:
+        where = f"never_collected.{name}"
+        return NeverCollected(
+            name=name,
+            title=self.get(body, "title", where),
+            what=self.get(body, "what", where),
+            reason=self.get(body, "reason", where),
+            fhir_resource_types=tuple(body.get("fhir_resource_types", [])),
+        )
+
+    def code_set(self, name: str, body: dict[str, Any]) -> CodeSet:
+        where = f"code_sets.{name}"
+        rule = self.get(body, "rule", where)
+        if rule not in RULES:
+            raise self.fail(where, f"rule {rule!r} is not restricted or sensitive")
+        if rule == "restricted":
+            if body.get("collect", False):
+                raise self.fail(where, "a restricted set is never collected; remove `collect`")
+            collect, why = False, self.get(body, "law", where)
+        else:
+            collect, why = self.get(body, "collect", where, bool), self.get(body, "reason", where)
+        codes = tuple(self.code(c, f"{where}.codes") for c in self.get(body, "codes", where, list))
+        if not codes:
+            raise self.fail(where, "has no codes")
+        return CodeSet(name, self.get(body, "title", where), rule, collect, why, codes)
