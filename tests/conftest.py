@@ -5,9 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from extracting import Keys
+from extracting import run as run_extract
 from gpdpr.synth.nation import Nation
 from gpdpr.synth.run import SynthRequest, SynthSummary, synthesise
-from readers import FhirOutput, read_fhir
+from readers import FhirOutput, practice_folders, read_fhir
 
 
 @dataclass
@@ -69,3 +71,48 @@ def clean_fhir_read(clean_fhir: Made) -> FhirOutput:
 @pytest.fixture(scope="session")
 def messy_fhir_read(messy_fhir: Made) -> FhirOutput:
     return read_fhir(messy_fhir.root)
+
+
+# ---- the practice extractor ------------------------------------------------------------------
+
+
+@dataclass
+class Extracted:
+    packages: Path  # one package per practice, named by ODS code
+    manifests: dict[str, dict[str, object]]
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+    """The custodian's key folder for the whole test session."""
+    return Keys(tmp_path_factory.mktemp("custodian") / "keys")
+
+
+def _extract_all(made: Made, out: Path, keys: Keys, limit: int | None = None) -> Extracted:
+    out.mkdir()
+    manifests = {}
+    for folder in practice_folders(made.root)[:limit]:
+        manifests[folder.name] = run_extract(folder, out / folder.name, keys)
+    return Extracted(out, manifests)
+
+
+@pytest.fixture(scope="session")
+def clean_columnar_packages(
+    clean_columnar: Made, keys: Keys, tmp_path_factory: pytest.TempPathFactory
+) -> Extracted:
+    return _extract_all(clean_columnar, tmp_path_factory.mktemp("pkg") / "columnar", keys)
+
+
+@pytest.fixture(scope="session")
+def clean_fhir_packages(
+    clean_fhir: Made, keys: Keys, tmp_path_factory: pytest.TempPathFactory
+) -> Extracted:
+    """The same practices from FHIR (the first two: FHIR is the slower format to read)."""
+    return _extract_all(clean_fhir, tmp_path_factory.mktemp("pkg") / "fhir", keys, limit=2)
+
+
+@pytest.fixture(scope="session")
+def messy_fhir_packages(
+    messy_fhir: Made, keys: Keys, tmp_path_factory: pytest.TempPathFactory
+) -> Extracted:
+    return _extract_all(messy_fhir, tmp_path_factory.mktemp("pkg") / "messy", keys)

@@ -164,7 +164,7 @@ def custodian_issue_practice(
         kit = issue_practice(keys, ods)
     except UserError as exc:
         fail(str(exc))
-    console.print(f"key kit for [bold]{ods.upper()}[/] written to {kit}")
+    console.print(f"key kit for [bold]{kit.name}[/] written to {kit}")
 
 
 def _run_extract(

@@ -62,6 +62,11 @@ def _collection_file(key: bytes, created: str) -> bytes:
 def init(folder: Path) -> CollectionKey:
     """Create a key folder with a new collection key. Refuses a folder that already has one:
     replacing the collection key would silently change every pseudonym."""
+    if folder.exists() and not (folder / COLLECTION_KEY).exists() and any(folder.iterdir()):
+        raise UserError(
+            f"{folder} already holds other files: a key folder must be a folder of its own, "
+            "apart from any data. Choose a new folder"
+        )
     if (folder / COLLECTION_KEY).exists():
         raise UserError(
             f"{folder} already holds a collection key; a new one would change every pseudonym. "

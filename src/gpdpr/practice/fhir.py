@@ -166,7 +166,6 @@ def _medication_statement(r: Row) -> Row:
         "staff_ref": _tail(r.get("informationSource")),
         "code": _code(r.get("medicationCodeableConcept"), DMD_SYSTEM),
         "issue_date": r.get("effectiveDateTime"),
-        "course": "repeat",
         "source": "elsewhere",
         "status": _status(r.get("status")),
     }

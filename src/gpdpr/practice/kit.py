@@ -119,5 +119,13 @@ def read_kit(folder: Path) -> PracticeKit:
     if not isinstance(signing, Ed25519PrivateKey):
         raise UserError(f"{folder / SIGNING_KEY} is not an Ed25519 key")
     if about.get("collection_key") != collection.id:
-        raise UserError(f"{folder}: the collection key is not the one this kit was issued with")
+        raise UserError(
+            f"{folder / COLLECTION_KEY} is not the collection key this kit was issued with "
+            f"(see {folder / PRACTICE_FILE}); ask the custodian"
+        )
+    if about.get("signing_key") != public_key_id(signing.public_key()):
+        raise UserError(
+            f"{folder / SIGNING_KEY} is not the signing key this kit was issued with: packages it "
+            "signed could not be verified centrally; ask the custodian"
+        )
     return PracticeKit(folder, ods, collection, signing)

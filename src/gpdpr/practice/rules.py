@@ -143,7 +143,7 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     "string": pa.string(),
     "code": pa.string(),
     "date": pa.date32(),
-    "timestamp": pa.timestamp("s", tz="UTC"),
+    "timestamp": pa.timestamp("ms", tz="UTC"),  # Parquet has no seconds unit
     "int": pa.int32(),
     "float": pa.float64(),
     "bool": pa.bool_(),
@@ -565,4 +565,6 @@ def _first(outcome: npt.NDArray[np.int8], mask: BoolArray, code: int) -> None:
 
 def _cast(values: pa.Array | pa.ChunkedArray, kind: pa.DataType) -> pa.Array | pa.ChunkedArray:
     # Naive times here are UTC already, so giving them the UTC zone changes no value.
+    if pa.types.is_timestamp(kind) and pa.types.is_timestamp(values.type):
+        values = values.cast(pa.timestamp(values.type.unit, tz="UTC"))
     return values.cast(kind)

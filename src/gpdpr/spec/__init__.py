@@ -22,6 +22,17 @@ from gpdpr.errors import UserError
 FIELD_TYPES = {"pseudonym", "string", "code", "date", "timestamp", "int", "float", "bool"}
 RULES = {"restricted", "sensitive"}
 SHIPPED = "specification.toml"
+SECTIONS = {
+    "specification",
+    "pseudonymisation",
+    "type1_opt_out",
+    "retention",
+    "coarsening",
+    "tables",
+    "planned",
+    "never_collected",
+    "code_sets",
+}
 
 
 @dataclass(frozen=True)
@@ -142,12 +153,14 @@ class _Reader:
     def fail(self, where: str, problem: str) -> UserError:
         return UserError(f"{self.source}: [{where}] {problem}")
 
-    def get(self, table: dict[str, Any], key: str, where: str, kind: type = str) -> Any:
+    def get(self, table: Any, key: str, where: str, kind: type = str) -> Any:
+        if not isinstance(table, dict):
+            raise self.fail(where, "should be a table of keys and values")
         if key not in table:
             raise self.fail(where, f"is missing `{key}`")
         value = table[key]
-        if not isinstance(value, kind):
-            raise self.fail(where, f"`{key}` should be a {kind.__name__}")
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.fail(where, f"`{key}` should be of type {kind.__name__}")
         return value
 
     def code(self, entry: Any, where: str) -> Code:
@@ -157,12 +170,16 @@ class _Reader:
         if system not in ("snomed", "dmd"):
             raise self.fail(where, f"code system {system!r} is not snomed or dmd")
         code = self.get(entry, "code", where)
-        if not code.isdigit():
+        if not (code.isascii() and code.isdigit() and 6 <= len(code) <= 18):
             raise self.fail(where, f"code {code!r} is not a SNOMED CT identifier")
         return Code(system, code, self.get(entry, "term", where))
 
     def specification(self) -> Specification:
         raw = self.raw
+        unknown = sorted(set(raw) - SECTIONS)
+        if unknown:
+            # A misspelt section (say [code_set.hiv]) would otherwise be ignored in silence.
+            raise self.fail(unknown[0], f"is not a section of a specification ({sorted(SECTIONS)})")
         head = self.get(raw, "specification", "specification", dict)
         opt_out = self.get(raw, "type1_opt_out", "type1_opt_out", dict)
         retention = self.get(raw, "retention", "retention", dict)
@@ -192,10 +209,16 @@ class _Reader:
             },
             dissent=self.code(opt_out.get("dissent"), "type1_opt_out.dissent"),
             dissent_withdrawn=self.code(opt_out.get("withdrawn"), "type1_opt_out.withdrawn"),
-            retention_years=self.get(retention, "years", "retention", int),
+            retention_years=self._years(retention),
             retention_tables=retention_tables,
             raw=raw,
         )
+
+    def _years(self, retention: dict[str, Any]) -> int:
+        years: int = self.get(retention, "years", "retention", int)
+        if years < 1:
+            raise self.fail("retention", f"`years = {years}` must be at least 1")
+        return years
 
     def table(self, name: str, body: dict[str, Any]) -> Table:
         where = f"tables.{name}"

@@ -369,6 +369,14 @@ class Finisher:
         t = self.start("medications", meds, [("code", dmd)])
         status, last_modified = self.statuses(self.time_of_day(t.cols["day"]), active="issued")
         issued_here = t.cols["source"] == list(meds.labels["source"]).index("issued")
+        here = pa.array(issued_here)
+
+        def only_if_issued_here(values: pa.Array) -> pa.Array:
+            # A medicine prescribed elsewhere is recorded without the quantity or course of the
+            # issue, which this practice never saw (FHIR's MedicationStatement has no place for
+            # them either).
+            return pc.if_else(here, values, pa.scalar(None, values.type))
+
         return pa.table(
             {
                 "issue_id": t.ids,
@@ -376,10 +384,10 @@ class Finisher:
                 "staff_id": self.staff(t.cols["role"], list(meds.labels["role"])),
                 "code": _dmd_text(t.cols["code"]),
                 "issue_date": _to_dates(t.days),
-                "quantity": t.cols["quantity"],
-                "quantity_unit": _labels(dose_units(), t.cols["code"]),
+                "quantity": only_if_issued_here(pa.array(t.cols["quantity"])),
+                "quantity_unit": only_if_issued_here(_labels(dose_units(), t.cols["code"])),
                 "dosage": meds.strings("dosage", t.cols["dosage"]),
-                "course": meds.strings("course", t.cols["course"]),
+                "course": only_if_issued_here(meds.strings("course", t.cols["course"])),
                 "source": meds.strings("source", t.cols["source"]),
                 "free_text": self.notes(t.cols["row"], issued_here),
                 "status": status,
