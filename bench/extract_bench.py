@@ -17,8 +17,9 @@ into a temporary folder and issues each practice a key kit; none of that is time
 starts the worker pool, has every worker import the extractor, then times from the first practice
 handed out to the last package sealed. Source rows are the supplier tables' row counts in each
 extract.json; FHIR resources are the non-empty lines of the *.ndjson files. Peak MB is the largest
-ru_maxrss of any worker, each worker reporting its own after every practice. The source files were
-written just before, so they are read from the page cache, not the disk.
+ru_maxrss of any worker, each worker reporting its own after every practice; cores used is the
+workers' CPU seconds inside extract() over the wall-clock seconds. The source files were written
+just before, so they are read from the page cache, not the disk.
 """
 
 from __future__ import annotations
@@ -103,10 +104,15 @@ def warm_up():
     import gpdpr.practice.extract
     time.sleep(1)
 
+def cpu(usage):
+    return usage.ru_utime + usage.ru_stime
+
 def task(practice, out, kit):
     from gpdpr.practice.extract import ExtractRequest, extract
-    manifest = extract(ExtractRequest(Path(practice), Path(out), Path(kit)))
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = cpu(resource.getrusage(resource.RUSAGE_SELF))
+    extract(ExtractRequest(Path(practice), Path(out), Path(kit)))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return cpu(usage) - before, usage.ru_maxrss / 1024
 
 root, workers, codes = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 (root / "packages").mkdir()
@@ -119,9 +125,13 @@ with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
                     str(root / "keys" / "practices" / c))
         for c in codes
     ]
-    peaks = [f.result() for f in futures]
+    results = [f.result() for f in futures]
     seconds = time.perf_counter() - started
-print(json.dumps({"seconds": seconds, "worker_mb": max(peaks)}))
+print(json.dumps({
+    "seconds": seconds,
+    "cpu_seconds": sum(c for c, _ in results),
+    "worker_mb": max(mb for _, mb in results),
+}))
 """
 
 
@@ -146,6 +156,7 @@ def run_one(kind: Kind, patients: int) -> dict[str, float]:
         "largest": max(n for _, n in made["practices"]),
         "records": made["records"],
         "seconds": timed["seconds"],
+        "cpu_seconds": timed["cpu_seconds"],
         "worker_mb": timed["worker_mb"],
         "busy": min(kind.workers, len(codes)),
     }
@@ -182,6 +193,7 @@ def main() -> None:
         "seconds",
         "rows/s",
         "rows/s per core",
+        "cores used",
         "peak MB worker",
     ]:
         table.add_column(column, justify="left" if column == "run" else "right")
@@ -200,13 +212,15 @@ def main() -> None:
             f"{f['seconds']:.1f}",
             f"{rate:,.0f}",
             f"{rate / f['busy']:,.0f}",
+            f"{f['cpu_seconds'] / f['seconds']:.2f}",
             f"{f['worker_mb']:,.0f}",
         )
         console.print(f"done: {name} {patients:,} in {f['seconds']:.1f}s")
     console.print(table)
     console.print(
-        "workers: busy workers of the pool (a pool never has more busy workers than practices); "
-        "rows/s per core = rows/s / busy workers."
+        "workers: busy workers of the pool (never more than there are practices); rows/s per core ="
+        " rows/s / busy workers; cores used = the workers' CPU seconds in extract() / seconds (well"
+        " under the busy workers: uneven practices, or the machine was shared)."
     )
 
 

@@ -138,6 +138,22 @@ def test_demo_runs_and_can_run_again(tmp_path: Path) -> None:
         assert "60,000 patient records" in result.stdout
     practices = tmp_path / "home" / "practices"
     assert len([p for p in practices.iterdir() if p.is_dir()]) == 20
+    packages = sorted(p for p in (tmp_path / "home" / "packages").iterdir() if p.is_dir())
+    assert [p.name for p in packages] == sorted(p.name for p in practices.iterdir() if p.is_dir())
+    assert "20 signed packages" in result.stdout
+    for package in packages[:3]:
+        public = tmp_path / "home" / "keys" / "practices" / package.name / "signing.pub"
+        verified = run("practice", "verify", str(package), "--public-key", str(public))
+        assert verified.returncode == 0, verified.stderr
+
+
+def test_demo_will_not_delete_keys_it_did_not_make(tmp_path: Path) -> None:
+    keys = tmp_path / "home" / "keys"
+    keys.mkdir(parents=True)
+    (keys / "collection.key").write_text("somebody's real key")
+    result = run("demo", "--home", str(tmp_path / "home"))
+    assert result.returncode == 2 and "the demo did not make" in result.stderr
+    assert (keys / "collection.key").read_text() == "somebody's real key"
 
 
 def test_demo_will_not_delete_a_folder_it_did_not_make(tmp_path: Path) -> None:
@@ -152,4 +168,5 @@ def test_demo_will_not_delete_a_folder_it_did_not_make(tmp_path: Path) -> None:
 def test_help_lists_the_commands() -> None:
     result = run("--help")
     assert result.returncode == 0
-    assert "synth" in result.stdout and "demo" in result.stdout
+    for command in ("synth", "demo", "practice", "custodian"):
+        assert command in result.stdout

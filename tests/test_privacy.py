@@ -371,7 +371,7 @@ def test_the_scan_finds_what_is_there(
     """The scanner itself can fail: in raw bytes (the ODS code is in the manifest) and only once
     decoded (a year of birth is a 32-bit integer in Parquet, text in the decoded scan)."""
     package, _, _ = fhir_canaries
-    with pytest.raises(AssertionError, match="manifest.json holds"):
+    with pytest.raises(AssertionError, match=r"manifest\.json holds"):
         assert_absent(package, {"Z10001"})
     with pytest.raises(AssertionError, match="decoded patients holds"):
         assert_absent(package, {",1931,2,"})

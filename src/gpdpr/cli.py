@@ -103,28 +103,78 @@ def synth(
     _run_synth(out, practices, patients, seed, format, _parse_date(as_of), mess_rate, workers)
 
 
+DEMO_MARKER = ".gpdpr-demo"
+
+
+def _clear_demo_home(home: Path) -> None:
+    """Remove the demo's own earlier output, and only that."""
+    from gpdpr.synth.run import SUMMARY_FILE
+
+    practices = home / "practices"
+    if practices.exists() and not (practices / SUMMARY_FILE).exists():
+        fail(f"{practices} exists but was not made by the demo; move it away or pass --home")
+    parts = [practices, home / "keys", home / "packages"]
+    if any(p.exists() for p in parts[1:]) and not (home / DEMO_MARKER).exists():
+        fail(f"{home} holds keys or packages the demo did not make; move them away or pass --home")
+    for part in parts:
+        if part.exists():
+            shutil.rmtree(part)
+    home.mkdir(parents=True, exist_ok=True)
+    (home / DEMO_MARKER).write_text("made by gpdpr demo; its sub-folders are rebuilt each run\n")
+
+
 @app.command()
 def demo(
     home: Annotated[Path, typer.Option(help="Folder the demo works in.")] = Path("gpdpr-demo"),
 ) -> None:
-    """Run the scheme end to end on the embedded defaults (for now: synthesise the nation)."""
-    from gpdpr.synth.run import SUMMARY_FILE
-
-    target = home / "practices"
-    if target.exists():
-        if not (target / SUMMARY_FILE).exists():
-            fail(f"{target} exists but was not made by the demo; move it away or pass --home")
-        shutil.rmtree(target)  # the demo's own earlier output
-    home.mkdir(parents=True, exist_ok=True)
-    console.rule("[bold]gpdpr demo: a synthetic nation of GP practices")
+    """Run the scheme end to end on the embedded defaults: a synthetic nation, then every
+    practice's extract, pseudonymised and signed."""
+    _clear_demo_home(home)
+    practices = home / "practices"
+    console.rule("[bold]gpdpr demo 1/2: a synthetic nation of GP practices")
     _run_synth(
-        target, DEMO_PRACTICES, DEMO_PATIENTS, DEMO_SEED, "columnar", date(2026, 10, 31), None, 0
+        practices, DEMO_PRACTICES, DEMO_PATIENTS, DEMO_SEED, "columnar", date(2026, 10, 31), None, 0
     )
+    console.rule("[bold]gpdpr demo 2/2: each practice extracts what the specification allows")
+    _demo_extract(home, practices)
     console.print(
-        f"The practices' supplier extracts are in [bold]{target}[/]. Later stages of the demo "
-        "(extraction at each practice, central collection, governance, research, the portal) "
-        "arrive with their issues."
+        "Later stages (central collection, governance, research, the portal) arrive with their "
+        "issues."
     )
+
+
+def _demo_extract(home: Path, practices: Path) -> None:
+    from gpdpr.custodian.keys import init, issue_practice
+    from gpdpr.practice import report
+    from gpdpr.practice.many import extract_many
+
+    keys = home / "keys"
+    try:
+        collection = init(keys)
+        folders = sorted(p for p in practices.iterdir() if p.is_dir())
+        for folder in folders:
+            issue_practice(keys, folder.name)
+        console.print(
+            f"Key custodian: collection key {collection.id} and {len(folders)} practice key kits "
+            f"in {keys}, apart from the data."
+        )
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+            task = progress.add_task("extracting practices", total=len(folders))
+            manifests = extract_many(
+                folders,
+                home / "packages",
+                keys / "practices",
+                on_done=lambda *_: progress.advance(task),
+            )
+    except UserError as exc:
+        fail(str(exc))
+    report.render_many(manifests, home / "packages", console)
 
 
 practice_app = typer.Typer(

@@ -278,13 +278,21 @@ BUILDERS: dict[str, Callable[[Row], Row]] = {
 # ---- columns -> typed Arrow arrays ------------------------------------------------------------
 
 
+def _strict_strptime(text: pa.Array, layout: str) -> pa.Array:
+    """Parse, then refuse any value that does not print back the same: Arrow's parser rolls an
+    impossible day over (30 February becomes 1 March) where a reader should refuse it."""
+    parsed = pc.strptime(text, format=layout, unit="s", error_is_null=True)
+    same = pc.equal(pc.strftime(parsed, format=layout), text)
+    return pc.if_else(pc.fill_null(same, False), parsed, pa.scalar(None, parsed.type))
+
+
 def _dates(values: list[Any]) -> tuple[pa.Array, pa.Array]:
     """(date32 array, bad flags). A FHIR date or dateTime; a value that is present but not a
     full date is bad (partial dates and day-first dates included)."""
     text = pa.array([v if isinstance(v, str) else None for v in values], pa.string())
     shaped = pc.match_substring_regex(text, _DATE_SHAPE)
     day = pc.utf8_slice_codeunits(text, 0, 10)
-    parsed = pc.strptime(day, format="%Y-%m-%d", unit="s", error_is_null=True)
+    parsed = _strict_strptime(day, "%Y-%m-%d")
     parsed = pc.if_else(shaped, parsed, pa.scalar(None, parsed.type))
     present = pa.array([v is not None for v in values], pa.bool_())
     bad = pc.and_(present, pc.is_null(parsed))
@@ -295,7 +303,7 @@ def _times(values: list[Any]) -> tuple[pa.Array, pa.Array]:
     """(timestamp array, bad flags). FHIR instants; the common 'Z' form is parsed in bulk and
     anything else (offsets, fractions of a second, a bare date) one at a time."""
     text = pa.array([v if isinstance(v, str) else None for v in values], pa.string())
-    parsed = pc.strptime(text, format="%Y-%m-%dT%H:%M:%SZ", unit="s", error_is_null=True)
+    parsed = _strict_strptime(text, "%Y-%m-%dT%H:%M:%SZ")
     missing = pc.and_(pc.is_valid(text), pc.is_null(parsed))
     bad = pa.array([v is not None and not isinstance(v, str) for v in values], pa.bool_())
     if pc.any(missing).as_py():
