@@ -279,3 +279,17 @@ def test_a_tampered_package_is_refused(
 def test_a_package_signed_by_another_practice_is_refused(package: Path, keys: Keys) -> None:
     with pytest.raises(PackageError, match="signature does not verify"):
         verify(package, read_public_key(keys.kit("Z99998") / "signing.pub"))
+
+
+def test_records_without_a_known_recorder_keep_the_record_without_saying_who(
+    fhir_practice: Path, keys: Keys, tmp_path: Path
+) -> None:
+    (fhir_practice / "Practitioner.ndjson").unlink()
+    (fhir_practice / "PractitionerRole.ndjson").unlink()
+    out = tmp_path / "package"
+    manifest = run(fhir_practice, out, keys)
+    written = tables(out)
+    assert written["staff"].num_rows == 0
+    events = written["clinical_events"]
+    assert events.num_rows > 1000 and events["staff"].null_count == events.num_rows
+    assert manifest["quarantined"]["rows"] == 0

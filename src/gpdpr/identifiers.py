@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
 
 TEST_RANGE_FIRST_BODY = 999_000_000  # first nine digits of 999 000 0000
 TEST_RANGE_LAST_BODY = 999_999_999
@@ -30,6 +32,24 @@ def is_valid_nhs_number(value: str) -> bool:
     if len(value) != 10 or not value.isdigit():
         return False
     return nhs_check_digit(int(value[:9])) == int(value[9])
+
+
+def valid_nhs_numbers(values: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, npt.NDArray[np.bool_]]:
+    """For a column of NHS numbers as text (spaces allowed): the numbers without spaces, and
+    whether each is valid. Vectorised: a practice's whole list at once."""
+    compact = pc.replace_substring(values, " ", "")
+    shaped = np.asarray(
+        pc.fill_null(pc.match_substring_regex(compact, r"^\d{10}$"), False).to_numpy(
+            zero_copy_only=False
+        ),
+        dtype=bool,
+    )
+    numbers = pc.if_else(pa.array(shaped), compact, "0").cast(pa.int64())
+    number = np.asarray(numbers.to_numpy(zero_copy_only=False), dtype=np.int64)
+    valid = shaped & (_check_digits(number // 10) == number % 10)
+    if isinstance(compact, pa.ChunkedArray):
+        compact = compact.combine_chunks()
+    return compact, valid
 
 
 def is_test_range_nhs_number(value: str) -> bool:

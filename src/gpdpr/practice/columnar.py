@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,10 +27,9 @@ from gpdpr.practice.source import (
     Staff,
     utc_naive,
 )
-from gpdpr.supplier.schema import ID_COLUMN, TABLES
+from gpdpr.supplier.schema import HIGH_CARDINALITY, ID_COLUMN, TABLES
 
 MANIFEST = "extract.json"
-BATCH_ROWS = 1 << 20
 
 
 def is_columnar(folder: Path) -> bool:
@@ -58,8 +58,15 @@ class ColumnarReader:
 
     def _file(self, table: str, columns: list[str]) -> pq.ParquetFile:
         path = self.folder / f"{table}.parquet"
+        # Repetitive text (codes, statuses, units) stays dictionary-encoded from file to package:
+        # never expanded into millions of strings only to be encoded again.
+        repetitive = [
+            f.name
+            for f in TABLES[table]
+            if pa.types.is_string(f.type) and f.name not in HIGH_CARDINALITY
+        ]
         try:
-            parquet = pq.ParquetFile(path)
+            parquet = pq.ParquetFile(path, read_dictionary=repetitive)
         except (OSError, pa.ArrowException) as exc:
             raise UserError(
                 f"cannot read {path}: {exc}; the file is damaged, ask the supplier for it again"
@@ -72,10 +79,13 @@ class ColumnarReader:
             )
         return parquet
 
-    def _batches(self, table: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    def _batches(self, table: str, columns: list[str]) -> Iterator[pa.Table]:
+        """A row group at a time: reading whole row groups decodes columns in parallel, which
+        batch iteration does not."""
         parquet = self._file(table, columns)
         try:
-            yield from parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns)
+            for group in range(parquet.metadata.num_row_groups):
+                yield parquet.read_row_group(group, columns=columns)
         except (OSError, pa.ArrowException) as exc:
             raise UserError(
                 f"cannot read {self.folder / table}.parquet: {exc}; the file is damaged, "
@@ -84,7 +94,7 @@ class ColumnarReader:
 
     def staff(self) -> Staff:
         columns = ["staff_id", "sds_user_id", "role"]
-        table = pa.Table.from_batches(list(self._batches("staff", columns)))
+        table = pa.concat_tables(list(self._batches("staff", columns)))
         return Staff(
             table["staff_id"].to_pylist(),
             table["sds_user_id"].to_pylist(),
@@ -107,11 +117,11 @@ class ColumnarReader:
         for batch in self._batches(table, [id_column, *refs, *present]):
             n = batch.num_rows
             ids = batch.column(id_column)
-            columns: dict[str, pa.Array] = {
-                "_row": pa.array(range(first_row, first_row + n), pa.int64()),
+            columns: dict[str, pa.Array | pa.ChunkedArray] = {
+                "_row": pa.array(np.arange(first_row, first_row + n, dtype=np.int64)),
                 "_key": ids,
-                "_bad_date": pa.nulls(n, pa.bool_()).fill_null(False),
-                "record_id": pc.cast(ids, pa.string()),
+                "_bad_date": pa.array(np.zeros(n, dtype=bool)),
+                "record_id": ids,  # the supplier's integer; written as text
             }
             if table == "patients":
                 columns["patient_ref"] = ids
@@ -123,7 +133,7 @@ class ColumnarReader:
             source_types = {**PATIENT_COLUMNS, **RECORD_COLUMNS.get(table, {})}
             for name in wanted:
                 if name in present:
-                    columns[name] = batch.column(name).cast(source_types[name])
+                    columns[name] = _as(batch.column(name), source_types[name])
                 else:  # e.g. registrations have no status in this format
                     columns[name] = pa.nulls(n, source_types[name])
             first_row += n
@@ -131,15 +141,22 @@ class ColumnarReader:
 
     def opt_out_events(self, codes: set[str]) -> pa.Table:
         columns = ["patient_id", "code", "effective_date", "recorded_at", "status", "last_modified"]
-        parts = []
         value_set = pa.array(sorted(codes), pa.string())
-        for batch in self._batches("clinical_events", columns):
-            parts.append(batch.filter(pc.is_in(batch.column("code"), value_set=value_set)))
-        table = pa.Table.from_batches(parts, schema=parts[0].schema if parts else None)
+        parts = [
+            batch.filter(pc.is_in(batch.column("code"), value_set=value_set))
+            for batch in self._batches("clinical_events", columns)
+        ]
         if not parts:
             raise UserError(f"{self.folder}/clinical_events.parquet holds no row groups")
-        table = table.rename_columns(["patient_ref", *columns[1:]])
+        table = pa.concat_tables(parts).rename_columns(["patient_ref", *columns[1:]])
         return table.append_column("_bad_date", pa.array([False] * table.num_rows, pa.bool_()))
 
     def faults(self) -> list[ReaderFault]:
         return []  # a Parquet row is always a record; its faults are found by the rules
+
+
+def _as(values: pa.ChunkedArray, kind: pa.DataType) -> pa.ChunkedArray:
+    """A column in its canonical type; dictionary-encoded text is left encoded."""
+    if pa.types.is_dictionary(values.type) and values.type.value_type == kind:
+        return values
+    return values.cast(kind)

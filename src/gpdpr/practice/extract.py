@@ -36,8 +36,8 @@ from gpdpr.practice.rules import (
     Window,
     check_supported,
     opt_outs,
-    package_schema,
     window_for,
+    writing_schema,
 )
 from gpdpr.practice.source import RECORD_TABLES, Reader
 
@@ -140,7 +140,7 @@ def _build(
     opt = opt_outs(reader.opt_out_events(codes), spec, window.since)
 
     writers = {
-        name: TableWriter(folder / f"{name}.parquet", package_schema(table))
+        name: TableWriter(folder / f"{name}.parquet", writing_schema(table))
         for name, table in spec.tables.items()
     }
     deletions = TableWriter(folder / f"{DELETIONS}.parquet", DELETIONS_SCHEMA)

@@ -53,13 +53,16 @@ class TableWriter:
         self.path = path
         self.schema = schema
         self.rows = 0
-        pseudonyms = [f.name for f in schema if pa.types.is_string(f.type)]
+        text = [
+            f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_dictionary(f.type)
+        ]
         self._writer = pq.ParquetWriter(
             path,
             schema,
             compression="zstd",
-            use_dictionary=pseudonyms or False,
-            write_statistics=[f.name for f in schema if not pa.types.is_string(f.type)],
+            use_dictionary=text or False,
+            write_statistics=[f.name for f in schema if f.name not in text],
+            store_schema=False,  # no key-value metadata at all: the Parquet schema says it all
         )
 
     def write(self, table: pa.Table) -> None:

@@ -10,12 +10,14 @@ per patient, not per record.
 from __future__ import annotations
 
 import hmac
-from hashlib import sha256
 
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from gpdpr.identifiers import is_valid_nhs_number
+from gpdpr.identifiers import valid_nhs_numbers
 from gpdpr.practice.kit import CollectionKey
 
 # The version is part of the derivation: changing how pseudonyms are made changes every one.
@@ -43,22 +45,38 @@ class Pseudonymiser:
         self._keys = {kind: _derive(collection.key, info) for kind, info in _INFO.items()}
 
     def _mac(self, kind: str, text: str) -> str:
-        return hmac.new(self._keys[kind], text.encode(), sha256).hexdigest()
+        return hmac.digest(self._keys[kind], text.encode(), "sha256").hex()
 
-    def patient(self, nhs_number: str | None, local_ref: object) -> tuple[str, bool]:
-        """(pseudonym, linkable). From the NHS number when it is a valid one, so the person's
-        records join across practices; otherwise from the practice's own patient number, which
-        keeps them apart from everyone else's."""
-        if nhs_number is not None:
-            digits = "".join(nhs_number.split())
-            if is_valid_nhs_number(digits):
-                return self._mac("patient", f"nhs:{digits}"), True
-        return self._mac("patient", f"local:{self.ods}:{local_ref}"), False
+    def patients(
+        self, nhs_numbers: pa.Array | pa.ChunkedArray, local_refs: list[object]
+    ) -> tuple[list[str], npt.NDArray[np.bool_]]:
+        """(pseudonyms, linkable) for a practice's patients. From the NHS number when it is a
+        valid one, so a person's records join across practices; otherwise from the practice's
+        own patient number, which keeps them apart from everyone else's."""
+        compact, valid = valid_nhs_numbers(nhs_numbers)
+        key, ods = self._keys["patient"], self.ods
+        pseudonyms = [
+            hmac.digest(
+                key, (f"nhs:{nhs}" if ok else f"local:{ods}:{ref}").encode(), "sha256"
+            ).hex()
+            for nhs, ok, ref in zip(compact.to_pylist(), valid.tolist(), local_refs, strict=True)
+        ]
+        return pseudonyms, valid
 
     def staff(self, sds_user_id: str | None, local_ref: object) -> str:
         if sds_user_id:
             return self._mac("staff", f"sds:{sds_user_id.strip()}")
         return self._mac("staff", f"local:{self.ods}:{local_ref}")
 
-    def postcode(self, postcode: str) -> str:
-        return self._mac("postcode", normalise_postcode(postcode))
+    def postcodes(self, postcodes: list[str | None]) -> list[str | None]:
+        """Keyed codes for postcodes, each distinct postcode computed once."""
+        made: dict[str, str] = {}
+        out: list[str | None] = []
+        for postcode in postcodes:
+            if postcode is None:
+                out.append(None)
+                continue
+            if postcode not in made:
+                made[postcode] = self._mac("postcode", normalise_postcode(postcode))
+            out.append(made[postcode])
+        return out

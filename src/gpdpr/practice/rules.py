@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 from gpdpr.errors import UserError
 from gpdpr.practice.pseudonyms import Pseudonymiser, normalise_postcode
 from gpdpr.practice.source import CODE_SYSTEMS, RECORD_COLUMNS, Batch, Staff
-from gpdpr.spec import Specification, Table
+from gpdpr.spec import Field, Specification, Table
 from gpdpr.terminology import load_catalogue
 
 EARLIEST = date(1900, 1, 2)  # 1900-01-01 is a common "date unknown" placeholder
@@ -165,7 +165,26 @@ PATIENT_FIELDS = {
 
 
 def package_schema(table: Table) -> pa.Schema:
+    """A package table's schema, as any Parquet reader sees it."""
     return pa.schema([(f.name, ARROW_TYPES[f.type]) for f in table.fields])
+
+
+TEXT = pa.dictionary(pa.int32(), pa.string())
+
+
+def writing_schema(table: Table) -> pa.Schema:
+    """The same, with pseudonyms handed to the Parquet writer already dictionary-encoded: each
+    patient's 64-character code is stored once per row group, and the writer need not hash
+    millions of long strings to find that out. Repetitive text (codes, statuses) likewise.
+    (Readers see plain strings.)"""
+    return pa.schema([(f.name, _writing_type(f)) for f in table.fields])
+
+
+def _writing_type(field: Field) -> pa.DataType:
+    # Record ids are all different: a dictionary would only get in the way.
+    if field.type in ("pseudonym", "code", "string") and field.name != "record_id":
+        return TEXT
+    return ARROW_TYPES[field.type]
 
 
 def check_supported(spec: Specification) -> None:
@@ -288,9 +307,8 @@ class StaffIndex:
 
     def table(self, spec_table: Table) -> pa.Table:
         columns = {"staff": self.pseudonyms, "role": self.roles.cast(pa.string())}
-        return pa.table(
-            {f: columns[f] for f in spec_table.field_names}, schema=package_schema(spec_table)
-        )
+        schema = writing_schema(spec_table)
+        return pa.table({f.name: _cast(columns[f.name], f.type) for f in schema}, schema=schema)
 
 
 # ---- the rules --------------------------------------------------------------------------------
@@ -350,11 +368,8 @@ class Rules:
 
         refs = people["patient_ref"].combine_chunks()
         ref_list = refs.to_pylist()
-        made = [
-            self.pseudonymiser.patient(nhs, ref)
-            for nhs, ref in zip(people["nhs_number"].to_pylist(), ref_list, strict=True)
-        ]
-        pseudonyms = pa.array([m[0] for m in made], pa.string())
+        made, linkable = self.pseudonymiser.patients(people["nhs_number"], ref_list)
+        pseudonyms = pa.array(made, pa.string())
         type1 = np.array([r in opt.active for r in ref_list], bool)
         resend = np.array([r in opt.restored_since for r in ref_list], bool)
         index = PatientIndex(
@@ -365,17 +380,16 @@ class Rules:
         self.tally.exclude("patients", "type1_opt_out", int((considered & type1).sum()))
         self.tally.unchanged["patients"] += int((~considered).sum())
         keep = considered & ~type1
-        table = self._patient_table(people, made, keep, geography)
-        active = sorted(p for p, t in zip(pseudonyms.to_pylist(), type1, strict=True) if t)
-        withdrawn = sorted(
-            p for p, r in zip(pseudonyms.to_pylist(), ref_list, strict=True) if r in opt.withdrawn
-        )
+        table = self._patient_table(people, pseudonyms, linkable, keep, geography)
+        active = sorted(p for p, t in zip(made, type1.tolist(), strict=True) if t)
+        withdrawn = sorted(p for p, r in zip(made, ref_list, strict=True) if r in opt.withdrawn)
         return index, table, active, withdrawn
 
     def _patient_table(
         self,
         people: pa.Table,
-        made: list[tuple[str, bool]],
+        pseudonyms: pa.Array,
+        linkable: BoolArray,
         keep: BoolArray,
         geography: Geography,
     ) -> pa.Table:
@@ -384,10 +398,9 @@ class Rules:
         postcodes = kept["postcode"].to_pylist()
         areas = [geography.areas.get(normalise_postcode(p)) if p else None for p in postcodes]
         birth, death = kept["date_of_birth"], kept["date_of_death"]
-        chosen = [m for m, k in zip(made, keep, strict=True) if k]
         columns = {
-            "patient": pa.array([m[0] for m in chosen], pa.string()),
-            "linkable": pa.array([m[1] for m in chosen], pa.bool_()),
+            "patient": pseudonyms.filter(mask),
+            "linkable": pa.array(linkable[keep]),
             "sex": kept["sex"],
             "birth_year": pc.year(birth),
             "birth_month": pc.month(birth),
@@ -396,9 +409,7 @@ class Rules:
             "lsoa_code": pa.array([a[0] if a else None for a in areas], pa.string()),
             "region_code": pa.array([a[1] if a else None for a in areas], pa.string()),
             "imd_decile": pa.array([a[2] if a else None for a in areas], pa.int32()),
-            "postcode_key": pa.array(
-                [self.pseudonymiser.postcode(p) if p else None for p in postcodes], pa.string()
-            ),
+            "postcode_key": pa.array(self.pseudonymiser.postcodes(postcodes), pa.string()),
             "last_modified": kept["last_modified"],
         }
         return self._project("patients", columns)
@@ -460,16 +471,16 @@ class Rules:
         self._count(table, outcome, considered, set_which)
         if self.window.since is not None:
             gone = considered & np.isin(outcome, list(DELETE_WHEN_CHANGED))
-            ids = t["record_id"].filter(pa.array(gone)).to_pylist()
+            ids = [str(i) for i in t["record_id"].filter(pa.array(gone)).to_pylist()]
             self.deletions.extend((table, i) for i in ids)
         keep = pa.array(considered & (outcome == KEPT))
         kept = t.filter(keep)
         columns: dict[str, pa.Array | pa.ChunkedArray] = {
             name: kept[name] for name in kept.column_names if not name.startswith("_")
         }
-        columns["patient"] = pc.take(index.pseudonyms, position.filter(keep))
+        columns["patient"] = _encode(index.pseudonyms, position.filter(keep))
         if "staff_ref" in kept.column_names:
-            columns["staff"] = pc.take(staff.pseudonyms, staff_positions(staff, kept["staff_ref"]))
+            columns["staff"] = _encode(staff.pseudonyms, staff_positions(staff, kept["staff_ref"]))
         return self._project(table, columns)
 
     def _implausible(
@@ -506,7 +517,7 @@ class Rules:
         if not bad.size:
             return
         rows = batch.table["_row"].to_numpy()[bad]
-        ids = batch.table["record_id"].take(pa.array(bad)).to_pylist()
+        ids = [str(i) for i in batch.table["record_id"].take(pa.array(bad)).to_pylist()]
         for row, rid, code in zip(rows.tolist(), ids, outcome[bad].tolist(), strict=True):
             self.quarantine.append(Quarantined(batch.source, row, rid, REASONS[code]))
 
@@ -529,11 +540,15 @@ class Rules:
 
     def _project(self, table: str, columns: dict[str, pa.Array | pa.ChunkedArray]) -> pa.Table:
         """Exactly the specification's fields, in its order and types: nothing else can leave."""
-        schema = package_schema(self.spec.tables[table])
+        schema = writing_schema(self.spec.tables[table])
         return pa.table({f.name: _cast(columns[f.name], f.type) for f in schema}, schema=schema)
 
 
 def staff_positions(staff: StaffIndex, refs: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Each row's position in the staff list; null for no one, or for someone not on it (their
+    entries keep the record, without saying who made it)."""
+    if len(staff.refs) == 0 or staff.refs.type != refs.type:
+        return pa.nulls(len(refs), pa.int32())
     return pc.index_in(refs, value_set=staff.refs)
 
 
@@ -563,7 +578,23 @@ def _first(outcome: npt.NDArray[np.int8], mask: BoolArray, code: int) -> None:
     outcome[(outcome == KEPT) & mask] = code
 
 
+def _encode(dictionary: pa.Array, positions: pa.Array | pa.ChunkedArray) -> pa.DictionaryArray:
+    """Rows' pseudonyms as a dictionary array holding only the pseudonyms these rows use
+    (positions index `dictionary`; a null position is a null pseudonym)."""
+    if isinstance(positions, pa.ChunkedArray):
+        positions = positions.combine_chunks()
+    missing = np.asarray(positions.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    where = np.asarray(positions.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    used = np.zeros(len(dictionary), bool)
+    used[where[~missing]] = True
+    renumber = np.cumsum(used, dtype=np.int32) - 1 if len(dictionary) else np.zeros(1, np.int32)
+    indices = pa.array(renumber[where], pa.int32(), mask=missing)
+    return pa.DictionaryArray.from_arrays(indices, dictionary.take(pa.array(np.flatnonzero(used))))
+
+
 def _cast(values: pa.Array | pa.ChunkedArray, kind: pa.DataType) -> pa.Array | pa.ChunkedArray:
+    if pa.types.is_dictionary(kind) and not pa.types.is_dictionary(values.type):
+        return pc.dictionary_encode(values).cast(kind)
     # Naive times here are UTC already, so giving them the UTC zone changes no value.
     if pa.types.is_timestamp(kind) and pa.types.is_timestamp(values.type):
         values = values.cast(pa.timestamp(values.type.unit, tz="UTC"))
