@@ -279,10 +279,12 @@ BUILDERS: dict[str, Callable[[Row], Row]] = {
 
 
 def _strict_strptime(text: pa.Array, layout: str) -> pa.Array:
-    """Parse, then refuse any value that does not print back the same: Arrow's parser rolls an
-    impossible day over (30 February becomes 1 March) where a reader should refuse it."""
+    """Parse, refusing impossible days: Arrow's parser rolls them over (30 February becomes
+    1 March) where a reader should refuse them, and a rolled-over value always lands on another
+    day of the month than the one written."""
     parsed = pc.strptime(text, format=layout, unit="s", error_is_null=True)
-    same = pc.equal(pc.strftime(parsed, format=layout), text)
+    written = pc.if_else(pc.is_valid(parsed), pc.utf8_slice_codeunits(text, 8, 10), "0")
+    same = pc.equal(pc.day(parsed), written.cast(pa.int64()))
     return pc.if_else(pc.fill_null(same, False), parsed, pa.scalar(None, parsed.type))
 
 

@@ -23,6 +23,7 @@ import csv
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from functools import cache
 from importlib import resources
 
 import numpy as np
@@ -218,23 +219,22 @@ class Geography:
 
     @classmethod
     def load(cls, spec: Specification) -> Geography:
-        lookup = spec.raw["coarsening"]["postcode"]["lookup"]
-        package, _, name = lookup.partition("/")
-        try:
-            text = resources.files(package).joinpath(name).read_text(encoding="utf-8")
-        except (ModuleNotFoundError, FileNotFoundError, OSError):
-            raise UserError(
-                f"{spec.source}: the postcode lookup {lookup!r} cannot be read"
-            ) from None
-        areas = {
-            normalise_postcode(r["postcode"]): (
-                r["lsoa_code"],
-                r["region_code"],
-                int(r["imd_decile"]),
-            )
-            for r in csv.DictReader(text.splitlines())
-        }
-        return cls(areas)
+        return _geography(spec.raw["coarsening"]["postcode"]["lookup"], spec.source)
+
+
+@cache
+def _geography(lookup: str, source: str) -> Geography:
+    """Read once per process: a supplier extracting many practices needs it only once."""
+    package, _, name = lookup.partition("/")
+    try:
+        text = resources.files(package).joinpath(name).read_text(encoding="utf-8")
+    except (ModuleNotFoundError, FileNotFoundError, OSError):
+        raise UserError(f"{source}: the postcode lookup {lookup!r} cannot be read") from None
+    areas = {
+        normalise_postcode(r["postcode"]): (r["lsoa_code"], r["region_code"], int(r["imd_decile"]))
+        for r in csv.DictReader(text.splitlines())
+    }
+    return Geography(areas)
 
 
 @dataclass
