@@ -154,6 +154,7 @@ def _build(
         )
         del patient_batches
         writers["patients"].write(patients)
+        rules.table_done("patients")
         _progress(on_progress, "patients", len(index.refs))
         for table in RECORD_TABLES:
             if table not in writers:
@@ -161,6 +162,7 @@ def _build(
             for batch in reader.records(table):
                 writers[table].write(rules.records(table, batch, index, staff))
                 _progress(on_progress, table, batch.table.num_rows)
+            rules.table_done(table)
         for fault in reader.faults():
             quarantined.append(
                 Quarantined(fault.source, fault.position, fault.record_id, fault.reason)

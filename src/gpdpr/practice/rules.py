@@ -483,6 +483,11 @@ class Rules:
             columns["staff"] = _encode(staff.pseudonyms, staff_positions(staff, kept["staff_ref"]))
         return self._project(table, columns)
 
+    def table_done(self, table: str) -> None:
+        """Forget the table's record ids: duplicates are found within a table, so the memory
+        they take is held for one table at a time."""
+        self._seen.pop(table, None)
+
     def _implausible(
         self,
         table: str,
