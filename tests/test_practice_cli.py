@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import orjson
+import pyarrow.compute as pc
 import pytest
 
 from conftest import Made
@@ -197,6 +198,13 @@ def test_lines_that_are_not_records_are_quarantined_by_position(
         orjson.dumps(
             {**orjson.loads(lines[3]), "id": "bad-date", "effectiveDateTime": "2024-02-30"}
         ),
+        orjson.dumps(
+            {
+                **orjson.loads(lines[4]),
+                "id": "odd-types",
+                "valueQuantity": {"value": "high", "unit": 5, "code": ["mmHg"]},
+            }
+        ),
     ]
     observations.write_bytes(b"\n".join([*lines, *extra]) + b"\n")
     out = tmp_path / "package"
@@ -216,7 +224,10 @@ def test_lines_that_are_not_records_are_quarantined_by_position(
         (n + 7, "a date or time that cannot be read"),
     }
     assert manifest["quarantined"]["rows"] == 6
-    assert tables(out)["clinical_events"].num_rows > 1000
+    events = tables(out)["clinical_events"]
+    assert events.num_rows > 1000
+    odd = events.filter(pc.equal(events["record_id"], "odd-types")).to_pylist()
+    assert [(r["value"], r["unit"]) for r in odd] == [(None, None)]  # kept, odd values dropped
 
 
 # ---- tampering ---------------------------------------------------------------------------------

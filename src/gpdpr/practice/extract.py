@@ -119,6 +119,8 @@ def extract(request: ExtractRequest, on_progress: Progress | None = None) -> dic
         staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if not out.exists():  # a quarantine file without its package would only mislead
+            quarantine_path(out).unlink(missing_ok=True)
         raise
     return manifest
 

@@ -333,9 +333,17 @@ def _typed(column: list[Any], kind: pa.DataType) -> tuple[pa.Array, pa.Array | N
     try:
         return pa.array(column, kind), None
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        # A value of the wrong JSON type (a string where a number belongs): treated as absent.
-        ok = [v if isinstance(v, int | float) and not isinstance(v, bool) else None for v in column]
-        return pa.array(ok, kind), None
+        # A value of the wrong JSON type (text where a number belongs, or the reverse) is
+        # treated as absent rather than stopping the extract.
+        if pa.types.is_string(kind):
+            return pa.array([v if isinstance(v, str) else None for v in column], kind), None
+        numbers = [
+            v if isinstance(v, int | float) and not isinstance(v, bool) else None for v in column
+        ]
+        try:
+            return pa.array(numbers, kind), None
+        except (pa.ArrowInvalid, OverflowError):  # e.g. a duration too large for its column
+            return pa.nulls(len(column), kind), None
 
 
 class FhirReader:

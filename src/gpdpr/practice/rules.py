@@ -23,7 +23,7 @@ import csv
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 
 import numpy as np
@@ -287,6 +287,10 @@ class PatientIndex:
     type1: BoolArray
     resend: BoolArray
 
+    @cached_property
+    def birth_days(self) -> npt.NDArray[np.int32]:
+        return _days(self.birth)
+
     def positions(self, refs: pa.Array) -> pa.Array:
         return pc.index_in(refs, value_set=self.refs)
 
@@ -500,7 +504,7 @@ class Rules:
         """Before 1900, before the patient was born, or after the extract was taken (except
         appointments booked for the days ahead)."""
         values = _days(day)
-        birth = _days(index.birth)[where]
+        birth = index.birth_days[where]
         early = values < _day_number(EARLIEST)
         before_birth = registered & (birth != _NO_DAY) & (values < birth)
         future = values > _day_number(self.window.extracted_at.date())
