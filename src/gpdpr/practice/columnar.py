@@ -66,7 +66,7 @@ class ColumnarReader:
             if pa.types.is_string(f.type) and f.name not in HIGH_CARDINALITY
         ]
         try:
-            parquet = pq.ParquetFile(path, read_dictionary=repetitive)
+            parquet = pq.ParquetFile(path, read_dictionary=repetitive, memory_map=True)
         except (OSError, pa.ArrowException) as exc:
             raise UserError(
                 f"cannot read {path}: {exc}; the file is damaged, ask the supplier for it again"
