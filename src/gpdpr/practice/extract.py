@@ -39,7 +39,7 @@ from gpdpr.practice.rules import (
     window_for,
     writing_schema,
 )
-from gpdpr.practice.source import RECORD_TABLES, Reader
+from gpdpr.practice.source import RECORD_TABLES, Reader, utc_naive
 
 QUARANTINE_SUFFIX = ".quarantine.ndjson"
 Progress = Callable[[str, int], None]
@@ -260,5 +260,4 @@ def parse_watermark(text: str) -> datetime:
             f"--since {text!r} is neither a date/time like 2026-10-31T23:59:59Z nor a package "
             "folder"
         ) from None
-    offset = value.utcoffset()
-    return value.replace(tzinfo=None) - offset if offset is not None else value
+    return utc_naive(value)

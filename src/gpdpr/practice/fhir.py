@@ -37,16 +37,14 @@ from gpdpr.terminology import (
     DMD_SYSTEM,
     NHS_NUMBER_SYSTEM,
     ODS_SYSTEM,
+    REGISTRATION_END_EXT,
     SDS_USER_SYSTEM,
     SNOMED_SYSTEM,
+    VACCINATION_PROCEDURE_EXT,
 )
 
 MANIFEST = "export.json"
 BATCH_LINES = 20_000
-VACCINATION_PROCEDURE_EXT = (
-    "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-VaccinationProcedure"
-)
-REGISTRATION_END_EXT = "https://gpdpr.org/fhir/StructureDefinition/registration-end-reason"
 # Which canonical table each resource type fills.
 TABLE_OF = {
     "EpisodeOfCare": "registrations",
@@ -275,6 +273,16 @@ BUILDERS: dict[str, Callable[[Row], Row]] = {
 }
 
 
+def _canonical_row(kind: str, resource: Row) -> Row:
+    """A resource as a canonical row: its type's own fields, the patient it is about (most
+    types say so in `subject`) and when it last changed."""
+    row = BUILDERS[kind](resource)
+    if "patient_ref" not in row:
+        row["patient_ref"] = _tail(resource.get("subject"))
+    row["last_modified"] = (resource.get("meta") or {}).get("lastUpdated")
+    return row
+
+
 # ---- columns -> typed Arrow arrays ------------------------------------------------------------
 
 
@@ -500,16 +508,11 @@ class FhirReader:
         self, kinds: list[str], columns: dict[str, pa.DataType], table: str
     ) -> Iterator[Batch]:
         for kind in kinds:
-            build = BUILDERS[kind]
             rows: list[Row] = []
             positions: list[int] = []
             ids: list[str] = []
             for number, rid, resource in self._resources(kind):
-                row = build(resource)
-                if "patient_ref" not in row:
-                    row["patient_ref"] = _tail(resource.get("subject"))
-                row["last_modified"] = (resource.get("meta") or {}).get("lastUpdated")
-                rows.append(row)
+                rows.append(_canonical_row(kind, resource))
                 positions.append(number)
                 ids.append(rid)
                 if len(rows) == BATCH_LINES:
@@ -553,9 +556,7 @@ class FhirReader:
         rows: list[Row] = []
         for kind in CLINICAL_FILES:
             for _, _, resource in self._resources(kind, keep=mentions):
-                row = BUILDERS[kind](resource)
-                row["patient_ref"] = _tail(resource.get("subject"))
-                row["last_modified"] = (resource.get("meta") or {}).get("lastUpdated")
+                row = _canonical_row(kind, resource)
                 if row.get("code") in codes:
                     rows.append(row)
         effective, bad_effective = _dates([r.get("effective_date") for r in rows])

@@ -310,9 +310,7 @@ class StaffIndex:
         return cls(pa.array(staff.refs), pa.array(pseudonyms, pa.string()), pa.array(staff.roles))
 
     def table(self, spec_table: Table) -> pa.Table:
-        columns = {"staff": self.pseudonyms, "role": self.roles.cast(pa.string())}
-        schema = writing_schema(spec_table)
-        return pa.table({f.name: _cast(columns[f.name], f.type) for f in schema}, schema=schema)
+        return project(spec_table, {"staff": self.pseudonyms, "role": self.roles.cast(pa.string())})
 
 
 # ---- the rules --------------------------------------------------------------------------------
@@ -548,9 +546,13 @@ class Rules:
                 self.tally.exclude(table, f"{self.set_rules[name]}_code:{name}", count)
 
     def _project(self, table: str, columns: dict[str, pa.Array | pa.ChunkedArray]) -> pa.Table:
-        """Exactly the specification's fields, in its order and types: nothing else can leave."""
-        schema = writing_schema(self.spec.tables[table])
-        return pa.table({f.name: _cast(columns[f.name], f.type) for f in schema}, schema=schema)
+        return project(self.spec.tables[table], columns)
+
+
+def project(spec_table: Table, columns: dict[str, pa.Array | pa.ChunkedArray]) -> pa.Table:
+    """Exactly the specification's fields, in its order and types: nothing else can leave."""
+    schema = writing_schema(spec_table)
+    return pa.table({f.name: _cast(columns[f.name], f.type) for f in schema}, schema=schema)
 
 
 def staff_positions(staff: StaffIndex, refs: pa.Array | pa.ChunkedArray) -> pa.Array:

@@ -30,9 +30,11 @@ from gpdpr.terminology import (
     NHS_NUMBER_SYSTEM,
     NMC_SYSTEM,
     ODS_SYSTEM,
+    REGISTRATION_END_EXT,
     SDS_USER_SYSTEM,
     SNOMED_SYSTEM,
     UCUM_SYSTEM,
+    VACCINATION_PROCEDURE_EXT,
     load_catalogue,
 )
 
@@ -40,11 +42,6 @@ Resource = dict[str, Any]
 SLICE_ROWS = 20_000  # rows turned into Python objects at a time
 XHTML = "http://www.w3.org/1999/xhtml"
 HL7 = "http://terminology.hl7.org/CodeSystem"
-VACCINATION_PROCEDURE_EXT = (
-    "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-VaccinationProcedure"
-)
-# Registration end reasons have no home in core EpisodeOfCare; carried in a documented extension.
-REGISTRATION_END_EXT = "https://gpdpr.org/fhir/StructureDefinition/registration-end-reason"
 GENDER = {"F": "female", "M": "male", "U": "unknown"}
 OBSERVATION_CATEGORY = {
     "obs.systolic": "vital-signs",

@@ -20,6 +20,11 @@ SDS_USER_SYSTEM = "https://fhir.nhs.uk/Id/sds-user-id"
 GMC_SYSTEM = "https://fhir.hl7.org.uk/Id/gmc-number"
 NMC_SYSTEM = "https://fhir.hl7.org.uk/Id/nmc-number"
 UCUM_SYSTEM = "http://unitsofmeasure.org"
+VACCINATION_PROCEDURE_EXT = (
+    "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-VaccinationProcedure"
+)
+# Registration end reasons have no home in core EpisodeOfCare; carried in a documented extension.
+REGISTRATION_END_EXT = "https://gpdpr.org/fhir/StructureDefinition/registration-end-reason"
 
 SYSTEM_URIS = {"snomed": SNOMED_SYSTEM, "dmd": DMD_SYSTEM}
 
