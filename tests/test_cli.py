@@ -138,13 +138,16 @@ def test_demo_runs_and_can_run_again(tmp_path: Path) -> None:
         assert "60,000 patient records" in result.stdout
     practices = tmp_path / "home" / "practices"
     assert len([p for p in practices.iterdir() if p.is_dir()]) == 20
-    packages = sorted(p for p in (tmp_path / "home" / "packages").iterdir() if p.is_dir())
-    assert [p.name for p in packages] == sorted(p.name for p in practices.iterdir() if p.is_dir())
     assert "20 signed packages" in result.stdout
-    for package in packages[:3]:
-        public = tmp_path / "home" / "keys" / "practices" / package.name / "signing.pub"
-        verified = run("practice", "verify", str(package), "--public-key", str(public))
-        assert verified.returncode == 0, verified.stderr
+    # The centre took every package: verified, loaded in one lake version, then deleted (the
+    # lake is the only central copy), and the erasure cycle ran.
+    assert not [p for p in (tmp_path / "home" / "packages").iterdir() if p.is_dir()]
+    assert "lake version 1 committed" in result.stdout
+    assert "3 patients of Z10001 opt out online" in result.stdout
+    assert "deletion receipts recorded" in result.stdout
+    shown = run("lake", "show", "--home", str(tmp_path / "home"))
+    assert shown.returncode == 0, shown.stderr
+    assert "vacuum" in shown.stdout and "clinical_events" in shown.stdout
 
 
 def test_demo_will_not_delete_keys_it_did_not_make(tmp_path: Path) -> None:
@@ -168,5 +171,5 @@ def test_demo_will_not_delete_a_folder_it_did_not_make(tmp_path: Path) -> None:
 def test_help_lists_the_commands() -> None:
     result = run("--help")
     assert result.returncode == 0
-    for command in ("synth", "demo", "practice", "custodian"):
+    for command in ("synth", "demo", "practice", "custodian", "collect", "erase", "optout", "lake"):
         assert command in result.stdout

@@ -113,12 +113,14 @@ def _clear_demo_home(home: Path) -> None:
     practices = home / "practices"
     if practices.exists() and not (practices / SUMMARY_FILE).exists():
         fail(f"{practices} exists but was not made by the demo; move it away or pass --home")
-    parts = [practices, home / "keys", home / "packages"]
+    parts = [practices, home / "keys", home / "packages", home / "lake", home / "rejected"]
     if any(p.exists() for p in parts[1:]) and not (home / DEMO_MARKER).exists():
         fail(f"{home} holds keys or packages the demo did not make; move them away or pass --home")
     for part in parts:
         if part.exists():
             shutil.rmtree(part)
+    for database in home.glob("central.db*"):
+        database.unlink()
     home.mkdir(parents=True, exist_ok=True)
     (home / DEMO_MARKER).write_text("made by gpdpr demo; its sub-folders are rebuilt each run\n")
 
@@ -131,15 +133,20 @@ def demo(
     practice's extract, pseudonymised and signed."""
     _clear_demo_home(home)
     practices = home / "practices"
-    console.rule("[bold]gpdpr demo 1/2: a synthetic nation of GP practices")
+    console.rule("[bold]gpdpr demo 1/4: a synthetic nation of GP practices")
     _run_synth(
         practices, DEMO_PRACTICES, DEMO_PATIENTS, DEMO_SEED, "columnar", date(2026, 10, 31), None, 0
     )
-    console.rule("[bold]gpdpr demo 2/2: each practice extracts what the specification allows")
+    console.rule("[bold]gpdpr demo 2/4: each practice extracts what the specification allows")
     _demo_extract(home, practices)
+    console.rule("[bold]gpdpr demo 3/4: the centre verifies every package and loads the lake")
+    _demo_collect(home)
+    console.rule("[bold]gpdpr demo 4/4: opting out online, and the erasure cycle")
+    _demo_erase(home, practices)
     console.print(
-        "Later stages (central collection, governance, research, the portal) arrive with their "
-        "issues."
+        "Later stages (governance, research, the transparency log, the portal) arrive with their "
+        f"issues. Look around: gpdpr lake show --home {home}; gpdpr optout status --home {home} "
+        "--type 1 --nhs-number N"
     )
 
 
@@ -177,6 +184,57 @@ def _demo_extract(home: Path, practices: Path) -> None:
     report.render_many(manifests, home / "packages", console)
 
 
+def _demo_collect(home: Path) -> None:
+    from gpdpr.collect.cli import render_collection
+    from gpdpr.collect.service import Central, collect
+
+    folders = sorted(p for p in (home / "packages").iterdir() if p.is_dir())
+    try:
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as progress:
+            task = progress.add_task("verifying packages", total=len(folders))
+            result = collect(Central(home), folders, on_checked=lambda _: progress.advance(task))
+    except UserError as exc:
+        fail(str(exc))
+        raise
+    render_collection(result, console)
+
+
+def _demo_erase(home: Path, practices: Path) -> None:
+    """Three people opt out online; the cycle erases them and everyone whose practice recorded a
+    Type 1 dissent, and receipts each."""
+    import pyarrow.parquet as pq
+
+    from gpdpr.collect.cli import render_cycle
+    from gpdpr.collect.service import Central, erase_cycle
+    from gpdpr.custodian.central import Custodian
+    from gpdpr.optout.registry import Registry
+
+    central = Central(home)
+    try:
+        engine = central.engine()
+        custodian, registry = Custodian(central.keys, engine), Registry(engine)
+        first = sorted(p for p in practices.iterdir() if p.is_dir())[0]
+        numbers = pq.read_table(first / "patients.parquet", columns=["nhs_number"])
+        for number in numbers["nhs_number"].to_pylist()[:3]:
+            registry.set(custodian.pseudonym_for(number, actor="demo"), "type1", "online")
+        console.print(
+            f"3 patients of {first.name} opt out online (Type 1); their NHS numbers go only to "
+            "the custodian, which gives the registry their pseudonyms."
+        )
+        cycle = erase_cycle(central)
+    except UserError as exc:
+        fail(str(exc))
+        raise
+    render_cycle(cycle, console)
+
+
 practice_app = typer.Typer(
     help="The practice side: extract what the specification allows, pseudonymised and signed.",
     no_args_is_help=True,
@@ -186,6 +244,17 @@ custodian_app = typer.Typer(
 )
 app.add_typer(practice_app, name="practice")
 app.add_typer(custodian_app, name="custodian")
+from gpdpr.optout.cli import optout_app  # noqa: E402
+
+app.add_typer(optout_app, name="optout")
+from gpdpr.custodian.cli import reid_app  # noqa: E402
+
+custodian_app.add_typer(reid_app, name="reidentify")
+from gpdpr.collect.cli import collect_command, erase_command, lake_app  # noqa: E402
+
+app.command("collect")(collect_command)
+app.command("erase")(erase_command)
+app.add_typer(lake_app, name="lake")
 
 
 @custodian_app.command("init")

@@ -32,6 +32,18 @@ def _derive(key: bytes, info: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(key)
 
 
+def patient_key(collection: CollectionKey) -> bytes:
+    """The key every patient pseudonym is made with. The custodian derives the same one to find
+    a person's pseudonym from their NHS number (for an opt-out, or a re-identification)."""
+    return _derive(collection.key, _INFO["patient"])
+
+
+def nhs_pseudonym(key: bytes, nhs_number: str) -> str:
+    """A patient's pseudonym from a valid NHS number (ten digits, no spaces) under
+    `patient_key`: the same at every practice, so a person's records join."""
+    return hmac.digest(key, f"nhs:{nhs_number}".encode(), "sha256").hex()
+
+
 def normalise_postcode(postcode: str) -> str:
     """'wa23 1fl' and 'WA231FL' are the same postcode: upper case, one space before the last
     three characters."""
@@ -56,9 +68,9 @@ class Pseudonymiser:
         compact, valid = valid_nhs_numbers(nhs_numbers)
         key, ods = self._keys["patient"], self.ods
         pseudonyms = [
-            hmac.digest(
-                key, (f"nhs:{nhs}" if ok else f"local:{ods}:{ref}").encode(), "sha256"
-            ).hex()
+            nhs_pseudonym(key, nhs)
+            if ok
+            else hmac.digest(key, f"local:{ods}:{ref}".encode(), "sha256").hex()
             for nhs, ok, ref in zip(compact.to_pylist(), valid.tolist(), local_refs, strict=True)
         ]
         return pseudonyms, valid

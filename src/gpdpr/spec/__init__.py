@@ -22,6 +22,7 @@ from gpdpr.errors import UserError
 FIELD_TYPES = {"pseudonym", "string", "code", "date", "timestamp", "int", "float", "bool"}
 RULES = {"restricted", "sensitive"}
 SHIPPED = "specification.toml"
+RELEASED = "released.toml"
 SECTIONS = {
     "specification",
     "pseudonymisation",
@@ -122,6 +123,13 @@ def shipped() -> Specification:
     """The specification this release of gpdpr enforces."""
     text = resources.files(__package__).joinpath(SHIPPED).read_text(encoding="utf-8")
     return parse(text, source=f"gpdpr/spec/{SHIPPED}")
+
+
+def released_versions() -> dict[str, str]:
+    """Every released version of the specification and its content hash (released.toml): the
+    versions a package may have been made under, each with the one content it may have."""
+    text = resources.files(__package__).joinpath(RELEASED).read_text(encoding="utf-8")
+    return {str(k): str(v) for k, v in tomllib.loads(text)["versions"].items()}
 
 
 def load(path: Path | None) -> Specification:

@@ -1,0 +1,191 @@
+"""`gpdpr collect`, `gpdpr erase` and `gpdpr lake`: the central collector's commands."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from gpdpr.collect.service import Collection, Cycle
+
+console = Console()
+Home = Annotated[
+    Path,
+    typer.Option(
+        envvar="GPDPR_HOME",
+        help="The central service's home folder (keys/, lake/, rejected/, central.db).",
+    ),
+]
+DEFAULT_HOME = Path("gpdpr-home")
+lake_app = typer.Typer(
+    help="The pseudonymised lake: its versions and tables.", no_args_is_help=True
+)
+
+
+def _fail(message: str) -> None:
+    from gpdpr.cli import fail
+
+    fail(message)
+
+
+def collect_command(
+    packages: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Package folders. Default: every package in HOME/inbox."),
+    ] = None,
+    home: Home = DEFAULT_HOME,
+) -> None:
+    """Verify packages and load the trusted ones into the lake in one atomic commit; refused
+    packages go to HOME/rejected with the reason."""
+    from gpdpr.collect.service import Central, collect
+    from gpdpr.errors import UserError
+
+    central = Central(home)
+    folders = packages or sorted(p for p in (home / "inbox").glob("*") if p.is_dir())
+    if not folders:
+        _fail(f"no packages given and none in {home / 'inbox'}: name the package folders")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        with _progress() as progress:
+            checking = progress.add_task("verifying packages", total=len(folders))
+            loading = progress.add_task("loading", total=None, visible=False)
+
+            def loaded(table: str, rows: int) -> None:
+                progress.update(loading, visible=True, advance=rows, description=f"loading {table}")
+
+            result = collect(
+                central,
+                folders,
+                on_progress=loaded,
+                on_checked=lambda _: progress.advance(checking),
+            )
+    except UserError as exc:
+        _fail(str(exc))
+        raise
+    render_collection(result, console)
+    if result.refused:
+        raise typer.Exit(1)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def render_collection(result: Collection, out: Console) -> None:
+    if result.loaded:
+        table = Table(title="Packages collected", title_justify="left")
+        for column in ("practice", "kind", "package", "rows loaded", "Type 1 dropped"):
+            table.add_column(
+                column, justify="right" if "rows" in column or "Type" in column else "left"
+            )
+        table.add_column("replaced / deleted", justify="right")
+        table.add_column("outcome")
+        for loaded in sorted(result.loaded, key=lambda x: (x.practice, x.package_id)):
+            outcome = (
+                f"already in lake version {loaded.already_in}"
+                if loaded.already_in is not None
+                else "[green]loaded[/]"
+            )
+            table.add_row(
+                loaded.practice,
+                loaded.kind,
+                loaded.package_id[:8],
+                f"{loaded.total:,}",
+                f"{loaded.type1_dropped:,}",
+                f"{loaded.replaced:,} / {loaded.deleted:,}",
+                outcome,
+            )
+        out.print(table)
+    for refused in result.refused:
+        where = f" (moved to {refused.moved_to})" if refused.moved_to else ""
+        out.print(f"[bold red]refused[/] {refused.folder.name}{where}: {refused.reason}")
+    if result.version is not None:
+        out.print(
+            f"lake version [bold]{result.version.number}[/] committed; Type 1 opt-outs from "
+            f"practices: {result.type1_set:,} set, {result.type1_withdrawn:,} withdrawn"
+        )
+    elif result.loaded:
+        out.print("nothing new: every package was already in the lake")
+
+
+def erase_command(home: Home = DEFAULT_HOME) -> None:
+    """Run the erasure cycle: everyone with an active Type 1 opt-out is deleted from every lake
+    table and their old files physically removed; each new opt-out gets a deletion receipt."""
+    from gpdpr.collect.service import Central, erase_cycle
+    from gpdpr.errors import UserError
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        cycle = erase_cycle(Central(home))
+    except UserError as exc:
+        _fail(str(exc))
+        raise
+    render_cycle(cycle, console)
+
+
+def render_cycle(cycle: Cycle, out: Console) -> None:
+    erasure = cycle.erasure
+    if erasure.version is None:
+        out.print("erasure cycle: no one awaiting erasure and nothing of anyone opted out held")
+        return
+    table = Table(title="Erasure cycle", title_justify="left")
+    table.add_column("table")
+    table.add_column("rows erased", justify="right")
+    for name, rows in sorted(erasure.by_table().items()):
+        table.add_row(name, f"{rows:,}")
+    out.print(table)
+    out.print(
+        f"{len(erasure.by_person):,} people's rows removed ({erasure.rows_removed:,} rows, "
+        f"{erasure.files_rewritten:,} files rewritten); {erasure.files_deleted:,} old files "
+        f"physically deleted; lake version [bold]{erasure.version.number}[/]; "
+        f"{cycle.receipts:,} deletion receipts recorded"
+    )
+
+
+@lake_app.command("show")
+def lake_show(
+    home: Home = DEFAULT_HOME,
+    version: Annotated[int | None, typer.Option(help="A lake version (default: latest).")] = None,
+) -> None:
+    """The lake's tables at a version: rows, files and size on disk."""
+    from gpdpr.collect.service import Central
+    from gpdpr.errors import UserError
+    from gpdpr.lake.tables import LEDGER
+
+    folder = Central(home).lake_folder
+    if not folder.exists():
+        _fail(f"there is no lake at {folder}: run `gpdpr collect` first")
+    try:
+        from gpdpr.lake.store import Lake
+
+        snapshot = Lake.open(folder).snapshot(version)
+        table = Table(
+            title=f"Lake version {snapshot.version.number} ({snapshot.version.operation}, "
+            f"{snapshot.version.committed_at})",
+            title_justify="left",
+        )
+        for column in ("table", "rows", "files", "bytes", "bytes per row"):
+            table.add_column(column, justify="left" if column == "table" else "right")
+        for name in [*snapshot.lake.data, LEDGER]:
+            files = snapshot.files(name)
+            rows, size = sum(f.rows for f in files), sum(f.size for f in files)
+            per = f"{size / rows:.1f}" if rows else "-"
+            table.add_row(name, f"{rows:,}", f"{len(files):,}", f"{size:,}", per)
+    except UserError as exc:
+        _fail(str(exc))
+        raise
+    console.print(table)

@@ -1,0 +1,401 @@
+"""Loading verified packages into the lake: one lake version for the whole batch.
+
+For each practice and table, the batch's rows are merged with what the lake holds:
+  - a key (record id, patient or staff pseudonym) keeps only its newest copy, newest meaning the
+    later extract, so a package that arrives late never undoes a newer one;
+  - a deletion removes every copy of its key extracted no later than the deletion, and is kept as
+    a tombstone, so a record deleted before its older copy arrives stays deleted;
+  - rows of a person with an active Type 1 opt-out are dropped (their practice may not have
+    recorded the dissent yet: it may have been made online).
+Files that hold a replaced or deleted copy are rewritten without it; everything else is only
+added, so loading a new practice's historic extract is a straight copy into lake files.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from gpdpr.collect.verify import Package
+from gpdpr.lake.store import Lake, LakeVersion, LiveFile, Snapshot, Transaction
+from gpdpr.lake.tables import (
+    EXTRACTED_AT,
+    INSTANT,
+    LEDGER,
+    LEDGER_SCHEMA,
+    PACKAGE_ID,
+    PRACTICE,
+    TOMBSTONE_SCHEMA,
+    TOMBSTONES,
+    LakeTable,
+)
+
+Progress = Callable[[str, int], None]
+
+
+@dataclass
+class Loaded:
+    """What became of one package."""
+
+    package_id: str
+    practice: str
+    kind: str
+    rows: Counter[str] = field(default_factory=Counter)  # rows added, by table
+    type1_dropped: int = 0
+    replaced: int = 0  # older copies in the lake that this package's rows replaced
+    deleted: int = 0  # rows in the lake its deletions removed
+    stale: int = 0  # its rows already superseded by a newer extract, so not loaded
+    already_in: int | None = None  # the lake version it was loaded in before
+    _guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count(self, what: str, n: int, table: str = "") -> None:
+        """Add to a tally; tables of one package are merged side by side, so under a lock."""
+        if not n:
+            return
+        with self._guard:
+            if what == "rows":
+                self.rows[table] += n
+            else:
+                setattr(self, what, getattr(self, what) + n)
+
+    @property
+    def total(self) -> int:
+        return sum(self.rows.values())
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "package_id": self.package_id,
+            "practice": self.practice,
+            "kind": self.kind,
+            "rows": dict(sorted(self.rows.items())),
+            "type1_dropped": self.type1_dropped,
+            "replaced": self.replaced,
+            "deleted": self.deleted,
+            "stale": self.stale,
+        }
+
+
+def load(
+    lake: Lake,
+    packages: list[Package],
+    opted_out: set[str],
+    workers: int = 4,
+    on_progress: Progress | None = None,
+) -> tuple[LakeVersion | None, list[Loaded]]:
+    """Load the packages in one lake version (None when every one was already loaded)."""
+    with lake.writing() as tx:
+        snapshot = tx.snapshot
+        before = _ledger(snapshot)
+        outcome: dict[str, Loaded] = {}  # the packages to load
+        reports: list[Loaded] = []  # one per package given, in order
+        fresh: list[Package] = []
+        for package in packages:
+            loaded = Loaded(package.package_id, package.practice, package.kind)
+            if package.package_id in before or package.package_id in outcome:
+                # Given twice in this batch: the second is loaded in the version this makes.
+                loaded.already_in = before.get(package.package_id, tx.base.number + 1)
+            else:
+                fresh.append(package)
+                outcome[package.package_id] = loaded
+            reports.append(loaded)
+        if not fresh:
+            return None, reports
+
+        by_practice: dict[str, list[Package]] = {}
+        for package in sorted(fresh, key=lambda p: (p.until, p.manifest["created_at"])):
+            by_practice.setdefault(package.practice, []).append(package)
+        opted = pa.array(sorted(opted_out), pa.string())
+        tombstones = _tombstones(snapshot, set(by_practice))
+        files = {name: _files_by_practice(snapshot, name) for name in lake.data}
+
+        jobs = [
+            (table, practice, group)
+            for practice, group in by_practice.items()
+            for table in lake.data.values()
+        ]
+
+        deletions = {p.package_id: p.deletions() for p in fresh}
+
+        def run(job: tuple[LakeTable, str, list[Package]]) -> None:
+            table, practice, group = job
+            merge = Merge(tx, table, practice, group, opted, outcome, deletions)
+            merge.run(files[table.name].get(practice, []), tombstones.get((practice, table.name)))
+            if on_progress is not None:
+                on_progress(table.name, sum(outcome[p.package_id].rows[table.name] for p in group))
+
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            list(pool.map(run, jobs))
+        _write_tombstones(tx, by_practice, deletions)
+        number = tx.base.number + 1
+        _write_ledger(tx, fresh, outcome, number)
+        version = tx.commit("load", {"packages": [outcome[p.package_id].summary() for p in fresh]})
+    return version, reports
+
+
+class Merge:
+    """One table of one practice: the batch's packages against the lake's files."""
+
+    def __init__(
+        self,
+        tx: Transaction,
+        table: LakeTable,
+        practice: str,
+        packages: list[Package],
+        opted: pa.Array,
+        outcome: dict[str, Loaded],
+        deletions: dict[str, pa.Table],
+    ) -> None:
+        self.tx = tx
+        self.package_deletions = deletions
+        self.table = table
+        self.practice = practice
+        self.packages = packages
+        self.opted = opted
+        self.outcome = outcome
+
+    def run(self, existing: list[LiveFile], tombstones: pa.Table | None) -> None:
+        incoming = [self._incoming(p) for p in self.packages]
+        incoming = self._newest_in_batch(incoming)
+        deletions = self._deletions(tombstones)
+        if deletions is not None:
+            incoming = [self._not_deleted(p, rows, deletions) for p, rows in incoming]
+        if existing:
+            incoming = self._against_lake(incoming, existing, deletions)
+        for package, rows in incoming:
+            added = self.tx.write(self.table.name, self.practice, rows)
+            self.outcome[package.package_id].count("rows", added, self.table.name)
+
+    def _incoming(self, package: Package) -> tuple[Package, pa.Table]:
+        rows = package.read(self.table)
+        n = rows.num_rows
+        rows = rows.append_column(PACKAGE_ID, _constant_text(package.package_id, n))
+        rows = rows.append_column(EXTRACTED_AT, pa.repeat(pa.scalar(package.until, INSTANT), n))
+        rows = _lake_types(rows)
+        patient = self.table.patient
+        if patient is not None and len(self.opted) and n:
+            opted_out = member(rows[patient], self.opted)
+            dropped = _true(opted_out)
+            if dropped:
+                self.outcome[package.package_id].count("type1_dropped", dropped)
+                rows = rows.filter(pc.invert(opted_out))
+        return package, rows
+
+    def _newest_in_batch(
+        self, incoming: list[tuple[Package, pa.Table]]
+    ) -> list[tuple[Package, pa.Table]]:
+        """Of several packages from one practice in a batch (oldest first), each key keeps the
+        copy from the latest."""
+        key = self.table.key
+        result = []
+        for i, (package, rows) in enumerate(incoming):
+            later = [r[key] for _, r in incoming[i + 1 :] if r.num_rows]
+            if later and rows.num_rows:
+                superseded = member(rows[key], pa.chunked_array(later).combine_chunks())
+                self.outcome[package.package_id].count("stale", _true(superseded))
+                rows = rows.filter(pc.invert(superseded))
+            result.append((package, rows))
+        return result
+
+    def _deletions(self, tombstones: pa.Table | None) -> pa.Table | None:
+        """(key, deleted_at) for this table: the batch's deletions and earlier tombstones, the
+        latest deletion of each key."""
+        parts = []
+        for package in self.packages:
+            d = self.package_deletions[package.package_id]
+            d = d.filter(pc.equal(d["table"], self.table.name))
+            if d.num_rows:
+                at = pa.repeat(pa.scalar(package.until, INSTANT), d.num_rows)
+                parts.append(pa.table({"key": d["record_id"], "deleted_at": at}))
+        if tombstones is not None and tombstones.num_rows:
+            parts.append(tombstones.select(["key", "deleted_at"]))
+        if not parts:
+            return None
+        both = pa.concat_tables(parts)
+        return (
+            both.group_by("key")
+            .aggregate([("deleted_at", "max")])
+            .rename_columns(["key", "deleted_at"])
+        )
+
+    def _not_deleted(
+        self, package: Package, rows: pa.Table, deletions: pa.Table
+    ) -> tuple[Package, pa.Table]:
+        gone = _deleted(rows[self.table.key], rows[EXTRACTED_AT], deletions)
+        if gone is not None:
+            self.outcome[package.package_id].count("stale", _true(gone))
+            rows = rows.filter(pc.invert(gone))
+        return package, rows
+
+    def _against_lake(
+        self,
+        incoming: list[tuple[Package, pa.Table]],
+        existing: list[LiveFile],
+        deletions: pa.Table | None,
+    ) -> list[tuple[Package, pa.Table]]:
+        """Rewrite the lake files holding copies this batch replaces or deletes; drop incoming
+        rows the lake already holds a newer copy of."""
+        key = self.table.key
+        parts = [rows.select([key, EXTRACTED_AT]) for _, rows in incoming if rows.num_rows]
+        new = pa.concat_tables(parts).combine_chunks() if parts else None
+        stale_keys: list[pa.Array] = []
+        for file in existing:
+            held = self.tx.snapshot.read_file(self.table.name, file, [key, EXTRACTED_AT])
+            remove = np.zeros(held.num_rows, bool)
+            replaced = 0
+            if new is not None:
+                where = pc.index_in(held[key], value_set=new[key])
+                found = pc.is_valid(where).to_numpy(zero_copy_only=False)
+                if found.any():
+                    newer_at = pc.take(new[EXTRACTED_AT], where)
+                    newer = pc.fill_null(pc.greater_equal(newer_at, held[EXTRACTED_AT]), False)
+                    newer_np = newer.to_numpy(zero_copy_only=False)
+                    replaced = int((found & newer_np).sum())
+                    remove |= found & newer_np
+                    older = found & ~newer_np
+                    if older.any():
+                        stale_keys.append(held[key].filter(pa.array(older)).combine_chunks())
+            deleted = 0
+            if deletions is not None:
+                gone = _deleted(held[key], held[EXTRACTED_AT], deletions)
+                if gone is not None:
+                    gone_np = gone.to_numpy(zero_copy_only=False) & ~remove
+                    deleted = int(gone_np.sum())
+                    remove |= gone_np
+            if remove.any():
+                self._rewrite(file, remove)
+                self._credit(replaced, deleted)
+        if stale_keys:
+            stale = pa.chunked_array(stale_keys).combine_chunks()
+            kept = []
+            for package, rows in incoming:
+                old = member(rows[key], stale)
+                self.outcome[package.package_id].count("stale", _true(old))
+                kept.append((package, rows.filter(pc.invert(old))))
+            incoming = kept
+        return incoming
+
+    def _rewrite(self, file: LiveFile, remove: np.ndarray[Any, np.dtype[np.bool_]]) -> None:
+        snapshot = self.tx.snapshot
+        whole = snapshot.read_file(self.table.name, file, dictionary=self.table.repetitive)
+        whole = whole.drop_columns([PRACTICE]) if PRACTICE in whole.column_names else whole
+        self.tx.write(self.table.name, self.practice, whole.filter(pa.array(~remove)))
+        self.tx.retire(self.table.name, file)
+
+    def _credit(self, replaced: int, deleted: int) -> None:
+        # Replacements are credited to the newest package of the batch: it carries the copy
+        # that stays. Deletions likewise (a batch's deletions act together).
+        latest = self.outcome[self.packages[-1].package_id]
+        latest.count("replaced", replaced)
+        latest.count("deleted", deleted)
+
+
+def _true(mask: pa.Array | pa.ChunkedArray) -> int:
+    return int(pc.sum(mask).as_py() or 0)
+
+
+def member(values: pa.Array | pa.ChunkedArray, value_set: pa.Array) -> pa.Array:
+    """Which values are in the set, working on a dictionary's values when it has one (each
+    distinct pseudonym looked up once, not once per record)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if pa.types.is_dictionary(values.type):
+        inside = pc.is_in(values.dictionary, value_set=value_set)
+        return pc.fill_null(pc.take(inside, values.indices), False)
+    return pc.fill_null(pc.is_in(values, value_set=value_set), False)
+
+
+def _deleted(
+    keys: pa.ChunkedArray | pa.Array, extracted: pa.ChunkedArray | pa.Array, deletions: pa.Table
+) -> pa.Array | None:
+    where = pc.index_in(keys, value_set=deletions["key"])
+    if pc.all(pc.is_null(where)).as_py():
+        return None
+    at = pc.take(deletions["deleted_at"], where)
+    result = pc.fill_null(pc.greater_equal(at, extracted), False)
+    return result.combine_chunks() if isinstance(result, pa.ChunkedArray) else result
+
+
+def _constant_text(value: str, n: int) -> pa.DictionaryArray:
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([value]))
+
+
+def _lake_types(rows: pa.Table) -> pa.Table:
+    for i, f in enumerate(rows.schema):
+        if pa.types.is_timestamp(f.type) and f.type != INSTANT:
+            rows = rows.set_column(i, f.name, pc.cast(rows[f.name], INSTANT))
+    return rows
+
+
+def _ledger(snapshot: Snapshot) -> dict[str, int]:
+    ledger = snapshot.read(LEDGER, [PACKAGE_ID, "lake_version"])
+    return dict(
+        zip(ledger[PACKAGE_ID].to_pylist(), ledger["lake_version"].to_pylist(), strict=True)
+    )
+
+
+def _files_by_practice(snapshot: Snapshot, table: str) -> dict[str, list[LiveFile]]:
+    grouped: dict[str, list[LiveFile]] = {}
+    for file in snapshot.files(table):
+        grouped.setdefault(str(file.practice), []).append(file)
+    return grouped
+
+
+def _tombstones(snapshot: Snapshot, practices: set[str]) -> dict[tuple[str, str], pa.Table]:
+    found: dict[tuple[str, str], pa.Table] = {}
+    for file in snapshot.files(TOMBSTONES):
+        if file.practice not in practices:
+            continue
+        rows = snapshot.read_file(TOMBSTONES, file)
+        for table in set(rows["table"].to_pylist()):
+            part = rows.filter(pc.equal(rows["table"], table))
+            key = (str(file.practice), str(table))
+            found[key] = pa.concat_tables([found[key], part]) if key in found else part
+    return found
+
+
+def _write_tombstones(
+    tx: Transaction, by_practice: dict[str, list[Package]], deletions: dict[str, pa.Table]
+) -> None:
+    for practice, group in by_practice.items():
+        for package in group:
+            d = deletions[package.package_id]
+            if d.num_rows == 0:
+                continue
+            n = d.num_rows
+            rows = pa.table(
+                {
+                    "table": d["table"],
+                    "key": d["record_id"],
+                    "deleted_at": pa.repeat(pa.scalar(package.until, INSTANT), n),
+                    PACKAGE_ID: pa.repeat(package.package_id, n),
+                },
+                schema=pa.schema([f for f in TOMBSTONE_SCHEMA if f.name != PRACTICE]),
+            )
+            tx.write(TOMBSTONES, practice, rows)
+
+
+def _write_ledger(
+    tx: Transaction, fresh: list[Package], outcome: dict[str, Loaded], number: int
+) -> None:
+    rows = pa.table(
+        {
+            PACKAGE_ID: [p.package_id for p in fresh],
+            PRACTICE: [p.practice for p in fresh],
+            "kind": [p.kind for p in fresh],
+            "since": pa.array([p.since for p in fresh], INSTANT),
+            EXTRACTED_AT: pa.array([p.until for p in fresh], INSTANT),
+            "specification_version": [p.spec_version for p in fresh],
+            "rows": [outcome[p.package_id].total for p in fresh],
+            "lake_version": [number] * len(fresh),
+        },
+        schema=LEDGER_SCHEMA,
+    )
+    tx.write(LEDGER, None, rows)

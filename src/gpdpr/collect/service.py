@@ -1,0 +1,203 @@
+"""The central collector's two jobs, as the commands run them: take in packages, and erase.
+
+    HOME/
+      keys/          the custodian's key folder (the collector reads practices' public keys only)
+      lake/          the pseudonymised lake
+      rejected/      refused packages, each with REFUSED.txt saying why
+      central.db     the opt-out registry and the event record (or GPDPR_DATABASE_URL)
+
+A package handed to `collect` is the centre's from then on: refused, it is moved to rejected/ with
+its reason; loaded (or found already loaded), it is deleted once the lake version holding it is
+committed, because the lake must be the only central copy: an archive of packages would keep
+people who later opt out.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from gpdpr import db
+from gpdpr import spec as specification
+from gpdpr.collect.erase import Erasure, erase
+from gpdpr.collect.load import Loaded, Progress, load
+from gpdpr.collect.verify import Package, check
+from gpdpr.db.events import record
+from gpdpr.errors import UserError
+from gpdpr.lake.store import Lake, LakeVersion
+from gpdpr.optout.registry import Registry
+from gpdpr.practice.package import PackageError
+
+ACTOR = "collector"
+REFUSED_NOTE = "REFUSED.txt"
+
+
+@dataclass(frozen=True)
+class Central:
+    """The central service's places."""
+
+    home: Path
+    key_folder: Path | None = None  # the custodian's, when it is not HOME/keys
+
+    @property
+    def keys(self) -> Path:
+        return self.key_folder or self.home / "keys"
+
+    @property
+    def lake_folder(self) -> Path:
+        return self.home / "lake"
+
+    @property
+    def rejected(self) -> Path:
+        return self.home / "rejected"
+
+    def engine(self) -> sa.Engine:
+        self.home.mkdir(parents=True, exist_ok=True)
+        return db.connect(db.url_for_home(self.home))
+
+    def lake(self) -> Lake:
+        return Lake.open(self.lake_folder)
+
+
+@dataclass
+class Refused:
+    folder: Path
+    reason: str
+    moved_to: Path | None
+
+
+@dataclass
+class Collection:
+    """What one `collect` run did."""
+
+    version: LakeVersion | None
+    loaded: list[Loaded] = field(default_factory=list)
+    refused: list[Refused] = field(default_factory=list)
+    type1_set: int = 0
+    type1_withdrawn: int = 0
+
+
+def collect(
+    central: Central,
+    folders: list[Path],
+    workers: int = 4,
+    on_progress: Progress | None = None,
+    on_checked: Callable[[Path], None] | None = None,
+) -> Collection:
+    """Verify every package, refuse the untrustworthy, load the rest in one lake version."""
+    lake = central.lake()
+    engine = central.engine()
+    registry = Registry(engine)
+    accepted = specification.released_versions()
+
+    def verify(folder: Path) -> Package | Refused:
+        try:
+            return check(folder, central.keys, accepted, lake.data)
+        except PackageError as exc:
+            return Refused(folder, str(exc), None)
+        finally:
+            if on_checked is not None:
+                on_checked(folder)
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        checked = list(pool.map(verify, folders))
+    good = [c for c in checked if isinstance(c, Package)]
+    result = Collection(None, refused=[c for c in checked if isinstance(c, Refused)])
+    for refused in result.refused:
+        refused.moved_to = _reject(central, refused)
+    _record_refusals(engine, result.refused)
+
+    # The practices' Type 1 lists first: a dissent in this very batch keeps its own rows out.
+    for package in good:
+        sets, withdrawals = registry.apply_practice_assertions(
+            package.package_id,
+            package.practice,
+            package.until,
+            package.type1_active,
+            package.type1_withdrawn,
+        )
+        result.type1_set += sets
+        result.type1_withdrawn += withdrawals
+    if good:
+        result.version, result.loaded = load(
+            lake, good, registry.active_type1(), workers, on_progress
+        )
+        _record_loads(engine, result)
+        for package in good:
+            _remove(package.folder)
+    return result
+
+
+def _remove(folder: Path) -> None:
+    """Delete a loaded package: first renamed out of the way in one step, so a crash part-way
+    through deleting never leaves something that looks like a damaged package."""
+    doomed = folder.with_name(f".{folder.name}.loaded-{os.getpid()}")
+    try:
+        folder.rename(doomed)
+    except OSError:
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _reject(central: Central, refused: Refused) -> Path | None:
+    """Move a refused package aside with its reason; nothing of it is loaded."""
+    if not refused.folder.exists():
+        return None
+    central.rejected.mkdir(parents=True, exist_ok=True)
+    target = central.rejected / refused.folder.name
+    n = 1
+    while target.exists():
+        n += 1
+        target = central.rejected / f"{refused.folder.name}-{n}"
+    shutil.move(str(refused.folder), target)
+    note = target / REFUSED_NOTE if target.is_dir() else target.with_name(target.name + ".txt")
+    note.write_text(refused.reason + "\n", encoding="utf-8")
+    return target
+
+
+def _record_refusals(engine: sa.Engine, refused: list[Refused]) -> None:
+    if not refused:
+        return
+    with Session(engine) as session, session.begin():
+        for r in refused:
+            record(
+                session, "package.refused", ACTOR, {"package": r.folder.name, "reason": r.reason}
+            )
+
+
+def _record_loads(engine: sa.Engine, result: Collection) -> None:
+    with Session(engine) as session, session.begin():
+        for loaded in result.loaded:
+            if loaded.already_in is not None:
+                continue
+            details = loaded.summary()
+            details["lake_version"] = result.version.number if result.version else None
+            record(session, "package.loaded", ACTOR, details)
+
+
+@dataclass
+class Cycle:
+    erasure: Erasure
+    receipts: int
+
+
+def erase_cycle(central: Central, workers: int = 4) -> Cycle:
+    """Erase everyone with an active Type 1 opt-out and give each new one a receipt."""
+    lake = central.lake()
+    registry = Registry(central.engine())
+    awaiting = registry.awaiting_receipt()
+    erasure = erase(lake, registry.active_type1(), vacuum=bool(awaiting), workers=workers)
+    if awaiting and erasure.version is None:
+        raise UserError("the erasure cycle committed no lake version; nothing was receipted")
+    for pseudonym, event_id in awaiting.items():
+        assert erasure.version is not None
+        removed: dict[str, int] = dict(erasure.by_person.get(pseudonym, {}))
+        registry.record_receipt(pseudonym, removed, erasure.version.number, event_id)
+    return Cycle(erasure, len(awaiting))

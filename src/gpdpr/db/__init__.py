@@ -1,0 +1,110 @@
+"""The central SQL database: the event record, the opt-out registry, deletion receipts and
+re-identification requests (everything central that is not the pseudonymised lake).
+
+SQLite, embedded, by default, in the service's home folder; PostgreSQL in deployment, chosen with
+`GPDPR_DATABASE_URL`. `connect` brings the schema up to date with the migrations that ship inside
+the package, so a database is never opened at an older shape than the code expects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import make_url
+
+from gpdpr.errors import UserError
+
+DATABASE_URL_ENV = "GPDPR_DATABASE_URL"
+DATABASE_FILE = "central.db"
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+__all__ = ["DATABASE_URL_ENV", "connect", "pseudonym_hash", "url_for_home"]
+
+
+def url_for_home(home: Path) -> str:
+    """The database for a service home folder: `GPDPR_DATABASE_URL` when it is set, else an
+    SQLite file `central.db` in the folder."""
+    configured = os.environ.get(DATABASE_URL_ENV, "").strip()
+    if configured:
+        return configured
+    return f"sqlite:///{home.resolve() / DATABASE_FILE}"
+
+
+def pseudonym_hash(pseudonym: str) -> str:
+    """How the event record refers to a person: SHA-256 of their pseudonym, never the pseudonym
+    itself, so publishing the record publishes no key to the lake."""
+    return hashlib.sha256(pseudonym.encode()).hexdigest()
+
+
+def connect(url: str) -> sa.Engine:
+    """An engine for the central database, its schema upgraded to the latest migration."""
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError:
+        raise UserError(
+            f"{url!r} is not a database URL (like sqlite:///path/central.db or "
+            "postgresql+psycopg://user@host/db); check GPDPR_DATABASE_URL"
+        ) from None
+    if parsed.get_backend_name() == "sqlite":
+        _check_sqlite_folder(parsed.database)
+    engine = sa.create_engine(parsed, json_serializer=_json)
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_connect)
+        sa.event.listen(engine, "begin", _sqlite_begin)
+    try:
+        upgrade(engine)
+    except sa.exc.OperationalError as exc:
+        engine.dispose()
+        raise UserError(f"cannot open the central database: {exc.orig}") from None
+    return engine
+
+
+def upgrade(engine: sa.Engine) -> None:
+    """Run every migration not yet applied, in one transaction (all or nothing)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+def _json(value: Any) -> str:
+    """JSON columns written with orjson: bulk writes of events spend much of their time here."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _check_sqlite_folder(database: str | None) -> None:
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    folder = Path(database).parent
+    if not folder.is_dir():
+        raise UserError(
+            f"no folder {folder} for the central database: create it, or pass another --home "
+            f"(or set {DATABASE_URL_ENV})"
+        )
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    """Foreign keys enforced, write-ahead logging (readers never block the writer), and
+    transactions begun by SQLAlchemy rather than the sqlite3 driver (see `_sqlite_begin`)."""
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA journal_mode = WAL")
+    finally:
+        cursor.close()
+
+
+def _sqlite_begin(connection: sa.Connection) -> None:
+    """A real BEGIN for every transaction, reads and DDL included: the sqlite3 driver's own
+    handling skips it for both, which would make migrations non-transactional and let two
+    read-then-write changes interleave."""
+    connection.exec_driver_sql("BEGIN")

@@ -1,0 +1,416 @@
+"""The pseudonymised lake: Delta Lake tables under one folder, committed together.
+
+    LAKE/
+      _lake/versions/00000000000000000007.json   lake version 7: which version of each table
+      _lake/lock                                  held by the one process writing
+      patients/ registrations/ ... staff/         one Delta table per specification table,
+                                                  partitioned by practice
+      _packages/ _tombstones/                     bookkeeping (see tables.py)
+
+A Delta commit is atomic for one table, but a package touches every table. So the lake has a
+version of its own: a small file naming the Delta version of each table, created atomically (a
+hard link, which fails rather than overwrite) only after every table has committed. Readers see
+only what a lake version names. A writer that dies part-way leaves Delta versions that no lake
+version names; the next writer restores each such table to the version the lake names before it
+starts, so the lake is always exactly as before a load or exactly as after it.
+
+Nothing in the Delta logs names a person: file statistics are row counts only (a minimum or
+maximum pseudonym would otherwise outlive the file it described) and no commit records a
+predicate.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+from deltalake import DeltaTable
+from deltalake.transaction import AddAction, RemoveAction
+
+from gpdpr import spec as specification
+from gpdpr.errors import UserError
+from gpdpr.lake.tables import (
+    LEDGER,
+    LEDGER_SCHEMA,
+    PRACTICE,
+    TOMBSTONE_SCHEMA,
+    TOMBSTONES,
+    LakeTable,
+    data_tables,
+)
+
+META = "_lake"
+VERSIONS = "versions"
+NO_STATS = {"delta.dataSkippingNumIndexedCols": "0"}
+
+
+@dataclass(frozen=True)
+class LakeVersion:
+    number: int
+    committed_at: str
+    operation: str
+    tables: dict[str, int]  # Delta version of each table
+    readable_from: int  # earlier lake versions lost files to an erasure
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LiveFile:
+    """A data file in a table's current state."""
+
+    path: str
+    size: int
+    rows: int
+    practice: str | None
+
+
+class Lake:
+    def __init__(self, folder: Path, tables: dict[str, LakeTable]) -> None:
+        self.folder = folder
+        self.data = tables
+        self.schemas: dict[str, pa.Schema] = {n: t.schema for n, t in tables.items()}
+        self.schemas[LEDGER] = LEDGER_SCHEMA
+        self.schemas[TOMBSTONES] = TOMBSTONE_SCHEMA
+        self._meta = folder / META
+
+    @classmethod
+    def open(cls, folder: Path, spec: specification.Specification | None = None) -> Lake:
+        """The lake in `folder`, made (empty, at version 0) if there is none yet."""
+        lake = cls(folder, data_tables(spec or specification.shipped()))
+        if not lake._version_files():
+            stray = folder.exists() and any(p.name != META for p in folder.iterdir())
+            if stray and not (folder / META).exists():
+                raise UserError(
+                    f"{folder} holds files but is not a gpdpr lake: give an empty folder or an "
+                    "existing lake"
+                )
+            with lake._locked():
+                if not lake._version_files():
+                    lake._create()
+        return lake
+
+    # ---- layout -------------------------------------------------------------------------------
+
+    def path(self, table: str) -> Path:
+        return self.folder / table
+
+    def partition_by(self, table: str) -> list[str]:
+        return [] if table == LEDGER else [PRACTICE]
+
+    def _version_files(self) -> list[Path]:
+        folder = self._meta / VERSIONS
+        return sorted(folder.glob("*.json")) if folder.exists() else []
+
+    def _create(self) -> None:
+        (self._meta / VERSIONS).mkdir(parents=True, exist_ok=True)
+        for name, schema in self.schemas.items():
+            DeltaTable.create(
+                str(self.path(name)),
+                schema,
+                mode="ignore",  # a table made by an earlier attempt that died is reused
+                partition_by=self.partition_by(name) or None,
+                name=name,
+                configuration=NO_STATS,
+            )
+        self._write_version(
+            LakeVersion(0, _now(), "create", self._delta_versions(), 0, {}),
+        )
+
+    # ---- versions -----------------------------------------------------------------------------
+
+    def latest(self) -> LakeVersion:
+        files = self._version_files()
+        if not files:
+            raise UserError(f"{self.folder} is not a gpdpr lake (no {META}/{VERSIONS})")
+        return _read_version(files[-1])
+
+    def version(self, number: int | None = None) -> LakeVersion:
+        latest = self.latest()
+        if number is None:
+            return latest
+        if number > latest.number or number < 0:
+            raise UserError(f"the lake has versions 0 to {latest.number}; there is no {number}")
+        if number < latest.readable_from:
+            raise UserError(
+                f"lake version {number} can no longer be read: the erasure at version "
+                f"{latest.readable_from} physically removed the files it named, because people "
+                f"who opted out must be gone from every copy. Use version {latest.readable_from} "
+                "or later"
+            )
+        return _read_version(self._meta / VERSIONS / _version_name(number))
+
+    def snapshot(self, number: int | None = None) -> Snapshot:
+        return Snapshot(self, self.version(number))
+
+    def _write_version(self, version: LakeVersion) -> None:
+        """Publish a lake version: written aside, flushed, then linked into place in one step."""
+        body = orjson.dumps(
+            {
+                "version": version.number,
+                "committed_at": version.committed_at,
+                "operation": version.operation,
+                "tables": version.tables,
+                "readable_from": version.readable_from,
+                "details": version.details,
+            },
+            option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS,
+        )
+        folder = self._meta / VERSIONS
+        final = folder / _version_name(version.number)
+        tmp = self._meta / f".version-{uuid.uuid4().hex}.tmp"
+        with tmp.open("wb") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, final)
+        finally:
+            tmp.unlink()
+        _fsync_dir(folder)
+
+    def _delta_versions(self) -> dict[str, int]:
+        return {name: DeltaTable(str(self.path(name))).version() for name in self.schemas}
+
+    # ---- writing ------------------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self._meta.mkdir(parents=True, exist_ok=True)
+        with (self._meta / "lock").open("a+b") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(
+                    f"another gpdpr process is writing to the lake {self.folder}; wait for it to "
+                    "finish and run this again"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    @contextmanager
+    def writing(self) -> Iterator[Transaction]:
+        """The one writer: holds the lock, undoes what an earlier writer left uncommitted, and
+        hands out a transaction. Nothing is visible until the transaction commits."""
+        with self._locked():
+            base = self.latest()
+            self._recover(base)
+            yield Transaction(self, base)
+
+    def _recover(self, base: LakeVersion) -> None:
+        for leftover in self._meta.glob(".version-*.tmp"):
+            leftover.unlink()
+        for name, pinned in base.tables.items():
+            table = DeltaTable(str(self.path(name)))
+            if table.version() > pinned:
+                table.restore(pinned)
+
+    def vacuum(self) -> int:
+        """Physically delete every file the current version does not use, in every table (the
+        files of older versions and anything a failed writer left). Returns the number deleted.
+        Called with the lock held, by the transaction."""
+        removed = 0
+        for name in self.schemas:
+            table = DeltaTable(str(self.path(name)))
+            removed += len(
+                table.vacuum(
+                    retention_hours=0,
+                    dry_run=False,
+                    enforce_retention_duration=False,
+                    full=True,
+                )
+            )
+        return removed
+
+
+@dataclass
+class Snapshot:
+    """The lake as one version names it."""
+
+    lake: Lake
+    version: LakeVersion
+
+    def delta(self, table: str) -> DeltaTable:
+        return DeltaTable(str(self.lake.path(table)), version=self.version.tables[table])
+
+    def files(self, table: str) -> list[LiveFile]:
+        actions = pa.table(self.delta(table).get_add_actions(flatten=True))
+        practice = (
+            actions.column(f"partition.{PRACTICE}").to_pylist()
+            if f"partition.{PRACTICE}" in actions.column_names
+            else [None] * actions.num_rows
+        )
+        return [
+            LiveFile(path, size, rows, p)
+            for path, size, rows, p in zip(
+                actions.column("path").to_pylist(),
+                actions.column("size_bytes").to_pylist(),
+                actions.column("num_records").to_pylist(),
+                practice,
+                strict=True,
+            )
+        ]
+
+    def read(self, table: str, columns: list[str] | None = None) -> pa.Table:
+        return self.delta(table).to_pyarrow_dataset().to_table(columns=columns)
+
+    def read_file(
+        self,
+        table: str,
+        file: LiveFile,
+        columns: list[str] | None = None,
+        dictionary: list[str] | None = None,
+    ) -> pa.Table:
+        """One data file, with its practice as a column (the partition is in the path)."""
+        data = pq.read_table(
+            self.lake.path(table) / file.path,
+            columns=columns,
+            read_dictionary=dictionary,
+            use_threads=False,
+        )
+        if file.practice is not None and (columns is None or PRACTICE in columns):
+            data = data.append_column(PRACTICE, pa.repeat(file.practice, data.num_rows))
+        return data
+
+
+@dataclass
+class Transaction:
+    """Files written into the lake's tables, and files retired from them, committed as one lake
+    version. Writing is thread-safe, so tables and practices can be written side by side."""
+
+    lake: Lake
+    base: LakeVersion
+    _adds: dict[str, list[AddAction]] = field(default_factory=dict)
+    _removes: dict[str, list[RemoveAction]] = field(default_factory=dict)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+    _vacuumed: bool = False
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self.lake, self.base)
+
+    def write(self, table: str, practice: str | None, data: pa.Table) -> int:
+        """Write rows (without the partition column) as a new file of `table`."""
+        if data.num_rows == 0:
+            return 0
+        relative = f"part-{uuid.uuid4().hex}.zstd.parquet"
+        if practice is not None:
+            relative = f"{PRACTICE}={practice}/{relative}"
+        path = self.lake.path(table) / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        repetitive = self.lake.data[table].repetitive if table in self.lake.data else True
+        pq.write_table(
+            data,
+            path,
+            compression="zstd",
+            compression_level=1,
+            use_dictionary=repetitive,
+            write_statistics=False,  # a minimum or maximum pseudonym would name a person
+            store_schema=False,
+        )
+        action = AddAction(
+            relative,
+            path.stat().st_size,
+            {PRACTICE: practice} if practice is not None else {},
+            int(time.time() * 1000),
+            True,
+            orjson.dumps({"numRecords": data.num_rows}).decode(),
+        )
+        with self._guard:
+            self._adds.setdefault(table, []).append(action)
+        rows: int = data.num_rows
+        return rows
+
+    def retire(self, table: str, file: LiveFile) -> None:
+        """Take a file out of the table (its rows are gone, or rewritten into a new file)."""
+        action = RemoveAction(
+            file.path,
+            True,
+            int(time.time() * 1000),
+            file.size,
+            {PRACTICE: file.practice} if file.practice is not None else {},
+        )
+        with self._guard:
+            self._removes.setdefault(table, []).append(action)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self._adds or self._removes or self._vacuumed)
+
+    def commit(self, operation: str, details: dict[str, Any]) -> LakeVersion:
+        """Commit each changed table, then publish the lake version that names them all."""
+        lake = self.lake
+        for name in sorted(set(self._adds) | set(self._removes)):
+            table = DeltaTable(str(lake.path(name)))
+            actions: list[AddAction | RemoveAction] = [
+                *self._adds.get(name, []),
+                *self._removes.get(name, []),
+            ]
+            table.create_write_transaction(
+                actions,
+                mode="append",
+                schema=lake.schemas[name],
+                partition_by=lake.partition_by(name) or None,
+            )
+        version = LakeVersion(
+            self.base.number + 1,
+            _now(),
+            operation,
+            lake._delta_versions(),
+            self.base.number + 1 if self._vacuumed else self.base.readable_from,
+            details,
+        )
+        lake._write_version(version)
+        self.base = version
+        self._adds, self._removes, self._vacuumed = {}, {}, False
+        return version
+
+    def vacuum(self) -> int:
+        """Physically remove every file the committed state does not use. Versions before the
+        next commit can no longer be read."""
+        if self._adds or self._removes:
+            raise RuntimeError("commit before vacuuming")
+        self._vacuumed = True
+        removed: int = self.lake.vacuum()
+        return removed
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _version_name(number: int) -> str:
+    return f"{number:020d}.json"
+
+
+def _read_version(path: Path) -> LakeVersion:
+    document = orjson.loads(path.read_bytes())
+    return LakeVersion(
+        document["version"],
+        document["committed_at"],
+        document["operation"],
+        {str(k): int(v) for k, v in document["tables"].items()},
+        int(document.get("readable_from", 0)),
+        document.get("details", {}),
+    )
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,286 @@
+"""The central collector: what it loads, what it refuses, and that the lake never ends up between
+two states: each test compares the lake's rows and content before and after."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from collecting import central, copies, resign, state
+from conftest import Extracted, Made
+from extracting import Keys, run
+from gpdpr.collect.service import REFUSED_NOTE, Central, collect, erase_cycle
+from gpdpr.lake.query import connect
+from gpdpr.lake.store import Lake
+from gpdpr.optout.registry import Registry
+from readers import practice_folders
+from test_extract import _amend as amend
+
+WATERMARK = datetime(2026, 10, 31, 23, 59, 59)
+LATER = datetime(2026, 11, 14, 10, 0, 0)
+
+
+def test_a_batch_is_loaded_whole_in_one_version_with_provenance_on_every_row(
+    clean_columnar_packages: Extracted, keys: Keys, tmp_path: Path
+) -> None:
+    home = central(tmp_path, keys)
+    folders = copies(clean_columnar_packages.packages, tmp_path / "inbox")
+    result = collect(home, folders)
+
+    assert result.version is not None and result.version.number == 1
+    assert not result.refused
+    assert not any(f.exists() for f in folders), "loaded packages are the lake's now"
+    con = connect(Lake.open(home.lake_folder).snapshot())
+    active = Registry(home.engine()).active_type1()
+    assert active, "the clean nation has practice-recorded Type 1 opt-outs"
+    for loaded in result.loaded:
+        manifest = clean_columnar_packages.manifests[loaded.practice]
+        assert loaded.package_id == manifest["package_id"]
+        sent = sum(t["rows"] for t in manifest["tables"].values())  # type: ignore[union-attr]
+        assert loaded.total == sent - loaded.type1_dropped
+        for table, rows in loaded.rows.items():
+            got = con.sql(
+                f"select count(*), count(distinct practice), min(practice) from {table} "
+                f"where package_id = '{loaded.package_id}'"
+            ).fetchall()[0]
+            assert got[0] == rows and (got[1], got[2]) == (1, loaded.practice)
+    # Rows of people opted out at another practice are dropped on the way in.
+    assert sum(r.type1_dropped for r in result.loaded) > 0
+    con.register("active", pa.table({"p": sorted(active)}))
+    for table in ("patients", "clinical_events", "medications", "appointments"):
+        assert (
+            con.sql(
+                f"select count(*) from {table} where patient in (select p from active)"
+            ).fetchall()[0][0]
+            == 0
+        )
+    ledger = con.sql("select package_id, lake_version from packages order by 1").fetchall()
+    assert ledger == sorted((r.package_id, 1) for r in result.loaded)
+
+
+def test_loading_a_package_twice_changes_nothing(
+    clean_columnar_packages: Extracted, keys: Keys, tmp_path: Path
+) -> None:
+    home = central(tmp_path, keys)
+    names = ["Z10001", "Z10002"]
+    # Twice in one batch: loaded once.
+    first = collect(home, copies(clean_columnar_packages.packages, tmp_path / "a", names * 2))
+    assert [r.already_in for r in first.loaded] == [None, None, 1, 1]
+    before = state(home)
+    again = collect(home, copies(clean_columnar_packages.packages, tmp_path / "b", names))
+    assert again.version is None
+    assert [r.already_in for r in again.loaded] == [1, 1]
+    assert state(home) == before
+
+
+# ---- packages that must be refused ------------------------------------------------------------
+
+
+def _kit(keys: Keys, ods: str) -> Path:
+    return keys.kit(ods) / "signing.key"
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _unsigned(p: Path, keys: Keys) -> None:
+    (p / "manifest.sig").unlink()
+
+
+def _signed_by_another(p: Path, keys: Keys) -> None:
+    resign(p, _kit(keys, "Z10002"))
+
+
+def _truncated(p: Path, keys: Keys) -> None:
+    f = p / "clinical_events.parquet"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def _altered(p: Path, keys: Keys) -> None:
+    _flip_byte(p / "medications.parquet")
+
+
+def _lying_counts(p: Path, keys: Keys) -> None:
+    rows = pq.read_metadata(p / "clinical_events.parquet").num_rows
+    resign(p, _kit(keys, "Z10001"), {"tables/clinical_events/rows": rows + 1})
+
+
+def _unknown_practice(p: Path, keys: Keys) -> None:
+    resign(p, _kit(keys, "Z10001"), {"practice/ods_code": "Z99999"})
+
+
+def _old_specification(p: Path, keys: Keys) -> None:
+    resign(p, _kit(keys, "Z10001"), {"specification/version": "0.9.0"})
+
+
+def _other_specification_content(p: Path, keys: Keys) -> None:
+    resign(p, _kit(keys, "Z10001"), {"specification/sha256": "0" * 64})
+
+
+def _extra_file(p: Path, keys: Keys) -> None:
+    (p / "notes.txt").write_text("Jane Smith, 999 000 0018")
+
+
+def _wrong_columns(p: Path, keys: Keys) -> None:
+    """Properly signed and checksummed, but a table lacks a column the specification has."""
+    f = p / "allergies.parquet"
+    pq.write_table(pq.read_table(f).drop_columns(["staff"]), f)
+    from gpdpr.practice.package import sha256_file
+
+    resign(
+        p,
+        _kit(keys, "Z10001"),
+        {
+            "files/allergies.parquet": {"bytes": f.stat().st_size, "sha256": sha256_file(f)},
+        },
+    )
+
+
+def _no_manifest(p: Path, keys: Keys) -> None:
+    (p / "manifest.json").unlink()
+
+
+TAMPERING = {
+    "unsigned": (_unsigned, "has no manifest.sig"),
+    "signed by another practice": (_signed_by_another, "signature does not verify"),
+    "truncated": (_truncated, "does not match its SHA-256"),
+    "altered": (_altered, "does not match its SHA-256"),
+    "manifest lies about counts": (_lying_counts, "but the manifest says"),
+    "unknown practice": (_unknown_practice, "Z99999, which has no key registered"),
+    "old specification version": (_old_specification, "which the centre does not accept"),
+    "specification content differs": (_other_specification_content, "different content"),
+    "file not in the manifest": (_extra_file, "notes.txt are not in the manifest"),
+    "wrong columns": (_wrong_columns, "does not have the specification's columns"),
+    "no manifest": (_no_manifest, "has no manifest.json"),
+}
+
+
+@pytest.fixture
+def loaded_home(clean_columnar_packages: Extracted, keys: Keys, tmp_path: Path) -> Central:
+    home = central(tmp_path, keys)
+    collect(home, copies(clean_columnar_packages.packages, tmp_path / "first", ["Z10003"]))
+    return home
+
+
+@pytest.mark.parametrize("how", sorted(TAMPERING))
+def test_an_untrustworthy_package_is_refused_moved_aside_and_loads_nothing(
+    how: str,
+    clean_columnar_packages: Extracted,
+    keys: Keys,
+    tmp_path: Path,
+    loaded_home: Central,
+) -> None:
+    home = loaded_home
+    tamper, reason = TAMPERING[how]
+    [package] = copies(clean_columnar_packages.packages, tmp_path / "bad", ["Z10001"])
+    tamper(package, keys)
+    before = state(home)
+
+    result = collect(home, [package])
+
+    assert result.version is None and not result.loaded
+    [refused] = result.refused
+    assert reason in refused.reason
+    assert refused.moved_to is not None and not package.exists()
+    assert reason in (refused.moved_to / REFUSED_NOTE).read_text()
+    assert state(home) == before
+
+
+def test_a_refused_package_does_not_hold_back_the_good_ones(
+    clean_columnar_packages: Extracted, keys: Keys, tmp_path: Path
+) -> None:
+    home = central(tmp_path, keys)
+    bad, good = copies(clean_columnar_packages.packages, tmp_path / "in", ["Z10001", "Z10002"])
+    _altered(bad, keys)
+    result = collect(home, [bad, good])
+    assert [r.folder.name for r in result.refused] == ["Z10001"]
+    assert [(r.practice, r.already_in) for r in result.loaded] == [("Z10002", None)]
+    con = connect(Lake.open(home.lake_folder).snapshot())
+    assert con.sql("select distinct practice from clinical_events").fetchall() == [("Z10002",)]
+
+
+# ---- incrementals, in and out of order --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def incremental(
+    clean_columnar: Made,
+    clean_columnar_packages: Extracted,
+    keys: Keys,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, dict[str, set[str]]]:
+    """An incremental package of practice 3: corrections, entries in error, a new dissent and a
+    withdrawn one."""
+    practice = practice_folders(clean_columnar.root)[2]
+    work = tmp_path_factory.mktemp("incremental")
+    changed = amend(practice, work / "amended" / practice.name, LATER)
+    (work / "packages").mkdir()
+    run(work / "amended" / practice.name, work / "packages" / "Z10003-inc", keys, since=WATERMARK)
+    return work / "packages", changed
+
+
+def test_corrections_and_deletions_land_the_same_whatever_order_packages_arrive_in(
+    clean_columnar_packages: Extracted,
+    incremental: tuple[Path, dict[str, set[str]]],
+    keys: Keys,
+    tmp_path: Path,
+) -> None:
+    historic_from, (incremental_from, changed) = clean_columnar_packages.packages, incremental
+    orders = {
+        "in order": [["historic"], ["incremental"]],
+        "out of order": [["incremental"], ["historic"]],
+        "one batch": [["historic", "incremental"]],
+    }
+    results = {}
+    for name, batches in orders.items():
+        home = central(tmp_path / name.replace(" ", "-"), keys)
+        for batch in batches:
+            folders = []
+            for which in batch:
+                if which == "historic":
+                    folders += copies(historic_from, tmp_path / name / which, ["Z10003"])
+                else:
+                    folders += copies(incremental_from, tmp_path / name / which, ["Z10003-inc"])
+            collect(home, folders)
+        erase_cycle(home)  # the incremental brings a new dissent: erase them in every order
+        results[name] = state(home)[1]
+        con = connect(Lake.open(home.lake_folder).snapshot())
+        ids = ", ".join(f"'{i}'" for i in changed["corrected"])
+        values = con.sql(f"select distinct value from clinical_events where record_id in ({ids})")
+        assert values.fetchall() == [(42.0,)]
+        gone = ", ".join(f"'{i}'" for i in changed["in_error"])
+        left = con.sql(f"select count(*) from clinical_events where record_id in ({gone})")
+        assert left.fetchall() == [(0,)]
+    assert results["in order"] == results["out of order"] == results["one batch"]
+
+
+def test_the_collect_command_explains_a_refusal_and_exits_non_zero(
+    clean_columnar_packages: Extracted, keys: Keys, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    shutil.copytree(keys.folder, home / "keys")
+    bad, good = copies(clean_columnar_packages.packages, tmp_path / "in", ["Z10001", "Z10002"])
+    _lying_counts(bad, keys)
+    done = subprocess.run(
+        [sys.executable, "-m", "gpdpr", "collect", str(bad), str(good), "--home", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert done.returncode == 1, done.stderr
+    assert "refused Z10001" in done.stdout and "but the manifest says" in done.stdout
+    assert "lake version 1 committed" in done.stdout
+    assert (home / "rejected" / "Z10001" / REFUSED_NOTE).exists()
