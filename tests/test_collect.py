@@ -16,6 +16,7 @@ from collecting import central, copies, resign, state
 from conftest import Extracted, Made
 from extracting import Keys, run
 from gpdpr.collect.service import REFUSED_NOTE, Central, collect, erase_cycle
+from gpdpr.errors import UserError
 from gpdpr.lake.query import connect
 from gpdpr.lake.store import Lake
 from gpdpr.optout.registry import Registry
@@ -284,3 +285,17 @@ def test_the_collect_command_explains_a_refusal_and_exits_non_zero(
     assert "refused Z10001" in done.stdout and "but the manifest says" in done.stdout
     assert "lake version 1 committed" in done.stdout
     assert (home / "rejected" / "Z10001" / REFUSED_NOTE).exists()
+
+
+def test_a_second_writer_is_turned_away_while_the_lake_is_being_written(
+    clean_columnar_packages: Extracted, keys: Keys, tmp_path: Path
+) -> None:
+    home = central(tmp_path, keys)
+    folders = copies(clean_columnar_packages.packages, tmp_path / "in", ["Z10001"])
+    with Lake.open(home.lake_folder).writing():
+        with pytest.raises(UserError, match="another gpdpr process is writing to the lake"):
+            collect(home, folders)
+        with pytest.raises(UserError, match="another gpdpr process is writing to the lake"):
+            erase_cycle(home)
+    assert all(f.exists() for f in folders), "a package turned away is kept for the next run"
+    assert collect(home, folders).version is not None

@@ -4,6 +4,7 @@ and lets them back in when they withdraw it."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,9 +20,11 @@ from gpdpr.custodian.central import Custodian
 from gpdpr.lake.query import connect, digest
 from gpdpr.lake.store import Lake
 from gpdpr.optout.registry import Registry
+from gpdpr.practice.resend import write_resend_list
 from readers import practice_folders
 
 PEOPLE = 6
+SINCE = datetime(2026, 10, 31)  # a watermark just before the practices' extract
 
 
 def _bytes_found(folder: Path, needles: list[bytes]) -> list[str]:
@@ -109,7 +112,7 @@ def test_an_opted_out_person_is_physically_gone_and_no_one_else_is_touched(
     assert again.receipts == 0 and again.erasure.rows_removed == 0
 
 
-def test_an_opted_out_persons_records_arriving_later_are_dropped_and_return_on_withdrawal(
+def test_records_arriving_after_an_opt_out_are_dropped_and_return_on_withdrawal(
     home: Central, clean_columnar: Made, keys: Keys, tmp_path: Path
 ) -> None:
     practice = practice_folders(clean_columnar.root)[0]
@@ -128,16 +131,32 @@ def test_an_opted_out_persons_records_arriving_later_are_dropped_and_return_on_w
     assert loaded.type1_dropped > 0
     assert _bytes_found(home.lake_folder, needles) == []
 
-    # They withdraw: from the next extract on, their whole history flows again.
+    # They withdraw online. Their practice never knew: an ordinary incremental extract sends
+    # only what changed, so their erased history does not come back by itself...
     for pseudonym in people.values():
         assert registry.withdraw(pseudonym, "type1", "online")
-    (tmp_path / "again").mkdir()
-    run(practice, tmp_path / "again" / practice.name, keys)
-    collect(home, [tmp_path / "again" / practice.name])
+    assert registry.restored_type1() == set(people.values())
+    (tmp_path / "plain").mkdir()
+    run(practice, tmp_path / "plain" / practice.name, keys, since=SINCE)
+    collect(home, [tmp_path / "plain" / practice.name])
+    assert _held(home, people) == (0, 0)
+
+    # ...until the centre's resend list asks for it: the next extract sends them in full.
+    resend = tmp_path / "resend.json"
+    write_resend_list(resend, registry.restored_type1(), since=None)
+    (tmp_path / "asked").mkdir()
+    manifest = run(practice, tmp_path / "asked" / practice.name, keys, since=SINCE, resend=resend)
+    assert manifest["resent_on_request"] == len(people)
+    collect(home, [tmp_path / "asked" / practice.name])
+    people_back, rows_back = _held(home, people)
+    assert people_back == len(people) and rows_back > 0
+
+
+def _held(home: Central, people: dict[str, str]) -> tuple[int, int]:
     con = connect(Lake.open(home.lake_folder).snapshot())
-    con.register("back", pa.table({"p": sorted(people.values())}))
-    back = con.sql(
+    con.register("them", pa.table({"p": sorted(people.values())}))
+    found = con.sql(
         "select count(distinct patient), count(*) from clinical_events "
-        "where patient in (select p from back)"
+        "where patient in (select p from them)"
     ).fetchall()[0]
-    assert back[0] == 2 and back[1] > 0
+    return int(found[0]), int(found[1])

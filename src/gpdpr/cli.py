@@ -146,7 +146,7 @@ def demo(
     console.print(
         "Later stages (governance, research, the transparency log, the portal) arrive with their "
         f"issues. Look around: gpdpr lake show --home {home}; gpdpr optout status --home {home} "
-        "--type 1 --nhs-number N"
+        "--nhs-number N"
     )
 
 
@@ -287,14 +287,20 @@ def custodian_issue_practice(
 
 
 def _run_extract(
-    practice: Path, out: Path, keys: Path, since: str | None, spec: Path | None, quiet: bool
+    practice: Path,
+    out: Path,
+    keys: Path,
+    since: str | None,
+    spec: Path | None,
+    quiet: bool,
+    resend: Path | None = None,
 ) -> dict[str, object]:
     from gpdpr.practice.extract import ExtractRequest, extract, parse_watermark
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         request = ExtractRequest(
-            practice, out, keys, parse_watermark(since) if since else None, spec
+            practice, out, keys, parse_watermark(since) if since else None, spec, resend
         )
         with Progress(
             TextColumn("[bold]{task.description}"),
@@ -338,11 +344,15 @@ def practice_extract(
         Path | None,
         typer.Option(help="Another specification file (its version and hash go in the manifest)."),
     ] = None,
+    resend: Annotated[
+        Path | None,
+        typer.Option(help="The centre's resend list: these patients are sent in full again."),
+    ] = None,
 ) -> None:
     """Extract one practice into a signed, pseudonymised package."""
     from gpdpr.practice import report
 
-    manifest = _run_extract(practice, out, keys, since, spec, quiet=False)
+    manifest = _run_extract(practice, out, keys, since, spec, quiet=False, resend=resend)
     report.render(manifest, out, console)
 
 

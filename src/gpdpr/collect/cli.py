@@ -12,18 +12,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from gpdpr.home import DEFAULT_HOME, Home
+
 if TYPE_CHECKING:
     from gpdpr.collect.service import Collection, Cycle
 
 console = Console()
-Home = Annotated[
-    Path,
-    typer.Option(
-        envvar="GPDPR_HOME",
-        help="The central service's home folder (keys/, lake/, rejected/, central.db).",
-    ),
-]
-DEFAULT_HOME = Path("gpdpr-home")
 lake_app = typer.Typer(
     help="The pseudonymised lake: its versions and tables.", no_args_is_help=True
 )

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 
+from gpdpr.home import DEFAULT_HOME, Home
+
 if TYPE_CHECKING:
     from gpdpr.custodian.central import Custodian
 
@@ -23,9 +25,6 @@ reid_app = typer.Typer(
     no_args_is_help=True,
 )
 
-Home = Annotated[
-    Path, typer.Option(help="The service's home folder (keys in HOME/keys, database inside).")
-]
 Numbers = Annotated[Path, typer.Option(help="A file of NHS numbers, one per line.")]
 RequestId = Annotated[int, typer.Argument(help="The request's number.")]
 
@@ -83,7 +82,7 @@ def reid_request(
     purpose: Annotated[str, typer.Option(help="Why, in plain words (published).")],
     nhs_numbers: Numbers,
     requested_by: Annotated[str, typer.Option(help="Who asks (published).")],
-    home: Home = Path("gpdpr-home"),
+    home: Home = DEFAULT_HOME,
 ) -> None:
     """Ask for the project pseudonyms of named people; two others must approve."""
     from gpdpr.cli import console
@@ -107,7 +106,7 @@ def reid_request(
 def reid_approve(
     request_id: RequestId,
     approver: Annotated[str, typer.Option(help="Who approves (published).")],
-    home: Home = Path("gpdpr-home"),
+    home: Home = DEFAULT_HOME,
 ) -> None:
     """Approve a request (two distinct approvers, neither the requester)."""
     from gpdpr.cli import console
@@ -126,7 +125,7 @@ def reid_refuse(
     request_id: RequestId,
     by: Annotated[str, typer.Option(help="Who refuses (published).")],
     reason: Annotated[str, typer.Option(help="Why (published).")],
-    home: Home = Path("gpdpr-home"),
+    home: Home = DEFAULT_HOME,
 ) -> None:
     """Refuse a request; it can then never be fulfilled."""
     from gpdpr.cli import console
@@ -146,7 +145,7 @@ def reid_fulfil(
     nhs_numbers: Numbers,
     out: Annotated[Path, typer.Option(help="CSV to write (never overwritten; owner-only).")],
     actor: Annotated[str, typer.Option(help="Who carries it out (published).")],
-    home: Home = Path("gpdpr-home"),
+    home: Home = DEFAULT_HOME,
 ) -> None:
     """Carry out an approved request: write each NHS number's project pseudonym to a CSV."""
     from gpdpr.cli import console

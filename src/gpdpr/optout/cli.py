@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from gpdpr.home import DEFAULT_HOME, Home
+
 if TYPE_CHECKING:
     from gpdpr.custodian.central import Custodian
     from gpdpr.optout.registry import Registry
@@ -22,9 +24,6 @@ TYPES = {"1": "type1", "type1": "type1", "ndoo": "ndoo"}
 NAMES = {"type1": "Type 1 opt-out", "ndoo": "National Data Opt-out"}
 CLI_SOURCES = ("online", "proxy")
 
-Home = Annotated[
-    Path, typer.Option(help="The service's home folder (keys in HOME/keys, database inside).")
-]
 NhsNumber = Annotated[str, typer.Option("--nhs-number", help="The person's NHS number.")]
 Kind = Annotated[str, typer.Option("--type", help="1 (Type 1) or ndoo (National Data Opt-out).")]
 Source = Annotated[str, typer.Option(help="online, or proxy (someone acting for the person).")]
@@ -80,7 +79,7 @@ def optout_set(
     nhs_number: NhsNumber,
     kind: Kind,
     source: Source = "online",
-    home: Home = Path("gpdpr-home"),
+    home: Home = DEFAULT_HOME,
 ) -> None:
     """Opt a person out (Type 1: nothing more collected and what was collected erased)."""
     _change(home, nhs_number, kind, source, "set")
@@ -91,7 +90,7 @@ def optout_withdraw(
     nhs_number: NhsNumber,
     kind: Kind,
     source: Source = "online",
-    home: Home = Path("gpdpr-home"),
+    home: Home = DEFAULT_HOME,
 ) -> None:
     """Withdraw a person's opt-out: they are opted back in."""
     _change(home, nhs_number, kind, source, "withdraw")
@@ -100,7 +99,7 @@ def optout_withdraw(
 @optout_app.command("status")
 def optout_status(
     nhs_number: NhsNumber,
-    home: Home = Path("gpdpr-home"),
+    home: Home = DEFAULT_HOME,
 ) -> None:
     """A person's opt-outs now, and every change to them."""
     from gpdpr.errors import UserError
@@ -113,6 +112,35 @@ def optout_status(
         _fail(str(exc))
         return
     _render(status)
+
+
+@optout_app.command("resend-list")
+def optout_resend_list(
+    out: Annotated[Path, typer.Option(help="File to write the list to (never overwritten).")],
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only withdrawals after this time (default: every withdrawn Type 1)."),
+    ] = None,
+    home: Home = DEFAULT_HOME,
+) -> None:
+    """Write the list of people whose Type 1 opt-out was withdrawn, for practices to send their
+    whole record again (`gpdpr practice extract --resend FILE`)."""
+    from gpdpr.db import connect, url_for_home
+    from gpdpr.errors import UserError
+    from gpdpr.optout.registry import Registry
+    from gpdpr.practice.extract import parse_watermark
+    from gpdpr.practice.resend import write_resend_list
+
+    try:
+        when = parse_watermark(since) if since else None
+        people = Registry(connect(url_for_home(home))).restored_type1(when)
+        write_resend_list(out, people, when)
+    except UserError as exc:
+        _fail(str(exc))
+        return
+    from gpdpr.cli import console
+
+    console.print(f"{len(people):,} people to be sent in full again, listed in {out}")
 
 
 def _when(value: Any) -> str:

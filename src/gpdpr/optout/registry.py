@@ -212,6 +212,21 @@ class Registry:
                 session.scalars(sa.select(current.c.pseudonym).where(current.c.action == SET)).all()
             )
 
+    def restored_type1(self, since: datetime | None = None) -> builtins.set[str]:
+        """Everyone whose Type 1 opt-out is now withdrawn, the withdrawal effective after `since`
+        (all of them when None): the centre erased their history and asks practices to send it
+        again (see gpdpr.practice.resend)."""
+        current = _current("type1")
+        query = (
+            sa.select(current.c.pseudonym)
+            .join(OptOutEvent, OptOutEvent.id == current.c.id)
+            .where(current.c.action == WITHDRAWN)
+        )
+        if since is not None:
+            query = query.where(OptOutEvent.effective_at > as_utc(since))
+        with Session(self.engine) as session:
+            return set(session.scalars(query).all())
+
     # ---- deletion receipts ---------------------------------------------------------------------
 
     def awaiting_receipt(self) -> dict[str, int]:

@@ -27,6 +27,7 @@ from gpdpr.practice import columnar, fhir
 from gpdpr.practice.kit import PracticeKit, read_kit
 from gpdpr.practice.package import DELETIONS, DELETIONS_SCHEMA, FORMAT, TableWriter, seal
 from gpdpr.practice.pseudonyms import Pseudonymiser
+from gpdpr.practice.resend import read_resend_list
 from gpdpr.practice.rules import (
     Geography,
     Quarantined,
@@ -52,6 +53,7 @@ class ExtractRequest:
     keys: Path
     since: datetime | None = None
     spec: Path | None = None
+    resend: Path | None = None  # the centre's resend list (see resend.py)
 
 
 def quarantine_path(out: Path) -> Path:
@@ -106,6 +108,7 @@ def extract(request: ExtractRequest, on_progress: Progress | None = None) -> dic
             f"is the extract of {practice.ods_code}; use that practice's kit"
         )
     window = window_for(spec, practice.extracted_at, request.since)
+    resend = read_resend_list(request.resend) if request.resend else frozenset()
     out = request.out
     staging = out.resolve().parent / f".{out.name}.partial-{os.getpid()}"
     try:
@@ -113,7 +116,7 @@ def extract(request: ExtractRequest, on_progress: Progress | None = None) -> dic
     except OSError as exc:
         raise UserError(f"cannot write beside {out}: {exc.strerror or exc}") from None
     try:
-        manifest, quarantined = _build(spec, kit, reader, window, staging, on_progress)
+        manifest, quarantined = _build(spec, kit, reader, window, staging, on_progress, resend)
         seal(staging, manifest, kit.signing)
         _write_quarantine(quarantine_path(out), quarantined)
         staging.rename(out)
@@ -132,12 +135,13 @@ def _build(
     window: Window,
     folder: Path,
     on_progress: Progress | None,
+    resend: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, Any], list[Quarantined]]:
     practice = reader.practice
     pseudonymiser = Pseudonymiser(kit.collection, practice.ods_code)
     tally = Tally()
     quarantined: list[Quarantined] = []
-    rules = Rules(spec, window, pseudonymiser, tally, quarantined)
+    rules = Rules(spec, window, pseudonymiser, tally, quarantined, resend)
     codes = {spec.dissent.code, spec.dissent_withdrawn.code}
     opt = opt_outs(reader.opt_out_events(codes), spec, window.since)
 
@@ -213,6 +217,7 @@ def _build(
         "quarantined": {"rows": len(quarantined), "by_reason": dict(sorted(by_reason.items()))},
         "not_read": dict(sorted(practice.not_read.items())),
         "type1_opt_out": {"active": active, "withdrawn": withdrawn},
+        "resent_on_request": rules.resent_on_request,
     }
     return manifest, quarantined
 

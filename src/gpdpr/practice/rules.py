@@ -324,8 +324,11 @@ class Rules:
         pseudonymiser: Pseudonymiser,
         tally: Tally,
         quarantine: list[Quarantined],
+        resend: frozenset[str] = frozenset(),
     ) -> None:
         self.spec = spec
+        self.resend_asked = resend  # pseudonyms the centre asks to have in full again
+        self.resent_on_request = 0
         self.window = window
         self.pseudonymiser = pseudonymiser
         self.tally = tally
@@ -374,6 +377,10 @@ class Rules:
         pseudonyms = pa.array(made, pa.string())
         type1 = np.array([r in opt.active for r in ref_list], bool)
         resend = np.array([r in opt.restored_since for r in ref_list], bool)
+        if self.resend_asked:
+            asked = np.array([p in self.resend_asked for p in made], bool) & ~type1
+            self.resent_on_request = int(asked.sum())
+            resend |= asked
         index = PatientIndex(
             refs, pseudonyms, people["date_of_birth"].combine_chunks(), type1, resend
         )
