@@ -3,12 +3,14 @@ two states: each test compares the lake's rows and content before and after."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -299,3 +301,46 @@ def test_a_second_writer_is_turned_away_while_the_lake_is_being_written(
             erase_cycle(home)
     assert all(f.exists() for f in folders), "a package turned away is kept for the next run"
     assert collect(home, folders).version is not None
+
+
+def test_a_new_historic_extract_supersedes_everything_extracted_before_it(
+    clean_columnar: Made,
+    clean_columnar_packages: Extracted,
+    incremental: tuple[Path, dict[str, set[str]]],
+    keys: Keys,
+    tmp_path: Path,
+) -> None:
+    """Records the practice no longer holds go with the next historic extract, and an older
+    incremental arriving after it changes nothing."""
+    practice = practice_folders(clean_columnar.root)[2]
+    home = central(tmp_path, keys)
+    collect(home, copies(clean_columnar_packages.packages, tmp_path / "first", ["Z10003"]))
+
+    later = tmp_path / "later" / practice.name
+    shutil.copytree(practice, later)
+    events = pq.read_table(later / "clinical_events.parquet")
+    gone = events.slice(1000, 25)["event_id"].to_pylist()
+    pq.write_table(
+        events.filter(pc.invert(pc.is_in(events["event_id"], pa.array(gone)))),
+        later / "clinical_events.parquet",
+    )
+    about = json.loads((later / "extract.json").read_text())
+    about["extracted_at"] = "2026-11-20T08:00:00Z"  # after the incremental's window
+    (later / "extract.json").write_text(json.dumps(about))
+    (tmp_path / "snapshot").mkdir()
+    run(later, tmp_path / "snapshot" / "Z10003", keys)
+    collect(home, [tmp_path / "snapshot" / "Z10003"])
+
+    con = connect(Lake.open(home.lake_folder).snapshot())
+    ids = ", ".join(f"'{i}'" for i in gone)
+    assert con.sql(
+        f"select count(*) from clinical_events where record_id in ({ids})"
+    ).fetchall() == [(0,)]
+    assert con.sql("select count(distinct package_id) from clinical_events").fetchall() == [(1,)]
+    before = state(home)
+
+    incremental_from, _ = incremental  # extracted 2026-11-14: older than the new snapshot
+    late = collect(home, copies(incremental_from, tmp_path / "late", ["Z10003-inc"]))
+    [loaded] = late.loaded
+    assert loaded.total == 0 and loaded.stale > 0
+    assert state(home)[1] == before[1]

@@ -5,6 +5,9 @@ For each practice and table, the batch's rows are merged with what the lake hold
     later extract, so a package that arrives late never undoes a newer one;
   - a deletion removes every copy of its key extracted no later than the deletion, and is kept as
     a tombstone, so a record deleted before its older copy arrives stays deleted;
+  - a historic extract is the practice's whole record as it then stood: every row extracted
+    before the practice's latest historic extract is superseded by it (replaced by its copy, or
+    gone because the practice no longer holds or no longer sends it);
   - rows of a person with an active Type 1 opt-out are dropped (their practice may not have
     recorded the dissent yet: it may have been made online).
 Files that hold a replaced or deleted copy are rewritten without it; everything else is only
@@ -18,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -93,7 +97,7 @@ def load(
     """Load the packages in one lake version (None when every one was already loaded)."""
     with lake.writing() as tx:
         snapshot = tx.snapshot
-        before = _ledger(snapshot)
+        before, historic = _ledger(snapshot)
         outcome: dict[str, Loaded] = {}  # the packages to load
         reports: list[Loaded] = []  # one per package given, in order
         fresh: list[Package] = []
@@ -112,6 +116,13 @@ def load(
         by_practice: dict[str, list[Package]] = {}
         for package in sorted(fresh, key=lambda p: (p.until, p.manifest["created_at"])):
             by_practice.setdefault(package.practice, []).append(package)
+        sent_whole: dict[str, datetime] = {}  # the latest historic extract in this batch
+        for package in fresh:
+            if package.kind == "historic":
+                latest = sent_whole.get(package.practice, package.until)
+                sent_whole[package.practice] = max(package.until, latest)
+        for practice, at in sent_whole.items():
+            historic[practice] = max(at, historic.get(practice, at))
         opted = pa.array(sorted(opted_out), pa.string())
         tombstones = _tombstones(snapshot, set(by_practice))
         files = {name: _files_by_practice(snapshot, name) for name in lake.data}
@@ -127,6 +138,7 @@ def load(
         def run(job: tuple[LakeTable, str, list[Package]]) -> None:
             table, practice, group = job
             merge = Merge(tx, table, practice, group, opted, outcome, deletions)
+            merge.supersede(historic.get(practice), sent_whole.get(practice))
             merge.run(files[table.name].get(practice, []), tombstones.get((practice, table.name)))
             if on_progress is not None:
                 on_progress(table.name, sum(outcome[p.package_id].rows[table.name] for p in group))
@@ -155,14 +167,24 @@ class Merge:
     ) -> None:
         self.tx = tx
         self.package_deletions = deletions
+        self.snapshot_at: pa.Scalar | None = None
+        self.resent_at: pa.Scalar | None = None
         self.table = table
         self.practice = practice
         self.packages = packages
         self.opted = opted
         self.outcome = outcome
 
+    def supersede(self, snapshot_at: datetime | None, resent_at: datetime | None) -> None:
+        """The practice's latest historic extract (anything extracted before it is superseded)
+        and, if this batch has one, its time: every row the lake holds from then or before is
+        replaced by it, even one extracted at the same moment by an earlier historic."""
+        self.snapshot_at = None if snapshot_at is None else pa.scalar(snapshot_at, INSTANT)
+        self.resent_at = None if resent_at is None else pa.scalar(resent_at, INSTANT)
+
     def run(self, existing: list[LiveFile], tombstones: pa.Table | None) -> None:
         incoming = [self._incoming(p) for p in self.packages]
+        incoming = [self._not_superseded(p, rows) for p, rows in incoming]
         incoming = self._newest_in_batch(incoming)
         deletions = self._deletions(tombstones)
         if deletions is not None:
@@ -186,6 +208,17 @@ class Merge:
             if dropped:
                 self.outcome[package.package_id].count("type1_dropped", dropped)
                 rows = rows.filter(pc.invert(opted_out))
+        return package, rows
+
+    def _not_superseded(self, package: Package, rows: pa.Table) -> tuple[Package, pa.Table]:
+        """Drop an older package's rows when a later historic extract has been taken."""
+        if self.snapshot_at is None or rows.num_rows == 0:
+            return package, rows
+        old = pc.less(rows[EXTRACTED_AT], self.snapshot_at)
+        stale = _true(old)
+        if stale:
+            self.outcome[package.package_id].count("stale", stale)
+            rows = rows.filter(pc.invert(old))
         return package, rows
 
     def _newest_in_batch(
@@ -262,6 +295,11 @@ class Merge:
                     older = found & ~newer_np
                     if older.any():
                         stale_keys.append(held[key].filter(pa.array(older)).combine_chunks())
+            if self.resent_at is not None:
+                superseded = pc.less_equal(held[EXTRACTED_AT], self.resent_at)
+                superseded_np = superseded.to_numpy(zero_copy_only=False) & ~remove
+                replaced += int(superseded_np.sum())
+                remove |= superseded_np
             deleted = 0
             if deletions is not None:
                 gone = _deleted(held[key], held[EXTRACTED_AT], deletions)
@@ -334,11 +372,22 @@ def _lake_types(rows: pa.Table) -> pa.Table:
     return rows
 
 
-def _ledger(snapshot: Snapshot) -> dict[str, int]:
-    ledger = snapshot.read(LEDGER, [PACKAGE_ID, "lake_version"])
-    return dict(
-        zip(ledger[PACKAGE_ID].to_pylist(), ledger["lake_version"].to_pylist(), strict=True)
-    )
+def _ledger(snapshot: Snapshot) -> tuple[dict[str, int], dict[str, datetime]]:
+    """The lake version each package was loaded in, and each practice's latest historic
+    extract."""
+    ledger = snapshot.read(LEDGER, [PACKAGE_ID, PRACTICE, "kind", EXTRACTED_AT])
+    ledger = ledger.append_column("v", snapshot.read(LEDGER, ["lake_version"])["lake_version"])
+    loaded = dict(zip(ledger[PACKAGE_ID].to_pylist(), ledger["v"].to_pylist(), strict=True))
+    historic: dict[str, datetime] = {}
+    for practice, kind, at in zip(
+        ledger[PRACTICE].to_pylist(),
+        ledger["kind"].to_pylist(),
+        ledger[EXTRACTED_AT].to_pylist(),
+        strict=True,
+    ):
+        if kind == "historic" and (practice not in historic or at > historic[practice]):
+            historic[practice] = at
+    return loaded, historic
 
 
 def _files_by_practice(snapshot: Snapshot, table: str) -> dict[str, list[LiveFile]]:
