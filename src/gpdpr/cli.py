@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gpdpr.errors import UserError
+from gpdpr.progress import bar
 
 app = typer.Typer(
     help="gpdpr: a national GP data service built to be trusted.",
@@ -165,13 +166,7 @@ def _demo_extract(home: Path, practices: Path) -> None:
             f"Key custodian: collection key {collection.id} and {len(folders)} practice key kits "
             f"in {keys}, apart from the data."
         )
-        with Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        ) as progress:
+        with bar(console) as progress:
             task = progress.add_task("extracting practices", total=len(folders))
             manifests = extract_many(
                 folders,
@@ -185,21 +180,12 @@ def _demo_extract(home: Path, practices: Path) -> None:
 
 
 def _demo_collect(home: Path) -> None:
-    from gpdpr.collect.cli import render_collection
-    from gpdpr.collect.service import Central, collect
+    from gpdpr.collect.cli import render_collection, run_collect
+    from gpdpr.collect.service import Central
 
     folders = sorted(p for p in (home / "packages").iterdir() if p.is_dir())
     try:
-        with Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as progress:
-            task = progress.add_task("verifying packages", total=len(folders))
-            result = collect(Central(home), folders, on_checked=lambda _: progress.advance(task))
+        result = run_collect(Central(home), folders, console)
     except UserError as exc:
         fail(str(exc))
         raise

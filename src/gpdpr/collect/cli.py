@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from gpdpr.home import DEFAULT_HOME, Home
+from gpdpr.progress import bar
 
 if TYPE_CHECKING:
-    from gpdpr.collect.service import Collection, Cycle
+    from gpdpr.collect.service import Central, Collection, Cycle
 
 console = Console()
 lake_app = typer.Typer(
@@ -38,28 +38,15 @@ def collect_command(
 ) -> None:
     """Verify packages and load the trusted ones into the lake in one atomic commit; refused
     packages go to HOME/rejected with the reason."""
-    from gpdpr.collect.service import Central, collect
+    from gpdpr.collect.service import Central
     from gpdpr.errors import UserError
 
-    central = Central(home)
     folders = packages or sorted(p for p in (home / "inbox").glob("*") if p.is_dir())
     if not folders:
         _fail(f"no packages given and none in {home / 'inbox'}: name the package folders")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        with _progress() as progress:
-            checking = progress.add_task("verifying packages", total=len(folders))
-            loading = progress.add_task("loading", total=None, visible=False)
-
-            def loaded(table: str, rows: int) -> None:
-                progress.update(loading, visible=True, advance=rows, description=f"loading {table}")
-
-            result = collect(
-                central,
-                folders,
-                on_progress=loaded,
-                on_checked=lambda _: progress.advance(checking),
-            )
+        result = run_collect(Central(home), folders, console)
     except UserError as exc:
         _fail(str(exc))
         raise
@@ -68,15 +55,20 @@ def collect_command(
         raise typer.Exit(1)
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
+def run_collect(central: Central, folders: list[Path], out: Console) -> Collection:
+    """`collect`, showing its progress: packages verified, then rows loaded."""
+    from gpdpr.collect.service import collect
+
+    with bar(out, transient=True) as progress:
+        checking = progress.add_task("verifying packages", total=len(folders))
+        loading = progress.add_task("loading", total=None, visible=False)
+
+        def loaded(table: str, rows: int) -> None:
+            progress.update(loading, visible=True, advance=rows, description=f"loading {table}")
+
+        return collect(
+            central, folders, on_progress=loaded, on_checked=lambda _: progress.advance(checking)
+        )
 
 
 def render_collection(result: Collection, out: Console) -> None:
