@@ -25,6 +25,7 @@ import pytest
 
 from conftest import Made
 from extracting import Keys, run, tables
+from gpdpr.collect.service import Central, collect
 from gpdpr.practice.extract import quarantine_path
 from gpdpr.practice.kit import SIGNING_KEY, read_collection_key
 from gpdpr.spec import shipped
@@ -363,6 +364,26 @@ def test_nothing_planted_in_a_columnar_extract_leaves_the_practice(
     needles = set(PLANTED) | held["nhs"] | held["postcodes"] | held["contacts"] | held["staff"]
     assert_absent(package, needles)
     assert_no_secrets(package, _secrets(keys, source.name))
+
+    # And nothing of it anywhere the centre stores it: the lake, its logs, the database.
+    centre = Central(tmp_path / "home", key_folder=keys.folder)
+    assert collect(centre, [package]).version is not None
+    assert_absent_from_centre(centre.home, needles, _secrets(keys, source.name))
+
+
+def assert_absent_from_centre(home: Path, needles: set[str], secrets: set[bytes]) -> None:
+    """Every file under the centre's home, byte for byte, and every Parquet file decoded."""
+    automaton = _automaton(needles)
+    files = sorted(p for p in home.rglob("*") if p.is_file())
+    assert any(p.suffix == ".parquet" for p in files) and (home / "central.db").exists()
+    for path in files:
+        data = path.read_bytes()
+        found = _found(automaton, data)
+        assert not found, f"{path.relative_to(home)} holds {found[:5]}"
+        assert not any(s in data for s in secrets), f"{path.relative_to(home)} holds key material"
+        if path.suffix == ".parquet":
+            found = _found(automaton, _as_text(pq.read_table(path)))
+            assert not found, f"decoded {path.relative_to(home)} holds {found[:5]}"
 
 
 def test_the_scan_finds_what_is_there(

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from gpdpr.collect.load import member
 from gpdpr.lake.store import Lake, LakeVersion, LiveFile, Transaction
-from gpdpr.lake.tables import PRACTICE, LakeTable
+from gpdpr.lake.tables import LakeTable
 
 
 @dataclass
@@ -94,7 +94,6 @@ def _erase_file(
     if not pc.any(hit).as_py():
         return None
     whole = tx.snapshot.read_file(table.name, file, dictionary=table.repetitive)
-    whole = whole.drop_columns([PRACTICE]) if PRACTICE in whole.column_names else whole
     tx.write(table.name, file.practice, whole.filter(pc.invert(hit)))
     tx.retire(table.name, file)
     removed = pc.value_counts(whole[column].filter(hit).cast(pa.string()))

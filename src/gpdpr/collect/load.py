@@ -323,7 +323,6 @@ class Merge:
     def _rewrite(self, file: LiveFile, remove: np.ndarray[Any, np.dtype[np.bool_]]) -> None:
         snapshot = self.tx.snapshot
         whole = snapshot.read_file(self.table.name, file, dictionary=self.table.repetitive)
-        whole = whole.drop_columns([PRACTICE]) if PRACTICE in whole.column_names else whole
         self.tx.write(self.table.name, self.practice, whole.filter(pa.array(~remove)))
         self.tx.retire(self.table.name, file)
 

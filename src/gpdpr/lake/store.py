@@ -274,16 +274,13 @@ class Snapshot:
         columns: list[str] | None = None,
         dictionary: list[str] | None = None,
     ) -> pa.Table:
-        """One data file, with its practice as a column (the partition is in the path)."""
-        data = pq.read_table(
+        """One data file as stored: without the practice, which is in its path."""
+        return pq.read_table(
             self.lake.path(table) / file.path,
             columns=columns,
             read_dictionary=dictionary,
             use_threads=False,
         )
-        if file.practice is not None and (columns is None or PRACTICE in columns):
-            data = data.append_column(PRACTICE, pa.repeat(file.practice, data.num_rows))
-        return data
 
 
 @dataclass
