@@ -97,59 +97,86 @@ def load(
     """Load the packages in one lake version (None when every one was already loaded)."""
     with lake.writing() as tx:
         snapshot = tx.snapshot
-        before, historic = _ledger(snapshot)
-        outcome: dict[str, Loaded] = {}  # the packages to load
-        reports: list[Loaded] = []  # one per package given, in order
-        fresh: list[Package] = []
-        for package in packages:
-            loaded = Loaded(package.package_id, package.practice, package.kind)
-            if package.package_id in before or package.package_id in outcome:
-                # Given twice in this batch: the second is loaded in the version this makes.
-                loaded.already_in = before.get(package.package_id, tx.base.number + 1)
-            else:
-                fresh.append(package)
-                outcome[package.package_id] = loaded
-            reports.append(loaded)
+        loaded_in, historic = _ledger(snapshot)
+        fresh, reports = _sort_out(packages, loaded_in, tx.base.number + 1)
         if not fresh:
             return None, reports
-
+        batch = Batch(
+            tx,
+            pa.array(sorted(opted_out), pa.string()),
+            {r.package_id: r for r in reports if r.already_in is None},
+            {p.package_id: p.deletions() for p in fresh},
+        )
         by_practice: dict[str, list[Package]] = {}
         for package in sorted(fresh, key=lambda p: (p.until, p.manifest["created_at"])):
             by_practice.setdefault(package.practice, []).append(package)
-        sent_whole: dict[str, datetime] = {}  # the latest historic extract in this batch
-        for package in fresh:
-            if package.kind == "historic":
-                latest = sent_whole.get(package.practice, package.until)
-                sent_whole[package.practice] = max(package.until, latest)
+        sent_whole = _latest_historic(fresh)
         for practice, at in sent_whole.items():
             historic[practice] = max(at, historic.get(practice, at))
-        opted = pa.array(sorted(opted_out), pa.string())
         tombstones = _tombstones(snapshot, set(by_practice))
         files = {name: _files_by_practice(snapshot, name) for name in lake.data}
+
+        def run(job: tuple[LakeTable, str, list[Package]]) -> None:
+            table, practice, group = job
+            merge = Merge(
+                batch, table, practice, group, historic.get(practice), sent_whole.get(practice)
+            )
+            merge.run(files[table.name].get(practice, []), tombstones.get((practice, table.name)))
+            if on_progress is not None:
+                rows = sum(batch.outcome[p.package_id].rows[table.name] for p in group)
+                on_progress(table.name, rows)
 
         jobs = [
             (table, practice, group)
             for practice, group in by_practice.items()
             for table in lake.data.values()
         ]
-
-        deletions = {p.package_id: p.deletions() for p in fresh}
-
-        def run(job: tuple[LakeTable, str, list[Package]]) -> None:
-            table, practice, group = job
-            merge = Merge(tx, table, practice, group, opted, outcome, deletions)
-            merge.supersede(historic.get(practice), sent_whole.get(practice))
-            merge.run(files[table.name].get(practice, []), tombstones.get((practice, table.name)))
-            if on_progress is not None:
-                on_progress(table.name, sum(outcome[p.package_id].rows[table.name] for p in group))
-
         with ThreadPoolExecutor(max(1, workers)) as pool:
             list(pool.map(run, jobs))
-        _write_tombstones(tx, by_practice, deletions)
-        number = tx.base.number + 1
-        _write_ledger(tx, fresh, outcome, number)
-        version = tx.commit("load", {"packages": [outcome[p.package_id].summary() for p in fresh]})
+        _write_tombstones(tx, by_practice, batch.deletions)
+        _write_ledger(tx, fresh, batch.outcome, tx.base.number + 1)
+        details = {"packages": [batch.outcome[p.package_id].summary() for p in fresh]}
+        version = tx.commit("load", details)
     return version, reports
+
+
+def _sort_out(
+    packages: list[Package], loaded_in: dict[str, int], next_version: int
+) -> tuple[list[Package], list[Loaded]]:
+    """The packages still to load, and a report for every package given, in order (one given
+    twice in a batch is loaded once, in the version this load makes)."""
+    fresh: list[Package] = []
+    reports: list[Loaded] = []
+    seen: set[str] = set()
+    for package in packages:
+        report = Loaded(package.package_id, package.practice, package.kind)
+        if package.package_id in loaded_in or package.package_id in seen:
+            report.already_in = loaded_in.get(package.package_id, next_version)
+        else:
+            fresh.append(package)
+            seen.add(package.package_id)
+        reports.append(report)
+    return fresh, reports
+
+
+def _latest_historic(packages: list[Package]) -> dict[str, datetime]:
+    latest: dict[str, datetime] = {}
+    for package in packages:
+        if package.kind == "historic":
+            latest[package.practice] = max(
+                package.until, latest.get(package.practice, package.until)
+            )
+    return latest
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What every table of every practice in one load shares."""
+
+    tx: Transaction
+    opted: pa.Array  # pseudonyms with an active Type 1 opt-out
+    outcome: dict[str, Loaded]  # by package id, the packages being loaded
+    deletions: dict[str, pa.Table]  # by package id
 
 
 class Merge:
@@ -157,28 +184,24 @@ class Merge:
 
     def __init__(
         self,
-        tx: Transaction,
+        batch: Batch,
         table: LakeTable,
         practice: str,
         packages: list[Package],
-        opted: pa.Array,
-        outcome: dict[str, Loaded],
-        deletions: dict[str, pa.Table],
+        snapshot_at: datetime | None,
+        resent_at: datetime | None,
     ) -> None:
-        self.tx = tx
-        self.package_deletions = deletions
-        self.snapshot_at: pa.Scalar | None = None
-        self.resent_at: pa.Scalar | None = None
+        """`snapshot_at`: the practice's latest historic extract, anything extracted before it is
+        superseded. `resent_at`: the time of the historic extract in this batch, if any; every
+        row the lake holds from then or before is replaced by it (even one extracted at the
+        same moment by an earlier historic)."""
+        self.tx = batch.tx
+        self.opted = batch.opted
+        self.outcome = batch.outcome
+        self.package_deletions = batch.deletions
         self.table = table
         self.practice = practice
         self.packages = packages
-        self.opted = opted
-        self.outcome = outcome
-
-    def supersede(self, snapshot_at: datetime | None, resent_at: datetime | None) -> None:
-        """The practice's latest historic extract (anything extracted before it is superseded)
-        and, if this batch has one, its time: every row the lake holds from then or before is
-        replaced by it, even one extracted at the same moment by an earlier historic."""
         self.snapshot_at = None if snapshot_at is None else pa.scalar(snapshot_at, INSTANT)
         self.resent_at = None if resent_at is None else pa.scalar(resent_at, INSTANT)
 
