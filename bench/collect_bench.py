@@ -44,7 +44,6 @@ not the disk.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import os
@@ -57,6 +56,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from runs import chosen_runs
 
 LIST_SIZE = 9_000  # England's typical list size: practices = patients // 9,000
 WORKERS = 4  # collect's and erase's thread pools (the default of both commands)
@@ -132,17 +133,7 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == CHILD:
         CHILDREN[sys.argv[2]](sys.argv[3:])
         return
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--only", nargs="*", help="runs as KIND:PATIENTS, KIND load or erase")
-    args = parser.parse_args()
-    runs = (
-        [(r.split(":")[0], int(r.split(":")[1])) for r in args.only] if args.only else DEFAULT_RUNS
-    )
-    for name, _ in runs:
-        if name not in KINDS:
-            parser.error(f"unknown run kind {name!r}: use one of {', '.join(KINDS)}")
+    runs = chosen_runs(__doc__ or "", KINDS, DEFAULT_RUNS)
 
     console = Console(width=200)
     cores = os.cpu_count()

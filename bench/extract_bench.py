@@ -24,7 +24,6 @@ just before, so they are read from the page cache, not the disk.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -35,6 +34,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from runs import chosen_runs
 
 LIST_SIZE = 9_000  # England's typical list size: practices = patients // 9,000
 POOL_WORKERS = 2  # the columnar target is "on 2 cores"
@@ -163,19 +164,7 @@ def run_one(kind: Kind, patients: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--only", nargs="*", help=f"runs as KIND:PATIENTS, KIND one of {', '.join(KINDS)}"
-    )
-    args = parser.parse_args()
-    runs = (
-        [(r.split(":")[0], int(r.split(":")[1])) for r in args.only] if args.only else DEFAULT_RUNS
-    )
-    for name, _ in runs:
-        if name not in KINDS:
-            parser.error(f"unknown run kind {name!r}: use one of {', '.join(KINDS)}")
+    runs = chosen_runs(__doc__ or "", KINDS, DEFAULT_RUNS)
 
     console = Console(width=160)
     table = Table(

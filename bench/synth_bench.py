@@ -9,7 +9,6 @@ holds the nation) and the largest worker process (one practice block at a time).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -19,6 +18,8 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from runs import chosen_runs
 
 DEFAULT_RUNS = [
     ("columnar", 10_000),
@@ -64,12 +65,7 @@ def run_one(fmt: str, patients: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--only", nargs="*", help="runs as FORMAT:PATIENTS, e.g. fhir:10000")
-    args = parser.parse_args()
-    runs = (
-        [(r.split(":")[0], int(r.split(":")[1])) for r in args.only] if args.only else DEFAULT_RUNS
-    )
+    runs = chosen_runs(__doc__ or "", ("columnar", "fhir"), DEFAULT_RUNS)
 
     console = Console(width=150)
     table = Table(title=f"gpdpr synth on {os.cpu_count()} cores", header_style="bold")
