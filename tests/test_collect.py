@@ -344,3 +344,13 @@ def test_a_new_historic_extract_supersedes_everything_extracted_before_it(
     [loaded] = late.loaded
     assert loaded.total == 0 and loaded.stale > 0
     assert state(home)[1] == before[1]
+
+
+def test_without_the_practices_keys_nothing_is_judged_and_nothing_moved(
+    clean_columnar_packages: Extracted, tmp_path: Path
+) -> None:
+    home = Central(tmp_path / "home", key_folder=tmp_path / "no-keys")
+    folders = copies(clean_columnar_packages.packages, tmp_path / "in", ["Z10001"])
+    with pytest.raises(UserError, match="no practice keys at"):
+        collect(home, folders)
+    assert folders[0].exists() and not home.rejected.exists()

@@ -92,6 +92,12 @@ def collect(
     on_checked: Callable[[Path], None] | None = None,
 ) -> Collection:
     """Verify every package, refuse the untrustworthy, load the rest in one lake version."""
+    if not (central.keys / "practices").is_dir():
+        # The centre's own mistake, not the packages': refuse to judge them at all.
+        raise UserError(
+            f"no practice keys at {central.keys / 'practices'}: the collector checks each package "
+            "against its practice's registered key; give the custodian's key folder"
+        )
     lake = central.lake()
     engine = central.engine()
     registry = Registry(engine)
