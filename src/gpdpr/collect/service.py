@@ -1,10 +1,6 @@
 """The central collector's two jobs, as the commands run them: take in packages, and erase.
-
-    HOME/
-      keys/          the custodian's key folder (the collector reads practices' public keys only)
-      lake/          the pseudonymised lake
-      rejected/      refused packages, each with REFUSED.txt saying why
-      central.db     the opt-out registry and the event record (or GPDPR_DATABASE_URL)
+The places it works in are the service's home folder (see gpdpr.home); of the custodian's key
+folder it reads practices' public keys only.
 
 A package handed to `collect` is the centre's from then on: refused, it is moved to rejected/ with
 its reason; loaded (or found already loaded), it is deleted once the lake version holding it is
@@ -202,8 +198,11 @@ def erase_cycle(central: Central, workers: int = 4) -> Cycle:
     erasure = erase(lake, registry.active_type1(), vacuum=bool(awaiting), workers=workers)
     if awaiting and erasure.version is None:
         raise UserError("the erasure cycle committed no lake version; nothing was receipted")
-    for pseudonym, event_id in awaiting.items():
+    if awaiting:
         assert erasure.version is not None
-        removed: dict[str, int] = dict(erasure.by_person.get(pseudonym, {}))
-        registry.record_receipt(pseudonym, removed, erasure.version.number, event_id)
+        answers = [
+            (pseudonym, dict(erasure.by_person.get(pseudonym, {})), event_id)
+            for pseudonym, event_id in awaiting.items()
+        ]
+        registry.record_receipts(answers, erasure.version.number)
     return Cycle(erasure, len(awaiting))

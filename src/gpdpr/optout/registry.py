@@ -251,32 +251,56 @@ class Registry:
     ) -> DeletionReceipt:
         """Record that a person's rows were erased from the lake (the receipt holds the
         pseudonym's hash only), and the public "erasure" event."""
-        _check_pseudonym(pseudonym)
-        if any(not isinstance(n, int) or n < 0 for n in tables.values()):
-            raise UserError("a deletion receipt counts rows removed per table: whole numbers >= 0")
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            answered = session.get(OptOutEvent, opt_out_event_id)
-            if answered is None or (answered.pseudonym, answered.kind, answered.action) != (
-                pseudonym,
-                "type1",
-                SET,
-            ):
-                raise UserError(
-                    f"opt-out event {opt_out_event_id} is not this person's Type 1 opt-out: "
-                    "a receipt answers the set event it carried out (see awaiting_receipt)"
-                )
-            receipt = DeletionReceipt(
-                pseudonym_hash=pseudonym_hash(pseudonym),
-                tables=dict(sorted(tables.items())),
-                rows_removed=sum(tables.values()),
-                lake_version=lake_version,
-                erased_at=as_utc(at or now()),
-                opt_out_event_id=opt_out_event_id,
-            )
-            session.add(receipt)
-            session.flush()
-            record(session, "erasure", "collector", _receipt_view(receipt))
+        [receipt] = self.record_receipts([(pseudonym, tables, opt_out_event_id)], lake_version, at)
         return receipt
+
+    def record_receipts(
+        self,
+        answers: list[tuple[str, dict[str, int], int]],
+        lake_version: int,
+        at: datetime | None = None,
+    ) -> list[DeletionReceipt]:
+        """`record_receipt` for everyone one erasure cycle answered, (pseudonym, rows removed
+        per table, the set event answered) each, in one transaction: all or none."""
+        for pseudonym, tables, _ in answers:
+            _check_pseudonym(pseudonym)
+            if any(not isinstance(n, int) or n < 0 for n in tables.values()):
+                raise UserError(
+                    "a deletion receipt counts rows removed per table: whole numbers >= 0"
+                )
+        erased_at = as_utc(at or now())
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            ids = [event_id for _, _, event_id in answers]
+            events = {
+                e.id: e
+                for e in session.scalars(sa.select(OptOutEvent).where(OptOutEvent.id.in_(ids)))
+            }
+            receipts = []
+            for pseudonym, tables, event_id in answers:
+                answered = events.get(event_id)
+                if answered is None or (answered.pseudonym, answered.kind, answered.action) != (
+                    pseudonym,
+                    "type1",
+                    SET,
+                ):
+                    raise UserError(
+                        f"opt-out event {event_id} is not this person's Type 1 opt-out: "
+                        "a receipt answers the set event it carried out (see awaiting_receipt)"
+                    )
+                receipts.append(
+                    DeletionReceipt(
+                        pseudonym_hash=pseudonym_hash(pseudonym),
+                        tables=dict(sorted(tables.items())),
+                        rows_removed=sum(tables.values()),
+                        lake_version=lake_version,
+                        erased_at=erased_at,
+                        opt_out_event_id=event_id,
+                    )
+                )
+            session.add_all(receipts)
+            session.flush()
+            record_many(session, (("erasure", "collector", _receipt_view(r)) for r in receipts))
+        return receipts
 
     def receipts(self) -> list[dict[str, Any]]:
         """Every deletion receipt, oldest first, as published."""
