@@ -397,9 +397,10 @@ def _lake_types(rows: pa.Table) -> pa.Table:
 def _ledger(snapshot: Snapshot) -> tuple[dict[str, int], dict[str, datetime]]:
     """The lake version each package was loaded in, and each practice's latest historic
     extract."""
-    ledger = snapshot.read(LEDGER, [PACKAGE_ID, PRACTICE, "kind", EXTRACTED_AT])
-    ledger = ledger.append_column("v", snapshot.read(LEDGER, ["lake_version"])["lake_version"])
-    loaded = dict(zip(ledger[PACKAGE_ID].to_pylist(), ledger["v"].to_pylist(), strict=True))
+    ledger = snapshot.read(LEDGER, [PACKAGE_ID, PRACTICE, "kind", EXTRACTED_AT, "lake_version"])
+    loaded = dict(
+        zip(ledger[PACKAGE_ID].to_pylist(), ledger["lake_version"].to_pylist(), strict=True)
+    )
     historic: dict[str, datetime] = {}
     for practice, kind, at in zip(
         ledger[PRACTICE].to_pylist(),

@@ -172,15 +172,15 @@ def _check_tables(package: Package, tables: dict[str, LakeTable]) -> None:
 
 def _check_file(package: str, path: Path, expected: pa.Schema, rows: int) -> None:
     try:
-        meta = pq.read_metadata(path)
-        schema = pq.read_schema(path)
+        with pq.ParquetFile(path) as parquet:
+            rows_held, schema = parquet.metadata.num_rows, parquet.schema_arrow
     except (OSError, pa.ArrowInvalid) as exc:
         raise PackageError(
             f"package {package}: {path.name} is not a readable Parquet file ({exc}); refuse it"
         ) from None
-    if meta.num_rows != rows:
+    if rows_held != rows:
         raise PackageError(
-            f"package {package}: {path.name} holds {meta.num_rows:,} rows but the manifest says "
+            f"package {package}: {path.name} holds {rows_held:,} rows but the manifest says "
             f"{rows:,}; refuse it"
         )
     got = {f.name: _plain(f.type) for f in schema}
