@@ -15,10 +15,11 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.orm import Session
 
 from databases import BACKENDS, engines, pseudonym, sqlite_engine
-from gpdpr.db import DATABASE_URL_ENV, connect, pseudonym_hash, url_for_home
+from gpdpr.db import DATABASE_URL_ENV, MIGRATIONS, connect, metadata, pseudonym_hash, url_for_home
 from gpdpr.db.events import record
 from gpdpr.db.models import Base, Event, OptOutEvent, PracticeType1
 from gpdpr.errors import UserError
@@ -53,7 +54,7 @@ def count(engine: sa.Engine, model: type[Base]) -> int:
 
 def test_the_migrations_make_exactly_the_models_schema(engine: sa.Engine) -> None:
     with engine.connect() as connection:
-        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        differences = compare_metadata(MigrationContext.configure(connection), metadata())
     assert differences == []
 
 
@@ -65,7 +66,7 @@ def test_connect_is_repeatable_and_sqlite_enforces_foreign_keys_in_wal(tmp_path:
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").all() == [
-            ("0001",)
+            (ScriptDirectory(str(MIGRATIONS)).get_current_head(),)
         ]
     receipt = sa.text(
         "INSERT INTO deletion_receipts (pseudonym_hash, tables, rows_removed, lake_version, "
@@ -96,6 +97,8 @@ def test_the_event_record_refuses_an_nhs_number(engine: sa.Engine) -> None:
         record(session, "reid.refused", "panel", {"numbers": ["9434765919"]})
     with Session(engine) as session, session.begin():  # not NHS numbers: fine
         record(session, "reid.refused", "panel", {"reason": "ref 9434765918", "n": 12})
+    with Session(engine) as session, pytest.raises(ValueError, match="not one of"):
+        record(session, "lake.peeked", "someone", {})
     assert pseudonym_hash("abc") == (
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     )

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from gpdpr.errors import UserError
 from gpdpr.progress import bar
@@ -31,8 +32,9 @@ DEMO_SEED = 2021
 
 
 def fail(message: str) -> None:
-    """One line to stderr, exit code 2: what went wrong and what to do."""
-    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """One line to stderr, exit code 2: what went wrong and what to do. The message is printed
+    as it is: brackets in it (a TOML section, a file name) are not read as Rich markup."""
+    errors.print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -114,7 +116,14 @@ def _clear_demo_home(home: Path) -> None:
     practices = home / "practices"
     if practices.exists() and not (practices / SUMMARY_FILE).exists():
         fail(f"{practices} exists but was not made by the demo; move it away or pass --home")
-    parts = [practices, home / "keys", home / "packages", home / "lake", home / "rejected"]
+    parts = [
+        practices,
+        home / "keys",
+        home / "packages",
+        home / "lake",
+        home / "rejected",
+        home / "register",
+    ]
     if any(p.exists() for p in parts[1:]) and not (home / DEMO_MARKER).exists():
         fail(f"{home} holds keys or packages the demo did not make; move them away or pass --home")
     for part in parts:
@@ -130,24 +139,27 @@ def _clear_demo_home(home: Path) -> None:
 def demo(
     home: Annotated[Path, typer.Option(help="Folder the demo works in.")] = Path("gpdpr-demo"),
 ) -> None:
-    """Run the scheme end to end on the embedded defaults: a synthetic nation, then every
-    practice's extract, pseudonymised and signed."""
+    """Run the scheme end to end on the embedded defaults: a synthetic nation; every practice's
+    extract, pseudonymised and signed; the centre's collection into the lake; opt-outs and
+    erasure; and governance, from applications to the public Data Uses Register."""
     _clear_demo_home(home)
     practices = home / "practices"
-    console.rule("[bold]gpdpr demo 1/4: a synthetic nation of GP practices")
+    console.rule("[bold]gpdpr demo 1/5: a synthetic nation of GP practices")
     _run_synth(
         practices, DEMO_PRACTICES, DEMO_PATIENTS, DEMO_SEED, "columnar", date(2026, 10, 31), None, 0
     )
-    console.rule("[bold]gpdpr demo 2/4: each practice extracts what the specification allows")
+    console.rule("[bold]gpdpr demo 2/5: each practice extracts what the specification allows")
     _demo_extract(home, practices)
-    console.rule("[bold]gpdpr demo 3/4: the centre verifies every package and loads the lake")
+    console.rule("[bold]gpdpr demo 3/5: the centre verifies every package and loads the lake")
     _demo_collect(home)
-    console.rule("[bold]gpdpr demo 4/4: opting out online, and the erasure cycle")
+    console.rule("[bold]gpdpr demo 4/5: opting out online, and the erasure cycle")
     _demo_erase(home, practices)
+    console.rule("[bold]gpdpr demo 5/5: applications, the independent panel, the register")
+    _demo_governance(home)
     console.print(
-        "Later stages (governance, research, the transparency log, the portal) arrive with their "
-        f"issues. Look around: gpdpr lake show --home {home}; gpdpr optout status --home {home} "
-        "--nhs-number N"
+        "Later stages (research, the transparency log, the portal) arrive with their issues. "
+        f"Look around: gpdpr lake show --home {home}; gpdpr governance applications --home "
+        f"{home}; gpdpr governance show APP-... --home {home}"
     )
 
 
@@ -221,6 +233,37 @@ def _demo_erase(home: Path, practices: Path) -> None:
     render_cycle(cycle, console)
 
 
+def _demo_governance(home: Path) -> None:
+    """Sample applications take the paths real ones do, through the service's own functions;
+    the register is then generated from what happened."""
+    from rich.table import Table
+    from sqlalchemy.orm import Session
+
+    from gpdpr.db import connect, url_for_home
+    from gpdpr.governance import register, sample
+    from gpdpr.governance.applications import application
+    from gpdpr.governance.vocabulary import STATES
+
+    table = Table("application", "organisation", "title", "where it ended up")
+    try:
+        engine = connect(url_for_home(home))
+        with Session(engine) as session, session.begin():
+            for reference, state in sample.seed(session).items():
+                app = application(session, reference)
+                reason = f": {app.outcome_reason}" if state == "refused" else ""
+                organisation = app.organisations[0].organisation.name
+                table.add_row(reference, organisation, app.title, STATES[state] + reason)
+            written = register.write(session, home / "register")
+    except UserError as exc:
+        fail(str(exc))
+        raise
+    console.print(table)
+    console.print(
+        f"Data Uses Register (generated, never edited): {written['html']} "
+        f"(also {written['csv'].name} and {written['json'].name})"
+    )
+
+
 practice_app = typer.Typer(
     help="The practice side: extract what the specification allows, pseudonymised and signed.",
     no_args_is_help=True,
@@ -233,6 +276,9 @@ app.add_typer(custodian_app, name="custodian")
 from gpdpr.optout.cli import optout_app  # noqa: E402
 
 app.add_typer(optout_app, name="optout")
+from gpdpr.governance.cli import governance_app  # noqa: E402
+
+app.add_typer(governance_app, name="governance")
 from gpdpr.custodian.cli import reid_app  # noqa: E402
 
 custodian_app.add_typer(reid_app, name="reidentify")

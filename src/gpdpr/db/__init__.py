@@ -25,7 +25,16 @@ DATABASE_URL_ENV = "GPDPR_DATABASE_URL"
 DATABASE_FILE = "central.db"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
-__all__ = ["DATABASE_URL_ENV", "connect", "pseudonym_hash", "url_for_home"]
+__all__ = ["DATABASE_URL_ENV", "connect", "metadata", "pseudonym_hash", "url_for_home"]
+
+
+def metadata() -> sa.MetaData:
+    """Every table of the central database, whichever room's models define it: what the
+    migrations must produce."""
+    import gpdpr.governance.models  # noqa: F401  (registers the governance tables)
+    from gpdpr.db.models import Base
+
+    return Base.metadata
 
 
 def url_for_home(home: Path) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from gpdpr.db.models import Base
+from gpdpr.db import metadata
 
 
 def run() -> None:
@@ -18,7 +18,7 @@ def run() -> None:
         raise RuntimeError("gpdpr migrations run through gpdpr.db.connect, on a live connection")
     context.configure(
         connection=connection,
-        target_metadata=Base.metadata,
+        target_metadata=metadata(),
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
     )
