@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
+from databases import BACKENDS, engines
 from extracting import Keys
 from extracting import run as run_extract
+from governing import cast
 from gpdpr.synth.nation import Nation
 from gpdpr.synth.run import SynthRequest, SynthSummary, synthesise
 from readers import FhirOutput, practice_folders, read_fhir
@@ -116,3 +120,14 @@ def messy_fhir_packages(
     messy_fhir: Made, keys: Keys, tmp_path_factory: pytest.TempPathFactory
 ) -> Extracted:
     return _extract_all(messy_fhir, tmp_path_factory.mktemp("pkg") / "messy", keys)
+
+
+# ---- governance ------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=BACKENDS)
+def gov(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
+    """A central database holding the governance cast of governing.py, on each backend."""
+    for made in engines(request.param, tmp_path):
+        cast(made)
+        yield made

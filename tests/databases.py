@@ -8,6 +8,7 @@ import hashlib
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -27,21 +28,30 @@ def sqlite_engine(folder: Path) -> sa.Engine:
     return connect(f"sqlite:///{folder / 'central.db'}")
 
 
-def postgres_engine() -> Iterator[sa.Engine]:
+@contextmanager
+def postgres_url() -> Iterator[str]:
+    """The URL of a new, empty schema on the test server, dropped afterwards."""
     base = os.environ[POSTGRES_ENV]
     schema = f"test_{uuid.uuid4().hex[:16]}"
     admin = sa.create_engine(base)
     with admin.begin() as connection:
         connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
     url = sa.make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-    engine = connect(url.render_as_string(hide_password=False))
     try:
-        yield engine
+        yield url.render_as_string(hide_password=False)
     finally:
-        engine.dispose()
         with admin.begin() as connection:
             connection.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
         admin.dispose()
+
+
+def postgres_engine() -> Iterator[sa.Engine]:
+    with postgres_url() as url:
+        engine = connect(url)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
 
 
 def engines(backend: str, folder: Path) -> Iterator[sa.Engine]:

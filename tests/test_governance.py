@@ -4,7 +4,6 @@ access they give (and stop giving), and releases. On SQLite, and on PostgreSQL w
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from databases import BACKENDS, engines
+from databases import engines
 from governing import (
     ADMIN,
     BOTH,
@@ -27,7 +26,6 @@ from governing import (
     act,
     agreement_of,
     bring_to,
-    cast,
     form,
     later,
     new_draft,
@@ -42,13 +40,6 @@ from gpdpr.governance.form import Item, Population
 from gpdpr.governance.models import Application
 
 SHA = "ab" * 32
-
-
-@pytest.fixture(params=BACKENDS)
-def gov(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
-    for made in engines(request.param, tmp_path):
-        cast(made)
-        yield made
 
 
 def refused(engine: sa.Engine, do: object, *words: str) -> str:

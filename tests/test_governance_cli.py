@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner, Result
 
+from databases import BACKENDS, postgres_url
 from gpdpr.cli import app, console
 from gpdpr.db import DATABASE_URL_ENV, connect, url_for_home
 
@@ -108,6 +110,15 @@ class Built:
     reference: str
 
 
+def put_under_review(home: Path, folder: Path) -> str:
+    """Apply with the example, submit, start the review and cast m.one's vote; the reference."""
+    reference = apply(home, write(folder, "application.toml", example()))
+    ok(gpdpr(home, "submit", reference, "--as", "a.khan"))
+    ok(gpdpr(home, "review", "start", reference, "--as", "admin"))
+    ok(gpdpr(home, "review", "vote", reference, "approve", "--as", "m.one"))
+    return reference
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     """Made once through the CLI and copied for each test (a home is a folder and a file)."""
@@ -116,12 +127,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
         isolated(monkeypatch)
         populate(folder / "people")
         shutil.copytree(folder / "people", folder / "review")
-        review = folder / "review"
-        reference = apply(review, write(folder, "application.toml", example()))
-        ok(gpdpr(review, "submit", reference, "--as", "a.khan"))
-        ok(gpdpr(review, "review", "start", reference, "--as", "admin"))
-        ok(gpdpr(review, "review", "vote", reference, "approve", "--as", "m.one"))
-    return Built(folder / "people", review, reference)
+        reference = put_under_review(folder / "review", folder)
+    return Built(folder / "people", folder / "review", reference)
 
 
 @pytest.fixture
@@ -185,10 +192,26 @@ def test_the_example_is_an_application_the_checks_accept(home: Path, form: Path)
     assert reference not in ok(gpdpr(home, "applications", "--state", "draft"))
 
 
+@pytest.fixture(params=BACKENDS)
+def review_home(
+    request: pytest.FixtureRequest, built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Path, str]]:
+    """A home with the example under review (m.one's vote cast), its record in the home's
+    SQLite file, or on PostgreSQL in a schema of its own (GPDPR_DATABASE_URL)."""
+    home = tmp_path / "home"
+    if request.param == "sqlite":
+        yield Path(shutil.copytree(built.review, home)), built.reference
+        return
+    with postgres_url() as url:
+        monkeypatch.setenv(DATABASE_URL_ENV, url)
+        populate(home)
+        yield home, put_under_review(home, tmp_path)
+
+
 def test_from_application_to_a_revoked_agreement(
-    home: Path, under_review: str, tmp_path: Path
+    review_home: tuple[Path, str], tmp_path: Path
 ) -> None:
-    ref = under_review
+    home, ref = review_home
     # m.one voted, then declares a conflict: the vote is struck out
     out = ok(gpdpr(home, "review", "conflict", ref, "--as", "m.one", "--reason", "co-author"))
     assert "m.one will not vote" in out and "vote was struck out" in out

@@ -4,14 +4,12 @@ the application and leaves the whole database exactly as it was."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from databases import BACKENDS, engines
 from governing import (
     ADMIN,
     FAR_FUTURE,
@@ -20,7 +18,6 @@ from governing import (
     act,
     agreement_of,
     bring_to,
-    cast,
     form,
     snapshot,
     state_of,
@@ -31,13 +28,6 @@ from gpdpr.governance import agreements, applications, panel
 from gpdpr.governance.vocabulary import ACTIONS, STATES, TRANSITIONS
 
 Action = Callable[[Session], object]
-
-
-@pytest.fixture(params=BACKENDS)
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
-    for made in engines(request.param, tmp_path):
-        cast(made)
-        yield made
 
 
 def action(engine: sa.Engine, name: str, reference: str) -> Action:
@@ -66,29 +56,29 @@ def test_the_table_covers_every_state_and_action() -> None:
 
 @pytest.mark.parametrize("state", list(STATES))
 @pytest.mark.parametrize("name", ACTIONS)
-def test_every_action_from_every_state(engine: sa.Engine, state: str, name: str) -> None:
-    reference = bring_to(engine, state)
+def test_every_action_from_every_state(gov: sa.Engine, state: str, name: str) -> None:
+    reference = bring_to(gov, state)
     if name == "decide" and state == "under_review":
-        votes(engine, reference)  # a decision needs a quorum of votes first
-    before = snapshot(engine)
+        votes(gov, reference)  # a decision needs a quorum of votes first
+    before = snapshot(gov)
     allowed = TRANSITIONS.get((name, state))
 
     if allowed is None and name == "expire":
         # Expiry is a sweep over end dates, not a request: it refuses nothing, and must leave
         # an application that has no running agreement exactly as it was.
-        act(engine, action(engine, name, reference))
-        assert snapshot(engine) == before
+        act(gov, action(gov, name, reference))
+        assert snapshot(gov) == before
         return
     if allowed is None:
         with pytest.raises(UserError) as refused:
-            act(engine, action(engine, name, reference))
+            act(gov, action(gov, name, reference))
         assert reference in str(refused.value) or "no agreement" in str(refused.value)
-        if agreement_of(engine, reference) or name != "revoke":
+        if agreement_of(gov, reference) or name != "revoke":
             assert isinstance(refused.value, NotAllowed)
             assert f"it is {state.replace('_', ' ')}" in str(refused.value)
-        assert snapshot(engine) == before, "a refused action changed the record"
+        assert snapshot(gov) == before, "a refused action changed the record"
         return
 
-    act(engine, action(engine, name, reference))
-    assert state_of(engine, reference) == allowed
-    assert snapshot(engine) != before
+    act(gov, action(gov, name, reference))
+    assert state_of(gov, reference) == allowed
+    assert snapshot(gov) != before

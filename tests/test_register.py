@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
 from datetime import timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 
 import orjson
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from databases import BACKENDS, engines
 from governing import (
     ADMIN,
     CHARITY,
@@ -26,7 +23,6 @@ from governing import (
     act,
     agreement_of,
     bring_to,
-    cast,
     later,
     new_draft,
     votes,
@@ -36,13 +32,6 @@ from gpdpr.governance import agreements, applications, panel, register, releases
 from gpdpr.governance.register import CSV_COLUMNS
 
 SHA = "cd" * 32
-
-
-@pytest.fixture(params=BACKENDS)
-def gov(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
-    for made in engines(request.param, tmp_path):
-        cast(made)
-        yield made
 
 
 def built(engine: sa.Engine, at: object = None) -> dict[str, object]:

@@ -16,7 +16,13 @@ from gpdpr.db.events import record
 from gpdpr.db.models import now
 from gpdpr.errors import NotAllowed, UserError
 from gpdpr.governance.checks import screen
-from gpdpr.governance.form import ApplicationForm, Item, Population, check_items
+from gpdpr.governance.form import (
+    SCALAR_FIELDS,
+    ApplicationForm,
+    Item,
+    Population,
+    check_items,
+)
 from gpdpr.governance.models import (
     Application,
     ApplicationOrganisation,
@@ -161,21 +167,7 @@ def withdraw(session: Session, handle: str, reference: str, reason: str) -> Appl
 def form_of(app: Application) -> ApplicationForm:
     """An application's content as a form again (to edit a draft, or to check it)."""
     return ApplicationForm(
-        title=app.title,
-        purpose_category=app.purpose_category,
-        lay_summary=app.lay_summary,
-        technical_summary=app.technical_summary,
-        expected_benefit=app.expected_benefit,
-        legal_basis=app.legal_basis,
-        data_from=app.data_from,
-        data_to=app.data_to,
-        commercial=app.commercial,
-        commercial_benefit=app.commercial_benefit,
-        uses_for_marketing=app.uses_for_marketing,
-        uses_for_insurance=app.uses_for_insurance,
-        ndoo_exemption=app.ndoo_exemption,
-        ndoo_exemption_reason=app.ndoo_exemption_reason,
-        duration_months=app.duration_months,
+        **{name: getattr(app, name) for name in SCALAR_FIELDS},
         population=Population.from_json(app.population),
         items=tuple(Item(i.table_name, i.field_name, i.justification) for i in app.items),
         team=tuple(m.person.handle for m in app.team if m.person_id != app.lead_applicant_id),
@@ -205,23 +197,7 @@ def _lead(session: Session, app: Application, handle: str, action: str) -> Perso
 
 
 def _fill(session: Session, app: Application, lead: Person, form: ApplicationForm) -> None:
-    for name in (
-        "title",
-        "purpose_category",
-        "lay_summary",
-        "technical_summary",
-        "expected_benefit",
-        "legal_basis",
-        "data_from",
-        "data_to",
-        "commercial",
-        "commercial_benefit",
-        "uses_for_marketing",
-        "uses_for_insurance",
-        "ndoo_exemption",
-        "ndoo_exemption_reason",
-        "duration_months",
-    ):
+    for name in SCALAR_FIELDS:
         setattr(app, name, getattr(form, name))
     app.population = form.population.as_json()
     app.items = [

@@ -397,20 +397,10 @@ def review_conflict(
     """Declare your conflict of interest on an application (panel member).
 
     You will not vote on it, and a vote you already cast is struck out."""
-    import sqlalchemy as sa
-
-    from gpdpr.governance.models import Application, Person, Vote
     from gpdpr.governance.panel import declare_conflict
 
     with _session(home) as session:
-        had_voted = session.scalar(
-            sa.select(sa.func.count())
-            .select_from(Vote)
-            .join(Person, Vote.person_id == Person.id)
-            .join(Application, Vote.application_id == Application.id)
-            .where(Person.handle == actor, Application.reference == reference)
-        )
-        declare_conflict(session, actor, reference, reason)
+        had_voted = declare_conflict(session, actor, reference, reason)
     struck = " Your earlier vote was struck out: it does not count." if had_voted else ""
     _say(f"conflict of interest recorded: {actor} will not vote on {reference}.{struck}")
 

@@ -7,6 +7,7 @@ population that cannot exist is refused as the draft is saved, naming the field.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from datetime import date
@@ -124,6 +125,14 @@ class ApplicationForm:
         bad = [r for r in p.regions if not _REGION.match(r)]
         if bad:
             raise UserError(f"population.regions: {bad} are not region codes (E12 and six digits)")
+
+
+# The form's single-valued fields, stored as the application's columns of the same names.
+SCALAR_FIELDS = tuple(
+    f.name
+    for f in dataclasses.fields(ApplicationForm)
+    if f.name not in ("population", "items", "team", "collaborators", "funders")
+)
 
 
 def check_items(items: tuple[Item, ...], spec: Specification) -> None:

@@ -49,9 +49,9 @@ def conflicts_of(session: Session, member: Person, app: Application) -> list[str
     return out
 
 
-def declare_conflict(session: Session, handle: str, reference: str, reason: str) -> Conflict:
-    """Record a member's conflict on an application. A vote they already cast is struck out:
-    a vote given under a conflict does not count."""
+def declare_conflict(session: Session, handle: str, reference: str, reason: str) -> bool:
+    """Record a member's conflict on an application. A vote they already cast is struck out
+    (a vote given under a conflict does not count): whether there was one."""
     member = acting(session, handle, "panel_member", "declare a conflict of interest")
     app = application(session, reference)
     if not reason.strip():
@@ -72,7 +72,7 @@ def declare_conflict(session: Session, handle: str, reference: str, reason: str)
         handle,
         {"application": reference, "reason": conflict.reason, "vote_struck": struck is not None},
     )
-    return conflict
+    return struck is not None
 
 
 def vote(session: Session, handle: str, reference: str, choice: str, comment: str = "") -> Vote:
