@@ -188,8 +188,6 @@ def in_force(made: Agreement, at: datetime) -> str | None:
     day = at.astimezone(UTC).date()
     if made.revoked_at is not None:
         return f"it was revoked on {made.revoked_at:%Y-%m-%d} ({made.revoked_reason})"
-    if made.status == "revoked":
-        return "it was revoked"
     if day >= made.ends_on:
         return f"it ended on {made.ends_on} (access stops at its end date)"
     if day < made.starts_on:

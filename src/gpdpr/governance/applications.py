@@ -123,7 +123,7 @@ def submit(
     for the panel."""
     app = application(session, reference)
     _lead(session, app, handle, "submit")
-    if (("submit", app.state)) not in TRANSITIONS:
+    if ("submit", app.state) not in TRANSITIONS:
         raise NotAllowed(refusal(app, "submit"))
     form = form_of(app)
     # The specification may have changed since the draft was saved.
