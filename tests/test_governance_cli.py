@@ -17,8 +17,9 @@ import sqlalchemy as sa
 from typer.testing import CliRunner, Result
 
 from databases import BACKENDS, postgres_url
-from gpdpr.cli import app, console
+from gpdpr.cli import app
 from gpdpr.db import DATABASE_URL_ENV, connect, url_for_home
+from gpdpr.terminal import console
 
 LEEDS = "University of Leeds"
 ICB = "NHS West Yorkshire Integrated Care Board"

@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.text import Text
 
 from gpdpr.errors import UserError
 from gpdpr.progress import bar
+from gpdpr.terminal import console, fail
 
 app = typer.Typer(
     help="gpdpr: a national GP data service built to be trusted.",
@@ -23,19 +22,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-errors = Console(stderr=True)
 
 DEMO_PRACTICES = 20
 DEMO_PATIENTS = 60_000
 DEMO_SEED = 2021
-
-
-def fail(message: str) -> None:
-    """One line to stderr, exit code 2: what went wrong and what to do. The message is printed
-    as it is: brackets in it (a TOML section, a file name) are not read as Rich markup."""
-    errors.print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
 
 
 def _run_synth(
@@ -200,7 +190,6 @@ def _demo_collect(home: Path) -> None:
         result = run_collect(Central(home), folders, console)
     except UserError as exc:
         fail(str(exc))
-        raise
     render_collection(result, console)
 
 
@@ -229,7 +218,6 @@ def _demo_erase(home: Path, practices: Path) -> None:
         cycle = erase_cycle(central)
     except UserError as exc:
         fail(str(exc))
-        raise
     render_cycle(cycle, console)
 
 
@@ -256,7 +244,6 @@ def _demo_governance(home: Path) -> None:
             written = register.write(session, home / "register")
     except UserError as exc:
         fail(str(exc))
-        raise
     console.print(table)
     console.print(
         f"Data Uses Register (generated, never edited): {written['html']} "

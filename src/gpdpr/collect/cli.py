@@ -13,20 +13,14 @@ from rich.table import Table
 
 from gpdpr.home import DEFAULT_HOME, Home
 from gpdpr.progress import bar
+from gpdpr.terminal import console, fail
 
 if TYPE_CHECKING:
     from gpdpr.collect.service import Central, Collection, Cycle
 
-console = Console()
 lake_app = typer.Typer(
     help="The pseudonymised lake: its versions and tables.", no_args_is_help=True
 )
-
-
-def _fail(message: str) -> None:
-    from gpdpr.cli import fail
-
-    fail(message)
 
 
 def collect_command(
@@ -43,13 +37,12 @@ def collect_command(
 
     folders = packages or sorted(p for p in (home / "inbox").glob("*") if p.is_dir())
     if not folders:
-        _fail(f"no packages given and none in {home / 'inbox'}: name the package folders")
+        fail(f"no packages given and none in {home / 'inbox'}: name the package folders")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         result = run_collect(Central(home), folders, console)
     except UserError as exc:
-        _fail(str(exc))
-        raise
+        fail(str(exc))
     render_collection(result, console)
     if result.refused:
         raise typer.Exit(1)
@@ -118,8 +111,7 @@ def erase_command(home: Home = DEFAULT_HOME) -> None:
     try:
         cycle = erase_cycle(Central(home))
     except UserError as exc:
-        _fail(str(exc))
-        raise
+        fail(str(exc))
     render_cycle(cycle, console)
 
 
@@ -154,7 +146,7 @@ def lake_show(
 
     folder = Central(home).lake_folder
     if not folder.exists():
-        _fail(f"there is no lake at {folder}: run `gpdpr collect` first")
+        fail(f"there is no lake at {folder}: run `gpdpr collect` first")
     try:
         from gpdpr.lake.store import Lake
 
@@ -172,6 +164,5 @@ def lake_show(
             per = f"{size / rows:.1f}" if rows else "-"
             table.add_row(name, f"{rows:,}", f"{len(files):,}", f"{size:,}", per)
     except UserError as exc:
-        _fail(str(exc))
-        raise
+        fail(str(exc))
     console.print(table)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, TextIO
 import typer
 
 from gpdpr.home import DEFAULT_HOME, Home
+from gpdpr.terminal import console, fail
 
 if TYPE_CHECKING:
     from gpdpr.custodian.central import Custodian
@@ -27,12 +28,6 @@ reid_app = typer.Typer(
 
 Numbers = Annotated[Path, typer.Option(help="A file of NHS numbers, one per line.")]
 RequestId = Annotated[int, typer.Argument(help="The request's number.")]
-
-
-def _fail(message: str) -> None:
-    from gpdpr.cli import fail
-
-    fail(message)
 
 
 def open_custodian(home: Path) -> Custodian:
@@ -85,7 +80,6 @@ def reid_request(
     home: Home = DEFAULT_HOME,
 ) -> None:
     """Ask for the project pseudonyms of named people; two others must approve."""
-    from gpdpr.cli import console
     from gpdpr.errors import UserError
 
     try:
@@ -94,8 +88,7 @@ def reid_request(
             project, legal_basis, purpose, numbers, requested_by
         )
     except UserError as exc:
-        _fail(str(exc))
-        return
+        fail(str(exc))
     console.print(
         f"re-identification request [bold]{request_id}[/] recorded: it needs two approvers "
         "other than you"
@@ -109,14 +102,12 @@ def reid_approve(
     home: Home = DEFAULT_HOME,
 ) -> None:
     """Approve a request (two distinct approvers, neither the requester)."""
-    from gpdpr.cli import console
     from gpdpr.errors import UserError
 
     try:
         status = open_custodian(home).approve(request_id, approver)
     except UserError as exc:
-        _fail(str(exc))
-        return
+        fail(str(exc))
     console.print(f"request {request_id}: approval recorded; it is now [bold]{status}[/]")
 
 
@@ -128,14 +119,12 @@ def reid_refuse(
     home: Home = DEFAULT_HOME,
 ) -> None:
     """Refuse a request; it can then never be fulfilled."""
-    from gpdpr.cli import console
     from gpdpr.errors import UserError
 
     try:
         open_custodian(home).refuse(request_id, by, reason)
     except UserError as exc:
-        _fail(str(exc))
-        return
+        fail(str(exc))
     console.print(f"request {request_id} [bold]refused[/]")
 
 
@@ -148,7 +137,6 @@ def reid_fulfil(
     home: Home = DEFAULT_HOME,
 ) -> None:
     """Carry out an approved request: write each NHS number's project pseudonym to a CSV."""
-    from gpdpr.cli import console
     from gpdpr.errors import UserError
 
     try:
@@ -162,8 +150,7 @@ def reid_fulfil(
             writer.writerow(["nhs_number", "project_pseudonym"])
             writer.writerows(mapping.items())
     except UserError as exc:
-        _fail(str(exc))
-        return
+        fail(str(exc))
     console.print(f"request {request_id} fulfilled: {len(mapping)} project pseudonyms in {out}")
 
 

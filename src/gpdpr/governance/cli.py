@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -32,6 +32,7 @@ from gpdpr.governance.vocabulary import (
     STATES,
 )
 from gpdpr.home import DEFAULT_HOME, Home
+from gpdpr.terminal import console, fail
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -66,16 +67,8 @@ FormFile = Annotated[
 CMD = "gpdpr governance"
 
 
-def _fail(message: str) -> NoReturn:
-    from gpdpr.cli import fail
-
-    fail(message)
-    raise typer.Exit(2)  # unreachable: fail exits
-
-
 def _say(*lines: str) -> None:
     """Print plain lines (nothing in them is read as Rich markup)."""
-    from gpdpr.cli import console
 
     for line in lines:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -95,7 +88,7 @@ def _session(home: Path) -> Iterator[Session]:
     try:
         home.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        _fail(f"cannot make the home folder {home}: {exc.strerror}")
+        fail(f"cannot make the home folder {home}: {exc.strerror}")
     try:
         engine = connect(url_for_home(home))
         try:
@@ -107,9 +100,9 @@ def _session(home: Path) -> Iterator[Session]:
         finally:
             engine.dispose()
     except IntegrityError:
-        _fail("the record changed while this was being done (someone else acted): look again")
+        fail("the record changed while this was being done (someone else acted): look again")
     except UserError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _read(file: Path) -> ApplicationForm:
@@ -124,7 +117,7 @@ def _read(file: Path) -> ApplicationForm:
         form = read_form(file)
         form.check_shape(shipped())
     except UserError as exc:
-        _fail(f"{file}: {exc}" if form is not None else str(exc))
+        fail(f"{file}: {exc}" if form is not None else str(exc))
     return form
 
 
@@ -134,7 +127,7 @@ def _day(option: str, text: str | None) -> date | None:
     try:
         return date.fromisoformat(text)
     except ValueError:
-        _fail(f"{option} must be a date like 2026-10-31 (got {text!r})")
+        fail(f"{option} must be a date like 2026-10-31 (got {text!r})")
 
 
 # Organisations and people
@@ -164,7 +157,6 @@ def orgs(home: Home = DEFAULT_HOME) -> None:
     """List the organisations."""
     from rich.table import Table
 
-    from gpdpr.cli import console
     from gpdpr.governance.people import organisations
 
     table = Table("organisation", "kind", "added")
@@ -215,7 +207,6 @@ def people(home: Home = DEFAULT_HOME) -> None:
     """List the people who take part, with their roles."""
     from rich.table import Table
 
-    from gpdpr.cli import console
     from gpdpr.governance.people import people as everyone
 
     table = Table("handle", "name", "organisation", "roles", "email")
@@ -326,11 +317,10 @@ def applications(
     """List the applications."""
     from rich.table import Table
 
-    from gpdpr.cli import console
     from gpdpr.governance.applications import applications as listed
 
     if state is not None and state not in STATES:
-        _fail(f"--state must be one of {', '.join(STATES)} (got {state!r})")
+        fail(f"--state must be one of {', '.join(STATES)} (got {state!r})")
     table = Table("reference", "title", "state", "lead applicant", "organisations", "submitted")
     with _session(home) as session:
         for app in listed(session, state):
@@ -455,13 +445,13 @@ def review_decide(
     from gpdpr.governance.panel import decide
 
     if (minutes is None) == (minutes_file is None):
-        _fail("give the minutes with --minutes TEXT or --minutes-file FILE (one of them)")
+        fail("give the minutes with --minutes TEXT or --minutes-file FILE (one of them)")
     if minutes_file is not None:
         try:
             minutes = minutes_file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             why = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
-            _fail(f"cannot read the minutes from {minutes_file}: {why}")
+            fail(f"cannot read the minutes from {minutes_file}: {why}")
     assert minutes is not None
     with _session(home) as session:
         decision = decide(session, actor, reference, minutes, condition or [], quorum)
@@ -545,7 +535,7 @@ def agreement_check(
     for entry in item or []:
         table, dot, field = entry.partition(".")
         if not (dot and table and field):
-            _fail(f"--item {entry!r} should be TABLE.FIELD, like patients.sex")
+            fail(f"--item {entry!r} should be TABLE.FIELD, like patients.sex")
         wanted.setdefault(table, []).append(field)
     with _session(home) as session:
         scope = authorise(session, actor, reference, wanted)
@@ -581,7 +571,7 @@ def register(
         try:
             written = write(session, folder)
         except OSError as exc:
-            _fail(f"cannot write the register in {folder}: {exc.strerror}")
+            fail(f"cannot write the register in {folder}: {exc.strerror}")
     _say(f"Data Uses Register written in {folder}:")
     _say(*(f"  {kind}: {path}" for kind, path in written.items()))
 
@@ -613,7 +603,6 @@ def _render(session: Session, app: Application) -> None:
     import sqlalchemy as sa
     from rich.table import Table
 
-    from gpdpr.cli import console
     from gpdpr.governance.models import Agreement, Conflict, Decision, Person, Vote
     from gpdpr.governance.panel import conflicts_of
     from gpdpr.governance.vocabulary import EXCLUDED_PURPOSES, NDOO_EXEMPTIONS
@@ -733,7 +722,6 @@ def _render(session: Session, app: Application) -> None:
 
 
 def _render_agreement(made: Agreement) -> None:
-    from gpdpr.cli import console
 
     def field(label: str, value: object) -> None:
         console.print(f"[bold]{label}:[/] {_plain(str(value))}", highlight=False, soft_wrap=True)

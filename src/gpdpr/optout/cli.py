@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from gpdpr.home import DEFAULT_HOME, Home
+from gpdpr.terminal import console, fail
 
 if TYPE_CHECKING:
     from gpdpr.custodian.central import Custodian
@@ -27,12 +28,6 @@ CLI_SOURCES = ("online", "proxy")
 NhsNumber = Annotated[str, typer.Option("--nhs-number", help="The person's NHS number.")]
 Kind = Annotated[str, typer.Option("--type", help="1 (Type 1) or ndoo (National Data Opt-out).")]
 Source = Annotated[str, typer.Option(help="online, or proxy (someone acting for the person).")]
-
-
-def _fail(message: str) -> None:
-    from gpdpr.cli import fail
-
-    fail(message)
 
 
 def _kind(value: str) -> str:
@@ -53,7 +48,6 @@ def _open(home: Path) -> tuple[Custodian, Registry]:
 
 
 def _change(home: Path, nhs_number: str, kind: str, source: str, action: str) -> None:
-    from gpdpr.cli import console
     from gpdpr.errors import UserError
 
     try:
@@ -65,8 +59,7 @@ def _change(home: Path, nhs_number: str, kind: str, source: str, action: str) ->
         change = registry.set if action == "set" else registry.withdraw
         changed = change(pseudonym, kind, source)
     except UserError as exc:
-        _fail(str(exc))
-        return
+        fail(str(exc))
     done = "set" if action == "set" else "withdrawn"
     if changed:
         console.print(f"{NAMES[kind]} [bold]{done}[/] for this person ({source}).")
@@ -109,8 +102,7 @@ def optout_status(
         pseudonym = custodian.pseudonym_for(nhs_number, "optout:status", "opt-out status")
         status = registry.status(pseudonym)
     except UserError as exc:
-        _fail(str(exc))
-        return
+        fail(str(exc))
     _render(status)
 
 
@@ -136,9 +128,7 @@ def optout_resend_list(
         people = Registry(connect(url_for_home(home))).restored_type1(when)
         write_resend_list(out, people, when)
     except UserError as exc:
-        _fail(str(exc))
-        return
-    from gpdpr.cli import console
+        fail(str(exc))
 
     console.print(f"{len(people):,} people to be sent in full again, listed in {out}")
 
@@ -149,8 +139,6 @@ def _when(value: Any) -> str:
 
 def _render(status: dict[str, dict[str, Any]]) -> None:
     from rich.table import Table
-
-    from gpdpr.cli import console
 
     for kind, about in status.items():
         state = about["state"]
