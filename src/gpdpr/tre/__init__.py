@@ -1,0 +1,1 @@
+"""The trusted research environment: questions come in, only checked aggregates go out."""

@@ -1,0 +1,370 @@
+"""A definition as JSON: the only form in which it crosses into the research environment.
+
+    {"format": "gpdpr-definition/1",
+     "nodes": [{"node": "SelectTable", "name": "patients"}, ...],   # a node's id is its index
+     "population": 7, "variables": [["sex", 3], ...],
+     "measures": [...], "tables": [...], "disclosure": "round5"}
+
+Reading is strict: every node names only earlier nodes (so there are no cycles), carries exactly
+the fields its kind has, and is rebuilt through the same constructors the language uses, so each
+check runs again on the service side. A graph tampered with in transit, or written by hand to
+reach past the view, is refused with the node it failed at; nothing is ever interpreted as SQL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import date
+from typing import Any
+
+import orjson
+
+from gpdpr.errors import UserError
+from gpdpr.tre import nodes as n
+from gpdpr.tre.codelists import check_for_column
+from gpdpr.tre.schema import CODE_TYPES
+
+FORMAT = "gpdpr-definition/1"
+MAX_BYTES = 20_000_000
+MAX_NODES = 20_000
+
+# For each kind: its fields and what each holds.
+#   node: one node id; nodes: a list of ids; pairs: a list of [id, id]; optional: id or null;
+#   str: a string; strs: a list of strings; value: a JSON scalar.
+FIELDS: dict[str, dict[str, str]] = {
+    "SelectTable": {"name": "str"},
+    "Where": {"source": "node", "condition": "node"},
+    "SortBy": {"source": "node", "keys": "nodes"},
+    "PickOne": {"source": "node", "position": "str"},
+    "Column": {"frame": "node", "name": "str"},
+    "Value": {"value": "value", "kind": "str"},
+    "IntervalDate": {"which": "str"},
+    "IsIn": {"series": "node", "codes": "strs", "codelist": "str"},
+    "Apply": {"op": "str", "args": "nodes"},
+    "Case": {"cases": "pairs", "default": "optional"},
+    "Aggregate": {"op": "str", "source": "node"},
+}
+CLASSES: dict[str, type[n.Node]] = {
+    "SelectTable": n.SelectTable,
+    "Where": n.Where,
+    "SortBy": n.SortBy,
+    "PickOne": n.PickOne,
+    "Column": n.Column,
+    "Value": n.Value,
+    "IntervalDate": n.IntervalDate,
+    "IsIn": n.IsIn,
+    "Apply": n.Apply,
+    "Case": n.Case,
+    "Aggregate": n.Aggregate,
+}
+# What each node field must be, beyond being a node.
+FRAME_FIELDS = {
+    ("Where", "source"),
+    ("SortBy", "source"),
+    ("PickOne", "source"),
+    ("Column", "frame"),
+}
+
+
+# ---- writing ---------------------------------------------------------------------------------
+
+
+def to_json(definition: n.Definition) -> bytes:
+    """Canonical JSON (sorted keys, no spaces): the same definition always gives the same bytes."""
+    ids: dict[n.Node, int] = {}
+    out: list[dict[str, Any]] = []
+
+    def ref(node: n.Node) -> int:
+        if node not in ids:
+            for child in n.children(node):
+                ref(child)
+            ids[node] = len(out)
+            out.append(_node_json(node, ids))
+        return ids[node]
+
+    document: dict[str, Any] = {
+        "format": FORMAT,
+        "population": None if definition.population is None else ref(definition.population),
+        "variables": [[name, ref(s)] for name, s in definition.variables],
+        "measures": [
+            {
+                "name": m.name,
+                "numerator": ref(m.numerator),
+                "denominator": ref(m.denominator),
+                "group_by": [[g, ref(s)] for g, s in m.group_by],
+                "intervals": {
+                    "unit": m.intervals.unit,
+                    "start": m.intervals.start.isoformat(),
+                    "count": m.intervals.count,
+                },
+                "at": m.at,
+            }
+            for m in definition.measures
+        ],
+        "tables": [
+            {
+                "name": t.name,
+                "by": list(t.by),
+                "statistics": [list(s) for s in t.statistics],
+                "at": t.at,
+            }
+            for t in definition.tables
+        ],
+        "disclosure": definition.disclosure,
+    }
+    document["nodes"] = out
+    return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+
+
+def _node_json(node: n.Node, ids: dict[n.Node, int]) -> dict[str, Any]:
+    kind = type(node).__name__
+    body: dict[str, Any] = {"node": kind, "at": node.at}
+    for name, holds in FIELDS[kind].items():
+        value = getattr(node, name)
+        if holds == "node":
+            body[name] = ids[value]
+        elif holds == "nodes":
+            body[name] = [ids[v] for v in value]
+        elif holds == "pairs":
+            body[name] = [[ids[a], ids[b]] for a, b in value]
+        elif holds == "optional":
+            body[name] = None if value is None else ids[value]
+        elif holds == "strs":
+            body[name] = list(value)
+        elif holds == "value" and isinstance(value, date):
+            body[name] = value.isoformat()
+        else:
+            body[name] = value
+    return body
+
+
+def sha256(document: bytes) -> str:
+    return hashlib.sha256(document).hexdigest()
+
+
+# ---- reading ---------------------------------------------------------------------------------
+
+
+def from_json(document: bytes | str) -> n.Definition:
+    """The definition a JSON document describes, checked as if built with the language."""
+    raw = document.encode() if isinstance(document, str) else document
+    if len(raw) > MAX_BYTES:
+        raise n.DefinitionError(f"the definition is {len(raw):,} bytes; at most {MAX_BYTES:,}")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise n.DefinitionError(f"the definition is not valid JSON: {error}") from None
+    reader = _Reader()
+    definition = reader.definition(data)
+    n.validate(definition)
+    check_codelists(definition)
+    return definition
+
+
+def check_codelists(definition: n.Definition) -> None:
+    """Every code matched against a code column is one the service knows and collects."""
+    for root in n.roots(definition):
+        for node in n.walk(root):
+            if isinstance(node, n.IsIn) and node.series.type in CODE_TYPES:
+                try:
+                    check_for_column(node.codes, node.series.type, node.codelist)
+                except UserError as error:
+                    raise n.problem(node.at, str(error)) from None
+
+
+class _Reader:
+    def __init__(self) -> None:
+        self.built: list[n.Node] = []
+
+    def definition(self, data: Any) -> n.Definition:
+        top = _object(data, "the definition")
+        _keys(
+            top,
+            {"format", "nodes", "population", "variables", "measures", "tables", "disclosure"},
+            "the definition",
+        )
+        if top["format"] != FORMAT:
+            raise n.DefinitionError(
+                f"this is not a {FORMAT} definition (format {top['format']!r}): compile it with "
+                "this version of gpdpr"
+            )
+        nodes = _list(top["nodes"], "nodes")
+        if len(nodes) > MAX_NODES:
+            raise n.DefinitionError(
+                f"the definition has {len(nodes):,} nodes; at most {MAX_NODES:,}"
+            )
+        for index, body in enumerate(nodes):
+            self.built.append(self.node(index, body))
+        population = (
+            None if top["population"] is None else self.series(top["population"], "population")
+        )
+        variables = tuple(
+            (self.name(pair, "variables"), self.series(pair[1], f"variable {pair[0]}"))
+            for pair in _list(top["variables"], "variables")
+        )
+        return n.Definition(
+            population=population,
+            variables=variables,
+            measures=tuple(self.measure(m) for m in _list(top["measures"], "measures")),
+            tables=tuple(self.table(t) for t in _list(top["tables"], "tables")),
+            disclosure=_string(top["disclosure"], "disclosure"),
+        )
+
+    def node(self, index: int, body: Any) -> n.Node:
+        where = f"node {index}"
+        body = _object(body, where)
+        kind = body.get("node")
+        if kind not in FIELDS:
+            raise n.DefinitionError(f"{where}: unknown kind of node {kind!r}")
+        _keys(body, {"node", "at", *FIELDS[kind]}, f"{where} ({kind})")
+        at = body["at"]
+        if at is not None and not isinstance(at, str):
+            raise n.DefinitionError(f"{where}: `at` must be text")
+        args: dict[str, Any] = {}
+        for name, holds in FIELDS[kind].items():
+            value = body[name]
+            label = f"{where} ({kind}.{name})"
+            if holds == "node":
+                args[name] = self.ref(value, index, label)
+                if (kind, name) in FRAME_FIELDS and not isinstance(args[name], n.Frame):
+                    raise n.DefinitionError(f"{label}: must refer to a frame")
+                wants_series = (kind, name) not in FRAME_FIELDS and kind != "Aggregate"
+                if wants_series and not isinstance(args[name], n.Series):
+                    raise n.DefinitionError(f"{label}: must refer to a series")
+            elif holds == "nodes":
+                args[name] = tuple(self.series_ref(v, index, label) for v in _list(value, label))
+            elif holds == "pairs":
+                pairs = []
+                for pair in _list(value, label):
+                    if not isinstance(pair, list) or len(pair) != 2:
+                        raise n.DefinitionError(f"{label}: each case is [condition, value]")
+                    pairs.append(tuple(self.series_ref(v, index, label) for v in pair))
+                args[name] = tuple(pairs)
+            elif holds == "optional":
+                args[name] = None if value is None else self.series_ref(value, index, label)
+            elif holds == "strs":
+                args[name] = tuple(_string(v, label) for v in _list(value, label))
+            elif holds == "str":
+                args[name] = _string(value, label)
+            else:
+                args[name] = value
+        if kind == "Value":
+            args["value"] = _value(args["value"], args["kind"], where)
+        try:
+            return CLASSES[kind](**args, at=at)
+        except n.DefinitionError as error:
+            raise n.DefinitionError(f"{where}: {error}") from None
+        except (TypeError, ValueError, AttributeError, AssertionError) as error:
+            raise n.DefinitionError(f"{where} ({kind}) is malformed: {error}") from None
+
+    def ref(self, value: Any, index: int, label: str) -> n.Node:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < index:
+            raise n.DefinitionError(
+                f"{label}: {value!r} is not an earlier node (a node may only refer to nodes "
+                "before it)"
+            )
+        return self.built[value]
+
+    def series_ref(self, value: Any, index: int, label: str) -> n.Series:
+        node = self.ref(value, index, label)
+        if not isinstance(node, n.Series):
+            raise n.DefinitionError(f"{label}: must refer to a series")
+        return node
+
+    def series(self, value: Any, label: str) -> n.Series:
+        return self.series_ref(value, len(self.built), label)
+
+    def name(self, pair: Any, label: str) -> str:
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise n.DefinitionError(f"{label}: each entry is [name, node]")
+        return _string(pair[0], label)
+
+    def measure(self, data: Any) -> n.Measure:
+        body = _object(data, "a measure")
+        _keys(
+            body, {"name", "numerator", "denominator", "group_by", "intervals", "at"}, "a measure"
+        )
+        name = _string(body["name"], "measure name")
+        label = f"measure {name}"
+        intervals = _object(body["intervals"], f"{label} intervals")
+        _keys(intervals, {"unit", "start", "count"}, f"{label} intervals")
+        try:
+            start = date.fromisoformat(_string(intervals["start"], f"{label} start"))
+        except ValueError:
+            raise n.DefinitionError(f"{label}: the intervals' start is not a date") from None
+        count = intervals["count"]
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise n.DefinitionError(f"{label}: the number of intervals must be a whole number")
+        return n.Measure(
+            name,
+            self.series(body["numerator"], f"{label} numerator"),
+            self.series(body["denominator"], f"{label} denominator"),
+            tuple(
+                (self.name(g, label), self.series(g[1], f"{label} group_by"))
+                for g in _list(body["group_by"], f"{label} group_by")
+            ),
+            n.Intervals(_string(intervals["unit"], f"{label} unit"), start, count),
+            at=_optional_string(body["at"], label),
+        )
+
+    def table(self, data: Any) -> n.AggregateTable:
+        body = _object(data, "a table")
+        _keys(body, {"name", "by", "statistics", "at"}, "a table")
+        name = _string(body["name"], "table name")
+        statistics = []
+        for pair in _list(body["statistics"], f"table {name} statistics"):
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise n.DefinitionError(f"table {name}: each statistic is [variable, statistic]")
+            statistics.append((_string(pair[0], name), _string(pair[1], name)))
+        return n.AggregateTable(
+            name,
+            tuple(_string(b, f"table {name} by") for b in _list(body["by"], f"table {name} by")),
+            tuple(statistics),
+            at=_optional_string(body["at"], name),
+        )
+
+
+def _object(value: Any, label: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise n.DefinitionError(f"{label} must be a JSON object")
+    return value
+
+
+def _list(value: Any, label: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise n.DefinitionError(f"{label} must be a JSON list")
+    return value
+
+
+def _string(value: Any, label: str) -> str:
+    if not isinstance(value, str):
+        raise n.DefinitionError(f"{label} must be text, not {type(value).__name__}")
+    return value
+
+
+def _optional_string(value: Any, label: str) -> str | None:
+    return None if value is None else _string(value, label)
+
+
+def _keys(body: dict[str, Any], expected: set[str], label: str) -> None:
+    missing, extra = expected - set(body), set(body) - expected
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(sorted(missing))}")
+        if extra:
+            parts.append(f"unexpected {', '.join(sorted(extra))}")
+        raise n.DefinitionError(f"{label}: {'; '.join(parts)}")
+
+
+def _value(value: Any, kind: Any, where: str) -> Any:
+    if kind == "date" and isinstance(value, str):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            raise n.DefinitionError(f"{where}: {value!r} is not a date") from None
+    if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if value is not None and not isinstance(value, (bool, int, float, str)):
+        raise n.DefinitionError(f"{where}: a value must be a JSON scalar")
+    return value

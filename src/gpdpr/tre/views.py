@@ -1,0 +1,149 @@
+"""Project views: the only data a run ever sees.
+
+From one lake version, for one agreement: only the tables and columns the definition reads (each
+within the agreement's scope, checked before this is reached), only records in the agreement's
+period, only patients in its population, never anyone with a Type 1 opt-out awaiting erasure,
+never anyone with a National Data Opt-out unless the agreement records an exemption, and every
+pseudonym (patient, staff, postcode) replaced by the project's own, made with the key the
+custodian derives for the project. Two projects' views therefore share no identifier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import pyarrow as pa
+
+from gpdpr.custodian.central import project_pseudonyms
+from gpdpr.lake.query import connect
+from gpdpr.lake.store import Snapshot
+from gpdpr.tre.schema import PATIENT_FIELD, PATIENT_ID, PRACTICE, TABLES
+
+# Columns that are pseudonyms in the lake, shown under the project's key.
+PSEUDONYM_COLUMNS = ("staff", "postcode_key")
+# Lake timestamps shown as days.
+TIMESTAMPS = {"recorded_at", "start", "booked_at"}
+
+
+@dataclass(frozen=True)
+class ViewScope:
+    """What an agreement lets a run see (see governance.agreements.Scope)."""
+
+    data_from: date  # first day of records
+    data_to: date  # records before this day
+    population: Mapping[str, Any]
+    excluded: frozenset[str]  # lake pseudonyms never to be shown (opt-outs)
+
+
+def required_fields(used: Mapping[str, Iterable[str]]) -> dict[str, list[str]]:
+    """{specification table: fields} a definition needs granted: the fields each column read is
+    made from, and the patient pseudonym of every table read (to put rows together by person).
+    The patients table is always read: it is the list of people a run starts from."""
+    wanted: dict[str, set[str]] = {"patients": {PATIENT_FIELD}}
+    for table, columns in used.items():
+        lake = TABLES[table].lake
+        fields = wanted.setdefault(lake, set())
+        fields.add(PATIENT_FIELD)
+        for column in columns:
+            fields.update(TABLES[table].columns[column].needs)
+    return {t: sorted(f) for t, f in sorted(wanted.items())}
+
+
+def build(
+    snapshot: Snapshot,
+    scope: ViewScope,
+    used: Mapping[str, Iterable[str]],
+    project_key: bytes,
+) -> dict[str, pa.Table]:
+    """The views a definition reading `used` ({table: columns}) runs on."""
+    con = connect(snapshot)
+    try:
+        con.execute("set TimeZone = 'UTC'")
+        con.register(
+            "excluded", pa.table({"patient": pa.array(sorted(scope.excluded), pa.string())})
+        )
+        con.execute(f"create temp table people as {_people_sql(scope)}")
+        lake_ids = con.sql("select patient from people").to_arrow_table().column("patient")
+        ids = pa.table({"patient": lake_ids, PATIENT_ID: project_pseudonyms(project_key, lake_ids)})
+        con.register("ids", ids)
+        tables = {"patients": set(used.get("patients", ()))} | {t: set(c) for t, c in used.items()}
+        return {
+            name: _project(con.sql(_view_sql(name, columns, scope)).to_arrow_table(), project_key)
+            for name, columns in tables.items()
+        }
+    finally:
+        con.close()
+
+
+def _people_sql(scope: ViewScope) -> str:
+    """Each person once (their most recently changed patient row, if they moved practice),
+    within the population and not excluded."""
+    conditions = ["patient not in (select patient from excluded)"]
+    population = scope.population
+    born = "make_date(birth_year, birth_month, 1)"
+    if population.get("min_age") is not None:
+        conditions.append(f"{_years(born, scope.data_to)} >= {int(population['min_age'])}")
+    if population.get("max_age") is not None:
+        conditions.append(f"{_years(born, scope.data_from)} <= {int(population['max_age'])}")
+    for key, column in (("sexes", "sex"), ("regions", "region_code")):
+        listed = population.get(key)
+        if listed:
+            values = ", ".join(_quote(str(v)) for v in listed)
+            conditions.append(f"{column} in ({values})")
+    latest = (
+        "select *, row_number() over (partition by patient order by last_modified desc nulls "
+        "last, extracted_at desc, practice) as latest from patients"
+    )
+    return f"select * from ({latest}) where latest = 1 and {' and '.join(conditions)}"
+
+
+def _years(born: str, on: date) -> str:
+    """Whole years from `born` to `on`, null when the month of birth is not known."""
+    day = f"date '{on.isoformat()}'"
+    return (
+        f"(year({day}) - year({born}) - case when month({day}) < month({born}) then 1 else 0 end)"
+    )
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _view_sql(name: str, columns: set[str], scope: ViewScope) -> str:
+    table = TABLES[name]
+    selected = [f"ids.{PATIENT_ID}"] + [_column_sql(c) for c in sorted(columns)]
+    if table.one_row_per_patient:
+        return f"select {', '.join(selected)} from people r join ids using (patient)"
+    start, end = (f"date '{d.isoformat()}'" for d in (scope.data_from, scope.data_to))
+    if table.lake == "registrations":
+        # A registration counts if any of it falls in the period.
+        period = f"r.start_date < {end} and (r.end_date is null or r.end_date >= {start})"
+    else:
+        day = f"cast(r.{table.date} as date)"
+        period = f"{day} >= {start} and {day} < {end}"
+    return (
+        f"select {', '.join(selected)} from {table.lake} r join ids using (patient) where {period}"
+    )
+
+
+def _column_sql(column: str) -> str:
+    if column == "date_of_birth":
+        return "make_date(r.birth_year, r.birth_month, 1) as date_of_birth"
+    if column == "date_of_death":
+        return "make_date(r.death_year, r.death_month, 1) as date_of_death"
+    if column == PRACTICE:
+        return f"r.{PRACTICE} as {PRACTICE}"
+    if column in TIMESTAMPS:
+        return f"cast(r.{column} as date) as {column}"
+    return f"r.{column} as {column}"
+
+
+def _project(table: pa.Table, key: bytes) -> pa.Table:
+    for column in PSEUDONYM_COLUMNS:
+        if column in table.column_names:
+            index = table.column_names.index(column)
+            table = table.set_column(index, column, project_pseudonyms(key, table.column(column)))
+    return table
