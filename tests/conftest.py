@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import settings
 
 from databases import BACKENDS, engines
 from extracting import Keys
@@ -14,6 +15,11 @@ from governing import cast
 from gpdpr.synth.nation import Nation
 from gpdpr.synth.run import SynthRequest, SynthSummary, synthesise
 from readers import FhirOutput, practice_folders, read_fhir
+
+# Property tests check behaviour, not speed (that is what bench/ is for): no per-example
+# deadline, so a loaded CI machine cannot fail them.
+settings.register_profile("gpdpr", deadline=None)
+settings.load_profile("gpdpr")
 
 
 @dataclass
@@ -131,3 +137,14 @@ def gov(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
     for made in engines(request.param, tmp_path):
         cast(made)
         yield made
+
+
+# ---- the research environment's engines ------------------------------------------------------
+
+
+@pytest.fixture(params=["duckdb", "spark"])
+def engine(request: pytest.FixtureRequest) -> object:
+    """Each engine a definition can run on (tre_data.engine: one per test process)."""
+    import tre_data
+
+    return tre_data.engine(request.param)

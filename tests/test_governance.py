@@ -4,6 +4,7 @@ access they give (and stop giving), and releases. On SQLite, and on PostgreSQL w
 
 from __future__ import annotations
 
+import hashlib
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -40,6 +41,8 @@ from gpdpr.governance.form import Item, Population
 from gpdpr.governance.models import Application
 
 SHA = "ab" * 32
+DEFINITION = '{"population":"adults"}'
+DEFINITION_SHA = hashlib.sha256(DEFINITION.encode()).hexdigest()
 
 
 def refused(engine: sa.Engine, do: object, *words: str) -> str:
@@ -373,8 +376,9 @@ def test_a_stale_read_cannot_move_an_application(gov: sa.Engine) -> None:
 
 def release(dsa: str, requester: str = LEAD, checkers: tuple[str, str] = CHECKERS) -> object:
     return lambda s: releases.record_release(
-        s, dsa, requester, checkers, "HbA1c checks by decile", "", SHA, {"table.csv": SHA}
-    )
+        s, dsa, requester, checkers, "HbA1c checks by decile", "", DEFINITION_SHA,
+        {"table.csv": SHA}, run_reference="RUN-000001", lake_version=1, definition=DEFINITION,
+    )  # fmt: skip
 
 
 def test_a_release_needs_two_checkers_from_outside_the_project(gov: sa.Engine) -> None:

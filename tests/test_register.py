@@ -5,6 +5,7 @@ releases, and the status as of the day it is made; never a contact detail, never
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from datetime import timedelta
 from html.parser import HTMLParser
@@ -32,6 +33,8 @@ from gpdpr.governance import agreements, applications, panel, register, releases
 from gpdpr.governance.register import CSV_COLUMNS
 
 SHA = "cd" * 32
+DEFINITION = '{"population":"adults with type 2 diabetes"}'
+DEFINITION_SHA = hashlib.sha256(DEFINITION.encode()).hexdigest()
 
 
 def built(engine: sa.Engine, at: object = None) -> dict[str, object]:
@@ -74,7 +77,17 @@ def test_each_agreement_shows_what_the_public_is_owed(gov: sa.Engine) -> None:
     act(
         gov,
         lambda s: releases.record_release(
-            s, dsa, LEAD, CHECKERS, "HbA1c by decile", "Table 1", SHA, {"t1.csv": SHA}
+            s,
+            dsa,
+            LEAD,
+            CHECKERS,
+            "HbA1c by decile",
+            "Table 1",
+            DEFINITION_SHA,
+            {"t1.csv": SHA},
+            run_reference="RUN-000001",
+            lake_version=4,
+            definition=DEFINITION,
         ),
     )
     entry = by_reference(built(gov))[dsa]
@@ -104,8 +117,9 @@ def test_each_agreement_shows_what_the_public_is_owed(gov: sa.Engine) -> None:
     assert decision["members_voting"] == sorted(h.replace(".", " ").title() for h in PANEL)
     [shown] = entry["releases"]
     assert shown["title"] == "HbA1c by decile"
-    assert shown["code_sha256"] == SHA
+    assert shown["code_sha256"] == DEFINITION_SHA
     assert shown["checked_by"] == ["K One", "K Two"]
+    assert (shown["run"], shown["lake_version"]) == ("RUN-000001", 4)
 
 
 def test_refusals_are_published_with_their_reasons(gov: sa.Engine) -> None:

@@ -113,6 +113,7 @@ def _clear_demo_home(home: Path) -> None:
         home / "lake",
         home / "rejected",
         home / "register",
+        home / "tre",
     ]
     if any(p.exists() for p in parts[1:]) and not (home / DEMO_MARKER).exists():
         fail(f"{home} holds keys or packages the demo did not make; move them away or pass --home")
@@ -134,22 +135,25 @@ def demo(
     erasure; and governance, from applications to the public Data Uses Register."""
     _clear_demo_home(home)
     practices = home / "practices"
-    console.rule("[bold]gpdpr demo 1/5: a synthetic nation of GP practices")
+    console.rule("[bold]gpdpr demo 1/6: a synthetic nation of GP practices")
     _run_synth(
         practices, DEMO_PRACTICES, DEMO_PATIENTS, DEMO_SEED, "columnar", date(2026, 10, 31), None, 0
     )
-    console.rule("[bold]gpdpr demo 2/5: each practice extracts what the specification allows")
+    console.rule("[bold]gpdpr demo 2/6: each practice extracts what the specification allows")
     _demo_extract(home, practices)
-    console.rule("[bold]gpdpr demo 3/5: the centre verifies every package and loads the lake")
+    console.rule("[bold]gpdpr demo 3/6: the centre verifies every package and loads the lake")
     _demo_collect(home)
-    console.rule("[bold]gpdpr demo 4/5: opting out online, and the erasure cycle")
+    console.rule("[bold]gpdpr demo 4/6: opting out online, and the erasure cycle")
     _demo_erase(home, practices)
-    console.rule("[bold]gpdpr demo 5/5: applications, the independent panel, the register")
+    console.rule("[bold]gpdpr demo 5/6: applications, the independent panel, the register")
     _demo_governance(home)
+    console.rule("[bold]gpdpr demo 6/6: a study runs in the research environment; two checkers")
+    _demo_research(home)
     console.print(
-        "Later stages (research, the transparency log, the portal) arrive with their issues. "
-        f"Look around: gpdpr lake show --home {home}; gpdpr governance applications --home "
-        f"{home}; gpdpr governance show APP-... --home {home}"
+        "Later stages (the transparency log, the portal) arrive with their issues. Look around: "
+        f"gpdpr lake show --home {home}; gpdpr governance applications --home {home}; "
+        f"gpdpr tre runs --as r.okafor --home {home}; gpdpr tre example study/",
+        markup=False,
     )
 
 
@@ -274,6 +278,24 @@ from gpdpr.collect.cli import collect_command, erase_command, lake_app  # noqa: 
 app.command("collect")(collect_command)
 app.command("erase")(erase_command)
 app.add_typer(lake_app, name="lake")
+from gpdpr.tre.cli import tre_app  # noqa: E402
+
+app.add_typer(tre_app, name="tre")
+
+
+def _demo_research(home: Path) -> None:
+    """The diabetes study (the shipped example definition) runs under its agreement; its
+    outputs are controlled, asked for, approved by two output checkers and published."""
+    from gpdpr.tre.demo import research
+
+    try:
+        research(home, _say)
+    except UserError as exc:
+        fail(str(exc))
+
+
+def _say(text: str) -> None:
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 @custodian_app.command("init")

@@ -31,7 +31,8 @@ __all__ = ["DATABASE_URL_ENV", "connect", "metadata", "pseudonym_hash", "url_for
 def metadata() -> sa.MetaData:
     """Every table of the central database, whichever room's models define it: what the
     migrations must produce."""
-    import gpdpr.governance.models  # noqa: F401  (registers the governance tables)
+    import gpdpr.governance.models  # registers the governance tables
+    import gpdpr.tre.models  # noqa: F401  (and the research environment's)
     from gpdpr.db.models import Base
 
     return Base.metadata

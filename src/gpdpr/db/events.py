@@ -45,6 +45,9 @@ KINDS = (
     "agreement.issued",
     "agreement.revoked",
     "agreement.expired",
+    "tre.run",
+    "release.requested",
+    "release.reviewed",
     "release.published",
 )
 _TEN_DIGITS = re.compile(r"(?<![0-9A-Za-z])\d{3} ?\d{3} ?\d{4}(?![0-9A-Za-z])")

@@ -242,7 +242,10 @@ class Agreement(Base):
 
 
 class Release(Base):
-    """Results that left the research environment under an agreement, after two checkers."""
+    """Results that left the research environment under an agreement, after two checkers,
+    with what made them: the run, the lake version it read and the query definition (the
+    canonical JSON whose SHA-256 is `code_sha256`). Those three are empty only for releases
+    recorded before the research environment kept them."""
 
     __tablename__ = "releases"
 
@@ -256,3 +259,6 @@ class Release(Base):
     first_checker_id: Mapped[int] = mapped_column(sa.ForeignKey("people.id"))
     second_checker_id: Mapped[int] = mapped_column(sa.ForeignKey("people.id"))
     released_at: Mapped[datetime]
+    run_reference: Mapped[str | None] = mapped_column(sa.String(32))
+    lake_version: Mapped[int | None]
+    definition: Mapped[str | None] = mapped_column(sa.Text)

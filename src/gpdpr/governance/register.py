@@ -4,6 +4,10 @@ CSV and HTML.
 
 The JSON is the register; CSV and HTML are views of it, so the three cannot disagree. Nothing in
 it names a patient, and applicants appear by organisation, never by contact details.
+
+Each release's files are published beside the register, in `releases/<release id>/`, with
+`definition.json`, the exact query definition that made them (its SHA-256 is the release's
+`code_sha256`); the research environment puts them there when the release is made.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections import Counter
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 import sqlalchemy as sa
@@ -37,8 +42,11 @@ from gpdpr.governance.vocabulary import (
     PURPOSES,
     STATES,
 )
+from gpdpr.tre.models import FileReview, ReleaseRequest, RequestFile
 
 FILES = {"json": "register.json", "csv": "register.csv", "html": "index.html"}
+RELEASES_FOLDER = "releases"
+DEFINITION_FILE = "definition.json"
 CSV_COLUMNS = (
     "agreement",
     "application",
@@ -65,6 +73,11 @@ CSV_COLUMNS = (
     "minutes",
     "releases",
 )
+
+
+def release_folder(release_id: int) -> str:
+    """Where a release's files are published, relative to the register's folder."""
+    return f"{RELEASES_FOLDER}/{release_id}"
 
 
 def build(session: Session, at: datetime | None = None) -> dict[str, Any]:
@@ -307,11 +320,40 @@ def _release(session: Session, release: Release) -> dict[str, Any]:
             )
         )
     }
+    checked_by = [names[release.first_checker_id], names[release.second_checker_id]]
+    approvals = session.execute(
+        sa.select(RequestFile.name, Person.name)
+        .join(ReleaseRequest, ReleaseRequest.id == RequestFile.request_id)
+        .join(FileReview, FileReview.file_id == RequestFile.id)
+        .join(Person, Person.id == FileReview.checker_id)
+        .where(ReleaseRequest.release_id == release.id, FileReview.decision == "approve")
+        .order_by(FileReview.at, FileReview.id)
+    )
+    per_file: dict[str, list[str]] = {}
+    for file_name, checker in approvals:
+        per_file.setdefault(file_name, []).append(checker)
+    folder = release_folder(release.id)
     return {
         "title": release.title,
         "description": release.description,
         "released_on": f"{release.released_at:%Y-%m-%d}",
         "code_sha256": release.code_sha256,
         "files": release.files,
-        "checked_by": [names[release.first_checker_id], names[release.second_checker_id]],
+        "checked_by": checked_by,
+        "run": release.run_reference,
+        "lake_version": release.lake_version,
+        "definition": (
+            {"sha256": release.code_sha256, "href": f"{folder}/{DEFINITION_FILE}"}
+            if release.definition is not None
+            else None
+        ),
+        "published": [
+            {
+                "name": name,
+                "sha256": sha256,
+                "href": f"{folder}/{quote(name, safe='')}",
+                "checked_by": per_file.get(name, checked_by),
+            }
+            for name, sha256 in sorted(release.files.items())
+        ],
     }

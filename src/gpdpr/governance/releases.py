@@ -1,14 +1,18 @@
 """Releases: results that leave the research environment under an agreement. The research
 environment calls `record_release` once two output checkers have passed them; this is where the
-rules about who may check are kept, so that no path out of the environment can skip them.
+rules about who may check are kept, so that no path out of the environment can skip them. A
+release always says what made it: the run, the lake version it read, and the query definition
+(canonical JSON) whose SHA-256 is its `code_sha256`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from datetime import datetime
 
+import orjson
 from sqlalchemy.orm import Session
 
 from gpdpr.db.events import record
@@ -31,10 +35,16 @@ def record_release(
     code_sha256: str,
     files: Mapping[str, str],
     at: datetime | None = None,
+    *,
+    run_reference: str,
+    lake_version: int,
+    definition: str,
 ) -> Release:
     """Record a release under agreement `reference`, requested by a team member and passed by
     two different output checkers, neither of them on the project's team (a checker never
-    approves their own project's outputs)."""
+    approves their own project's outputs) nor from the requester's organisation. It was made by
+    run `run_reference` on lake version `lake_version` from the query `definition` (canonical
+    JSON), whose SHA-256 must be `code_sha256`."""
     at = at or now()
     authorise(session, requested_by, reference, {}, at)  # in force, and a team member asking
     made = agreement(session, reference)
@@ -51,6 +61,17 @@ def record_release(
                 f"{checker.handle} cannot check outputs of {reference}: they are on its "
                 "project's team, and no one checks their own project's outputs"
             )
+    requester = acting(session, requested_by, "applicant", "request a release")
+    for checker in (first, second):
+        if checker.organisation_id is not None and (
+            checker.organisation_id == requester.organisation_id
+        ):
+            assert checker.organisation is not None
+            raise NotAllowed(
+                f"{checker.handle} cannot check outputs of {reference}: they belong to "
+                f"{checker.organisation.name}, as does {requested_by}, who asked for the "
+                "release; output checkers come from outside the author's organisation"
+            )
     if not title.strip():
         raise UserError("a release needs a title: it is published on the register")
     if not _SHA256.match(code_sha256):
@@ -58,7 +79,20 @@ def record_release(
     bad = [name for name, digest in files.items() if not _SHA256.match(digest)]
     if not files or bad:
         raise UserError(f"a release lists its files with their SHA-256s (bad: {bad or 'none'})")
-    requester = acting(session, requested_by, "applicant", "request a release")
+    if not run_reference.strip() or len(run_reference) > 32:
+        raise UserError(f"a release names the run that made it (got {run_reference!r})")
+    if isinstance(lake_version, bool) or not isinstance(lake_version, int) or lake_version < 0:
+        raise UserError(f"lake version {lake_version!r} is not a version number (0 or more)")
+    try:
+        orjson.loads(definition)
+    except orjson.JSONDecodeError:
+        raise UserError("a release's query definition must be JSON, as the run kept it") from None
+    made_by = hashlib.sha256(definition.encode()).hexdigest()
+    if made_by != code_sha256:
+        raise UserError(
+            f"code_sha256 {code_sha256} is not the SHA-256 of the definition given ({made_by}): "
+            "a release publishes exactly the definition that made it"
+        )
     release = Release(
         agreement_id=made.id,
         title=title.strip(),
@@ -69,6 +103,9 @@ def record_release(
         first_checker_id=first.id,
         second_checker_id=second.id,
         released_at=at,
+        run_reference=run_reference,
+        lake_version=lake_version,
+        definition=definition,
     )
     session.add(release)
     record(
@@ -80,6 +117,8 @@ def record_release(
             "title": release.title,
             "code_sha256": code_sha256,
             "files": release.files,
+            "run": run_reference,
+            "lake_version": lake_version,
         },
     )
     return release

@@ -61,6 +61,7 @@ DIABETES = ApplicationForm(
         Item("patients", "patient", "to count each person once"),
         Item("patients", "sex", "checks differ by sex"),
         Item("patients", "birth_year", "age bands"),
+        Item("patients", "birth_month", "age on a given day, for age bands"),
         Item("patients", "imd_decile", "the deprivation measure the study is about"),
         Item("clinical_events", "code", "diagnoses and the checks themselves"),
         Item("clinical_events", "effective_date", "which year each check falls in"),

@@ -20,6 +20,7 @@ combined with anything.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -222,6 +223,11 @@ class Value(Series):
         )
         if not ok:
             raise problem(self.at, f"{self.value!r} is not a {self.kind}")
+        # What an engine's numbers can hold (and JSON can carry: it has no infinity or NaN).
+        if isinstance(self.value, float) and not math.isfinite(self.value):
+            raise problem(self.at, f"{self.value!r} is not a number a definition can use")
+        if isinstance(self.value, int) and not -(2**63) <= self.value < 2**63:
+            raise problem(self.at, f"{self.value} is too big: whole numbers are 64-bit")
         if isinstance(self.value, str) and not self.value.isprintable():
             raise problem(self.at, "text values must be printable (no control characters)")
 
@@ -534,6 +540,8 @@ def _within(at: str | None, what: str, frame: Frame, series: Series) -> None:
 # ---- what a definition asks for --------------------------------------------------------------
 
 INTERVAL_UNITS = ("months", "weeks")
+# The columns every measure's result has besides its groups.
+MEASURE_COLUMNS = ("interval_start", "interval_end", "numerator", "denominator")
 STATISTICS = ("mean", "median", "sd")
 MAX_INTERVALS = 1200
 
@@ -680,6 +688,12 @@ def validate(definition: Definition) -> None:
                     "patient",
                 )
         for group, series in measure.group_by:
+            if group in MEASURE_COLUMNS:
+                raise problem(
+                    measure.at or series.at,
+                    f"group_by {group} of {measure.name}: {group} is a column of every measure; "
+                    "choose another name",
+                )
             if series.domain() != PATIENT or series.type == FLOAT:
                 raise problem(
                     measure.at or series.at,
@@ -705,6 +719,14 @@ def _check_table(table: AggregateTable, variables: dict[str, Series]) -> None:
     for name in (*table.by, *(v for v, _ in table.statistics)):
         if name not in variables:
             raise problem(table.at, f"table {table.name} uses {name!r}, not a dataset variable")
+    made = ["patients", *(f"{v}_{s}" for v, s in table.statistics)]
+    for name in (*table.by, *made):
+        if [*table.by, *made].count(name) > 1:
+            raise problem(
+                table.at,
+                f"table {table.name} would have two columns called {name}: list each variable "
+                "and statistic once, and rename a variable that has the name of a column",
+            )
     for name in table.by:
         if variables[name].type == FLOAT:
             raise problem(

@@ -182,8 +182,8 @@ TABLES: dict[str, Table] = {
     )
 }
 
-# The pseudonym of the patient is needed to put any table's rows together by person; reading a
-# table at all therefore needs it in scope.
+# The patient pseudonym: an agreement must grant patients.patient for any run (see
+# views.required_fields).
 PATIENT_FIELD = "patient"
 
 

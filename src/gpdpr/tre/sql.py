@@ -22,7 +22,7 @@ from datetime import date
 from typing import ClassVar
 
 from gpdpr.tre import nodes as n
-from gpdpr.tre.schema import BOOL, DATE, FLOAT, INT, PATIENT_ID, STR, view_name
+from gpdpr.tre.schema import BOOL, DATE, FLOAT, INT, PATIENT_ID, STR, TABLES, view_name
 
 INTERVALS = "intervals"
 DATASET = "dataset"
@@ -41,8 +41,26 @@ class Dialect:
     def string(self, text: str) -> str:
         return "'" + text.replace("'", "''") + "'"
 
+    def quote(self, name: str) -> str:
+        """A name the researcher chose (a variable, a group), which may be an SQL keyword
+        (`order`, `end`, `null`): names are lower-case letters, digits and _, so quoting is
+        all it needs."""
+        return f'"{name}"'
+
     def type_of(self, kind: str) -> str:
         return self.types.get(kind, self.types[STR])
+
+    def stand_in(self, kind: str) -> str:
+        """A value of the type to stand in for null where a flag beside it says it is null."""
+        return {
+            BOOL: "false",
+            INT: "cast(0 as bigint)",
+            FLOAT: "cast(0.0 as double)",
+            DATE: "date '0001-01-01'",
+        }.get(kind, "''")
+
+    def struct(self, fields: list[tuple[str, str]]) -> str:
+        return "struct_pack(" + ", ".join(f"{name} := {sql}" for name, sql in fields) + ")"
 
     def literal(self, value: object, kind: str) -> str:
         if value is None:
@@ -95,6 +113,12 @@ class SparkDialect(Dialect):
         # Spark reads backslash escapes inside quotes, and takes '' as two adjacent literals.
         return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
+    def quote(self, name: str) -> str:
+        return f"`{name}`"
+
+    def struct(self, fields: list[tuple[str, str]]) -> str:
+        return "named_struct(" + ", ".join(f"'{name}', {sql}" for name, sql in fields) + ")"
+
     def add_days(self, day: str, count: str) -> str:
         return f"date_add({day}, cast({count} as int))"
 
@@ -121,6 +145,7 @@ class Row:
     frame: n.Frame
     interval: str | None
     joins: dict[str, bool] = field(default_factory=dict)  # CTE name -> keyed by interval too
+    patients: str | None = None  # an alias already joined to v_patients, when frame is not it
 
     def join_sql(self) -> str:
         parts = []
@@ -201,32 +226,65 @@ class Compiler:
         return Compiled(self._cte("rows", sql), row.interval is not None)
 
     def _pick(self, frame: n.PickOne) -> Compiled:
+        """One row per patient (and interval): the least (first) or greatest (last) by the
+        sort keys, as a grouped min_by/max_by of the row's columns. (A window function does
+        the same, but sorts millions of one-row partitions many times slower.)"""
         keys = n.sort_keys(frame.source)
         assert keys is not None
-        needs = any(n.uses_interval(k) for k in keys)
-        row, from_sql = self._rows_over(frame.source, needs)
-        descending = frame.position == "last"
-        order = [self._order(self.expr(k, row), descending) for k in keys]
+        row, from_sql = self._rows_over(frame.source, any(n.uses_interval(k) for k in keys))
+        table = TABLES[n.table_of(frame.source)]
         # Ties are broken by every column the definition reads from the table, so whichever
         # tied row an engine picks, what the definition sees of it is the same.
-        tied = sorted(self.used.get(n.table_of(frame.source), ()))
-        order += [self._order(f"s.{c}", descending) for c in tied]
-        partition = [f"s.{PATIENT_ID}"] + (
-            [f"{row.interval}.interval_start"] if row.interval else []
+        columns = sorted(self.used.get(table.name, ()))
+        ordering = [(self.expr(k, row), k.type) for k in keys]
+        ordering += [(f"s.{c}", table.columns[c].type) for c in columns]
+        # Nulls sort first: each key is (is it known?, its value or a stand-in), so the
+        # comparison never meets a null, the same on every engine.
+        key_fields = [
+            item
+            for i, (sql, kind) in enumerate(ordering)
+            for item in (
+                (f"k{i}_known", f"({sql} is not null)"),
+                (f"k{i}", f"coalesce({sql}, {self.d.stand_in(kind)})"),
+            )
+        ]
+        groups = [f"s.{PATIENT_ID}", *self._interval_columns(row)]
+        by = [g.split(".")[-1] for g in groups]
+        if not columns:  # only whether there is a row matters
+            grouped = f"select {', '.join(by)} from ({self._rows_sql(row, from_sql)}) s"
+            sql = f"{grouped} group by {', '.join(by)}"
+            return Compiled(self._cte("picked", sql), row.interval is not None)
+        # Most patients have one candidate row: take it with plain aggregates, and compare
+        # rows only where there are several (comparing rows is what costs).
+        rows = self._cte("candidates", self._rows_sql(row, from_sql, key_fields))
+        listed = ", ".join(by)
+        single = [f"min({c}) as {self.d.quote(c)}" for c in columns]
+        counted = self._cte(
+            "counted",
+            f"select {listed}, count(*) as candidates, {', '.join(single)} "
+            f"from {rows} group by {listed}",
         )
-        columns = ["s.*"] + (self._interval_columns(row) if row.interval == "i" else [])
-        numbered = (
-            f"select {', '.join(columns)}, row_number() over (partition by "
-            f"{', '.join(partition)} order by {', '.join(order)}) as pick "
-            f"from {from_sql}{row.join_sql()}"
+        value = self.d.struct([(f"c{i}", self.d.quote(c)) for i, c in enumerate(columns)])
+        order = self.d.struct([(name, name) for name, _ in key_fields])
+        chosen = "min_by" if frame.position == "first" else "max_by"
+        several = (
+            f"select {', '.join(f'r.{k}' for k in by)}, {chosen}({value}, {order}) as picked "
+            f"from {rows} r join (select {listed} from {counted} where candidates > 1) m "
+            f"using ({listed}) group by {', '.join(f'r.{k}' for k in by)}"
         )
-        sql = f"select * from ({numbered}) numbered where pick = 1"
+        unpacked = [f"picked.c{i} as {self.d.quote(c)}" for i, c in enumerate(columns)]
+        out = ", ".join(self.d.quote(c) for c in columns)
+        sql = (
+            f"select {listed}, {out} from {counted} where candidates = 1 union all "
+            f"select {listed}, {', '.join(unpacked)} from ({several}) several"
+        )
         return Compiled(self._cte("picked", sql), row.interval is not None)
 
-    @staticmethod
-    def _order(sql: str, descending: bool) -> str:
-        # Nulls sort first, so `last` (the order reversed) puts them last: the same on every engine.
-        return f"{sql} desc nulls last" if descending else f"{sql} asc nulls first"
+    def _rows_sql(self, row: Row, from_sql: str, extra: list[tuple[str, str]] | None = None) -> str:
+        """The rows of a frame with their patient (and interval) and the named extras."""
+        columns = ["s.*", *(self._interval_columns(row) if row.interval == "i" else [])]
+        columns += [f"{sql} as {name}" for name, sql in extra or []]
+        return f"select {', '.join(columns)} from {from_sql}{row.join_sql()}"
 
     # ---- per-patient values --------------------------------------------------------------
 
@@ -294,6 +352,16 @@ class Compiler:
             )
             return f"(case {whens} else {default} end)"
         assert isinstance(node, n.Aggregate)
+        frame = node.source
+        if (
+            node.op in ("exists", "count")
+            and isinstance(frame, n.Frame)
+            and frame.is_patient_frame()
+        ):
+            present = self._present(frame, row)
+            if node.op == "exists":
+                return present
+            return f"(case when {present} then cast(1 as bigint) else cast(0 as bigint) end)"
         compiled = self.aggregate(node)
         row.joins[compiled.name] = compiled.by_interval
         value = f"{compiled.name}.v"
@@ -304,13 +372,28 @@ class Compiler:
         return value
 
     def _as(self, node: n.Series, kind: str, row: Row) -> str:
-        """A case branch, cast so that every branch has the case's type."""
+        """A case branch, cast so that every branch has the case's type. A null branch may
+        carry another type (`when(...).then(None)` beside text is a null whole number), which
+        would make the engine cast the other branches to it."""
+        if isinstance(node, n.Value) and node.value is None:
+            return self.d.literal(None, kind)
         sql = self.expr(node, row)
         return f"cast({sql} as {self.d.type_of(kind)})" if kind in (INT, FLOAT) else sql
+
+    def _present(self, frame: n.Frame, row: Row) -> str:
+        """Whether a frame of one row per patient has a row for this one: its join, reused
+        (picking a row costs a sort; asking whether there is one should not cost another)."""
+        if frame.rows() in n.lineage(row.frame) or (row.patients and frame == PATIENTS):
+            return "true"
+        compiled = self.frame(frame)
+        row.joins[compiled.name] = compiled.by_interval
+        return f"({compiled.name}.{PATIENT_ID} is not null)"
 
     def _column(self, node: n.Column, row: Row) -> str:
         if node.frame.rows() in n.lineage(row.frame):
             return f"{row.alias}.{node.name}"
+        if row.patients and node.frame == PATIENTS:
+            return f"{row.patients}.{node.name}"
         # A per-patient column from another frame: join that frame's one row per patient.
         assert node.domain() == n.PATIENT, "mixed frames are refused when nodes are made"
         compiled = self.frame(node.frame)
@@ -385,7 +468,8 @@ def dataset_sql(definition: n.Definition, dialect: Dialect) -> str:
     row = Row("p", PATIENTS, None)
     population = compiler.expr(definition.population, row)
     columns = [f"p.{PATIENT_ID} as {PATIENT_ID}"] + [
-        f"{compiler.expr(series, row)} as {name}" for name, series in definition.variables
+        f"{compiler.expr(series, row)} as {dialect.quote(name)}"
+        for name, series in definition.variables
     ]
     return (
         f"{compiler.with_clause()}select {', '.join(columns)} from {view_name('patients')} p"
@@ -397,24 +481,67 @@ def measure_sql(definition: n.Definition, measure: n.Measure, dialect: Dialect) 
     """numerator and denominator summed over the patients counted in the denominator, for each
     interval and group, in one pass over the data."""
     compiler = Compiler(dialect, n.columns_used(definition))
-    row = Row("p", PATIENTS, "i")
+    base = _measure_base(measure)
+    patients = f"{view_name('patients')} p"
+    if base is None:
+        row = Row("p", PATIENTS, "i")
+        from_sql = f"{patients} cross join {INTERVALS} i"
+    else:
+        # Only patient-interval pairs where the denominator can be non-zero count; when it
+        # requires a row of a per-patient-and-interval frame, those rows are the pairs.
+        compiled = compiler.frame(base)
+        assert compiled.by_interval
+        row = Row("b", base, "b", patients="p")
+        from_sql = f"{compiled.name} b join {patients} on p.{PATIENT_ID} = b.{PATIENT_ID}"
     numerator = _as_count(compiler.expr(measure.numerator, row), measure.numerator.type)
     denominator = _as_count(compiler.expr(measure.denominator, row), measure.denominator.type)
-    groups = [f"{compiler.expr(series, row)} as {name}" for name, series in measure.group_by]
+    groups = [
+        f"{compiler.expr(series, row)} as {dialect.quote(name)}"
+        for name, series in measure.group_by
+    ]
     per_patient = (
-        "select i.interval_start, i.interval_end, "
+        f"select {row.interval}.interval_start, {row.interval}.interval_end, "
         + "".join(f"{g}, " for g in groups)
         + f"{numerator} as numerator, {denominator} as denominator "
-        f"from {view_name('patients')} p cross join {INTERVALS} i{row.join_sql()}"
+        f"from {from_sql}{row.join_sql()}"
     )
-    keys = ["interval_start", "interval_end", *(name for name, _ in measure.group_by)]
+    keys = [
+        "interval_start",
+        "interval_end",
+        *(dialect.quote(name) for name, _ in measure.group_by),
+    ]
     return (
         f"{compiler.with_clause()}select {', '.join(keys)}, "
         f"cast(sum(numerator) as bigint) as numerator, "
         f"cast(sum(denominator) as bigint) as denominator "
         f"from ({per_patient}) per_patient where denominator > 0 "
-        f"group by {', '.join(keys)} order by {', '.join(keys)}"
+        f"group by {', '.join(keys)} order by {_ordered(keys)}"
     )
+
+
+def _measure_base(measure: n.Measure) -> n.Frame | None:
+    """A frame of one row per patient and interval that the denominator needs a row of (it is
+    `frame.exists_for_patient() & ...`), if there is one."""
+    factors = [measure.denominator]
+    while factors:
+        factor = factors.pop()
+        if isinstance(factor, n.Apply) and factor.op == "and":
+            factors += factor.args
+        elif (
+            isinstance(factor, n.Aggregate)
+            and factor.op in ("exists", "count")
+            and isinstance(factor.source, n.Frame)
+            and factor.source.is_patient_frame()
+            and n.uses_interval(factor.source)
+        ):
+            return factor.source
+    return None
+
+
+def _ordered(keys: list[str]) -> str:
+    """Rows in the order of `keys`, a group with no value (null) after the others, on every
+    engine (DuckDB puts nulls last by default, Spark first)."""
+    return ", ".join(f"{key} asc nulls last" for key in keys)
 
 
 def _as_count(sql: str, kind: str) -> str:
@@ -425,17 +552,21 @@ def _as_count(sql: str, kind: str) -> str:
 
 def table_sql(table: n.AggregateTable, dialect: Dialect) -> str:
     """Patients (and statistics) per group of a dataset already computed as `dataset`."""
-    columns = [*table.by, "count(*) as patients"]
+    q = dialect.quote
+    by = [q(name) for name in table.by]
+    columns = [*by, "count(*) as patients"]
     for variable, statistic in table.statistics:
-        value = f"cast({variable} as double)"
+        value = f"cast({q(variable)} as double)"
         made = {
             "mean": f"avg({value})",
             "median": dialect.median(value),
             "sd": f"stddev_samp({value})",
         }[statistic]
-        columns.append(f"{made} as {variable}_{statistic}")
-    keys = ", ".join(table.by)
-    return f"select {', '.join(columns)} from {DATASET} group by {keys} order by {keys}"
+        columns.append(f"{made} as {q(f'{variable}_{statistic}')}")
+    return (
+        f"select {', '.join(columns)} from {DATASET} group by {', '.join(by)} "
+        f"order by {_ordered(by)}"
+    )
 
 
 def interval_rows(intervals: n.Intervals) -> list[tuple[date, date]]:

@@ -40,13 +40,11 @@ class ViewScope:
 
 def required_fields(used: Mapping[str, Iterable[str]]) -> dict[str, list[str]]:
     """{specification table: fields} a definition needs granted: the fields each column read is
-    made from, and the patient pseudonym of every table read (to put rows together by person).
-    The patients table is always read: it is the list of people a run starts from."""
+    made from, and the patient pseudonym (asked for once, on patients: every run starts from the
+    list of people, and ties each table's rows to them under the project's pseudonyms)."""
     wanted: dict[str, set[str]] = {"patients": {PATIENT_FIELD}}
     for table, columns in used.items():
-        lake = TABLES[table].lake
-        fields = wanted.setdefault(lake, set())
-        fields.add(PATIENT_FIELD)
+        fields = wanted.setdefault(TABLES[table].lake, set())
         for column in columns:
             fields.update(TABLES[table].columns[column].needs)
     return {t: sorted(f) for t, f in sorted(wanted.items())}

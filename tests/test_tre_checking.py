@@ -1,0 +1,729 @@
+"""Output checking: a run's files leave the research environment only through a release request
+that two output checkers approve file by file, neither the author, on the project's team, nor
+from the author's organisation; a rejection or a return ends it; a release that could be
+subtracted from an earlier one is refused with the cells named; the released files are published
+on the register with the definition that made them, and a file changed since it was checked is
+never published. On SQLite, and on PostgreSQL when configured."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+from typer.testing import CliRunner, Result
+
+from databases import BACKENDS, postgres_url
+from governing import (
+    ADMIN,
+    BOTH,
+    CHECKERS,
+    COLLEAGUE,
+    LEAD,
+    PANEL,
+    VENDOR,
+    act,
+    agreement_of,
+    bring_to,
+    cast,
+    later,
+    new_draft,
+    snapshot,
+    votes,
+)
+from gpdpr.db import DATABASE_URL_ENV, connect, url_for_home
+from gpdpr.db.models import Event
+from gpdpr.errors import NotAllowed, UserError
+from gpdpr.governance import agreements, applications, panel, people, register, releases
+from gpdpr.governance.models import Person, Release
+from gpdpr.terminal import console
+from gpdpr.tre import checking
+from gpdpr.tre.disclosure import Cell, DisclosureRefused
+from gpdpr.tre.models import FileReview, ReleasedCell, ReleaseRequest, Run
+from gpdpr.tre.review_cli import review_app
+
+DEFINITION = orjson.dumps(
+    {"population": {"age_on": "2025-01-01", "min": 18}, "variables": ["sex"], "version": 1},
+    option=orjson.OPT_SORT_KEYS,
+).decode()
+DEFINITION_SHA = hashlib.sha256(DEFINITION.encode()).hexdigest()
+TABLE = b"sex,patients\nF,120\nM,95\nU,\n"
+MEASURE = b"month,numerator,denominator\n2025-01,40,200\n"
+THIRD_CHECKER = "k.three"
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+
+def refused(engine: sa.Engine, do: Any, *words: str) -> str:
+    """Run `do`, which must be refused with a message holding `words`, changing nothing."""
+    before = snapshot(engine)
+    with pytest.raises(UserError) as error:
+        act(engine, do)
+    message = str(error.value)
+    for word in words:
+        assert word in message, message
+    assert snapshot(engine) == before
+    return message
+
+
+def events(engine: sa.Engine, kind: str | None = None) -> list[Event]:
+    with Session(engine) as session:
+        query = sa.select(Event).order_by(Event.id)
+        if kind is not None:
+            query = query.where(Event.kind == kind)
+        return list(session.scalars(query))
+
+
+def outputs_of(files: dict[str, bytes], rows: int = 3) -> dict[str, dict[str, Any]]:
+    return {
+        name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "rows": rows}
+        for name, data in files.items()
+    }
+
+
+def asked(files: dict[str, bytes]) -> dict[str, tuple[str, int]]:
+    return {name: (hashlib.sha256(data).hexdigest(), len(data)) for name, data in files.items()}
+
+
+def cells(file: str = "table.csv", female: int = 120) -> list[Cell]:
+    return [
+        Cell(file, 1, "patients", "sex=F", female, True),
+        Cell(file, 2, "patients", "sex=M", 95, True),
+        Cell(file, 3, "patients", "sex=U", 4, False),  # redacted: never published
+    ]
+
+
+def new_run(
+    engine: sa.Engine,
+    dsa: str,
+    files: dict[str, bytes] | None = None,
+    by: str = LEAD,
+    status: str = "succeeded",
+    home: Path | None = None,
+) -> str:
+    """A run recorded as the research environment records one (its files written under `home`
+    when given, where the review commands publish them from)."""
+    files = {"table.csv": TABLE} if files is None else files
+    started = later(0)
+    run = act(
+        engine,
+        lambda s: checking.record_run(
+            s, by, dsa, DEFINITION, DEFINITION_SHA, 7, "duckdb", "round5", status,
+            "" if status == "succeeded" else "outside the agreement", outputs_of(files),
+            started, started,
+        ),
+    )  # fmt: skip
+    if home is not None:
+        folder = home / "tre" / "runs" / run.reference / "outputs"
+        folder.mkdir(parents=True)
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
+    return run.reference
+
+
+def new_request(
+    engine: sa.Engine,
+    run: str,
+    files: dict[str, bytes] | None = None,
+    by: str = LEAD,
+    given: list[Cell] | None = None,
+    title: str = "Patients by sex",
+) -> str:
+    files = {"table.csv": TABLE} if files is None else files
+    return act(
+        engine,
+        lambda s: (
+            checking.request_release(
+                s, by, run, asked(files), title, "Table 1", cells() if given is None else given
+            ).reference
+        ),
+    )
+
+
+def review(
+    engine: sa.Engine, checker: str, request: str, file: str = "table.csv", comment: str = ""
+) -> str:
+    """An approval (or, with a comment starting 'reject:'/'return:', that decision); the
+    request's state afterwards."""
+    decision = "approve"
+    for word in ("reject", "return"):
+        if comment.startswith(f"{word}:"):
+            decision = word
+    return act(
+        engine, lambda s: checking.review(s, checker, request, file, decision, comment).state
+    )
+
+
+def approve(engine: sa.Engine, checker: str, request: str, file: str = "table.csv") -> Any:
+    return lambda s: checking.review(s, checker, request, file, "approve")
+
+
+def agreement_for(engine: sa.Engine, lead: str = LEAD, **changes: Any) -> str:
+    """An agreement in force for a new application led by `lead` with `changes` to the form."""
+    reference = new_draft(engine, lead, **changes)
+    act(engine, lambda s: applications.submit(s, lead, reference))
+    act(engine, lambda s: panel.start_review(s, ADMIN, reference))
+    votes(engine, reference)
+    act(engine, lambda s: panel.decide(s, ADMIN, reference, "Approved."))
+    return act(engine, lambda s: agreements.issue(s, ADMIN, reference).reference)
+
+
+def in_force(engine: sa.Engine) -> str:
+    dsa = agreement_of(engine, bring_to(engine, "agreement_active"))
+    assert dsa
+    return dsa
+
+
+def third_checker(engine: sa.Engine) -> None:
+    act(
+        engine,
+        lambda s: people.add_person(
+            s, ADMIN, THIRD_CHECKER, "K Three", "k3@example.org", None, ["output_checker"]
+        ),
+    )
+
+
+def rows(engine: sa.Engine, model: Any) -> list[Any]:
+    with Session(engine) as session:
+        return list(session.scalars(sa.select(model).order_by(model.id)))
+
+
+# ---- releasing ---------------------------------------------------------------------------------
+
+
+def test_two_approvals_on_every_file_release_the_request(gov: sa.Engine) -> None:
+    third_checker(gov)
+    dsa = in_force(gov)
+    files = {"table.csv": TABLE, "measure.csv": MEASURE}
+    run = new_run(gov, dsa, files)
+    request = new_request(gov, run, files, given=[*cells(), *cells("other.csv", 300)])
+    assert review(gov, CHECKERS[0], request, "table.csv") == "awaiting_review"
+    assert review(gov, CHECKERS[1], request, "table.csv") == "awaiting_review"
+    assert review(gov, CHECKERS[1], request, "measure.csv") == "awaiting_review"
+    assert not rows(gov, Release)
+    # the second file's second approval comes from a third checker: the release names the
+    # first two distinct approvers, and each file keeps its own
+    assert review(gov, THIRD_CHECKER, request, "measure.csv") == "released"
+
+    [release] = rows(gov, Release)
+    assert release.run_reference == run
+    assert release.lake_version == 7
+    assert release.definition == DEFINITION
+    assert release.code_sha256 == DEFINITION_SHA
+    assert release.files == {k: v[0] for k, v in asked(files).items()}
+    [made] = rows(gov, ReleaseRequest)
+    assert (made.state, made.release_id) == ("released", release.id)
+    assert made.decided_at is not None
+    with Session(gov) as session:
+        checkers = session.scalars(
+            sa.select(Person.handle).where(
+                Person.id.in_([release.first_checker_id, release.second_checker_id])
+            )
+        )
+        assert sorted(checkers) == [CHECKERS[0], CHECKERS[1]]
+    assert release.first_checker_id < release.second_checker_id  # k.one approved first
+    # only the published cells of the requested files are kept, with their raw counts
+    kept = {(c.file, c.row, c.column, c.dims, c.raw) for c in rows(gov, ReleasedCell)}
+    assert kept == {
+        ("table.csv", 1, "patients", "sex=F", 120),
+        ("table.csv", 2, "patients", "sex=M", 95),
+    }
+    assert {c.agreement_id for c in rows(gov, ReleasedCell)} == {release.agreement_id}
+
+    # the public record: every step, and no personal data
+    [ran] = events(gov, "tre.run")
+    assert ran.details == {
+        "run": run,
+        "project": ran.details["project"],
+        "agreement": dsa,
+        "definition_sha256": DEFINITION_SHA,
+        "lake_version": 7,
+        "engine": "duckdb",
+        "status": "succeeded",
+    }
+    assert ran.details["project"].startswith("APP-")
+    assert [e.details["request"] for e in events(gov, "release.requested")] == [request]
+    reviewed = [(e.details["file"], e.details["checker"]) for e in events(gov, "release.reviewed")]
+    assert reviewed == [
+        ("table.csv", CHECKERS[0]),
+        ("table.csv", CHECKERS[1]),
+        ("measure.csv", CHECKERS[1]),
+        ("measure.csv", THIRD_CHECKER),
+    ]
+    [published] = events(gov, "release.published")
+    assert published.details["run"] == run and published.details["lake_version"] == 7
+    assert "@" not in repr([(e.actor, e.details) for e in events(gov)])
+    assert "120" not in repr([e.details for e in events(gov)])  # no raw count is published
+
+    # the register shows each file with its own checkers, the run, the lake version and the
+    # definition
+    with Session(gov) as session:
+        entry = next(a for a in register.build(session)["agreements"] if a["agreement"] == dsa)
+        shown = checking.show_request(session, request)
+    [listed] = entry["releases"]
+    assert (listed["run"], listed["lake_version"]) == (run, 7)
+    assert listed["definition"] == {
+        "sha256": DEFINITION_SHA,
+        "href": f"releases/{release.id}/definition.json",
+    }
+    by_file = {f["name"]: f for f in listed["published"]}
+    assert by_file["table.csv"]["checked_by"] == ["K One", "K Two"]
+    assert by_file["measure.csv"]["checked_by"] == ["K Two", "K Three"]
+    assert by_file["measure.csv"]["href"] == f"releases/{release.id}/measure.csv"
+    assert [f["approvals"] for f in shown["files"]] == [2, 2]
+    assert shown["state"] == "released" and shown["release"] == release.id
+    assert "raw" not in repr(shown) and "cells" not in shown
+
+
+def test_the_author_cannot_check_their_own_outputs(gov: sa.Engine) -> None:
+    # BOTH is an applicant and an output checker from Leeds: here they lead the project
+    dsa = agreement_for(gov, lead=BOTH, team=(COLLEAGUE,))
+    request = new_request(gov, new_run(gov, dsa, by=BOTH), by=BOTH)
+    refused(gov, approve(gov, BOTH, request), f"{BOTH} cannot check {request}", "author")
+
+
+def test_a_team_member_cannot_check_their_projects_outputs(gov: sa.Engine) -> None:
+    dsa = agreement_for(gov, team=(COLLEAGUE, BOTH))
+    request = new_request(gov, new_run(gov, dsa))
+    refused(gov, approve(gov, BOTH, request), "on the team of APP-", "own project")
+
+
+def test_a_checker_from_the_authors_organisation_cannot_check(gov: sa.Engine) -> None:
+    request = new_request(gov, new_run(gov, in_force(gov)))  # BOTH is on no team here
+    refused(
+        gov,
+        approve(gov, BOTH, request),
+        "belong to University of Leeds, as does the author a.khan",
+        "outside the author's organisation",
+    )
+    refused(gov, approve(gov, PANEL[0], request), "output checker role")
+
+
+def test_the_release_itself_refuses_a_checker_from_the_requesters_organisation(
+    gov: sa.Engine,
+) -> None:
+    dsa = in_force(gov)
+    refused(
+        gov,
+        lambda s: releases.record_release(
+            s, dsa, LEAD, (BOTH, CHECKERS[0]), "Title", "", DEFINITION_SHA, {"t.csv": "ab" * 32},
+            run_reference="RUN-000001", lake_version=1, definition=DEFINITION,
+        ),
+        "outside the author's organisation",
+    )  # fmt: skip
+    refused(
+        gov,
+        lambda s: releases.record_release(
+            s, dsa, LEAD, CHECKERS, "Title", "", "ab" * 32, {"t.csv": "ab" * 32},
+            run_reference="RUN-000001", lake_version=1, definition=DEFINITION,
+        ),
+        "not the SHA-256 of the definition",
+    )  # fmt: skip
+
+
+def test_each_checker_reviews_each_file_once(gov: sa.Engine) -> None:
+    request = new_request(gov, new_run(gov, in_force(gov)))
+    review(gov, CHECKERS[0], request)
+    refused(gov, approve(gov, CHECKERS[0], request), "already reviewed table.csv")
+    refused(
+        gov,
+        lambda s: checking.review(s, CHECKERS[0], request, "table.csv", "reject", "too small"),
+        "already reviewed",
+    )
+    refused(gov, approve(gov, CHECKERS[1], request, "other.csv"), "no file 'other.csv'")
+    refused(gov, approve(gov, CHECKERS[1], "REQ-999999"), "no release request")
+    refused(
+        gov,
+        lambda s: checking.review(s, CHECKERS[1], request, "table.csv", "maybe"),
+        "one of approve, reject, return",
+    )
+
+
+@pytest.mark.parametrize(("decision", "state"), [("reject", "rejected"), ("return", "returned")])
+def test_reject_and_return_need_a_comment_and_end_the_request(
+    gov: sa.Engine, decision: str, state: str
+) -> None:
+    third_checker(gov)
+    request = new_request(gov, new_run(gov, in_force(gov)))
+    review(gov, CHECKERS[0], request)
+    refused(
+        gov,
+        lambda s: checking.review(s, CHECKERS[1], request, "table.csv", decision, "  "),
+        "comment",
+    )
+    assert review(gov, CHECKERS[1], request, comment=f"{decision}: row 3 is too small") == state
+    refused(gov, approve(gov, THIRD_CHECKER, request), f"{request} is ", "nothing more to review")
+    [made] = rows(gov, ReleaseRequest)
+    assert made.state == state and made.release_id is None and made.decided_at is not None
+    assert not rows(gov, Release) and not rows(gov, ReleasedCell)
+    with Session(gov) as session:
+        shown = checking.show_request(session, request)
+    comments = [r["comment"] for r in shown["files"][0]["reviews"]]
+    assert comments == ["", f"{decision}: row 3 is too small"]
+    # the comment stays inside: the public record says only who decided what
+    assert "row 3" not in repr([e.details for e in events(gov)])
+
+
+# ---- what may be asked for ---------------------------------------------------------------------
+
+
+def test_only_a_runs_own_unchanged_outputs_can_be_asked_for(gov: sa.Engine) -> None:
+    dsa = in_force(gov)
+    run = new_run(gov, dsa)
+
+    def ask(files: dict[str, tuple[str, int]], by: str = LEAD, title: str = "T") -> Any:
+        return lambda s: checking.request_release(s, by, run, files, title, "", cells())
+
+    right = asked({"table.csv": TABLE})
+    refused(gov, ask(asked({"secret.csv": TABLE})), "'secret.csv' is not an output of RUN-")
+    refused(gov, ask(asked({"table.csv": TABLE + b"F,1\n"})), "is not the file RUN-", "changed")
+    refused(gov, ask({}), "name at least one", "table.csv")
+    refused(gov, ask(right, title=" "), "title")
+    refused(gov, ask(right, by=VENDOR), "not named on its team")
+    refused(gov, ask(right, by=CHECKERS[0]), "not named on its team")
+    failed = new_run(gov, dsa, status="refused")
+    refused(
+        gov,
+        lambda s: checking.request_release(s, LEAD, failed, right, "T", "", []),
+        "refused: outside the agreement",
+        "only a succeeded run's outputs",
+    )
+    refused(
+        gov,
+        lambda s: checking.request_release(s, LEAD, "RUN-999999", right, "T", "", []),
+        "no run 'RUN-999999'",
+    )
+    # a colleague on the team may ask for the lead's run's outputs
+    assert new_request(gov, run, by=COLLEAGUE).startswith("REQ-")
+
+
+def test_no_request_under_a_revoked_or_ended_agreement(gov: sa.Engine) -> None:
+    revoked = agreement_of(gov, bring_to(gov, "revoked"))
+    assert revoked
+    run = new_run(gov, revoked)  # a run is recorded whatever came of it
+    right = asked({"table.csv": TABLE})
+    refused(
+        gov,
+        lambda s: checking.request_release(s, LEAD, run, right, "T", "", cells()),
+        "revoked",
+    )
+    run = new_run(gov, in_force(gov))
+    refused(
+        gov,
+        lambda s: checking.request_release(s, LEAD, run, right, "T", "", cells(), later(400)),
+        "ended on",
+    )
+
+
+def test_a_run_is_recorded_with_the_definition_it_ran(gov: sa.Engine) -> None:
+    dsa = in_force(gov)
+    outputs = outputs_of({"table.csv": TABLE})
+    started = later(0)
+
+    def record(**changes: Any) -> Any:
+        args: dict[str, Any] = {
+            "handle": LEAD,
+            "agreement_ref": dsa,
+            "definition_json": DEFINITION,
+            "definition_sha256": DEFINITION_SHA,
+            "lake_version": 7,
+            "engine": "duckdb",
+            "disclosure_rule": "round5",
+            "status": "succeeded",
+            "message": "",
+            "outputs": outputs,
+            "started_at": started,
+            "finished_at": started,
+        } | changes
+        return lambda s: checking.record_run(s, **args)
+
+    refused(gov, record(definition_sha256="ab" * 32), "not the SHA-256 of the definition")
+    refused(gov, record(engine="sqlite"), "duckdb, spark")
+    refused(gov, record(disclosure_rule="none"), "round5, midpoint6")
+    refused(gov, record(outputs={"t.csv": {"sha256": "x"}}), "output 't.csv'")
+    refused(gov, record(agreement_ref="DSA-1999-0001"), "no agreement")
+    made = act(gov, record())
+    assert re.fullmatch(r"RUN-\d{6}", made.reference)
+    with Session(gov) as session:
+        assert [r.reference for r in checking.runs(session, COLLEAGUE)] == [made.reference]
+        assert checking.runs(session, VENDOR) == []
+        assert session.scalars(sa.select(Run)).one().outputs == outputs
+
+
+# ---- differencing ------------------------------------------------------------------------------
+
+
+def test_a_release_that_differs_from_an_earlier_one_by_a_few_people_is_refused(
+    gov: sa.Engine,
+) -> None:
+    dsa = in_force(gov)
+    first = new_request(gov, new_run(gov, dsa))
+    review(gov, CHECKERS[0], first)
+    assert review(gov, CHECKERS[1], first) == "released"
+    # the same table again, three more women: subtracting gives those three away
+    again = new_run(gov, dsa)
+    message = refused(
+        gov,
+        lambda s: checking.request_release(
+            s, LEAD, again, asked({"table.csv": TABLE}), "Again", "", cells(female=123)
+        ),
+        "table.csv row 1, patients (sex=F)",
+        "an earlier release",
+    )
+    assert "123" not in message and "120" not in message  # cells named, raw counts never
+    # the same counts again reveal nobody, and a different project's releases do not count
+    assert new_request(gov, again).startswith("REQ-")
+    other = agreement_for(gov)
+    assert new_request(gov, new_run(gov, other), given=cells(female=123)).startswith("REQ-")
+
+
+def test_two_requests_waiting_at_once_are_checked_against_each_other_on_release(
+    gov: sa.Engine,
+) -> None:
+    dsa = in_force(gov)
+    first = new_request(gov, new_run(gov, dsa))
+    second = new_request(gov, new_run(gov, dsa), given=cells(female=125))  # nothing released yet
+    for request in (first, second):
+        review(gov, CHECKERS[0], request)
+    assert review(gov, CHECKERS[1], first) == "released"
+    with pytest.raises(DisclosureRefused, match="an earlier release"):
+        act(gov, approve(gov, CHECKERS[1], second))
+    assert [r.state for r in rows(gov, ReleaseRequest)] == ["released", "awaiting_review"]
+    assert review(gov, CHECKERS[1], second, comment="reject: differs from REQ 1") == "rejected"
+
+
+# ---- two checkers at once ----------------------------------------------------------------------
+
+
+def test_two_checkers_approving_at_once_release_once_and_lose_no_review(gov: sa.Engine) -> None:
+    request = new_request(gov, new_run(gov, in_force(gov)))
+    first_reviewed = threading.Event()
+    failures: list[BaseException] = []
+
+    def first() -> None:
+        try:
+            with Session(gov) as session, session.begin():
+                checking.review(session, CHECKERS[0], request, "table.csv", "approve")
+                first_reviewed.set()
+                time.sleep(0.5)  # still uncommitted while the second checker acts
+        except BaseException as exc:  # pragma: no cover - reported below
+            failures.append(exc)
+            first_reviewed.set()
+
+    def second() -> None:
+        try:
+            first_reviewed.wait()
+            act(gov, approve(gov, CHECKERS[1], request))
+        except BaseException as exc:  # pragma: no cover - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert len(rows(gov, FileReview)) == 2
+    assert len(rows(gov, Release)) == 1
+    assert [r.state for r in rows(gov, ReleaseRequest)] == ["released"]
+
+
+def test_a_stale_read_cannot_review_a_decided_request(gov: sa.Engine) -> None:
+    request = new_request(gov, new_run(gov, in_force(gov)))
+    with Session(gov, expire_on_commit=False) as stale:
+        held = checking.request_of(stale, request)
+        stale.commit()  # keep the object, as a long-lived page would
+        review(gov, CHECKERS[0], request, comment="reject: no")
+        with pytest.raises(NotAllowed, match="rejected: there is nothing more to review"):
+            checking.review(stale, CHECKERS[1], request, "table.csv", "approve")
+        stale.rollback()
+        assert held.reference == request
+    assert [r.decision for r in rows(gov, FileReview)] == ["reject"]
+
+
+# ---- publishing --------------------------------------------------------------------------------
+
+
+def released(engine: sa.Engine, home: Path, files: dict[str, bytes]) -> Release:
+    run = new_run(engine, in_force(engine), files, home=home)
+    request = new_request(engine, run, files, given=[])
+    for name in files:
+        for checker in CHECKERS:
+            review(engine, checker, request, name)
+    [release] = rows(engine, Release)
+    return release
+
+
+def everything_in(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def test_published_files_are_the_ones_checked_with_their_definition(
+    gov: sa.Engine, tmp_path: Path
+) -> None:
+    files = {"table.csv": TABLE, "measure.csv": MEASURE}
+    release = released(gov, tmp_path / "home", files)
+    source = tmp_path / "home" / "tre" / "runs" / str(release.run_reference) / "outputs"
+    out = tmp_path / "register"
+    folder = checking.publish_files(release, source, out)
+    assert folder == out / "releases" / str(release.id)
+    assert everything_in(out) == {
+        f"releases/{release.id}/table.csv": TABLE,
+        f"releases/{release.id}/measure.csv": MEASURE,
+        f"releases/{release.id}/definition.json": DEFINITION.encode(),
+    }
+    assert hashlib.sha256((folder / "definition.json").read_bytes()).hexdigest() == (
+        release.code_sha256
+    )
+    # publishing again (say the record failed to commit the first time) gives the same folder
+    checking.publish_files(release, source, out)
+    published = everything_in(out)
+
+    # a file changed after it was checked: refused, and nothing published is lost or half-made
+    (source / "measure.csv").write_bytes(MEASURE.replace(b"40", b"41"))
+    with pytest.raises(NotAllowed, match=r"measure\.csv changed after it was checked"):
+        checking.publish_files(release, source, out)
+    assert everything_in(out) == published
+    assert [p.name for p in (out / "releases").iterdir()] == [str(release.id)]
+    (source / "measure.csv").unlink()
+    with pytest.raises(UserError, match=r"measure\.csv is missing"):
+        checking.publish_files(release, source, out)
+    assert everything_in(out) == published
+
+
+# ---- the review commands -----------------------------------------------------------------------
+
+
+@pytest.fixture(params=BACKENDS)
+def home(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
+    """A service home with the governance cast, its record in the home's SQLite file, or on
+    PostgreSQL in a schema of its own (GPDPR_DATABASE_URL)."""
+    monkeypatch.setattr(console, "_width", 200)
+    monkeypatch.delenv(DATABASE_URL_ENV, raising=False)
+    folder = tmp_path / "home"
+    folder.mkdir()
+    if request.param == "sqlite":
+        yield folder
+        return
+    with postgres_url() as url:
+        monkeypatch.setenv(DATABASE_URL_ENV, url)
+        yield folder
+
+
+@pytest.fixture
+def engine(home: Path) -> Iterator[sa.Engine]:
+    made = connect(url_for_home(home))
+    cast(made)
+    yield made
+    made.dispose()
+
+
+def tre(home: Path, *args: str) -> Result:
+    return CliRunner().invoke(review_app, [*args, "--home", str(home)])
+
+
+def ok(result: Result) -> str:
+    assert result.exit_code == 0, (result.exit_code, result.stdout, result.stderr, result.exception)
+    return result.stdout
+
+
+def refused_cli(result: Result, *messages: str) -> str:
+    """Exit code 2, nothing on stdout, one line on stderr carrying each of `messages`."""
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for message in messages:
+        assert message in lines[0], lines[0]
+    return lines[0]
+
+
+def test_the_review_commands_from_request_to_the_register(home: Path, engine: sa.Engine) -> None:
+    files = {"table.csv": TABLE, "measure.csv": MEASURE}
+    dsa = in_force(engine)
+    run = new_run(engine, dsa, files, home=home)
+    request = new_request(engine, run, files, title="<b>Checks</b> & deciles")
+    returned = new_request(engine, new_run(engine, dsa, home=home))
+
+    listed = ok(tre(home, "requests"))
+    assert request in listed and returned in listed and "awaiting review" in listed
+    waiting = ok(tre(home, "requests", "--awaiting", "--as", CHECKERS[0]))
+    assert waiting.count(request) == 2 and "measure.csv" in waiting and "table.csv" in waiting
+    assert "Nothing is waiting" in ok(tre(home, "requests", "--awaiting", "--as", BOTH))
+    refused_cli(tre(home, "requests", "--awaiting"), "--as HANDLE")
+    shown = ok(tre(home, "show", request))
+    assert "state: awaiting review" in shown and f"run: {run} by {LEAD}" in shown
+    assert DEFINITION_SHA in shown and "<b>Checks</b> & deciles" in shown
+
+    before = snapshot(engine)
+    refused_cli(tre(home, "approve", request, "table.csv", "--as", LEAD), "output checker role")
+    refused_cli(tre(home, "approve", request, "table.csv", "--as", BOTH), "author's organisation")
+    refused_cli(tre(home, "show", "REQ-999999"), "no release request")
+    assert tre(home, "reject", request, "table.csv", "--as", CHECKERS[0]).exit_code == 2
+    assert snapshot(engine) == before
+
+    out = ok(tre(home, "approve", request, "table.csv", "--as", CHECKERS[0]))
+    assert "Still waiting for approvals: measure.csv, table.csv" in out
+    ok(tre(home, "approve", request, "measure.csv", "--as", CHECKERS[0]))
+    ok(tre(home, "approve", request, "table.csv", "--as", CHECKERS[1], "--comment", "fine"))
+    refused_cli(tre(home, "approve", request, "table.csv", "--as", CHECKERS[1]), "already reviewed")
+    out = ok(tre(home, "approve", request, "measure.csv", "--as", CHECKERS[1]))
+    [release] = rows(engine, Release)
+    folder = home / "register" / "releases" / str(release.id)
+    assert f"{request} released as release {release.id}" in out
+    assert everything_in(folder) == {
+        "table.csv": TABLE,
+        "measure.csv": MEASURE,
+        "definition.json": DEFINITION.encode(),
+    }
+    html = (home / "register" / "index.html").read_text()
+    assert f'href="releases/{release.id}/table.csv"' in html
+    assert f'href="releases/{release.id}/definition.json"' in html
+    assert run in html and DEFINITION_SHA in html and "Lake version" in html
+    assert "&lt;b&gt;Checks&lt;/b&gt; &amp; deciles" in html and "<b>Checks" not in html
+    data = orjson.loads((home / "register" / "register.json").read_bytes())
+    [entry] = [a for a in data["agreements"] if a["agreement"] == dsa]
+    assert entry["releases"][0]["run"] == run
+
+    out = ok(tre(home, "return", returned, "table.csv", "--as", CHECKERS[0], "--comment", "why?"))
+    assert f"{returned} returned to its author" in out
+    assert "returned to its author" in ok(tre(home, "show", returned))
+    refused_cli(
+        tre(home, "approve", returned, "table.csv", "--as", CHECKERS[1]), "nothing more to review"
+    )
+    shown = ok(tre(home, "show", request))
+    assert "state: released" in shown and "fine" in shown
+
+
+def test_a_file_changed_before_the_last_approval_is_not_released(
+    home: Path, engine: sa.Engine
+) -> None:
+    run = new_run(engine, in_force(engine), home=home)
+    request = new_request(engine, run)
+    ok(tre(home, "approve", request, "table.csv", "--as", CHECKERS[0]))
+    (home / "tre" / "runs" / run / "outputs" / "table.csv").write_bytes(b"sex,patients\nF,3\n")
+    before = snapshot(engine)
+    refused_cli(
+        tre(home, "approve", request, "table.csv", "--as", CHECKERS[1]),
+        "table.csv changed after it was checked",
+        "nothing was published",
+    )
+    assert snapshot(engine) == before  # the approval is not recorded: nothing was released
+    assert not (home / "register" / "releases").exists() or not list(
+        (home / "register" / "releases").iterdir()
+    )
+    out = ok(tre(home, "reject", request, "table.csv", "--as", CHECKERS[1], "--comment", "changed"))
+    assert f"{request} rejected" in out
