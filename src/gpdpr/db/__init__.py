@@ -32,6 +32,7 @@ def metadata() -> sa.MetaData:
     """Every table of the central database, whichever room's models define it: what the
     migrations must produce."""
     import gpdpr.governance.models  # registers the governance tables
+    import gpdpr.portal.models  # the portal's credentials
     import gpdpr.tre.models  # noqa: F401  (and the research environment's)
     from gpdpr.db.models import Base
 

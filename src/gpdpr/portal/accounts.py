@@ -1,0 +1,233 @@
+"""Signing in and out, and the administrator's pages for organisations, people and passwords.
+
+Staff (applicants, panel members, output checkers, administrators) sign in with their handle and
+a password, hashed with argon2 in `portal_credentials`. Failed attempts are rate-limited per
+account and per client address; the answer to a wrong handle and to a wrong password is the
+same, and takes as long.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from gpdpr.errors import UserError
+from gpdpr.governance import people
+from gpdpr.governance.models import Person
+from gpdpr.governance.vocabulary import ORGANISATION_KINDS, ROLES
+from gpdpr.portal.models import Credential
+from gpdpr.portal.pages import render
+from gpdpr.portal.public import portal_of
+from gpdpr.portal.security import (
+    PUBLIC,
+    SIGNED_IN,
+    STAFF_ROLES,
+    GuardedRoute,
+    Passwords,
+    allow,
+    client_address,
+    current,
+    ensure_session,
+    replace_session,
+    safe_next,
+    sign_out,
+)
+
+router = APIRouter(route_class=GuardedRoute)
+
+
+def set_password(session: Session, passwords: Passwords, handle: str, password: str) -> None:
+    """Give `handle` a password (replacing any they had)."""
+    who = people.person(session, handle)
+    hashed = passwords.hash(password)
+    found = session.get(Credential, who.id)
+    if found is None:
+        session.add(
+            Credential(person_id=who.id, password_hash=hashed, changed_at=datetime.now(UTC))
+        )
+    else:
+        found.password_hash = hashed
+        found.changed_at = datetime.now(UTC)
+
+
+def _stored(session: Session, handle: str) -> tuple[str | None, frozenset[str]]:
+    who = session.scalar(sa.select(Person).where(Person.handle == handle))
+    if who is None:
+        return None, frozenset()
+    found = session.get(Credential, who.id)
+    return (found.password_hash if found else None), frozenset(who.roles)
+
+
+@router.get("/sign-in")
+@allow(PUBLIC)
+def sign_in_form(request: Request, next: str = "") -> Response:
+    ensure_session(request)
+    return render(request, "sign_in.html.j2", handle="", next=safe_next(next, ""))
+
+
+@router.post("/sign-in")
+@allow(PUBLIC)
+async def sign_in(request: Request) -> Response:
+    form = await request.form()
+    handle = str(form.get("handle", "")).strip().lower()
+    password = str(form.get("password", ""))
+    target = safe_next(str(form.get("next", "")), "")
+    portal = portal_of(request)
+    keys = [("account", handle), ("address", client_address(request))]
+    wait = portal.rate_limit.blocked(keys)
+    if wait:
+        return render(
+            request,
+            "sign_in.html.j2",
+            status_code=429,
+            handle=handle,
+            next=target,
+            errors=[
+                f"Too many failed sign-ins. Try again in {int(wait) // 60 + 1} minutes, or ask "
+                "an administrator to reset your password."
+            ],
+        )
+    stored, roles = await run_in_threadpool(portal.read, lambda s: _stored(s, handle))
+    good = await run_in_threadpool(portal.passwords.verify, stored, password)
+    staff = roles & frozenset(STAFF_ROLES)
+    if not handle or not good or not staff:
+        portal.rate_limit.failed(keys)
+        return render(
+            request,
+            "sign_in.html.j2",
+            status_code=400,
+            handle=handle,
+            next=target,
+            errors=["The handle or password is not right."],
+        )
+    session = ensure_session(request)
+    fresh = request.app.state.sessions.rotate(session)
+    fresh.handle = handle
+    fresh.roles = staff
+    replace_session(request, fresh)
+    return RedirectResponse(target or _landing(staff), status_code=303)
+
+
+def _landing(roles: frozenset[str]) -> str:
+    for role, page in (
+        ("administrator", "/panel"),
+        ("panel_member", "/panel"),
+        ("output_checker", "/checking"),
+        ("applicant", "/applications"),
+    ):
+        if role in roles:
+            return page
+    return "/"
+
+
+@router.post("/sign-out")
+@allow(*SIGNED_IN)
+def sign_out_now(request: Request) -> Response:
+    sign_out(request)
+    return RedirectResponse("/", status_code=303)
+
+
+# ---- administration ----------------------------------------------------------------------------
+
+
+def _admin_page(request: Request, status_code: int = 200, **extra: object) -> Response:
+    portal = portal_of(request)
+    listed = portal.read(
+        lambda s: (
+            [
+                (p.handle, p.name, p.organisation.name if p.organisation else "", sorted(p.roles))
+                for p in people.people(s)
+            ],
+            [(o.name, ORGANISATION_KINDS[o.kind]) for o in people.organisations(s)],
+        )
+    )
+    return render(
+        request,
+        "admin.html.j2",
+        status_code=status_code,
+        people=listed[0],
+        organisations=listed[1],
+        kinds=ORGANISATION_KINDS,
+        roles=ROLES,
+        **extra,
+    )
+
+
+@router.get("/admin")
+@allow("administrator")
+def admin(request: Request) -> Response:
+    return _admin_page(request)
+
+
+@router.post("/admin/organisations")
+@allow("administrator")
+async def add_organisation(request: Request) -> Response:
+    form = await request.form()
+    name, kind = str(form.get("name", "")), str(form.get("kind", ""))
+    session = current(request)
+    assert session is not None and session.handle is not None
+    by = session.handle
+    try:
+        await run_in_threadpool(
+            portal_of(request).act, lambda s: people.add_organisation(s, by, name, kind)
+        )
+    except UserError as exc:
+        return _admin_page(request, 400, errors=[str(exc)], org_form={"name": name, "kind": kind})
+    session.flash.append(f"Organisation {name.strip()} added.")
+    return RedirectResponse("/admin", status_code=303)
+
+
+@router.post("/admin/people")
+@allow("administrator")
+async def add_person(request: Request) -> Response:
+    form = await request.form()
+    values = {k: str(form.get(k, "")).strip() for k in ("handle", "name", "email", "organisation")}
+    roles = [str(r) for r in form.getlist("roles")]
+    password = str(form.get("password", ""))
+    session = current(request)
+    assert session is not None and session.handle is not None
+    by = session.handle
+    portal = portal_of(request)
+
+    def add(s: Session) -> None:
+        people.add_person(
+            s,
+            by,
+            values["handle"],
+            values["name"],
+            values["email"],
+            values["organisation"] or None,
+            roles,
+        )
+        s.flush()
+        set_password(s, portal.passwords, values["handle"], password)
+
+    try:
+        await run_in_threadpool(portal.act, add)
+    except UserError as exc:
+        return _admin_page(request, 400, errors=[str(exc)], person_form={**values, "roles": roles})
+    session.flash.append(f"{values['handle']} added, with the password you chose.")
+    return RedirectResponse("/admin", status_code=303)
+
+
+@router.post("/admin/passwords")
+@allow("administrator")
+async def reset_password(request: Request) -> Response:
+    form = await request.form()
+    handle, password = str(form.get("handle", "")).strip(), str(form.get("password", ""))
+    portal = portal_of(request)
+    try:
+        await run_in_threadpool(
+            portal.act, lambda s: set_password(s, portal.passwords, handle, password)
+        )
+    except UserError as exc:
+        return _admin_page(request, 400, errors=[str(exc)])
+    session = current(request)
+    assert session is not None
+    session.flash.append(f"{handle}'s password is changed.")
+    return RedirectResponse("/admin", status_code=303)

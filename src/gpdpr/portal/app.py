@@ -1,0 +1,94 @@
+"""The portal application: every route module, mounted with the guard, the static files, the
+error pages and the security headers.
+
+`create_app(home)` builds it over a service home; `gpdpr portal serve` (and the demo) serve it
+with uvicorn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
+
+from gpdpr.portal import accounts, applications, outputs, patient, public, research
+from gpdpr.portal.idp import IdentityProvider
+from gpdpr.portal.pages import page_error
+from gpdpr.portal.research import DUMMY_PATIENTS, DummyRunner
+from gpdpr.portal.security import Passwords, RateLimit
+from gpdpr.portal.service import Portal
+
+STATIC = Path(__file__).parent / "static"
+
+# Every route module of the portal. The transparency log's pages (issue 7) join this list, with
+# their links in pages.NAVIGATION, when gpdpr.transparency is merged.
+ROUTERS = (public, patient, accounts, applications, outputs, research)
+
+HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+
+
+def create_app(
+    home: Path,
+    passwords: Passwords | None = None,
+    rate_limit: RateLimit | None = None,
+    dummy_patients: int = DUMMY_PATIENTS,
+) -> FastAPI:
+    portal = Portal(home, passwords, rate_limit)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        portal.close()
+
+    app = FastAPI(
+        title="gpdpr portal",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+    )
+    app.state.portal = portal
+    app.state.sessions = portal.sessions
+    app.state.idp = IdentityProvider(home / "idp", portal.passwords)
+    app.state.dummy = DummyRunner(home / "portal" / "dummy", dummy_patients)
+    for module in ROUTERS:
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.middleware("http")
+    async def headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        for name, value in HEADERS.items():
+            response.headers.setdefault(name, value)
+        if request.url.scheme == "https":
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        return response
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 404:
+            return page_error(request, 404, "There is nothing here, or nothing you can see.")
+        if exc.status_code == 405:
+            return page_error(request, 405, "That cannot be done to this page.")
+        return page_error(request, exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> Response:
+        return page_error(request, 400, "The request was not understood: nothing was changed.")
+
+    return app

@@ -1,0 +1,101 @@
+"""Charts drawn on the server as SVG: they show without JavaScript, print, and read out (each has
+a title and a description, and its page gives the same figures as a table)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from html import escape
+
+PALETTE = ("#005eb8", "#7c2855", "#007f3b", "#8a4b00")  # each at least 4.5:1 on white
+
+
+@dataclass(frozen=True)
+class Series:
+    name: str
+    values: list[int]
+
+
+def bars(
+    title: str,
+    labels: list[str],
+    series: list[Series],
+    width: int = 640,
+    height: int = 240,
+) -> str:
+    """A grouped vertical bar chart: one group per label, one bar per series."""
+    left, right, top, bottom = 48, 12, 28, 48
+    plot_w, plot_h = width - left - right, height - top - bottom
+    top_value = max([1, *(v for s in series for v in s.values)])
+    scale = _nice(top_value)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
+        f'role="img" aria-labelledby="t-{_id(title)} d-{_id(title)}" class="chart">',
+        f'<title id="t-{_id(title)}">{escape(title)}</title>',
+        f'<desc id="d-{_id(title)}">{escape(_describe(labels, series))}</desc>',
+    ]
+    for step in range(5):
+        value = scale * step / 4
+        y = top + plot_h - plot_h * step / 4
+        parts.append(
+            f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" '
+            'stroke="#d8dde0"/>'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11" '
+            f'fill="#212b32">{value:,.0f}</text>'
+        )
+    if labels:
+        group = plot_w / len(labels)
+        bar = max(2.0, group * 0.8 / max(1, len(series)))
+        every = max(1, len(labels) // 12)
+        for i, label in enumerate(labels):
+            x0 = left + group * i + group * 0.1
+            for j, s in enumerate(series):
+                value = s.values[i]
+                h = plot_h * value / scale
+                parts.append(
+                    f'<rect x="{x0 + bar * j:.1f}" y="{top + plot_h - h:.1f}" width="{bar:.1f}" '
+                    f'height="{h:.1f}" fill="{PALETTE[j % len(PALETTE)]}">'
+                    f"<title>{escape(s.name)}, {escape(label)}: {value:,}</title></rect>"
+                )
+            if i % every == 0:
+                parts.append(
+                    f'<text x="{left + group * (i + 0.5):.1f}" y="{height - bottom + 16}" '
+                    f'text-anchor="middle" font-size="11" fill="#212b32">{escape(label)}</text>'
+                )
+    for j, s in enumerate(series):
+        x = left + j * 170
+        parts.append(
+            f'<rect x="{x}" y="6" width="12" height="12" fill="{PALETTE[j % len(PALETTE)]}"/>'
+            f'<text x="{x + 16}" y="16" font-size="12" fill="#212b32">{escape(s.name)}</text>'
+        )
+    if not labels:
+        parts.append(
+            f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" font-size="14" '
+            'fill="#212b32">Nothing yet</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _nice(value: int) -> int:
+    """A round number at least `value`, for the top of the axis."""
+    magnitude = 1
+    while magnitude * 10 <= value:
+        magnitude *= 10
+    for step in (1, 2, 5, 10):
+        if step * magnitude >= value:
+            return step * magnitude
+    return 10 * magnitude
+
+
+def _id(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower())[:40]
+
+
+def _describe(labels: list[str], series: list[Series]) -> str:
+    if not labels:
+        return "No figures yet."
+    return "; ".join(
+        f"{s.name}: "
+        + ", ".join(f"{label} {v:,}" for label, v in zip(labels, s.values, strict=True))
+        for s in series
+    )

@@ -1,0 +1,375 @@
+"""Research, for applicants: upload a definition (the JSON `gpdpr tre compile` writes), see its
+results on dummy data, run it on the real data under an agreement they are on the team of, and
+ask for outputs to be released and follow the checkers' reviews.
+
+Uploaded definitions are kept per person (`HOME/portal/definitions/<person>/<sha256>.json`), so
+one applicant's definition is never reachable by another. Dummy data is made once (a small
+synthetic nation through the real pipeline, `gpdpr.tre.dummy`) in the background; the page shows
+where it has got to and refreshes itself (a plain meta refresh: no JavaScript needed). A real
+run's outputs are never shown here: they wait inside until two checkers release them; the page
+shows their names, sizes and checksums only.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from gpdpr.db.models import now
+from gpdpr.errors import UserError
+from gpdpr.governance import people
+from gpdpr.governance.agreements import in_force
+from gpdpr.governance.models import Agreement, TeamMember
+from gpdpr.portal.pages import not_found, render
+from gpdpr.portal.public import portal_of
+from gpdpr.portal.security import GuardedRoute, PortalSession, allow, current
+from gpdpr.tre import checking, nodes, runs, serial
+from gpdpr.tre.models import ReleaseRequest, Run
+
+router = APIRouter(route_class=GuardedRoute)
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+MAX_UPLOAD = 2_000_000
+DUMMY_PATIENTS = 2_500
+
+
+def _who(request: Request) -> PortalSession:
+    found = current(request)
+    assert found is not None and found.handle is not None
+    return found
+
+
+def definitions_folder(home: Path, person_id: int) -> Path:
+    return home / "portal" / "definitions" / str(person_id)
+
+
+def _person_id(request: Request) -> int:
+    handle = _who(request).handle
+    assert handle is not None
+    return portal_of(request).read(lambda s: people.person(s, handle).id)
+
+
+# ---- dummy runs in the background ---------------------------------------------------------------
+
+
+@dataclass
+class DummyJob:
+    status: str = "queued"  # queued, making dummy data, running, done, failed
+    message: str = ""
+    outputs: dict[str, str] = field(default_factory=dict)  # file -> CSV text (synthetic data)
+    population: int | None = None
+
+
+class DummyRunner:
+    """Dummy-data runs, one thread each; the dummy lake is made once, under a lock."""
+
+    def __init__(self, folder: Path, patients: int = DUMMY_PATIENTS) -> None:
+        self.folder = folder
+        self.patients = patients
+        self.jobs: dict[tuple[int, str], DummyJob] = {}
+        self._making = threading.Lock()
+
+    def start(self, owner: int, sha: str, document: bytes) -> DummyJob:
+        key = (owner, sha)
+        job = self.jobs.get(key)
+        if job is not None and job.status not in ("done", "failed"):
+            return job
+        job = DummyJob()
+        self.jobs[key] = job
+        threading.Thread(target=self._run, args=(job, document), daemon=True).start()
+        return job
+
+    def _run(self, job: DummyJob, document: bytes) -> None:
+        from gpdpr.tre import dummy
+        from gpdpr.tre.engines import DuckDBEngine
+
+        try:
+            definition = serial.from_json(document)
+            job.status = "making dummy data"
+            with self._making:
+                lake = dummy.ensure(self.folder, self.patients)
+            job.status = "running"
+            views = dummy.dummy_views(lake, nodes.columns_used(definition))
+            results = DuckDBEngine().run(definition, views)
+            runs.refuse_empty(results)
+            outputs = runs.control(definition, results)
+            job.population = results.dataset.num_rows if results.dataset is not None else None
+            job.outputs = {name: body.decode() for name, body in outputs.files.items()}
+            job.status = "done"
+        except UserError as exc:
+            job.status, job.message = "failed", str(exc)
+        except Exception as exc:  # a fault in the environment: say so rather than hang
+            traceback.print_exc()
+            job.status, job.message = "failed", f"the dummy run failed: {type(exc).__name__}"
+
+
+def dummy_runner(request: Request) -> DummyRunner:
+    found: DummyRunner = request.app.state.dummy
+    return found
+
+
+# ---- pages -----------------------------------------------------------------------------------
+
+
+def _overview(session: Session, handle: str, home: Path) -> dict[str, Any]:
+    me = people.person(session, handle)
+    folder = definitions_folder(home, me.id)
+    uploaded = sorted(p.stem for p in folder.glob("*.json")) if folder.exists() else []
+    team_agreements = list(
+        session.scalars(
+            sa.select(Agreement)
+            .join(TeamMember, TeamMember.application_id == Agreement.application_id)
+            .where(TeamMember.person_id == me.id)
+            .order_by(Agreement.id)
+        )
+    )
+    stamp = now()
+    usable = [
+        (a.reference, a.application.title) for a in team_agreements if in_force(a, stamp) is None
+    ]
+    my_runs = checking.runs(session, handle)
+    run_ids = [r.id for r in my_runs]
+    requests = (
+        list(
+            session.scalars(
+                sa.select(ReleaseRequest)
+                .where(ReleaseRequest.run_id.in_(run_ids))
+                .order_by(ReleaseRequest.id)
+            )
+        )
+        if run_ids
+        else []
+    )
+    return {
+        "uploaded": uploaded,
+        "agreements": usable,
+        "runs": [
+            (r.reference, r.agreement.reference, r.status, r.message, r.finished_at)
+            for r in my_runs
+        ],
+        "requests": [
+            (q.reference, q.title, checking.STATE_WORDS[q.state], q.run.reference) for q in requests
+        ],
+    }
+
+
+@router.get("/research")
+@allow("applicant")
+def research(request: Request) -> Response:
+    handle = _who(request).handle
+    assert handle is not None
+    portal = portal_of(request)
+    return render(
+        request, "research.html.j2", **portal.read(lambda s: _overview(s, handle, portal.home))
+    )
+
+
+@router.post("/research/definitions")
+@allow("applicant")
+async def upload(request: Request) -> Response:
+    data = await request.form()
+    upload = data.get("definition")
+    portal = portal_of(request)
+    handle = _who(request).handle
+    assert handle is not None
+    error = None
+    document = b""
+    if upload is None or isinstance(upload, str) or not upload.filename:
+        error = "Choose the definition file to upload (the JSON that gpdpr tre compile writes)."
+    else:
+        document = await upload.read(MAX_UPLOAD + 1)
+        if len(document) > MAX_UPLOAD:
+            error = f"The file is larger than {MAX_UPLOAD:,} bytes: it is not a definition."
+    if error is None:
+        try:
+            await run_in_threadpool(serial.from_json, document)
+        except UserError as exc:
+            error = f"That definition cannot be accepted: {exc}"
+    if error is not None:
+        overview = portal.read(lambda s: _overview(s, handle, portal.home))
+        return render(request, "research.html.j2", status_code=400, errors=[error], **overview)
+    sha = serial.sha256(document)
+    folder = definitions_folder(portal.home, _person_id(request))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{sha}.json"
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(document)
+    partial.replace(path)
+    _who(request).flash.append("The definition is checked and kept. Try it on dummy data first.")
+    return RedirectResponse(f"/research/definitions/{sha}", status_code=303)
+
+
+def _document(request: Request, sha: str) -> bytes | None:
+    if not _SHA.match(sha):
+        return None
+    path = definitions_folder(portal_of(request).home, _person_id(request)) / f"{sha}.json"
+    return path.read_bytes() if path.is_file() else None
+
+
+def _definition_page(
+    request: Request,
+    sha: str,
+    document: bytes,
+    status_code: int = 200,
+    errors: list[str] | None = None,
+) -> Response:
+    definition = serial.from_json(document)
+    handle = _who(request).handle
+    assert handle is not None
+    portal = portal_of(request)
+    overview = portal.read(lambda s: _overview(s, handle, portal.home))
+    job = dummy_runner(request).jobs.get((_person_id(request), sha))
+    return render(
+        request,
+        "definition.html.j2",
+        status_code=status_code,
+        sha=sha,
+        used={t: sorted(c) for t, c in sorted(nodes.columns_used(definition).items())},
+        job=job,
+        agreements=overview["agreements"],
+        refresh=job is not None and job.status not in ("done", "failed"),
+        errors=errors or [],
+    )
+
+
+@router.get("/research/definitions/{sha}")
+@allow("applicant")
+def definition(request: Request, sha: str) -> Response:
+    document = _document(request, sha)
+    if document is None:
+        return not_found(request)
+    return _definition_page(request, sha, document)
+
+
+@router.post("/research/definitions/{sha}/dummy")
+@allow("applicant")
+def run_dummy(request: Request, sha: str) -> Response:
+    document = _document(request, sha)
+    if document is None:
+        return not_found(request)
+    dummy_runner(request).start(_person_id(request), sha, document)
+    return RedirectResponse(f"/research/definitions/{sha}#dummy", status_code=303)
+
+
+@router.post("/research/definitions/{sha}/run")
+@allow("applicant")
+async def run_real(request: Request, sha: str) -> Response:
+    data = await request.form()
+    document = _document(request, sha)
+    if document is None:
+        return not_found(request)
+    agreement = str(data.get("agreement", ""))
+    who = _who(request)
+    assert who.handle is not None
+    portal = portal_of(request)
+
+    def submit() -> runs.RunRecord:
+        with portal.writing():
+            return runs.submit(portal.home, str(who.handle), agreement, document)
+
+    try:
+        made = await run_in_threadpool(submit)
+    except UserError as exc:
+        return _definition_page(request, sha, document, 400, [str(exc)])
+    who.flash.append(
+        f"{made.reference} ran on lake version {made.lake_version}. Its outputs wait inside, "
+        "controlled, until two output checkers release them: ask for them below."
+    )
+    return RedirectResponse(f"/research/runs/{made.reference}", status_code=303)
+
+
+def _my_run(session: Session, handle: str, reference: str) -> Run | None:
+    return next((r for r in checking.runs(session, handle) if r.reference == reference), None)
+
+
+def _run_page(
+    request: Request, reference: str, status_code: int = 200, errors: list[str] | None = None
+) -> Response:
+    handle = _who(request).handle
+    assert handle is not None
+
+    def find(s: Session) -> dict[str, Any] | None:
+        run = _my_run(s, handle, reference)
+        if run is None:
+            return None
+        return {
+            "run": run,
+            "agreement": run.agreement.reference,
+            "project": run.agreement.application.reference,
+        }
+
+    shown = portal_of(request).read(find)
+    if shown is None:
+        return not_found(request)
+    return render(request, "run.html.j2", status_code=status_code, errors=errors or [], **shown)
+
+
+@router.get("/research/runs/{reference}")
+@allow("applicant")
+def show_run(request: Request, reference: str) -> Response:
+    return _run_page(request, reference)
+
+
+@router.post("/research/runs/{reference}/request")
+@allow("applicant")
+async def request_release(request: Request, reference: str) -> Response:
+    import hashlib
+
+    data = await request.form()
+    who = _who(request)
+    handle = who.handle
+    assert handle is not None
+    portal = portal_of(request)
+    if portal.read(lambda s: _my_run(s, handle, reference)) is None:
+        return not_found(request)
+    names = [str(n) for n in data.getlist("files")]
+    title, description = str(data.get("title", "")), str(data.get("description", ""))
+    folder = runs.run_folder(portal.home, reference) / runs.OUTPUTS
+
+    def ask(s: Session) -> str:
+        if not names:
+            raise UserError("choose at least one output file to release")
+        found: dict[str, tuple[str, int]] = {}
+        for name in names:
+            path = folder / name
+            if not path.is_file() or path.parent != folder:
+                raise UserError(f"{reference} has no output {name!r}")
+            body = path.read_bytes()
+            found[name] = (hashlib.sha256(body).hexdigest(), len(body))
+        cells = runs.cells_of(portal.home, reference, set(found))
+        made = checking.request_release(s, handle, reference, found, title, description, cells)
+        return made.reference
+
+    try:
+        made = await run_in_threadpool(portal.act, ask)
+    except UserError as exc:
+        return _run_page(request, reference, 400, [str(exc)])
+    who.flash.append(f"{made}: your request waits for two output checkers.")
+    return RedirectResponse(f"/research/requests/{made}", status_code=303)
+
+
+@router.get("/research/requests/{reference}")
+@allow("applicant")
+def show_my_request(request: Request, reference: str) -> Response:
+    handle = _who(request).handle
+    assert handle is not None
+
+    def find(s: Session) -> dict[str, Any] | None:
+        found = s.scalar(sa.select(ReleaseRequest).where(ReleaseRequest.reference == reference))
+        if found is None or _my_run(s, handle, found.run.reference) is None:
+            return None
+        return {"shown": checking.show_request(s, reference), "words": checking.STATE_WORDS}
+
+    shown = portal_of(request).read(find)
+    if shown is None:
+        return not_found(request)
+    return render(request, "my_request.html.j2", **shown)

@@ -1,0 +1,66 @@
+"""Serving the portal, and the accounts the demo signs in with.
+
+`serve(home, host, port)` runs the portal with uvicorn until stopped. `demo_accounts(home, ...)`
+gives every person in the governance record a password and makes identity-provider accounts for
+some patients of the synthetic practices; `gpdpr demo` calls it, then `serve`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from gpdpr.db import connect, url_for_home
+from gpdpr.governance import people
+from gpdpr.portal.idp import IdentityProvider
+from gpdpr.portal.security import STAFF_ROLES, Passwords
+
+DEMO_PASSWORD = "gpdpr-demo-password"
+
+
+@dataclass(frozen=True)
+class DemoAccount:
+    who: str  # a handle, or a patient's email address
+    roles: tuple[str, ...]
+    password: str
+
+
+def demo_accounts(
+    home: Path,
+    patients: Iterable[str],
+    password: str = DEMO_PASSWORD,
+    passwords: Passwords | None = None,
+) -> list[DemoAccount]:
+    """A password for everyone in the governance record, and an identity-provider account
+    (patient1@example.org, ...) for each NHS number in `patients`; the accounts made."""
+    from gpdpr.portal.accounts import set_password
+
+    passwords = passwords or Passwords()
+    engine = connect(url_for_home(home))
+    made: list[DemoAccount] = []
+    try:
+        with Session(engine) as session, session.begin():
+            for person in people.people(session):
+                set_password(session, passwords, person.handle, password)
+                roles = tuple(r for r in STAFF_ROLES if r in person.roles)
+                made.append(DemoAccount(person.handle, roles, password))
+    finally:
+        engine.dispose()
+    idp = IdentityProvider(home / "idp", passwords)
+    for n, number in enumerate(patients, 1):
+        email = f"patient{n}@example.org"
+        idp.add_account(email, password, number, f"Patient {n}")
+        made.append(DemoAccount(email, ("patient",), password))
+    return made
+
+
+def serve(home: Path, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve the portal until stopped (Ctrl-C)."""
+    import uvicorn
+
+    from gpdpr.portal.app import create_app
+
+    uvicorn.run(create_app(home), host=host, port=port, log_level="warning")

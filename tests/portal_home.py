@@ -1,0 +1,113 @@
+"""A real service home for the portal's tests: synthetic practices extracted and collected into
+a lake, the governance cast of governing.py with passwords, identity-provider accounts for some
+patients, and an approved application with an agreement in force."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+from argon2 import PasswordHasher
+
+from databases import POSTGRES_ENV, postgres_url
+from governing import ADMIN, COLLEAGUE, LEAD, act, agreement_of, cast, form, votes
+from gpdpr.db import DATABASE_URL_ENV, connect, url_for_home
+from gpdpr.governance import agreements, applications, panel
+from gpdpr.governance.form import Item, Population
+from gpdpr.portal.security import Passwords
+from gpdpr.portal.serve import demo_accounts
+
+PASSWORD = "correct horse battery"
+# argon2id still, with parameters cheap enough for many sign-ins in tests.
+FAST = Passwords(PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1))
+ITEMS = (
+    Item("patients", "patient", "to count people once"),
+    Item("patients", "sex", "outcomes differ by sex"),
+    Item("patients", "birth_year", "age"),
+    Item("patients", "birth_month", "age"),
+    Item("registrations", "patient", "who is registered"),
+    Item("registrations", "start_date", "registered when"),
+    Item("registrations", "end_date", "registered when"),
+    Item("clinical_events", "patient", "diagnoses"),
+    Item("clinical_events", "code", "diagnoses"),
+    Item("clinical_events", "effective_date", "when"),
+)
+
+
+@dataclass
+class Home:
+    home: Path
+    engine: sa.Engine
+    nhs_numbers: list[str]  # of patients with identity-provider accounts patient1@... onwards
+    agreement: str  # in force, LEAD and COLLEAGUE on its team
+    application: str
+
+
+def patient_email(n: int) -> str:
+    return f"patient{n}@example.org"
+
+
+@contextmanager
+def database(backend: str) -> Iterator[None]:
+    """GPDPR_DATABASE_URL set to a fresh PostgreSQL schema for the block (sqlite: unset)."""
+    saved = os.environ.pop(DATABASE_URL_ENV, None)
+    try:
+        if backend == "sqlite":
+            yield
+        else:
+            with postgres_url() as url:
+                os.environ[DATABASE_URL_ENV] = url
+                yield
+    finally:
+        os.environ.pop(DATABASE_URL_ENV, None)
+        if saved is not None:
+            os.environ[DATABASE_URL_ENV] = saved
+
+
+def build(folder: Path, patients: int = 60) -> Home:
+    """Build the home in `folder` (on the database GPDPR_DATABASE_URL names, if set)."""
+    from gpdpr.collect.service import Central, collect
+    from gpdpr.custodian.keys import init, issue_practice
+    from gpdpr.practice.many import extract_many
+    from gpdpr.synth.run import SynthRequest, synthesise
+
+    home = folder / "home"
+    home.mkdir(parents=True)
+    request = SynthRequest(home / "practices", 2, 1_500, 11, "columnar", mess_rate=0)
+    synthesise(request)
+    practices = sorted(p for p in request.out.iterdir() if p.is_dir())
+    init(home / "keys")
+    for practice in practices:
+        issue_practice(home / "keys", practice.name)
+    extract_many(practices, home / "packages", home / "keys" / "practices", workers=1)
+    collect(Central(home), sorted(p for p in (home / "packages").iterdir()))
+    engine = connect(url_for_home(home))
+    cast(engine)
+    numbers = pq.read_table(practices[0] / "patients.parquet", columns=["nhs_number"])
+    nhs_numbers = [str(n) for n in numbers["nhs_number"].to_pylist()[:patients]]
+    demo_accounts(home, nhs_numbers, PASSWORD, FAST)
+    reference = act(
+        engine,
+        lambda s: applications.create_draft(
+            s,
+            LEAD,
+            form(items=ITEMS, population=Population(min_age=18), team=(COLLEAGUE,)),
+        ).reference,
+    )
+    act(engine, lambda s: applications.submit(s, LEAD, reference))
+    act(engine, lambda s: panel.start_review(s, ADMIN, reference))
+    votes(engine, reference)
+    act(engine, lambda s: panel.decide(s, ADMIN, reference, "Approved."))
+    act(engine, lambda s: agreements.issue(s, ADMIN, reference))
+    found = agreement_of(engine, reference)
+    assert found is not None
+    return Home(home, engine, nhs_numbers, found, reference)
+
+
+def postgres_available() -> bool:
+    return bool(os.environ.get(POSTGRES_ENV))
