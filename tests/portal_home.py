@@ -93,11 +93,13 @@ def build(folder: Path, patients: int = 60) -> Home:
     demo_accounts(home, nhs_numbers, PASSWORD, FAST)
     reference = act(
         engine,
-        lambda s: applications.create_draft(
-            s,
-            LEAD,
-            form(items=ITEMS, population=Population(min_age=18), team=(COLLEAGUE,)),
-        ).reference,
+        lambda s: (
+            applications.create_draft(
+                s,
+                LEAD,
+                form(items=ITEMS, population=Population(min_age=18), team=(COLLEAGUE,)),
+            ).reference
+        ),
     )
     act(engine, lambda s: applications.submit(s, LEAD, reference))
     act(engine, lambda s: panel.start_review(s, ADMIN, reference))

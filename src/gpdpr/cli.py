@@ -281,6 +281,9 @@ app.add_typer(lake_app, name="lake")
 from gpdpr.tre.cli import tre_app  # noqa: E402
 
 app.add_typer(tre_app, name="tre")
+from gpdpr.portal.cli import portal_app  # noqa: E402
+
+app.add_typer(portal_app, name="portal")
 
 
 def _demo_research(home: Path) -> None:

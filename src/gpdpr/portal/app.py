@@ -7,14 +7,16 @@ with uvicorn.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute
 
 from gpdpr.portal import accounts, applications, outputs, patient, public, research
 from gpdpr.portal.idp import IdentityProvider
@@ -38,6 +40,23 @@ HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",
 }
+
+
+def api_routes(app: FastAPI) -> list[APIRoute]:
+    """Every endpoint route of the app, through included routers (which newer FastAPI keeps as
+    wrappers around the original router)."""
+    found: list[APIRoute] = []
+
+    def walk(routes: Sequence[BaseRoute]) -> None:
+        for route in routes:
+            if isinstance(route, APIRoute):
+                found.append(route)
+            inner = getattr(route, "original_router", None)
+            if inner is not None:
+                walk(inner.routes)
+
+    walk(app.routes)
+    return found
 
 
 def create_app(

@@ -201,11 +201,12 @@ def statistics_of(session: Session, home: Path) -> dict[str, Any]:
             for action, verb in (("set", "set"), ("withdrawn", "withdrawn"))
         ],
     }
-    decisions = dict(
-        session.execute(sa.select(Decision.outcome, sa.func.count()).group_by(Decision.outcome))
-        .tuples()
-        .all()
-    )
+    decisions: dict[str, int] = {
+        outcome: n
+        for outcome, n in session.execute(
+            sa.select(Decision.outcome, sa.func.count()).group_by(Decision.outcome)
+        )
+    }
     auto_refused = session.scalar(
         sa.select(sa.func.count())
         .select_from(Application)

@@ -1,0 +1,58 @@
+"""`gpdpr portal`: serve the portal over a service home, and set the passwords people sign in
+with."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from gpdpr.home import DEFAULT_HOME, Home
+from gpdpr.terminal import console, fail
+
+portal_app = typer.Typer(
+    help="The portal: public pages, patients' opt-outs, applications, the panel, output checking.",
+    no_args_is_help=True,
+)
+
+
+@portal_app.command("serve")
+def serve_command(
+    home: Home = DEFAULT_HOME,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve the portal until stopped (Ctrl-C)."""
+    from gpdpr.errors import UserError
+    from gpdpr.portal.serve import serve
+
+    if not home.is_dir():
+        fail(f"no service home at {home}: pass --home (the folder gpdpr collect and demo use)")
+    console.print(f"gpdpr portal at http://{host}:{port}/ (Ctrl-C to stop)", markup=False)
+    try:
+        serve(home, host, port)
+    except UserError as exc:
+        fail(str(exc))
+
+
+@portal_app.command("password")
+def password_command(
+    handle: Annotated[str, typer.Argument(help="The person's handle.")],
+    home: Home = DEFAULT_HOME,
+) -> None:
+    """Set the password a person signs in to the portal with (asked for, never echoed)."""
+    from sqlalchemy.orm import Session
+
+    from gpdpr.db import connect, url_for_home
+    from gpdpr.errors import UserError
+    from gpdpr.portal.accounts import set_password
+    from gpdpr.portal.security import Passwords
+
+    password = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
+    try:
+        engine = connect(url_for_home(home))
+        with Session(engine) as session, session.begin():
+            set_password(session, Passwords(), handle, password)
+    except UserError as exc:
+        fail(str(exc))
+    console.print(f"{handle} can now sign in to the portal with that password.", markup=False)

@@ -1,0 +1,787 @@
+"""The portal through its HTTP interface (FastAPI's TestClient), on a real service home on each
+database: every route has a declared policy and anything else fails closed; sessions, CSRF and the
+sign-in rate limit; the patient's OpenID Connect sign-in and opt-outs; applications through the
+panel; output checking to the register; a role x route x own/other-object matrix; and every
+form's bad input refused with a clear error and nothing changed."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+import pytest
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import FastAPI, Request
+from fastapi.testclient import TestClient
+
+from databases import BACKENDS
+from governing import ADMIN, BOTH, CHECKERS, COLLEAGUE, LEAD, PANEL, VENDOR, snapshot
+from gpdpr.db.models import Event, OptOutEvent
+from gpdpr.errors import UserError
+from gpdpr.portal.app import api_routes, create_app
+from gpdpr.portal.idp import CLIENT_ID, ISSUER, verify_id_token
+from gpdpr.portal.security import COOKIE, GuardedRoute, RateLimit, allow, policy_of
+from gpdpr.spec import shipped
+from portal_home import FAST, PASSWORD, Home, build, database, patient_email
+
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+@dataclass
+class Portal:
+    built: Home
+    app: FastAPI
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def portal(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Portal]:
+    with database(request.param):
+        built = build(tmp_path_factory.mktemp(f"portal-{request.param}"))
+        app = create_app(built.home, passwords=FAST, rate_limit=RateLimit(), dummy_patients=400)
+        yield Portal(built, app)
+        app.state.portal.close()
+        built.engine.dispose()
+
+
+def client(portal: Portal, https: bool = False) -> TestClient:
+    # Each client is a new visitor; a fresh rate limit so one test's failures do not block another.
+    portal.app.state.portal.rate_limit = RateLimit()
+    return TestClient(
+        portal.app,
+        base_url="https://testserver" if https else "http://testserver",
+        follow_redirects=False,
+    )
+
+
+def token_of(page: str) -> str:
+    found = CSRF.search(page)
+    assert found, "the page has no form with a CSRF token"
+    return found.group(1)
+
+
+def staff(portal: Portal, handle: str) -> TestClient:
+    browser = client(portal)
+    page = browser.get("/sign-in")
+    answer = browser.post(
+        "/sign-in",
+        data={"handle": handle, "password": PASSWORD, "csrf_token": token_of(page.text)},
+    )
+    assert answer.status_code == 303, answer.text
+    return browser
+
+
+def patient(portal: Portal, n: int = 1) -> TestClient:
+    browser = client(portal)
+    start = browser.get("/patient/sign-in")
+    assert start.status_code == 303 and start.headers["location"].startswith("/idp/authorize?")
+    login = browser.get(start.headers["location"])
+    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', login.text))
+    fields.update(email=patient_email(n), password=PASSWORD)
+    back = browser.post("/idp/authorize", data=fields)
+    assert back.status_code == 303, back.text
+    assert back.headers["location"].startswith("http://testserver/patient/callback?code=")
+    done = browser.get(back.headers["location"])
+    assert done.status_code == 303 and done.headers["location"] == "/patient", done.text
+    return browser
+
+
+def post(browser: TestClient, path: str, form_page: str, **data: object) -> object:
+    page = browser.get(form_page)
+    return browser.post(path, data={**data, "csrf_token": token_of(page.text)})
+
+
+# ---- deny by default ---------------------------------------------------------------------------
+
+
+def test_every_route_declares_who_may_reach_it(portal: Portal) -> None:
+    routes = api_routes(portal.app)
+    assert len(routes) > 30
+    missing = [r.path for r in routes if policy_of(r.endpoint) is None]
+    assert missing == []
+    assert all(isinstance(r, GuardedRoute) for r in routes)
+
+
+def test_a_route_without_a_policy_is_refused_to_everyone() -> None:
+    from gpdpr.portal.security import Sessions
+
+    app = FastAPI()
+    app.state.sessions = Sessions()
+    app.router.route_class = GuardedRoute
+
+    @app.get("/forgotten")
+    def forgotten(request: Request) -> dict[str, str]:
+        return {"secret": "leaked"}
+
+    @app.get("/open")
+    @allow("public")
+    def open_page(request: Request) -> dict[str, str]:
+        return {"ok": "yes"}
+
+    with TestClient(app) as browser:
+        refused = browser.get("/forgotten")
+        assert refused.status_code == 403 and "leaked" not in refused.text
+        assert browser.get("/open").json() == {"ok": "yes"}
+
+
+# ---- public pages ------------------------------------------------------------------------------
+
+
+def test_what_we_collect_is_rendered_from_the_specification(portal: Portal) -> None:
+    page = client(portal).get("/what-we-collect").text
+    spec = shipped()
+    for item in spec.never_collected.values():
+        assert item.title in page and item.reason.split(".")[0] in page
+    for table in spec.tables.values():
+        assert table.title in page
+        for field in table.fields:
+            assert f"<code>{field.name}</code>" in page
+    assert spec.version in page
+
+
+def test_public_pages_answer_without_signing_in(portal: Portal) -> None:
+    browser = client(portal)
+    for path, words in (
+        ("/", "how to opt out"),
+        ("/safeguards", "Marketing is excluded"),
+        ("/opting-out", "Type 1 opt-out"),
+        ("/statistics", "<svg"),
+        ("/register", "Type 2 diabetes care and deprivation"),
+    ):
+        page = browser.get(path)
+        assert page.status_code == 200, path
+        assert words.lower() in page.text.lower(), path
+        assert page.text.count("<h1") == 1
+
+
+def test_the_register_is_searched_and_filtered(portal: Portal) -> None:
+    browser = client(portal)
+    found = browser.get("/register", params={"q": "diabetes deprivation"}).text
+    assert "Type 2 diabetes care and deprivation" in found
+    assert "Type 2 diabetes care" not in browser.get("/register", params={"q": "zebra"}).text
+    commercial = browser.get("/register", params={"commercial": "yes"}).text
+    assert "Approved projects (0)" in commercial
+    research = browser.get("/register", params={"purpose": "research", "status": "active"}).text
+    assert "Approved projects (1)" in research
+
+
+def test_statistics_count_the_lake_and_draw_charts(portal: Portal) -> None:
+    page = client(portal).get("/statistics").text
+    assert "patients from 2 GP practices" in page
+    assert page.count("<svg") == 4 and "<title" in page
+
+
+def test_an_unknown_page_is_a_page_not_a_stack_trace(portal: Portal) -> None:
+    answer = client(portal).get("/no/such/page")
+    assert answer.status_code == 404 and "<h1>Page not found</h1>" in answer.text
+
+
+# ---- sessions and CSRF -------------------------------------------------------------------------
+
+
+def test_the_session_cookie_is_httponly_lax_and_secure_only_over_tls(portal: Portal) -> None:
+    plain = client(portal).get("/sign-in").headers["set-cookie"]
+    assert f"{COOKIE}=" in plain and "HttpOnly" in plain and "SameSite=lax" in plain
+    assert "Secure" not in plain
+    tls = client(portal, https=True).get("/sign-in").headers["set-cookie"]
+    assert "Secure" in tls and "HttpOnly" in tls
+
+
+def test_signing_in_changes_the_session_id_and_signing_out_ends_it(portal: Portal) -> None:
+    browser = client(portal)
+    browser.get("/sign-in")
+    before = browser.cookies[COOKIE]
+    page = browser.get("/sign-in")
+    browser.post(
+        "/sign-in", data={"handle": LEAD, "password": PASSWORD, "csrf_token": token_of(page.text)}
+    )
+    after = browser.cookies[COOKIE]
+    assert after != before
+    assert browser.get("/applications").status_code == 200
+    post(browser, "/sign-out", "/applications")
+    stale = client(portal)
+    stale.cookies.set(COOKIE, after)
+    assert stale.get("/applications").status_code == 303  # to the sign-in page
+
+
+@pytest.mark.parametrize("token", [None, "forged-token"])
+def test_a_post_without_the_right_csrf_token_is_refused_and_changes_nothing(
+    portal: Portal, token: str | None
+) -> None:
+    browser = patient(portal, 2)
+    before = snapshot(portal.built.engine)
+    data = {"kind": "type1", "action": "set"}
+    if token is not None:
+        data["csrf_token"] = token
+    answer = browser.post("/patient/opt-out", data=data)
+    assert answer.status_code == 403 and "nothing was done" in answer.text
+    assert snapshot(portal.built.engine) == before
+    signin = client(portal).post("/sign-in", data={"handle": LEAD, "password": PASSWORD})
+    assert signin.status_code == 403
+
+
+# ---- sign-in and its rate limit ------------------------------------------------------------------
+
+
+def test_wrong_passwords_are_refused_the_same_way_and_then_rate_limited(portal: Portal) -> None:
+    browser = client(portal)
+    for handle in (LEAD, "nobody.here"):
+        page = browser.get("/sign-in")
+        answer = browser.post(
+            "/sign-in",
+            data={"handle": handle, "password": "wrong!", "csrf_token": token_of(page.text)},
+        )
+        assert answer.status_code == 400 and "handle or password is not right" in answer.text
+    for _ in range(4):
+        page = browser.get("/sign-in")
+        browser.post(
+            "/sign-in",
+            data={"handle": LEAD, "password": "wrong!", "csrf_token": token_of(page.text)},
+        )
+    page = browser.get("/sign-in")
+    blocked = browser.post(
+        "/sign-in", data={"handle": LEAD, "password": PASSWORD, "csrf_token": token_of(page.text)}
+    )
+    assert blocked.status_code == 429 and "Too many failed sign-ins" in blocked.text
+    assert COOKIE not in blocked.headers.get("set-cookie", "") or blocked.status_code == 429
+    assert browser.get("/applications").status_code == 303  # not signed in
+
+
+def test_failures_from_one_address_across_accounts_are_rate_limited(portal: Portal) -> None:
+    browser = client(portal)
+    for n in range(20):
+        page = browser.get("/sign-in")
+        browser.post(
+            "/sign-in",
+            data={"handle": f"guess{n}", "password": "x", "csrf_token": token_of(page.text)},
+        )
+    page = browser.get("/sign-in")
+    blocked = browser.post(
+        "/sign-in",
+        data={"handle": COLLEAGUE, "password": PASSWORD, "csrf_token": token_of(page.text)},
+    )
+    assert blocked.status_code == 429
+
+
+# ---- patients ----------------------------------------------------------------------------------
+
+
+def test_a_patient_signs_in_opts_out_and_back_in_and_no_nhs_number_is_kept(portal: Portal) -> None:
+    browser = patient(portal, 3)
+    number = portal.built.nhs_numbers[2]
+    page = browser.get("/patient")
+    assert "Your opt-outs" in page.text and "Not set" in page.text
+    done = browser.post(
+        "/patient/opt-out",
+        data={"kind": "type1", "action": "set", "csrf_token": token_of(page.text)},
+    )
+    assert done.status_code == 303
+    shown = browser.get("/patient").text
+    assert (
+        "Your Type 1 opt-out is recorded" in shown and "erased at the next erasure cycle" in shown
+    )
+    assert "Set since" in shown
+    withdrawn = browser.post(
+        "/patient/opt-out",
+        data={"kind": "type1", "action": "withdraw", "csrf_token": token_of(shown)},
+    )
+    assert withdrawn.status_code == 303
+    assert "Your Type 1 opt-out is withdrawn" in browser.get("/patient").text
+    with portal.built.engine.connect() as connection:
+        events = connection.execute(sa.select(OptOutEvent.action, OptOutEvent.source)).all()
+        details = [str(r) for r in connection.execute(sa.select(Event.actor, Event.details))]
+    assert ("set", "online") in events and ("withdrawn", "online") in events
+    assert not any(number in text for text in details)
+    sessions = portal.app.state.sessions._by_id.values()
+    assert not any(number in repr(vars(s)) for s in sessions)
+
+
+def test_a_patient_page_needs_a_patient(portal: Portal) -> None:
+    assert client(portal).get("/patient").headers["location"].startswith("/patient/sign-in")
+    assert staff(portal, LEAD).get("/patient").status_code == 403
+
+
+def test_a_bad_opt_out_choice_changes_nothing(portal: Portal) -> None:
+    browser = patient(portal, 4)
+    before = snapshot(portal.built.engine)
+    answer = post(browser, "/patient/opt-out", "/patient", kind="type9", action="set")
+    assert answer.status_code == 400 and "Choose which opt-out" in answer.text
+    assert snapshot(portal.built.engine) == before
+
+
+def test_a_callback_that_did_not_start_here_is_refused(portal: Portal) -> None:
+    browser = client(portal)
+    answer = browser.get("/patient/callback", params={"code": "x", "state": "y" * 20})
+    assert answer.status_code == 400
+    browser.get("/patient/sign-in")
+    assert (
+        browser.get("/patient/callback", params={"code": "x", "state": "z" * 32}).status_code == 400
+    )
+
+
+def test_the_identity_provider_refuses_bad_requests_and_passwords(portal: Portal) -> None:
+    browser = client(portal)
+    start = browser.get("/patient/sign-in").headers["location"]
+    assert browser.get(start.replace("S256", "plain")).status_code == 400
+    evil = start.replace("redirect_uri=http", "redirect_uri=https%3A%2F%2Fevil.example%2F&x=")
+    assert browser.get(evil).status_code == 400
+    login = browser.get(start)
+    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', login.text))
+    fields.update(email=patient_email(1), password="not the password")
+    refused = browser.post("/idp/authorize", data=fields)
+    assert refused.status_code == 400 and "not right" in refused.text
+
+
+def test_an_id_token_is_verified_signature_issuer_audience_expiry_and_nonce(portal: Portal) -> None:
+    idp = portal.app.state.idp
+    jwks = idp.jwks()
+    claims = {
+        "iss": ISSUER,
+        "aud": CLIENT_ID,
+        "sub": "x",
+        "iat": 2_000_000_000,
+        "exp": 2_000_000_300,
+        "nonce": "n" * 20,
+        "nhs_number": "9990000018",
+    }
+    forged = jwt.encode(claims, Ed25519PrivateKey.generate(), algorithm="EdDSA")
+    with pytest.raises(UserError, match="not accepted"):
+        verify_id_token(forged, jwks, "n" * 20)
+    good = jwt.encode(claims, idp._key, algorithm="EdDSA")
+    with pytest.raises(UserError):  # issued in the future (2033)
+        verify_id_token(good, jwks, "n" * 20)
+    import time
+
+    now = int(time.time())
+    fresh = {**claims, "iat": now, "exp": now + 60}
+    assert verify_id_token(jwt.encode(fresh, idp._key, algorithm="EdDSA"), jwks, "n" * 20)
+    with pytest.raises(UserError, match="another sign-in"):
+        verify_id_token(jwt.encode(fresh, idp._key, algorithm="EdDSA"), jwks, "m" * 20)
+    for changed in ({"aud": "someone-else"}, {"iss": "https://evil.example"}, {"exp": now - 100}):
+        with pytest.raises(UserError):
+            verify_id_token(
+                jwt.encode({**fresh, **changed}, idp._key, algorithm="EdDSA"), jwks, "n" * 20
+            )
+    with pytest.raises(UserError):  # alg none
+        verify_id_token(jwt.encode(fresh, None, algorithm="none"), jwks, "n" * 20)
+
+
+def test_a_code_is_used_once_and_only_with_its_pkce_verifier(portal: Portal) -> None:
+    from gpdpr.portal.idp import s256
+
+    idp = portal.app.state.idp
+    params = {
+        "client_id": CLIENT_ID,
+        "redirect_uri": "http://testserver/patient/callback",
+        "code_challenge": s256("v" * 50),
+        "nonce": "n" * 20,
+    }
+    code = idp.issue_code(patient_email(1), params)
+    with pytest.raises(UserError, match="PKCE"):
+        idp.exchange(code, CLIENT_ID, params["redirect_uri"], "w" * 50)
+    code = idp.issue_code(patient_email(1), params)
+    assert idp.exchange(code, CLIENT_ID, params["redirect_uri"], "v" * 50)
+    with pytest.raises(UserError, match="used or expired"):
+        idp.exchange(code, CLIENT_ID, params["redirect_uri"], "v" * 50)
+
+
+# ---- applications through the panel, over HTTP ----------------------------------------------
+
+APPLICATION = {
+    "title": "Asthma reviews by deprivation",
+    "purpose_category": "research",
+    "lay_summary": "Do people with asthma in poorer areas get a yearly review?",
+    "technical_summary": "Annual asthma review codes by IMD decile.",
+    "expected_benefit": "Shows where asthma care falls short.",
+    "legal_basis": "public_task_research",
+    "data_from": "2016-01-01",
+    "data_to": "2025-12-31",
+    "duration_months": "12",
+    "min_age": "5",
+    "items": ["patients.patient", "clinical_events.code"],
+    "why.patients.patient": "to count people once",
+    "why.clinical_events.code": "asthma and its reviews",
+}
+
+
+def apply(browser: TestClient, **changes: object) -> object:
+    return post(browser, "/applications/new", "/applications/new", **{**APPLICATION, **changes})
+
+
+def test_an_application_goes_from_the_form_through_the_panel_to_an_agreement(
+    portal: Portal,
+) -> None:
+    lead = staff(portal, LEAD)
+    made = apply(lead)
+    assert made.status_code == 303
+    reference = made.headers["location"].rsplit("/", 1)[1]
+    page = lead.get(f"/applications/{reference}").text
+    assert "saved as a draft" in page and "Asthma reviews by deprivation" in page
+    submitted = post(lead, f"/applications/{reference}/submit", f"/applications/{reference}")
+    assert submitted.status_code == 303
+    assert "is submitted" in lead.get(f"/applications/{reference}").text
+    admin = staff(portal, ADMIN)
+    assert reference in admin.get("/panel").text
+    post(admin, f"/panel/{reference}/start-review", f"/applications/{reference}")
+    for member in PANEL:
+        voter = staff(portal, member)
+        answer = post(
+            voter, f"/panel/{reference}/vote", f"/applications/{reference}", vote="approve"
+        )
+        assert answer.status_code == 303, answer.text
+        assert "Your vote is recorded" in voter.get(f"/applications/{reference}").text
+    decided = post(
+        admin,
+        f"/panel/{reference}/decide",
+        f"/applications/{reference}",
+        minutes="Approved: proportionate.",
+        conditions="Publish only at decile level\n",
+    )
+    assert decided.status_code == 303
+    issued = post(admin, f"/panel/{reference}/agreement", f"/applications/{reference}")
+    assert issued.status_code == 303
+    page = admin.get(f"/applications/{reference}").text
+    assert "Agreement active" in page and "Publish only at decile level" in page
+    assert "Asthma reviews by deprivation" in client(portal).get("/register").text
+
+
+def test_a_marketing_application_is_refused_at_once_with_the_reason(portal: Portal) -> None:
+    lead = staff(portal, LEAD)
+    reference = apply(lead, uses_for_marketing="yes").headers["location"].rsplit("/", 1)[1]
+    post(lead, f"/applications/{reference}/submit", f"/applications/{reference}")
+    assert "Marketing is excluded" in lead.get(f"/applications/{reference}").text
+
+
+def test_a_conflicted_member_cannot_vote_and_is_told_why(portal: Portal) -> None:
+    from governing import PANEL_FROM_LEEDS, bring_to
+
+    reference = bring_to(portal.built.engine, "under_review")
+    member = staff(portal, PANEL_FROM_LEEDS)
+    page = member.get(f"/applications/{reference}").text
+    assert "You may not vote" in page and "University of Leeds" in page
+    before = snapshot(portal.built.engine)
+    refused = post(member, f"/panel/{reference}/vote", f"/applications/{reference}", vote="approve")
+    assert refused.status_code == 400 and "cannot vote" in refused.text
+    assert snapshot(portal.built.engine) == before
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"data_from": "2016-13-45"}, "is not a date"),
+        ({"duration_months": "ten"}, "is not a whole number"),
+        ({"duration_months": "99"}, "duration_months"),
+        ({"purpose_category": "espionage"}, "purpose_category"),
+        ({"items": ["patients.name"], "why.patients.name": "x"}, "does not collect 'name'"),
+        ({"min_age": "70", "max_age": "20"}, "no one fits"),
+        ({"title": ""}, "needs a title"),
+        ({"team": "nobody.known"}, "nobody.known"),
+        ({"collaborators": ["No Such Org"]}, "No Such Org"),
+    ],
+)
+def test_a_bad_application_form_is_refused_naming_the_field_and_saves_nothing(
+    portal: Portal, changes: dict[str, object], message: str
+) -> None:
+    lead = staff(portal, LEAD)
+    before = snapshot(portal.built.engine)
+    answer = apply(lead, **changes)
+    assert answer.status_code == 400 and message in answer.text.replace("&#39;", "'")
+    assert "Nothing was changed" in answer.text
+    assert snapshot(portal.built.engine) == before
+
+
+@pytest.mark.parametrize(
+    ("path", "form", "message"),
+    [
+        (
+            "/admin/people",
+            {
+                "handle": "Bad Handle",
+                "name": "x",
+                "email": "x@example.org",
+                "roles": ["applicant"],
+                "password": "long enough pw",
+            },
+            "handle",
+        ),
+        (
+            "/admin/people",
+            {
+                "handle": "new.one",
+                "name": "x",
+                "email": "not-an-email",
+                "roles": ["panel_member"],
+                "password": "long enough pw",
+            },
+            "email",
+        ),
+        (
+            "/admin/people",
+            {
+                "handle": "new.two",
+                "name": "x",
+                "email": "x@example.org",
+                "roles": ["panel_member"],
+                "password": "short",
+            },
+            "10 characters",
+        ),
+        ("/admin/organisations", {"name": "", "kind": "university"}, "needs a name"),
+        ("/admin/organisations", {"name": "Acme", "kind": "cartel"}, "not one of"),
+    ],
+)
+def test_bad_administration_forms_are_refused_and_change_nothing(
+    portal: Portal, path: str, form: dict[str, object], message: str
+) -> None:
+    admin = staff(portal, ADMIN)
+    before = snapshot(portal.built.engine)
+    answer = post(admin, path, "/admin", **form)
+    assert answer.status_code == 400 and message in answer.text
+    assert snapshot(portal.built.engine) == before
+
+
+# ---- research and output checking ----------------------------------------------------------------
+
+STUDY = """
+from gpdpr.tre.language import *
+
+index = "2025-01-01"
+dataset = Dataset()
+registered = practice_registrations.for_patient_on(index)
+dataset.define_population(registered.exists_for_patient() & (patients.age_on(index) >= 18))
+dataset.sex = patients.sex
+dataset.add_table("adults_by_sex", by=["sex"])
+"""
+
+
+def compiled(folder: Path, text: str) -> bytes:
+    from gpdpr.tre import runs
+
+    (folder / "study.py").write_text(text)
+    return runs.compile_file(folder / "study.py")
+
+
+@pytest.fixture(scope="module")
+def definition(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return compiled(tmp_path_factory.mktemp("study"), STUDY)
+
+
+@pytest.fixture(scope="module")
+def only_leads(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A definition only LEAD uploads (definitions are kept per person, by content)."""
+    return compiled(tmp_path_factory.mktemp("matrix"), STUDY.replace("adults_by_sex", "matrix"))
+
+
+def upload(browser: TestClient, document: bytes, name: str = "study.json") -> object:
+    page = browser.get("/research")
+    return browser.post(
+        "/research/definitions",
+        data={"csrf_token": token_of(page.text)},
+        files={"definition": (name, document, "application/json")},
+    )
+
+
+def test_a_researcher_uploads_runs_asks_and_two_checkers_release_to_the_register(
+    portal: Portal, definition: bytes
+) -> None:
+    lead = staff(portal, LEAD)
+    uploaded = upload(lead, definition)
+    assert uploaded.status_code == 303
+    page_path = uploaded.headers["location"]
+    page = lead.get(page_path).text
+    assert "patients" in page and portal.built.agreement in page
+    ran = post(lead, f"{page_path}/run", page_path, agreement=portal.built.agreement)
+    assert ran.status_code == 303, ran.text
+    run_path = ran.headers["location"]
+    run_page = lead.get(run_path).text
+    assert "table_adults_by_sex.csv" in run_page and "stay inside" in run_page
+    asked = post(
+        lead,
+        f"{run_path}/request",
+        run_path,
+        files=["table_adults_by_sex.csv"],
+        title="Adults by sex",
+        description="A first look.",
+    )
+    assert asked.status_code == 303, asked.text
+    request_ref = asked.headers["location"].rsplit("/", 1)[1]
+    assert "awaiting review" in lead.get(asked.headers["location"]).text.lower()
+    for checker in CHECKERS:
+        browser = staff(portal, checker)
+        assert request_ref in browser.get("/checking").text
+        answer = post(
+            browser,
+            f"/checking/{request_ref}/review",
+            f"/checking/{request_ref}",
+            file="table_adults_by_sex.csv",
+            decision="approve",
+        )
+        assert answer.status_code == 303, answer.text
+    assert "is released" in browser.get(f"/checking/{request_ref}").text.lower()
+    register = client(portal).get("/register").text
+    assert "Adults by sex" in register
+    link = re.search(r'href="(/register/releases/\d+/table_adults_by_sex\.csv)"', register)
+    assert link is not None
+    published = client(portal).get(link.group(1))
+    assert published.status_code == 200 and "sex" in published.text
+
+
+def test_a_checker_from_the_authors_organisation_never_sees_the_request(
+    portal: Portal, definition: bytes
+) -> None:
+    lead = staff(portal, LEAD)
+    page_path = upload(lead, definition).headers["location"]
+    run_path = post(lead, f"{page_path}/run", page_path, agreement=portal.built.agreement).headers[
+        "location"
+    ]
+    asked = post(
+        lead, f"{run_path}/request", run_path, files=["table_adults_by_sex.csv"], title="Again"
+    )
+    request_ref = asked.headers["location"].rsplit("/", 1)[1]
+    same_org = staff(portal, BOTH)  # an output checker at the University of Leeds, like the author
+    assert request_ref not in same_org.get("/checking").text
+    assert same_org.get(f"/checking/{request_ref}").status_code == 404
+    checker = staff(portal, CHECKERS[0])
+    before = snapshot(portal.built.engine)
+    refused = post(
+        checker,
+        f"/checking/{request_ref}/review",
+        f"/checking/{request_ref}",
+        file="table_adults_by_sex.csv",
+        decision="reject",
+    )
+    assert refused.status_code == 400 and "comment" in refused.text
+    assert snapshot(portal.built.engine) == before
+    returned = post(
+        checker,
+        f"/checking/{request_ref}/review",
+        f"/checking/{request_ref}",
+        file="table_adults_by_sex.csv",
+        decision="return",
+        comment="Say what the table is for.",
+    )
+    assert returned.status_code == 303
+    assert "Say what the table is for." in lead.get(asked.headers["location"]).text
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [(b"not json at all", "not valid JSON"), (b'{"version": 99}', "cannot be accepted")],
+)
+def test_a_bad_definition_upload_is_refused_and_kept_nowhere(
+    portal: Portal, body: bytes, message: str
+) -> None:
+    lead = staff(portal, LEAD)
+    answer = upload(lead, body)
+    assert answer.status_code == 400 and message in answer.text
+    assert "cannot be accepted" in answer.text
+
+
+def test_a_run_outside_any_agreement_of_the_researcher_is_refused(
+    portal: Portal, definition: bytes
+) -> None:
+    vendor = staff(portal, VENDOR)
+    page_path = upload(vendor, definition).headers["location"]
+    answer = post(vendor, f"{page_path}/run", page_path, agreement=portal.built.agreement)
+    assert answer.status_code == 400 and "not named on its team" in answer.text
+
+
+def test_dummy_results_are_made_in_the_background_and_shown(
+    portal: Portal, definition: bytes
+) -> None:
+    import time
+
+    lead = staff(portal, LEAD)
+    page_path = upload(lead, definition).headers["location"]
+    started = post(lead, f"{page_path}/dummy", page_path)
+    assert started.status_code == 303
+    page = lead.get(page_path).text
+    deadline = time.monotonic() + 300
+    while "Working:" in page and time.monotonic() < deadline:
+        assert 'http-equiv="refresh"' in page
+        time.sleep(1)
+        page = lead.get(page_path).text
+    assert "table_adults_by_sex.csv" in page and "synthetic patients" in page, page
+
+
+# ---- the role x route x own/other-object matrix ----------------------------------------------
+
+ANONYMOUS = "anonymous"
+WHO = (ANONYMOUS, "patient", LEAD, VENDOR, PANEL[0], CHECKERS[0], ADMIN)
+
+
+def browser_for(portal: Portal, who: str) -> TestClient:
+    if who == ANONYMOUS:
+        return client(portal)
+    if who == "patient":
+        return patient(portal, 5)
+    return staff(portal, who)
+
+
+def test_every_page_answers_only_whom_it_should(portal: Portal, only_leads: bytes) -> None:
+    """Each role on each page, with objects that are theirs and objects that are someone
+    else's: 200 where entitled, 404 for another's object (as for one that does not exist),
+    403 for the wrong role, and a redirect to sign in for nobody."""
+    from governing import bring_to, new_draft
+
+    draft = new_draft(portal.built.engine)  # LEAD's, never submitted
+    submitted = bring_to(portal.built.engine, "submitted")
+    lead = staff(portal, LEAD)
+    sha_path = upload(lead, only_leads).headers["location"]
+    run_path = post(lead, f"{sha_path}/run", sha_path, agreement=portal.built.agreement).headers[
+        "location"
+    ]
+    request_path = post(
+        lead, f"{run_path}/request", run_path, files=["table_matrix.csv"], title="Matrix"
+    ).headers["location"]
+    request_ref = request_path.rsplit("/", 1)[1]
+    ok, no, gone, out = 200, 403, 404, 303
+    expected: dict[str, dict[str, int]] = {
+        "/patient": {"patient": ok},
+        "/applications": {LEAD: ok, VENDOR: ok},
+        f"/applications/{draft}": {LEAD: ok, VENDOR: gone, PANEL[0]: gone, ADMIN: gone},
+        f"/applications/{submitted}": {LEAD: ok, VENDOR: gone, PANEL[0]: ok, ADMIN: ok},
+        f"/applications/{draft}/edit": {LEAD: ok, VENDOR: gone},
+        "/applications/APP-2099-9999": {LEAD: gone, VENDOR: gone, PANEL[0]: gone, ADMIN: gone},
+        "/panel": {PANEL[0]: ok, ADMIN: ok},
+        "/research": {LEAD: ok, VENDOR: ok},
+        sha_path: {LEAD: ok, VENDOR: gone},
+        run_path: {LEAD: ok, VENDOR: gone},
+        request_path: {LEAD: ok, VENDOR: gone},
+        "/checking": {CHECKERS[0]: ok},
+        f"/checking/{request_ref}": {CHECKERS[0]: ok},
+        "/checking/REQ-999999": {CHECKERS[0]: gone},
+        "/admin": {ADMIN: ok},
+    }
+    browsers = {who: browser_for(portal, who) for who in WHO}
+    wrong: list[str] = []
+    for path, allowed in expected.items():
+        for who, browser in browsers.items():
+            want = allowed.get(who, out if who == ANONYMOUS else no)
+            got = browser.get(path).status_code
+            if got != want:
+                wrong.append(f"{who} GET {path}: {got}, expected {want}")
+    assert wrong == []
+    # and the actions, as someone else: refused before anything changes
+    before = snapshot(portal.built.engine)
+    vendor = browsers[VENDOR]
+    for path in (
+        f"/applications/{draft}/submit",
+        f"/applications/{draft}/withdraw",
+        f"{run_path}/request",
+    ):
+        assert post(vendor, path, "/research").status_code == 404, path
+    assert post(browsers[PANEL[0]], f"/panel/{submitted}/start-review", "/panel").status_code == 403
+    assert post(browsers[LEAD], f"/checking/{request_ref}/review", "/research").status_code == 403
+    assert (
+        post(
+            browsers["patient"], "/admin/organisations", "/patient", name="X", kind="charity"
+        ).status_code
+        == 403
+    )
+    assert snapshot(portal.built.engine) == before
