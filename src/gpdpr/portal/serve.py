@@ -7,10 +7,12 @@ some patients of the synthetic practices; `gpdpr demo` calls it, then `serve`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from fastapi import FastAPI
 from sqlalchemy.orm import Session
 
 from gpdpr.db import connect, url_for_home
@@ -86,3 +88,33 @@ def serve_demo(
     for account in accounts:
         say(f"  {account.who:<28} {', '.join(account.roles):<32} password: {account.password}")
     serve(home, host, port)
+
+
+@contextmanager
+def running(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve `app` with uvicorn on a free port in a background thread for the block; its base
+    URL. Used by the browser and load tests and the benchmark."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", backlog=2048)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the portal did not start on {host}:{port}")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

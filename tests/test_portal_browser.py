@@ -1,0 +1,350 @@
+"""The portal in a real browser: Debian's Chromium, headless, driven by Playwright, against the
+real server (uvicorn on 127.0.0.1) over a real service home. One server and one browser for the
+module. Screenshots go to tests/artefacts/portal/ (kept as test artefacts, not committed).
+
+Scenarios: a patient signs in and opts out; an applicant submits an application; the panel
+votes to quorum and the administrator decides; two output checkers release a file; the register
+shows it. Then keyboard use and basic accessibility on every page: labels, one h1 and no skipped
+heading level, text contrast of at least 4.5:1 from the computed styles, a visible focus, and a
+skip link that works.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from governing import ADMIN, CHECKERS, LEAD, PANEL, act
+from gpdpr.portal.app import create_app
+from gpdpr.portal.security import RateLimit
+from gpdpr.portal.serve import running
+from gpdpr.tre import checking, runs
+from portal_home import FAST, PASSWORD, Home, build, database, patient_email
+
+ARTEFACTS = Path(__file__).parent / "artefacts" / "portal"
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+STUDY = """
+from gpdpr.tre.language import *
+
+index = "2025-01-01"
+dataset = Dataset()
+registered = practice_registrations.for_patient_on(index)
+dataset.define_population(registered.exists_for_patient() & (patients.age_on(index) >= 18))
+dataset.sex = patients.sex
+dataset.add_table("adults_by_sex", by=["sex"])
+"""
+
+
+@dataclass
+class Site:
+    built: Home
+    url: str
+    browser: Browser
+    request: str  # a release request awaiting two checkers
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    with database("sqlite"):
+        built = build(tmp_path_factory.mktemp("browser"))
+        folder = tmp_path_factory.mktemp("study")
+        (folder / "study.py").write_text(STUDY)
+        made = runs.submit(
+            built.home, LEAD, built.agreement, runs.compile_file(folder / "study.py")
+        )
+        outputs = made.folder / runs.OUTPUTS
+        files = {
+            name: (hashlib.sha256((outputs / name).read_bytes()).hexdigest(), about["bytes"])
+            for name, about in made.outputs.items()
+        }
+        cells = runs.cells_of(built.home, made.reference, set(files))
+        request = act(
+            built.engine,
+            lambda s: (
+                checking.request_release(
+                    s, LEAD, made.reference, files, "Adults by sex", "For the browser test.", cells
+                ).reference
+            ),
+        )
+        app = create_app(built.home, passwords=FAST, rate_limit=RateLimit(), dummy_patients=400)
+        with running(app) as url, sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            try:
+                yield Site(built, url, browser, request)
+            finally:
+                browser.close()
+                app.state.portal.close()
+                built.engine.dispose()
+    print(f"\nportal screenshots: {ARTEFACTS}")
+
+
+@pytest.fixture
+def page(site: Site) -> Iterator[Page]:
+    context = site.browser.new_context(base_url=site.url, viewport={"width": 1100, "height": 900})
+    made = context.new_page()
+    yield made
+    context.close()
+
+
+def shot(page: Page, name: str) -> None:
+    page.screenshot(path=str(ARTEFACTS / f"{name}.png"), full_page=True)
+
+
+def sign_in(page: Page, handle: str) -> None:
+    page.goto("/sign-in")
+    page.get_by_label("Handle").fill(handle)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_load_state()
+    assert f"Signed in as {handle}" in page.content()
+
+
+def sign_out(page: Page) -> None:
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_load_state()
+
+
+# ---- the scenarios -----------------------------------------------------------------------------
+
+
+def test_a_patient_signs_in_with_the_identity_provider_opts_out_and_sees_it(page: Page) -> None:
+    page.goto("/")
+    page.get_by_role("link", name="Sign in to see or change your opt-outs").click()
+    page.get_by_label("Email address").fill(patient_email(1))
+    page.get_by_label("Password").fill(PASSWORD)
+    shot(page, "01-identity-provider")
+    page.get_by_role("button", name="Continue").click()
+    page.wait_for_url("**/patient")
+    page.get_by_role("button", name="Set my Type 1 opt-out").click()
+    page.wait_for_load_state()
+    status = page.get_by_role("status").first.inner_text()
+    assert "Your Type 1 opt-out is recorded" in status
+    assert "erased at the next erasure cycle" in status
+    assert page.get_by_role("button", name="Withdraw my Type 1 opt-out").is_visible()
+    shot(page, "02-patient-opted-out")
+
+
+def test_an_applicant_fills_in_and_submits_an_application(page: Page) -> None:
+    sign_in(page, LEAD)
+    page.goto("/applications/new")
+    page.get_by_label("Title").fill("Heart failure and home visits")
+    page.get_by_label("Purpose").select_option("service_planning")
+    page.get_by_label("Summary in plain words (published)").fill(
+        "How many people with heart failure need home visits, by area."
+    )
+    page.get_by_label("Technical summary, for the panel").fill("Counts by region and year.")
+    page.get_by_label("Expected benefit to health and care").fill("Better planned home visits.")
+    page.get_by_label("Legal basis").select_option("public_task_health_care")
+    page.get_by_label("Records from (date)").fill("2016-01-01")
+    page.get_by_label("Records to (date)").fill("2025-12-31")
+    page.locator("#item-patients\\.patient").check()
+    page.get_by_label("Why patient is needed").first.fill("to count people once")
+    page.locator("#item-patients\\.region_code").check()
+    page.locator("#why-patients\\.region_code").fill("planning is by region")
+    page.get_by_role("button", name="Save draft").click()
+    page.wait_for_load_state()
+    assert "is saved as a draft" in page.content()
+    page.get_by_role("button", name="Submit to the panel").click()
+    page.wait_for_load_state()
+    assert "is submitted. The panel will review it." in page.content()
+    shot(page, "03-application-submitted")
+
+
+def test_the_panel_votes_to_quorum_and_the_administrator_approves(page: Page, site: Site) -> None:
+    from governing import bring_to
+
+    reference = bring_to(site.built.engine, "submitted")
+    sign_in(page, ADMIN)
+    page.goto(f"/applications/{reference}")
+    page.get_by_role("button", name="Start the panel's review").click()
+    page.wait_for_load_state()
+    sign_out(page)
+    for member in PANEL:
+        sign_in(page, member)
+        page.goto(f"/applications/{reference}")
+        page.get_by_label("Approve").check()
+        page.get_by_label("Comment (optional)").fill("Proportionate and useful.")
+        page.get_by_role("button", name="Cast my vote").click()
+        page.wait_for_load_state()
+        assert "Your vote is recorded" in page.content()
+        sign_out(page)
+    sign_in(page, ADMIN)
+    page.goto(f"/applications/{reference}")
+    page.get_by_label("Minutes (published)").fill("Approved unanimously; proportionate.")
+    page.get_by_label("Conditions, one a line (approvals only)").fill("Aggregate outputs only")
+    page.get_by_role("button", name="Record the panel's decision").click()
+    page.wait_for_load_state()
+    page.get_by_role("button", name="Issue the data sharing agreement").click()
+    page.wait_for_load_state()
+    assert "Agreement active" in page.content()
+    shot(page, "04-panel-approved")
+
+
+def test_two_checkers_release_a_file_and_the_register_publishes_it(page: Page, site: Site) -> None:
+    for checker in CHECKERS:
+        sign_in(page, checker)
+        page.goto("/checking")
+        page.get_by_role("link", name=site.request).first.click()
+        page.get_by_label("Approve").first.check()
+        page.get_by_role("button", name="Record my review of table_adults_by_sex.csv").click()
+        page.wait_for_load_state()
+        sign_out(page)
+    page.goto("/register")
+    entry = page.get_by_role("link", name="table_adults_by_sex.csv")
+    assert entry.count() >= 1
+    shot(page, "05-register-with-release")
+    with page.expect_download() as download:
+        entry.first.click()
+    assert download.value.suggested_filename == "table_adults_by_sex.csv"
+
+
+# ---- keyboard and accessibility ----------------------------------------------------------------
+
+PUBLIC_PAGES = ["/", "/what-we-collect", "/safeguards", "/register", "/statistics", "/opting-out"]
+SIGNED_IN_PAGES = {
+    LEAD: ["/applications", "/applications/new", "/research"],
+    ADMIN: ["/panel", "/admin"],
+    CHECKERS[0]: ["/checking"],
+}
+
+AUDIT = """
+() => {
+  const problems = [];
+  const visible = (e) => !!(e.offsetWidth || e.offsetHeight || e.getClientRects().length);
+  for (const input of document.querySelectorAll('input, select, textarea')) {
+    if (input.type === 'hidden' || !visible(input)) continue;
+    const labelled = (input.id && document.querySelector(`label[for="${input.id}"]`))
+      || input.closest('label') || input.getAttribute('aria-label')
+      || input.getAttribute('aria-labelledby');
+    if (!labelled) problems.push(`input ${input.name || input.id} has no label`);
+  }
+  const headings = [...document.querySelectorAll('h1, h2, h3, h4, h5, h6')];
+  const h1s = headings.filter(h => h.tagName === 'H1').length;
+  if (h1s !== 1) problems.push(`${h1s} h1 elements`);
+  let level = 0;
+  for (const h of headings) {
+    const now = Number(h.tagName[1]);
+    if (now > level + 1) problems.push(`heading level skipped: h${level} then h${now} "${h.textContent.trim()}"`);
+    level = now;
+  }
+  const rgb = (text) => {
+    const m = text.match(/rgba?\\(([^)]+)\\)/);
+    if (!m) return null;
+    const p = m[1].split(',').map(Number);
+    return {r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1};
+  };
+  const lum = (c) => {
+    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+    return 0.2126 * f(c.r) + 0.7152 * f(c.g) + 0.0722 * f(c.b);
+  };
+  const background = (e) => {
+    for (let n = e; n; n = n.parentElement) {
+      const c = rgb(getComputedStyle(n).backgroundColor);
+      if (c && c.a > 0) return c;
+    }
+    return {r: 255, g: 255, b: 255, a: 1};
+  };
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  const seen = new Set();
+  while (walker.nextNode()) {
+    const node = walker.currentNode;
+    const e = node.parentElement;
+    if (!node.textContent.trim() || !e || seen.has(e) || !visible(e)) continue;
+    if (e.closest('svg')) continue;
+    seen.add(e);
+    const style = getComputedStyle(e);
+    const fg = rgb(style.color), bg = background(e);
+    const [hi, lo] = [lum(fg), lum(bg)].sort((a, b) => b - a);
+    const ratio = (hi + 0.05) / (lo + 0.05);
+    if (ratio < 4.5) problems.push(`contrast ${ratio.toFixed(2)} for "${node.textContent.trim().slice(0, 40)}"`);
+  }
+  return problems;
+}
+"""
+
+
+def audit(page: Page, path: str) -> list[str]:
+    page.goto(path)
+    return [f"{path}: {p}" for p in page.evaluate(AUDIT)]
+
+
+def test_every_page_has_labels_headings_in_order_and_enough_contrast(page: Page) -> None:
+    problems: list[str] = []
+    for path in PUBLIC_PAGES:
+        problems += audit(page, path)
+    page.goto("/patient/sign-in")
+    problems += [f"identity provider: {p}" for p in page.evaluate(AUDIT)]
+    for handle, paths in SIGNED_IN_PAGES.items():
+        sign_in(page, handle)
+        for path in paths:
+            problems += audit(page, path)
+        sign_out(page)
+    assert problems == []
+
+
+def test_the_skip_link_comes_first_and_takes_focus_to_the_content(page: Page) -> None:
+    page.goto("/safeguards")
+    page.keyboard.press("Tab")
+    focused = page.evaluate("document.activeElement.textContent.trim()")
+    assert focused == "Skip to main content"
+    assert page.locator(".skip-link").bounding_box() is not None
+    box = page.locator(".skip-link").bounding_box()
+    assert box is not None and box["x"] >= 0  # on screen once focused
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "main"
+
+
+def test_focus_is_visible_on_every_control_reached_with_tab(page: Page) -> None:
+    page.goto("/register")
+    invisible: list[str] = []
+    for _ in range(15):
+        page.keyboard.press("Tab")
+        style = page.evaluate(
+            """() => { const s = getComputedStyle(document.activeElement);
+            return [document.activeElement.tagName + ' ' + document.activeElement.textContent.trim().slice(0, 30),
+                    s.outlineStyle, s.outlineWidth, s.boxShadow]; }"""
+        )
+        name, outline, width, shadow = style
+        if (outline == "none" or width == "0px") and shadow == "none":
+            invisible.append(name)
+    assert invisible == []
+
+
+def test_staff_sign_in_works_with_the_keyboard_alone(page: Page) -> None:
+    page.goto("/sign-in")
+    page.get_by_label("Handle").focus()
+    page.keyboard.type(LEAD)
+    page.keyboard.press("Tab")
+    page.keyboard.type(PASSWORD)
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/applications")
+    assert f"Signed in as {LEAD}" in page.content()
+    shot(page, "06-keyboard-sign-in")
+
+
+def test_the_accessibility_audit_finds_what_it_looks_for(page: Page) -> None:
+    """The audit above, on a page made to fail each check: it must not pass by seeing nothing."""
+    page.set_content(
+        "<h1>One</h1><h1>Two</h1><h4>Skipped</h4>"
+        "<input name='unlabelled'>"
+        "<p style='color:#999;background:#fff'>pale grey on white</p>"
+    )
+    found = " | ".join(page.evaluate(AUDIT))
+    assert "unlabelled has no label" in found
+    assert "2 h1 elements" in found
+    assert "heading level skipped" in found
+    assert "pale grey on white" in found
