@@ -238,7 +238,9 @@ AUDIT = """
   let level = 0;
   for (const h of headings) {
     const now = Number(h.tagName[1]);
-    if (now > level + 1) problems.push(`heading level skipped: h${level} then h${now} "${h.textContent.trim()}"`);
+    if (now > level + 1) {
+      problems.push(`heading level skipped: h${level} then h${now} "${h.textContent.trim()}"`);
+    }
     level = now;
   }
   const rgb = (text) => {
@@ -248,7 +250,10 @@ AUDIT = """
     return {r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1};
   };
   const lum = (c) => {
-    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+    const f = (v) => {
+      v /= 255;
+      return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4);
+    };
     return 0.2126 * f(c.r) + 0.7152 * f(c.g) + 0.0722 * f(c.b);
   };
   const background = (e) => {
@@ -270,7 +275,10 @@ AUDIT = """
     const fg = rgb(style.color), bg = background(e);
     const [hi, lo] = [lum(fg), lum(bg)].sort((a, b) => b - a);
     const ratio = (hi + 0.05) / (lo + 0.05);
-    if (ratio < 4.5) problems.push(`contrast ${ratio.toFixed(2)} for "${node.textContent.trim().slice(0, 40)}"`);
+    if (ratio < 4.5) {
+      const text = node.textContent.trim().slice(0, 40);
+      problems.push(`contrast ${ratio.toFixed(2)} for "${text}"`);
+    }
   }
   return problems;
 }
@@ -314,8 +322,8 @@ def test_focus_is_visible_on_every_control_reached_with_tab(page: Page) -> None:
     for _ in range(15):
         page.keyboard.press("Tab")
         style = page.evaluate(
-            """() => { const s = getComputedStyle(document.activeElement);
-            return [document.activeElement.tagName + ' ' + document.activeElement.textContent.trim().slice(0, 30),
+            """() => { const e = document.activeElement, s = getComputedStyle(e);
+            return [e.tagName + ' ' + e.textContent.trim().slice(0, 30),
                     s.outlineStyle, s.outlineWidth, s.boxShadow]; }"""
         )
         name, outline, width, shadow = style
