@@ -299,6 +299,9 @@ def test_a_patient_signs_in_opts_out_and_back_in_and_no_nhs_number_is_kept(porta
     assert not any(number in text for text in details)
     sessions = portal.app.state.sessions._by_id.values()
     assert not any(number in repr(vars(s)) for s in sessions)
+    for stored in portal.built.home.glob("central.db*"):  # SQLite: the database's own bytes
+        raw = stored.read_bytes()
+        assert number.encode() not in raw and f"{number[:3]} {number[3:6]}".encode() not in raw
 
 
 def test_a_patient_page_needs_a_patient(portal: Portal) -> None:
@@ -785,3 +788,150 @@ def test_every_page_answers_only_whom_it_should(portal: Portal, only_leads: byte
         == 403
     )
     assert snapshot(portal.built.engine) == before
+
+
+# ---- the commands ------------------------------------------------------------------------------
+
+
+def test_gpdpr_portal_password_sets_a_password_that_signs_in(portal: Portal) -> None:
+    from typer.testing import CliRunner
+
+    from gpdpr.cli import app
+
+    home = str(portal.built.home)
+    new = "a brand new password"
+    done = CliRunner().invoke(
+        app, ["portal", "password", VENDOR, "--home", home], input=f"{new}\n{new}\n"
+    )
+    assert done.exit_code == 0, done.output
+    browser = client(portal)
+    page = browser.get("/sign-in")
+    answer = browser.post(
+        "/sign-in", data={"handle": VENDOR, "password": new, "csrf_token": token_of(page.text)}
+    )
+    assert answer.status_code == 303
+    short = CliRunner().invoke(
+        app, ["portal", "password", VENDOR, "--home", home], input="short\nshort\n"
+    )
+    assert short.exit_code == 2 and "at least 10 characters" in short.output
+    unknown = CliRunner().invoke(
+        app, ["portal", "password", "no.one", "--home", home], input=f"{new}\n{new}\n"
+    )
+    assert unknown.exit_code == 2 and "no one has the handle" in unknown.output
+
+
+def test_gpdpr_portal_serve_refuses_a_missing_home(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from gpdpr.cli import app
+
+    done = CliRunner().invoke(app, ["portal", "serve", "--home", str(tmp_path / "nowhere")])
+    assert done.exit_code == 2 and "no service home" in done.output
+
+
+# ---- more of each role's forms -------------------------------------------------------------------
+
+
+def test_a_draft_is_edited_withdrawn_and_then_cannot_be_edited(portal: Portal) -> None:
+    lead = staff(portal, LEAD)
+    reference = apply(lead).headers["location"].rsplit("/", 1)[1]
+    edit = f"/applications/{reference}/edit"
+    assert "Asthma reviews by deprivation" in lead.get(edit).text
+    saved = post(lead, edit, edit, **{**APPLICATION, "title": "Asthma reviews, revised"})
+    assert saved.status_code == 303
+    assert "Asthma reviews, revised" in lead.get(f"/applications/{reference}").text
+    gone = post(
+        lead, f"/applications/{reference}/withdraw", f"/applications/{reference}", reason="Merged"
+    )
+    assert gone.status_code == 303
+    assert "is withdrawn" in lead.get(f"/applications/{reference}").text
+    assert lead.get(edit).status_code == 404  # only a draft has an edit page
+    before = snapshot(portal.built.engine)
+    refused = lead.post(
+        edit, data={**APPLICATION, "csrf_token": token_of(lead.get("/research").text)}
+    )
+    assert refused.status_code == 400 and "cannot edit" in refused.text
+    assert snapshot(portal.built.engine) == before
+
+
+def test_a_panel_member_declares_a_conflict_and_their_vote_stops_counting(portal: Portal) -> None:
+    from governing import bring_to
+
+    reference = bring_to(portal.built.engine, "under_review")
+    member = staff(portal, PANEL[1])
+    post(member, f"/panel/{reference}/vote", f"/applications/{reference}", vote="refuse")
+    declared = post(
+        member,
+        f"/panel/{reference}/conflict",
+        f"/applications/{reference}",
+        reason="I advised them",
+    )
+    assert declared.status_code == 303
+    page = staff(portal, ADMIN).get(f"/applications/{reference}").text
+    assert "I advised them" in page and "0 counted votes" in page
+    empty = post(member, f"/panel/{reference}/conflict", f"/applications/{reference}", reason="")
+    assert empty.status_code == 400
+
+
+def test_the_administrator_adds_a_person_who_can_then_sign_in(portal: Portal) -> None:
+    admin = staff(portal, ADMIN)
+    added = post(
+        admin,
+        "/admin/people",
+        "/admin",
+        handle="q.checker",
+        name="Quinn Checker",
+        email="q@example.org",
+        roles=["output_checker"],
+        password="quinn's long password",
+    )
+    assert added.status_code == 303, added.text
+    browser = client(portal)
+    page = browser.get("/sign-in")
+    answer = browser.post(
+        "/sign-in",
+        data={
+            "handle": "q.checker",
+            "password": "quinn's long password",
+            "csrf_token": token_of(page.text),
+        },
+    )
+    assert answer.status_code == 303 and answer.headers["location"] == "/checking"
+
+
+def test_signing_in_never_redirects_off_the_site(portal: Portal) -> None:
+    browser = client(portal)
+    for target in ("https://evil.example/", "//evil.example/", "/\\evil.example"):
+        page = browser.get("/sign-in", params={"next": target})
+        answer = browser.post(
+            "/sign-in",
+            data={
+                "handle": LEAD,
+                "password": PASSWORD,
+                "next": target,
+                "csrf_token": token_of(page.text),
+            },
+        )
+        assert answer.headers["location"] == "/applications"
+        post(browser, "/sign-out", "/applications")
+    assert client(portal).get("/research").headers["location"] == "/sign-in?next=%2Fresearch"
+
+
+def test_pages_carry_the_security_headers(portal: Portal) -> None:
+    answer = client(portal).get("/")
+    assert "default-src 'self'" in answer.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    assert answer.headers["cache-control"] == "no-store"
+    assert "strict-transport-security" in client(portal, https=True).get("/").headers
+
+
+def test_a_published_file_is_served_only_from_its_release_folder(portal: Portal) -> None:
+    browser = client(portal)
+    for path in (
+        "/register/releases/1/..%2F..%2Fcentral.db",
+        "/register/releases/1/.hidden",
+        "/register/releases/0/definition.json",
+        "/register/releases/999/definition.json",
+    ):
+        assert browser.get(path).status_code == 404, path
