@@ -935,3 +935,25 @@ def test_a_published_file_is_served_only_from_its_release_folder(portal: Portal)
         "/register/releases/999/definition.json",
     ):
         assert browser.get(path).status_code == 404, path
+
+
+def test_the_demo_accounts_sign_in_as_staff_and_as_patients(tmp_path: Path) -> None:
+    from gpdpr.portal.serve import DEMO_PASSWORD, prepare_demo
+
+    with database("sqlite"):
+        built = build(tmp_path, patients=0)
+        made = prepare_demo(built.home)
+        patients = [a for a in made if a.roles == ("patient",)]
+        assert len(patients) == 3 and {a.who for a in made} >= {LEAD, ADMIN, *PANEL, *CHECKERS}
+        app = create_app(built.home)
+        demo = Portal(built, app)
+        admin = client(demo)
+        page = admin.get("/sign-in")
+        answer = admin.post(
+            "/sign-in",
+            data={"handle": ADMIN, "password": DEMO_PASSWORD, "csrf_token": token_of(page.text)},
+        )
+        assert answer.status_code == 303
+        assert app.state.idp.check_password(patients[0].who, DEMO_PASSWORD)
+        app.state.portal.close()
+        built.engine.dispose()

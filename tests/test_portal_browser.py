@@ -292,8 +292,9 @@ def audit(page: Page, path: str) -> list[str]:
 
 def test_every_page_has_labels_headings_in_order_and_enough_contrast(page: Page) -> None:
     problems: list[str] = []
-    for path in PUBLIC_PAGES:
+    for n, path in enumerate(PUBLIC_PAGES):
         problems += audit(page, path)
+        shot(page, f"public-{n}-{path.strip('/') or 'home'}")
     page.goto("/patient/sign-in")
     problems += [f"identity provider: {p}" for p in page.evaluate(AUDIT)]
     for handle, paths in SIGNED_IN_PAGES.items():

@@ -78,6 +78,13 @@ class DummyRunner:
         self.jobs: dict[tuple[int, str], DummyJob] = {}
         self._making = threading.Lock()
 
+    @property
+    def making(self) -> threading.Lock:
+        """Held while dummy data is made. Making it sets GPDPR_DATABASE_URL aside for a while
+        (the dummy centre has a database of its own), so a real run, which reads that setting,
+        waits for it."""
+        return self._making
+
     def start(self, owner: int, sha: str, document: bytes) -> DummyJob:
         key = (owner, sha)
         job = self.jobs.get(key)
@@ -273,7 +280,7 @@ async def run_real(request: Request, sha: str) -> Response:
     portal = portal_of(request)
 
     def submit() -> runs.RunRecord:
-        with portal.writing():
+        with dummy_runner(request).making, portal.writing():
             return runs.submit(portal.home, str(who.handle), agreement, document)
 
     try:

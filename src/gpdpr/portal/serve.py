@@ -68,22 +68,25 @@ def serve(home: Path, host: str = "127.0.0.1", port: int = 8000) -> None:
     uvicorn.run(create_app(home), host=host, port=port, log_level="warning")
 
 
+def prepare_demo(home: Path, patients: int = 3) -> list[DemoAccount]:
+    """Demo accounts for everyone in the governance record and for a few patients of the demo's
+    first practice (not the first three, whom the demo opts out itself)."""
+    import pyarrow.parquet as pq
+
+    first = sorted(p for p in (home / "practices").iterdir() if p.is_dir())[0]
+    numbers = pq.read_table(first / "patients.parquet", columns=["nhs_number"])["nhs_number"]
+    return demo_accounts(home, [str(n) for n in numbers.to_pylist()[3 : 3 + patients]])
+
+
 def serve_demo(
     home: Path,
     host: str = "127.0.0.1",
     port: int = 8000,
     say: Callable[[str], None] = print,
-    patients: int = 3,
 ) -> None:
-    """What `gpdpr demo` ends with: demo accounts for everyone in the governance record and for
-    a few patients of the demo's first practice (not the ones the demo opted out), the address
-    and the accounts printed, then the portal served until stopped."""
-    import pyarrow.parquet as pq
-
-    first = sorted(p for p in (home / "practices").iterdir() if p.is_dir())[0]
-    numbers = pq.read_table(first / "patients.parquet", columns=["nhs_number"])["nhs_number"]
-    chosen = [str(n) for n in numbers.to_pylist()[3 : 3 + patients]]
-    accounts = demo_accounts(home, chosen)
+    """What `gpdpr demo` ends with: the demo accounts made, the address and the accounts
+    printed, then the portal served until stopped."""
+    accounts = prepare_demo(home)
     say(f"The portal is at http://{host}:{port}/ (Ctrl-C to stop). Demo accounts:")
     for account in accounts:
         say(f"  {account.who:<28} {', '.join(account.roles):<32} password: {account.password}")
