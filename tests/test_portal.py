@@ -957,3 +957,37 @@ def test_the_demo_accounts_sign_in_as_staff_and_as_patients(tmp_path: Path) -> N
         assert app.state.idp.check_password(patients[0].who, DEMO_PASSWORD)
         app.state.portal.close()
         built.engine.dispose()
+
+
+def test_every_other_form_refuses_bad_input_with_the_reason_and_changes_nothing(
+    portal: Portal, definition: bytes
+) -> None:
+    from governing import bring_to, new_draft
+
+    engine = portal.built.engine
+    lead, admin, member = staff(portal, LEAD), staff(portal, ADMIN), staff(portal, PANEL[0])
+    incomplete = new_draft(engine, lay_summary="", items=())
+    reviewing = bring_to(engine, "under_review")
+    sha_path = upload(lead, definition).headers["location"]
+    run_path = post(lead, f"{sha_path}/run", sha_path, agreement=portal.built.agreement).headers[
+        "location"
+    ]
+    cases = [
+        (lead, f"/applications/{incomplete}/submit", {}, "stays a draft"),
+        (member, f"/panel/{reviewing}/vote", {}, "approve or refuse"),
+        (member, f"/panel/{reviewing}/vote", {"vote": "maybe"}, "approve or refuse"),
+        (admin, f"/panel/{reviewing}/decide", {"minutes": "Early."}, "cannot decide"),
+        (admin, f"/panel/{reviewing}/agreement", {}, "cannot issue"),
+        (admin, "/admin/passwords", {"handle": "no.one", "password": "long enough pw"}, "no one"),
+        (lead, f"{run_path}/request", {"title": "Nothing chosen"}, "at least one output"),
+        (lead, f"{run_path}/request", {"files": ["table_adults_by_sex.csv"]}, "needs a title"),
+        (lead, f"{run_path}/request", {"files": ["../cells.json"], "title": "x"}, "no output"),
+        (lead, f"{sha_path}/run", {"agreement": "DSA-2099-9999"}, "no agreement"),
+    ]
+    for browser, path, form, message in cases:
+        before = snapshot(engine)
+        answer = post(browser, path, "/", **form)
+        text = answer.text.replace("&#39;", "'")
+        assert answer.status_code == 400 and message in text, (path, form, text[-600:])
+        assert "Nothing was changed" in text
+        assert snapshot(engine) == before, (path, form)
