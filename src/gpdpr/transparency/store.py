@@ -21,7 +21,7 @@ insertion before the checkpoint changes the root (or the numbering) and is repor
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from array import array
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -46,10 +46,12 @@ class LogDamaged(UserError):
 
 @dataclass
 class Contents:
-    """A log folder's contents, checked: entries (as stored), their tree, the signed checkpoint."""
+    """A log's contents, checked: the entries file's bytes (complete lines only) and where each
+    entry starts, their tree, and the signed checkpoint."""
 
     folder: Path
-    entries: list[bytes]
+    data: bytes
+    offsets: array[int]  # where entry i starts; the last value is the end of the last entry
     tree: Tree
     checkpoint: cp.Checkpoint | None
     public_key: Ed25519PublicKey | None
@@ -60,18 +62,26 @@ class Contents:
     def size(self) -> int:
         return self.tree.size
 
+    def line(self, seq: int) -> bytes:
+        """Entry `seq` exactly as stored (its leaf is the hash of these bytes)."""
+        return self.data[self.offsets[seq] : self.offsets[seq + 1] - 1]
+
     def entry(self, seq: int) -> dict[str, Any]:
-        value: dict[str, Any] = orjson.loads(self.entries[seq])
+        value: dict[str, Any] = orjson.loads(self.line(seq))
         return value
 
 
-def split_entries(data: bytes, where: str) -> tuple[list[bytes], int]:
-    """The complete lines of an entries file, each checked, and the length of a torn tail."""
-    lines = data.split(b"\n")
-    tail = lines.pop()  # after the last newline: empty, or an unfinished append
-    for seq, line in enumerate(lines):
+def split_entries(data: bytes, where: str) -> tuple[array[int], Tree, int]:
+    """Check every complete line of an entries file and hash it into the tree; where each line
+    starts, the tree, and the length of a torn tail (bytes after the last newline)."""
+    offsets, tree, start, seq = array("q", [0]), Tree(), 0, 0
+    while (end := data.find(b"\n", start)) >= 0:
+        line = data[start:end]
         check_entry(line, seq, where)
-    return lines, len(tail)
+        tree.append(leaf_hash(line))
+        offsets.append(end + 1)
+        start, seq = end + 1, seq + 1
+    return offsets, tree, len(data) - start
 
 
 def check_entry(line: bytes, seq: int, where: str) -> dict[str, Any]:
@@ -107,8 +117,7 @@ def parse(
     folder: Path, data: bytes, checkpoint: bytes | None, public_pem: bytes | None, where: str
 ) -> Contents:
     """Verify a log from its files' bytes (wherever they were read or fetched from)."""
-    entries, torn = split_entries(data, f"{where}/{ENTRIES}")
-    tree = Tree(leaf_hash(e) for e in entries)
+    offsets, tree, torn = split_entries(data, f"{where}/{ENTRIES}")
     public = None
     if public_pem is not None:
         public = cp.read_public_key(public_pem, f"{where}/{PUBLIC_KEY}")
@@ -118,12 +127,12 @@ def parse(
         if public is None:
             raise LogDamaged(f"{where} has a checkpoint but no {PUBLIC_KEY} to check it with")
         check_against(signed, tree, public, f"{where}/{CHECKPOINT}")
-    elif entries:
+    elif tree.size:
         raise LogDamaged(
-            f"{where} holds {len(entries)} entries but no signed {CHECKPOINT}: the checkpoint "
+            f"{where} holds {tree.size} entries but no signed {CHECKPOINT}: the checkpoint "
             "was deleted"
         )
-    return Contents(folder, entries, tree, signed, public, torn)
+    return Contents(folder, data[: len(data) - torn], offsets, tree, signed, public, torn)
 
 
 def check_against(signed: cp.Checkpoint, tree: Tree, public: Ed25519PublicKey, where: str) -> None:
@@ -143,7 +152,8 @@ def check_against(signed: cp.Checkpoint, tree: Tree, public: Ed25519PublicKey, w
 
 @dataclass
 class Writer:
-    """The service's handle on its own log: verified when opened, then appended to."""
+    """The service's handle on its own log: verified when opened, then appended to. It keeps
+    the tree only (the entries' bytes are let go once verified)."""
 
     contents: Contents
     key: Ed25519PrivateKey
@@ -169,7 +179,6 @@ class Writer:
             f.flush()
             os.fsync(f.fileno())
         for line in lines:
-            self.contents.entries.append(line)
             self.contents.tree.append(leaf_hash(line))
         return lines
 
@@ -203,6 +212,7 @@ def open_verified(folder: Path, keys: Path) -> Writer:
     contents = read(folder)
     if contents.torn:
         _cut_torn_tail(folder / ENTRIES, contents)
+    contents.data, contents.offsets = b"", array("q")
     return Writer(contents, key)
 
 
@@ -232,9 +242,3 @@ def _write_atomically(path: Path, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def iter_entries(contents: Contents) -> Iterator[dict[str, Any]]:
-    for line in contents.entries:
-        value: dict[str, Any] = orjson.loads(line)
-        yield value

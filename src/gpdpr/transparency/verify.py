@@ -125,6 +125,6 @@ def prove(source: Source, seq: int) -> Inclusion:
             else "the signed log is empty"
         )
     proof = contents.tree.inclusion_proof(seq, current.size)
-    leaf = leaf_hash(contents.entries[seq])
+    leaf = leaf_hash(contents.line(seq))
     verify_inclusion(leaf, seq, current.size, proof, current.root)
     return Inclusion(contents.entry(seq), leaf, current.size, current.root, proof)
