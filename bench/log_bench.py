@@ -135,7 +135,7 @@ def main() -> None:
             f"{r['size_mb']:.0f}",
             f"{r['peak_mb']:.0f}",
         )
-    Console().print(table)
+    Console(width=120).print(table)
 
 
 if __name__ == "__main__":
