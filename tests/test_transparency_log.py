@@ -537,3 +537,16 @@ def test_files_keep_private_permissions_and_checkpoints_are_kept(
     kept = sorted((tmp_path / "log" / store.CHECKPOINTS).iterdir())
     assert len(kept) == 2
     assert os.stat(tmp_path / "keys" / "log").st_mode & 0o777 == 0o700
+
+
+def test_a_practices_whole_type1_list_is_one_count(gov: sa.Engine, tmp_path: Path) -> None:
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+    listed = [pseudonym(n) for n in range(40_000)]
+    Registry(gov).apply_practice_assertions("PKG-1", "Z10001", yesterday, listed, [])
+    publish(tmp_path, gov, datetime.now(UTC) + timedelta(days=1))  # counted by when recorded
+    [daily] = [e for e in published(tmp_path) if e["type"] == "optout.daily"]
+    assert daily["details"]["type1"] == {"set": 40_000, "withdrawn": 0}  # type: ignore[index]
+    assert daily["details"]["sources"] == {"practice": 40_000}  # type: ignore[index]
+    with gov.connect() as connection:
+        waiting = connection.scalar(sa.select(sa.func.count()).where(Event.log_seq.is_(None)))
+    assert waiting == 0

@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session
 
 from gpdpr import spec
 from gpdpr.db.events import record
-from gpdpr.db.models import Event, as_utc, now
+from gpdpr.db.models import Event, as_utc, core, now
 from gpdpr.transparency import store
 from gpdpr.transparency.checkpoint import Checkpoint
 
@@ -220,9 +220,18 @@ def publish(
                 session.scalars(sa.select(Event).where(Event.log_seq.is_(None)).order_by(Event.id))
             )
             entries, members = build(session, pending, when.date())
-            for offset, ids in enumerate(members):
+            numbered = [
+                {"event": event_id, "seq": writer.size + offset}
+                for offset, ids in enumerate(members)
+                for event_id in ids
+            ]
+            if numbered:
+                table = core(Event)
                 session.execute(
-                    sa.update(Event).where(Event.id.in_(ids)).values(log_seq=writer.size + offset)
+                    sa.update(table)
+                    .where(table.c.id == sa.bindparam("event"))
+                    .values(log_seq=sa.bindparam("seq")),
+                    numbered,
                 )
         writer.append(entries)
         signed = writer.contents.checkpoint
