@@ -160,7 +160,9 @@ def test_every_kind_of_event_the_log_promises_is_in_it(demo: Demo) -> None:
         assert of_type(demo, kind), f"no {kind} entry in the log"
     loaded = of_type(demo, "package.loaded")[0]["details"]
     assert loaded["practice"] and sum(loaded["rows"].values()) > 0
-    assert "junk-package" in of_type(demo, "package.refused")[0]["details"]["package"]
+    refused = of_type(demo, "package.refused")[0]["details"]
+    assert refused["package"] == "junk-package" and "junk-package" in refused["reason"]
+    assert str(demo.home) not in refused["reason"]  # no folder of the service's disks
     [daily] = of_type(demo, "optout.daily")
     assert daily["details"]["type1"]["set"] >= 3  # the three online, and any from practices
     [erasure] = of_type(demo, "erasure")

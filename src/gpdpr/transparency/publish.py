@@ -31,6 +31,7 @@ unpublished (published next time) or published once.
 from __future__ import annotations
 
 import fcntl
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -306,8 +307,17 @@ def entry_for(event: Event, organisations: dict[str, str | None]) -> dict[str, A
         "type": event.kind,
         "time": _time(as_utc(event.at)),
         "actor": {"role": kind.role, "organisation": "; ".join(found) or None},
-        "details": {k: event.details[k] for k in kind.fields if k in event.details},
+        "details": {k: _public(event.details[k]) for k in kind.fields if k in event.details},
     }
+
+
+_PATH = re.compile(r"(?:/[^/\s:'\"]+)+/([^/\s:'\"]+)")
+
+
+def _public(value: Any) -> Any:
+    """A detail as published: a folder on the service's disks named by its last part only
+    (a refusal's reason may name where the package was)."""
+    return _PATH.sub(r"\1", value) if isinstance(value, str) else value
 
 
 def _aggregate_start(kind: str, key: str) -> dict[str, Any]:

@@ -110,7 +110,10 @@ def read(folder: Path) -> Contents:
         path = folder / name
         return path.read_bytes() if path.exists() else None
 
-    return parse(folder, get(ENTRIES) or b"", get(CHECKPOINT), get(PUBLIC_KEY), str(folder))
+    # The checkpoint before the entries: a publish appends entries before it signs, so entries
+    # read after a checkpoint always cover it, even while a publish is running.
+    signed, public = get(CHECKPOINT), get(PUBLIC_KEY)
+    return parse(folder, get(ENTRIES) or b"", signed, public, str(folder))
 
 
 def parse(

@@ -53,13 +53,10 @@ class Source:
     def read(self) -> store.Contents:
         if self.folder is not None and not self.folder.is_dir():
             raise UserError(f"no log folder {self.folder}")
-        contents = store.parse(
-            self.folder or Path("."),
-            self.get(store.ENTRIES) or b"",
-            self.get(store.CHECKPOINT),
-            self.get(store.PUBLIC_KEY),
-            self.name,
-        )
+        # The checkpoint first: entries fetched after it cover it, even during a publish.
+        signed, public = self.get(store.CHECKPOINT), self.get(store.PUBLIC_KEY)
+        entries = self.get(store.ENTRIES) or b""
+        contents = store.parse(self.folder or Path("."), entries, signed, public, self.name)
         if contents.checkpoint is None:
             raise UserError(f"{self.name} has no signed checkpoint: nothing to verify yet")
         return contents
