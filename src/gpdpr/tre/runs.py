@@ -9,7 +9,8 @@ A real run, in order, and nothing read before the step that needs it:
   4. the engine computes; an empty population is refused;
   5. disclosure control turns measures and tables into the files that may be asked for; the
      raw counts behind each published number stay inside, for the differencing check;
-  6. the run is recorded, with its definition, lake version and files, and logged publicly.
+  6. the run is recorded, with its definition, lake version and files, and logged publicly;
+     centrally, a token per person it read, for their own view (gpdpr.transparency.patient).
 Outputs wait in HOME/tre/runs/RUN-.../outputs until two checkers release them.
 """
 
