@@ -32,6 +32,7 @@ def metadata() -> sa.MetaData:
     """Every table of the central database, whichever room's models define it: what the
     migrations must produce."""
     import gpdpr.governance.models  # registers the governance tables
+    import gpdpr.transparency.models  # the patient's view of runs
     import gpdpr.tre.models  # noqa: F401  (and the research environment's)
     from gpdpr.db.models import Base
 
