@@ -148,6 +148,10 @@ def test_demo_runs_and_can_run_again(tmp_path: Path) -> None:
     shown = run("lake", "show", "--home", str(tmp_path / "home"))
     assert shown.returncode == 0, shown.stderr
     assert "vacuum" in shown.stdout and "clinical_events" in shown.stdout
+    # The demo ends with everything it did in the public log, verified from its files alone.
+    assert "Verified from the public files alone" in result.stdout
+    verified = run("log", "verify", "--log-dir", str(tmp_path / "home" / "log"))
+    assert verified.returncode == 0 and "verified" in verified.stdout, verified.stderr
 
 
 def test_demo_will_not_delete_keys_it_did_not_make(tmp_path: Path) -> None:

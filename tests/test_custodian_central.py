@@ -131,6 +131,7 @@ def test_there_is_no_way_from_a_pseudonym_back_to_a_person() -> None:
         "approve",
         "refuse",
         "fulfil",
+        "use_tokens",  # pseudonym -> run-use tokens: one way too (the patient's own view)
     }
 
 

@@ -501,6 +501,48 @@ def test_two_requests_waiting_at_once_are_checked_against_each_other_on_release(
     assert review(gov, CHECKERS[1], second, comment="reject: differs from REQ 1") == "rejected"
 
 
+def test_a_file_is_in_one_live_request_at_a_time(gov: sa.Engine) -> None:
+    dsa = in_force(gov)
+    run = new_run(gov, dsa, {"table.csv": TABLE, "measure.csv": MEASURE})
+    first = new_request(gov, run)
+    # the same file again while the first request waits, alone or beside another file
+    refused(
+        gov,
+        lambda s: checking.request_release(
+            s, LEAD, run, asked({"table.csv": TABLE}), "Again", "", cells()
+        ),
+        "table.csv",
+        first,
+        "awaiting review",
+    )
+    refused(
+        gov,
+        lambda s: checking.request_release(
+            s, LEAD, run, asked({"measure.csv": MEASURE, "table.csv": TABLE}), "Both", "", cells()
+        ),
+        "table.csv",
+        first,
+    )
+    # another file of the run can be asked for
+    assert new_request(gov, run, {"measure.csv": MEASURE}, given=[]).startswith("REQ-")
+    # once released the file needs no second release; once returned it can be asked for again
+    for checker in CHECKERS:
+        review(gov, checker, first)
+    refused(
+        gov,
+        lambda s: checking.request_release(
+            s, LEAD, run, asked({"table.csv": TABLE}), "Again", "", cells()
+        ),
+        "table.csv",
+        first,
+        "released",
+    )
+    returned_run = new_run(gov, dsa)
+    returned = new_request(gov, returned_run)
+    assert review(gov, CHECKERS[0], returned, comment="return: label the rows") == "returned"
+    assert new_request(gov, returned_run).startswith("REQ-")
+
+
 # ---- two checkers at once ----------------------------------------------------------------------
 
 

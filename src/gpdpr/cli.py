@@ -114,6 +114,7 @@ def _clear_demo_home(home: Path) -> None:
         home / "rejected",
         home / "register",
         home / "tre",
+        home / "log",
     ]
     if any(p.exists() for p in parts[1:]) and not (home / DEMO_MARKER).exists():
         fail(f"{home} holds keys or packages the demo did not make; move them away or pass --home")
@@ -135,22 +136,24 @@ def demo(
     erasure; and governance, from applications to the public Data Uses Register."""
     _clear_demo_home(home)
     practices = home / "practices"
-    console.rule("[bold]gpdpr demo 1/6: a synthetic nation of GP practices")
+    console.rule("[bold]gpdpr demo 1/7: a synthetic nation of GP practices")
     _run_synth(
         practices, DEMO_PRACTICES, DEMO_PATIENTS, DEMO_SEED, "columnar", date(2026, 10, 31), None, 0
     )
-    console.rule("[bold]gpdpr demo 2/6: each practice extracts what the specification allows")
+    console.rule("[bold]gpdpr demo 2/7: each practice extracts what the specification allows")
     _demo_extract(home, practices)
-    console.rule("[bold]gpdpr demo 3/6: the centre verifies every package and loads the lake")
+    console.rule("[bold]gpdpr demo 3/7: the centre verifies every package and loads the lake")
     _demo_collect(home)
-    console.rule("[bold]gpdpr demo 4/6: opting out online, and the erasure cycle")
+    console.rule("[bold]gpdpr demo 4/7: opting out online, and the erasure cycle")
     _demo_erase(home, practices)
-    console.rule("[bold]gpdpr demo 5/6: applications, the independent panel, the register")
+    console.rule("[bold]gpdpr demo 5/7: applications, the independent panel, the register")
     _demo_governance(home)
-    console.rule("[bold]gpdpr demo 6/6: a study runs in the research environment; two checkers")
+    console.rule("[bold]gpdpr demo 6/7: a study runs in the research environment; two checkers")
     _demo_research(home)
+    console.rule("[bold]gpdpr demo 7/7: everything that happened, in the public log, verified")
+    _demo_log(home)
     console.print(
-        "Later stages (the transparency log, the portal) arrive with their issues. Look around: "
+        "The portal arrives with its issue. Look around: "
         f"gpdpr lake show --home {home}; gpdpr governance applications --home {home}; "
         f"gpdpr tre runs --as r.okafor --home {home}; gpdpr tre example study/",
         markup=False,
@@ -284,6 +287,9 @@ app.add_typer(tre_app, name="tre")
 from gpdpr.portal.cli import portal_app  # noqa: E402
 
 app.add_typer(portal_app, name="portal")
+from gpdpr.transparency.cli import log_app  # noqa: E402
+
+app.add_typer(log_app, name="log")
 
 
 def _demo_research(home: Path) -> None:
@@ -293,6 +299,15 @@ def _demo_research(home: Path) -> None:
 
     try:
         research(home, _say)
+    except UserError as exc:
+        fail(str(exc))
+
+
+def _demo_log(home: Path) -> None:
+    from gpdpr.transparency.demo import publish_and_verify
+
+    try:
+        publish_and_verify(home, _say)
     except UserError as exc:
         fail(str(exc))
 

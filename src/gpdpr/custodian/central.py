@@ -63,6 +63,13 @@ def project_pseudonyms(project_key: bytes, pseudonyms: pa.Array | pa.ChunkedArra
     return pc.take(made, pc.index_in(pseudonyms, value_set=distinct))
 
 
+def use_token(project_key: bytes, run_reference: str, project_pseudonym: str) -> str:
+    """How a run keeps that it read one person's record (see gpdpr.transparency.patient): only
+    someone holding the project's key and the person's pseudonym can make it again."""
+    message = f"gpdpr run use v1\n{run_reference}\n{project_pseudonym}".encode()
+    return hmac.digest(project_key, message, "sha256").hex()
+
+
 def _mac(key: bytes, text: str) -> str:
     return hmac.digest(key, text.encode(), "sha256").hex()
 
@@ -127,6 +134,19 @@ class Custodian:
         with Session(self.engine) as session, session.begin():
             record(session, "custodian.project_key", _who(actor), {"project": project})
         return key
+
+    def use_tokens(self, pseudonym: str, runs: Sequence[tuple[str, str]]) -> dict[str, str]:
+        """For the person with this lake pseudonym, the token each (project, run reference)
+        would have kept had it read their record. For the patient's own view of their record:
+        the keys never leave the custodian, and nothing is recorded (the look-up of the
+        pseudonym that comes first is)."""
+        keys: dict[str, bytes] = {}
+        tokens = {}
+        for project, run in runs:
+            if project not in keys:
+                keys[project] = _project_key(self._collection, project)
+            tokens[run] = use_token(keys[project], run, _mac(keys[project], pseudonym))
+        return tokens
 
     # ---- re-identification: identity -> project pseudonym, never back ------------------------
 

@@ -35,6 +35,7 @@ from gpdpr.practice.kit import (
 )
 
 CUSTODIAN_FILE = "custodian.json"
+LOG_KEY_FOLDER = "log"  # the transparency log's signing key (gpdpr.transparency.checkpoint)
 ODS_PATTERN = re.compile(r"^[A-Z][A-Z0-9]{2,9}$")
 
 
@@ -62,7 +63,8 @@ def _collection_file(key: bytes, created: str) -> bytes:
 def init(folder: Path) -> CollectionKey:
     """Create a key folder with a new collection key. Refuses a folder that already has one:
     replacing the collection key would silently change every pseudonym."""
-    if folder.exists() and not (folder / COLLECTION_KEY).exists() and any(folder.iterdir()):
+    others = [p for p in folder.iterdir() if p.name != LOG_KEY_FOLDER] if folder.exists() else []
+    if others and not (folder / COLLECTION_KEY).exists():
         raise UserError(
             f"{folder} already holds other files: a key folder must be a folder of its own, "
             "apart from any data. Choose a new folder"

@@ -33,6 +33,7 @@ def metadata() -> sa.MetaData:
     migrations must produce."""
     import gpdpr.governance.models  # registers the governance tables
     import gpdpr.portal.models  # the portal's credentials
+    import gpdpr.transparency.models  # the patient's view of runs
     import gpdpr.tre.models  # noqa: F401  (and the research environment's)
     from gpdpr.db.models import Base
 

@@ -49,6 +49,7 @@ KINDS = (
     "release.requested",
     "release.reviewed",
     "release.published",
+    "spec.version",
 )
 _TEN_DIGITS = re.compile(r"(?<![0-9A-Za-z])\d{3} ?\d{3} ?\d{4}(?![0-9A-Za-z])")
 

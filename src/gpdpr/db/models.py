@@ -79,6 +79,9 @@ class Event(Base):
     kind: Mapped[str] = mapped_column(sa.String(64), index=True)
     actor: Mapped[str] = mapped_column(sa.String(200))
     details: Mapped[dict[str, Any]]
+    # The transparency log entry that publishes this event (None: not yet published). Kept here,
+    # not in the log, so the public log links no event to the entry counting it.
+    log_seq: Mapped[int | None] = mapped_column(index=True)
 
 
 class OptOutEvent(Base):

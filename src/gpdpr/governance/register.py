@@ -223,6 +223,11 @@ def status(agreement: Agreement, at: datetime) -> str:
     return "not yet started" if why_not.startswith("it starts") else "expired"
 
 
+def entry(session: Session, agreement: Agreement, at: datetime | None = None) -> dict[str, Any]:
+    """One agreement's entry, exactly as the register publishes it."""
+    return _agreement(session, agreement, at or now())
+
+
 def _agreement(session: Session, agreement: Agreement, at: datetime) -> dict[str, Any]:
     app = agreement.application
     decision = session.get(Decision, app.id)

@@ -1,7 +1,7 @@
 """The demo's governance: a handful of organisations, a panel, and applications that take the
-paths a real service sees (approved with conditions, refused by the panel, refused at once for an
-excluded purpose, still under review), all made through the service functions, so the register
-the demo writes is one the real process produced."""
+paths a real service sees (approved with conditions, a commercial one refused by the panel,
+insurance and marketing refused at once, one still under review), all made through the service
+functions, so the register the demo writes is one the real process produced."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ COUNCIL = "Leeds City Council"
 TRUST = "Northern Diabetes Research Trust"
 MERIDIAN = "Meridian Health Analytics Ltd"
 SHIELD = "Shield Life Insurance plc"
+BRIGHTWAY = "Brightway Pharmacy Group Ltd"
 
 ORGANISATIONS = (
     (LEEDS, "university"),
@@ -26,6 +27,7 @@ ORGANISATIONS = (
     (TRUST, "charity"),
     (MERIDIAN, "commercial"),
     (SHIELD, "commercial"),
+    (BRIGHTWAY, "commercial"),
 )
 PEOPLE = (
     ("secretariat", "Panel secretariat", None, ["administrator"]),
@@ -35,6 +37,7 @@ PEOPLE = (
     ("a.malik", "Aisha Malik", COUNCIL, ["applicant"]),
     ("m.ellis", "Mark Ellis", MERIDIAN, ["applicant"]),
     ("s.hale", "Sophie Hale", SHIELD, ["applicant"]),
+    ("d.frost", "Daniel Frost", BRIGHTWAY, ["applicant"]),
     ("panel.lay", "Margaret Owen (lay member)", None, ["panel_member"]),
     ("panel.gp", "Dr Imran Shah (GP)", None, ["panel_member"]),
     ("panel.ethics", "Prof. Helen Clarke (ethics)", None, ["panel_member"]),
@@ -123,6 +126,21 @@ PREMIUMS = ApplicationForm(
     data_from=FROM,
     data_to=TO,
 )
+OFFERS = ApplicationForm(
+    title="Targeted offers for people on repeat medicines",
+    purpose_category="service_planning",
+    lay_summary="Find areas with many people on repeat prescriptions to send them offers for "
+    "our home delivery service.",
+    technical_summary="Counts of repeat medication issues by LSOA and age band.",
+    expected_benefit="Convenient delivery of medicines.",
+    legal_basis="legitimate_interests_research",
+    commercial=True,
+    commercial_benefit="New customers for home delivery.",
+    uses_for_marketing=True,
+    items=(Item("medications", "code", "which medicines are repeated"),),
+    data_from=FROM,
+    data_to=TO,
+)
 OBESITY = ApplicationForm(
     title="Childhood obesity by neighbourhood",
     purpose_category="public_health",
@@ -191,8 +209,9 @@ def seed(session: Session) -> dict[str, str]:
     )
 
     premiums = submitted("s.hale", PREMIUMS, review=False)  # refused by the automatic checks
+    offers = submitted("d.frost", OFFERS, review=False)  # and so is marketing
     obesity = submitted("a.malik", OBESITY)
     return {
         ref: applications.application(session, ref).state
-        for ref in (diabetes, winter, uptake, premiums, obesity)
+        for ref in (diabetes, winter, uptake, premiums, offers, obesity)
     }

@@ -227,6 +227,7 @@ def request_release(
                 f"{size} bytes, the run recorded {written['sha256']} and {written['bytes']} "
                 "bytes. A changed file cannot be released: run the definition again"
             )
+    _refuse_asked_already(session, run, set(files))
     title = title.strip()
     if not title or len(title) > 300:
         raise UserError("a release request needs a title of at most 300 characters")
@@ -265,6 +266,29 @@ def request_release(
         },
     )
     return request
+
+
+def _refuse_asked_already(session: Session, run: Run, names: set[str]) -> None:
+    """A file is in at most one live request: two at once would each be checked by reviewers
+    who cannot see the other, and a released file needs no second release."""
+    earlier = session.execute(
+        sa.select(RequestFile.name, ReleaseRequest.reference, ReleaseRequest.state)
+        .join(ReleaseRequest, ReleaseRequest.id == RequestFile.request_id)
+        .where(
+            ReleaseRequest.run_id == run.id,
+            RequestFile.name.in_(sorted(names)),
+            ReleaseRequest.state.in_(("awaiting_review", "released")),
+        )
+        .order_by(RequestFile.name)
+    ).first()
+    if earlier is not None:
+        name, reference, state = earlier
+        raise NotAllowed(
+            f"{name} of {run.reference} is already in {reference}, {STATE_WORDS[state]}; "
+            "follow that request (`gpdpr tre review show "
+            + reference
+            + "`) instead of asking again"
+        )
 
 
 def _check_name(name: str) -> None:

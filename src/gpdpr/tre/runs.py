@@ -9,7 +9,8 @@ A real run, in order, and nothing read before the step that needs it:
   4. the engine computes; an empty population is refused;
   5. disclosure control turns measures and tables into the files that may be asked for; the
      raw counts behind each published number stay inside, for the differencing check;
-  6. the run is recorded, with its definition, lake version and files, and logged publicly.
+  6. the run is recorded, with its definition, lake version and files, and logged publicly;
+     centrally, a token per person it read, for their own view (gpdpr.transparency.patient).
 Outputs wait in HOME/tre/runs/RUN-.../outputs until two checkers release them.
 """
 
@@ -37,10 +38,12 @@ from gpdpr.db.models import now
 from gpdpr.errors import UserError
 from gpdpr.governance.agreements import Scope, authorise, expire_due
 from gpdpr.lake.store import Lake
+from gpdpr.transparency.patient import keep_run_uses
 from gpdpr.tre import disclosure, serial, views
 from gpdpr.tre import nodes as n
 from gpdpr.tre.engines import DuckDBEngine, Engine, Results
 from gpdpr.tre.language import Dataset, Measures, definition_of
+from gpdpr.tre.schema import PATIENT_ID
 
 RUNS = "tre/runs"
 OUTPUTS = "outputs"
@@ -191,7 +194,14 @@ def submit(
     lake = Lake.open(home / "lake")
     version = lake.version(lake_version).number  # names the version; reads no data
 
-    def record(status: str, message: str, outputs: dict[str, dict[str, Any]]) -> str:
+    def record(
+        status: str,
+        message: str,
+        outputs: dict[str, dict[str, Any]],
+        read: tuple[bytes, pa.ChunkedArray] | None = None,
+    ) -> str:
+        """Record the run; with `read` (the project key, the people's project pseudonyms),
+        also whose records it read, for their own view (gpdpr.transparency.patient)."""
         with Session(database) as session, session.begin():
             made = record_run(
                 session,
@@ -208,6 +218,8 @@ def submit(
                 started,
                 now(),
             )
+            if read is not None:
+                keep_run_uses(session, made.id, made.reference, *read)
             return made.reference
 
     with Session(database) as session, session.begin():
@@ -219,7 +231,7 @@ def submit(
         _record_refusal(record, refusal)
         raise
     progress("building the project's views")
-    built = project_views(home, database, scope, handle, used, version)
+    built, key = _views_and_key(home, database, scope, handle, used, version)
     progress(f"running on {engine.name}")
     results = engine.run(definition, built)
     try:
@@ -229,7 +241,8 @@ def submit(
         raise
     progress("disclosure control")
     outputs = control(definition, results)
-    return _keep(home, outputs, text, lambda about: record("succeeded", "", about), version)
+    read = (key, built["patients"].column(PATIENT_ID))
+    return _keep(home, outputs, text, lambda about: record("succeeded", "", about, read), version)
 
 
 def project_views(
@@ -243,6 +256,17 @@ def project_views(
     """The views a run under `scope` sees: opt-outs applied as of now (a Type 1 awaiting
     erasure always; the National Data Opt-out unless the agreement is exempt), pseudonyms under
     the project's key, which the custodian derives (the environment never holds the keys)."""
+    return _views_and_key(home, database, scope, handle, used, lake_version)[0]
+
+
+def _views_and_key(
+    home: Path,
+    database: sa.Engine,
+    scope: Scope,
+    handle: str,
+    used: Mapping[str, Iterable[str]],
+    lake_version: int,
+) -> tuple[dict[str, pa.Table], bytes]:
     from gpdpr.custodian.central import Custodian
     from gpdpr.optout.registry import Registry
 
@@ -254,7 +278,8 @@ def project_views(
     view_scope = views.ViewScope(
         scope.data_from, scope.data_to, scope.population, frozenset(excluded)
     )
-    return views.build(Lake.open(home / "lake").snapshot(lake_version), view_scope, used, key)
+    snapshot = Lake.open(home / "lake").snapshot(lake_version)
+    return views.build(snapshot, view_scope, used, key), key
 
 
 def _record_refusal(

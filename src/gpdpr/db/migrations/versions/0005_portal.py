@@ -1,7 +1,7 @@
 """The portal: password hashes (argon2) for the people who sign in to it with one.
 
-Revision ID: 0004_portal
-Revises: 0003
+Revision ID: 0005_portal
+Revises: 0004_translog
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004_portal"
-down_revision: str | None = "0003"
+revision = "0005_portal"
+down_revision: str | None = "0004_translog"
 branch_labels: str | None = None
 depends_on: str | None = None
 

@@ -1,0 +1,199 @@
+"""`gpdpr log`: the transparency log. Anyone can verify it and prove an entry from the public
+files alone (a copy of HOME/log, or its web address); the service publishes to it; a patient
+sees which approved projects used their record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from gpdpr.errors import UserError
+from gpdpr.terminal import console, fail
+
+log_app = typer.Typer(
+    help="The transparency log: every use of the data, publicly verifiable.",
+    no_args_is_help=True,
+)
+
+# Not gpdpr.home.Home: these commands only read, and must work on a log the service refuses.
+PlainHome = Annotated[
+    Path,
+    typer.Option("--home", envvar="GPDPR_HOME", help="The central service's home folder."),
+]
+LogDir = Annotated[
+    Path | None,
+    typer.Option(help="A folder of the log's public files (a copy of HOME/log)."),
+]
+Url = Annotated[
+    str | None, typer.Option(help="The web address the log's public files are served from.")
+]
+DEFAULT_HOME = Path("gpdpr-home")
+
+
+def _source(home: Path, log_dir: Path | None, url: str | None) -> object:
+    from gpdpr.transparency.publish import log_folder
+    from gpdpr.transparency.verify import Source
+
+    if log_dir is not None and url is not None:
+        fail("give --log-dir or --url, not both")
+    if url is not None:
+        return Source(url=url)
+    return Source(folder=log_dir if log_dir is not None else log_folder(home))
+
+
+@log_app.command("verify")
+def verify_command(
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="A checkpoint kept from before: prove the log only grew since."),
+    ] = None,
+    log_dir: LogDir = None,
+    url: Url = None,
+    home: PlainHome = DEFAULT_HOME,
+) -> None:
+    """Recompute the whole tree from the entries, check the signed checkpoint, and (with
+    --checkpoint) prove the current log extends the one you kept."""
+    from gpdpr.transparency.verify import Source, verify
+
+    source = _source(home, log_dir, url)
+    assert isinstance(source, Source)
+    try:
+        kept = checkpoint.read_bytes() if checkpoint is not None else None
+    except OSError as exc:
+        fail(f"cannot read {checkpoint}: {exc.strerror or exc}")
+    try:
+        result = verify(source, kept, str(checkpoint or ""))
+    except UserError as exc:
+        fail(f"the log at {source.name} does NOT verify: {exc}")
+    console.print(
+        f"[green]verified[/]: {source.name}: {result.entries:,} entries, the tree recomputed; "
+        f"checkpoint of {result.size:,} entries signed {result.time}, root {result.root.hex()}"
+    )
+    if result.since is not None:
+        console.print(
+            f"[green]consistent[/]: the log you kept ({result.since.size:,} entries, signed "
+            f"{result.since.time}) is a prefix of this one: nothing was rewritten, deleted, "
+            f"reordered or inserted (proof of {len(result.proof)} hashes checked)"
+        )
+    if result.entries > result.size:
+        console.print(f"{result.entries - result.size} newer entries await the next checkpoint.")
+    if result.torn:
+        console.print(f"an append of {result.torn} bytes is unfinished at the end (ignored).")
+
+
+@log_app.command("prove")
+def prove_command(
+    entry_id: Annotated[int, typer.Argument(help="The entry's number (its seq).")],
+    log_dir: LogDir = None,
+    url: Url = None,
+    home: PlainHome = DEFAULT_HOME,
+) -> None:
+    """Show one entry and prove it is in the tree the current checkpoint signs."""
+    import orjson
+
+    from gpdpr.transparency.verify import Source, prove
+
+    source = _source(home, log_dir, url)
+    assert isinstance(source, Source)
+    try:
+        found = prove(source, entry_id)
+    except UserError as exc:
+        fail(str(exc))
+    console.print_json(orjson.dumps(found.entry).decode())
+    console.print(f"leaf hash  {found.leaf.hex()}")
+    for n, step in enumerate(found.proof):
+        console.print(f"proof[{n}]   {step.hex()}")
+    console.print(
+        f"[green]included[/]: entry {entry_id} is in the signed tree of {found.size:,} entries, "
+        f"root {found.root.hex()}"
+    )
+
+
+@log_app.command("show")
+def show_command(
+    last: Annotated[int, typer.Option(help="How many of the latest entries.")] = 20,
+    log_dir: LogDir = None,
+    url: Url = None,
+    home: PlainHome = DEFAULT_HOME,
+) -> None:
+    """The latest entries, after verifying the log."""
+    from gpdpr.transparency.verify import Source
+
+    source = _source(home, log_dir, url)
+    assert isinstance(source, Source)
+    try:
+        contents = source.read()
+    except UserError as exc:
+        fail(str(exc))
+    table = Table("seq", "time", "type", "actor", "details")
+    for seq in range(max(0, contents.size - last), contents.size):
+        entry = contents.entry(seq)
+        actor = entry["actor"]
+        who = actor["role"] + (f" ({actor['organisation']})" if actor["organisation"] else "")
+        details = ", ".join(f"{k}={v}" for k, v in entry["details"].items())
+        table.add_row(str(seq), entry["time"], entry["type"], who, details[:100])
+    console.print(table)
+
+
+@log_app.command("publish")
+def publish_command(home: PlainHome = DEFAULT_HOME) -> None:
+    """Publish every event not yet in the log and sign a checkpoint (every central command
+    does this as it ends; this is for a schedule, e.g. just after midnight for the day's
+    opt-out counts)."""
+    from gpdpr import db
+    from gpdpr.transparency.publish import log_folder, publish
+
+    try:
+        done = publish(home, db.connect(db.url_for_home(home)))
+    except UserError as exc:
+        fail(str(exc))
+    for note in done.notes:
+        console.print(note)
+    assert done.checkpoint is not None
+    console.print(
+        f"published {done.appended} entries to {log_folder(home)}; checkpoint of "
+        f"{done.checkpoint.size:,} entries, root {done.checkpoint.root.hex()}"
+        + (
+            f"; {done.held} opt-out and look-up events wait for their day to end"
+            if done.held
+            else ""
+        )
+    )
+
+
+@log_app.command("my-record")
+def my_record_command(
+    nhs_number: Annotated[str, typer.Option("--nhs-number", help="Your NHS number.")],
+    home: PlainHome = DEFAULT_HOME,
+) -> None:
+    """Which approved projects' runs used your record, and your opt-out history (the number
+    goes only to the custodian)."""
+    from gpdpr.custodian.cli import open_custodian
+    from gpdpr.transparency.patient import record_uses
+
+    try:
+        custodian = open_custodian(home)
+        pseudonym = custodian.pseudonym_for(nhs_number, "patient", "patient view")
+        uses = record_uses(custodian, pseudonym)
+    except UserError as exc:
+        fail(str(exc))
+    if not uses.projects:
+        console.print("No approved project's run has used your record.")
+    for project in uses.projects:
+        console.print(
+            f"[bold]{project.title}[/] ({project.agreement}, {project.status}): "
+            f"{', '.join(project.organisations)}; {project.purpose}; "
+            f"{project.starts_on} to {project.ends_on}"
+        )
+        for run in project.runs:
+            console.print(f"  run {run.reference} on {run.ran_on}, lake version {run.lake_version}")
+    for kind, status in uses.opt_outs.items():
+        name = {"type1": "Type 1 opt-out", "ndoo": "National Data Opt-out"}[kind]
+        console.print(f"{name}: {status['state']}")
+        for change in status["history"]:
+            console.print(
+                f"  {change['action']} {change['effective_at']:%Y-%m-%d} ({change['source']})"
+            )

@@ -1,0 +1,135 @@
+"""The patient's view: which approved projects' runs read my record, and my opt-out history.
+
+The portal signs the person in, has the custodian turn their NHS number into their lake
+pseudonym, and calls `record_uses`. Nothing public links a project to a person: the log holds
+only what each run was (project, definition, lake version), and the central table of run uses
+(`gpdpr.transparency.models.RunUse`) holds, per run, one token per person read, made with the
+run's project key from the person's project pseudonym (`gpdpr.custodian.central.use_token`).
+Without the custodian's key and the person's pseudonym, a token cannot be made or tested; with
+them, a run's uses of one person are found by one indexed look-up per run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from gpdpr.custodian.central import Custodian, use_token
+from gpdpr.db.models import as_utc, core
+from gpdpr.governance import register
+from gpdpr.governance.models import Agreement, Application
+from gpdpr.optout.registry import Registry
+from gpdpr.transparency.models import RunUse
+from gpdpr.tre.models import Run
+
+
+@dataclass(frozen=True)
+class RunSeen:
+    """One run that read the person's record."""
+
+    reference: str
+    ran_on: date
+    lake_version: int
+    definition_sha256: str
+
+
+@dataclass(frozen=True)
+class ProjectUse:
+    """An approved project whose runs read the person's record, with its register entry."""
+
+    agreement: str
+    application: str
+    title: str
+    organisations: list[str]
+    purpose: str
+    starts_on: str
+    ends_on: str
+    status: str
+    runs: list[RunSeen]
+    register_entry: dict[str, Any]  # the whole entry, exactly as the register publishes it
+
+
+@dataclass(frozen=True)
+class RecordUses:
+    projects: list[ProjectUse]
+    opt_outs: dict[str, dict[str, Any]]  # per kind: state, since, source, history (registry)
+
+
+def keep_run_uses(
+    session: Session,
+    run_id: int,
+    run_reference: str,
+    project_key: bytes,
+    people: pa.Array | pa.ChunkedArray,
+) -> int:
+    """Keep, for one run, a token for each person whose record it read (`people`: their
+    project pseudonyms, as the run's views show them); how many. Called by the research
+    environment as it records the run, in the same transaction."""
+    distinct = pc.unique(people.drop_null()).to_pylist()
+    rows = [{"run_id": run_id, "token": use_token(project_key, run_reference, p)} for p in distinct]
+    if rows:
+        session.execute(sa.insert(core(RunUse)), rows)
+    return len(rows)
+
+
+def record_uses(custodian: Custodian, lake_pseudonym: str) -> RecordUses:
+    """The approved projects whose successful runs read this person's record (oldest first),
+    each with its register entry and the runs; and the person's opt-out history."""
+    engine = custodian.engine
+    with Session(engine) as session:
+        runs = session.execute(
+            sa.select(Run.id, Run.reference, Application.reference, Agreement.id)
+            .join(Agreement, Agreement.id == Run.agreement_id)
+            .join(Application, Application.id == Agreement.application_id)
+            .where(Run.status == "succeeded")
+            .order_by(Run.id)
+        ).all()
+        tokens = custodian.use_tokens(
+            lake_pseudonym, [(project, ref) for _, ref, project, _ in runs]
+        )
+        seen = _runs_with(session, ((run_id, tokens[ref]) for run_id, ref, _, _ in runs))
+        by_agreement: dict[int, list[Run]] = {}
+        for run in session.scalars(sa.select(Run).where(Run.id.in_(seen)).order_by(Run.id)):
+            by_agreement.setdefault(run.agreement_id, []).append(run)
+        projects = [
+            _project(session, session.get_one(Agreement, agreement_id), made)
+            for agreement_id, made in by_agreement.items()
+        ]
+    return RecordUses(projects, Registry(engine).status(lake_pseudonym))
+
+
+def _runs_with(session: Session, wanted: Iterable[tuple[int, str]]) -> set[int]:
+    """The runs (ids) that kept the given token; in chunks, one query each."""
+    pairs = list(wanted)
+    found: set[int] = set()
+    for start in range(0, len(pairs), 500):
+        chunk = pairs[start : start + 500]
+        condition = sa.or_(*(sa.and_(RunUse.run_id == r, RunUse.token == t) for r, t in chunk))
+        found.update(session.scalars(sa.select(RunUse.run_id).where(condition)))
+    return found
+
+
+def _project(session: Session, agreement: Agreement, made: list[Run]) -> ProjectUse:
+    entry = register.entry(session, agreement)
+    return ProjectUse(
+        agreement=agreement.reference,
+        application=entry["application"],
+        title=entry["title"],
+        organisations=[o["name"] for o in entry["organisations"]],
+        purpose=entry["purpose"],
+        starts_on=entry["starts_on"],
+        ends_on=entry["ends_on"],
+        status=entry["status"],
+        runs=[
+            RunSeen(r.reference, as_utc(r.started_at).date(), r.lake_version, r.definition_sha256)
+            for r in made
+        ],
+        register_entry=entry,
+    )

@@ -1,0 +1,247 @@
+"""The log's files, as published (HOME/log/, or any copy of it):
+
+    entries.jsonl          one entry per line, canonical JSON (keys sorted, no spaces), each with
+                           its `seq` (0, 1, 2, ...): the leaves of the Merkle tree, in order
+    checkpoint.json        the latest signed checkpoint (size, root, time, signature)
+    checkpoints/N.json     every checkpoint signed, by size
+    log.pub                the log's Ed25519 public key (PEM)
+
+Durability. Entries are appended in one write and fsync'd before anything that depends on them;
+a checkpoint is written beside its final name, fsync'd and renamed into place, so a reader sees
+the old checkpoint or the new one, never half of one. The file is line-framed: a crash part-way
+through an append leaves a last line without its newline, which `open_verified` recognises as a
+torn tail and cuts off, but only when no signed checkpoint covers it (an entry the log has
+signed is never repaired away: its loss is damage, reported).
+
+Verification reads every entry, checks that each is canonical JSON numbered in order, recomputes
+the tree and checks the signed checkpoint's root against it: any rewrite, deletion, reordering or
+insertion before the checkpoint changes the root (or the numbering) and is reported.
+"""
+
+from __future__ import annotations
+
+import os
+from array import array
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from gpdpr.errors import UserError
+from gpdpr.transparency import checkpoint as cp
+from gpdpr.transparency.merkle import Tree, leaf_hash
+
+ENTRIES = "entries.jsonl"
+CHECKPOINT = "checkpoint.json"
+CHECKPOINTS = "checkpoints"
+PUBLIC_KEY = "log.pub"
+
+
+class LogDamaged(UserError):
+    """The stored log does not verify: it was altered, truncated or corrupted."""
+
+
+@dataclass
+class Contents:
+    """A log's contents, checked: the entries file's bytes (complete lines only) and where each
+    entry starts, their tree, and the signed checkpoint."""
+
+    folder: Path
+    data: bytes
+    offsets: array[int]  # where entry i starts; the last value is the end of the last entry
+    tree: Tree
+    checkpoint: cp.Checkpoint | None
+    public_key: Ed25519PublicKey | None
+    torn: int = 0  # bytes of an unfinished last line (a crash mid-append), not yet cut off
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return self.tree.size
+
+    def line(self, seq: int) -> bytes:
+        """Entry `seq` exactly as stored (its leaf is the hash of these bytes)."""
+        return self.data[self.offsets[seq] : self.offsets[seq + 1] - 1]
+
+    def entry(self, seq: int) -> dict[str, Any]:
+        value: dict[str, Any] = orjson.loads(self.line(seq))
+        return value
+
+
+def split_entries(data: bytes, where: str) -> tuple[array[int], Tree, int]:
+    """Check every complete line of an entries file and hash it into the tree; where each line
+    starts, the tree, and the length of a torn tail (bytes after the last newline)."""
+    offsets, tree, start, seq = array("q", [0]), Tree(), 0, 0
+    while (end := data.find(b"\n", start)) >= 0:
+        line = data[start:end]
+        check_entry(line, seq, where)
+        tree.append(leaf_hash(line))
+        offsets.append(end + 1)
+        start, seq = end + 1, seq + 1
+    return offsets, tree, len(data) - start
+
+
+def check_entry(line: bytes, seq: int, where: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        raise LogDamaged(f"{where}: line {seq + 1} is not JSON: the log was corrupted") from None
+    if not isinstance(value, dict) or value.get("seq") != seq:
+        found = value.get("seq") if isinstance(value, dict) else None
+        raise LogDamaged(
+            f"{where}: line {seq + 1} should be entry {seq} but is entry {found}: entries were "
+            "deleted, inserted or reordered"
+        )
+    if cp.canonical(value) != line:
+        raise LogDamaged(
+            f"{where}: entry {seq} is not in canonical form (keys sorted, no spaces): it was "
+            "edited by hand"
+        )
+    return value
+
+
+def read(folder: Path) -> Contents:
+    """Read and verify a log folder (a missing folder is an empty log)."""
+
+    def get(name: str) -> bytes | None:
+        path = folder / name
+        return path.read_bytes() if path.exists() else None
+
+    # The checkpoint before the entries: a publish appends entries before it signs, so entries
+    # read after a checkpoint always cover it, even while a publish is running.
+    signed, public = get(CHECKPOINT), get(PUBLIC_KEY)
+    return parse(folder, get(ENTRIES) or b"", signed, public, str(folder))
+
+
+def parse(
+    folder: Path, data: bytes, checkpoint: bytes | None, public_pem: bytes | None, where: str
+) -> Contents:
+    """Verify a log from its files' bytes (wherever they were read or fetched from)."""
+    offsets, tree, torn = split_entries(data, f"{where}/{ENTRIES}")
+    public = None
+    if public_pem is not None:
+        public = cp.read_public_key(public_pem, f"{where}/{PUBLIC_KEY}")
+    signed = None
+    if checkpoint is not None:
+        signed = cp.parse(checkpoint, f"{where}/{CHECKPOINT}")
+        if public is None:
+            raise LogDamaged(f"{where} has a checkpoint but no {PUBLIC_KEY} to check it with")
+        check_against(signed, tree, public, f"{where}/{CHECKPOINT}")
+    elif tree.size:
+        raise LogDamaged(
+            f"{where} holds {tree.size} entries but no signed {CHECKPOINT}: the checkpoint "
+            "was deleted"
+        )
+    return Contents(folder, data[: len(data) - torn], offsets, tree, signed, public, torn)
+
+
+def check_against(signed: cp.Checkpoint, tree: Tree, public: Ed25519PublicKey, where: str) -> None:
+    """A checkpoint's signature, and its root against the tree's first `size` entries."""
+    cp.check_signature(signed, public, where)
+    if signed.size > tree.size:
+        raise LogDamaged(
+            f"{where} signs {signed.size} entries but the log holds only {tree.size}: the log "
+            "was truncated (entries at its end deleted)"
+        )
+    if tree.root(signed.size) != signed.root:
+        raise LogDamaged(
+            f"{where}: the first {signed.size} entries do not hash to the signed root: an entry "
+            "was rewritten, deleted, inserted or reordered"
+        )
+
+
+@dataclass
+class Writer:
+    """The service's handle on its own log: verified when opened, then appended to. It keeps
+    the tree only (the entries' bytes are let go once verified)."""
+
+    contents: Contents
+    key: Ed25519PrivateKey
+
+    @property
+    def size(self) -> int:
+        return self.contents.size
+
+    def append(self, entries: list[dict[str, Any]]) -> list[bytes]:
+        """Number the entries from the log's size, append them in one write and fsync. The
+        lines written, in order."""
+        lines = []
+        for offset, entry in enumerate(entries):
+            line = cp.canonical({**entry, "seq": self.size + offset})
+            if b"\n" in line:
+                raise ValueError("canonical JSON never holds a newline")
+            lines.append(line)
+        if not lines:
+            return []
+        folder = self.contents.folder
+        with open(folder / ENTRIES, "ab") as f:
+            f.write(b"".join(line + b"\n" for line in lines))
+            f.flush()
+            os.fsync(f.fileno())
+        for line in lines:
+            self.contents.tree.append(leaf_hash(line))
+        return lines
+
+    def sign(self, at: datetime | None = None) -> cp.Checkpoint:
+        """Sign the log as it stands and publish the checkpoint (atomically)."""
+        signed = cp.sign(self.key, self.size, self.contents.tree.root(), at)
+        folder = self.contents.folder
+        (folder / CHECKPOINTS).mkdir(exist_ok=True)
+        _write_atomically(folder / CHECKPOINTS / f"{signed.size}.json", signed.to_json())
+        _write_atomically(folder / CHECKPOINT, signed.to_json())
+        self.contents.checkpoint = signed
+        return signed
+
+
+def open_verified(folder: Path, keys: Path) -> Writer:
+    """The service's log, verified, for appending: made (with its key) if there is none yet.
+    Refuses a log that does not verify, or whose published key is not the service's."""
+    key = cp.load_or_create_key(keys)
+    folder.mkdir(parents=True, exist_ok=True)
+    pem = cp.public_pem(key.public_key())
+    published = folder / PUBLIC_KEY
+    if not published.exists():
+        if (folder / CHECKPOINT).exists():
+            raise LogDamaged(f"{folder} has a checkpoint but its {PUBLIC_KEY} was deleted")
+        _write_atomically(published, pem)
+    elif published.read_bytes() != pem:
+        raise LogDamaged(
+            f"{published} is not the public half of the service's log key "
+            f"{keys / cp.KEY_FOLDER / cp.PRIVATE_KEY}: one of them was replaced"
+        )
+    contents = read(folder)
+    if contents.torn:
+        _cut_torn_tail(folder / ENTRIES, contents)
+    contents.data, contents.offsets = b"", array("q")
+    return Writer(contents, key)
+
+
+def _cut_torn_tail(path: Path, contents: Contents) -> None:
+    """An unfinished last line is a crash mid-append: nothing signed covers it (a checkpoint is
+    written only after its entries), so it is cut off and its events published again."""
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.truncate(size - contents.torn)
+        f.flush()
+        os.fsync(f.fileno())
+    contents.notes.append(
+        f"cut off an unfinished entry ({contents.torn} bytes) left by an interrupted append"
+    )
+    contents.torn = 0
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    partial.replace(path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
