@@ -991,3 +991,23 @@ def test_every_other_form_refuses_bad_input_with_the_reason_and_changes_nothing(
         assert answer.status_code == 400 and message in text, (path, form, text[-600:])
         assert "Nothing was changed" in text
         assert snapshot(engine) == before, (path, form)
+
+
+def test_what_the_portal_records_is_published_to_the_transparency_log(portal: Portal) -> None:
+    from gpdpr.portal.serve import publish_now
+    from gpdpr.transparency import store
+    from gpdpr.transparency.publish import log_folder
+
+    lead = staff(portal, LEAD)
+    reference = apply(lead).headers["location"].rsplit("/", 1)[1]
+    post(lead, f"/applications/{reference}/submit", f"/applications/{reference}")
+    publish_now(portal.app)
+    with portal.built.engine.connect() as connection:
+        waiting = connection.scalar(
+            sa.select(sa.func.count())
+            .select_from(Event)
+            .where(Event.log_seq.is_(None), Event.kind == "application.submitted")
+        )
+    assert waiting == 0
+    contents = store.read(log_folder(portal.built.home))
+    assert reference.encode() in contents.data and contents.checkpoint is not None

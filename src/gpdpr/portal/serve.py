@@ -7,6 +7,7 @@ some patients of the synthetic practices; `gpdpr demo` calls it, then `serve`.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,13 +60,56 @@ def demo_accounts(
     return made
 
 
+PUBLISH_SECONDS = 60.0
+
+
+def publish_now(app: FastAPI) -> None:
+    """Publish to the transparency log every event the portal has recorded and not yet
+    published (an opt-out, a vote, a release...), as each central command does when it ends."""
+    from gpdpr.transparency.publish import publish
+
+    portal = app.state.portal
+    with portal.writing():
+        publish(portal.home, portal.engine)
+
+
+def publishing(app: FastAPI, every: float = PUBLISH_SECONDS) -> threading.Event:
+    """Publish every `every` seconds in a background thread until the returned event is set
+    (then once more). A failure is reported and tried again next time: the events wait in the
+    record, unpublished, as after a command that failed to publish."""
+    import sys
+    import traceback
+
+    stop = threading.Event()
+
+    def loop() -> None:
+        while True:
+            stopping = stop.wait(every)
+            try:
+                publish_now(app)
+            except Exception:
+                print("gpdpr portal: publishing to the transparency log failed:", file=sys.stderr)
+                traceback.print_exc()
+            if stopping:
+                return
+
+    threading.Thread(target=loop, name="gpdpr-publish", daemon=True).start()
+    return stop
+
+
 def serve(home: Path, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve the portal until stopped (Ctrl-C)."""
+    """Serve the portal until stopped (Ctrl-C), publishing what it records to the transparency
+    log as it goes (and when `gpdpr portal serve` ends, as every command does)."""
     import uvicorn
 
     from gpdpr.portal.app import create_app
 
-    uvicorn.run(create_app(home), host=host, port=port, log_level="warning")
+    app = create_app(home)
+    stop = publishing(app)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        stop.set()
 
 
 def prepare_demo(home: Path, patients: int = 3) -> list[DemoAccount]:
@@ -98,7 +142,6 @@ def running(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
     """Serve `app` with uvicorn on a free port in a background thread for the block; its base
     URL. Used by the browser and load tests and the benchmark."""
     import socket
-    import threading
     import time
 
     import uvicorn
