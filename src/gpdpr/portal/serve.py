@@ -73,7 +73,9 @@ def publish_now(app: FastAPI) -> None:
         publish(portal.home, portal.engine)
 
 
-def publishing(app: FastAPI, every: float = PUBLISH_SECONDS) -> threading.Event:
+def publishing(
+    app: FastAPI, every: float = PUBLISH_SECONDS
+) -> tuple[threading.Event, threading.Thread]:
     """Publish every `every` seconds in a background thread until the returned event is set
     (then once more). A failure is reported and tried again next time: the events wait in the
     record, unpublished, as after a command that failed to publish."""
@@ -93,23 +95,31 @@ def publishing(app: FastAPI, every: float = PUBLISH_SECONDS) -> threading.Event:
             if stopping:
                 return
 
-    threading.Thread(target=loop, name="gpdpr-publish", daemon=True).start()
-    return stop
+    thread = threading.Thread(target=loop, name="gpdpr-publish", daemon=True)
+    thread.start()
+    return stop, thread
 
 
 def serve(home: Path, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve the portal until stopped (Ctrl-C), publishing what it records to the transparency
     log as it goes (and when `gpdpr portal serve` ends, as every command does)."""
+    import signal
+    import sys
+
     import uvicorn
 
     from gpdpr.portal.app import create_app
 
     app = create_app(home)
-    stop = publishing(app)
+    stop, publisher = publishing(app)
+    # uvicorn stops gracefully on SIGTERM, then raises the signal again: end as an exit, so the
+    # last publish below (and the command's own) still happens.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         stop.set()
+        publisher.join(timeout=120)
 
 
 def prepare_demo(home: Path, patients: int = 3) -> list[DemoAccount]:
