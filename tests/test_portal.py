@@ -1011,3 +1011,16 @@ def test_what_the_portal_records_is_published_to_the_transparency_log(portal: Po
     assert waiting == 0
     contents = store.read(log_folder(portal.built.home))
     assert reference.encode() in contents.data and contents.checkpoint is not None
+
+
+def test_a_chart_has_whole_number_ticks_a_legend_line_per_series_and_its_figures_in_words() -> None:
+    from gpdpr.portal.charts import Series, bars
+
+    for values, top in (([1, 2], "4"), ([3, 47], "50"), ([0, 999], "1,000")):
+        svg = bars("Chart", ["a", "b"], [Series("one", values), Series("two", [0, 1])])
+        ticks = re.findall(r'text-anchor="end" font-size="11" fill="#212b32">([^<]+)<', svg)
+        assert all(t.replace(",", "").isdigit() for t in ticks) and ticks[-1] == top, ticks
+        assert "one, a: " in svg and "two: a 0, b 1" in svg  # the figures as text
+        legend = re.findall(r'<text x="66" y="(\d+)"', svg)
+        assert len(legend) == 2 and legend[0] != legend[1]  # one line each, not overlapping
+    assert "Nothing yet" in bars("Empty", [], [Series("none", [])])

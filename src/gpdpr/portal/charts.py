@@ -23,19 +23,22 @@ def bars(
     height: int = 240,
 ) -> str:
     """A grouped vertical bar chart: one group per label, one bar per series."""
-    left, right, top, bottom = 48, 12, 28, 48
+    left, right, bottom = 48, 12, 48
+    top = 16 + 18 * len(series)  # the legend, one line per series, above the plot
+    height += top
     plot_w, plot_h = width - left - right, height - top - bottom
     top_value = max([1, *(v for s in series for v in s.values)])
-    scale = _nice(top_value)
+    scale = max(4, _nice(top_value))
+    ticks = 5 if scale % 5 == 0 else 4
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
         f'role="img" aria-labelledby="t-{_id(title)} d-{_id(title)}" class="chart">',
         f'<title id="t-{_id(title)}">{escape(title)}</title>',
         f'<desc id="d-{_id(title)}">{escape(_describe(labels, series))}</desc>',
     ]
-    for step in range(5):
-        value = scale * step / 4
-        y = top + plot_h - plot_h * step / 4
+    for step in range(ticks + 1):
+        value = scale * step / ticks
+        y = top + plot_h - plot_h * step / ticks
         parts.append(
             f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" '
             'stroke="#d8dde0"/>'
@@ -62,10 +65,11 @@ def bars(
                     f'text-anchor="middle" font-size="11" fill="#212b32">{escape(label)}</text>'
                 )
     for j, s in enumerate(series):
-        x = left + j * 170
+        y = 6 + 18 * j
         parts.append(
-            f'<rect x="{x}" y="6" width="12" height="12" fill="{PALETTE[j % len(PALETTE)]}"/>'
-            f'<text x="{x + 16}" y="16" font-size="12" fill="#212b32">{escape(s.name)}</text>'
+            f'<rect x="{left}" y="{y}" width="12" height="12" fill="{PALETTE[j % len(PALETTE)]}"/>'
+            f'<text x="{left + 18}" y="{y + 10}" font-size="12" fill="#212b32">'
+            f"{escape(s.name)}</text>"
         )
     if not labels:
         parts.append(
