@@ -172,7 +172,7 @@ def test_the_register_is_searched_and_filtered(portal: Portal) -> None:
 
 def test_statistics_count_the_lake_and_draw_charts(portal: Portal) -> None:
     page = client(portal).get("/statistics").text
-    assert "patients from 2 GP practices" in page
+    assert "patients from 2 GP practices" in page and "Patients covered, by region" in page
     assert page.count("<svg") == 4 and "<title" in page
 
 

@@ -302,6 +302,12 @@ def test_every_page_has_labels_headings_in_order_and_enough_contrast(page: Page)
         for path in paths:
             problems += audit(page, path)
         sign_out(page)
+    page.goto("/patient/sign-in")
+    page.get_by_label("Email address").fill(patient_email(2))
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Continue").click()
+    page.wait_for_url("**/patient")
+    problems += audit(page, "/patient")
     assert problems == []
 
 

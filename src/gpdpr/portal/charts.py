@@ -60,9 +60,11 @@ def bars(
                     f"<title>{escape(s.name)}, {escape(label)}: {value:,}</title></rect>"
                 )
             if i % every == 0:
+                fits = max(3, int(group * every / 6.5))  # characters of 11px text in the space
+                shown = label if len(label) <= fits else label[: fits - 1] + "…"
                 parts.append(
                     f'<text x="{left + group * (i + 0.5):.1f}" y="{height - bottom + 16}" '
-                    f'text-anchor="middle" font-size="11" fill="#212b32">{escape(label)}</text>'
+                    f'text-anchor="middle" font-size="11" fill="#212b32">{escape(shown)}</text>'
                 )
     for j, s in enumerate(series):
         y = 6 + 18 * j

@@ -5,8 +5,11 @@ statistics as charts, and how to opt out."""
 from __future__ import annotations
 
 import re
+import tomllib
 from collections import Counter
 from datetime import UTC, datetime
+from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -280,6 +283,13 @@ def lake_coverage(home: Path) -> dict[str, Any] | None:
     return _coverage_cache[key]
 
 
+@cache
+def region_names() -> dict[str, str]:
+    """ONS region code -> name, from the geography the specification's postcode lookup uses."""
+    text = resources.files("gpdpr.synth.data").joinpath("geography.toml").read_text("utf-8")
+    return {str(r["code"]): str(r["name"]) for r in tomllib.loads(text)["region"]}
+
+
 @router.get("/statistics")
 @allow(PUBLIC)
 def statistics(request: Request) -> Response:
@@ -289,7 +299,7 @@ def statistics(request: Request) -> Response:
     drawn = {
         "regions": charts.bars(
             "Patients covered, by region",
-            [r for r, _ in coverage["regions"]] if coverage else [],
+            [region_names().get(r, r) for r, _ in coverage["regions"]] if coverage else [],
             [charts.Series("Patients", [n for _, n in coverage["regions"]] if coverage else [])],
         ),
         "optouts": charts.bars(
@@ -308,4 +318,5 @@ def statistics(request: Request) -> Response:
             [charts.Series("Releases", figures["releases"]["values"])],
         ),
     }
-    return render(request, "statistics.html.j2", figures=figures, drawn=drawn)
+    regions = [(region_names().get(r, r), n) for r, n in coverage["regions"]] if coverage else []
+    return render(request, "statistics.html.j2", figures=figures, drawn=drawn, regions=regions)
