@@ -198,13 +198,13 @@ def _in(codes: list[str]) -> str:
 # the compiled query would give the latest event's null).
 HAND_DATASET = f"""
 with registered as (
-    select patient_id, arg_max(practice, (start_date, practice)) as practice
+    select patient_key, arg_max(practice, (start_date, practice)) as practice
     from v_practice_registrations
     where start_date <= date '{INDEX}' and (end_date is null or end_date > date '{INDEX}')
-    group by patient_id
+    group by patient_key
 ),
 events as (
-    select patient_id,
+    select patient_key,
         min(effective_date) filter (where code in {_in(HYPERTENSION)}) as first_hypertension,
         max(effective_date) filter (where code in {_in(HYPERTENSION)}) as last_hypertension,
         count(*) filter (
@@ -216,16 +216,16 @@ events as (
     from v_clinical_events
     where effective_date < date '{INDEX}'
         and code in {_in(HYPERTENSION + RESPIRATORY + HBA1C + ASTHMA)}
-    group by patient_id
+    group by patient_key
 ),
 statins as (
-    select patient_id, count(*) as statins_2024
+    select patient_key, count(*) as statins_2024
     from v_medications
     where code in {_in(STATINS)} and issue_date between date '2024-01-01' and date '2024-12-31'
-    group by patient_id
+    group by patient_key
 ),
 people as (
-    select patient_id, sex, region_code, imd_decile,
+    select patient_key, patient_id, sex, region_code, imd_decile,
         date_sub('year', date_of_birth, date '{INDEX}') as age
     from v_patients
 )
@@ -236,9 +236,9 @@ select p.patient_id, p.sex, p.age,
     coalesce(s.statins_2024, 0) as statins_2024, e.latest_hba1c,
     coalesce(e.asthma, false) as asthma
 from people p
-join registered r using (patient_id)
-left join events e using (patient_id)
-left join statins s using (patient_id)
+join registered r using (patient_key)
+left join events e using (patient_key)
+left join statins s using (patient_key)
 where p.age >= 18
 """
 
@@ -263,27 +263,27 @@ with months as (
         interval 1 month) t(m)
 ),
 registered as (
-    select r.patient_id, m.interval_start, arg_max(r.practice, (r.start_date, r.practice))
+    select r.patient_key, m.interval_start, arg_max(r.practice, (r.start_date, r.practice))
         as practice
     from v_practice_registrations r
     join months m
         on r.start_date <= m.interval_start
         and coalesce(r.end_date, date '9999-12-31') > m.interval_start
-    where r.patient_id in (select patient_id from v_patients)
-    group by r.patient_id, m.interval_start
+    where r.patient_key in (select patient_key from v_patients)
+    group by r.patient_key, m.interval_start
 ),
 issued as (
-    select distinct patient_id, cast(date_trunc('month', issue_date) as date) as interval_start
+    select distinct patient_key, cast(date_trunc('month', issue_date) as date) as interval_start
     from v_medications
     where code in {_in(STATINS)}
         and issue_date >= date '{MEASURE_START}'
         and issue_date < date '{MEASURE_START}' + interval {MEASURE_MONTHS} month
 )
 select m.interval_start, m.interval_end, r.practice,
-    count(i.patient_id) as numerator, count(*) as denominator
+    count(i.patient_key) as numerator, count(*) as denominator
 from registered r
 join months m using (interval_start)
-left join issued i using (patient_id, interval_start)
+left join issued i using (patient_key, interval_start)
 group by m.interval_start, m.interval_end, r.practice
 order by m.interval_start, m.interval_end, r.practice
 """
@@ -315,43 +315,45 @@ with months as (
     from range({MEASURE_MONTHS}) t(k)
 ),
 registrations as (
-    select patient_id, start_date, coalesce(end_date, date '9999-12-31') as end_date, practice
+    select patient_key, start_date, coalesce(end_date, date '9999-12-31') as end_date, practice
     from v_practice_registrations
-    where patient_id in (select patient_id from v_patients)
+    where patient_key in (select patient_key from v_patients)
 ),
 several as (
-    select patient_id from registrations group by patient_id having count(*) > 1
+    select patient_key from registrations group by patient_key having count(*) > 1
 ),
 bounds as (
-    select distinct patient_id, day from (
-        select patient_id, start_date as day from registrations semi join several using (patient_id)
+    select distinct patient_key, day from (
+        select patient_key, start_date as day
+        from registrations semi join several using (patient_key)
         union all
-        select patient_id, end_date from registrations semi join several using (patient_id)
+        select patient_key, end_date
+        from registrations semi join several using (patient_key)
     )
 ),
 pieces as (
-    select patient_id, day as piece_start,
-        lead(day) over (partition by patient_id order by day) as piece_end
+    select patient_key, day as piece_start,
+        lead(day) over (partition by patient_key order by day) as piece_end
     from bounds
 ),
 current as (
-    select p.patient_id, p.piece_start as start_date, p.piece_end as end_date,
+    select p.patient_key, p.piece_start as start_date, p.piece_end as end_date,
         arg_max(r.practice, (r.start_date, r.practice)) as practice
     from pieces p
     join registrations r
-        on r.patient_id = p.patient_id
+        on r.patient_key = p.patient_key
         and r.start_date <= p.piece_start and r.end_date > p.piece_start
     where p.piece_end is not null
-    group by p.patient_id, p.piece_start, p.piece_end
+    group by p.patient_key, p.piece_start, p.piece_end
 ),
 spans as (
-    select patient_id, practice, {_month_index("start_date")} as first_k,
+    select patient_key, practice, {_month_index("start_date")} as first_k,
         {_month_index("end_date")} as end_k
     from (
-        select patient_id, start_date, end_date, practice
-        from registrations anti join several using (patient_id)
+        select patient_key, start_date, end_date, practice
+        from registrations anti join several using (patient_key)
         union all
-        select patient_id, start_date, end_date, practice from current
+        select patient_key, start_date, end_date, practice from current
     )
 ),
 changes as (
@@ -370,7 +372,7 @@ denominators as (
     left join changes c on c.practice = g.practice and c.k = m.k
 ),
 issued as (
-    select distinct patient_id,
+    select distinct patient_key,
         (year(issue_date) - {FIRST_YEAR}) * 12 + month(issue_date) - {FIRST_MONTH} as k
     from v_medications
     where code in {_in(STATINS)}
@@ -380,7 +382,7 @@ issued as (
 numerators as (
     select s.practice, i.k, count(*) as numerator
     from issued i
-    join spans s on s.patient_id = i.patient_id and i.k >= s.first_k and i.k < s.end_k
+    join spans s on s.patient_key = i.patient_key and i.k >= s.first_k and i.k < s.end_k
     group by s.practice, i.k
 )
 select m.interval_start, m.interval_end, d.practice,
@@ -398,6 +400,7 @@ def _connect(views: Mapping[str, pa.Table]) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     con.execute("set enable_progress_bar = false")
     con.execute("set TimeZone = 'UTC'")
+    con.execute("set preserve_insertion_order = false")
     for name, table in views.items():
         con.register(view_name(name), table)
     return con

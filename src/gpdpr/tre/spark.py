@@ -39,7 +39,9 @@ from gpdpr.tre.engines import (
     conform,
     dataset_schema,
     intervals_table,
+    keyed,
     measure_schema,
+    shown,
     table_schema,
 )
 from gpdpr.tre.schema import TABLES, view_name
@@ -237,10 +239,10 @@ class SparkEngine:
             try:
                 # The views the definition reads (the others would only cost time to load).
                 wanted = {"patients", *n.columns_used(definition)}
-                for name, table in views.items():
-                    if name in wanted:
-                        register(view_name(name), _typed(name, table))
-                return self._run(spark, definition, register)
+                by_key, by_pseudonym = keyed({k: v for k, v in views.items() if k in wanted})
+                for name, table in by_key.items():
+                    register(view_name(name), _typed(name, table))
+                return self._run(spark, definition, register, by_pseudonym)
             finally:
                 for name in registered:
                     spark.catalog.dropTempView(name)
@@ -250,13 +252,14 @@ class SparkEngine:
         spark: SparkSession,
         definition: n.Definition,
         register: Callable[[str, pa.Table], None],
+        by_pseudonym: pa.ChunkedArray,
     ) -> Results:
         dialect = sql.DIALECTS["spark"]
         dataset = None
         tables: dict[str, pa.Table] = {}
         if definition.population is not None:
             found = spark.sql(sql.dataset_sql(definition, dialect)).toArrow()
-            dataset = conform(found, dataset_schema(definition))
+            dataset = conform(shown(found, by_pseudonym), dataset_schema(definition))
             if definition.tables:
                 register(sql.DATASET, dataset)
             variables = dict(definition.variables)

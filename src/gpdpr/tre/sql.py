@@ -174,6 +174,7 @@ class Compiler:
         self.ctes: dict[str, str] = {}
         self.frames: dict[n.Frame, Compiled] = {}
         self.aggregates: dict[n.Aggregate, Compiled] = {}
+        self.read_once: dict[str, list[str]] = {}  # table -> conditions of rows read in one pass
 
     def _cte(self, prefix: str, sql: str) -> str:
         name = f"{prefix}_{len(self.ctes)}"
@@ -181,9 +182,24 @@ class Compiler:
         return name
 
     def with_clause(self) -> str:
-        if not self.ctes:
+        ctes = {**self._read_once(), **self.ctes}
+        if not ctes:
             return ""
-        return "with " + ",\n".join(f"{name} as ({sql})" for name, sql in self.ctes.items()) + "\n"
+        return "with " + ",\n".join(f"{name} as ({sql})" for name, sql in ctes.items()) + "\n"
+
+    def _read_once(self) -> dict[str, str]:
+        """For each table filtered by conditions on its rows alone: the rows any of them keeps,
+        each with a flag per condition, in one pass over the table (reading millions of rows is
+        what costs; the rows kept are few)."""
+        out = {}
+        for table, conditions in self.read_once.items():
+            columns = [PATIENT_ID, *sorted(self.used.get(table, ()))]
+            flags = [f"{condition} as f{i}" for i, condition in enumerate(conditions)]
+            out[f"read_{table}"] = (
+                f"select {', '.join([*(f's.{c}' for c in columns), *flags])} "
+                f"from {view_name(table)} s where {' or '.join(conditions)}"
+            )
+        return out
 
     # ---- frames --------------------------------------------------------------------------
 
@@ -218,6 +234,16 @@ class Compiler:
         return [f"{row.interval}.interval_start", f"{row.interval}.interval_end"]
 
     def _where(self, frame: n.Where) -> Compiled:
+        if isinstance(frame.source, n.SelectTable) and _of_the_row(frame.condition, frame.source):
+            # A table's filters that need nothing but the row share one pass over it.
+            table = frame.source.name
+            conditions = self.read_once.setdefault(table, [])
+            flag = len(conditions)
+            conditions.append(self.expr(frame.condition, Row("s", frame.source, None)))
+            listed = ", ".join([PATIENT_ID, *sorted(self.used.get(table, ()))])
+            return Compiled(
+                self._cte("rows", f"select {listed} from read_{table} where f{flag}"), False
+            )
         needs = n.uses_interval(frame.condition)
         row, from_sql = self._rows_over(frame.source, needs)
         condition = self.expr(frame.condition, row)
@@ -232,22 +258,8 @@ class Compiler:
         keys = n.sort_keys(frame.source)
         assert keys is not None
         row, from_sql = self._rows_over(frame.source, any(n.uses_interval(k) for k in keys))
-        table = TABLES[n.table_of(frame.source)]
-        # Ties are broken by every column the definition reads from the table, so whichever
-        # tied row an engine picks, what the definition sees of it is the same.
-        columns = sorted(self.used.get(table.name, ()))
-        ordering = [(self.expr(k, row), k.type) for k in keys]
-        ordering += [(f"s.{c}", table.columns[c].type) for c in columns]
-        # Nulls sort first: each key is (is it known?, its value or a stand-in), so the
-        # comparison never meets a null, the same on every engine.
-        key_fields = [
-            item
-            for i, (sql, kind) in enumerate(ordering)
-            for item in (
-                (f"k{i}_known", f"({sql} is not null)"),
-                (f"k{i}", f"coalesce({sql}, {self.d.stand_in(kind)})"),
-            )
-        ]
+        columns, ordering = self._ordering(frame, row)
+        key_fields = self._key_fields(ordering)
         groups = [f"s.{PATIENT_ID}", *self._interval_columns(row)]
         by = [g.split(".")[-1] for g in groups]
         if not columns:  # only whether there is a row matters
@@ -279,6 +291,34 @@ class Compiler:
             f"select {listed}, {', '.join(unpacked)} from ({several}) several"
         )
         return Compiled(self._cte("picked", sql), row.interval is not None)
+
+    def _ordering(self, frame: n.PickOne, row: Row) -> tuple[list[str], list[tuple[str, str]]]:
+        """The columns a pick reads, and its order: the sort keys, then those columns (ties
+        are broken by every column the definition reads from the table, so whichever tied row
+        an engine picks, what the definition sees of it is the same), each key once."""
+        keys = n.sort_keys(frame.source)
+        assert keys is not None
+        table = TABLES[n.table_of(frame.source)]
+        columns = sorted(self.used.get(table.name, ()))
+        ordering: list[tuple[str, str]] = []
+        for sql, kind in [(self.expr(k, row), k.type) for k in keys] + [
+            (f"s.{c}", table.columns[c].type) for c in columns
+        ]:
+            if (sql, kind) not in ordering:  # a key met again can never break a tie
+                ordering.append((sql, kind))
+        return columns, ordering
+
+    def _key_fields(self, ordering: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Nulls sort first: each key is (is it known?, its value or a stand-in), so the
+        comparison never meets a null, the same on every engine."""
+        return [
+            item
+            for i, (sql, kind) in enumerate(ordering)
+            for item in (
+                (f"k{i}_known", f"({sql} is not null)"),
+                (f"k{i}", f"coalesce({sql}, {self.d.stand_in(kind)})"),
+            )
+        ]
 
     def _rows_sql(self, row: Row, from_sql: str, extra: list[tuple[str, str]] | None = None) -> str:
         """The rows of a frame with their patient (and interval) and the named extras."""
@@ -457,6 +497,17 @@ class Compiler:
         return f"coalesce({args[0]}, {args[1]})"
 
 
+def _of_the_row(condition: n.Series, table: n.SelectTable) -> bool:
+    """Whether a condition on a table's rows needs nothing but the row: no per-patient value,
+    no INTERVAL."""
+    for node in n.walk(condition):
+        if isinstance(node, (n.Aggregate, n.IntervalDate)):
+            return False
+        if isinstance(node, n.Column) and node.frame != table:
+            return False
+    return True
+
+
 # ---- whole queries ---------------------------------------------------------------------------
 
 
@@ -479,7 +530,19 @@ def dataset_sql(definition: n.Definition, dialect: Dialect) -> str:
 
 def measure_sql(definition: n.Definition, measure: n.Measure, dialect: Dialect) -> str:
     """numerator and denominator summed over the patients counted in the denominator, for each
-    interval and group, in one pass over the data."""
+    interval and group, in one pass over the data: over spans of intervals (`spans`) where the
+    measure allows, otherwise per patient and interval."""
+    from gpdpr.tre import spans  # it builds on this module's compiler
+
+    try:
+        return spans.measure_sql(definition, measure, dialect)
+    except spans.NotSpannable:
+        return measure_by_interval(definition, measure, dialect)
+
+
+def measure_by_interval(definition: n.Definition, measure: n.Measure, dialect: Dialect) -> str:
+    """The measure computed per patient and interval: the intervals crossed with the patients,
+    or with the rows of the per-interval frame the denominator needs a row of."""
     compiler = Compiler(dialect, n.columns_used(definition))
     base = _measure_base(measure)
     patients = f"{view_name('patients')} p"
@@ -493,8 +556,8 @@ def measure_sql(definition: n.Definition, measure: n.Measure, dialect: Dialect) 
         assert compiled.by_interval
         row = Row("b", base, "b", patients="p")
         from_sql = f"{compiled.name} b join {patients} on p.{PATIENT_ID} = b.{PATIENT_ID}"
-    numerator = _as_count(compiler.expr(measure.numerator, row), measure.numerator.type)
-    denominator = _as_count(compiler.expr(measure.denominator, row), measure.denominator.type)
+    numerator = as_count(compiler.expr(measure.numerator, row), measure.numerator.type)
+    denominator = as_count(compiler.expr(measure.denominator, row), measure.denominator.type)
     groups = [
         f"{compiler.expr(series, row)} as {dialect.quote(name)}"
         for name, series in measure.group_by
@@ -544,7 +607,7 @@ def _ordered(keys: list[str]) -> str:
     return ", ".join(f"{key} asc nulls last" for key in keys)
 
 
-def _as_count(sql: str, kind: str) -> str:
+def as_count(sql: str, kind: str) -> str:
     if kind == BOOL:
         return f"(case when {sql} then 1 else 0 end)"
     return f"coalesce(cast({sql} as bigint), 0)"
