@@ -1,4 +1,5 @@
-"""DuckDB and Spark give the same answer to any definition, on any data.
+"""DuckDB and Spark give the same answer to any definition, on any data; and a measure computed
+over spans of intervals gives the same answer as computed per patient and interval.
 
 Hypothesis makes small project views (nulls, ties, duplicate rows, dates across years, month
 ends and leap days, patients with no rows and rows of no patient) and random query graphs: frames
@@ -21,11 +22,12 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from gpdpr.tre import nodes as n
-from gpdpr.tre.engines import Engine
+from gpdpr.tre import spans, sql
+from gpdpr.tre.engines import DuckDBEngine, Engine, conform, intervals_table, keyed, measure_schema
 from gpdpr.tre.schema import BOOL, DATE, DMD, FLOAT, INT, SNOMED, STR
 from tre_data import engine, make_views, results_differences, through_json
 
@@ -488,3 +490,67 @@ def test_duckdb_and_spark_agree_on_any_definition(
     definition: n.Definition, views: dict[str, pa.Table]
 ) -> None:
     engines_agree(definition, views)
+
+
+# ---- measures over spans ---------------------------------------------------------------------
+
+
+@st.composite
+def spannable(draw: Draw) -> n.Measure:
+    """A measure, its numerator often rows compared with INTERVAL (what spans carry)."""
+    measure: n.Measure = draw(measures_of("m"))
+    if draw(st.booleans()):
+        graphs = Graphs(draw, interval=False)
+        table = draw(st.sampled_from(EVENT_TABLES))
+        frame = graphs.frame(table, 1)
+        day = graphs.column(DATE, frame)
+        if day is not None:
+            ops = st.sampled_from(["lt", "le", "gt", "ge", "eq"])
+            which = st.sampled_from(["start", "end"])
+            condition: n.Series = n.Apply(draw(ops), (day, n.IntervalDate(draw(which))))
+            if draw(st.booleans()):
+                second = n.Apply(draw(ops), (n.IntervalDate(draw(which)), day))
+                condition = n.Apply(
+                    draw(st.sampled_from(["and", "and", "or"])), (condition, second)
+                )
+            if draw(st.booleans()):
+                plain = graphs.series(BOOL, 1, frame)
+                condition = n.Apply(draw(st.sampled_from(["and", "or"])), (plain, condition))
+            op = draw(st.sampled_from(["exists", "count"]))
+            numerator = n.Aggregate(op, n.Where(frame, condition))
+            measure = n.Measure("m", numerator, measure.denominator, measure.group_by,
+                                measure.intervals)  # fmt: skip
+    return measure
+
+
+def run_sql(text: str, measure: n.Measure, views: dict[str, pa.Table]) -> pa.Table:
+    by_key, _ = keyed(views)
+    con = DuckDBEngine()._connect(by_key)
+    try:
+        con.register(sql.INTERVALS, intervals_table(measure.intervals))
+        return conform(con.sql(text).to_arrow_table(), measure_schema(measure))
+    finally:
+        con.close()
+
+
+@settings(
+    max_examples=EXAMPLES * 5,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(measure=spannable(), views=projects())
+def test_measures_over_spans_and_per_interval_agree(
+    measure: n.Measure, views: dict[str, pa.Table]
+) -> None:
+    definition = through_json(n.Definition(None, (), (measure,)))
+    measure = definition.measures[0]
+    dialect = sql.DIALECTS["duckdb"]
+    try:
+        over_spans = spans.measure_sql(definition, measure, dialect)
+    except spans.NotSpannable:
+        event("per interval only")
+        return
+    event("over spans")
+    expected = run_sql(sql.measure_by_interval(definition, measure, dialect), measure, views)
+    found = run_sql(over_spans, measure, views)
+    assert found.to_pylist() == expected.to_pylist()
