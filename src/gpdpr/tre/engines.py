@@ -79,21 +79,20 @@ def keyed(views: Mapping[str, pa.Table]) -> tuple[dict[str, pa.Table], pa.Chunke
     """The views as the compiled SQL reads them, with each patient's whole-number key in place
     of `patient_id`; and the pseudonyms by key, to show the patients of a dataset by. Views
     made by `views.build` carry the keys; others (made by hand) are given them here: a row
-    whose patient is not in the patients view gets none, and so joins no one."""
+    whose patient is not in the patients view gets none (null), so a row has a key if and
+    only if its patient is in the patients view."""
     patients = views["patients"]
     ids = patients.column(PATIENT_ID)
     people = patients.num_rows
-    given = all(PATIENT_KEY in v.column_names for v in views.values())
-    if given and people:
+    given = people > 0 and all(PATIENT_KEY in v.column_names for v in views.values())
+    if given:
+        # The keys must number the people 0 .. people - 1, once each, to stand for them, and
+        # every other row's key must be one of them.
         keys = patients.column(PATIENT_KEY)
-        # The keys must number the people 0 .. people - 1, once each, to stand for them.
-        lowest, highest = pc.min_max(keys).values()
-        given = (
-            lowest.as_py() == 0
-            and highest.as_py() == people - 1
-            and pc.count_distinct(keys).as_py() == people
+        given = pc.count_distinct(keys).as_py() == people and all(
+            _within(view.column(PATIENT_KEY), people) for view in views.values()
         )
-    if given and people:
+    if given:
         by_key = ids.take(pc.sort_indices(patients.column(PATIENT_KEY)))
         key_of = {name: view.column(PATIENT_KEY) for name, view in views.items()}
     else:
@@ -107,6 +106,11 @@ def keyed(views: Mapping[str, pa.Table]) -> tuple[dict[str, pa.Table], pa.Chunke
         plain = view.drop_columns([c for c in (PATIENT_ID, PATIENT_KEY) if c in view.column_names])
         out[name] = plain.add_column(0, PATIENT_ID, key_of[name].cast(pa.int64()))
     return out, by_key
+
+
+def _within(keys: pa.ChunkedArray, people: int) -> bool:
+    lowest, highest = pc.min_max(keys).values()
+    return lowest.as_py() is None or (lowest.as_py() >= 0 and highest.as_py() < people)
 
 
 def shown(dataset: pa.Table, by_key: pa.ChunkedArray) -> pa.Table:

@@ -293,48 +293,70 @@ class SpanCompiler(Compiler):
         """Each patient's time cut where any span the measure reads begins or ends: (patient,
         span, c0.. the rows of each counted frame covering it)."""
         counts = sorted(self.counts.items(), key=lambda item: item[1][0])
+        zeros = "".join(f", 0 as c{i}" for i in range(len(counts)))
 
-        def points(source: str, at: str, change: int | None) -> str:
-            deltas = [
-                f"{change if change is not None and i == mine else 0} as c{i}"
+        def points(source: str, at: str, change: int | None, mine: int = -1) -> str:
+            deltas = "".join(
+                f", {change if change is not None and i == mine else 0} as c{i}"
                 for i in range(len(counts))
-            ]
-            listed = "".join(f", {x}" for x in deltas)
-            return f"select {PATIENT_ID}, {at} as boundary{listed} from {source}"
+            )
+            return f"select {PATIENT_ID}, {at} as boundary{deltas} from {source} src"
 
-        parts = []
-        for mine, (frame, (index, every)) in enumerate(counts):
-            assert index == mine
+        # Spans that never overlap within a patient (each pick's; all of time, for everyone,
+        # unless the denominator needs a row of one of the frames), and counted rows' spans.
+        disjoint = [self.picked[frame] for frame in self.joined]
+        if base is None:
+            disjoint.append(
+                f"(select {PATIENT_ID}, 0 as {LO}, {self.count} as {HI} "
+                f"from {view_name('patients')})"
+            )
+        counted = []
+        for frame, (_, every) in counts:
             spans = self.spanned_frame(frame)
             if not every:  # only whether there is a row: one row per patient and span will do
-                spans = f"(select distinct {PATIENT_ID}, {LO}, {HI} from {spans}) s"
-            parts += [points(spans, LO, 1), points(spans, HI, -1)]
-        for frame in self.joined:
-            parts += [points(self.picked[frame], LO, None), points(self.picked[frame], HI, None)]
-        if base is None:  # everyone counts, over every interval
-            patients = view_name("patients")
-            parts += [points(patients, "0", None), points(patients, str(self.count), None)]
-        sums = "".join(f", sum(c{i}) as c{i}" for i in range(len(counts)))
-        grouped = (
-            f"select {PATIENT_ID}, boundary{sums} from ({' union all '.join(parts)}) c "
-            f"group by {PATIENT_ID}, boundary"
-        )
+                spans = f"(select distinct {PATIENT_ID}, {LO}, {HI} from {spans} s)"
+            counted.append(spans)
+        if len(disjoint) == 1 and not counted:  # nothing to cut them
+            whole = f"select {PATIENT_ID}, {LO}, {HI} from {disjoint[0]} s"
+            return self._by_interval(self._cte("segments", whole), counts)
+        plain = ""
+        if len(disjoint) == 1:
+            # Only the patients with counted rows need their spans cut; the others' are whole.
+            ones = " union ".join(f"select {PATIENT_ID} from {c} s" for c in counted)
+            who = self._cte("counted_patients", f"{ones}")
+            mine = f"(select {PATIENT_ID} from {who} where {PATIENT_ID} is not null)"
+            plain = (
+                f"select {PATIENT_ID}, {LO}, {HI}{zeros} from {disjoint[0]} s "
+                f"where {PATIENT_ID} not in {mine} union all "
+            )
+            disjoint = [f"(select * from {disjoint[0]} s where {PATIENT_ID} in {mine})"]
+        parts = []
+        for index, spans in enumerate(counted):
+            parts += [points(spans, LO, 1, index), points(spans, HI, -1, index)]
+        for spans in disjoint:
+            parts += [points(spans, LO, None), points(spans, HI, None)]
+        # Boundaries met more than once make empty segments (the next boundary is the same),
+        # dropped; the running sums take in every change at a boundary (a range frame).
         order = f"partition by {PATIENT_ID} order by boundary"
-        window = f"over ({order} rows between unbounded preceding and current row)"
+        window = f"over ({order} range between unbounded preceding and current row)"
         running = "".join(f", sum(c{i}) {window} as c{i}" for i in range(len(counts)))
         cut = (
             f"select {PATIENT_ID}, boundary as {LO}, lead(boundary) over ({order}) as {HI}"
-            f"{running} from ({grouped}) c"
+            f"{running} from ({' union all '.join(parts)}) c"
         )
-        segments = self._cte("segments", f"select * from ({cut}) c where {HI} is not null")
+        segments = self._cte("segments", f"{plain}select * from ({cut}) c where {HI} > {LO}")
+        return self._by_interval(segments, counts)
+
+    def _by_interval(self, segments: str, counts: list[tuple[n.Frame, tuple[int, bool]]]) -> str:
+        """The segments cut into single intervals, with their dates, if the measure's values
+        use INTERVAL's dates themselves."""
         if not self.by_interval:
             return segments
-        listed = ", ".join(f"g.c{i}" for i in range(len(counts)))
+        listed = "".join(f", g.c{i}" for i in range(len(counts)))
         return self._cte(
             "segments",
-            f"select g.{PATIENT_ID}, i.k as {LO}, i.k + 1 as {HI}"
-            + (f", {listed}" if listed else "")
-            + f", i.interval_start, i.interval_end from {segments} g join {INTERVALS} i "
+            f"select g.{PATIENT_ID}, i.k as {LO}, i.k + 1 as {HI}{listed}, i.interval_start, "
+            f"i.interval_end from {segments} g join {INTERVALS} i "
             f"on i.k >= g.{LO} and i.k < g.{HI}",
         )
 
@@ -343,7 +365,11 @@ def measure_sql(definition: n.Definition, measure: n.Measure, dialect: Dialect) 
     """The measure over spans of intervals; NotSpannable if it cannot be."""
     compiler = SpanCompiler(dialect, n.columns_used(definition), measure.intervals)
     q = dialect.quote
-    row = Row("p", PATIENTS, None)
+    roots = [measure.numerator, measure.denominator, *(s for _, s in measure.group_by)]
+    # The patients view is joined to the segments only for its columns: a patient's key is
+    # known (not null) only if they are in it (engines.keyed).
+    reads_patients = any(_reads_patients(root) for root in roots)
+    row = Row("p" if reads_patients else "g", PATIENTS, None)
     compiler.segment = row
     numerator = as_count(compiler.expr(measure.numerator, row), measure.numerator.type)
     denominator = as_count(compiler.expr(measure.denominator, row), measure.denominator.type)
@@ -360,14 +386,17 @@ def measure_sql(definition: n.Definition, measure: n.Measure, dialect: Dialect) 
         f"and g.{LO} < {alias}.{HI}"
         for frame, alias in compiler.joined.items()
     )
-    patients = view_name("patients")
+    patients = (
+        f" join {view_name('patients')} p on p.{PATIENT_ID} = g.{PATIENT_ID}"
+        if reads_patients
+        else ""
+    )
     per_segment = compiler._cte(
         "per_segment",
         f"select g.{LO}, g.{HI}"
         + "".join(f", {sql} as {name}" for name, sql in groups)
         + f", {numerator} as numerator, {denominator} as denominator "
-        f"from {segments} g join {patients} p on p.{PATIENT_ID} = g.{PATIENT_ID}{picks}"
-        f"{row.join_sql()}",
+        f"from {segments} g{patients}{picks}{row.join_sql()} where g.{PATIENT_ID} is not null",
     )
     names = [name for name, _ in groups]
     listed = "".join(f"{name}, " for name in names)
@@ -375,11 +404,12 @@ def measure_sql(definition: n.Definition, measure: n.Measure, dialect: Dialect) 
     # Each counted segment adds to the intervals it covers: its counts where it begins, less
     # them where it ends; and every group has a row for every interval, so that a running sum
     # over the intervals gives each one's totals.
+    sign = "(case when side = 0 then 1 else -1 end)"
     changes = (
-        f"select {listed}{LO} as k, numerator, denominator, 1 as segments from {per_segment} "
-        f"where denominator > 0 union all "
-        f"select {listed}{HI}, -numerator, -denominator, -1 from {per_segment} "
-        f"where denominator > 0 and {HI} < {k} union all "
+        f"select {listed}(case when side = 0 then {LO} else {HI} end) as k, "
+        f"{sign} * numerator as numerator, {sign} * denominator as denominator, "
+        f"{sign} as segments from {per_segment} cross join (select 0 as side union all "
+        f"select 1) sides where denominator > 0 and (side = 0 or {HI} < {k}) union all "
         f"select {listed}i.k, 0, 0, 0 from (select distinct {', '.join(names) or '1 as one'} "
         f"from {per_segment} where denominator > 0) d cross join {INTERVALS} i"
     )
@@ -407,9 +437,20 @@ def measure_sql(definition: n.Definition, measure: n.Measure, dialect: Dialect) 
     )
 
 
+def _reads_patients(node: n.Node) -> bool:
+    """Whether a per-patient value reads a column of the patients view itself (values from
+    other frames are joined by patient)."""
+    if isinstance(node, n.Column):
+        return node.frame == PATIENTS
+    if isinstance(node, n.Aggregate):
+        return False
+    return any(_reads_patients(child) for child in n.children(node))
+
+
 def _requires(denominator: n.Series, compiler: SpanCompiler) -> n.Frame | None:
-    """A pick over spans that the denominator needs a row of (it is `pick.exists_for_patient()
-    & ...`), so that only its spans need segments."""
+    """A frame over spans that the denominator needs a row of (it is `frame.exists_for_patient()
+    & ...`), so that only its spans need segments: a pick of one row per patient, or rows
+    counted."""
     factors = [denominator]
     while factors:
         factor = factors.pop()
@@ -418,8 +459,8 @@ def _requires(denominator: n.Series, compiler: SpanCompiler) -> n.Frame | None:
         elif (
             isinstance(factor, n.Aggregate)
             and factor.op in ("exists", "count")
-            and isinstance(factor.source, n.PickOne)
-            and factor.source in compiler.joined
+            and isinstance(factor.source, n.Frame)
+            and (factor.source in compiler.joined or factor.source.rows() in compiler.counts)
         ):
             return factor.source
     return None
