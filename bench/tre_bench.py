@@ -25,15 +25,16 @@ bench/out/tre-data/. Each workload, engine and scale then runs in a fresh child 
 reads the views the definition needs (only its tables and columns, as views.build gives them:
 timed apart, "load s") and then times, best of --repeat:
 
-  compiled  `engine.run(definition, views)`: connecting, registering the Arrow views, the
-            compiled SQL, the answer as Arrow and (dataset) the aggregate table made from it.
+  compiled  `engine.run(definition, views)`: checking the views' patient keys, connecting,
+            registering the Arrow views, the compiled SQL, the answer as Arrow (a dataset's
+            patients shown by pseudonym) and (dataset) the aggregate table made from it.
   hand      DuckDB only: the same done with the best SQL written by hand for the same question
             (HAND_DATASET and HAND_MEASURE below) on a connection set up the same way. Its
             answer must equal the compiled one exactly, or the benchmark stops; "ratio" is
             compiled seconds / hand seconds (target at most 1.5).
-  direct    DuckDB, measure only: hand-written SQL with the compiled query's shape, one row per
-            person and month (HAND_MEASURE_DIRECT), checked the same way: how far writing that
-            shape well would get.
+  direct    DuckDB, measure only: hand-written SQL with the shape the compiler falls back to
+            for measures it cannot compute over spans of intervals, one row per person and month
+            (HAND_MEASURE_DIRECT), checked the same way: how far writing that shape well gets.
 
 Every DuckDB connection of a run, the engine's and the hand-written ones', has memory_limit
 --memory-limit (8GB; DuckDB's own default is 80% of the machine's memory, which is shared), and
@@ -195,7 +196,8 @@ def _in(codes: list[str]) -> str:
 # registration by (start_date, practice), the latest HbA1c by (effective_date, value). Every event
 # kept has a date (the conditions compare it), so first and last dates are min and max. One thing
 # it takes from these views: every HbA1c event has a value (arg_max passes over null values, where
-# the compiled query would give the latest event's null).
+# the compiled query would give the latest event's null). Rows are joined by the views'
+# whole-number patient_key, as the engines join them, and the pseudonym shown at the end.
 HAND_DATASET = f"""
 with registered as (
     select patient_key, arg_max(practice, (start_date, practice)) as practice
@@ -249,8 +251,9 @@ select age_band, sex, count(*) as patients,
 from dataset group by age_band, sex order by age_band, sex
 """
 
-# Two hand-written versions of the measure. DIRECT has the compiled query's shape, one row per
-# person and month, written as well as that shape allows: the months made in the query; each
+# Two hand-written versions of the measure. DIRECT has the shape the compiler falls back to for
+# a measure it cannot compute over spans (sql.measure_by_interval), one row per person and month,
+# written as well as that shape allows: the months made in the query; each
 # registration joined to the months whose first day it covers (a range join with no OR: the open
 # end made a far date), the latest per person and month by arg_max; the statin issues reduced to
 # distinct (person, month) with date_trunc, as the intervals are calendar months; one left join,
@@ -307,7 +310,8 @@ def _month_index(day: str) -> str:
 # months numbered first_k to end_k - 1 (those whose first day it holds). The denominators are
 # running sums over the months of +1 where spans begin and -1 where they end, per practice; the
 # numerators join the distinct (person, month) statin issues to the person's span covering the
-# month. It relies on nothing about the data beyond what the views guarantee.
+# month. It relies on nothing about the data beyond what the views guarantee. Both join by the
+# views' patient_key.
 HAND_MEASURE = f"""
 with months as (
     select k, cast(date '{MEASURE_START}' + to_months(k) as date) as interval_start,
@@ -971,8 +975,8 @@ def main() -> None:
     console.print(
         "seconds: best compiled run (engine.run on views in memory); load s: reading the views "
         "from Parquet, apart; hand s: the best hand-written DuckDB SQL, same answer checked; "
-        "ratio = seconds / hand s; direct s: hand-written SQL with the compiled query's shape "
-        "(one row per person and interval), same answer checked; peak MB: resident high-water "
+        "ratio = seconds / hand s; direct s: hand-written SQL with the per-interval shape (one row "
+        "per person and interval), same answer checked; peak MB: resident high-water "
         "mark during the timed runs, views included; others: cores other processes kept busy "
         "meanwhile."
     )

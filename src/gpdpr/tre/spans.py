@@ -53,6 +53,9 @@ def varies(node: n.Node, frame: n.Frame) -> bool:
 
 
 class SpanCompiler(Compiler):
+    """The compiler of a measure over spans: values that do not depend on the interval are
+    compiled as for a dataset; those that do, over spans of intervals k (LO <= k < HI)."""
+
     def __init__(self, dialect: Dialect, used: dict[str, set[str]], intervals: n.Intervals):
         super().__init__(dialect, used)
         self.intervals = intervals

@@ -168,13 +168,20 @@ PATIENTS = n.SelectTable("patients")
 
 
 class Compiler:
-    def __init__(self, dialect: Dialect, used: dict[str, set[str]]) -> None:
+    def __init__(self, dialect: Dialect, used: dict[str, set[str]], one_pass: bool = True) -> None:
         self.d = dialect
         self.used = used  # {table: columns}: the columns each view has
+        # Whether a table's filters on the row alone share one pass over it, and their
+        # per-patient aggregates one grouping (off: each its own, as the tests compare).
+        self.one_pass = one_pass
         self.ctes: dict[str, str] = {}
         self.frames: dict[n.Frame, Compiled] = {}
         self.aggregates: dict[n.Aggregate, Compiled] = {}
         self.read_once: dict[str, list[str]] = {}  # table -> conditions of rows read in one pass
+        # table -> (column, codes): a codelist every condition read in one pass requires
+        self.codes_needed: dict[str, list[tuple[str, tuple[str, ...]] | None]] = {}
+        self.flags: dict[n.Frame, tuple[str, int]] = {}  # frame read in one pass -> its flag
+        self.reductions: dict[str, list[str]] = {}  # table -> per-patient aggregates of it
 
     def _cte(self, prefix: str, sql: str) -> str:
         name = f"{prefix}_{len(self.ctes)}"
@@ -182,10 +189,54 @@ class Compiler:
         return name
 
     def with_clause(self) -> str:
-        ctes = {**self._read_once(), **self.ctes}
+        ctes = {**self._read_once(), **self._reduced(), **self.ctes}
         if not ctes:
             return ""
         return "with " + ",\n".join(f"{name} as ({sql})" for name, sql in ctes.items()) + "\n"
+
+    def _reduced(self) -> dict[str, str]:
+        """For each table read in one pass: every per-patient aggregate of its filtered rows,
+        in one grouping by patient (joined to the patients once)."""
+        return {
+            f"reduced_{table}": f"select {PATIENT_ID}, "
+            + ", ".join(f"{sql} as r{i}" for i, sql in enumerate(aggregates))
+            + f" from read_{table} s group by {PATIENT_ID}"
+            for table, aggregates in self.reductions.items()
+        }
+
+    def _reduction(
+        self, frame: n.Frame, aggregate: str, row: Row, cast: str | None = None
+    ) -> str | None:
+        """`aggregate` (SQL over the rows as `s`) of a frame read in one pass, as a column of
+        its table's reduction joined to `row`; None if the frame is not read in one pass."""
+        frame = frame.rows()
+        self.frame(frame)
+        if frame not in self.flags:
+            return None
+        table, flag = self.flags[frame]
+        aggregates = self.reductions.setdefault(table, [])
+        made = f"{aggregate} filter (where f{flag})"
+        if cast:
+            made = f"cast({made} as {cast})"
+        if made not in aggregates:
+            aggregates.append(made)
+        row.joins[f"reduced_{table}"] = False
+        return f"reduced_{table}.r{aggregates.index(made)}"
+
+    def _reduced_pick(self, frame: n.PickOne, row: Row) -> str | None:
+        """The row picked from a frame read in one pass (sorted, not filtered after), as a
+        struct of the columns read (c0, c1, ..) from its table's reduction; None otherwise."""
+        source = frame.source
+        if not isinstance(source, n.SortBy) or not _of_the_rows(source.keys, source.source):
+            return None
+        self.frame(source.source)
+        if source.source not in self.flags:
+            return None
+        columns, ordering = self._ordering(frame, Row("s", source.source, None))
+        value = self.d.struct([(f"c{i}", f"s.{c}") for i, c in enumerate(columns)] or [("c", "1")])
+        keys = self.d.struct(self._key_fields(ordering))
+        chosen = "min_by" if frame.position == "first" else "max_by"
+        return self._reduction(source.source, f"{chosen}({value}, {keys})", row)
 
     def _read_once(self) -> dict[str, str]:
         """For each table filtered by conditions on its rows alone: the rows any of them keeps,
@@ -195,9 +246,19 @@ class Compiler:
         for table, conditions in self.read_once.items():
             columns = [PATIENT_ID, *sorted(self.used.get(table, ()))]
             flags = [f"{condition} as f{i}" for i, condition in enumerate(conditions)]
+            kept = f"({' or '.join(conditions)})"
+            # If every condition requires a code from a codelist, a row needs one of their
+            # codes: asked first, that rules out most rows at once (and engines match a
+            # column against one list of constants quickly).
+            needed = self.codes_needed[table]
+            if all(needed) and len({column for column, _ in filter(None, needed)}) == 1:
+                column = next(column for column, _ in filter(None, needed))
+                codes = sorted({code for _, listed in filter(None, needed) for code in listed})
+                listed = ", ".join(self.d.string(code) for code in codes)
+                kept = f"s.{column} in ({listed}) and {kept}"
             out[f"read_{table}"] = (
                 f"select {', '.join([*(f's.{c}' for c in columns), *flags])} "
-                f"from {view_name(table)} s where {' or '.join(conditions)}"
+                f"from {view_name(table)} s where {kept}"
             )
         return out
 
@@ -234,12 +295,20 @@ class Compiler:
         return [f"{row.interval}.interval_start", f"{row.interval}.interval_end"]
 
     def _where(self, frame: n.Where) -> Compiled:
-        if isinstance(frame.source, n.SelectTable) and _of_the_row(frame.condition, frame.source):
+        if (
+            self.one_pass
+            and isinstance(frame.source, n.SelectTable)
+            and _of_the_row(frame.condition, frame.source)
+        ):
             # A table's filters that need nothing but the row share one pass over it.
             table = frame.source.name
             conditions = self.read_once.setdefault(table, [])
-            flag = len(conditions)
-            conditions.append(self.expr(frame.condition, Row("s", frame.source, None)))
+            condition = self.expr(frame.condition, Row("s", frame.source, None))
+            if condition not in conditions:
+                conditions.append(condition)
+                self.codes_needed.setdefault(table, []).append(_codes_required(frame.condition))
+            flag = conditions.index(condition)
+            self.flags[frame] = (table, flag)
             listed = ", ".join([PATIENT_ID, *sorted(self.used.get(table, ()))])
             return Compiled(
                 self._cte("rows", f"select {listed} from read_{table} where f{flag}"), False
@@ -402,14 +471,38 @@ class Compiler:
             if node.op == "exists":
                 return present
             return f"(case when {present} then cast(1 as bigint) else cast(0 as bigint) end)"
-        compiled = self.aggregate(node)
-        row.joins[compiled.name] = compiled.by_interval
-        value = f"{compiled.name}.v"
+        value = self._reduced_aggregate(node, row) or self._joined_aggregate(node, row)
         if node.op == "exists":
             return f"coalesce({value}, false)"
         if node.op in ("count", "count_distinct"):
             return f"coalesce({value}, cast(0 as bigint))"
         return value
+
+    def _joined_aggregate(self, node: n.Aggregate, row: Row) -> str:
+        compiled = self.aggregate(node)
+        row.joins[compiled.name] = compiled.by_interval
+        return f"{compiled.name}.v"
+
+    def _reduced_aggregate(self, node: n.Aggregate, row: Row) -> str | None:
+        """An aggregate of a frame read in one pass, from its table's reduction."""
+        if isinstance(node.source, n.Frame):
+            made = "count(*)" if node.op == "count" else "bool_or(true)"
+            return self._reduction(node.source, made, row)
+        frame = node.source.domain()
+        if not isinstance(frame, n.Frame) or not _of_the_rows((node.source,), frame):
+            return None
+        value = self.expr(node.source, Row("s", frame, None))
+        made = {
+            "minimum": f"min({value})",
+            "maximum": f"max({value})",
+            "sum": f"sum({value})",
+            "mean": f"avg({value})",
+            "count_distinct": f"count(distinct {value})",
+        }[node.op]
+        cast = {INT: "bigint", FLOAT: "double"}.get(node.type)
+        if node.op in ("minimum", "maximum"):
+            cast = None
+        return self._reduction(frame, made, row, cast)
 
     def _as(self, node: n.Series, kind: str, row: Row) -> str:
         """A case branch, cast so that every branch has the case's type. A null branch may
@@ -425,6 +518,8 @@ class Compiler:
         (picking a row costs a sort; asking whether there is one should not cost another)."""
         if frame.rows() in n.lineage(row.frame) or (row.patients and frame == PATIENTS):
             return "true"
+        if isinstance(frame, n.PickOne) and (picked := self._reduced_pick(frame, row)):
+            return f"({picked} is not null)"
         compiled = self.frame(frame)
         row.joins[compiled.name] = compiled.by_interval
         return f"({compiled.name}.{PATIENT_ID} is not null)"
@@ -436,6 +531,9 @@ class Compiler:
             return f"{row.patients}.{node.name}"
         # A per-patient column from another frame: join that frame's one row per patient.
         assert node.domain() == n.PATIENT, "mixed frames are refused when nodes are made"
+        if isinstance(node.frame, n.PickOne) and (picked := self._reduced_pick(node.frame, row)):
+            columns = sorted(self.used.get(n.table_of(node.frame), ()))
+            return f"{picked}.c{columns.index(node.name)}"
         compiled = self.frame(node.frame)
         row.joins[compiled.name] = compiled.by_interval
         return f"{compiled.name}.{node.name}"
@@ -508,14 +606,38 @@ def _of_the_row(condition: n.Series, table: n.SelectTable) -> bool:
     return True
 
 
+def _of_the_rows(values: tuple[n.Series, ...], frame: n.Frame) -> bool:
+    """Whether values on a frame's rows need nothing but the row (its table's columns)."""
+    for value in values:
+        for node in n.walk(value):
+            if isinstance(node, (n.Aggregate, n.IntervalDate)):
+                return False
+            if isinstance(node, n.Column) and node.frame.rows() not in n.lineage(frame):
+                return False
+    return True
+
+
+def _codes_required(condition: n.Series) -> tuple[str, tuple[str, ...]] | None:
+    """(column, codes) if the condition holds only for rows with one of the codes in that
+    column: it is `column.is_in(codes) & ...`."""
+    factors = [condition]
+    while factors:
+        factor = factors.pop()
+        if isinstance(factor, n.Apply) and factor.op == "and":
+            factors += factor.args
+        elif isinstance(factor, n.IsIn) and isinstance(factor.series, n.Column):
+            return factor.series.name, factor.codes
+    return None
+
+
 # ---- whole queries ---------------------------------------------------------------------------
 
 
-def dataset_sql(definition: n.Definition, dialect: Dialect) -> str:
+def dataset_sql(definition: n.Definition, dialect: Dialect, one_pass: bool = True) -> str:
     """One row per patient in the population: patient_id and each variable."""
     if definition.population is None:
         raise n.DefinitionError("a dataset needs `define_population`")
-    compiler = Compiler(dialect, n.columns_used(definition))
+    compiler = Compiler(dialect, n.columns_used(definition), one_pass)
     row = Row("p", PATIENTS, None)
     population = compiler.expr(definition.population, row)
     columns = [f"p.{PATIENT_ID} as {PATIENT_ID}"] + [
