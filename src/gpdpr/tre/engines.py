@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -85,15 +86,21 @@ def keyed(views: Mapping[str, pa.Table]) -> tuple[dict[str, pa.Table], pa.Chunke
     ids = patients.column(PATIENT_ID)
     people = patients.num_rows
     given = people > 0 and all(PATIENT_KEY in v.column_names for v in views.values())
-    if given:
+    order = None
+    if (
+        given
+        and patients.column(PATIENT_KEY).null_count == 0
+        and all(_within(view.column(PATIENT_KEY), people) for view in views.values())
+    ):
         # The keys must number the people 0 .. people - 1, once each, to stand for them, and
         # every other row's key must be one of them.
-        keys = patients.column(PATIENT_KEY)
-        given = pc.count_distinct(keys).as_py() == people and all(
-            _within(view.column(PATIENT_KEY), people) for view in views.values()
-        )
-    if given:
-        by_key = ids.take(pc.sort_indices(patients.column(PATIENT_KEY)))
+        keys = patients.column(PATIENT_KEY).to_numpy()
+        order = np.full(people, -1, np.int64)
+        order[keys] = np.arange(people)  # order[key]: the row of the patient with that key
+        if (order < 0).any():
+            order = None  # a key given twice (so another not at all)
+    if order is not None:
+        by_key = ids.take(pa.array(order))
         key_of = {name: view.column(PATIENT_KEY) for name, view in views.items()}
     else:
         by_key = ids
@@ -109,6 +116,8 @@ def keyed(views: Mapping[str, pa.Table]) -> tuple[dict[str, pa.Table], pa.Chunke
 
 
 def _within(keys: pa.ChunkedArray, people: int) -> bool:
+    """Whether every key is a whole number from 0 to people - 1 (the patients view's have no
+    nulls)."""
     lowest, highest = pc.min_max(keys).values()
     return lowest.as_py() is None or (lowest.as_py() >= 0 and highest.as_py() < people)
 

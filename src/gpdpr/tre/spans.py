@@ -70,6 +70,7 @@ class SpanCompiler(Compiler):
         self.counts: dict[n.Frame, tuple[int, bool]] = {}  # rows counted -> (number, all rows?)
         self.joined: dict[n.PickOne, str] = {}  # picks joined to the segment -> alias
         self.segment: Row | None = None  # the row context of a segment, once made
+        self.roots: list[n.Series] = []  # the measure's values, whose picks' columns are read
         self.by_interval = False  # whether a segment must be cut into single intervals
 
     # ---- which intervals a row counts in ------------------------------------------------
@@ -208,8 +209,17 @@ class SpanCompiler(Compiler):
         if any(varies(k, row.frame) for k in keys):
             raise NotSpannable("sorting by a value that depends on INTERVAL")
         spans = self.spanned_frame(frame.source)
-        columns, ordering = self._ordering(frame, row)
+        every, ordering = self._ordering(frame, row)
         key_fields = self._key_fields(ordering)
+        # Ties are broken by every column read from the table; only those read from this pick
+        # are carried on.
+        read = {
+            node.name
+            for root in self.roots
+            for node in n.walk(root)
+            if isinstance(node, n.Column) and node.frame == frame
+        }
+        columns = [c for c in every if c in read]
         extras = "".join(f", {sql} as {name}" for name, sql in key_fields)
         rows = self._cte("candidates", f"select s.*{extras} from {spans} s")
         q = self.d.quote
@@ -374,6 +384,7 @@ def measure_sql(definition: n.Definition, measure: n.Measure, dialect: Dialect) 
     reads_patients = any(_reads_patients(root) for root in roots)
     row = Row("p" if reads_patients else "g", PATIENTS, None)
     compiler.segment = row
+    compiler.roots = roots
     numerator = as_count(compiler.expr(measure.numerator, row), measure.numerator.type)
     denominator = as_count(compiler.expr(measure.denominator, row), measure.denominator.type)
     # Groups go by names of the compiler's own until the end: a researcher's group may be
