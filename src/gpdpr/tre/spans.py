@@ -224,16 +224,13 @@ class SpanCompiler(Compiler):
         rows = self._cte("candidates", f"select s.*{extras} from {spans} s")
         q = self.d.quote
         # Most patients have one candidate row: it is their pick over its whole span.
-        single = ", ".join(f"min({c}) as {q(c)}" for c in (LO, HI, *columns))
         counted = self._cte(
             "counted",
-            f"select {PATIENT_ID}, count(*) as candidates, {single} from {rows} "
-            f"group by {PATIENT_ID}",
+            f"select {PATIENT_ID} from {rows} where {PATIENT_ID} is not null "
+            f"group by {PATIENT_ID} having count(*) > 1",
         )
         several = self._cte(
-            "several",
-            f"select * from {rows} where {PATIENT_ID} in "
-            f"(select {PATIENT_ID} from {counted} where candidates > 1)",
+            "several", f"select * from {rows} where {PATIENT_ID} in (select * from {counted})"
         )
         # The others' time cut at every start and end of their rows.
         bounds = (
@@ -259,7 +256,8 @@ class SpanCompiler(Compiler):
         )
         return self._cte(
             "picked",
-            f"select {out} from {counted} where candidates = 1 union all "
+            f"select {out} from {rows} where {PATIENT_ID} not in (select * from {counted}) "
+            "union all "
             f"select {unpacked} from ({picked}) several",
         )
 
@@ -304,8 +302,63 @@ class SpanCompiler(Compiler):
 
     def segments(self, base: n.Frame | None) -> str:
         """Each patient's time cut where any span the measure reads begins or ends: (patient,
-        span, c0.. the rows of each counted frame covering it)."""
+        span, c0.. the rows of each counted frame covering it, weight 1). Rows counted in one
+        interval only do not cut it: the segment's value in that interval is taken away
+        (weight -1) and the value with them put in (weight 1), so that most patients' time
+        need not be sorted."""
         counts = sorted(self.counts.items(), key=lambda item: item[1][0])
+        # Only where the spans that never overlap decide which time counts at all: a counted
+        # frame the denominator needs a row of must cut time where its rows are.
+        by_points = base is None or base in self.joined
+        singles = []
+        cut_by = {}
+        for frame, (index, every) in counts:
+            spans = self.spanned_frame(frame)
+            if not every:  # only whether there is a row: one row per patient and span will do
+                spans = f"(select distinct {PATIENT_ID}, {LO}, {HI} from {spans} s)"
+            if by_points:
+                ones = "".join(f", {int(i == index)} as c{i}" for i in range(len(counts)))
+                singles.append(
+                    f"select {PATIENT_ID}, {LO} as k{ones} from {spans} s where {HI} = {LO} + 1"
+                )
+                spans = f"(select * from {spans} s where {HI} > {LO} + 1)"
+            cut_by[frame] = spans
+        segments = self._cut(base, counts, cut_by)
+        listed = [PATIENT_ID, LO, HI, *(f"c{i}" for i in range(len(counts)))]
+        listed += ["interval_start", "interval_end"] if self.by_interval else []
+        whole = f"select {', '.join(listed)}, 1 as weight from {segments}"
+        if not singles:
+            return self._cte("signed", whole)
+        sums = "".join(f", sum(c{i}) as c{i}" for i in range(len(counts)))
+        points = self._cte(
+            "points",
+            f"select {PATIENT_ID}, k{sums} from ({' union all '.join(singles)}) p "
+            f"group by {PATIENT_ID}, k",
+        )
+        more = "".join(f", g.c{i} + p.c{i} as c{i}" for i in range(len(counts)))
+        before = "".join(f", g.c{i} as b{i}" for i in range(len(counts)))
+        dates = ", g.interval_start, g.interval_end" if self.by_interval else ""
+        within = self._cte(
+            "within",
+            f"select g.{PATIENT_ID}, p.k{more}{before}{dates} from {points} p join {segments} g "
+            f"on g.{PATIENT_ID} = p.{PATIENT_ID} and g.{LO} <= p.k and p.k < g.{HI}",
+        )
+        values = "".join(f", c{i}" for i in range(len(counts))) + dates.replace("g.", "")
+        olds = "".join(f", b{i}" for i in range(len(counts))) + dates.replace("g.", "")
+        return self._cte(
+            "signed",
+            f"{whole} union all "
+            f"select {PATIENT_ID}, k, k + 1{values}, 1 from {within} union all "
+            f"select {PATIENT_ID}, k, k + 1{olds}, -1 from {within}",
+        )
+
+    def _cut(
+        self,
+        base: n.Frame | None,
+        counts: list[tuple[n.Frame, tuple[int, bool]]],
+        cut_by: dict[n.Frame, str],
+    ) -> str:
+        """The segments: spans that never overlap, cut by the counted rows' spans."""
         zeros = "".join(f", 0 as c{i}" for i in range(len(counts)))
 
         def points(source: str, at: str, change: int | None, mine: int = -1) -> str:
@@ -323,12 +376,7 @@ class SpanCompiler(Compiler):
                 f"(select {PATIENT_ID}, 0 as {LO}, {self.count} as {HI} "
                 f"from {view_name('patients')})"
             )
-        counted = []
-        for frame, (_, every) in counts:
-            spans = self.spanned_frame(frame)
-            if not every:  # only whether there is a row: one row per patient and span will do
-                spans = f"(select distinct {PATIENT_ID}, {LO}, {HI} from {spans} s)"
-            counted.append(spans)
+        counted = [cut_by[frame] for frame, _ in counts]
         if len(disjoint) == 1 and not counted:  # nothing to cut them
             whole = f"select {PATIENT_ID}, {LO}, {HI} from {disjoint[0]} s"
             return self._by_interval(self._cte("segments", whole), counts)
@@ -407,7 +455,7 @@ def measure_sql(definition: n.Definition, measure: n.Measure, dialect: Dialect) 
     )
     per_segment = compiler._cte(
         "per_segment",
-        f"select g.{LO}, g.{HI}"
+        f"select g.{LO}, g.{HI}, g.weight"
         + "".join(f", {sql} as {name}" for name, sql in groups)
         + f", {numerator} as numerator, {denominator} as denominator "
         f"from {segments} g{patients}{picks}{row.join_sql()} where g.{PATIENT_ID} is not null",
@@ -418,7 +466,7 @@ def measure_sql(definition: n.Definition, measure: n.Measure, dialect: Dialect) 
     # Each counted segment adds to the intervals it covers: its counts where it begins, less
     # them where it ends; and every group has a row for every interval, so that a running sum
     # over the intervals gives each one's totals.
-    sign = "(case when side = 0 then 1 else -1 end)"
+    sign = "(case when side = 0 then weight else -weight end)"
     changes = (
         f"select {listed}(case when side = 0 then {LO} else {HI} end) as k, "
         f"{sign} * numerator as numerator, {sign} * denominator as denominator, "
