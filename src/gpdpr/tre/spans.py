@@ -210,7 +210,7 @@ class SpanCompiler(Compiler):
             raise NotSpannable("sorting by a value that depends on INTERVAL")
         spans = self.spanned_frame(frame.source)
         every, ordering = self._ordering(frame, row)
-        key_fields = self._key_fields(ordering)
+        key_fields = self._key_fields(ordering, frame.source)
         # Ties are broken by every column read from the table; only those read from this pick
         # are carried on.
         read = {

@@ -234,7 +234,7 @@ class Compiler:
             return None
         columns, ordering = self._ordering(frame, Row("s", source.source, None))
         value = self.d.struct([(f"c{i}", f"s.{c}") for i, c in enumerate(columns)] or [("c", "1")])
-        keys = self.d.struct(self._key_fields(ordering))
+        keys = self.d.struct(self._key_fields(ordering, source.source))
         chosen = "min_by" if frame.position == "first" else "max_by"
         return self._reduction(source.source, f"{chosen}({value}, {keys})", row)
 
@@ -328,7 +328,7 @@ class Compiler:
         assert keys is not None
         row, from_sql = self._rows_over(frame.source, any(n.uses_interval(k) for k in keys))
         columns, ordering = self._ordering(frame, row)
-        key_fields = self._key_fields(ordering)
+        key_fields = self._key_fields(ordering, frame.source)
         groups = [f"s.{PATIENT_ID}", *self._interval_columns(row)]
         by = [g.split(".")[-1] for g in groups]
         if not columns:  # only whether there is a row matters
@@ -377,15 +377,23 @@ class Compiler:
                 ordering.append((sql, kind))
         return columns, ordering
 
-    def _key_fields(self, ordering: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    def _key_fields(
+        self, ordering: list[tuple[str, str]], frame: n.Frame | None = None
+    ) -> list[tuple[str, str]]:
         """Nulls sort first: each key is (is it known?, its value or a stand-in), so the
-        comparison never meets a null, the same on every engine."""
+        comparison never meets a null, the same on every engine; a column the frame's
+        conditions already require to be known is itself."""
+        present = {f"s.{c}" for c in _never_null(frame)} if frame is not None else set()
         return [
             item
             for i, (sql, kind) in enumerate(ordering)
             for item in (
-                (f"k{i}_known", f"({sql} is not null)"),
-                (f"k{i}", f"coalesce({sql}, {self.d.stand_in(kind)})"),
+                [(f"k{i}", sql)]
+                if sql in present
+                else [
+                    (f"k{i}_known", f"({sql} is not null)"),
+                    (f"k{i}", f"coalesce({sql}, {self.d.stand_in(kind)})"),
+                ]
             )
         ]
 
@@ -615,6 +623,38 @@ def _of_the_rows(values: tuple[n.Series, ...], frame: n.Frame) -> bool:
             if isinstance(node, n.Column) and node.frame.rows() not in n.lineage(frame):
                 return False
     return True
+
+
+def _never_null(frame: n.Frame) -> set[str]:
+    """Columns of a frame's table that are known in all its rows: its conditions compare them
+    (a comparison with an unknown value holds for no row) or ask that they are known."""
+    found: set[str] = set()
+    while isinstance(frame, (n.Where, n.SortBy)):
+        if isinstance(frame, n.Where):
+            factors = [frame.condition]
+            while factors:
+                factor = factors.pop()
+                if isinstance(factor, n.Apply) and factor.op == "and":
+                    factors += factor.args
+                elif isinstance(factor, n.Apply) and factor.op in (
+                    "eq", "lt", "le", "gt", "ge", "is_not_null"
+                ):  # fmt: skip
+                    found |= {
+                        a.name for a in factor.args if isinstance(a, n.Column) and _own(a, frame)
+                    }
+                elif (
+                    isinstance(factor, n.IsIn)
+                    and isinstance(factor.series, n.Column)
+                    and _own(factor.series, frame)
+                ):
+                    found.add(factor.series.name)
+        frame = frame.source
+    return found
+
+
+def _own(column: n.Column, frame: n.Where) -> bool:
+    """Whether a column is one of the rows a `where` filters."""
+    return column.frame.rows() in n.lineage(frame.source)
 
 
 def _codes_required(condition: n.Series) -> tuple[str, tuple[str, ...]] | None:
