@@ -29,7 +29,16 @@ from datetime import timedelta
 
 from gpdpr.tre import nodes as n
 from gpdpr.tre.schema import PATIENT_ID, view_name
-from gpdpr.tre.sql import INTERVALS, PATIENTS, Compiler, Dialect, Row, as_count, interval_rows
+from gpdpr.tre.sql import (
+    INTERVALS,
+    PATIENTS,
+    Compiler,
+    Dialect,
+    Query,
+    Row,
+    as_count,
+    interval_rows,
+)
 
 LO, HI = "span_lo", "span_hi"  # a span of intervals: k from LO up to, not including, HI
 FLIPPED = {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le", "eq": "eq"}
@@ -424,6 +433,11 @@ class SpanCompiler(Compiler):
 
 def measure_sql(definition: n.Definition, measure: n.Measure, dialect: Dialect) -> str:
     """The measure over spans of intervals; NotSpannable if it cannot be."""
+    return measure_query(definition, measure, dialect).text()
+
+
+def measure_query(definition: n.Definition, measure: n.Measure, dialect: Dialect) -> Query:
+    """measure_sql, as its parts."""
     compiler = SpanCompiler(dialect, n.columns_used(definition), measure.intervals)
     q = dialect.quote
     roots = [measure.numerator, measure.denominator, *(s for _, s in measure.group_by)]
@@ -488,8 +502,8 @@ def measure_sql(definition: n.Definition, measure: n.Measure, dialect: Dialect) 
     )
     keys = ["interval_start", "interval_end", *(q(name) for name, _ in measure.group_by)]
     ordered = ", ".join(f"{key} asc nulls last" for key in keys)
-    return (
-        f"{compiler.with_clause()}select i.interval_start, i.interval_end"
+    return compiler.query(
+        "select i.interval_start, i.interval_end"
         + "".join(
             f", t.{g} as {q(name)}" for g, (name, _) in zip(names, measure.group_by, strict=True)
         )

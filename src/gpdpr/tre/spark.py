@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -269,6 +270,28 @@ class SparkEngine:
         measures: dict[str, pa.Table] = {}
         for measure in definition.measures:
             register(sql.INTERVALS, intervals_table(measure.intervals))
-            found = spark.sql(sql.measure_sql(definition, measure, dialect)).toArrow()
+            found = _collect(spark, sql.measure_query(definition, measure, dialect))
             measures[measure.name] = conform(found, measure_schema(measure))
         return Results(dataset, measures, tables)
+
+
+def _collect(spark: SparkSession, query: sql.Query) -> pa.Table:
+    """A query's answer, each of its common table expressions that is used more than once
+    computed once and kept (Spark would otherwise work each out again wherever it is used, and
+    a measure over spans uses some several times over)."""
+    kept = []
+    try:
+        texts = [*query.ctes.values(), query.select]
+        for index, (name, text) in enumerate(query.ctes.items()):
+            frame = spark.sql(text)
+            uses = sum(len(re.findall(rf"\b{name}\b", t)) for t in texts[index + 1 :])
+            if uses > 1:
+                frame = frame.cache()
+                kept.append(frame)
+            frame.createOrReplaceTempView(name)
+        return spark.sql(query.select).toArrow()
+    finally:
+        for name in query.ctes:
+            spark.catalog.dropTempView(name)
+        for frame in kept:
+            frame.unpersist()

@@ -167,6 +167,19 @@ class Compiled:
 PATIENTS = n.SelectTable("patients")
 
 
+@dataclass(frozen=True)
+class Query:
+    """A query as its common table expressions (name: SQL), each using those before it, and
+    the select that uses them."""
+
+    ctes: dict[str, str]
+    select: str
+
+    def text(self) -> str:
+        listed = ",\n".join(f"{name} as ({sql})" for name, sql in self.ctes.items())
+        return (f"with {listed}\n" if self.ctes else "") + self.select
+
+
 class Compiler:
     def __init__(self, dialect: Dialect, used: dict[str, set[str]], one_pass: bool = True) -> None:
         self.d = dialect
@@ -189,10 +202,11 @@ class Compiler:
         return name
 
     def with_clause(self) -> str:
-        ctes = {**self._read_once(), **self._reduced(), **self.ctes}
-        if not ctes:
-            return ""
-        return "with " + ",\n".join(f"{name} as ({sql})" for name, sql in ctes.items()) + "\n"
+        return self.query("").text()
+
+    def query(self, select: str) -> Query:
+        """The final `select` with the common table expressions it uses."""
+        return Query({**self._read_once(), **self._reduced(), **self.ctes}, select)
 
     def _reduced(self) -> dict[str, str]:
         """For each table read in one pass: every per-patient aggregate of its filtered rows,
@@ -694,12 +708,17 @@ def measure_sql(definition: n.Definition, measure: n.Measure, dialect: Dialect) 
     """numerator and denominator summed over the patients counted in the denominator, for each
     interval and group, in one pass over the data: over spans of intervals (`spans`) where the
     measure allows, otherwise per patient and interval."""
+    return measure_query(definition, measure, dialect).text()
+
+
+def measure_query(definition: n.Definition, measure: n.Measure, dialect: Dialect) -> Query:
+    """measure_sql, as its parts."""
     from gpdpr.tre import spans  # it builds on this module's compiler
 
     try:
-        return spans.measure_sql(definition, measure, dialect)
+        return spans.measure_query(definition, measure, dialect)
     except spans.NotSpannable:
-        return measure_by_interval(definition, measure, dialect)
+        return Query({}, measure_by_interval(definition, measure, dialect))
 
 
 def measure_by_interval(definition: n.Definition, measure: n.Measure, dialect: Dialect) -> str:
