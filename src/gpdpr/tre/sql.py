@@ -2,13 +2,16 @@
 
 A patient-level query is a base of one row per patient (`v_patients`), with each per-patient
 aggregate or picked row computed once in a common table expression keyed by patient and left
-joined onto it. A frame with conditions becomes a CTE too; a sorted frame only carries its keys
-until a row is picked from it.
+joined onto it. Patients are joined by the whole-number key the engines put in `patient_id`
+(engines.keyed). A table filtered on its rows alone is read in one pass for all its filters
+(`read_<table>`, a flag per filter), and the per-patient aggregates and picks of those rows are
+one grouping by patient (`reduced_<table>`). A frame with other conditions becomes a CTE of its
+own; a sorted frame only carries its keys until a row is picked from it.
 
-Measures are computed in one pass: the patient base is crossed with the table of intervals, and
-any frame or aggregate whose conditions mention INTERVAL is computed per patient *and interval*
-(its rows joined to the intervals they fall in), so a five-year monthly measure is one query over
-the data, not sixty.
+Measures are computed in one pass over spans of intervals (`spans`); one that uses INTERVAL
+in a way spans cannot carry is computed here per patient *and interval* (`measure_by_interval`:
+the patient base crossed with the table of intervals, any frame or aggregate whose conditions
+mention INTERVAL computed per patient and interval), still one query, not one per interval.
 
 The two dialects differ only in a handful of functions (dates, quoting, median); everything
 whose meaning could drift between engines is written out rather than left to defaults: null
