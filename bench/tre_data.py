@@ -1,7 +1,8 @@
 """Project views for the research environment benchmark, made directly with NumPy and PyArrow.
 
 The views are what `gpdpr.tre.views.build` hands an engine (one Arrow table per table a
-definition reads: `patient_id`, the project's 64-hex pseudonym, plus the columns read), made
+definition reads: `patient_id`, the project's 64-hex pseudonym, `patient_key`, its whole-number
+key in the views, plus the columns read), made
 here without the slow synthetic-records pipeline, seeded and deterministic, and cached as
 Parquet under bench/out/tre-data/ (gitignored) so that a second run does not make them again.
 
@@ -43,7 +44,7 @@ from gpdpr.spec import shipped
 from gpdpr.terminology import load_catalogue
 
 SEED = 1
-VERSION = 1  # bump when the shapes change: a cached folder of another version is made again
+VERSION = 2  # bump when the shapes change: a cached folder of another version is made again
 CACHE = Path(__file__).resolve().parent / "out" / "tre-data"
 CHUNK = 100_000  # people per block of event rows (each block its own seeded generator)
 LIST_SIZE = 2_000  # people per practice: ~500 practices at 1,000,000
@@ -120,10 +121,13 @@ def ensure(patients: int, root: Path = CACHE) -> tuple[Path, bool]:
 
 def load(folder: Path, used: Mapping[str, Iterable[str]]) -> dict[str, pa.Table]:
     """The views a definition reading `used` ({table: columns}) runs on: patients always, and
-    each table read, with patient_id and only the columns read, as views.build makes them."""
+    each table read, with patient_id, patient_key and only the columns read, as views.build
+    makes them."""
     tables = {"patients": set(used.get("patients", ()))} | {t: set(c) for t, c in used.items()}
     return {
-        name: pq.read_table(folder / f"{name}.parquet", columns=["patient_id", *sorted(columns)])
+        name: pq.read_table(
+            folder / f"{name}.parquet", columns=["patient_id", "patient_key", *sorted(columns)]
+        )
         for name, columns in tables.items()
     }
 
@@ -181,6 +185,7 @@ def _people(patients: int, rng: np.random.Generator) -> tuple[pa.Table, Ints, In
     table = pa.table(
         {
             "patient_id": _hex_ids(rng, patients),
+            "patient_key": pa.array(np.arange(patients), pa.int64()),
             "sex": pa.array(sex, pa.string()),
             "date_of_birth": _dates(born_days),
             "region_code": pa.array(regions, pa.string()),
@@ -217,6 +222,7 @@ def _registrations(ids: pa.Array, home: Ints, born: Ints, rng: np.random.Generat
     return pa.table(
         {
             "patient_id": ids.take(pa.array(who)),
+            "patient_key": pa.array(who, pa.int64()),
             "start_date": _dates(starts),
             "end_date": _dates(ends, mask=~ended),
             "practice": pa.array(codes[practice], pa.string()),
@@ -246,6 +252,7 @@ def _events(
     days = rng.integers(_days(FIRST_DAY), _days(LAST_DAY) + 1, n)
     columns: dict[str, Any] = {
         "patient_id": ids.take(pa.array(who)),
+        "patient_key": pa.array(who, pa.int64()),
         "code": pa.array(np.array([c for _, c in vocabulary])[picked], pa.string()),
         date_column: _dates(np.maximum(days, born[who])),
     }

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-from datetime import date
+from collections.abc import Callable
+from datetime import date, timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -46,6 +47,7 @@ from gpdpr.tre.language import (
     when,
     years,
 )
+from gpdpr.tre.sql import interval_rows
 from tre_data import column, make_views, run, through_json
 
 HTN = ["38341003", "59621000"]  # SNOMED CT codes for hypertension, from the catalogue
@@ -999,6 +1001,173 @@ def test_a_measure_picking_each_intervals_latest_row(engine: Engine) -> None:
         {**FEB, "latest_high": True, "numerator": 1, "denominator": 1},
         {**FEB, "latest_high": None, "numerator": 0, "denominator": 1},
         {**MAR, "latest_high": True, "numerator": 2, "denominator": 2},
+    ]
+
+
+# ---- measures over spans of intervals ------------------------------------------------------
+# A measure whose conditions compare dates with INTERVAL is computed over spans of intervals
+# (gpdpr.tre.spans), not per patient and interval; one that uses INTERVAL otherwise is computed
+# per patient and interval. Each kind of comparison is checked against counting by hand, on
+# months that start on the 31st (shorter months start on their last day) and on weeks.
+
+SPANNED = make_views(
+    patients=[{"patient_id": "p1"}, {"patient_id": "p2"}, {"patient_id": "p3"}],
+    clinical_events=[
+        {"patient_id": "p1", "effective_date": D(2024, 1, 30), "value": 1.0},
+        {"patient_id": "p1", "effective_date": D(2024, 1, 31), "value": 9.0},
+        {"patient_id": "p1", "effective_date": D(2024, 2, 28), "value": 2.0},
+        {"patient_id": "p1", "effective_date": D(2024, 2, 29), "value": None},
+        {"patient_id": "p2", "effective_date": D(2024, 3, 3), "value": 7.0},
+        {"patient_id": "p2", "effective_date": D(2024, 3, 30), "value": 3.0},
+        {"patient_id": "p2", "effective_date": D(2024, 3, 31), "value": 8.0},
+        {"patient_id": "p2", "effective_date": None, "value": 9.0},
+        {"patient_id": "p3", "effective_date": D(2024, 4, 29), "value": 4.0},
+        {"patient_id": "p3", "effective_date": D(2024, 4, 30), "value": 6.0},
+        {"patient_id": "p3", "effective_date": D(1900, 1, 1), "value": 1.0},
+        {"patient_id": "p3", "effective_date": D(9999, 12, 31), "value": 1.0},
+        {"patient_id": "nobody", "effective_date": D(2024, 2, 29), "value": 1.0},
+    ],
+)
+
+Check = Callable[[date | None, float | None, date, date], bool]
+_e = clinical_events
+_on = _e.effective_date
+COMPARISONS: list[tuple[Series, Check]] = [
+    (_on < INTERVAL.start_date, lambda d, v, s, e: d is not None and d < s),
+    (_on <= INTERVAL.start_date, lambda d, v, s, e: d is not None and d <= s),
+    (_on > INTERVAL.start_date, lambda d, v, s, e: d is not None and d > s),
+    (_on >= INTERVAL.start_date, lambda d, v, s, e: d is not None and d >= s),
+    (_on == INTERVAL.start_date, lambda d, v, s, e: d is not None and d == s),
+    (_on < INTERVAL.end_date, lambda d, v, s, e: d is not None and d < e),
+    (_on <= INTERVAL.end_date, lambda d, v, s, e: d is not None and d <= e),
+    (INTERVAL.end_date < _on, lambda d, v, s, e: d is not None and e < d),
+    (INTERVAL.end_date <= _on, lambda d, v, s, e: d is not None and e <= d),
+    (_on == INTERVAL.end_date, lambda d, v, s, e: d is not None and d == e),
+    (_on.is_during(INTERVAL), lambda d, v, s, e: d is not None and s <= d <= e),
+    (  # `or` with a condition on the row alone
+        (_e.value > 5) | _on.is_during(INTERVAL),
+        lambda d, v, s, e: (v is not None and v > 5) or (d is not None and s <= d <= e),
+    ),
+    (  # INTERVAL in date arithmetic: computed per patient and interval instead
+        _on.is_on_or_after(INTERVAL.start_date - days(3)) & _on.is_on_or_before(INTERVAL.end_date),
+        lambda d, v, s, e: d is not None and s - timedelta(days=3) <= d <= e,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "intervals",
+    [months(3).starting_on("2024-01-31"), weeks(4).starting_on("2024-02-26")],
+    ids=["months from the 31st", "weeks"],
+)
+def test_measures_count_rows_in_intervals_by_every_comparison_with_interval(
+    engine: Engine, intervals: n.Intervals
+) -> None:
+    measures = Measures()
+    for i, (condition, _) in enumerate(COMPARISONS):
+        measures.define_measure(
+            f"m{i}",
+            numerator=_e.where(condition).count_for_patient(),
+            denominator=patients.exists_for_patient(),
+            intervals=intervals,
+        )
+    results = run(engine, SPANNED, None, measures)
+    rows = SPANNED["clinical_events"].to_pylist()
+    people = set(SPANNED["patients"].column("patient_id").to_pylist())
+    for i, (_, check) in enumerate(COMPARISONS):
+        expected = [
+            {
+                **interval(start, end),
+                "numerator": sum(
+                    1
+                    for r in rows
+                    if r["patient_id"] in people
+                    and check(r["effective_date"], r["value"], start, end)
+                ),
+                "denominator": 3,
+            }
+            for start, end in interval_rows(intervals)
+        ]
+        assert results.measures[f"m{i}"].to_pylist() == expected, f"comparison {i}"
+
+
+def test_measures_pick_each_intervals_registration_when_registrations_overlap(
+    engine: Engine,
+) -> None:
+    registered = practice_registrations.for_patient_on(INTERVAL.start_date)
+    measures = Measures()
+    measures.define_measure(
+        "m",
+        numerator=_e.where(_on.is_during(INTERVAL)).exists_for_patient(),
+        denominator=registered.exists_for_patient(),
+        group_by={"practice": registered.practice},
+        intervals=months(4).starting_on("2024-01-01"),
+    )
+    views = make_views(
+        patients=[{"patient_id": "p1"}, {"patient_id": "p2"}],
+        practice_registrations=[
+            # p1: A throughout; B from 15 February to 20 March, the latest to start in March.
+            {"patient_id": "p1", "start_date": D(2020, 1, 1), "practice": "A"},
+            {"patient_id": "p1", "start_date": D(2024, 2, 15), "end_date": D(2024, 3, 20),
+             "practice": "B"},
+            # p2: C until 1 February (not registered on it), then D from 1 March.
+            {"patient_id": "p2", "start_date": D(2023, 6, 1), "end_date": D(2024, 2, 1),
+             "practice": "C"},
+            {"patient_id": "p2", "start_date": D(2024, 3, 1), "practice": "D"},
+        ],
+        clinical_events=[
+            {"patient_id": "p1", "effective_date": D(2024, 3, 5)},
+            {"patient_id": "p1", "effective_date": D(2024, 3, 25)},
+            {"patient_id": "p2", "effective_date": D(2024, 2, 10)},  # not registered in Feb
+            {"patient_id": "p2", "effective_date": D(2024, 4, 30)},
+        ],
+    )  # fmt: skip
+    jan, feb, mar, apr = (
+        interval(s, e) for s, e in interval_rows(months(4).starting_on("2024-01-01"))
+    )
+    assert run(engine, views, None, measures).measures["m"].to_pylist() == [
+        {**jan, "practice": "A", "numerator": 0, "denominator": 1},
+        {**jan, "practice": "C", "numerator": 0, "denominator": 1},
+        {**feb, "practice": "A", "numerator": 0, "denominator": 1},
+        {**mar, "practice": "B", "numerator": 1, "denominator": 1},
+        {**mar, "practice": "D", "numerator": 0, "denominator": 1},
+        {**apr, "practice": "A", "numerator": 0, "denominator": 1},
+        {**apr, "practice": "D", "numerator": 1, "denominator": 1},
+    ]
+
+
+def test_measures_with_interval_in_a_patients_own_value(engine: Engine) -> None:
+    # Age on each interval's first day groups the patients: their spans are cut per interval.
+    registered = practice_registrations.for_patient_on(INTERVAL.start_date)
+    measures = Measures()
+    measures.define_measure(
+        "m",
+        numerator=_e.where(_on.is_during(INTERVAL)).count_for_patient(),
+        denominator=registered.exists_for_patient(),
+        group_by={"adult": patients.age_on(INTERVAL.start_date) >= 18},
+        intervals=months(3).starting_on("2024-01-01"),
+    )
+    views = make_views(
+        patients=[
+            {"patient_id": "p1", "date_of_birth": D(2006, 2, 1)},  # 18 on 1 February 2024
+            {"patient_id": "p2", "date_of_birth": D(1970, 5, 1)},
+        ],
+        practice_registrations=[
+            {"patient_id": "p1", "start_date": D(2010, 1, 1), "practice": "A"},
+            {"patient_id": "p2", "start_date": D(2024, 2, 10), "practice": "A"},
+        ],
+        clinical_events=[
+            {"patient_id": "p1", "effective_date": D(2024, 1, 3)},
+            {"patient_id": "p1", "effective_date": D(2024, 3, 3)},
+            {"patient_id": "p1", "effective_date": D(2024, 3, 4)},
+            {"patient_id": "p2", "effective_date": D(2024, 3, 9)},
+        ],
+    )
+    jan, feb, mar = (interval(s, e) for s, e in interval_rows(months(3).starting_on("2024-01-01")))
+    assert run(engine, views, None, measures).measures["m"].to_pylist() == [
+        {**jan, "adult": False, "numerator": 1, "denominator": 1},
+        {**feb, "adult": True, "numerator": 0, "denominator": 1},
+        {**mar, "adult": True, "numerator": 3, "denominator": 2},
     ]
 
 

@@ -1,4 +1,6 @@
-"""DuckDB and Spark give the same answer to any definition, on any data.
+"""DuckDB and Spark give the same answer to any definition, on any data; a measure computed over
+spans of intervals gives the same answer as computed per patient and interval; and a dataset
+whose tables are read in one pass the same as one reading them filter by filter.
 
 Hypothesis makes small project views (nulls, ties, duplicate rows, dates across years, month
 ends and leap days, patients with no rows and rows of no patient) and random query graphs: frames
@@ -21,13 +23,23 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from gpdpr.tre import nodes as n
-from gpdpr.tre.engines import Engine
+from gpdpr.tre import spans, sql
+from gpdpr.tre.engines import (
+    DuckDBEngine,
+    Engine,
+    conform,
+    dataset_schema,
+    intervals_table,
+    keyed,
+    measure_schema,
+    shown,
+)
 from gpdpr.tre.schema import BOOL, DATE, DMD, FLOAT, INT, SNOMED, STR
-from tre_data import engine, make_views, results_differences, through_json
+from tre_data import differences, engine, make_views, results_differences, through_json
 
 Draw = Callable[[st.SearchStrategy[Any]], Any]
 D = date
@@ -456,6 +468,48 @@ def measures_of(draw: Draw, name: str) -> n.Measure:
     return n.Measure(name, numerator, denominator, groups, intervals)
 
 
+@st.composite
+def read_in_one_pass(draw: Draw) -> n.Definition:
+    """A definition with per-patient aggregates and picks of tables filtered on the row alone
+    (what is read in one pass), besides whatever else."""
+    definition: n.Definition = draw(definitions())
+    graphs = Graphs(draw, interval=False)
+    variables = list(definition.variables)
+    for i in range(draw(st.integers(1, 4))):
+        table = draw(st.sampled_from(EVENT_TABLES))
+        kind = draw(st.sampled_from([k for k in ORDERED if COLUMNS[table].get(k)]))
+        column = graphs.column(kind, n.SelectTable(table))
+        assert column is not None
+        op = draw(st.sampled_from(["lt", "le", "gt", "ge", "eq", "ne"]))
+        condition: n.Series = n.Apply(op, (column, graphs.literal(kind)))
+        if draw(st.booleans()):
+            condition = n.Apply("or", (condition, n.Apply("is_null", (column,))))
+        frame = n.Where(n.SelectTable(table), condition)
+        value = n.Column(frame, column.name) if isinstance(column, n.Column) else column
+        made: n.Series = draw(
+            st.sampled_from(
+                [
+                    n.Aggregate("exists", frame),
+                    n.Aggregate("count", frame),
+                    n.Aggregate("minimum", value),
+                    n.Aggregate("maximum", value),
+                    n.Aggregate("count_distinct", value),
+                    n.Column(
+                        n.PickOne(
+                            n.SortBy(frame, (value,)), draw(st.sampled_from(["first", "last"]))
+                        ),
+                        column.name,
+                    ),
+                    n.Aggregate("exists", n.PickOne(n.SortBy(frame, (value,)), "last")),
+                ]
+            )
+        )
+        variables.append((f"w{i}", made))
+    return n.Definition(
+        definition.population, tuple(variables), definition.measures, definition.tables
+    )
+
+
 # ---- the property ----------------------------------------------------------------------------
 
 
@@ -483,8 +537,103 @@ EXAMPLES = int(os.environ.get("GPDPR_TRE_EXAMPLES", "30"))
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-@given(definition=definitions(), views=projects())
+@given(definition=st.one_of(definitions(), read_in_one_pass()), views=projects())
 def test_duckdb_and_spark_agree_on_any_definition(
     definition: n.Definition, views: dict[str, pa.Table]
 ) -> None:
     engines_agree(definition, views)
+
+
+# ---- measures over spans ---------------------------------------------------------------------
+
+
+@st.composite
+def spannable(draw: Draw) -> n.Measure:
+    """A measure, its numerator often rows compared with INTERVAL (what spans carry)."""
+    measure: n.Measure = draw(measures_of("m"))
+    if draw(st.booleans()):
+        graphs = Graphs(draw, interval=False)
+        table = draw(st.sampled_from(EVENT_TABLES))
+        frame = graphs.frame(table, 1)
+        day = graphs.column(DATE, frame)
+        if day is not None:
+            ops = st.sampled_from(["lt", "le", "gt", "ge", "eq"])
+            which = st.sampled_from(["start", "end"])
+            condition: n.Series = n.Apply(draw(ops), (day, n.IntervalDate(draw(which))))
+            if draw(st.booleans()):
+                second = n.Apply(draw(ops), (n.IntervalDate(draw(which)), day))
+                condition = n.Apply(
+                    draw(st.sampled_from(["and", "and", "or"])), (condition, second)
+                )
+            if draw(st.booleans()):
+                plain = graphs.series(BOOL, 1, frame)
+                condition = n.Apply(draw(st.sampled_from(["and", "or"])), (plain, condition))
+            op = draw(st.sampled_from(["exists", "count"]))
+            numerator = n.Aggregate(op, n.Where(frame, condition))
+            measure = n.Measure("m", numerator, measure.denominator, measure.group_by,
+                                measure.intervals)  # fmt: skip
+    return measure
+
+
+def run_sql(text: str, measure: n.Measure, views: dict[str, pa.Table]) -> pa.Table:
+    by_key, _ = keyed(views)
+    con = DuckDBEngine()._connect(by_key)
+    try:
+        con.register(sql.INTERVALS, intervals_table(measure.intervals))
+        return conform(con.sql(text).to_arrow_table(), measure_schema(measure))
+    finally:
+        con.close()
+
+
+@settings(
+    max_examples=EXAMPLES * 5,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(measure=spannable(), views=projects())
+def test_measures_over_spans_and_per_interval_agree(
+    measure: n.Measure, views: dict[str, pa.Table]
+) -> None:
+    definition = through_json(n.Definition(None, (), (measure,)))
+    measure = definition.measures[0]
+    dialect = sql.DIALECTS["duckdb"]
+    try:
+        over_spans = spans.measure_sql(definition, measure, dialect)
+    except spans.NotSpannable:
+        event("per interval only")
+        return
+    event("over spans")
+    expected = run_sql(sql.measure_by_interval(definition, measure, dialect), measure, views)
+    found = run_sql(over_spans, measure, views)
+    assert found.to_pylist() == expected.to_pylist()
+
+
+@settings(
+    max_examples=EXAMPLES * 3,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(definition=read_in_one_pass(), views=projects())
+def test_datasets_read_in_one_pass_and_filter_by_filter_agree(
+    definition: n.Definition, views: dict[str, pa.Table]
+) -> None:
+    definition = through_json(definition)
+    dialect = sql.DIALECTS["duckdb"]
+    one_pass = sql.dataset_sql(definition, dialect)
+    event("aggregates in one grouping" if "reduced_" in one_pass else "no table read in one pass")
+    by_key, by_pseudonym = keyed(views)
+    con = DuckDBEngine()._connect(by_key)
+    try:
+        expected, found = (
+            conform(
+                shown(
+                    con.sql(sql.dataset_sql(definition, dialect, one_pass)).to_arrow_table(),
+                    by_pseudonym,
+                ),
+                dataset_schema(definition),
+            )
+            for one_pass in (False, True)
+        )
+    finally:
+        con.close()
+    assert not differences(expected, found)

@@ -259,7 +259,13 @@ def test_views_keep_to_the_period_and_population_and_show_only_columns_used(
 ) -> None:
     seen = view_under(service, service.applied)
     events = seen["clinical_events"]
-    assert set(events.column_names) == {"patient_id", "code", "effective_date", "staff"}
+    assert set(events.column_names) == {
+        "patient_id",
+        "patient_key",
+        "code",
+        "effective_date",
+        "staff",
+    }
     days = events.column("effective_date").to_pylist()
     assert min(days) >= PERIOD[0] and max(days) < PERIOD[1]
     born = [d for d in seen["patients"].column("date_of_birth").to_pylist()]

@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from gpdpr.tre import nodes as n
 from gpdpr.tre import sql
-from gpdpr.tre.schema import BOOL, DATE, FLOAT, INT, PATIENT_ID, view_name
+from gpdpr.tre.schema import BOOL, DATE, FLOAT, INT, PATIENT_ID, PATIENT_KEY, view_name
 
 ARROW_TYPES = {BOOL: pa.bool_(), INT: pa.int64(), FLOAT: pa.float64(), DATE: pa.date32()}
 
@@ -44,6 +46,7 @@ def intervals_table(intervals: n.Intervals) -> pa.Table:
     rows = sql.interval_rows(intervals)
     return pa.table(
         {
+            "k": pa.array(range(len(rows)), pa.int64()),  # the interval's number, from 0
             "interval_start": pa.array([r[0] for r in rows], pa.date32()),
             "interval_end": pa.array([r[1] for r in rows], pa.date32()),
         }
@@ -73,6 +76,59 @@ def table_schema(table: n.AggregateTable, variables: dict[str, n.Series]) -> pa.
     )
 
 
+def keyed(views: Mapping[str, pa.Table]) -> tuple[dict[str, pa.Table], pa.ChunkedArray]:
+    """The views as the compiled SQL reads them, with each patient's whole-number key in place
+    of `patient_id`; and the pseudonyms by key, to show the patients of a dataset by. Views
+    made by `views.build` carry the keys; others (made by hand) are given them here: a row
+    whose patient is not in the patients view gets none (null), so a row has a key if and
+    only if its patient is in the patients view."""
+    patients = views["patients"]
+    ids = patients.column(PATIENT_ID)
+    people = patients.num_rows
+    given = people > 0 and all(PATIENT_KEY in v.column_names for v in views.values())
+    order = None
+    if (
+        given
+        and patients.column(PATIENT_KEY).null_count == 0
+        and all(_within(view.column(PATIENT_KEY), people) for view in views.values())
+    ):
+        # The keys must number the people 0 .. people - 1, once each, to stand for them, and
+        # every other row's key must be one of them.
+        keys = patients.column(PATIENT_KEY).to_numpy()
+        order = np.full(people, -1, np.int64)
+        order[keys] = np.arange(people)  # order[key]: the row of the patient with that key
+        if (order < 0).any():
+            order = None  # a key given twice (so another not at all)
+    if order is not None:
+        by_key = ids.take(pa.array(order))
+        key_of = {name: view.column(PATIENT_KEY) for name, view in views.items()}
+    else:
+        by_key = ids
+        key_of = {
+            name: pc.index_in(view.column(PATIENT_ID), value_set=ids.combine_chunks())
+            for name, view in views.items()
+        }
+    out = {}
+    for name, view in views.items():
+        plain = view.drop_columns([c for c in (PATIENT_ID, PATIENT_KEY) if c in view.column_names])
+        out[name] = plain.add_column(0, PATIENT_ID, key_of[name].cast(pa.int64()))
+    return out, by_key
+
+
+def _within(keys: pa.ChunkedArray, people: int) -> bool:
+    """Whether every key is a whole number from 0 to people - 1 (the patients view's have no
+    nulls)."""
+    lowest, highest = pc.min_max(keys).values()
+    return lowest.as_py() is None or (lowest.as_py() >= 0 and highest.as_py() < people)
+
+
+def shown(dataset: pa.Table, by_key: pa.ChunkedArray) -> pa.Table:
+    """A dataset computed by key, showing each patient's pseudonym."""
+    index = dataset.column_names.index(PATIENT_ID)
+    ids = by_key.take(dataset.column(PATIENT_ID)) if dataset.num_rows else pa.array([], pa.string())
+    return dataset.set_column(index, PATIENT_ID, ids)
+
+
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """An engine's answer in the service's types (engines differ in integer widths, decimal
     sums and string types)."""
@@ -89,6 +145,9 @@ class DuckDBEngine:
         con = duckdb.connect()
         con.execute("set enable_progress_bar = false")
         con.execute("set TimeZone = 'UTC'")
+        # Rows come out in the order the SQL asks for, or in none: keeping the order they were
+        # read in only costs.
+        con.execute("set preserve_insertion_order = false")
         if self.threads:
             con.execute(f"set threads = {int(self.threads)}")
         for name, table in views.items():
@@ -96,14 +155,15 @@ class DuckDBEngine:
         return con
 
     def run(self, definition: n.Definition, views: Mapping[str, pa.Table]) -> Results:
-        con = self._connect(views)
+        by_key, by_pseudonym = keyed(views)
+        con = self._connect(by_key)
         try:
             dataset = None
             tables: dict[str, pa.Table] = {}
             if definition.population is not None:
+                found = con.sql(sql.dataset_sql(definition, sql.DIALECTS["duckdb"]))
                 dataset = conform(
-                    con.sql(sql.dataset_sql(definition, sql.DIALECTS["duckdb"])).to_arrow_table(),
-                    dataset_schema(definition),
+                    shown(found.to_arrow_table(), by_pseudonym), dataset_schema(definition)
                 )
                 con.register(sql.DATASET, dataset)
                 variables = dict(definition.variables)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -39,7 +40,9 @@ from gpdpr.tre.engines import (
     conform,
     dataset_schema,
     intervals_table,
+    keyed,
     measure_schema,
+    shown,
     table_schema,
 )
 from gpdpr.tre.schema import TABLES, view_name
@@ -237,10 +240,10 @@ class SparkEngine:
             try:
                 # The views the definition reads (the others would only cost time to load).
                 wanted = {"patients", *n.columns_used(definition)}
-                for name, table in views.items():
-                    if name in wanted:
-                        register(view_name(name), _typed(name, table))
-                return self._run(spark, definition, register)
+                by_key, by_pseudonym = keyed({k: v for k, v in views.items() if k in wanted})
+                for name, table in by_key.items():
+                    register(view_name(name), _typed(name, table))
+                return self._run(spark, definition, register, by_pseudonym)
             finally:
                 for name in registered:
                     spark.catalog.dropTempView(name)
@@ -250,13 +253,14 @@ class SparkEngine:
         spark: SparkSession,
         definition: n.Definition,
         register: Callable[[str, pa.Table], None],
+        by_pseudonym: pa.ChunkedArray,
     ) -> Results:
         dialect = sql.DIALECTS["spark"]
         dataset = None
         tables: dict[str, pa.Table] = {}
         if definition.population is not None:
             found = spark.sql(sql.dataset_sql(definition, dialect)).toArrow()
-            dataset = conform(found, dataset_schema(definition))
+            dataset = conform(shown(found, by_pseudonym), dataset_schema(definition))
             if definition.tables:
                 register(sql.DATASET, dataset)
             variables = dict(definition.variables)
@@ -266,6 +270,28 @@ class SparkEngine:
         measures: dict[str, pa.Table] = {}
         for measure in definition.measures:
             register(sql.INTERVALS, intervals_table(measure.intervals))
-            found = spark.sql(sql.measure_sql(definition, measure, dialect)).toArrow()
+            found = _collect(spark, sql.measure_query(definition, measure, dialect))
             measures[measure.name] = conform(found, measure_schema(measure))
         return Results(dataset, measures, tables)
+
+
+def _collect(spark: SparkSession, query: sql.Query) -> pa.Table:
+    """A query's answer, each of its common table expressions that is used more than once
+    computed once and kept (Spark would otherwise work each out again wherever it is used, and
+    a measure over spans uses some several times over)."""
+    kept = []
+    try:
+        texts = [*query.ctes.values(), query.select]
+        for index, (name, text) in enumerate(query.ctes.items()):
+            frame = spark.sql(text)
+            uses = sum(len(re.findall(rf"\b{name}\b", t)) for t in texts[index + 1 :])
+            if uses > 1:
+                frame = frame.cache()
+                kept.append(frame)
+            frame.createOrReplaceTempView(name)
+        return spark.sql(query.select).toArrow()
+    finally:
+        for name in query.ctes:
+            spark.catalog.dropTempView(name)
+        for frame in kept:
+            frame.unpersist()

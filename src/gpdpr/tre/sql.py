@@ -2,13 +2,16 @@
 
 A patient-level query is a base of one row per patient (`v_patients`), with each per-patient
 aggregate or picked row computed once in a common table expression keyed by patient and left
-joined onto it. A frame with conditions becomes a CTE too; a sorted frame only carries its keys
-until a row is picked from it.
+joined onto it. Patients are joined by the whole-number key the engines put in `patient_id`
+(engines.keyed). A table filtered on its rows alone is read in one pass for all its filters
+(`read_<table>`, a flag per filter), and the per-patient aggregates and picks of those rows are
+one grouping by patient (`reduced_<table>`). A frame with other conditions becomes a CTE of its
+own; a sorted frame only carries its keys until a row is picked from it.
 
-Measures are computed in one pass: the patient base is crossed with the table of intervals, and
-any frame or aggregate whose conditions mention INTERVAL is computed per patient *and interval*
-(its rows joined to the intervals they fall in), so a five-year monthly measure is one query over
-the data, not sixty.
+Measures are computed in one pass over spans of intervals (`spans`); one that uses INTERVAL
+in a way spans cannot carry is computed here per patient *and interval* (`measure_by_interval`:
+the patient base crossed with the table of intervals, any frame or aggregate whose conditions
+mention INTERVAL computed per patient and interval), still one query, not one per interval.
 
 The two dialects differ only in a handful of functions (dates, quoting, median); everything
 whose meaning could drift between engines is written out rather than left to defaults: null
@@ -167,13 +170,34 @@ class Compiled:
 PATIENTS = n.SelectTable("patients")
 
 
+@dataclass(frozen=True)
+class Query:
+    """A query as its common table expressions (name: SQL), each using those before it, and
+    the select that uses them."""
+
+    ctes: dict[str, str]
+    select: str
+
+    def text(self) -> str:
+        listed = ",\n".join(f"{name} as ({sql})" for name, sql in self.ctes.items())
+        return (f"with {listed}\n" if self.ctes else "") + self.select
+
+
 class Compiler:
-    def __init__(self, dialect: Dialect, used: dict[str, set[str]]) -> None:
+    def __init__(self, dialect: Dialect, used: dict[str, set[str]], one_pass: bool = True) -> None:
         self.d = dialect
         self.used = used  # {table: columns}: the columns each view has
+        # Whether a table's filters on the row alone share one pass over it, and their
+        # per-patient aggregates one grouping (off: each its own, as the tests compare).
+        self.one_pass = one_pass
         self.ctes: dict[str, str] = {}
         self.frames: dict[n.Frame, Compiled] = {}
         self.aggregates: dict[n.Aggregate, Compiled] = {}
+        self.read_once: dict[str, list[str]] = {}  # table -> conditions of rows read in one pass
+        # table -> (column, codes): a codelist every condition read in one pass requires
+        self.codes_needed: dict[str, list[tuple[str, tuple[str, ...]] | None]] = {}
+        self.flags: dict[n.Frame, tuple[str, int]] = {}  # frame read in one pass -> its flag
+        self.reductions: dict[str, list[str]] = {}  # table -> per-patient aggregates of it
 
     def _cte(self, prefix: str, sql: str) -> str:
         name = f"{prefix}_{len(self.ctes)}"
@@ -181,9 +205,79 @@ class Compiler:
         return name
 
     def with_clause(self) -> str:
-        if not self.ctes:
-            return ""
-        return "with " + ",\n".join(f"{name} as ({sql})" for name, sql in self.ctes.items()) + "\n"
+        return self.query("").text()
+
+    def query(self, select: str) -> Query:
+        """The final `select` with the common table expressions it uses."""
+        return Query({**self._read_once(), **self._reduced(), **self.ctes}, select)
+
+    def _reduced(self) -> dict[str, str]:
+        """For each table read in one pass: every per-patient aggregate of its filtered rows,
+        in one grouping by patient (joined to the patients once)."""
+        return {
+            f"reduced_{table}": f"select {PATIENT_ID}, "
+            + ", ".join(f"{sql} as r{i}" for i, sql in enumerate(aggregates))
+            + f" from read_{table} s group by {PATIENT_ID}"
+            for table, aggregates in self.reductions.items()
+        }
+
+    def _reduction(
+        self, frame: n.Frame, aggregate: str, row: Row, cast: str | None = None
+    ) -> str | None:
+        """`aggregate` (SQL over the rows as `s`) of a frame read in one pass, as a column of
+        its table's reduction joined to `row`; None if the frame is not read in one pass."""
+        frame = frame.rows()
+        self.frame(frame)
+        if frame not in self.flags:
+            return None
+        table, flag = self.flags[frame]
+        aggregates = self.reductions.setdefault(table, [])
+        made = f"{aggregate} filter (where f{flag})"
+        if cast:
+            made = f"cast({made} as {cast})"
+        if made not in aggregates:
+            aggregates.append(made)
+        row.joins[f"reduced_{table}"] = False
+        return f"reduced_{table}.r{aggregates.index(made)}"
+
+    def _reduced_pick(self, frame: n.PickOne, row: Row) -> str | None:
+        """The row picked from a frame read in one pass (sorted, not filtered after), as a
+        struct of the columns read (c0, c1, ..) from its table's reduction; None otherwise."""
+        source = frame.source
+        if not isinstance(source, n.SortBy) or not _of_the_rows(source.keys, source.source):
+            return None
+        self.frame(source.source)
+        if source.source not in self.flags:
+            return None
+        columns, ordering = self._ordering(frame, Row("s", source.source, None))
+        value = self.d.struct([(f"c{i}", f"s.{c}") for i, c in enumerate(columns)] or [("c", "1")])
+        keys = self.d.struct(self._key_fields(ordering, source.source))
+        chosen = "min_by" if frame.position == "first" else "max_by"
+        return self._reduction(source.source, f"{chosen}({value}, {keys})", row)
+
+    def _read_once(self) -> dict[str, str]:
+        """For each table filtered by conditions on its rows alone: the rows any of them keeps,
+        each with a flag per condition, in one pass over the table (reading millions of rows is
+        what costs; the rows kept are few)."""
+        out = {}
+        for table, conditions in self.read_once.items():
+            columns = [PATIENT_ID, *sorted(self.used.get(table, ()))]
+            flags = [f"{condition} as f{i}" for i, condition in enumerate(conditions)]
+            kept = f"({' or '.join(conditions)})"
+            # If every condition requires a code from a codelist, a row needs one of their
+            # codes: asked first, that rules out most rows at once (and engines match a
+            # column against one list of constants quickly).
+            needed = self.codes_needed[table]
+            if all(needed) and len({column for column, _ in filter(None, needed)}) == 1:
+                column = next(column for column, _ in filter(None, needed))
+                codes = sorted({code for _, listed in filter(None, needed) for code in listed})
+                listed = ", ".join(self.d.string(code) for code in codes)
+                kept = f"s.{column} in ({listed}) and {kept}"
+            out[f"read_{table}"] = (
+                f"select {', '.join([*(f's.{c}' for c in columns), *flags])} "
+                f"from {view_name(table)} s where {kept}"
+            )
+        return out
 
     # ---- frames --------------------------------------------------------------------------
 
@@ -218,6 +312,24 @@ class Compiler:
         return [f"{row.interval}.interval_start", f"{row.interval}.interval_end"]
 
     def _where(self, frame: n.Where) -> Compiled:
+        if (
+            self.one_pass
+            and isinstance(frame.source, n.SelectTable)
+            and _of_the_row(frame.condition, frame.source)
+        ):
+            # A table's filters that need nothing but the row share one pass over it.
+            table = frame.source.name
+            conditions = self.read_once.setdefault(table, [])
+            condition = self.expr(frame.condition, Row("s", frame.source, None))
+            if condition not in conditions:
+                conditions.append(condition)
+                self.codes_needed.setdefault(table, []).append(_codes_required(frame.condition))
+            flag = conditions.index(condition)
+            self.flags[frame] = (table, flag)
+            listed = ", ".join([PATIENT_ID, *sorted(self.used.get(table, ()))])
+            return Compiled(
+                self._cte("rows", f"select {listed} from read_{table} where f{flag}"), False
+            )
         needs = n.uses_interval(frame.condition)
         row, from_sql = self._rows_over(frame.source, needs)
         condition = self.expr(frame.condition, row)
@@ -232,22 +344,8 @@ class Compiler:
         keys = n.sort_keys(frame.source)
         assert keys is not None
         row, from_sql = self._rows_over(frame.source, any(n.uses_interval(k) for k in keys))
-        table = TABLES[n.table_of(frame.source)]
-        # Ties are broken by every column the definition reads from the table, so whichever
-        # tied row an engine picks, what the definition sees of it is the same.
-        columns = sorted(self.used.get(table.name, ()))
-        ordering = [(self.expr(k, row), k.type) for k in keys]
-        ordering += [(f"s.{c}", table.columns[c].type) for c in columns]
-        # Nulls sort first: each key is (is it known?, its value or a stand-in), so the
-        # comparison never meets a null, the same on every engine.
-        key_fields = [
-            item
-            for i, (sql, kind) in enumerate(ordering)
-            for item in (
-                (f"k{i}_known", f"({sql} is not null)"),
-                (f"k{i}", f"coalesce({sql}, {self.d.stand_in(kind)})"),
-            )
-        ]
+        columns, ordering = self._ordering(frame, row)
+        key_fields = self._key_fields(ordering, frame.source)
         groups = [f"s.{PATIENT_ID}", *self._interval_columns(row)]
         by = [g.split(".")[-1] for g in groups]
         if not columns:  # only whether there is a row matters
@@ -279,6 +377,42 @@ class Compiler:
             f"select {listed}, {', '.join(unpacked)} from ({several}) several"
         )
         return Compiled(self._cte("picked", sql), row.interval is not None)
+
+    def _ordering(self, frame: n.PickOne, row: Row) -> tuple[list[str], list[tuple[str, str]]]:
+        """The columns a pick reads, and its order: the sort keys, then those columns (ties
+        are broken by every column the definition reads from the table, so whichever tied row
+        an engine picks, what the definition sees of it is the same), each key once."""
+        keys = n.sort_keys(frame.source)
+        assert keys is not None
+        table = TABLES[n.table_of(frame.source)]
+        columns = sorted(self.used.get(table.name, ()))
+        ordering: list[tuple[str, str]] = []
+        for sql, kind in [(self.expr(k, row), k.type) for k in keys] + [
+            (f"s.{c}", table.columns[c].type) for c in columns
+        ]:
+            if (sql, kind) not in ordering:  # a key met again can never break a tie
+                ordering.append((sql, kind))
+        return columns, ordering
+
+    def _key_fields(
+        self, ordering: list[tuple[str, str]], frame: n.Frame | None = None
+    ) -> list[tuple[str, str]]:
+        """Nulls sort first: each key is (is it known?, its value or a stand-in), so the
+        comparison never meets a null, the same on every engine; a column the frame's
+        conditions already require to be known is itself."""
+        present = {f"s.{c}" for c in _never_null(frame)} if frame is not None else set()
+        return [
+            item
+            for i, (sql, kind) in enumerate(ordering)
+            for item in (
+                [(f"k{i}", sql)]
+                if sql in present
+                else [
+                    (f"k{i}_known", f"({sql} is not null)"),
+                    (f"k{i}", f"coalesce({sql}, {self.d.stand_in(kind)})"),
+                ]
+            )
+        ]
 
     def _rows_sql(self, row: Row, from_sql: str, extra: list[tuple[str, str]] | None = None) -> str:
         """The rows of a frame with their patient (and interval) and the named extras."""
@@ -362,14 +496,38 @@ class Compiler:
             if node.op == "exists":
                 return present
             return f"(case when {present} then cast(1 as bigint) else cast(0 as bigint) end)"
-        compiled = self.aggregate(node)
-        row.joins[compiled.name] = compiled.by_interval
-        value = f"{compiled.name}.v"
+        value = self._reduced_aggregate(node, row) or self._joined_aggregate(node, row)
         if node.op == "exists":
             return f"coalesce({value}, false)"
         if node.op in ("count", "count_distinct"):
             return f"coalesce({value}, cast(0 as bigint))"
         return value
+
+    def _joined_aggregate(self, node: n.Aggregate, row: Row) -> str:
+        compiled = self.aggregate(node)
+        row.joins[compiled.name] = compiled.by_interval
+        return f"{compiled.name}.v"
+
+    def _reduced_aggregate(self, node: n.Aggregate, row: Row) -> str | None:
+        """An aggregate of a frame read in one pass, from its table's reduction."""
+        if isinstance(node.source, n.Frame):
+            made = "count(*)" if node.op == "count" else "bool_or(true)"
+            return self._reduction(node.source, made, row)
+        frame = node.source.domain()
+        if not isinstance(frame, n.Frame) or not _of_the_rows((node.source,), frame):
+            return None
+        value = self.expr(node.source, Row("s", frame, None))
+        made = {
+            "minimum": f"min({value})",
+            "maximum": f"max({value})",
+            "sum": f"sum({value})",
+            "mean": f"avg({value})",
+            "count_distinct": f"count(distinct {value})",
+        }[node.op]
+        cast = {INT: "bigint", FLOAT: "double"}.get(node.type)
+        if node.op in ("minimum", "maximum"):
+            cast = None
+        return self._reduction(frame, made, row, cast)
 
     def _as(self, node: n.Series, kind: str, row: Row) -> str:
         """A case branch, cast so that every branch has the case's type. A null branch may
@@ -385,6 +543,8 @@ class Compiler:
         (picking a row costs a sort; asking whether there is one should not cost another)."""
         if frame.rows() in n.lineage(row.frame) or (row.patients and frame == PATIENTS):
             return "true"
+        if isinstance(frame, n.PickOne) and (picked := self._reduced_pick(frame, row)):
+            return f"({picked} is not null)"
         compiled = self.frame(frame)
         row.joins[compiled.name] = compiled.by_interval
         return f"({compiled.name}.{PATIENT_ID} is not null)"
@@ -396,6 +556,9 @@ class Compiler:
             return f"{row.patients}.{node.name}"
         # A per-patient column from another frame: join that frame's one row per patient.
         assert node.domain() == n.PATIENT, "mixed frames are refused when nodes are made"
+        if isinstance(node.frame, n.PickOne) and (picked := self._reduced_pick(node.frame, row)):
+            columns = sorted(self.used.get(n.table_of(node.frame), ()))
+            return f"{picked}.c{columns.index(node.name)}"
         compiled = self.frame(node.frame)
         row.joins[compiled.name] = compiled.by_interval
         return f"{compiled.name}.{node.name}"
@@ -457,14 +620,81 @@ class Compiler:
         return f"coalesce({args[0]}, {args[1]})"
 
 
+def _of_the_row(condition: n.Series, table: n.SelectTable) -> bool:
+    """Whether a condition on a table's rows needs nothing but the row: no per-patient value,
+    no INTERVAL."""
+    for node in n.walk(condition):
+        if isinstance(node, (n.Aggregate, n.IntervalDate)):
+            return False
+        if isinstance(node, n.Column) and node.frame != table:
+            return False
+    return True
+
+
+def _of_the_rows(values: tuple[n.Series, ...], frame: n.Frame) -> bool:
+    """Whether values on a frame's rows need nothing but the row (its table's columns)."""
+    for value in values:
+        for node in n.walk(value):
+            if isinstance(node, (n.Aggregate, n.IntervalDate)):
+                return False
+            if isinstance(node, n.Column) and node.frame.rows() not in n.lineage(frame):
+                return False
+    return True
+
+
+def _never_null(frame: n.Frame) -> set[str]:
+    """Columns of a frame's table that are known in all its rows: its conditions compare them
+    (a comparison with an unknown value holds for no row) or ask that they are known."""
+    found: set[str] = set()
+    while isinstance(frame, (n.Where, n.SortBy)):
+        if isinstance(frame, n.Where):
+            factors = [frame.condition]
+            while factors:
+                factor = factors.pop()
+                if isinstance(factor, n.Apply) and factor.op == "and":
+                    factors += factor.args
+                elif isinstance(factor, n.Apply) and factor.op in (
+                    "eq", "lt", "le", "gt", "ge", "is_not_null"
+                ):  # fmt: skip
+                    found |= {
+                        a.name for a in factor.args if isinstance(a, n.Column) and _own(a, frame)
+                    }
+                elif (
+                    isinstance(factor, n.IsIn)
+                    and isinstance(factor.series, n.Column)
+                    and _own(factor.series, frame)
+                ):
+                    found.add(factor.series.name)
+        frame = frame.source
+    return found
+
+
+def _own(column: n.Column, frame: n.Where) -> bool:
+    """Whether a column is one of the rows a `where` filters."""
+    return column.frame.rows() in n.lineage(frame.source)
+
+
+def _codes_required(condition: n.Series) -> tuple[str, tuple[str, ...]] | None:
+    """(column, codes) if the condition holds only for rows with one of the codes in that
+    column: it is `column.is_in(codes) & ...`."""
+    factors = [condition]
+    while factors:
+        factor = factors.pop()
+        if isinstance(factor, n.Apply) and factor.op == "and":
+            factors += factor.args
+        elif isinstance(factor, n.IsIn) and isinstance(factor.series, n.Column):
+            return factor.series.name, factor.codes
+    return None
+
+
 # ---- whole queries ---------------------------------------------------------------------------
 
 
-def dataset_sql(definition: n.Definition, dialect: Dialect) -> str:
+def dataset_sql(definition: n.Definition, dialect: Dialect, one_pass: bool = True) -> str:
     """One row per patient in the population: patient_id and each variable."""
     if definition.population is None:
         raise n.DefinitionError("a dataset needs `define_population`")
-    compiler = Compiler(dialect, n.columns_used(definition))
+    compiler = Compiler(dialect, n.columns_used(definition), one_pass)
     row = Row("p", PATIENTS, None)
     population = compiler.expr(definition.population, row)
     columns = [f"p.{PATIENT_ID} as {PATIENT_ID}"] + [
@@ -479,7 +709,24 @@ def dataset_sql(definition: n.Definition, dialect: Dialect) -> str:
 
 def measure_sql(definition: n.Definition, measure: n.Measure, dialect: Dialect) -> str:
     """numerator and denominator summed over the patients counted in the denominator, for each
-    interval and group, in one pass over the data."""
+    interval and group, in one pass over the data: over spans of intervals (`spans`) where the
+    measure allows, otherwise per patient and interval."""
+    return measure_query(definition, measure, dialect).text()
+
+
+def measure_query(definition: n.Definition, measure: n.Measure, dialect: Dialect) -> Query:
+    """measure_sql, as its parts."""
+    from gpdpr.tre import spans  # it builds on this module's compiler
+
+    try:
+        return spans.measure_query(definition, measure, dialect)
+    except spans.NotSpannable:
+        return Query({}, measure_by_interval(definition, measure, dialect))
+
+
+def measure_by_interval(definition: n.Definition, measure: n.Measure, dialect: Dialect) -> str:
+    """The measure computed per patient and interval: the intervals crossed with the patients,
+    or with the rows of the per-interval frame the denominator needs a row of."""
     compiler = Compiler(dialect, n.columns_used(definition))
     base = _measure_base(measure)
     patients = f"{view_name('patients')} p"
@@ -493,8 +740,8 @@ def measure_sql(definition: n.Definition, measure: n.Measure, dialect: Dialect) 
         assert compiled.by_interval
         row = Row("b", base, "b", patients="p")
         from_sql = f"{compiled.name} b join {patients} on p.{PATIENT_ID} = b.{PATIENT_ID}"
-    numerator = _as_count(compiler.expr(measure.numerator, row), measure.numerator.type)
-    denominator = _as_count(compiler.expr(measure.denominator, row), measure.denominator.type)
+    numerator = as_count(compiler.expr(measure.numerator, row), measure.numerator.type)
+    denominator = as_count(compiler.expr(measure.denominator, row), measure.denominator.type)
     groups = [
         f"{compiler.expr(series, row)} as {dialect.quote(name)}"
         for name, series in measure.group_by
@@ -544,7 +791,7 @@ def _ordered(keys: list[str]) -> str:
     return ", ".join(f"{key} asc nulls last" for key in keys)
 
 
-def _as_count(sql: str, kind: str) -> str:
+def as_count(sql: str, kind: str) -> str:
     if kind == BOOL:
         return f"(case when {sql} then 1 else 0 end)"
     return f"coalesce(cast({sql} as bigint), 0)"

@@ -5,7 +5,9 @@ within the agreement's scope, checked before this is reached), only records in t
 period, only patients in its population, never anyone with a Type 1 opt-out awaiting erasure,
 never anyone with a National Data Opt-out unless the agreement records an exemption, and every
 pseudonym (patient, staff, postcode) replaced by the project's own, made with the key the
-custodian derives for the project. Two projects' views therefore share no identifier.
+custodian derives for the project. Two projects' views therefore share no identifier. Each
+person also has a whole-number key for this set of views only (`patient_key`, 0 .. people - 1),
+which the engines join by.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pyarrow as pa
 from gpdpr.custodian.central import project_pseudonyms
 from gpdpr.lake.query import connect
 from gpdpr.lake.store import Snapshot
-from gpdpr.tre.schema import PATIENT_FIELD, PATIENT_ID, PRACTICE, TABLES
+from gpdpr.tre.schema import PATIENT_FIELD, PATIENT_ID, PATIENT_KEY, PRACTICE, TABLES
 
 # Columns that are pseudonyms in the lake, shown under the project's key.
 PSEUDONYM_COLUMNS = ("staff", "postcode_key")
@@ -65,7 +67,13 @@ def build(
         )
         con.execute(f"create temp table people as {_people_sql(scope)}")
         lake_ids = con.sql("select patient from people").to_arrow_table().column("patient")
-        ids = pa.table({"patient": lake_ids, PATIENT_ID: project_pseudonyms(project_key, lake_ids)})
+        ids = pa.table(
+            {
+                "patient": lake_ids,
+                PATIENT_ID: project_pseudonyms(project_key, lake_ids),
+                PATIENT_KEY: pa.array(range(len(lake_ids)), pa.int64()),
+            }
+        )
         con.register("ids", ids)
         tables = {"patients": set(used.get("patients", ()))} | {t: set(c) for t, c in used.items()}
         return {
@@ -112,7 +120,9 @@ def _quote(text: str) -> str:
 
 def _view_sql(name: str, columns: set[str], scope: ViewScope) -> str:
     table = TABLES[name]
-    selected = [f"ids.{PATIENT_ID}"] + [_column_sql(c) for c in sorted(columns)]
+    selected = [f"ids.{PATIENT_ID}", f"ids.{PATIENT_KEY}"] + [
+        _column_sql(c) for c in sorted(columns)
+    ]
     if table.one_row_per_patient:
         return f"select {', '.join(selected)} from people r join ids using (patient)"
     start, end = (f"date '{d.isoformat()}'" for d in (scope.data_from, scope.data_to))
