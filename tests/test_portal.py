@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import jwt
@@ -634,6 +635,57 @@ def test_a_researcher_uploads_runs_asks_and_two_checkers_release_to_the_register
     assert published.status_code == 200 and "sex" in published.text
 
 
+def test_a_patient_sees_which_approved_projects_used_their_record(
+    portal: Portal, definition: bytes
+) -> None:
+    """After a run of the adults-only study, a patient it read sees the project with its
+    register entry and the run; a child among the demo patients sees none; and the page holds
+    nothing of the person but what they already know."""
+    import pyarrow.parquet as pq
+
+    from gpdpr.custodian.central import Custodian
+    from gpdpr.transparency.patient import record_uses
+
+    lead = staff(portal, LEAD)
+    sha_path = upload(lead, definition).headers["location"]
+    ran = post(lead, f"{sha_path}/run", sha_path, agreement=portal.built.agreement)
+    assert ran.status_code == 303, ran.text
+    run_reference = ran.headers["location"].rsplit("/", 1)[1]
+    custodian = Custodian(portal.built.home / "keys", portal.built.engine)
+    numbers = portal.built.nhs_numbers
+    read = [
+        n
+        for n, number in enumerate(numbers, 1)
+        if any(
+            r.reference == run_reference
+            for p in record_uses(
+                custodian, custodian.pseudonym_for(number, "test", "expect")
+            ).projects
+            for r in p.runs
+        )
+    ]
+    practice = sorted(p for p in (portal.built.home / "practices").iterdir() if p.is_dir())[0]
+    born = pq.read_table(practice / "patients.parquet", columns=["nhs_number", "date_of_birth"])
+    births = dict(
+        zip(born["nhs_number"].to_pylist(), born["date_of_birth"].to_pylist(), strict=True)
+    )
+    children = [n for n, number in enumerate(numbers, 1) if births[number] > date(2007, 1, 1)]
+    assert read and children and not set(read) & set(children)
+
+    shown = patient(portal, read[0]).get("/patient/record")
+    assert shown.status_code == 200
+    page = shown.text
+    assert portal.built.agreement in page and run_reference in page
+    entry = client(portal).get("/register").text
+    title = re.search(rf'id="{portal.built.agreement}">\s*<h3>([^<]+)</h3>', entry)
+    assert title is not None and title.group(1) in page
+    assert numbers[read[0] - 1] not in page
+
+    child = patient(portal, children[0]).get("/patient/record").text
+    assert "No approved project's run has used your record" in child
+    assert run_reference not in child
+
+
 def test_a_checker_from_the_authors_organisation_never_sees_the_request(
     portal: Portal, definition: bytes
 ) -> None:
@@ -746,6 +798,7 @@ def test_every_page_answers_only_whom_it_should(portal: Portal, only_leads: byte
     ok, no, gone, out = 200, 403, 404, 303
     expected: dict[str, dict[str, int]] = {
         "/patient": {"patient": ok},
+        "/patient/record": {"patient": ok},
         "/applications": {LEAD: ok, VENDOR: ok},
         f"/applications/{draft}": {LEAD: ok, VENDOR: gone, PANEL[0]: gone, ADMIN: gone},
         f"/applications/{submitted}": {LEAD: ok, VENDOR: gone, PANEL[0]: ok, ADMIN: ok},

@@ -41,8 +41,7 @@ class Link:
 
 
 # The navigation, in order. The transparency log's pages (the activity log, its checkpoint and
-# "verify it yourself") and the patient's "projects that used my record" join here when
-# gpdpr.transparency lands: add their Links and include their route module in app.ROUTERS.
+# "verify it yourself") join here when their route module joins app.ROUTERS.
 NAVIGATION: list[Link] = [
     Link("/", "Home", frozenset()),
     Link("/what-we-collect", "What we collect", frozenset()),
@@ -51,6 +50,7 @@ NAVIGATION: list[Link] = [
     Link("/statistics", "Statistics", frozenset()),
     Link("/opting-out", "How to opt out", frozenset()),
     Link("/patient", "Your opt-outs", frozenset({PATIENT})),
+    Link("/patient/record", "How your record was used", frozenset({PATIENT})),
     Link("/applications", "Applications", frozenset({"applicant"})),
     Link("/research", "Research", frozenset({"applicant"})),
     Link("/panel", "Panel", frozenset({"panel_member", "administrator"})),

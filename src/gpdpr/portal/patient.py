@@ -1,5 +1,5 @@
 """Patients: sign in through the identity provider (NHS login's stand-in), see their opt-outs,
-set or withdraw either at any time.
+set or withdraw either at any time, and see which approved projects used their record.
 
 The NHS number arrives in the verified ID token and goes straight to the custodian, which answers
 with the lake pseudonym; only the pseudonym is kept, in the server-side session. The registry,
@@ -113,6 +113,20 @@ def patient_home(request: Request) -> Response:
     assert session is not None and session.pseudonym is not None
     status = portal_of(request).registry.status(session.pseudonym)
     return render(request, "patient.html.j2", status=status, names=NAMES)
+
+
+@router.get("/patient/record")
+@allow(PATIENT)
+def patient_record(request: Request) -> Response:
+    """The approved projects whose runs read this patient's record, each with its register
+    entry. Worked out on request from the person's pseudonym (the custodian's tokens), so
+    nothing anyone else can read links a project to them."""
+    from gpdpr.transparency.patient import record_uses
+
+    session = current(request)
+    assert session is not None and session.pseudonym is not None
+    uses = record_uses(portal_of(request).custodian, session.pseudonym)
+    return render(request, "patient_record.html.j2", uses=uses, names=NAMES)
 
 
 @router.post("/patient/opt-out")
