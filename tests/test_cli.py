@@ -133,9 +133,10 @@ def test_a_stopped_run_leaves_nothing_behind(tmp_path: Path) -> None:
 
 def test_demo_runs_and_can_run_again(tmp_path: Path) -> None:
     for _ in range(2):
-        result = run("demo", "--home", str(tmp_path / "home"))
+        result = run("demo", "--home", str(tmp_path / "home"), "--no-serve")
         assert result.returncode == 0, result.stderr
         assert "60,000 patient records" in result.stdout
+        assert "gpdpr portal serve --home" in result.stdout
     practices = tmp_path / "home" / "practices"
     assert len([p for p in practices.iterdir() if p.is_dir()]) == 20
     assert "20 signed packages" in result.stdout
@@ -152,6 +153,99 @@ def test_demo_runs_and_can_run_again(tmp_path: Path) -> None:
     assert "Verified from the public files alone" in result.stdout
     verified = run("log", "verify", "--log-dir", str(tmp_path / "home" / "log"))
     assert verified.returncode == 0 and "verified" in verified.stdout, verified.stderr
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def test_demo_ends_serving_the_portal_with_its_accounts_until_stopped(tmp_path: Path) -> None:
+    """`gpdpr demo` as the README runs it: every step, then the portal left running at the
+    printed address with the printed accounts; a staff account signs in; SIGTERM stops it with
+    what it recorded published to the log."""
+    import queue
+    import re
+    import threading
+    import urllib.parse
+    import urllib.request
+    from http.cookiejar import CookieJar
+
+    home = tmp_path / "home"
+    port = free_port()
+    proc = subprocess.Popen(
+        [*GPDPR, "demo", "--home", str(home), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout or ()], daemon=True).start()
+    said: list[str] = []
+
+    def heard() -> str:
+        while not lines.empty():
+            said.append(lines.get())
+        return "".join(said)
+
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 600
+        while True:  # every step, then the portal answers
+            assert proc.poll() is None and time.monotonic() < deadline, heard()
+            try:
+                home_page = urllib.request.urlopen(base + "/", timeout=10).read().decode()
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert "gpdpr" in home_page
+        while "patient3@example.org" not in heard():  # the last account, printed before serving
+            assert time.monotonic() < deadline, heard()
+            time.sleep(0.1)
+        text = heard()
+        assert f"The portal is at http://127.0.0.1:{port}/" in text, text
+        accounts = dict(re.findall(r"^\s+(\S+)\s+.*password: (\S+)", text, re.MULTILINE))
+        assert "patient1@example.org" in accounts and "check.one" in accounts, text
+        register = urllib.request.urlopen(base + "/register", timeout=10).read().decode()
+        assert "HbA1c checks" in register and "Refused applications" in register
+        # a staff account signs in with what was printed
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+        form = opener.open(base + "/sign-in", timeout=10).read().decode()
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form)
+        assert token is not None
+        fields = {"handle": "check.one", "password": accounts["check.one"]}
+        data = urllib.parse.urlencode({**fields, "csrf_token": token.group(1)}).encode()
+        checking = opener.open(base + "/sign-in", data=data, timeout=10)
+        assert "Signed in as check.one" in checking.read().decode()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    assert proc.returncode == 143, heard()  # ended by the signal, as `kill` would
+    # patient1, as printed, is a patient whose record the demo's study read
+    assert "patient1@example.org         patient" in text and "study's run read" in text
+    number = json.loads((home / "idp" / "accounts.json").read_text())["patient1@example.org"]
+    mine = run("log", "my-record", "--nhs-number", number["nhs_number"], "--home", str(home))
+    assert mine.returncode == 0 and "RUN-000001" in mine.stdout, mine.stdout + mine.stderr
+    verified = run("log", "verify", "--log-dir", str(home / "log"))
+    assert verified.returncode == 0 and "verified" in verified.stdout, verified.stderr
+
+
+def test_demo_refuses_a_port_in_use_before_doing_anything(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("demo", "--home", str(tmp_path / "home"), "--port", str(port))
+    assert (
+        result.returncode == 2 and f"cannot serve the portal on 127.0.0.1:{port}" in result.stderr
+    )
+    assert "--no-serve" in result.stderr and not (tmp_path / "home").exists()
 
 
 def test_demo_will_not_delete_keys_it_did_not_make(tmp_path: Path) -> None:

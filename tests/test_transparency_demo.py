@@ -323,3 +323,44 @@ def test_my_record_shows_a_patient_their_projects(demo: Demo, tmp_path: Path) ->
         cli.app, ["log", "my-record", "--nhs-number", "123", "--home", str(home)]
     )
     assert result.exit_code == 2 and "not a valid NHS number" in result.output
+
+
+# What is not the central service's: the GP systems' own data, the key custodian's keys (kept
+# apart, scanned for in tests/test_privacy.py), the identity provider's accounts (NHS login's
+# stand-in: in a deployment it is NHS England's, and holds NHS numbers by design), and the junk
+# package the fixture made.
+NOT_CENTRAL = ("practices", "keys", "idp", "junk-package")
+
+
+def test_nothing_the_centre_stores_or_publishes_identifies_a_patient(demo: Demo) -> None:
+    """After the whole scenario (collection, erasure, governance, runs, releases, a
+    re-identification, the log): every file of the service's home, byte for byte and every
+    Parquet file decoded, holds no patient's NHS number (plain or spaced), name, address,
+    full postcode, phone number or email address."""
+    from test_privacy import _as_text, _automaton, _found
+
+    needles: set[str] = set()
+    for folder in sorted(p for p in (demo.home / "practices").iterdir() if p.is_dir()):
+        people = pq.read_table(folder / "patients.parquet").to_pylist()
+        for person in people:
+            number = person["nhs_number"]
+            needles |= {number, f"{number[:3]} {number[3:6]} {number[6:]}"}
+            needles.add(f"{person['given_name']} {person['family_name']}")
+            for field in ("address_line_1", "phone", "email", "postcode"):
+                if person[field] and len(person[field]) > 5:
+                    needles.add(person[field])
+    assert len(needles) > 4 * len(demo.nhs_numbers)  # numbers both ways, names, and more
+    automaton = _automaton(needles)
+    files = [
+        p
+        for p in demo.home.rglob("*")
+        if p.is_file() and p.relative_to(demo.home).parts[0] not in NOT_CENTRAL
+    ]
+    kinds = {p.relative_to(demo.home).parts[0] for p in files}
+    assert {"lake", "log", "register", "tre", "central.db"} <= kinds, kinds
+    for path in files:
+        found = _found(automaton, path.read_bytes())
+        assert not found, f"{path.relative_to(demo.home)} holds {found[:5]}"
+        if path.suffix == ".parquet":
+            found = _found(automaton, _as_text(pq.read_table(path)))
+            assert not found, f"decoded {path.relative_to(demo.home)} holds {found[:5]}"

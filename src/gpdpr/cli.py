@@ -97,6 +97,7 @@ def synth(
 
 
 DEMO_MARKER = ".gpdpr-demo"
+STEPS = 8
 
 
 def _clear_demo_home(home: Path) -> None:
@@ -115,6 +116,8 @@ def _clear_demo_home(home: Path) -> None:
         home / "register",
         home / "tre",
         home / "log",
+        home / "idp",
+        home / "portal",
     ]
     if any(p.exists() for p in parts[1:]) and not (home / DEMO_MARKER).exists():
         fail(f"{home} holds keys or packages the demo did not make; move them away or pass --home")
@@ -130,34 +133,55 @@ def _clear_demo_home(home: Path) -> None:
 @app.command()
 def demo(
     home: Annotated[Path, typer.Option(help="Folder the demo works in.")] = Path("gpdpr-demo"),
+    serve: Annotated[
+        bool, typer.Option(help="End by serving the portal until stopped (Ctrl-C).")
+    ] = True,
+    host: Annotated[str, typer.Option(help="Address the portal listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port the portal listens on.")] = 8000,
 ) -> None:
     """Run the scheme end to end on the embedded defaults: a synthetic nation; every practice's
     extract, pseudonymised and signed; the centre's collection into the lake; opt-outs and
-    erasure; and governance, from applications to the public Data Uses Register."""
+    erasure; governance, from applications to the public Data Uses Register; a study in the
+    research environment through output checking; the public log, verified; then the portal,
+    served with demo accounts."""
+    if serve:
+        _check_port_free(host, port)
     _clear_demo_home(home)
     practices = home / "practices"
-    console.rule("[bold]gpdpr demo 1/7: a synthetic nation of GP practices")
+    console.rule(f"[bold]gpdpr demo 1/{STEPS}: a synthetic nation of GP practices")
     _run_synth(
         practices, DEMO_PRACTICES, DEMO_PATIENTS, DEMO_SEED, "columnar", date(2026, 10, 31), None, 0
     )
-    console.rule("[bold]gpdpr demo 2/7: each practice extracts what the specification allows")
-    _demo_extract(home, practices)
-    console.rule("[bold]gpdpr demo 3/7: the centre verifies every package and loads the lake")
-    _demo_collect(home)
-    console.rule("[bold]gpdpr demo 4/7: opting out online, and the erasure cycle")
-    _demo_erase(home, practices)
-    console.rule("[bold]gpdpr demo 5/7: applications, the independent panel, the register")
-    _demo_governance(home)
-    console.rule("[bold]gpdpr demo 6/7: a study runs in the research environment; two checkers")
-    _demo_research(home)
-    console.rule("[bold]gpdpr demo 7/7: everything that happened, in the public log, verified")
-    _demo_log(home)
-    console.print(
-        "The portal arrives with its issue. Look around: "
-        f"gpdpr lake show --home {home}; gpdpr governance applications --home {home}; "
-        f"gpdpr tre runs --as r.okafor --home {home}; gpdpr tre example study/",
-        markup=False,
+    console.rule(
+        f"[bold]gpdpr demo 2/{STEPS}: each practice extracts what the specification allows"
     )
+    _demo_extract(home, practices)
+    console.rule(
+        f"[bold]gpdpr demo 3/{STEPS}: the centre verifies every package and loads the lake"
+    )
+    _demo_collect(home)
+    console.rule(f"[bold]gpdpr demo 4/{STEPS}: opting out online, and the erasure cycle")
+    _demo_erase(home, practices)
+    console.rule(f"[bold]gpdpr demo 5/{STEPS}: applications, the independent panel, the register")
+    _demo_governance(home)
+    console.rule(
+        f"[bold]gpdpr demo 6/{STEPS}: a study runs in the research environment; two checkers"
+    )
+    _demo_research(home)
+    console.rule(
+        f"[bold]gpdpr demo 7/{STEPS}: everything that happened, in the public log, verified"
+    )
+    _demo_log(home)
+    _say(
+        "Look around from the command line too: "
+        f"gpdpr lake show --home {home}; gpdpr governance applications --home {home}; "
+        f"gpdpr tre runs --as r.okafor --home {home}; gpdpr log show --home {home}"
+    )
+    if not serve:
+        _say(f"To serve the portal over this home: gpdpr portal serve --home {home}")
+        return
+    console.rule(f"[bold]gpdpr demo 8/{STEPS}: the portal, for the public, patients and staff")
+    _demo_serve(home, host, port)
 
 
 def _demo_extract(home: Path, practices: Path) -> None:
@@ -299,6 +323,30 @@ def _demo_research(home: Path) -> None:
 
     try:
         research(home, _say)
+    except UserError as exc:
+        fail(str(exc))
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Before a minute of work, not after: the portal's address must be free to listen on."""
+    import socket
+
+    try:
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        fail(
+            f"cannot serve the portal on {host}:{port} ({exc.strerror or exc}): pass another "
+            "--port, or --no-serve to end without serving"
+        )
+
+
+def _demo_serve(home: Path, host: str, port: int) -> None:
+    from gpdpr.portal.serve import serve_demo
+
+    try:
+        serve_demo(home, host, port, _say)
     except UserError as exc:
         fail(str(exc))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -29,6 +29,7 @@ class DemoAccount:
     who: str  # a handle, or a patient's email address
     roles: tuple[str, ...]
     password: str
+    note: str = ""
 
 
 def demo_accounts(
@@ -124,12 +125,41 @@ def serve(home: Path, host: str = "127.0.0.1", port: int = 8000) -> None:
 
 def prepare_demo(home: Path, patients: int = 3) -> list[DemoAccount]:
     """Demo accounts for everyone in the governance record and for a few patients of the demo's
-    first practice (not the first three, whom the demo opts out itself)."""
+    first practice (not the first three, whom the demo opts out itself); the first of them,
+    if there is one, a patient whose record an approved project's run read, so their "how my
+    record was used" page has something to show."""
     import pyarrow.parquet as pq
 
     first = sorted(p for p in (home / "practices").iterdir() if p.is_dir())[0]
     numbers = pq.read_table(first / "patients.parquet", columns=["nhs_number"])["nhs_number"]
-    return demo_accounts(home, [str(n) for n in numbers.to_pylist()[3 : 3 + patients]])
+    candidates = [str(n) for n in numbers.to_pylist()[3:]]
+    used = _first_used(home, candidates[:SEARCHED])
+    chosen = ([used] if used else []) + [n for n in candidates if n != used]
+    made = demo_accounts(home, chosen[:patients])
+    if used is None:
+        return made
+    note = "an approved study's run read this patient's record"
+    return [replace(a, note=note) if a.who == "patient1@example.org" else a for a in made]
+
+
+# How many of the practice's patients the demo looks through for one whose record was used.
+SEARCHED = 400
+
+
+def _first_used(home: Path, numbers: list[str]) -> str | None:
+    from gpdpr.custodian.central import Custodian
+    from gpdpr.transparency.patient import record_uses
+
+    engine = connect(url_for_home(home))
+    try:
+        custodian = Custodian(home / "keys", engine)
+        for number in numbers:
+            pseudonym = custodian.pseudonym_for(number, actor="demo", purpose="demo accounts")
+            if record_uses(custodian, pseudonym).projects:
+                return number
+        return None
+    finally:
+        engine.dispose()
 
 
 def serve_demo(
@@ -143,7 +173,16 @@ def serve_demo(
     accounts = prepare_demo(home)
     say(f"The portal is at http://{host}:{port}/ (Ctrl-C to stop). Demo accounts:")
     for account in accounts:
-        say(f"  {account.who:<28} {', '.join(account.roles):<32} password: {account.password}")
+        note = f" ({account.note})" if account.note else ""
+        say(
+            f"  {account.who:<28} {', '.join(account.roles):<32} password: {account.password}"
+            + note
+        )
+    say(
+        "Try: sign in as a patient (Patients: sign in) to opt out or see how your record was "
+        "used; as r.okafor to follow the diabetes study's runs; as check.one to check outputs; "
+        "as panel.gp to review applications. The register and the activity log need no sign-in."
+    )
     serve(home, host, port)
 
 
