@@ -16,6 +16,9 @@ from gpdpr.portal.security import PATIENT, csrf_token, current
 
 TEMPLATES = Path(__file__).parent / "templates"
 templates = Jinja2Templates(directory=str(TEMPLATES))
+# On for every template: the default (select_autoescape) goes by the name's ending, and ours end
+# in .j2, which it would leave unescaped.
+templates.env.autoescape = True
 templates.env.trim_blocks = True
 templates.env.lstrip_blocks = True
 
@@ -40,15 +43,15 @@ class Link:
     roles: frozenset[str]  # empty: everyone
 
 
-# The navigation, in order. The transparency log's pages (the activity log, its checkpoint and
-# "verify it yourself") and the patient's "projects that used my record" join here when
-# gpdpr.transparency lands: add their Links and include their route module in app.ROUTERS.
+# The navigation, in order. The patient's "projects that used my record" joins here when it
+# lands: add its Link and include its route module in app.ROUTERS.
 NAVIGATION: list[Link] = [
     Link("/", "Home", frozenset()),
     Link("/what-we-collect", "What we collect", frozenset()),
     Link("/safeguards", "Limits and safeguards", frozenset()),
     Link("/register", "Data Uses Register", frozenset()),
     Link("/statistics", "Statistics", frozenset()),
+    Link("/log", "Activity log", frozenset()),
     Link("/opting-out", "How to opt out", frozenset()),
     Link("/patient", "Your opt-outs", frozenset({PATIENT})),
     Link("/applications", "Applications", frozenset({"applicant"})),
