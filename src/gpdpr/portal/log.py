@@ -16,7 +16,8 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,7 +156,7 @@ class LogState:
 
     contents: store.Contents | None
     problem: str | None
-    by_type: dict[str, list[int]] = field(default_factory=dict)  # each type's seqs, in order
+    by_type: dict[str, array[int]] = field(default_factory=dict)  # each type's seqs, in order
     checked: float = 0.0
 
     @property
@@ -202,9 +203,9 @@ def _verified(folder: Path) -> LogState:
         return LogState(None, _public(str(exc), folder), checked=checked)
     if contents is None:
         return LogState(None, None, checked=checked)
-    by_type: dict[str, list[int]] = {}
+    by_type: dict[str, array[int]] = {}
     for seq in range(contents.size):
-        by_type.setdefault(str(contents.entry(seq).get("type")), []).append(seq)
+        by_type.setdefault(str(contents.entry(seq).get("type")), array("q")).append(seq)
     return LogState(contents, None, by_type, checked)
 
 
@@ -235,18 +236,16 @@ def activity_log(request: Request, page: int = 1, kind: str = Query("", alias="t
     types = sorted(state.by_type, key=title_of)
     if kind and kind not in state.by_type and kind not in TITLES and kind not in KINDS:
         return page_error(request, 400, f"There is no type of entry called {kind!r}.")
-    if contents is None:
-        seqs: list[int] = []
-    elif kind:
-        seqs = state.by_type.get(kind, [])
-    else:
-        seqs = list(range(contents.size))
+    seqs: Sequence[int] = ()
+    if contents is not None:
+        seqs = state.by_type.get(kind, ()) if kind else range(contents.size)
     pages = max(1, -(-len(seqs) // PER_PAGE))
     if not 1 <= page <= pages:
         return page_error(
             request, 400, f"There is no page {page} of this list: it has pages 1 to {pages}."
         )
-    shown = seqs[::-1][(page - 1) * PER_PAGE : page * PER_PAGE]
+    newest, first = len(seqs) - 1, (page - 1) * PER_PAGE  # newest first, the list not copied
+    shown = [seqs[newest - n] for n in range(first, min(first + PER_PAGE, len(seqs)))]
     rows = []
     if contents is not None:
         signed = contents.checkpoint.size if contents.checkpoint else 0
