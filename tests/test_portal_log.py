@@ -429,6 +429,23 @@ def test_a_tampered_checkpoint_or_a_missing_key_is_shown_as_not_verifying(site: 
     assert "The log verifies" in texts(visitor(site).get("/log").text)
 
 
+def test_an_unreadable_entries_file_is_shown_as_a_problem_not_a_500(site: Site) -> None:
+    entries = folder(site) / store.ENTRIES
+    saved = entries.with_name("saved.jsonl")
+    entries.rename(saved)
+    entries.mkdir()  # a folder where the file should be: reading it fails
+    try:
+        page = visitor(site).get("/log")
+        assert page.status_code == 200
+        assert "this log does NOT verify" in page.text
+        assert "cannot be read" in page.text
+        assert visitor(site).get("/log/files/entries.jsonl").status_code == 404
+    finally:
+        entries.rmdir()
+        saved.rename(entries)
+    assert "The log verifies" in texts(visitor(site).get("/log").text)
+
+
 def test_a_rewrite_that_keeps_the_files_size_and_times_is_caught_when_rechecked(
     site: Site, monkeypatch: pytest.MonkeyPatch
 ) -> None:

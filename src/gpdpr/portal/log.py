@@ -141,7 +141,9 @@ def details_of(entry: dict[str, Any]) -> list[Detail]:
 
 
 def actor_of(entry: dict[str, Any]) -> str:
-    actor = entry.get("actor") or {}
+    actor = entry.get("actor")
+    if not isinstance(actor, dict):
+        return "unknown"
     role, organisation = actor.get("role") or "unknown", actor.get("organisation")
     return f"{role} ({organisation})" if organisation else str(role)
 
@@ -201,6 +203,9 @@ def _verified(folder: Path) -> LogState:
         if not _published(folder):
             return LogState(None, None, checked=checked)
         return LogState(None, _public(str(exc), folder), checked=checked)
+    except OSError as exc:
+        problem = f"the log's files cannot be read: {exc.strerror or exc}"
+        return LogState(None, problem, checked=checked)
     if contents is None:
         return LogState(None, None, checked=checked)
     by_type: dict[str, array[int]] = {}
