@@ -6,6 +6,7 @@ form's bad input refused with a clear error and nothing changed."""
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -133,8 +134,18 @@ def test_a_route_without_a_policy_is_refused_to_everyone() -> None:
 # ---- public pages ------------------------------------------------------------------------------
 
 
+def test_what_a_visitor_types_is_escaped_on_every_page_it_shows_on(portal: Portal) -> None:
+    """Templates end in .j2, which Jinja's default autoescaping would not recognise: escaping
+    is switched on for all of them, so a search term cannot become markup."""
+    probe = '"><script>alert(1)</script>'
+    for path in (f"/register?q={probe}", f"/log?type={probe}"):
+        page = client(portal).get(path, params=None).text
+        assert "<script>alert(1)</script>" not in page, path
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page, path
+
+
 def test_what_we_collect_is_rendered_from_the_specification(portal: Portal) -> None:
-    page = client(portal).get("/what-we-collect").text
+    page = html.unescape(client(portal).get("/what-we-collect").text)
     spec = shipped()
     for item in spec.never_collected.values():
         assert item.title in page and item.reason.split(".")[0] in page

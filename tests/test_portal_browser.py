@@ -2,11 +2,11 @@
 real server (uvicorn on 127.0.0.1) over a real service home. One server and one browser for the
 module. Screenshots go to tests/artefacts/portal/ (kept as test artefacts, not committed).
 
-Scenarios: a patient signs in and opts out; an applicant submits an application; the panel
-votes to quorum and the administrator decides; two output checkers release a file; the register
-shows it. Then keyboard use and basic accessibility on every page: labels, one h1 and no skipped
-heading level, text contrast of at least 4.5:1 from the computed styles, a visible focus, and a
-skip link that works.
+Scenarios: a patient signs in and opts out; after the erasure cycle the activity log shows the
+erasure, with its proof; an applicant submits an application; the panel votes to quorum and the
+administrator decides; two output checkers release a file; the register shows it. Then keyboard
+use and basic accessibility on every page: labels, one h1 and no skipped heading level, text
+contrast of at least 4.5:1 from the computed styles, a visible focus, and a skip link that works.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from governing import ADMIN, CHECKERS, LEAD, PANEL, act
 from gpdpr.portal.app import create_app
 from gpdpr.portal.security import RateLimit
-from gpdpr.portal.serve import running
+from gpdpr.portal.serve import publish_now, running
 from gpdpr.tre import checking, runs
 from portal_home import FAST, PASSWORD, Home, build, database, patient_email
 
@@ -54,6 +55,7 @@ class Site:
     url: str
     browser: Browser
     request: str  # a release request awaiting two checkers
+    app: FastAPI
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +83,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             ),
         )
         app = create_app(built.home, passwords=FAST, rate_limit=RateLimit(), dummy_patients=400)
+        publish_now(app)  # the transparency log, as the served portal keeps it
         with running(app) as url, sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             try:
-                yield Site(built, url, browser, request)
+                yield Site(built, url, browser, request, app)
             finally:
                 browser.close()
                 app.state.portal.close()
@@ -136,6 +139,42 @@ def test_a_patient_signs_in_with_the_identity_provider_opts_out_and_sees_it(page
     assert "erased at the next erasure cycle" in status
     assert page.get_by_role("button", name="Withdraw my Type 1 opt-out").is_visible()
     shot(page, "02-patient-opted-out")
+
+
+def test_the_erasure_shows_in_the_activity_log_after_the_cycle_with_its_proof(
+    page: Page, site: Site
+) -> None:
+    from gpdpr.collect.service import Central, erase_cycle
+
+    page.goto("/patient/sign-in")
+    page.get_by_label("Email address").fill(patient_email(3))
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Continue").click()
+    page.wait_for_url("**/patient")
+    page.get_by_role("button", name="Set my Type 1 opt-out").click()
+    page.wait_for_load_state()
+    assert "Your Type 1 opt-out is recorded" in page.get_by_role("status").first.inner_text()
+    # the service's erasure cycle, then its publishing to the log (as `gpdpr erase` does)
+    cycle = erase_cycle(Central(site.built.home))
+    assert cycle.receipts >= 1 and cycle.erasure.version is not None
+    publish_now(site.app)
+    page.goto("/log")
+    assert "The log verifies" in page.get_by_role("status").first.inner_text()
+    page.get_by_label("Type of entry").select_option("erasure")
+    page.get_by_role("button", name="Show").click()
+    page.wait_for_load_state()
+    rows = page.locator("table.log tbody tr")
+    assert rows.count() >= 1
+    newest = rows.first.inner_text()
+    assert "Erasure cycle" in newest and f"Lake version: {cycle.erasure.version.number}" in newest
+    assert all("Erasure cycle" in rows.nth(n).inner_text() for n in range(rows.count()))
+    shot(page, "07-log-erasure")
+    rows.first.get_by_role("link").click()
+    page.wait_for_load_state()
+    assert page.get_by_role("heading", level=1).inner_text().endswith("Erasure cycle")
+    assert page.get_by_role("heading", name="Proof that it is in the signed log").is_visible()
+    assert "gpdpr log prove" in page.locator("main").inner_text()
+    shot(page, "08-log-entry-with-proof")
 
 
 def test_an_applicant_fills_in_and_submits_an_application(page: Page) -> None:
@@ -214,7 +253,17 @@ def test_two_checkers_release_a_file_and_the_register_publishes_it(page: Page, s
 
 # ---- keyboard and accessibility ----------------------------------------------------------------
 
-PUBLIC_PAGES = ["/", "/what-we-collect", "/safeguards", "/register", "/statistics", "/opting-out"]
+PUBLIC_PAGES = [
+    "/",
+    "/what-we-collect",
+    "/safeguards",
+    "/register",
+    "/statistics",
+    "/opting-out",
+    "/log",
+    "/log/entries/0",
+    "/log/verify",
+]
 SIGNED_IN_PAGES = {
     LEAD: ["/applications", "/applications/new", "/research"],
     ADMIN: ["/panel", "/admin"],
@@ -294,7 +343,7 @@ def test_every_page_has_labels_headings_in_order_and_enough_contrast(page: Page)
     problems: list[str] = []
     for n, path in enumerate(PUBLIC_PAGES):
         problems += audit(page, path)
-        shot(page, f"public-{n}-{path.strip('/') or 'home'}")
+        shot(page, f"public-{n}-{path.strip('/').replace('/', '-') or 'home'}")
     page.goto("/patient/sign-in")
     problems += [f"identity provider: {p}" for p in page.evaluate(AUDIT)]
     for handle, paths in SIGNED_IN_PAGES.items():

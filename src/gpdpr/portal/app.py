@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute
 
-from gpdpr.portal import accounts, applications, outputs, patient, public, research
+from gpdpr.portal import accounts, applications, log, outputs, patient, public, research
 from gpdpr.portal.idp import IdentityProvider
 from gpdpr.portal.pages import page_error
 from gpdpr.portal.research import DUMMY_PATIENTS, DummyRunner
@@ -27,9 +27,8 @@ from gpdpr.portal.service import Portal
 
 STATIC = Path(__file__).parent / "static"
 
-# Every route module of the portal. The transparency log's pages (issue 7) join this list, with
-# their links in pages.NAVIGATION, when gpdpr.transparency is merged.
-ROUTERS = (public, patient, accounts, applications, outputs, research)
+# Every route module of the portal (each page's link, if it has one, is in pages.NAVIGATION).
+ROUTERS = (public, log, patient, accounts, applications, outputs, research)
 
 HEADERS = {
     "Content-Security-Policy": (

@@ -16,6 +16,9 @@ from gpdpr.portal.security import PATIENT, csrf_token, current
 
 TEMPLATES = Path(__file__).parent / "templates"
 templates = Jinja2Templates(directory=str(TEMPLATES))
+# On for every template: the default (select_autoescape) goes by the name's ending, and ours end
+# in .j2, which it would leave unescaped.
+templates.env.autoescape = True
 templates.env.trim_blocks = True
 templates.env.lstrip_blocks = True
 
@@ -40,14 +43,14 @@ class Link:
     roles: frozenset[str]  # empty: everyone
 
 
-# The navigation, in order. The transparency log's pages (the activity log, its checkpoint and
-# "verify it yourself") join here when their route module joins app.ROUTERS.
+# The navigation, in order: the public pages, then each role's.
 NAVIGATION: list[Link] = [
     Link("/", "Home", frozenset()),
     Link("/what-we-collect", "What we collect", frozenset()),
     Link("/safeguards", "Limits and safeguards", frozenset()),
     Link("/register", "Data Uses Register", frozenset()),
     Link("/statistics", "Statistics", frozenset()),
+    Link("/log", "Activity log", frozenset()),
     Link("/opting-out", "How to opt out", frozenset()),
     Link("/patient", "Your opt-outs", frozenset({PATIENT})),
     Link("/patient/record", "How your record was used", frozenset({PATIENT})),

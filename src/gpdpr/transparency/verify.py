@@ -76,7 +76,12 @@ class Verified:
 def verify(source: Source, kept: bytes | None = None, kept_name: str = "") -> Verified:
     """Check the whole log; with `kept` (an earlier checkpoint's file), prove the log has only
     grown since."""
-    contents = source.read()
+    return check(source.read(), kept, kept_name)
+
+
+def check(contents: store.Contents, kept: bytes | None = None, kept_name: str = "") -> Verified:
+    """`verify` on contents already read (and so checked) from a source: the portal keeps them
+    between page views rather than hashing the whole log for each."""
     current = contents.checkpoint
     assert current is not None and contents.public_key is not None
     since, proof = None, []
@@ -112,7 +117,11 @@ class Inclusion:
 
 def prove(source: Source, seq: int) -> Inclusion:
     """Entry `seq` and its inclusion proof in the tree the current checkpoint signs, checked."""
-    contents = source.read()
+    return inclusion(source.read(), seq)
+
+
+def inclusion(contents: store.Contents, seq: int) -> Inclusion:
+    """`prove` on contents already read from a source."""
     current = contents.checkpoint
     assert current is not None
     if not 0 <= seq < current.size:
