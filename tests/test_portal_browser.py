@@ -357,6 +357,8 @@ def test_every_page_has_labels_headings_in_order_and_enough_contrast(page: Page)
     page.get_by_role("button", name="Continue").click()
     page.wait_for_url("**/patient")
     problems += audit(page, "/patient")
+    problems += audit(page, "/patient/record")
+    shot(page, "patient-record")
     assert problems == []
 
 
