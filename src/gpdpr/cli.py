@@ -328,7 +328,7 @@ def _demo_research(home: Path) -> None:
 
 
 def _check_port_free(host: str, port: int) -> None:
-    """Before a minute of work, not after: the portal's address must be free to listen on."""
+    """Before any of the work, not after it: the portal's address must be free to listen on."""
     import socket
 
     try:
