@@ -48,7 +48,6 @@ import itertools
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -57,7 +56,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from runs import chosen_runs
+from runs import CHILD, chosen_runs, run_child
 
 LIST_SIZE = 9_000  # England's typical list size: practices = patients // 9,000
 WORKERS = 4  # collect's and erase's thread pools (the default of both commands)
@@ -72,29 +71,14 @@ DEFAULT_RUNS = [
     ("erase", 100_000),
     ("erase", 1_000_000),
 ]
-CHILD = "--child"
-
 # ---- the parent ------------------------------------------------------------------------------
-
-
-def _child(name: str, *args: str) -> dict[str, Any]:
-    result = subprocess.run(
-        [sys.executable, __file__, CHILD, name, *args],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        sys.exit(f"benchmark child {name} failed:\n{result.stderr}")
-    figures: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
-    return figures
 
 
 def run_load(patients: int) -> dict[str, Any]:
     root = tempfile.mkdtemp(prefix="gpdpr-bench-")
     try:
-        made = _child("load-setup", str(patients), root)
-        timed = _child("load", root)
+        made = run_child(__file__, "load-setup", str(patients), root)
+        timed = run_child(__file__, "load", root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     accounted = timed["rows"] + timed["left_out"]
@@ -109,9 +93,9 @@ def run_load(patients: int) -> dict[str, Any]:
 def run_erase(patients: int) -> dict[str, Any]:
     root = tempfile.mkdtemp(prefix="gpdpr-bench-")
     try:
-        made = _child("erase-setup", str(patients), root)
-        timed = _child("erase", root)
-        checked = _child("erase-verify", root)
+        made = run_child(__file__, "erase-setup", str(patients), root)
+        timed = run_child(__file__, "erase", root)
+        checked = run_child(__file__, "erase-verify", root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     removed = timed["rows_removed"]

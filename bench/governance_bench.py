@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from runs import chosen_runs
+from runs import CHILD, chosen_runs, run_child
 
 DEFAULT = [("process", 100), ("process", 300), ("process", 1_000)]
 
@@ -90,13 +89,7 @@ def main() -> None:
         title="governance: the whole process, then the register",
     )
     for _, applications in runs:
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", str(applications)],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        r = json.loads(out.strip().splitlines()[-1])
+        r = run_child(__file__, str(applications))
         table.add_row(
             f"{r['applications']:,}",
             f"{r['process_s']:.1f}",
@@ -110,7 +103,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+    if len(sys.argv) == 3 and sys.argv[1] == CHILD:
         print(json.dumps(child(int(sys.argv[2]))))
     else:
         main()

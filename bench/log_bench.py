@@ -20,7 +20,6 @@ import json
 import random
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from runs import chosen_runs
+from runs import CHILD, chosen_runs, run_child
 
 DEFAULT = [("log", 10_000), ("log", 100_000), ("log", 1_000_000)]
 BATCH = 1_000
@@ -117,13 +116,7 @@ def main() -> None:
         title="transparency log: append (1,000 a batch, fsync, signed), proofs, verification",
     )
     for _, entries in runs:
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", str(entries)],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        r = json.loads(out.strip().splitlines()[-1])
+        r = run_child(__file__, str(entries))
         table.add_row(
             f"{r['entries']:,}",
             f"{r['append_s']:.1f}",
@@ -139,7 +132,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+    if len(sys.argv) == 3 and sys.argv[1] == CHILD:
         print(json.dumps(child(int(sys.argv[2]))))
     else:
         main()

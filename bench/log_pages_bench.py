@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from log_bench import BATCH, entry
-from runs import chosen_runs
+from runs import CHILD, chosen_runs, run_child
 
 DEFAULT = [("pages", 10_000), ("pages", 100_000), ("pages", 1_000_000)]
 
@@ -91,13 +90,7 @@ def main() -> None:
         title="transparency log pages: the first view verifies, later views use the kept result",
     )
     for _, entries in runs:
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", str(entries)],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        r = json.loads(out.strip().splitlines()[-1])
+        r = run_child(__file__, str(entries))
         table.add_row(
             f"{r['entries']:,}",
             f"{r['first']:.2f}",
@@ -113,7 +106,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+    if len(sys.argv) == 3 and sys.argv[1] == CHILD:
         print(json.dumps(child(int(sys.argv[2]))))
     else:
         main()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import re
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from runs import chosen_runs
+from runs import CHILD, chosen_runs, run_child
 
 DEFAULT = [("optout", 1), ("optout", 10), ("optout", 50), ("register", 1), ("register", 10)]
 PER_CLIENT = 40
@@ -143,13 +142,7 @@ def main() -> None:
         title="portal: requests per second on the running server (SQLite)",
     )
     for kind, clients in runs:
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", kind, str(clients)],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        r = json.loads(out.strip().splitlines()[-1])
+        r = run_child(__file__, kind, str(clients))
         table.add_row(
             r["kind"],
             f"{r['clients']:,}",
@@ -163,7 +156,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+    if len(sys.argv) == 4 and sys.argv[1] == CHILD:
         print(json.dumps(child(sys.argv[2], int(sys.argv[3]))))
     else:
         main()

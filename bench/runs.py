@@ -1,9 +1,16 @@
-"""What every benchmark takes on its command line: which runs, as KIND:PATIENTS."""
+"""What every benchmark shares: which runs it was asked for on its command line (KIND:PATIENTS),
+and running one measurement in a child process of its own."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 from collections.abc import Collection
+from typing import Any
+
+CHILD = "--child"
 
 
 def chosen_runs(
@@ -29,3 +36,16 @@ def chosen_runs(
             parser.error(f"{run!r}: give the run as KIND:PATIENTS, e.g. {kind}:100000")
         runs.append((kind, int(patients)))
     return runs
+
+
+def run_child(script: str, *args: str) -> dict[str, Any]:
+    """Run `script --child ARGS` in a fresh Python process, so its time and peak memory are its
+    own, and return the figures it prints as JSON on its last line; a failed child stops the
+    benchmark with its error output."""
+    result = subprocess.run(
+        [sys.executable, script, CHILD, *args], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        sys.exit(f"benchmark child {' '.join(args)} failed:\n{result.stderr}")
+    figures: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return figures
