@@ -33,7 +33,7 @@ from gpdpr.governance.vocabulary import (
 )
 from gpdpr.portal.pages import not_found, render
 from gpdpr.portal.public import portal_of
-from gpdpr.portal.security import GuardedRoute, PortalSession, allow, current
+from gpdpr.portal.security import GuardedRoute, PortalSession, allow, staff_session
 from gpdpr.spec import shipped
 
 router = APIRouter(route_class=GuardedRoute)
@@ -67,12 +67,6 @@ def mine(session: Session, handle: str) -> list[Application]:
             .order_by(Application.id.desc())
         )
     )
-
-
-def _who(request: Request) -> PortalSession:
-    found = current(request)
-    assert found is not None and found.handle is not None  # the guard let a staff member in
-    return found
 
 
 # ---- the form ----------------------------------------------------------------------------------
@@ -211,7 +205,7 @@ def _values_from_post(data: FormData) -> dict[str, Any]:
 @router.get("/applications")
 @allow("applicant")
 def list_applications(request: Request) -> Response:
-    who = _who(request)
+    who = staff_session(request)
     assert who.handle is not None
     handle = who.handle
     listed = portal_of(request).read(
@@ -232,7 +226,7 @@ def new_application(request: Request) -> Response:
 @allow("applicant")
 async def create_application(request: Request) -> Response:
     data = await request.form()
-    handle = _who(request).handle
+    handle = staff_session(request).handle
     assert handle is not None
     try:
         form = form_from(data)
@@ -242,14 +236,16 @@ async def create_application(request: Request) -> Response:
         )
     except UserError as exc:
         return _form_page(request, _values_from_post(data), "/applications/new", 400, [str(exc)])
-    _who(request).flash.append(f"{reference} is saved as a draft. Submit it when it is complete.")
+    staff_session(request).flash.append(
+        f"{reference} is saved as a draft. Submit it when it is complete."
+    )
     return RedirectResponse(f"/applications/{reference}", status_code=303)
 
 
 @router.get("/applications/{reference}")
 @allow("applicant", *REVIEWERS)
 def show_application(request: Request, reference: str) -> Response:
-    who = _who(request)
+    who = staff_session(request)
     shown = portal_of(request).read(lambda s: _details(s, who, reference))
     if shown is None:
         return not_found(request)
@@ -300,7 +296,7 @@ def request_quorum() -> int:
 @router.get("/applications/{reference}/edit")
 @allow("applicant")
 def edit_application(request: Request, reference: str) -> Response:
-    who = _who(request)
+    who = staff_session(request)
 
     def find(s: Session) -> ApplicationForm | None:
         app = visible(s, who, reference)
@@ -358,7 +354,7 @@ async def _lead_action(
     form_page: bool = False,
 ) -> Response:
     data = await request.form()
-    who = _who(request)
+    who = staff_session(request)
     handle = who.handle
     portal = portal_of(request)
     if portal.read(lambda s: visible(s, who, reference)) is None:
@@ -387,7 +383,7 @@ async def _lead_action(
 
 
 def _detail_with_error(request: Request, reference: str, error: str) -> Response:
-    who = _who(request)
+    who = staff_session(request)
     shown = portal_of(request).read(lambda s: _details(s, who, reference))
     if shown is None:
         return not_found(request)
@@ -412,7 +408,7 @@ def panel_list(request: Request) -> Response:
 
 async def _review_action(request: Request, reference: str, do: Any, done: str) -> Response:
     data = await request.form()
-    who = _who(request)
+    who = staff_session(request)
     portal = portal_of(request)
     if portal.read(lambda s: visible(s, who, reference)) is None:
         return not_found(request)

@@ -20,17 +20,11 @@ from gpdpr.errors import UserError
 from gpdpr.governance import people, register
 from gpdpr.portal.pages import not_found, render
 from gpdpr.portal.public import portal_of
-from gpdpr.portal.security import GuardedRoute, PortalSession, allow, current
+from gpdpr.portal.security import GuardedRoute, allow, staff_session
 from gpdpr.tre import checking
 from gpdpr.tre.models import ReleaseRequest
 
 router = APIRouter(route_class=GuardedRoute)
-
-
-def _who(request: Request) -> PortalSession:
-    found = current(request)
-    assert found is not None and found.handle is not None
-    return found
 
 
 def checkable(session: Session, handle: str, reference: str) -> ReleaseRequest | None:
@@ -50,7 +44,7 @@ def checkable(session: Session, handle: str, reference: str) -> ReleaseRequest |
 @router.get("/checking")
 @allow("output_checker")
 def checking_list(request: Request) -> Response:
-    handle = _who(request).handle
+    handle = staff_session(request).handle
     assert handle is not None
 
     def listed(s: Session) -> dict[str, Any]:
@@ -73,7 +67,7 @@ def checking_list(request: Request) -> Response:
 
 
 def _shown(request: Request, reference: str) -> dict[str, Any] | None:
-    handle = _who(request).handle
+    handle = staff_session(request).handle
     assert handle is not None
 
     def find(s: Session) -> dict[str, Any] | None:
@@ -100,7 +94,7 @@ def show_request(request: Request, reference: str) -> Response:
 @allow("output_checker")
 async def review_file(request: Request, reference: str) -> Response:
     data = await request.form()
-    who = _who(request)
+    who = staff_session(request)
     handle = who.handle
     assert handle is not None
     portal = portal_of(request)

@@ -32,7 +32,7 @@ from gpdpr.governance.agreements import in_force
 from gpdpr.governance.models import Agreement, TeamMember
 from gpdpr.portal.pages import not_found, render
 from gpdpr.portal.public import portal_of
-from gpdpr.portal.security import GuardedRoute, PortalSession, allow, current
+from gpdpr.portal.security import GuardedRoute, allow, staff_session
 from gpdpr.tre import checking, nodes, runs, serial
 from gpdpr.tre.models import ReleaseRequest, Run
 
@@ -42,18 +42,12 @@ MAX_UPLOAD = 2_000_000
 DUMMY_PATIENTS = 2_500
 
 
-def _who(request: Request) -> PortalSession:
-    found = current(request)
-    assert found is not None and found.handle is not None
-    return found
-
-
 def definitions_folder(home: Path, person_id: int) -> Path:
     return home / "portal" / "definitions" / str(person_id)
 
 
 def _person_id(request: Request) -> int:
-    handle = _who(request).handle
+    handle = staff_session(request).handle
     assert handle is not None
     return portal_of(request).read(lambda s: people.person(s, handle).id)
 
@@ -172,7 +166,7 @@ def _overview(session: Session, handle: str, home: Path) -> dict[str, Any]:
 @router.get("/research")
 @allow("applicant")
 def research(request: Request) -> Response:
-    handle = _who(request).handle
+    handle = staff_session(request).handle
     assert handle is not None
     portal = portal_of(request)
     return render(
@@ -186,7 +180,7 @@ async def upload(request: Request) -> Response:
     data = await request.form()
     upload = data.get("definition")
     portal = portal_of(request)
-    handle = _who(request).handle
+    handle = staff_session(request).handle
     assert handle is not None
     error = None
     document = b""
@@ -211,7 +205,9 @@ async def upload(request: Request) -> Response:
     partial = path.with_name(f".{path.name}.partial")
     partial.write_bytes(document)
     partial.replace(path)
-    _who(request).flash.append("The definition is checked and kept. Try it on dummy data first.")
+    staff_session(request).flash.append(
+        "The definition is checked and kept. Try it on dummy data first."
+    )
     return RedirectResponse(f"/research/definitions/{sha}", status_code=303)
 
 
@@ -230,7 +226,7 @@ def _definition_page(
     errors: list[str] | None = None,
 ) -> Response:
     definition = serial.from_json(document)
-    handle = _who(request).handle
+    handle = staff_session(request).handle
     assert handle is not None
     portal = portal_of(request)
     overview = portal.read(lambda s: _overview(s, handle, portal.home))
@@ -275,7 +271,7 @@ async def run_real(request: Request, sha: str) -> Response:
     if document is None:
         return not_found(request)
     agreement = str(data.get("agreement", ""))
-    who = _who(request)
+    who = staff_session(request)
     assert who.handle is not None
     portal = portal_of(request)
 
@@ -301,7 +297,7 @@ def _my_run(session: Session, handle: str, reference: str) -> Run | None:
 def _run_page(
     request: Request, reference: str, status_code: int = 200, errors: list[str] | None = None
 ) -> Response:
-    handle = _who(request).handle
+    handle = staff_session(request).handle
     assert handle is not None
 
     def find(s: Session) -> dict[str, Any] | None:
@@ -332,7 +328,7 @@ async def request_release(request: Request, reference: str) -> Response:
     import hashlib
 
     data = await request.form()
-    who = _who(request)
+    who = staff_session(request)
     handle = who.handle
     assert handle is not None
     portal = portal_of(request)
@@ -367,7 +363,7 @@ async def request_release(request: Request, reference: str) -> Response:
 @router.get("/research/requests/{reference}")
 @allow("applicant")
 def show_my_request(request: Request, reference: str) -> Response:
-    handle = _who(request).handle
+    handle = staff_session(request).handle
     assert handle is not None
 
     def find(s: Session) -> dict[str, Any] | None:

@@ -152,6 +152,14 @@ def current(request: Request) -> PortalSession | None:
     return getattr(request.state, "session", None)
 
 
+def staff_session(request: Request) -> PortalSession:
+    """The signed-in staff member's session, on a route whose guard admits only staff roles
+    (so there is one, with a handle)."""
+    found = current(request)
+    assert found is not None and found.handle is not None
+    return found
+
+
 def ensure_session(request: Request) -> PortalSession:
     """The visitor's session, made (anonymous) if they have none: a form needs its token."""
     found = current(request)
