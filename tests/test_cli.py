@@ -155,15 +155,6 @@ def test_demo_runs_and_can_run_again(tmp_path: Path) -> None:
     assert verified.returncode == 0 and "verified" in verified.stdout, verified.stderr
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 def test_demo_ends_serving_the_portal_with_its_accounts_until_stopped(tmp_path: Path) -> None:
     """`gpdpr demo` as the README runs it: every step, then the portal left running at the
     printed address with the printed accounts; a staff account signs in; SIGTERM stops it with
@@ -174,6 +165,8 @@ def test_demo_ends_serving_the_portal_with_its_accounts_until_stopped(tmp_path: 
     import urllib.parse
     import urllib.request
     from http.cookiejar import CookieJar
+
+    from gpdpr.portal.serve import free_port
 
     home = tmp_path / "home"
     port = free_port()

@@ -186,18 +186,25 @@ def serve_demo(
     serve(home, host, port)
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (the system's choice), for a server started next."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
 @contextmanager
 def running(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
     """Serve `app` with uvicorn on a free port in a background thread for the block; its base
     URL. Used by the browser and load tests and the benchmark."""
-    import socket
     import time
 
     import uvicorn
 
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        port = probe.getsockname()[1]
+    port = free_port(host)
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=port, log_level="warning", backlog=2048)
     )
