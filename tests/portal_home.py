@@ -38,6 +38,18 @@ ITEMS = (
     Item("clinical_events", "effective_date", "when"),
 )
 
+# A study the portal's tests upload: adults registered on the index date, counted by sex.
+STUDY = """
+from gpdpr.tre.language import *
+
+index = "2025-01-01"
+dataset = Dataset()
+registered = practice_registrations.for_patient_on(index)
+dataset.define_population(registered.exists_for_patient() & (patients.age_on(index) >= 18))
+dataset.sex = patients.sex
+dataset.add_table("adults_by_sex", by=["sex"])
+"""
+
 
 @dataclass
 class Home:

@@ -28,7 +28,7 @@ from gpdpr.portal.app import api_routes, create_app
 from gpdpr.portal.idp import CLIENT_ID, ISSUER, verify_id_token
 from gpdpr.portal.security import COOKIE, GuardedRoute, RateLimit, allow, policy_of
 from gpdpr.spec import shipped
-from portal_home import FAST, PASSWORD, Home, build, database, patient_email
+from portal_home import FAST, PASSWORD, STUDY, Home, build, database, patient_email
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -561,17 +561,6 @@ def test_bad_administration_forms_are_refused_and_change_nothing(
 
 
 # ---- research and output checking ----------------------------------------------------------------
-
-STUDY = """
-from gpdpr.tre.language import *
-
-index = "2025-01-01"
-dataset = Dataset()
-registered = practice_registrations.for_patient_on(index)
-dataset.define_population(registered.exists_for_patient() & (patients.age_on(index) >= 18))
-dataset.sex = patients.sex
-dataset.add_table("adults_by_sex", by=["sex"])
-"""
 
 
 def compiled(folder: Path, text: str) -> bytes:

@@ -25,7 +25,7 @@ from gpdpr.portal.app import create_app
 from gpdpr.portal.security import RateLimit
 from gpdpr.portal.serve import publish_now, running
 from gpdpr.tre import checking, runs
-from portal_home import FAST, PASSWORD, Home, build, database, patient_email
+from portal_home import FAST, PASSWORD, STUDY, Home, build, database, patient_email
 
 ARTEFACTS = Path(__file__).parent / "artefacts" / "portal"
 CHROMIUM = "/usr/bin/chromium"
@@ -37,16 +37,6 @@ ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-STUDY = """
-from gpdpr.tre.language import *
-
-index = "2025-01-01"
-dataset = Dataset()
-registered = practice_registrations.for_patient_on(index)
-dataset.define_population(registered.exists_for_patient() & (patients.age_on(index) >= 18))
-dataset.sex = patients.sex
-dataset.add_table("adults_by_sex", by=["sex"])
-"""
 
 
 @dataclass

@@ -5,13 +5,16 @@ sees which approved projects used their record."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from gpdpr.errors import UserError
 from gpdpr.terminal import console, fail
+
+if TYPE_CHECKING:
+    from gpdpr.transparency.verify import Source
 
 log_app = typer.Typer(
     help="The transparency log: every use of the data, publicly verifiable.",
@@ -33,7 +36,7 @@ Url = Annotated[
 DEFAULT_HOME = Path("gpdpr-home")
 
 
-def _source(home: Path, log_dir: Path | None, url: str | None) -> object:
+def _source(home: Path, log_dir: Path | None, url: str | None) -> Source:
     from gpdpr.transparency.publish import log_folder
     from gpdpr.transparency.verify import Source
 
@@ -56,10 +59,9 @@ def verify_command(
 ) -> None:
     """Recompute the whole tree from the entries, check the signed checkpoint, and (with
     --checkpoint) prove the current log extends the one you kept."""
-    from gpdpr.transparency.verify import Source, verify
+    from gpdpr.transparency.verify import verify
 
     source = _source(home, log_dir, url)
-    assert isinstance(source, Source)
     try:
         kept = checkpoint.read_bytes() if checkpoint is not None else None
     except OSError as exc:
@@ -94,10 +96,9 @@ def prove_command(
     """Show one entry and prove it is in the tree the current checkpoint signs."""
     import orjson
 
-    from gpdpr.transparency.verify import Source, prove
+    from gpdpr.transparency.verify import prove
 
     source = _source(home, log_dir, url)
-    assert isinstance(source, Source)
     try:
         found = prove(source, entry_id)
     except UserError as exc:
@@ -120,10 +121,8 @@ def show_command(
     home: PlainHome = DEFAULT_HOME,
 ) -> None:
     """The latest entries, after verifying the log."""
-    from gpdpr.transparency.verify import Source
 
     source = _source(home, log_dir, url)
-    assert isinstance(source, Source)
     try:
         contents = source.read()
     except UserError as exc:
