@@ -40,9 +40,10 @@ Every DuckDB connection of a run, the engine's and the hand-written ones', has m
 --memory-limit (8GB; DuckDB's own default is 80% of the machine's memory, which is shared), and
 spills to a temporary folder beyond it.
 
-Spark (gpdpr.tre.spark.SparkEngine) runs the same definition on the same views when that module
-can be imported; its answer must equal DuckDB's. Its seconds include turning the Arrow views into
-Spark DataFrames, as the engine's run() does; the session is started before timing.
+Spark (gpdpr.tre.engines.spark.SparkEngine) runs the same definition on the same views when
+that module can be imported; its answer must equal DuckDB's. Its seconds include turning the
+Arrow views into Spark DataFrames, as the engine's run() does; the session is started before
+timing.
 
 A run (compiled or hand-written) whose first time is over a minute is not repeated: its table
 cell says "(1 run)".
@@ -77,10 +78,12 @@ from rich.console import Console
 from rich.table import Table
 
 import tre_data
-from gpdpr.tre import nodes as n
-from gpdpr.tre import serial, sql
-from gpdpr.tre.engines import DuckDBEngine, Results, conform, intervals_table
-from gpdpr.tre.language import (
+from gpdpr.tre.engines import sql
+from gpdpr.tre.engines.base import Results, conform, intervals_table
+from gpdpr.tre.engines.duckdb import DuckDBEngine
+from gpdpr.tre.query import nodes as n
+from gpdpr.tre.query import serial
+from gpdpr.tre.query.language import (
     INTERVAL,
     Dataset,
     Measures,
@@ -93,7 +96,7 @@ from gpdpr.tre.language import (
     practice_registrations,
     when,
 )
-from gpdpr.tre.schema import view_name
+from gpdpr.tre.query.schema import view_name
 
 CHILD = "--child"
 SCALES = (10_000, 100_000, 1_000_000)
@@ -609,7 +612,7 @@ def child_generate(args: list[str]) -> None:
 
 def _spark_engine() -> Any:
     """Spark's engine, its session (the JVM) started now, before the timed runs."""
-    from gpdpr.tre.spark import SparkEngine, session
+    from gpdpr.tre.engines.spark import SparkEngine, session
 
     session()
     return SparkEngine()
@@ -748,7 +751,7 @@ def _child(*args: str, timeout: float = TIMEOUT) -> dict[str, Any]:
 def spark_missing() -> str | None:
     """Why Spark cannot run here, or None if it can."""
     check = subprocess.run(
-        [sys.executable, "-c", "from gpdpr.tre.spark import SparkEngine"],
+        [sys.executable, "-c", "from gpdpr.tre.engines.spark import SparkEngine"],
         capture_output=True,
         text=True,
         check=False,
@@ -756,7 +759,7 @@ def spark_missing() -> str | None:
     if check.returncode == 0:
         return None
     lines = check.stderr.strip().splitlines()
-    return lines[-1] if lines else "cannot import gpdpr.tre.spark"
+    return lines[-1] if lines else "cannot import gpdpr.tre.engines.spark"
 
 
 def _list(text: str, kind: Callable[[str], Any]) -> list[Any]:

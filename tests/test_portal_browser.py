@@ -24,7 +24,8 @@ from governing import ADMIN, CHECKERS, LEAD, PANEL, act
 from gpdpr.portal.app import create_app
 from gpdpr.portal.security import RateLimit
 from gpdpr.portal.serve import publish_now, running
-from gpdpr.tre import checking, runs
+from gpdpr.tre import runs
+from gpdpr.tre.release import checking
 from portal_home import FAST, PASSWORD, STUDY, Home, build, database, patient_email
 
 ARTEFACTS = Path(__file__).parent / "artefacts" / "portal"

@@ -33,9 +33,10 @@ from gpdpr.transparency import store
 from gpdpr.transparency.models import RunUse
 from gpdpr.transparency.patient import record_uses
 from gpdpr.transparency.publish import log_folder, publish
-from gpdpr.tre import checking, runs
+from gpdpr.tre import runs
 from gpdpr.tre.demo import AUTHOR, CHECKERS, example
 from gpdpr.tre.models import Run
+from gpdpr.tre.release import checking
 
 runner = CliRunner()
 

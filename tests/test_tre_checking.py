@@ -45,9 +45,9 @@ from gpdpr.errors import NotAllowed, UserError
 from gpdpr.governance import agreements, applications, panel, people, register, releases
 from gpdpr.governance.models import Person, Release
 from gpdpr.terminal import console
-from gpdpr.tre import checking
-from gpdpr.tre.disclosure import Cell, DisclosureRefused
 from gpdpr.tre.models import FileReview, ReleasedCell, ReleaseRequest, Run
+from gpdpr.tre.release import checking
+from gpdpr.tre.release.disclosure import Cell, DisclosureRefused
 from gpdpr.tre.review_cli import review_app
 
 DEFINITION = orjson.dumps(

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpdpr.errors import UserError
-from gpdpr.tre.disclosure import (
+from gpdpr.tre.release.disclosure import (
     ROUND_TO,
     RULES,
     THRESHOLD,

@@ -19,14 +19,15 @@ import pyarrow as pa
 import pytest
 
 from gpdpr.errors import UserError
-from gpdpr.tre import nodes as n
-from gpdpr.tre.engines import (
+from gpdpr.tre.engines.base import (
     Engine,
     dataset_schema,
     measure_schema,
     table_schema,
 )
-from gpdpr.tre.language import (
+from gpdpr.tre.engines.sql import interval_rows
+from gpdpr.tre.query import nodes as n
+from gpdpr.tre.query.language import (
     INTERVAL,
     Dataset,
     Measures,
@@ -47,7 +48,6 @@ from gpdpr.tre.language import (
     when,
     years,
 )
-from gpdpr.tre.sql import interval_rows
 from tre_data import column, make_views, run, through_json
 
 HTN = ["38341003", "59621000"]  # SNOMED CT codes for hypertension, from the catalogue
@@ -1006,8 +1006,8 @@ def test_a_measure_picking_each_intervals_latest_row(engine: Engine) -> None:
 
 # ---- measures over spans of intervals ------------------------------------------------------
 # A measure whose conditions compare dates with INTERVAL is computed over spans of intervals
-# (gpdpr.tre.spans), not per patient and interval; one that uses INTERVAL otherwise is computed
-# per patient and interval. Each kind of comparison is checked against counting by hand, on
+# (gpdpr.tre.engines.spans), not per patient and interval; one that uses INTERVAL otherwise is
+# computed per patient and interval. Each kind of comparison is checked against counting by hand, on
 # months that start on the 31st (shorter months start on their last day) and on weeks.
 
 SPANNED = make_views(
@@ -1249,7 +1249,7 @@ def test_gpdpr_works_without_pyspark_and_says_how_to_install_it() -> None:
     script = (
         "import sys\n"
         "sys.modules['pyspark'] = None  # as if it were not installed\n"
-        "from gpdpr.tre import spark\n"
+        "from gpdpr.tre.engines import spark\n"
         "from gpdpr.errors import UserError\n"
         "try:\n"
         "    spark.SparkEngine().run(None, {})\n"
@@ -1264,7 +1264,7 @@ def test_gpdpr_works_without_pyspark_and_says_how_to_install_it() -> None:
 
 
 def test_spark_without_java_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gpdpr.tre import spark
+    from gpdpr.tre.engines import spark
 
     monkeypatch.delenv("JAVA_HOME", raising=False)
     monkeypatch.setattr(spark.shutil, "which", lambda name: None)

@@ -11,9 +11,9 @@ import orjson
 import pytest
 
 from gpdpr.errors import UserError
-from gpdpr.tre import nodes as n
-from gpdpr.tre import serial
-from gpdpr.tre.language import (
+from gpdpr.tre.query import nodes as n
+from gpdpr.tre.query import serial
+from gpdpr.tre.query.language import (
     INTERVAL,
     Dataset,
     Measures,

@@ -26,10 +26,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from gpdpr.tre import nodes as n
-from gpdpr.tre import spans, sql
-from gpdpr.tre.engines import (
-    DuckDBEngine,
+from gpdpr.tre.engines import spans, sql
+from gpdpr.tre.engines.base import (
     Engine,
     conform,
     dataset_schema,
@@ -38,7 +36,9 @@ from gpdpr.tre.engines import (
     measure_schema,
     shown,
 )
-from gpdpr.tre.schema import BOOL, DATE, DMD, FLOAT, INT, SNOMED, STR
+from gpdpr.tre.engines.duckdb import DuckDBEngine
+from gpdpr.tre.query import nodes as n
+from gpdpr.tre.query.schema import BOOL, DATE, DMD, FLOAT, INT, SNOMED, STR
 from tre_data import differences, engine, make_views, results_differences, through_json
 
 Draw = Callable[[st.SearchStrategy[Any]], Any]

@@ -40,8 +40,9 @@ from gpdpr.governance import agreements, applications, panel
 from gpdpr.governance.form import Item, Population
 from gpdpr.lake.store import Lake
 from gpdpr.optout.registry import Registry
-from gpdpr.tre import runs, serial, views
+from gpdpr.tre import runs, views
 from gpdpr.tre.models import Run
+from gpdpr.tre.query import serial
 
 ITEMS = (
     Item("patients", "patient", "to count people once"),

@@ -27,11 +27,12 @@ import pyarrow as pa
 import pytest
 
 from gpdpr.errors import UserError
-from gpdpr.tre import nodes as n
-from gpdpr.tre import serial
-from gpdpr.tre.engines import DuckDBEngine, Engine, Results, arrow_type
-from gpdpr.tre.language import Dataset, Measures, definition_of
-from gpdpr.tre.schema import PATIENT_ID, TABLES
+from gpdpr.tre.engines.base import Engine, Results, arrow_type
+from gpdpr.tre.engines.duckdb import DuckDBEngine
+from gpdpr.tre.query import nodes as n
+from gpdpr.tre.query import serial
+from gpdpr.tre.query.language import Dataset, Measures, definition_of
+from gpdpr.tre.query.schema import PATIENT_ID, TABLES
 
 ENGINES = ("duckdb", "spark")
 REQUIRE_SPARK = "GPDPR_REQUIRE_SPARK"
@@ -95,7 +96,7 @@ def engine(name: str) -> Engine:
     assert name == "spark", name
     if _spark_missing is None:
         try:
-            from gpdpr.tre import spark
+            from gpdpr.tre.engines import spark
 
             spark.session(SPARK_MASTER, SPARK_MEMORY, SPARK_JAVA_OPTIONS)
             _engines[name] = spark.SparkEngine(settings=SPARK_SETTINGS)

@@ -21,8 +21,8 @@ from gpdpr.governance import people, register
 from gpdpr.portal.pages import not_found, render
 from gpdpr.portal.public import portal_of
 from gpdpr.portal.security import GuardedRoute, allow, staff_session
-from gpdpr.tre import checking
 from gpdpr.tre.models import ReleaseRequest
+from gpdpr.tre.release import checking
 
 router = APIRouter(route_class=GuardedRoute)
 

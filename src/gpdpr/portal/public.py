@@ -68,7 +68,7 @@ def what_we_collect(request: Request) -> Response:
 @router.get("/safeguards")
 @allow(PUBLIC)
 def safeguards(request: Request) -> Response:
-    from gpdpr.tre import disclosure
+    from gpdpr.tre.release import disclosure
 
     return render(
         request,

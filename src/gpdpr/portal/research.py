@@ -33,8 +33,10 @@ from gpdpr.governance.models import Agreement, TeamMember
 from gpdpr.portal.pages import not_found, render
 from gpdpr.portal.public import portal_of
 from gpdpr.portal.security import GuardedRoute, allow, staff_session
-from gpdpr.tre import checking, nodes, runs, serial
+from gpdpr.tre import runs
 from gpdpr.tre.models import ReleaseRequest, Run
+from gpdpr.tre.query import nodes, serial
+from gpdpr.tre.release import checking
 
 router = APIRouter(route_class=GuardedRoute)
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -91,7 +93,7 @@ class DummyRunner:
 
     def _run(self, job: DummyJob, document: bytes) -> None:
         from gpdpr.tre import dummy
-        from gpdpr.tre.engines import DuckDBEngine
+        from gpdpr.tre.engines.duckdb import DuckDBEngine
 
         try:
             definition = serial.from_json(document)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from sqlalchemy.orm import Session
 
-    from gpdpr.tre.engines import Engine
+    from gpdpr.tre.engines.base import Engine
     from gpdpr.tre.runs import Outputs
 
 tre_app = typer.Typer(
@@ -45,12 +45,12 @@ Actor = Annotated[str, typer.Option("--as", help="Your handle: a member of the p
 
 
 def engine_named(name: str) -> Engine:
-    from gpdpr.tre.engines import DuckDBEngine
+    from gpdpr.tre.engines.duckdb import DuckDBEngine
 
     if name == "duckdb":
         return DuckDBEngine()
     if name == "spark":
-        from gpdpr.tre.spark import SparkEngine
+        from gpdpr.tre.engines.spark import SparkEngine
 
         return SparkEngine()
     fail(f"unknown engine {name!r}: duckdb or spark")
@@ -71,7 +71,7 @@ def compile_command(
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Write the JSON here.")] = None,
 ) -> None:
     """Check a definition and write the JSON query graph the service accepts."""
-    from gpdpr.tre.serial import sha256
+    from gpdpr.tre.query.serial import sha256
 
     document = _compile(definition)
     if out is None:
@@ -114,9 +114,9 @@ def run_command(
     """Run a definition on dummy data, to develop it before (and while) applying. Shows each
     output as it would be released (after disclosure control) and writes the files."""
     from gpdpr.tre import dummy as dummy_data
-    from gpdpr.tre import nodes as n
     from gpdpr.tre import runs
-    from gpdpr.tre.serial import from_json
+    from gpdpr.tre.query import nodes as n
+    from gpdpr.tre.query.serial import from_json
 
     if not dummy:
         fail(
@@ -265,7 +265,7 @@ def runs_command(actor: Actor, home: Home = DEFAULT_HOME) -> None:
     """The runs of every project you are on the team of."""
     from rich.table import Table
 
-    from gpdpr.tre.checking import runs
+    from gpdpr.tre.release.checking import runs
 
     shown = Table("run", "agreement", "status", "lake version", "definition", "outputs")
     with _session(home) as session:
@@ -293,7 +293,7 @@ def request_command(
     """Ask for some of a run's outputs to be released: two output checkers review each file."""
     import hashlib
 
-    from gpdpr.tre.checking import request_release
+    from gpdpr.tre.release.checking import request_release
     from gpdpr.tre.runs import OUTPUTS, cells_of, run_folder
 
     folder = run_folder(home, run) / OUTPUTS

@@ -16,7 +16,8 @@ from gpdpr.db import connect, url_for_home
 from gpdpr.governance import register
 from gpdpr.governance.models import Agreement, Application
 from gpdpr.governance.sample import DIABETES
-from gpdpr.tre import checking, runs
+from gpdpr.tre import runs
+from gpdpr.tre.release import checking
 from gpdpr.tre.review_cli import outputs_folder
 
 AUTHOR = "r.okafor"

@@ -106,7 +106,7 @@ def requests(
     """List the release requests, or with --awaiting --as HANDLE the files waiting for you."""
     from rich.table import Table
 
-    from gpdpr.tre.checking import STATE_WORDS, release_requests, requests_awaiting
+    from gpdpr.tre.release.checking import STATE_WORDS, release_requests, requests_awaiting
 
     if awaiting and actor is None:
         fail("--awaiting lists the files waiting for one checker: say who with --as HANDLE")
@@ -162,7 +162,7 @@ def requests(
 @review_app.command("show")
 def show(reference: RequestRef, home: Home = DEFAULT_HOME) -> None:
     """Everything about one release request: its run, its files and every review."""
-    from gpdpr.tre.checking import show_request
+    from gpdpr.tre.release.checking import show_request
 
     with _session(home) as session:
         shown = show_request(session, reference)
@@ -172,7 +172,7 @@ def show(reference: RequestRef, home: Home = DEFAULT_HOME) -> None:
 def _render(shown: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from gpdpr.tre.checking import STATE_WORDS
+    from gpdpr.tre.release.checking import STATE_WORDS
 
     def field(label: str, value: object) -> None:
         console.print(f"[bold]{label}:[/] {_plain(value)}", highlight=False, soft_wrap=True)
@@ -218,7 +218,7 @@ def _render(shown: dict[str, Any]) -> None:
 def _review(home: Path, reference: str, file: str, actor: str, decision: str, comment: str) -> None:
     """Record one review; publish and rewrite the register if it released the request."""
     from gpdpr.governance.register import write
-    from gpdpr.tre.checking import publish_files, review
+    from gpdpr.tre.release.checking import publish_files, review
 
     released: tuple[int, Path] | None = None
     with _session(home) as session:

@@ -39,11 +39,14 @@ from gpdpr.errors import UserError
 from gpdpr.governance.agreements import Scope, authorise, expire_due
 from gpdpr.lake.store import Lake
 from gpdpr.transparency.patient import keep_run_uses
-from gpdpr.tre import disclosure, serial, views
-from gpdpr.tre import nodes as n
-from gpdpr.tre.engines import DuckDBEngine, Engine, Results
-from gpdpr.tre.language import Dataset, Measures, definition_of
-from gpdpr.tre.schema import PATIENT_ID
+from gpdpr.tre import views
+from gpdpr.tre.engines.base import Engine, Results
+from gpdpr.tre.engines.duckdb import DuckDBEngine
+from gpdpr.tre.query import nodes as n
+from gpdpr.tre.query import serial
+from gpdpr.tre.query.language import Dataset, Measures, definition_of
+from gpdpr.tre.query.schema import PATIENT_ID
+from gpdpr.tre.release import disclosure
 
 RUNS = "tre/runs"
 OUTPUTS = "outputs"
@@ -180,7 +183,7 @@ def submit(
     progress: Callable[[str], None] = lambda _: None,
 ) -> RunRecord:
     """Run a JSON definition under an agreement (see the module's docstring for the steps)."""
-    from gpdpr.tre.checking import record_run
+    from gpdpr.tre.release.checking import record_run
 
     engine = engine or DuckDBEngine()
     started = at or now()

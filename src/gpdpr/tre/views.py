@@ -22,7 +22,7 @@ import pyarrow as pa
 from gpdpr.custodian.central import project_pseudonyms
 from gpdpr.lake.query import connect
 from gpdpr.lake.store import Snapshot
-from gpdpr.tre.schema import PATIENT_FIELD, PATIENT_ID, PATIENT_KEY, PRACTICE, TABLES
+from gpdpr.tre.query.schema import PATIENT_FIELD, PATIENT_ID, PATIENT_KEY, PRACTICE, TABLES
 
 # Columns that are pseudonyms in the lake, shown under the project's key.
 PSEUDONYM_COLUMNS = ("staff", "postcode_key")

@@ -5,7 +5,7 @@ Develop it on dummy data:     gpdpr tre run study.py --dummy
 Run it under the agreement:   gpdpr tre submit study.py --agreement DSA-... --as YOUR-HANDLE
 """
 
-from gpdpr.tre.language import (
+from gpdpr.tre.query.language import (
     INTERVAL,
     Dataset,
     Measures,

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import ClassVar
 
-from gpdpr.tre import nodes as n
-from gpdpr.tre.schema import BOOL, DATE, FLOAT, INT, PATIENT_ID, STR, TABLES, view_name
+from gpdpr.tre.query import nodes as n
+from gpdpr.tre.query.schema import BOOL, DATE, FLOAT, INT, PATIENT_ID, STR, TABLES, view_name
 
 INTERVALS = "intervals"
 DATASET = "dataset"
@@ -716,7 +716,7 @@ def measure_sql(definition: n.Definition, measure: n.Measure, dialect: Dialect) 
 
 def measure_query(definition: n.Definition, measure: n.Measure, dialect: Dialect) -> Query:
     """measure_sql, as its parts."""
-    from gpdpr.tre import spans  # it builds on this module's compiler
+    from gpdpr.tre.engines import spans  # it builds on this module's compiler
 
     try:
         return spans.measure_query(definition, measure, dialect)

@@ -1,8 +1,10 @@
-"""Engines: where compiled definitions run. All of them take the same project views (Arrow
-tables, one per table the definition reads) and give the same `Results`, typed the same way, so
-that what a definition means does not depend on where it ran.
+"""What every engine shares: the views in, the `Results` out, and the service's types for
+them. All engines take the same project views (Arrow tables, one per table the definition reads)
+and give the same `Results`, typed the same way, so that what a definition means does not depend
+on where it ran.
 
-DuckDB, embedded, is the default. Spark (`gpdpr.tre.spark`) is for more than one machine.
+DuckDB (`engines.duckdb`), embedded, is the default. Spark (`engines.spark`) is for more than
+one machine.
 """
 
 from __future__ import annotations
@@ -11,14 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from gpdpr.tre import nodes as n
-from gpdpr.tre import sql
-from gpdpr.tre.schema import BOOL, DATE, FLOAT, INT, PATIENT_ID, PATIENT_KEY, view_name
+from gpdpr.tre.engines import sql
+from gpdpr.tre.query import nodes as n
+from gpdpr.tre.query.schema import BOOL, DATE, FLOAT, INT, PATIENT_ID, PATIENT_KEY
 
 ARROW_TYPES = {BOOL: pa.bool_(), INT: pa.int64(), FLOAT: pa.float64(), DATE: pa.date32()}
 
@@ -133,51 +134,3 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """An engine's answer in the service's types (engines differ in integer widths, decimal
     sums and string types)."""
     return pa.table([table.column(f.name).cast(f.type) for f in schema], schema=schema)
-
-
-class DuckDBEngine:
-    name = "duckdb"
-
-    def __init__(self, threads: int | None = None) -> None:
-        self.threads = threads
-
-    def _connect(self, views: Mapping[str, pa.Table]) -> duckdb.DuckDBPyConnection:
-        con = duckdb.connect()
-        con.execute("set enable_progress_bar = false")
-        con.execute("set TimeZone = 'UTC'")
-        # Rows come out in the order the SQL asks for, or in none: keeping the order they were
-        # read in only costs.
-        con.execute("set preserve_insertion_order = false")
-        if self.threads:
-            con.execute(f"set threads = {int(self.threads)}")
-        for name, table in views.items():
-            con.register(view_name(name), table)
-        return con
-
-    def run(self, definition: n.Definition, views: Mapping[str, pa.Table]) -> Results:
-        by_key, by_pseudonym = keyed(views)
-        con = self._connect(by_key)
-        try:
-            dataset = None
-            tables: dict[str, pa.Table] = {}
-            if definition.population is not None:
-                found = con.sql(sql.dataset_sql(definition, sql.DIALECTS["duckdb"]))
-                dataset = conform(
-                    shown(found.to_arrow_table(), by_pseudonym), dataset_schema(definition)
-                )
-                con.register(sql.DATASET, dataset)
-                variables = dict(definition.variables)
-                for table in definition.tables:
-                    found = con.sql(sql.table_sql(table, sql.DIALECTS["duckdb"])).to_arrow_table()
-                    tables[table.name] = conform(found, table_schema(table, variables))
-            measures: dict[str, pa.Table] = {}
-            for measure in definition.measures:
-                con.register(sql.INTERVALS, intervals_table(measure.intervals))
-                found = con.sql(
-                    sql.measure_sql(definition, measure, sql.DIALECTS["duckdb"])
-                ).to_arrow_table()
-                measures[measure.name] = conform(found, measure_schema(measure))
-                con.unregister(sql.INTERVALS)
-            return Results(dataset, measures, tables)
-        finally:
-            con.close()

@@ -20,9 +20,9 @@ from typing import Any
 import orjson
 
 from gpdpr.errors import UserError
-from gpdpr.tre import nodes as n
-from gpdpr.tre.codelists import check_for_column
-from gpdpr.tre.schema import CODE_TYPES
+from gpdpr.tre.query import nodes as n
+from gpdpr.tre.query.codelists import check_for_column
+from gpdpr.tre.query.schema import CODE_TYPES
 
 FORMAT = "gpdpr-definition/1"
 MAX_BYTES = 20_000_000

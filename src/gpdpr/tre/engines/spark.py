@@ -32,9 +32,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gpdpr.errors import UserError
-from gpdpr.tre import nodes as n
-from gpdpr.tre import sql
-from gpdpr.tre.engines import (
+from gpdpr.tre.engines import sql
+from gpdpr.tre.engines.base import (
     Results,
     arrow_type,
     conform,
@@ -45,7 +44,8 @@ from gpdpr.tre.engines import (
     shown,
     table_schema,
 )
-from gpdpr.tre.schema import TABLES, view_name
+from gpdpr.tre.query import nodes as n
+from gpdpr.tre.query.schema import TABLES, view_name
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

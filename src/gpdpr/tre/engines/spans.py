@@ -27,9 +27,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from gpdpr.tre import nodes as n
-from gpdpr.tre.schema import PATIENT_ID, view_name
-from gpdpr.tre.sql import (
+from gpdpr.tre.engines.sql import (
     INTERVALS,
     PATIENTS,
     Compiler,
@@ -39,6 +37,8 @@ from gpdpr.tre.sql import (
     as_count,
     interval_rows,
 )
+from gpdpr.tre.query import nodes as n
+from gpdpr.tre.query.schema import PATIENT_ID, view_name
 
 LO, HI = "span_lo", "span_hi"  # a span of intervals: k from LO up to, not including, HI
 FLIPPED = {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le", "eq": "eq"}

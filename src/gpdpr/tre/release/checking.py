@@ -40,7 +40,6 @@ from gpdpr.governance.models import Agreement, Application, Person, Release, Tea
 from gpdpr.governance.people import acting, person
 from gpdpr.governance.register import DEFINITION_FILE, release_folder
 from gpdpr.governance.releases import record_release
-from gpdpr.tre.disclosure import Cell, check_differencing
 from gpdpr.tre.models import (
     DECISIONS,
     DISCLOSURE_RULES,
@@ -52,6 +51,7 @@ from gpdpr.tre.models import (
     RequestFile,
     Run,
 )
+from gpdpr.tre.release.disclosure import Cell, check_differencing
 
 APPROVALS_NEEDED = 2
 STATE_WORDS = {

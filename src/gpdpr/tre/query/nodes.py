@@ -26,7 +26,7 @@ from datetime import date
 from typing import Any
 
 from gpdpr.errors import UserError
-from gpdpr.tre.schema import (
+from gpdpr.tre.query.schema import (
     BOOL,
     CODE_TYPES,
     DATE,
