@@ -5,6 +5,9 @@ published with the definition and lake version that made it."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -226,12 +229,63 @@ def test_a_run_after_the_agreement_ends_or_is_revoked_is_refused(service: Servic
         runs.submit(service.home, LEAD, revoked, document(service))
 
 
-def test_an_empty_population_is_refused_and_recorded(service: Service) -> None:
+def test_an_empty_population_on_real_data_answers_like_any_other_run(service: Service) -> None:
+    """Attack: ask whether anyone meets a condition (here, nobody can) and read the answer from
+    the run's status or error before any checker sees it. A real run says nothing of the sort:
+    it succeeds, as a run with people does, and its files publish nothing."""
     nobody = STUDY.replace(">= 18)", ">= 180)")
-    with pytest.raises(UserError, match="the population is empty"):
-        runs.submit(service.home, LEAD, service.applied, document(service, nobody))
-    assert runs_in_db(service)[-1][1:] == ("refused", runs_in_db(service)[-1][2])
-    assert "population is empty" in runs_in_db(service)[-1][2]
+    empty = runs.submit(service.home, LEAD, service.applied, document(service, nobody))
+    full = runs.submit(service.home, LEAD, service.applied, document(service))
+    recorded = {reference: (status, message) for reference, status, message in runs_in_db(service)}
+    assert recorded[empty.reference] == recorded[full.reference] == ("succeeded", "")
+    assert set(empty.outputs) == set(full.outputs)
+    for name in empty.outputs:
+        published = pacsv.read_csv(empty.folder / "outputs" / name).to_pylist()
+        counts = [r.get("numerator") or r.get("patients") for r in published]
+        assert not any(counts), f"{name} published a count of an empty population: {published}"
+
+
+def test_an_engine_failure_is_recorded_but_its_words_are_not_shown(service: Service) -> None:
+    """An engine's error can depend on one person's value (an overflow, a time limit): the
+    researcher learns only that the run failed; the service's staff find the error in the
+    record."""
+
+    class Failing:
+        name = "duckdb"
+
+        def run(self, definition: object, views: object) -> object:
+            raise RuntimeError("Conversion Error: value 99999 of patient X is out of range")
+
+    with pytest.raises(UserError) as refused:
+        runs.submit(service.home, LEAD, service.applied, document(service), Failing())  # type: ignore[arg-type]
+    assert "99999" not in str(refused.value) and "patient X" not in str(refused.value)
+    reference, status, message = runs_in_db(service)[-1]
+    assert (status, reference in str(refused.value)) == ("failed", True)
+    assert "99999" in message
+    assert not list((service.home / runs.RUNS).glob(".pending-*"))
+
+
+def test_a_run_killed_mid_way_leaves_nothing_behind(service: Service) -> None:
+    """A run whose process died after writing its files but before it was recorded leaves a
+    `.pending-` folder; the next run removes it (its process is gone), and never removes the
+    folder of a run still going in a live process."""
+    folder = service.home / runs.RUNS
+    folder.mkdir(parents=True, exist_ok=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    stray = folder / f".pending-{dead.stdout.strip()}-0123abcd"
+    (stray / "outputs").mkdir(parents=True)
+    (stray / "outputs" / "measure_x.csv").write_text("secret\n")
+    live = folder / f".pending-{os.getpid()}-4567ef01"
+    live.mkdir()
+    runs.submit(service.home, LEAD, service.applied, document(service))
+    assert not stray.exists()
+    assert live.exists()
+    live.rmdir()
 
 
 # ---- the project's view ----------------------------------------------------------------------

@@ -239,8 +239,8 @@ def submit_command(
     _say(
         f"{made.reference}: ran on lake version {made.lake_version}; outputs waiting in {waiting}:"
     )
-    for name, about in made.outputs.items():
-        _say(f"  {name}: {about['rows']:,} rows, {about['bytes']:,} bytes")
+    for name in made.outputs:
+        _say(f"  {name}")
     _say(
         f"Ask for their release: gpdpr tre request {made.reference} --file NAME --title ... "
         f"--as {actor}"

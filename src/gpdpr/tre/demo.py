@@ -48,8 +48,8 @@ def research(home: Path, say: Callable[[str], None]) -> str:
         f"{made.lake_version}, outputs controlled (counts of 7 or fewer redacted, the rest "
         "rounded to 5):"
     )
-    for name, about in made.outputs.items():
-        say(f"  {name}: {about['rows']:,} rows")
+    for name in made.outputs:
+        say(f"  {name}")
     files = {name: (about["sha256"], about["bytes"]) for name, about in made.outputs.items()}
     cells = runs.cells_of(home, made.reference, set(files))
     with Session(database) as session, session.begin():

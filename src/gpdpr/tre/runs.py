@@ -6,12 +6,20 @@ A real run, in order, and nothing read before the step that needs it:
      definition reads, for this person, now: refused if expired, revoked or out of scope;
   3. the project's views are built from one lake version (period, population, opt-outs,
      project pseudonyms);
-  4. the engine computes; an empty population is refused;
+  4. the engine computes, within the engine's sandbox and its time and memory limits;
   5. disclosure control turns measures and tables into the files that may be asked for; the
      raw counts behind each published number stay inside, for the differencing check;
   6. the run is recorded, with its definition, lake version and files, and logged publicly;
      centrally, a token per person it read, for their own view (gpdpr.transparency.patient).
 Outputs wait in HOME/tre/runs/RUN-.../outputs until two checkers release them.
+
+No oracle before release. What a researcher learns of a real run before anything is released
+must not depend on the data except through outputs that have passed disclosure control: so an
+empty population is not an error on real data (it gives outputs with nothing published, as any
+small population does; only dummy runs say "empty", where nothing is real), and an engine that
+fails tells the researcher only that the run failed (a failure can depend on the data: an
+overflow on one person's value, a time limit), while the error itself is kept for the service's
+staff in the run's record.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ RUNS = "tre/runs"
 OUTPUTS = "outputs"
 CELLS = "cells.json"  # raw counts: inside the environment only
 DEFINITION = "definition.json"
+PENDING = ".pending-"  # a run's folder until it is recorded: .pending-PID-RANDOM
 
 
 # ---- definitions -----------------------------------------------------------------------------
@@ -148,6 +157,8 @@ def control(definition: n.Definition, results: Results) -> Outputs:
 
 
 def refuse_empty(results: Results) -> None:
+    """On dummy data only: say plainly that a definition selects nobody (on real data that
+    would be an answer about people given before any disclosure control)."""
     if results.dataset is not None and results.dataset.num_rows == 0:
         raise UserError(
             "the population is empty: no patient in this view meets `define_population`. "
@@ -236,12 +247,15 @@ def submit(
     progress("building the project's views")
     built, key = _views_and_key(home, database, scope, handle, used, version)
     progress(f"running on {engine.name}")
-    results = engine.run(definition, built)
     try:
-        refuse_empty(results)
-    except UserError as refusal:
-        record("refused", str(refusal), {})
-        raise
+        results = engine.run(definition, built)
+    except Exception as error:  # the engine's words may carry data: kept, not shown
+        reference = record("failed", f"{type(error).__name__}: {error}"[:2000], {})
+        raise UserError(
+            f"{reference} failed inside the research environment. What went wrong may depend on "
+            "the data, so it is not shown here; it is kept in the run's record for the service's "
+            "staff, who will contact you. Check the definition on dummy data (--dummy) first."
+        ) from None
     progress("disclosure control")
     outputs = control(definition, results)
     read = (key, built["patients"].column(PATIENT_ID))
@@ -304,26 +318,49 @@ def _keep(
     """Write the outputs aside, record the run, then move them to the run's folder: a crash
     leaves either no run or a complete one (and at worst a stray folder to tidy)."""
     runs = home / RUNS
-    pending = runs / f".pending-{uuid.uuid4().hex}"
-    (pending / OUTPUTS).mkdir(parents=True)
-    about: dict[str, dict[str, Any]] = {}
-    for name, body in outputs.files.items():
-        (pending / OUTPUTS / name).write_bytes(body)
-        about[name] = {
-            "sha256": hashlib.sha256(body).hexdigest(),
-            "bytes": len(body),
-            "rows": outputs.rows[name],
-        }
-    (pending / CELLS).write_bytes(orjson.dumps([asdict(c) for c in outputs.cells]))
-    (pending / DEFINITION).write_text(definition_text)
+    runs.mkdir(parents=True, exist_ok=True)
+    _tidy_pending(runs)
+    pending = runs / f"{PENDING}{os.getpid()}-{uuid.uuid4().hex}"
     try:
+        (pending / OUTPUTS).mkdir(parents=True)
+        about: dict[str, dict[str, Any]] = {}
+        for name, body in outputs.files.items():
+            (pending / OUTPUTS / name).write_bytes(body)
+            about[name] = {
+                "sha256": hashlib.sha256(body).hexdigest(),
+                "bytes": len(body),
+                "rows": outputs.rows[name],
+            }
+        (pending / CELLS).write_bytes(orjson.dumps([asdict(c) for c in outputs.cells]))
+        (pending / DEFINITION).write_text(definition_text)
         reference = record(about)
+        final = runs / reference
+        pending.rename(final)
     except BaseException:
-        shutil.rmtree(pending)
+        shutil.rmtree(pending, ignore_errors=True)
         raise
-    final = runs / reference
-    pending.rename(final)
     return RunRecord(reference, lake_version, final, about)
+
+
+def _tidy_pending(runs: Path) -> None:
+    """Remove what a run killed mid-way left (`.pending-PID-...` of a process that is gone):
+    a run that was not recorded never happened, and its files must not linger."""
+    for stray in runs.glob(f"{PENDING}*"):
+        pid = stray.name[len(PENDING) :].split("-", 1)[0]
+        if not pid.isdigit() or not _alive(int(pid)):
+            shutil.rmtree(stray, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def cells_of(home: Path, run_reference: str, files: set[str]) -> list[disclosure.Cell]:
