@@ -31,7 +31,17 @@ from gpdpr.portal.idp import CLIENT_ID, ISSUER, verify_id_token
 from gpdpr.portal.security import COOKIE, GuardedRoute, RateLimit, allow, policy_of
 from gpdpr.spec import shipped
 from gpdpr.tre.models import Run
-from portal_home import FAST, PASSWORD, STUDY, Home, build, database, patient_email
+from portal_home import (
+    FAST,
+    MEASURED,
+    PASSWORD,
+    STUDY,
+    Home,
+    build,
+    database,
+    patient_email,
+    study,
+)
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -591,30 +601,6 @@ def upload(browser: TestClient, document: bytes, name: str = "study.json") -> ob
         data={"csrf_token": token_of(page.text)},
         files={"definition": (name, document, "application/json")},
     )
-
-
-def study(table: str, min_age: int) -> str:
-    """STUDY with a table of its own name over people of `min_age` and more: its own bytes."""
-    return STUDY.replace("adults_by_sex", table).replace(">= 18", f">= {min_age}")
-
-
-# A table and a measure: the rate of any clinical event per month, by sex.
-MEASURED = (
-    study("over_30s_by_sex", 30)
-    + """
-measures = Measures()
-measures.define_measure(
-    "any_event",
-    numerator=clinical_events.where(
-        clinical_events.effective_date.is_during(INTERVAL)
-    ).exists_for_patient(),
-    denominator=practice_registrations.for_patient_on(INTERVAL.start_date).exists_for_patient()
-    & (patients.age_on(INTERVAL.start_date) >= 18),
-    group_by={"sex": patients.sex},
-    intervals=months(6).starting_on("2024-01-01"),
-)
-"""
-)
 
 
 def run_of(browser: TestClient, portal: Portal, document: bytes) -> str:
@@ -1404,3 +1390,19 @@ def test_a_chart_has_whole_number_ticks_a_legend_line_per_series_and_its_figures
         legend = re.findall(r'<text x="66" y="(\d+)"', svg)
         assert len(legend) == 2 and legend[0] != legend[1]  # one line each, not overlapping
     assert "Nothing yet" in bars("Empty", [], [Series("none", [])])
+
+
+def test_a_rate_chart_breaks_its_line_where_nothing_was_published_and_says_so_in_words() -> None:
+    from gpdpr.portal.charts import Rates, lines
+
+    svg = lines(
+        "Rates",
+        ["2024-01", "2024-02", "2024-03", "2024-04"],
+        [Rates("F", [0.1, None, 0.25, 0.3]), Rates("M", [0.05, 0.06, 0.07, 0.08])],
+    )
+    assert svg.count("<polyline") == 3  # F in two pieces around its gap, M in one
+    assert svg.count("<circle") == 7  # a point per published rate, none for the gap
+    assert "F: 2024-01 10%, 2024-02 not published, 2024-03 25%, 2024-04 30%" in svg
+    ticks = re.findall(r'text-anchor="end" font-size="11" fill="#212b32">([^<]+)<', svg)
+    assert ticks[0] == "0%" and ticks[-1] == "50%", ticks  # the axis tops the highest rate
+    assert "Nothing yet" in lines("Empty", [], [])

@@ -116,7 +116,7 @@ class Rates:
 def lines(title: str, labels: list[str], series: list[Rates], width: int = 640) -> str:
     """A line chart of rates (0 to 1, drawn as percentages), one line per series; a None breaks
     the line, so a redacted interval shows as a gap rather than as zero."""
-    left, right, bottom, height = 56, 12, 48, 240
+    left, right, bottom, height = 56, 40, 48, 240  # room for the last label, centred on its point
     top = 16 + 18 * len(series)
     height += top
     plot_w, plot_h = width - left - right, height - top - bottom
