@@ -1029,6 +1029,14 @@ def test_a_run_page_shows_the_controlled_outputs_and_nothing_else_about_the_data
     page = lead.get(run_path).text
     assert "Withheld: it could be subtracted from results you have seen (differencing risk)" in page
     assert output_tables(page) == {}
+    # whatever a file holds is text on the page, never markup
+    hostile = b'"<b>x</b>",patients\n"<script>alert(1)</script>",10\n'
+    monkeypatch.setattr(research, "visible_outputs", lambda *_: {"table_shown_inside.csv": hostile})
+    page = lead.get(run_path).text
+    assert "<script>alert" not in page and "<b>x" not in page
+    assert output_tables(page)["table_shown_inside.csv"][(1, "<b>x</b>")][0] == (
+        "<script>alert(1)</script>"
+    )
 
 
 def test_a_real_run_that_stops_on_the_data_says_so_without_saying_why(

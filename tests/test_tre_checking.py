@@ -20,6 +20,8 @@ from typing import Any
 import orjson
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner, Result
 
@@ -657,6 +659,48 @@ def test_cell_statuses_are_read_from_either_shape_without_raw_counts_or_keys(
     path.write_bytes(orjson.dumps([{**new[0], "status": "<b>fine</b>"}]))
     with pytest.raises(UserError, match="cell 1 is not a cell as disclosure control writes it"):
         checking.cell_statuses(path, ["t.csv"])
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner),
+    max_leaves=6,
+)
+_ENTRY = st.fixed_dictionaries(
+    {"file": st.sampled_from(["t.csv", "u.csv"]) | _JSON},
+    optional={
+        "row": st.integers(-3, 50) | _JSON,
+        "column": st.sampled_from(["patients", "numerator"]) | _JSON,
+        "status": st.sampled_from(["published", "rounded", "redacted", "suppressed"]) | _JSON,
+        "reason": st.text(max_size=20) | _JSON,
+        "released": st.booleans() | _JSON,
+        "raw": st.just(CANARY_RAW),
+        "key": st.just(CANARY_KEY),
+        "dims": st.just("CANARY-DIMS"),
+    },
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(entries=st.lists(_ENTRY, max_size=8))
+def test_whatever_cells_json_holds_a_checker_gets_statuses_or_a_clear_refusal(
+    entries: list[dict[str, Any]],
+) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "cells.json"
+        path.write_bytes(orjson.dumps(entries))
+        try:
+            found = checking.cell_statuses(path, ["t.csv"])
+        except UserError as refusal:
+            assert "is not a cell as disclosure control writes it" in str(refusal)
+            return
+    assert found is not None
+    for cell in found["t.csv"]:
+        assert cell.status in checking.CELL_STATUSES and isinstance(cell.row, int)
+    shown = repr(found)
+    assert str(CANARY_RAW) not in shown and CANARY_KEY not in shown and "CANARY" not in shown
 
 
 # ---- two checkers at once ----------------------------------------------------------------------
