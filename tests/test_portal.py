@@ -7,11 +7,12 @@ form's bad input refused with a clear error and nothing changed."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import html
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import jwt
@@ -30,7 +31,6 @@ from gpdpr.portal.app import api_routes, create_app
 from gpdpr.portal.idp import CLIENT_ID, ISSUER, verify_id_token
 from gpdpr.portal.security import COOKIE, GuardedRoute, RateLimit, allow, policy_of
 from gpdpr.spec import shipped
-from gpdpr.tre.models import Run
 from portal_home import (
     FAST,
     MEASURED,
@@ -1039,25 +1039,39 @@ def test_a_run_page_shows_the_controlled_outputs_and_nothing_else_about_the_data
     )
 
 
-def test_a_real_run_that_stops_on_the_data_says_so_without_saying_why(
-    portal: Portal, tmp_path: Path
+def test_a_real_run_that_stops_inside_says_so_without_saying_why(
+    portal: Portal, definition: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Whether anyone matched is a fact about the data: an empty population's refusal (and
-    anything the engine says) is not shown; a refusal by the agreement, which is no such fact,
-    is (see test_a_run_outside_any_agreement_of_the_researcher_is_refused)."""
+    """Why a real run stopped can be a fact about the data (an empty population, an overflow on
+    one person's value): neither the answer to the run nor its page nor the list of runs says it.
+    A refusal by the agreement, which is no such fact, is shown (see
+    test_a_run_outside_any_agreement_of_the_researcher_is_refused)."""
+    from gpdpr.tre.engines.duckdb import DuckDBEngine
+    from gpdpr.tre.release import checking
+
+    def fail(*_: object) -> None:
+        raise UserError("CANARY: one person's value overflowed")
+
     lead = staff(portal, LEAD)
-    page_path = upload(lead, compiled(tmp_path, study("nobody", 150))).headers["location"]
+    page_path = upload(lead, definition).headers["location"]
+    monkeypatch.setattr(DuckDBEngine, "run", fail)
     answer = post(lead, f"{page_path}/run", page_path, agreement=portal.built.agreement)
     assert answer.status_code == 400
     assert "stopped inside the research environment and made no outputs" in answer.text
-    with Session(portal.built.engine) as session:
-        run = session.scalars(sa.select(Run).order_by(Run.id.desc())).first()
-        assert run is not None and run.status == "refused" and "empty" in run.message
-        run_ref = run.reference
-    run_page = lead.get(f"/research/runs/{run_ref}").text
+    assert "CANARY" not in answer.text
+    # however the run was recorded, its page and the list give its status, never its message
+    with Session(portal.built.engine) as session, session.begin():
+        stopped = checking.record_run(
+            session, LEAD, portal.built.agreement, definition.decode(),
+            hashlib.sha256(definition).hexdigest(), 1, "duckdb", "round5", "refused",
+            "the population is empty: CANARY", {}, datetime.now(UTC), None,
+        ).reference  # fmt: skip
+    run_page = lead.get(f"/research/runs/{stopped}").text
     assert "Refused: it made no outputs" in run_page
-    for page in (answer.text, lead.get("/research").text, run_page):
-        assert "empty" not in page and "define_population" not in page
+    overview = lead.get("/research").text
+    assert stopped in overview
+    for page in (run_page, overview):
+        assert "CANARY" not in page and "empty" not in page
 
 
 def test_a_dummy_run_that_fails_in_the_engine_shows_none_of_the_engines_text(

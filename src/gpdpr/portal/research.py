@@ -329,8 +329,8 @@ async def run_real(request: Request, sha: str) -> Response:
 
 RUN_STOPPED = (
     "The run stopped inside the research environment and made no outputs. Why is not shown, "
-    "because it could depend on the data (whether anyone matched, for one); it is recorded "
-    "under Your runs. Try the definition on dummy data to find the problem."
+    "because it could depend on the data; the service's staff can read it in the run's record. "
+    "Try the definition on dummy data to find the problem."
 )
 RUN_WORDS = {
     "succeeded": "Succeeded: its outputs are below, after disclosure control.",
