@@ -51,6 +51,31 @@ dataset.add_table("adults_by_sex", by=["sex"])
 """
 
 
+def study(table: str, min_age: int) -> str:
+    """STUDY with a table of its own name over people of `min_age` and more: its own bytes."""
+    return STUDY.replace("adults_by_sex", table).replace(">= 18", f">= {min_age}")
+
+
+# A table and a measure (the rate of any clinical event per month, by sex): what the checkers'
+# pages show as tables and a chart.
+MEASURED = (
+    study("over_30s_by_sex", 30)
+    + """
+measures = Measures()
+measures.define_measure(
+    "any_event",
+    numerator=clinical_events.where(
+        clinical_events.effective_date.is_during(INTERVAL)
+    ).exists_for_patient(),
+    denominator=practice_registrations.for_patient_on(INTERVAL.start_date).exists_for_patient()
+    & (patients.age_on(INTERVAL.start_date) >= 18),
+    group_by={"sex": patients.sex},
+    intervals=months(6).starting_on("2024-01-01"),
+)
+"""
+)
+
+
 @dataclass
 class Home:
     home: Path

@@ -6,11 +6,13 @@ form's bad input refused with a clear error and nothing changed."""
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import html
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import jwt
@@ -19,6 +21,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
 
 from databases import BACKENDS
 from governing import ADMIN, BOTH, CHECKERS, COLLEAGUE, LEAD, PANEL, VENDOR, snapshot
@@ -28,7 +31,17 @@ from gpdpr.portal.app import api_routes, create_app
 from gpdpr.portal.idp import CLIENT_ID, ISSUER, verify_id_token
 from gpdpr.portal.security import COOKIE, GuardedRoute, RateLimit, allow, policy_of
 from gpdpr.spec import shipped
-from portal_home import FAST, PASSWORD, STUDY, Home, build, database, patient_email
+from portal_home import (
+    FAST,
+    MEASURED,
+    PASSWORD,
+    STUDY,
+    Home,
+    build,
+    database,
+    patient_email,
+    study,
+)
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -590,6 +603,59 @@ def upload(browser: TestClient, document: bytes, name: str = "study.json") -> ob
     )
 
 
+def run_of(browser: TestClient, portal: Portal, document: bytes) -> str:
+    """Upload `document` and run it under the agreement; the run's page."""
+    page_path = upload(browser, document).headers["location"]
+    ran = post(browser, f"{page_path}/run", page_path, agreement=portal.built.agreement)
+    assert ran.status_code == 303, ran.text
+    return str(ran.headers["location"])
+
+
+def ask_for(browser: TestClient, run_path: str, files: list[str], title: str) -> str:
+    """Ask for `files` of the run; the request's reference."""
+    asked = post(browser, f"{run_path}/request", run_path, files=files, title=title)
+    assert asked.status_code == 303, asked.text
+    return str(asked.headers["location"]).rsplit("/", 1)[1]
+
+
+def add_checker(portal: Portal, handle: str, organisation: str | None) -> None:
+    from governing import act
+    from gpdpr.governance import people
+    from gpdpr.portal.accounts import set_password
+
+    def add(s: Session) -> None:
+        people.add_person(
+            s, ADMIN, handle, handle, f"{handle}@example.org", organisation, ["output_checker"]
+        )
+        set_password(s, FAST, handle, PASSWORD)
+
+    act(portal.built.engine, add)
+
+
+def csv_rows(path: Path) -> list[list[str]]:
+    with path.open(newline="") as reading:
+        return list(csv.reader(reading))
+
+
+def output_tables(page: str) -> dict[str, dict[tuple[int, str], tuple[str, str | None]]]:
+    """Each file's table on a page: {(row, column): (text as published, status or None)}."""
+    found: dict[str, dict[tuple[int, str], tuple[str, str | None]]] = {}
+    for table in re.findall(r'<table class="output">(.*?)</table>', page, re.S):
+        name = re.search(r"<caption[^>]*>([^:<]+):", table)
+        assert name is not None, table[:200]
+        header = [html.unescape(h) for h in re.findall(r'<th scope="col">([^<]*)</th>', table)]
+        cells = found.setdefault(name.group(1), {})
+        for row in re.findall(r'<tr><th scope="row">(.*?)</tr>', table, re.S):
+            number, _, rest = row.partition("</th>")
+            for column, cell in zip(
+                header[1:], re.findall(r"<td>(.*?)</td>", rest, re.S), strict=True
+            ):
+                status = re.search(r'class="status status-(\w+)"', cell)
+                text = html.unescape(cell.split("<span", 1)[0]).strip()
+                cells[(int(number), column)] = (text, status.group(1) if status else None)
+    return found
+
+
 def test_a_researcher_uploads_runs_asks_and_two_checkers_release_to_the_register(
     portal: Portal, definition: bytes
 ) -> None:
@@ -687,15 +753,14 @@ def test_a_patient_sees_which_approved_projects_used_their_record(
 
 
 def test_a_checker_from_the_authors_organisation_never_sees_the_request(
-    portal: Portal, definition: bytes
+    portal: Portal, tmp_path: Path
 ) -> None:
     lead = staff(portal, LEAD)
-    page_path = upload(lead, definition).headers["location"]
-    run_path = post(lead, f"{page_path}/run", page_path, agreement=portal.built.agreement).headers[
-        "location"
-    ]
+    # a table of its own: returned, these bytes can never be asked for again
+    own = compiled(tmp_path, study("returned_one", 60))
+    run_path = run_of(lead, portal, own)
     asked = post(
-        lead, f"{run_path}/request", run_path, files=["table_adults_by_sex.csv"], title="Again"
+        lead, f"{run_path}/request", run_path, files=["table_returned_one.csv"], title="Again"
     )
     request_ref = asked.headers["location"].rsplit("/", 1)[1]
     same_org = staff(portal, BOTH)  # an output checker at the University of Leeds, like the author
@@ -707,7 +772,7 @@ def test_a_checker_from_the_authors_organisation_never_sees_the_request(
         checker,
         f"/checking/{request_ref}/review",
         f"/checking/{request_ref}",
-        file="table_adults_by_sex.csv",
+        file="table_returned_one.csv",
         decision="reject",
     )
     assert refused.status_code == 400 and "comment" in refused.text
@@ -716,7 +781,7 @@ def test_a_checker_from_the_authors_organisation_never_sees_the_request(
         checker,
         f"/checking/{request_ref}/review",
         f"/checking/{request_ref}",
-        file="table_adults_by_sex.csv",
+        file="table_returned_one.csv",
         decision="return",
         comment="Say what the table is for.",
     )
@@ -762,6 +827,276 @@ def test_dummy_results_are_made_in_the_background_and_shown(
         time.sleep(1)
         page = lead.get(page_path).text
     assert "table_adults_by_sex.csv" in page and "synthetic patients" in page, page
+
+
+CANARY_RAW = 987_654_000
+CANARY_KEY = "c0ffee" * 10 + "abcd"
+
+
+def test_checkers_see_each_file_as_a_table_with_every_cells_status_and_a_measure_as_a_chart(
+    portal: Portal, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import orjson
+
+    from gpdpr.portal import outputs
+    from gpdpr.tre.release.checking import CELL_STATUSES
+
+    lead = staff(portal, LEAD)
+    run_path = run_of(lead, portal, compiled(tmp_path, MEASURED))
+    files = ["measure_any_event.csv", "table_over_30s_by_sex.csv"]
+    request_ref = ask_for(lead, run_path, files, "Events by sex")
+    folder = portal.built.home / "tre" / "runs" / run_path.rsplit("/", 1)[1]
+    places = [
+        (c["file"], c["row"], c["column"])
+        for c in orjson.loads((folder / "cells.json").read_bytes())
+        if c["file"] in files
+    ]
+    assert {f for f, _, _ in places} == set(files)
+    checker = staff(portal, CHECKERS[0])
+    # cells.json in the shape before statuses, and in the shape with them: each cell shows its
+    # status where it is, and never its raw count, its key or its description
+    shapes = {
+        "before statuses": (
+            [
+                {"file": f, "row": r, "column": c, "dims": "CANARY-DIMS", "raw": CANARY_RAW + n,
+                 "released": n % 2 == 0}
+                for n, (f, r, c) in enumerate(places)
+            ],
+            ["published" if n % 2 == 0 else "redacted" for n in range(len(places))],
+        ),
+        "with statuses": (
+            [
+                {"file": f, "row": r, "column": c, "raw": CANARY_RAW + n, "key": CANARY_KEY,
+                 "released": n % 4 < 2, "status": CELL_STATUSES[n % 4],
+                 "reason": f"the reason for {CELL_STATUSES[n % 4]}"}
+                for n, (f, r, c) in enumerate(places)
+            ],
+            [CELL_STATUSES[n % 4] for n in range(len(places))],
+        ),
+    }  # fmt: skip
+    for shape, (entries, statuses) in shapes.items():
+        (folder / "cells.json").write_bytes(orjson.dumps(entries))
+        answer = checker.get(f"/checking/{request_ref}")
+        assert answer.status_code == 200, shape
+        page = answer.text
+        tables = output_tables(page)
+        assert sorted(tables) == files, shape
+        for (file, row, column), status in zip(places, statuses, strict=True):
+            assert tables[file][(row, column)][1] == status, (shape, file, row, column)
+        for canary in (str(CANARY_RAW)[:6], CANARY_KEY[:12], "CANARY-DIMS"):
+            assert canary not in page, (shape, canary)
+    assert "Redacted: the reason for redacted" in page and "Rounded: the reason for rounded" in page
+    # the published values are the file's own, and the measure (only) has its chart
+    header, *body = csv_rows(folder / "outputs" / "table_over_30s_by_sex.csv")
+    for number, line in enumerate(body, 1):
+        for column, value in zip(header, line, strict=True):
+            assert tables["table_over_30s_by_sex.csv"][(number, column)][0] == value
+    assert page.count("<svg") == 1 and "measure_any_event.csv: rate per interval" in page
+    assert 'class="scroll" role="region" tabindex="0"' in page  # scrolls inside, on a phone too
+
+    # a long file is shown a page at a time, each file paged on its own
+    monkeypatch.setattr(outputs, "PAGE_ROWS", 5)
+    first = output_tables(checker.get(f"/checking/{request_ref}").text)
+    second = output_tables(
+        checker.get(f"/checking/{request_ref}?file=measure_any_event.csv&page=2").text
+    )
+    assert {r for r, _ in first["measure_any_event.csv"]} == {1, 2, 3, 4, 5}
+    assert {r for r, _ in second["measure_any_event.csv"]} == {6, 7, 8, 9, 10}
+    assert {r for r, _ in second["table_over_30s_by_sex.csv"]} == {
+        r for r, _ in first["table_over_30s_by_sex.csv"]
+    }
+    bad = checker.get(f"/checking/{request_ref}?file=measure_any_event.csv&page=x")
+    assert bad.status_code == 200 and 1 in {r for r, _ in output_tables(bad.text)[files[0]]}
+
+    # a file changed since it was asked for is not shown as if it were the one asked for
+    (folder / "outputs" / "table_over_30s_by_sex.csv").write_text("sex,patients\nF,1\n")
+    page = checker.get(f"/checking/{request_ref}").text
+    assert "changed after it was asked for" in page
+    assert "table_over_30s_by_sex.csv" not in output_tables(page)
+
+
+def test_a_checker_from_the_projects_funder_never_sees_or_reviews_its_outputs(
+    portal: Portal, tmp_path: Path
+) -> None:
+    from governing import CHARITY
+
+    add_checker(portal, "k.funder", CHARITY)  # the demo application's funder
+    lead = staff(portal, LEAD)
+    run_path = run_of(lead, portal, compiled(tmp_path, study("funded", 25)))
+    request_ref = ask_for(lead, run_path, ["table_funded.csv"], "Funded")
+    funder = staff(portal, "k.funder")
+    assert request_ref not in funder.get("/checking").text
+    assert funder.get(f"/checking/{request_ref}").status_code == 404
+    before = snapshot(portal.built.engine)
+    answer = post(
+        funder,
+        f"/checking/{request_ref}/review",
+        "/checking",
+        file="table_funded.csv",
+        decision="approve",
+    )
+    assert answer.status_code == 404
+    assert snapshot(portal.built.engine) == before
+    assert request_ref in staff(portal, CHECKERS[1]).get("/checking").text
+
+
+def test_a_rejected_file_cannot_be_asked_for_again_unchanged(
+    portal: Portal, tmp_path: Path
+) -> None:
+    lead = staff(portal, LEAD)
+    document = compiled(tmp_path, study("rejected_one", 35))
+    first = ask_for(lead, run_of(lead, portal, document), ["table_rejected_one.csv"], "First")
+    rejected = post(
+        staff(portal, CHECKERS[0]),
+        f"/checking/{first}/review",
+        f"/checking/{first}",
+        file="table_rejected_one.csv",
+        decision="reject",
+        comment="The groups are too small.",
+    )
+    assert rejected.status_code == 303
+    again = run_of(lead, portal, document)  # the same definition on the same data: same bytes
+    before = snapshot(portal.built.engine)
+    answer = post(lead, f"{again}/request", again, files=["table_rejected_one.csv"], title="Second")
+    assert answer.status_code == 400
+    text = html.unescape(answer.text)
+    assert f"table_rejected_one.csv is, byte for byte, a file that was rejected in {first}" in text
+    assert "change the definition, run it again" in text
+    assert snapshot(portal.built.engine) == before
+
+
+def test_the_register_serves_only_the_files_a_release_lists_by_their_names_there(
+    portal: Portal, tmp_path: Path
+) -> None:
+    lead = staff(portal, LEAD)
+    request_ref = ask_for(
+        lead,
+        run_of(lead, portal, compiled(tmp_path, study("served", 40))),
+        ["table_served.csv"],
+        "Served",
+    )
+    for checker in CHECKERS:
+        answer = post(
+            staff(portal, checker),
+            f"/checking/{request_ref}/review",
+            f"/checking/{request_ref}",
+            file="table_served.csv",
+            decision="approve",
+        )
+        assert answer.status_code == 303, answer.text
+    register = client(portal).get("/register").text
+    link = re.search(r'href="/register/releases/(\d+)/table_served\.csv"', register)
+    assert link is not None
+    release = link.group(1)
+    folder = portal.built.home / "register" / "releases" / release
+    browser = client(portal)
+    served = browser.get(f"/register/releases/{release}/table_served.csv")
+    assert served.status_code == 200
+    assert served.content == (folder / "table_served.csv").read_bytes()
+    assert "attachment" in served.headers["content-disposition"]
+    definition = browser.get(f"/register/releases/{release}/definition.json")
+    assert definition.status_code == 200
+    assert definition.content == (folder / "definition.json").read_bytes()
+    # a file planted in the release's folder is not the release's: never served
+    (folder / "planted.csv").write_text("nhs_number\n9434765919\n")
+    (folder / "planted.json").write_text("{}")
+    for name in ("planted.csv", "planted.json", "..%2Fplanted.csv", "TABLE_SERVED.CSV"):
+        assert browser.get(f"/register/releases/{release}/{name}").status_code == 404, name
+    # nor a listed file changed after it was released
+    (folder / "table_served.csv").write_text("sex,patients\nF,3\n")
+    assert browser.get(f"/register/releases/{release}/table_served.csv").status_code == 404
+    for path in (f"/register/releases/{2**40}/x.csv", "/register/releases/-1/definition.json"):
+        assert browser.get(path).status_code == 404, path
+
+
+def test_a_run_page_shows_the_controlled_outputs_and_nothing_else_about_the_data(
+    portal: Portal, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gpdpr.portal import research
+
+    lead = staff(portal, LEAD)
+    run_path = run_of(lead, portal, compiled(tmp_path, study("shown_inside", 45)))
+    page = lead.get(run_path).text
+    folder = portal.built.home / "tre" / "runs" / run_path.rsplit("/", 1)[1] / "outputs"
+    header, *body = csv_rows(folder / "table_shown_inside.csv")
+    shown = output_tables(page)["table_shown_inside.csv"]
+    assert {(n, c): v for (n, c), (v, _) in shown.items()} == {
+        (n, c): v for n, line in enumerate(body, 1) for c, v in zip(header, line, strict=True)
+    }
+    assert "bytes" not in page and "status-" not in page  # no sizes; statuses are the checkers'
+    # a file the differencing guard withholds is named as withheld, and nothing of it shown
+    monkeypatch.setattr(research, "visible_outputs", lambda *_: {"table_shown_inside.csv": None})
+    page = lead.get(run_path).text
+    assert "Withheld: it could be subtracted from results you have seen (differencing risk)" in page
+    assert output_tables(page) == {}
+    # whatever a file holds is text on the page, never markup
+    hostile = b'"<b>x</b>",patients\n"<script>alert(1)</script>",10\n'
+    monkeypatch.setattr(research, "visible_outputs", lambda *_: {"table_shown_inside.csv": hostile})
+    page = lead.get(run_path).text
+    assert "<script>alert" not in page and "<b>x" not in page
+    assert output_tables(page)["table_shown_inside.csv"][(1, "<b>x</b>")][0] == (
+        "<script>alert(1)</script>"
+    )
+
+
+def test_a_real_run_that_stops_inside_says_so_without_saying_why(
+    portal: Portal, definition: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Why a real run stopped can be a fact about the data (an empty population, an overflow on
+    one person's value): neither the answer to the run nor its page nor the list of runs says it.
+    A refusal by the agreement, which is no such fact, is shown (see
+    test_a_run_outside_any_agreement_of_the_researcher_is_refused)."""
+    from gpdpr.tre.engines.duckdb import DuckDBEngine
+    from gpdpr.tre.release import checking
+
+    def fail(*_: object) -> None:
+        raise UserError("CANARY: one person's value overflowed")
+
+    lead = staff(portal, LEAD)
+    page_path = upload(lead, definition).headers["location"]
+    monkeypatch.setattr(DuckDBEngine, "run", fail)
+    answer = post(lead, f"{page_path}/run", page_path, agreement=portal.built.agreement)
+    assert answer.status_code == 400
+    assert "stopped inside the research environment and made no outputs" in answer.text
+    assert "CANARY" not in answer.text
+    # however the run was recorded, its page and the list give its status, never its message
+    with Session(portal.built.engine) as session, session.begin():
+        stopped = checking.record_run(
+            session, LEAD, portal.built.agreement, definition.decode(),
+            hashlib.sha256(definition).hexdigest(), 1, "duckdb", "round5", "refused",
+            "the population is empty: CANARY", {}, datetime.now(UTC), None,
+        ).reference  # fmt: skip
+    run_page = lead.get(f"/research/runs/{stopped}").text
+    assert "Refused: it made no outputs" in run_page
+    overview = lead.get("/research").text
+    assert stopped in overview
+    for page in (run_page, overview):
+        assert "CANARY" not in page and "empty" not in page
+
+
+def test_a_dummy_run_that_fails_in_the_engine_shows_none_of_the_engines_text(
+    portal: Portal, definition: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from gpdpr.tre.engines.duckdb import DuckDBEngine
+
+    lead = staff(portal, LEAD)
+    page_path = upload(lead, definition).headers["location"]
+    for error in (UserError("CANARY: the lake's rows"), RuntimeError("CANARY: the key")):
+
+        def fail(*_: object, error: Exception = error) -> None:
+            raise error
+
+        monkeypatch.setattr(DuckDBEngine, "run", fail)
+        assert post(lead, f"{page_path}/dummy", page_path).status_code == 303
+        page = lead.get(page_path).text
+        deadline = time.monotonic() + 300
+        while "Working:" in page and time.monotonic() < deadline:
+            time.sleep(1)
+            page = lead.get(page_path).text
+        assert "The dummy run failed: the engine stopped on this definition" in page, page
+        assert "CANARY" not in page
 
 
 # ---- the role x route x own/other-object matrix ----------------------------------------------
@@ -979,7 +1314,7 @@ def test_pages_carry_the_security_headers(portal: Portal) -> None:
     assert "strict-transport-security" in client(portal, https=True).get("/").headers
 
 
-def test_a_published_file_is_served_only_from_its_release_folder(portal: Portal) -> None:
+def test_a_published_file_is_never_a_path_from_the_request(portal: Portal) -> None:
     browser = client(portal)
     for path in (
         "/register/releases/1/..%2F..%2Fcentral.db",
@@ -1077,3 +1412,19 @@ def test_a_chart_has_whole_number_ticks_a_legend_line_per_series_and_its_figures
         legend = re.findall(r'<text x="66" y="(\d+)"', svg)
         assert len(legend) == 2 and legend[0] != legend[1]  # one line each, not overlapping
     assert "Nothing yet" in bars("Empty", [], [Series("none", [])])
+
+
+def test_a_rate_chart_breaks_its_line_where_nothing_was_published_and_says_so_in_words() -> None:
+    from gpdpr.portal.charts import Rates, lines
+
+    svg = lines(
+        "Rates",
+        ["2024-01", "2024-02", "2024-03", "2024-04"],
+        [Rates("F", [0.1, None, 0.25, 0.3]), Rates("M", [0.05, 0.06, 0.07, 0.08])],
+    )
+    assert svg.count("<polyline") == 3  # F in two pieces around its gap, M in one
+    assert svg.count("<circle") == 7  # a point per published rate, none for the gap
+    assert "F: 2024-01 10%, 2024-02 not published, 2024-03 25%, 2024-04 30%" in svg
+    ticks = re.findall(r'text-anchor="end" font-size="11" fill="#212b32">([^<]+)<', svg)
+    assert ticks[0] == "0%" and ticks[-1] == "50%", ticks  # the axis tops the highest rate
+    assert "Nothing yet" in lines("Empty", [], [])

@@ -4,9 +4,11 @@ module. Screenshots go to tests/artefacts/portal/ (kept as test artefacts, not c
 
 Scenarios: a patient signs in and opts out; after the erasure cycle the activity log shows the
 erasure, with its proof; an applicant submits an application; the panel votes to quorum and the
-administrator decides; two output checkers release a file; the register shows it. Then keyboard
-use and basic accessibility on every page: labels, one h1 and no skipped heading level, text
-contrast of at least 4.5:1 from the computed styles, a visible focus, and a skip link that works.
+administrator decides; two output checkers release a file; the register shows it; a checker reads
+a request (a table and a measure's chart, each cell's status) at desktop and phone width. Then
+keyboard use and basic accessibility on every page: labels, one h1 and no skipped heading level,
+text contrast of at least 4.5:1 from the computed styles, a visible focus, and a skip link that
+works.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from gpdpr.portal.security import RateLimit
 from gpdpr.portal.serve import publish_now, running
 from gpdpr.tre import runs
 from gpdpr.tre.release import checking
-from portal_home import FAST, PASSWORD, STUDY, Home, build, database, patient_email
+from portal_home import FAST, MEASURED, PASSWORD, STUDY, Home, build, database, patient_email
 
 ARTEFACTS = Path(__file__).parent / "artefacts" / "portal"
 CHROMIUM = "/usr/bin/chromium"
@@ -47,6 +49,27 @@ class Site:
     browser: Browser
     request: str  # a release request awaiting two checkers
     app: FastAPI
+    measured: str  # another, of a table and a measure, that stays awaiting review
+
+
+def asked_for(built: Home, folder: Path, text: str, title: str) -> str:
+    """Run the study `text` under the agreement and ask for all its outputs; the request."""
+    (folder / "study.py").write_text(text)
+    made = runs.submit(built.home, LEAD, built.agreement, runs.compile_file(folder / "study.py"))
+    outputs = made.folder / runs.OUTPUTS
+    files = {
+        name: (hashlib.sha256((outputs / name).read_bytes()).hexdigest(), about["bytes"])
+        for name, about in made.outputs.items()
+    }
+    cells = runs.cells_of(built.home, made.reference, set(files))
+    return act(
+        built.engine,
+        lambda s: (
+            checking.request_release(
+                s, LEAD, made.reference, files, title, "For the browser test.", cells
+            ).reference
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,31 +77,14 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     with database("sqlite"):
         built = build(tmp_path_factory.mktemp("browser"))
-        folder = tmp_path_factory.mktemp("study")
-        (folder / "study.py").write_text(STUDY)
-        made = runs.submit(
-            built.home, LEAD, built.agreement, runs.compile_file(folder / "study.py")
-        )
-        outputs = made.folder / runs.OUTPUTS
-        files = {
-            name: (hashlib.sha256((outputs / name).read_bytes()).hexdigest(), about["bytes"])
-            for name, about in made.outputs.items()
-        }
-        cells = runs.cells_of(built.home, made.reference, set(files))
-        request = act(
-            built.engine,
-            lambda s: (
-                checking.request_release(
-                    s, LEAD, made.reference, files, "Adults by sex", "For the browser test.", cells
-                ).reference
-            ),
-        )
+        request = asked_for(built, tmp_path_factory.mktemp("study"), STUDY, "Adults by sex")
+        measured = asked_for(built, tmp_path_factory.mktemp("measured"), MEASURED, "Events")
         app = create_app(built.home, passwords=FAST, rate_limit=RateLimit(), dummy_patients=400)
         publish_now(app)  # the transparency log, as the served portal keeps it
         with running(app) as url, sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             try:
-                yield Site(built, url, browser, request, app)
+                yield Site(built, url, browser, request, app, measured)
             finally:
                 browser.close()
                 app.state.portal.close()
@@ -350,6 +356,52 @@ def test_every_page_has_labels_headings_in_order_and_enough_contrast(page: Page)
     problems += audit(page, "/patient")
     problems += audit(page, "/patient/record")
     shot(page, "patient-record")
+    assert problems == []
+
+
+def test_a_checker_reads_a_request_on_a_phone_each_file_a_table_and_the_measure_a_chart(
+    site: Site,
+) -> None:
+    """At phone width the page itself never scrolls sideways: a wide table scrolls inside its
+    own region, which the keyboard reaches; the same audit as every page, at both widths."""
+    problems: list[str] = []
+    for width, name in ((1100, "desktop"), (375, "phone")):
+        context = site.browser.new_context(
+            base_url=site.url, viewport={"width": width, "height": 800}
+        )
+        page = context.new_page()
+        sign_in(page, CHECKERS[0])
+        problems += [f"{name}: {p}" for p in audit(page, f"/checking/{site.measured}")]
+        shot(page, f"checking-request-{name}")
+        sideways = page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert sideways <= 0, f"{name}: the page scrolls sideways by {sideways}px"
+        regions = page.get_by_role("region")
+        assert regions.count() == 2  # one per file
+        chart = page.locator("svg.chart")
+        assert chart.count() == 1 and "rate per interval" in (
+            chart.locator("title").first.text_content() or ""
+        )
+        box = chart.bounding_box()
+        assert box is not None and box["x"] + box["width"] <= width
+        measure = regions.filter(has_text="measure_any_event.csv")
+        statuses = measure.locator(".status")
+        assert statuses.count() > 0 and statuses.first.inner_text() in {
+            "published",
+            "rounded",
+            "redacted",
+            "suppressed",
+        }
+        if name == "phone":
+            wide = measure.evaluate("e => e.scrollWidth > e.clientWidth")
+            assert wide, "the measure's table fits a phone: this test shows nothing"
+            measure.focus()
+            assert measure.evaluate("e => e === document.activeElement")
+            page.keyboard.press("ArrowRight")
+            # scrolled with the keyboard (smooth scrolling may take a moment to start)
+            page.wait_for_function("() => document.activeElement.scrollLeft > 0", timeout=10_000)
+        context.close()
     assert problems == []
 
 

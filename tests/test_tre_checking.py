@@ -1,9 +1,11 @@
 """Output checking: a run's files leave the research environment only through a release request
-that two output checkers approve file by file, neither the author, on the project's team, nor
-from the author's organisation; a rejection or a return ends it; a release that could be
-subtracted from an earlier one is refused with the cells named; the released files are published
-on the register with the definition that made them, and a file changed since it was checked is
-never published. On SQLite, and on PostgreSQL when configured."""
+that two output checkers approve file by file, neither the author, on the project's team, from
+the author's organisation, nor from any organisation the application names (lead, collaborator,
+funder); a rejection or a return ends it, and the file turned down cannot be asked for again
+unchanged; a release that could be subtracted from an earlier one is refused with the cells named;
+checkers see each cell's status and never its raw count; the released files are published on the
+register with the definition that made them, and a file changed since it was checked is never
+published. On SQLite, and on PostgreSQL when configured."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from typing import Any
 import orjson
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner, Result
 
@@ -25,10 +29,12 @@ from databases import BACKENDS, postgres_url
 from governing import (
     ADMIN,
     BOTH,
+    CHARITY,
     CHECKERS,
     COLLEAGUE,
     LEAD,
     PANEL,
+    PHARMA,
     VENDOR,
     act,
     agreement_of,
@@ -391,12 +397,12 @@ def test_only_a_runs_own_unchanged_outputs_can_be_asked_for(gov: sa.Engine) -> N
     refused(gov, ask(right, by=VENDOR), "not named on its team")
     refused(gov, ask(right, by=CHECKERS[0]), "not named on its team")
     failed = new_run(gov, dsa, status="refused")
-    refused(
+    message = refused(
         gov,
         lambda s: checking.request_release(s, LEAD, failed, right, "T", "", []),
-        "refused: outside the agreement",
-        "only a succeeded run's outputs",
+        f"{failed} refused; only a succeeded run's outputs",
     )
+    assert "outside the agreement" not in message  # why a run stopped can depend on the data
     refused(
         gov,
         lambda s: checking.request_release(s, LEAD, "RUN-999999", right, "T", "", []),
@@ -525,7 +531,7 @@ def test_a_file_is_in_one_live_request_at_a_time(gov: sa.Engine) -> None:
     )
     # another file of the run can be asked for
     assert new_request(gov, run, {"measure.csv": MEASURE}, given=[]).startswith("REQ-")
-    # once released the file needs no second release; once returned it can be asked for again
+    # once released the file needs no second release
     for checker in CHECKERS:
         review(gov, checker, first)
     refused(
@@ -537,10 +543,164 @@ def test_a_file_is_in_one_live_request_at_a_time(gov: sa.Engine) -> None:
         first,
         "released",
     )
-    returned_run = new_run(gov, dsa)
-    returned = new_request(gov, returned_run)
-    assert review(gov, CHECKERS[0], returned, comment="return: label the rows") == "returned"
-    assert new_request(gov, returned_run).startswith("REQ-")
+
+
+@pytest.mark.parametrize(("decision", "words"), [("reject", "rejected"), ("return", "returned")])
+def test_a_file_turned_down_cannot_come_back_unchanged(
+    gov: sa.Engine, decision: str, words: str
+) -> None:
+    dsa = in_force(gov)
+    first = new_request(gov, new_run(gov, dsa))
+    review(gov, CHECKERS[0], first, comment=f"{decision}: row 3 is too small")
+    # the same bytes: from the same run, from a new run, under another name, beside a new file,
+    # by a colleague on the team, or under another agreement of the same lead
+    other = agreement_for(gov)
+    for run, files, by in (
+        (new_run(gov, dsa), {"table.csv": TABLE}, LEAD),
+        (new_run(gov, dsa, {"renamed.csv": TABLE}), {"renamed.csv": TABLE}, LEAD),
+        (
+            new_run(gov, dsa, {"table.csv": TABLE, "measure.csv": MEASURE}),
+            {"table.csv": TABLE, "measure.csv": MEASURE},
+            COLLEAGUE,
+        ),
+        (new_run(gov, other), {"table.csv": TABLE}, LEAD),
+    ):
+        name = next(n for n, data in files.items() if data == TABLE)
+        message = refused(
+            gov,
+            lambda s, run=run, files=files, by=by, name=name: checking.request_release(
+                s, by, run, asked(files), "Again", "", cells(name)
+            ),
+            f"{name} is, byte for byte, a file that was {words}",
+            first,
+            "cannot be asked for again unchanged",
+            f"gpdpr tre review show {first}",
+            "change the definition, run it again",
+        )
+        assert "row 3" not in message  # the checkers' comment is for the author's own page
+    # a changed file is a new file
+    changed = {"table.csv": TABLE.replace(b"95", b"100")}
+    assert new_request(gov, new_run(gov, dsa, changed), changed).startswith("REQ-")
+
+
+def test_a_checker_from_an_organisation_of_the_application_cannot_check(gov: sa.Engine) -> None:
+    """The funder (or a collaborator) of a project is no independent checker of its outputs,
+    whoever the author is."""
+    for handle, organisation in (("k.funder", CHARITY), ("k.pharma", PHARMA)):
+        act(
+            gov,
+            lambda s, h=handle, o=organisation: people.add_person(
+                s, ADMIN, h, h, f"{h}@example.org", o, ["output_checker"]
+            ),
+        )
+    dsa = agreement_for(gov, collaborators=(PHARMA,))  # funded by CHARITY, as every FORM is
+    request = new_request(gov, new_run(gov, dsa))
+    for handle, organisation, role in (
+        ("k.funder", CHARITY, "a funder"),
+        ("k.pharma", PHARMA, "a collaborator"),
+    ):
+        refused(
+            gov,
+            approve(gov, handle, request),
+            f"{handle} cannot check {request}",
+            f"they belong to {organisation}, {role} of APP-",
+            "outside every organisation the application names",
+        )
+        with Session(gov) as session:
+            assert checking.requests_awaiting(session, handle) == []
+    # the same checkers may check a project their organisations are not on
+    elsewhere = new_request(gov, new_run(gov, agreement_for(gov, funders=())))
+    assert review(gov, "k.funder", elsewhere) == "awaiting_review"
+
+
+# ---- what checkers see of each cell -------------------------------------------------------------
+
+CANARY_RAW = 987_654_321
+CANARY_KEY = "c0ffee" * 10 + "abcd"
+
+
+def test_cell_statuses_are_read_from_either_shape_without_raw_counts_or_keys(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "cells.json"
+    old = [
+        {"file": "t.csv", "row": 1, "column": "patients", "dims": "sex=F", "raw": CANARY_RAW,
+         "released": True},
+        {"file": "t.csv", "row": 2, "column": "patients", "dims": "sex=M", "raw": 3,
+         "released": False},
+        {"file": "other.csv", "row": 1, "column": "patients", "dims": "x", "raw": 1,
+         "released": True},
+    ]  # fmt: skip
+    path.write_bytes(orjson.dumps(old))
+    found = checking.cell_statuses(path, ["t.csv"])
+    assert found == {
+        "t.csv": [
+            checking.CellStatus("t.csv", 1, "patients", "published", ""),
+            checking.CellStatus("t.csv", 2, "patients", "redacted", ""),
+        ]
+    }
+    new = [
+        {"file": "t.csv", "row": r, "column": "patients", "raw": CANARY_RAW + r, "key": CANARY_KEY,
+         "released": status in ("published", "rounded"), "status": status,
+         "reason": f"because {status}"}
+        for r, status in enumerate(checking.CELL_STATUSES, 1)
+    ]  # fmt: skip
+    path.write_bytes(orjson.dumps(new))
+    found = checking.cell_statuses(path, ["t.csv", "absent.csv"])
+    assert found is not None and found["absent.csv"] == []
+    assert [(c.status, c.reason) for c in found["t.csv"]] == [
+        (status, f"because {status}") for status in checking.CELL_STATUSES
+    ]
+    assert checking.count_statuses(found["t.csv"]) == dict.fromkeys(checking.CELL_STATUSES, 1)
+    shown = repr(found)
+    assert str(CANARY_RAW)[:6] not in shown and CANARY_KEY not in shown and "raw" not in shown
+    assert checking.cell_statuses(tmp_path / "none.json", ["t.csv"]) is None
+    # a status that is not one of the four is refused, not shown
+    path.write_bytes(orjson.dumps([{**new[0], "status": "<b>fine</b>"}]))
+    with pytest.raises(UserError, match="cell 1 is not a cell as disclosure control writes it"):
+        checking.cell_statuses(path, ["t.csv"])
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner),
+    max_leaves=6,
+)
+_ENTRY = st.fixed_dictionaries(
+    {"file": st.sampled_from(["t.csv", "u.csv"]) | _JSON},
+    optional={
+        "row": st.integers(-3, 50) | _JSON,
+        "column": st.sampled_from(["patients", "numerator"]) | _JSON,
+        "status": st.sampled_from(["published", "rounded", "redacted", "suppressed"]) | _JSON,
+        "reason": st.text(max_size=20) | _JSON,
+        "released": st.booleans() | _JSON,
+        "raw": st.just(CANARY_RAW),
+        "key": st.just(CANARY_KEY),
+        "dims": st.just("CANARY-DIMS"),
+    },
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(entries=st.lists(_ENTRY, max_size=8))
+def test_whatever_cells_json_holds_a_checker_gets_statuses_or_a_clear_refusal(
+    entries: list[dict[str, Any]],
+) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "cells.json"
+        path.write_bytes(orjson.dumps(entries))
+        try:
+            found = checking.cell_statuses(path, ["t.csv"])
+        except UserError as refusal:
+            assert "is not a cell as disclosure control writes it" in str(refusal)
+            return
+    assert found is not None
+    for cell in found["t.csv"]:
+        assert cell.status in checking.CELL_STATUSES and isinstance(cell.row, int)
+    shown = repr(found)
+    assert str(CANARY_RAW) not in shown and CANARY_KEY not in shown and "CANARY" not in shown
 
 
 # ---- two checkers at once ----------------------------------------------------------------------
@@ -769,3 +929,80 @@ def test_a_file_changed_before_the_last_approval_is_not_released(
     )
     out = ok(tre(home, "reject", request, "table.csv", "--as", CHECKERS[1], "--comment", "changed"))
     assert f"{request} rejected" in out
+
+
+def write_cells(home: Path, run: str, entries: list[dict[str, Any]]) -> None:
+    (home / "tre" / "runs" / run / "cells.json").write_bytes(orjson.dumps(entries))
+
+
+def test_review_show_counts_each_files_cells_by_status_and_never_a_raw_count(
+    home: Path, engine: sa.Engine
+) -> None:
+    files = {"table.csv": TABLE, "measure.csv": MEASURE}
+    run = new_run(engine, in_force(engine), files, home=home)
+    request = new_request(engine, run, files)
+    assert "not kept" in ok(tre(home, "show", request))  # the run kept no cells.json
+    write_cells(
+        home,
+        run,
+        [
+            {"file": "table.csv", "row": row, "column": "patients", "raw": CANARY_RAW + row,
+             "key": CANARY_KEY, "released": status != "redacted", "status": status,
+             "reason": reason}
+            for row, status, reason in (
+                (1, "rounded", "rounded to the nearest 5"),
+                (2, "rounded", "rounded to the nearest 5"),
+                (3, "redacted", "7 or fewer people"),
+            )
+        ]
+        + [  # the shape before statuses: published if released, else redacted
+            {"file": "measure.csv", "row": 1, "column": column, "dims": "CANARY-DIMS",
+             "raw": CANARY_RAW, "released": column == "denominator"}
+            for column in ("numerator", "denominator")
+        ],
+    )  # fmt: skip
+    shown = ok(tre(home, "show", request))
+    counts = shown[shown.index("published cells") :]
+    assert re.search(r"measure\.csv\D+1\D+0\D+1\D+0\D", counts), counts
+    assert re.search(r"table\.csv\D+0\D+2\D+1\D+0\D", counts), counts
+    assert "rounded: rounded to the nearest 5" in shown and "redacted: 7 or fewer people" in shown
+    for canary in (str(CANARY_RAW)[:6], CANARY_KEY[:12], "CANARY-DIMS"):
+        assert canary not in shown
+
+
+def test_a_funders_checker_and_a_turned_down_file_are_refused_by_the_commands(
+    home: Path, engine: sa.Engine
+) -> None:
+    from gpdpr.tre.cli import tre_app
+
+    act(
+        engine,
+        lambda s: people.add_person(
+            s, ADMIN, "k.funder", "K Funder", "kf@example.org", CHARITY, ["output_checker"]
+        ),
+    )
+    dsa = in_force(engine)
+    run = new_run(engine, dsa, home=home)
+    request = new_request(engine, run)
+    ok(tre(home, "requests"))  # the first command catches the record up (expiries, the log)
+    before = snapshot(engine)
+    refused_cli(
+        tre(home, "approve", request, "table.csv", "--as", "k.funder"),
+        f"k.funder cannot check {request}",
+        "a funder of APP-",
+    )
+    assert snapshot(engine) == before
+    assert "Nothing is waiting" in ok(tre(home, "requests", "--awaiting", "--as", "k.funder"))
+
+    ok(tre(home, "reject", request, "table.csv", "--as", CHECKERS[0], "--comment", "too small"))
+    again = new_run(engine, dsa, home=home)  # the same definition run again: the same bytes
+    write_cells(home, again, [])
+    ok(tre(home, "requests"))
+    before = snapshot(engine)
+    asked_again = CliRunner().invoke(
+        tre_app,
+        ["request", again, "--file", "table.csv", "--title", "Again", "--as", LEAD,
+         "--home", str(home)],
+    )  # fmt: skip
+    refused_cli(asked_again, f"table.csv is, byte for byte, a file that was rejected in {request}")
+    assert snapshot(engine) == before

@@ -105,3 +105,100 @@ def _describe(labels: list[str], series: list[Series]) -> str:
         + ", ".join(f"{label} {v:,}" for label, v in zip(labels, s.values, strict=True))
         for s in series
     )
+
+
+@dataclass(frozen=True)
+class Rates:
+    name: str
+    values: list[float | None]  # one per label; None where nothing was published
+
+
+def lines(title: str, labels: list[str], series: list[Rates], width: int = 640) -> str:
+    """A line chart of rates (0 to 1, drawn as percentages), one line per series; a None breaks
+    the line, so a redacted interval shows as a gap rather than as zero."""
+    left, right, bottom, height = 56, 40, 48, 240  # room for the last label, centred on its point
+    top = 16 + 18 * len(series)
+    height += top
+    plot_w, plot_h = width - left - right, height - top - bottom
+    peak = max([0.0, *(v for s in series for v in s.values if v is not None)]) * 100
+    scale = _nice_percent(peak)
+    ticks = 4 if scale in (0.2, 2, 20) else 5
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
+        f'role="img" aria-labelledby="t-{_id(title)} d-{_id(title)}" class="chart">',
+        f'<title id="t-{_id(title)}">{escape(title)}</title>',
+        f'<desc id="d-{_id(title)}">{escape(_describe_rates(labels, series))}</desc>',
+    ]
+    for step in range(ticks + 1):
+        value = scale * step / ticks
+        y = top + plot_h - plot_h * step / ticks
+        parts.append(
+            f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" '
+            'stroke="#d8dde0"/>'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11" '
+            f'fill="#212b32">{_percent(value)}</text>'
+        )
+    step_x = plot_w / max(1, len(labels) - 1)
+    every = max(1, len(labels) // 8)
+    for i, label in enumerate(labels):
+        if i % every == 0:
+            parts.append(
+                f'<text x="{left + step_x * i:.1f}" y="{height - bottom + 16}" '
+                f'text-anchor="middle" font-size="11" fill="#212b32">{escape(label)}</text>'
+            )
+    for j, s in enumerate(series):
+        colour = PALETTE[j % len(PALETTE)]
+        run: list[str] = []
+        for i, rate in enumerate([*s.values, None]):
+            if rate is not None:
+                px, py = left + step_x * i, top + plot_h - plot_h * rate * 100 / scale
+                run.append(f"{px:.1f},{py:.1f}")
+                parts.append(
+                    f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{colour}">'
+                    f"<title>{escape(s.name)}, {escape(labels[i])}: {_percent(rate * 100)}"
+                    "</title></circle>"
+                )
+            elif run:
+                parts.append(
+                    f'<polyline points="{" ".join(run)}" fill="none" stroke="{colour}" '
+                    'stroke-width="2"/>'
+                )
+                run = []
+        y = 6 + 18 * j
+        parts.append(
+            f'<rect x="{left}" y="{y}" width="12" height="12" fill="{colour}"/>'
+            f'<text x="{left + 18}" y="{y + 10}" font-size="12" fill="#212b32">'
+            f"{escape(s.name)}</text>"
+        )
+    if not labels:
+        parts.append(
+            f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" font-size="14" '
+            'fill="#212b32">Nothing yet</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _nice_percent(peak: float) -> float:
+    """A round top for a percentage axis, at least `peak` (and never above 100 unless needed)."""
+    for top in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100):
+        if peak <= top:
+            return top
+    return float(_nice(int(peak) + 1))
+
+
+def _percent(value: float) -> str:
+    return f"{value:.2f}".rstrip("0").rstrip(".") + "%"
+
+
+def _describe_rates(labels: list[str], series: list[Rates]) -> str:
+    if not labels:
+        return "No figures yet."
+    return "; ".join(
+        f"{s.name}: "
+        + ", ".join(
+            f"{label} {'not published' if v is None else _percent(v * 100)}"
+            for label, v in zip(labels, s.values, strict=True)
+        )
+        for s in series
+    )

@@ -4,6 +4,7 @@ statistics as charts, and how to opt out."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import tomllib
 from collections import Counter
@@ -15,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
 from gpdpr.governance import register
@@ -155,15 +156,38 @@ def data_uses_register(
 @router.get("/register/releases/{release_id}/{name}")
 @allow(PUBLIC)
 def published_file(request: Request, release_id: int, name: str) -> Response:
-    """A released file (or its definition.json) as published on the register."""
-    if not _FILE.match(name) or release_id < 1:
+    """A released file (or its definition.json) as published on the register: only a file the
+    release lists in the database, found by its name there (the request's text never becomes a
+    path), and only with the SHA-256 it was released with. Anything else in the folder is not
+    served."""
+    portal = portal_of(request)
+    if not 1 <= release_id < 2**31:  # an id the database could hold
         return not_found(request)
-    folder = portal_of(request).home / "register" / register.release_folder(release_id)
-    path = folder / name
-    if not path.is_file() or path.resolve().parent != folder.resolve():
+
+    def listed(session: Session) -> tuple[str, str] | None:
+        release = session.get(Release, release_id)
+        if release is None:
+            return None
+        files: dict[str, str] = {str(k): str(v) for k, v in release.files.items()}
+        if release.definition is not None:
+            files[register.DEFINITION_FILE] = release.code_sha256
+        return next(((known, sha) for known, sha in files.items() if known == name), None)
+
+    found = portal.read(listed)
+    if found is None or not _FILE.match(found[0]):
         return not_found(request)
-    kind = "application/json" if name.endswith(".json") else "text/csv"
-    return FileResponse(path, media_type=kind, filename=name)
+    known, sha256 = found
+    path = portal.home / "register" / register.release_folder(release_id) / known
+    try:
+        body = path.read_bytes()
+    except OSError:
+        return not_found(request)
+    if hashlib.sha256(body).hexdigest() != sha256:
+        return not_found(request)  # changed since it was released: not what was checked
+    kind = "application/json" if known.endswith(".json") else "text/csv"
+    return Response(
+        body, media_type=kind, headers={"content-disposition": f'attachment; filename="{known}"'}
+    )
 
 
 # ---- statistics --------------------------------------------------------------------------------

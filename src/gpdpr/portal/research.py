@@ -5,9 +5,15 @@ ask for outputs to be released and follow the checkers' reviews.
 Uploaded definitions are kept per person (`HOME/portal/definitions/<person>/<sha256>.json`), so
 one applicant's definition is never reachable by another. Dummy data is made once (a small
 synthetic nation through the real pipeline, `gpdpr.tre.dummy`) in the background; the page shows
-where it has got to and refreshes itself (a plain meta refresh: no JavaScript needed). A real
-run's outputs are never shown here: they wait inside until two checkers release them; the page
-shows their names, sizes and checksums only.
+where it has got to and refreshes itself (a plain meta refresh: no JavaScript needed). A dummy
+run's failure shows the definition's own error, or a fixed message: never text from the engine,
+which could echo what the definition made it read.
+
+A real run's page shows its outputs inside the environment, each as a table, as
+`visible_outputs` hands them out (controlled files, and none that could be subtracted from what
+the person has already seen); nothing else about the data: no sizes or row counts, and for a run
+that stopped, its status and a fixed message (why a run stopped can depend on the data). A
+refusal by the agreement, which cannot, is shown when the run is asked for.
 """
 
 from __future__ import annotations
@@ -28,12 +34,13 @@ from starlette.concurrency import run_in_threadpool
 from gpdpr.db.models import now
 from gpdpr.errors import UserError
 from gpdpr.governance import people
-from gpdpr.governance.agreements import in_force
+from gpdpr.governance.agreements import authorise, in_force
 from gpdpr.governance.models import Agreement, TeamMember
+from gpdpr.portal.outputs import FileView, chosen_page, file_view
 from gpdpr.portal.pages import not_found, render
 from gpdpr.portal.public import portal_of
 from gpdpr.portal.security import GuardedRoute, allow, staff_session
-from gpdpr.tre import runs
+from gpdpr.tre import runs, views
 from gpdpr.tre.models import ReleaseRequest, Run
 from gpdpr.tre.query import nodes, serial
 from gpdpr.tre.release import checking
@@ -97,22 +104,51 @@ class DummyRunner:
 
         try:
             definition = serial.from_json(document)
+        except UserError as exc:
+            job.status, job.message = "failed", str(exc)  # the definition's own error
+            return
+        try:
             job.status = "making dummy data"
             with self._making:
                 lake = dummy.ensure(self.folder, self.patients)
             job.status = "running"
-            views = dummy.dummy_views(lake, nodes.columns_used(definition))
-            results = DuckDBEngine().run(definition, views)
+            dummy_views = dummy.dummy_views(lake, nodes.columns_used(definition))
+            results = DuckDBEngine().run(definition, dummy_views)
+        except Exception as exc:  # the engine's text could echo what the definition read
+            if not isinstance(exc, UserError):
+                traceback.print_exc()
+            job.status, job.message = "failed", DUMMY_FAILED
+            return
+        try:
             runs.refuse_empty(results)
+        except UserError:
+            job.status, job.message = "failed", DUMMY_EMPTY
+            return
+        try:
             outputs = runs.control(definition, results)
-            job.population = results.dataset.num_rows if results.dataset is not None else None
-            job.outputs = {name: body.decode() for name, body in outputs.files.items()}
-            job.status = "done"
-        except UserError as exc:
-            job.status, job.message = "failed", str(exc)
-        except Exception as exc:  # a fault in the environment: say so rather than hang
-            traceback.print_exc()
-            job.status, job.message = "failed", f"the dummy run failed: {type(exc).__name__}"
+        except Exception as exc:
+            if not isinstance(exc, UserError):
+                traceback.print_exc()
+            job.status, job.message = "failed", DUMMY_CONTROL
+            return
+        job.population = results.dataset.num_rows if results.dataset is not None else None
+        job.outputs = {name: body.decode() for name, body in outputs.files.items()}
+        job.status = "done"
+
+
+DUMMY_FAILED = (
+    "the engine stopped on this definition. Its own message is not shown here, because it "
+    "could repeat what the definition made it read; run it on your machine with "
+    "`gpdpr tre run study.py --dummy` to see it."
+)
+DUMMY_EMPTY = (
+    "no dummy patient is in the population (or in any denominator of a measure). Check the "
+    "conditions and the dates against what the dummy data holds."
+)
+DUMMY_CONTROL = (
+    "the results could not be put through disclosure control; run it on your machine with "
+    "`gpdpr tre run study.py --dummy` to see why."
+)
 
 
 def dummy_runner(request: Request) -> DummyRunner:
@@ -155,10 +191,8 @@ def _overview(session: Session, handle: str, home: Path) -> dict[str, Any]:
     return {
         "uploaded": uploaded,
         "agreements": usable,
-        "runs": [
-            (r.reference, r.agreement.reference, r.status, r.message, r.finished_at)
-            for r in my_runs
-        ],
+        # No run's message: why a real run stopped can depend on the data.
+        "runs": [(r.reference, r.agreement.reference, r.status, r.finished_at) for r in my_runs],
         "requests": [
             (q.reference, q.title, checking.STATE_WORDS[q.state], q.run.reference) for q in requests
         ],
@@ -283,13 +317,65 @@ async def run_real(request: Request, sha: str) -> Response:
 
     try:
         made = await run_in_threadpool(submit)
-    except UserError as exc:
-        return _definition_page(request, sha, document, 400, [str(exc)])
+    except UserError:
+        why = portal.read(lambda s: _refused_before_data(s, str(who.handle), agreement, document))
+        return _definition_page(request, sha, document, 400, [why or RUN_STOPPED])
     who.flash.append(
         f"{made.reference} ran on lake version {made.lake_version}. Its outputs wait inside, "
         "controlled, until two output checkers release them: ask for them below."
     )
     return RedirectResponse(f"/research/runs/{made.reference}", status_code=303)
+
+
+RUN_STOPPED = (
+    "The run stopped inside the research environment and made no outputs. Why is not shown, "
+    "because it could depend on the data; the service's staff can read it in the run's record. "
+    "Try the definition on dummy data to find the problem."
+)
+RUN_WORDS = {
+    "succeeded": "Succeeded: its outputs are below, after disclosure control.",
+    "refused": "Refused: it made no outputs. Why is not shown here, because it could depend on "
+    "the data; a refusal by the agreement was shown when the run was asked for.",
+    "failed": "Failed: it made no outputs. Why is not shown here, because it could depend on the "
+    "data; try the definition on dummy data.",
+}
+WITHHELD = (
+    "Withheld: it could be subtracted from results you have seen (differencing risk). "
+    "It is kept inside; it can still be asked for, and the checks then decide."
+)
+
+
+def _refused_before_data(
+    session: Session, handle: str, agreement: str, document: bytes
+) -> str | None:
+    """Why a run is refused before any data is read (the definition itself, or the agreement:
+    who, when and which fields), asked again after a run stopped; None if neither refuses it,
+    so whatever stopped the run came later and is not for the page."""
+    try:
+        definition = serial.from_json(document)
+        authorise(session, handle, agreement, views.required_fields(nodes.columns_used(definition)))
+    except UserError as exc:
+        return str(exc)
+    return None
+
+
+def visible_outputs(
+    session: Session, home: Path, handle: str, run_ref: str
+) -> dict[str, bytes | None]:
+    """FALLBACK, to be replaced by `runs.visible_outputs` (SEAMS 5) when it lands on main; it
+    is called from one place, `_run_page`. This one reads the run's controlled output files,
+    by the names the run recorded, with no differencing check and nothing remembered as seen.
+    The real one withholds (None) any file at differencing risk and remembers what it shows."""
+    run = _my_run(session, handle, run_ref)
+    if run is None or run.status != "succeeded":
+        return {}
+    folder = runs.run_folder(home, run.reference) / runs.OUTPUTS
+    found: dict[str, bytes | None] = {}
+    for name in sorted(run.outputs):
+        path = folder / name
+        if path.is_file():
+            found[name] = path.read_bytes()
+    return found
 
 
 def _my_run(session: Session, handle: str, reference: str) -> Run | None:
@@ -301,21 +387,45 @@ def _run_page(
 ) -> Response:
     handle = staff_session(request).handle
     assert handle is not None
+    portal = portal_of(request)
 
     def find(s: Session) -> dict[str, Any] | None:
         run = _my_run(s, handle, reference)
         if run is None:
             return None
+        # Only what does not depend on the data, and the controlled files themselves.
         return {
-            "run": run,
+            "run": {
+                "reference": run.reference,
+                "status": run.status,
+                "lake_version": run.lake_version,
+                "definition_sha256": run.definition_sha256,
+                "names": sorted(run.outputs) if run.status == "succeeded" else [],
+            },
+            "said": RUN_WORDS[run.status],
             "agreement": run.agreement.reference,
             "project": run.agreement.application.reference,
+            "visible": visible_outputs(s, portal.home, handle, reference),
         }
 
-    shown = portal_of(request).read(find)
+    shown = portal.act(find)  # showing outputs is remembered, for the differencing check
     if shown is None:
         return not_found(request)
-    return render(request, "run.html.j2", status_code=status_code, errors=errors or [], **shown)
+    chosen, page = chosen_page(request)
+    outputs: list[FileView] = []
+    for name, body in shown.pop("visible").items():
+        if body is None:
+            outputs.append(FileView(name, problem=WITHHELD))
+        else:
+            outputs.append(file_view(name, body, None, page if name == chosen else 1))
+    return render(
+        request,
+        "run.html.j2",
+        status_code=status_code,
+        errors=errors or [],
+        outputs=outputs,
+        **shown,
+    )
 
 
 @router.get("/research/runs/{reference}")
@@ -343,13 +453,17 @@ async def request_release(request: Request, reference: str) -> Response:
     def ask(s: Session) -> str:
         if not names:
             raise UserError("choose at least one output file to release")
+        run = _my_run(s, handle, reference)
+        assert run is not None
         found: dict[str, tuple[str, int]] = {}
         for name in names:
-            path = folder / name
-            if not path.is_file() or path.parent != folder:
+            # The name as the run recorded it: what was typed never becomes a path.
+            known = next((k for k in sorted(run.outputs) if k == name), None)
+            path = None if known is None else folder / known
+            if known is None or path is None or not path.is_file():
                 raise UserError(f"{reference} has no output {name!r}")
             body = path.read_bytes()
-            found[name] = (hashlib.sha256(body).hexdigest(), len(body))
+            found[known] = (hashlib.sha256(body).hexdigest(), len(body))
         cells = runs.cells_of(portal.home, reference, set(found))
         made = checking.request_release(s, handle, reference, found, title, description, cells)
         return made.reference

@@ -161,11 +161,12 @@ def requests(
 
 @review_app.command("show")
 def show(reference: RequestRef, home: Home = DEFAULT_HOME) -> None:
-    """Everything about one release request: its run, its files and every review."""
+    """Everything about one release request: its run, its files (with how many of their cells
+    disclosure control published, rounded, redacted or suppressed) and every review."""
     from gpdpr.tre.release.checking import show_request
 
     with _session(home) as session:
-        shown = show_request(session, reference)
+        shown = show_request(session, reference, home)
     _render(shown)
 
 
@@ -201,6 +202,7 @@ def _render(shown: dict[str, Any]) -> None:
             *map(_plain, (f["name"], rows, f["bytes"], f["sha256"], f"{f['approvals']} of 2"))
         )
     console.print(table)
+    _render_statuses(shown["files"])
     reviews = [(f["name"], r) for f in shown["files"] for r in f["reviews"]]
     if reviews:
         table = Table("file", "checker", "decision", "comment", "at")
@@ -213,6 +215,24 @@ def _render(shown: dict[str, Any]) -> None:
         console.print(table)
     else:
         _say("No reviews yet.")
+
+
+def _render_statuses(files: list[dict[str, Any]]) -> None:
+    """Per file, how many cells have each status (what the checkers' page shows cell by cell)."""
+    from rich.table import Table
+
+    from gpdpr.tre.release.checking import CELL_STATUSES
+
+    table = Table("file", *(f"{status} cells" for status in CELL_STATUSES))
+    for f in files:
+        if f["statuses"] is None:
+            table.add_row(_plain(f["name"]), *(["not kept"] * len(CELL_STATUSES)))
+        else:
+            table.add_row(_plain(f["name"]), *(str(f["statuses"][s]) for s in CELL_STATUSES))
+    console.print(table)
+    reasons = sorted({(c.status, c.reason) for f in files for c in f["cells"] or [] if c.reason})
+    for status, reason in reasons:
+        _say(f"{status}: {reason}")
 
 
 def _review(home: Path, reference: str, file: str, actor: str, decision: str, comment: str) -> None:

@@ -3,9 +3,12 @@
 A run's outputs wait inside the environment. A member of the project's team asks for some of
 them to be released (`request_release`): only a succeeded run's files, exactly as the run wrote
 them, while the agreement is in force, and not if their cells, set beside what the project has
-already released, would give away a small group by subtraction. Two output checkers then review
-each file (`review`); neither may be the author, on the project's team, or from the author's
-organisation. One rejection, or one return to the author with comments, ends the request. When
+already released, would give away a small group by subtraction; and never a file, byte for byte,
+that checkers have rejected or returned before (in any request). Two output checkers then review
+each file (`review`); neither may be the author, on the project's team, from the author's
+organisation, or from any organisation of the application (lead, collaborator or funder). Checkers
+see each file with every cell's status from the run's `cells.json` (`show_request` with the home),
+never a raw count. One rejection, or one return to the author with comments, ends the request. When
 every file has two approvals the request is released: the release is recorded under the agreement
 (`governance.releases.record_release`, which checks the checkers again), the raw counts of its
 cells are kept for the differencing check of later releases, and `publish_files` copies the files
@@ -23,7 +26,9 @@ import hashlib
 import re
 import shutil
 import uuid
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -59,6 +64,11 @@ STATE_WORDS = {
     "returned": "returned to its author",
     "rejected": "rejected",
     "released": "released",
+}
+ORGANISATION_ROLES = {
+    "lead": "the lead organisation",
+    "collaborator": "a collaborator",
+    "funder": "a funder",
 }
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # A released file's name becomes a path on the register: one plain name, never a folder.
@@ -204,9 +214,9 @@ def request_release(
     authorise(session, handle, made.reference, {}, at)  # in force, and a team member asking
     requester = acting(session, handle, "applicant", "ask for a release")
     if run.status != "succeeded":
-        why = f": {run.message}" if run.message else ""
+        # Not the run's message: why a real run stopped can depend on the data.
         raise NotAllowed(
-            f"{run.reference} {run.status}{why}; only a succeeded run's outputs can be released"
+            f"{run.reference} {run.status}; only a succeeded run's outputs can be released"
         )
     if not files:
         raise UserError(
@@ -228,6 +238,7 @@ def request_release(
                 "bytes. A changed file cannot be released: run the definition again"
             )
     _refuse_asked_already(session, run, set(files))
+    _refuse_turned_down(session, files)
     title = title.strip()
     if not title or len(title) > 300:
         raise UserError("a release request needs a title of at most 300 characters")
@@ -288,6 +299,29 @@ def _refuse_asked_already(session: Session, run: Run, names: set[str]) -> None:
             "follow that request (`gpdpr tre review show "
             + reference
             + "`) instead of asking again"
+        )
+
+
+def _refuse_turned_down(session: Session, files: Mapping[str, tuple[str, int]]) -> None:
+    """A file checkers rejected or returned, asked for again unchanged (from any run, under any
+    name), would only wait for a less careful checker: it is refused by its SHA-256."""
+    by_sha = {sha256: name for name, (sha256, _) in sorted(files.items())}
+    earlier = session.execute(
+        sa.select(RequestFile.sha256, ReleaseRequest.reference, ReleaseRequest.state)
+        .join(ReleaseRequest, ReleaseRequest.id == RequestFile.request_id)
+        .where(
+            RequestFile.sha256.in_(sorted(by_sha)),
+            ReleaseRequest.state.in_(("rejected", "returned")),
+        )
+        .order_by(ReleaseRequest.id)
+    ).first()
+    if earlier is not None:
+        sha256, reference, state = earlier
+        raise NotAllowed(
+            f"{by_sha[sha256]} is, byte for byte, a file that was {STATE_WORDS[state]} in "
+            f"{reference}: a file turned down cannot be asked for again unchanged. Read the "
+            f"checkers' comments (`gpdpr tre review show {reference}`), change the definition, "
+            "run it again and ask for the new outputs"
         )
 
 
@@ -435,11 +469,20 @@ def ineligible(checker: Person, request: ReleaseRequest) -> str | None:
             f"they are on the team of {app.reference}, and no one checks their own project's "
             "outputs"
         )
+    if checker.organisation is None:
+        return None
     for author in (request.requested_by, run.requested_by):
-        if checker.organisation is not None and checker.organisation_id == author.organisation_id:
+        if checker.organisation_id == author.organisation_id:
             return (
                 f"they belong to {checker.organisation.name}, as does the author {author.handle}; "
                 "output checkers come from outside the author's organisation"
+            )
+    for on in app.organisations:
+        if on.organisation_id == checker.organisation_id:
+            return (
+                f"they belong to {checker.organisation.name}, {ORGANISATION_ROLES[on.role]} of "
+                f"{app.reference}; output checkers come from outside every organisation the "
+                "application names (lead, collaborators and funders)"
             )
     return None
 
@@ -521,11 +564,16 @@ def requests_awaiting(
     ]
 
 
-def show_request(session: Session, ref: str) -> dict[str, Any]:
-    """Everything about one request that its author and the checkers see (never a raw count)."""
+def show_request(session: Session, ref: str, home: Path | None = None) -> dict[str, Any]:
+    """Everything about one request that its author and the checkers see (never a raw count).
+    With `home` (for the checkers), each file also has its cells' statuses from the run's
+    cells.json: `cells`, a list of `CellStatus`, and `statuses`, the count of each (both None
+    when the run kept no cells)."""
     request = request_of(session, ref)
     run = request.run
     app: Application = run.agreement.application
+    names = [f.name for f in request.files]
+    statuses = None if home is None else cell_statuses(_cells_path(home, run.reference), names)
     return {
         "request": request.reference,
         "title": request.title,
@@ -564,11 +612,84 @@ def show_request(session: Session, ref: str) -> dict[str, Any]:
                     }
                     for r in f.reviews
                 ],
+                "cells": None if statuses is None else statuses[f.name],
+                "statuses": None if statuses is None else count_statuses(statuses[f.name]),
             }
             for f in request.files
         ],
         "release": request.release_id,
     }
+
+
+# ---- what checkers see of each cell -------------------------------------------------------------
+
+CELL_STATUSES = ("published", "rounded", "redacted", "suppressed")
+
+
+@dataclass(frozen=True, slots=True)
+class CellStatus:
+    """What a checker sees of one cell: where it is and what disclosure control did to it, in
+    words. Never its raw count nor the key it is matched by: those stay in cells.json."""
+
+    file: str
+    row: int  # 1-based data row of the file
+    column: str
+    status: str  # one of CELL_STATUSES
+    reason: str  # plain words, never a number from the data ("" when the run kept none)
+
+
+def cell_statuses(path: Path, files: Collection[str]) -> dict[str, list[CellStatus]] | None:
+    """The statuses of the cells of `files` in a run's cells.json (None if the run has none),
+    by file. Entries come in two shapes: {file, row, column, status, reason, ...} and the
+    earlier {file, row, column, dims, raw, released}, read as published if released, else
+    redacted, with no reason. Only the five fields above are taken from an entry."""
+    if not path.is_file():
+        return None
+    try:
+        entries = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise UserError(f"cannot read the cell statuses in {path}: {exc}") from None
+    if not isinstance(entries, list):
+        raise UserError(f"{path} is not a list of cells")
+    found: dict[str, list[CellStatus]] = {name: [] for name in files}
+    for n, entry in enumerate(entries, 1):
+        file = entry.get("file") if isinstance(entry, dict) else None
+        if not isinstance(file, str) or file not in found:
+            continue
+        found[entry["file"]].append(_cell_status(entry, f"{path}, cell {n}"))
+    return found
+
+
+def _cell_status(entry: dict[str, Any], where: str) -> CellStatus:
+    if "status" in entry:
+        status, reason = entry["status"], entry.get("reason", "")
+    else:
+        status, reason = ("published" if entry.get("released") is True else "redacted"), ""
+    row, column = entry.get("row"), entry.get("column")
+    if (
+        status not in CELL_STATUSES
+        or not isinstance(reason, str)
+        or isinstance(row, bool)
+        or not isinstance(row, int)
+        or not isinstance(column, str)
+    ):
+        raise UserError(
+            f"{where} is not a cell as disclosure control writes it (a row number, a column, "
+            f"a status among {', '.join(CELL_STATUSES)} and a reason in words)"
+        )
+    return CellStatus(entry["file"], row, column, status, reason)
+
+
+def count_statuses(cells: Sequence[CellStatus]) -> dict[str, int]:
+    """How many cells have each status, every status named (0 included), in their order."""
+    counted = Counter(c.status for c in cells)
+    return {status: counted[status] for status in CELL_STATUSES}
+
+
+def _cells_path(home: Path, run_reference: str) -> Path:
+    from gpdpr.tre.runs import CELLS, run_folder
+
+    return run_folder(home, run_reference) / CELLS
 
 
 # ---- publishing ---------------------------------------------------------------------------------
