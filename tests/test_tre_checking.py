@@ -613,6 +613,26 @@ def test_a_checker_from_an_organisation_of_the_application_cannot_check(gov: sa.
     assert review(gov, "k.funder", elsewhere) == "awaiting_review"
 
 
+def test_the_release_itself_refuses_a_checker_from_the_projects_funder(gov: sa.Engine) -> None:
+    """The same rule where the release is recorded, so that no path to a release skips it."""
+    act(
+        gov,
+        lambda s: people.add_person(
+            s, ADMIN, "k.trust", "K Trust", "kt@example.org", CHARITY, ["output_checker"]
+        ),
+    )
+    dsa = agreement_for(gov)  # funded by CHARITY, as every FORM is
+    refused(
+        gov,
+        lambda s: releases.record_release(
+            s, dsa, LEAD, ("k.trust", CHECKERS[0]), "Title", "", DEFINITION_SHA,
+            {"t.csv": "ab" * 32}, run_reference="RUN-000001", lake_version=1,
+            definition=DEFINITION,
+        ),
+        f"they belong to {CHARITY}, the project's funder",
+    )  # fmt: skip
+
+
 # ---- what checkers see of each cell -------------------------------------------------------------
 
 CANARY_RAW = 987_654_321

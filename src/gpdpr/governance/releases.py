@@ -72,6 +72,16 @@ def record_release(
                 f"{checker.organisation.name}, as does {requested_by}, who asked for the "
                 "release; output checkers come from outside the author's organisation"
             )
+    parties = {o.organisation_id: o.role for o in made.application.organisations}
+    for checker in (first, second):
+        if checker.organisation_id is not None and checker.organisation_id in parties:
+            assert checker.organisation is not None
+            raise NotAllowed(
+                f"{checker.handle} cannot check outputs of {reference}: they belong to "
+                f"{checker.organisation.name}, the project's "
+                f"{parties[checker.organisation_id]}; output checkers come from outside every "
+                "organisation of the project"
+            )
     if not title.strip():
         raise UserError("a release needs a title: it is published on the register")
     if not _SHA256.match(code_sha256):

@@ -276,7 +276,8 @@ def runs_command(actor: Actor, home: Home = DEFAULT_HOME) -> None:
                 run.status,
                 str(run.lake_version),
                 run.definition_sha256[:12],
-                ", ".join(run.outputs) or run.message,
+                # never the message: a failed run's may carry the engine's words (data)
+                ", ".join(run.outputs) or "-",
             )
     console.print(shown)
 
