@@ -171,7 +171,7 @@ def _groups(dataset: pa.Table, by: list[str]) -> _Groups:
     for name in by:
         column = dataset.column(name).combine_chunks()
         encoded = pc.dictionary_encode(column, null_encoding="encode")
-        order = pc.sort_indices(encoded.dictionary, null_placement="at_end").to_numpy()
+        order = pc.array_sort_indices(encoded.dictionary, null_placement="at_end").to_numpy()
         rank = np.empty(len(order), np.int64)
         rank[order] = np.arange(len(order))  # dictionary entry -> its place in value order
         ranks.append(rank[encoded.indices.to_numpy(zero_copy_only=False)])
@@ -240,8 +240,8 @@ def _statistic(values: pa.Array, groups: _Groups, statistic: str) -> _Computed:
     # Applied last to first, so that the reason given is the first rule that fails.
     for failed, because in (
         (~shared, BECAUSE_MEDIAN),
-        (p_fails, BECAUSE_P),
         (dominated, BECAUSE_NK),
+        (p_fails, BECAUSE_P),
         (distinct <= MAX_CATEGORICAL_VALUES, BECAUSE_CATEGORICAL),
         (people < MIN_STATISTIC_COUNT, BECAUSE_FEW),
     ):
@@ -275,6 +275,6 @@ def _round(values: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         magnitude = np.floor(np.log10(np.abs(values)))
         digits = SIGNIFICANT_FIGURES - 1 - np.where(np.isfinite(magnitude), magnitude, 0)
-        scale = 10.0**digits
+        scale = 10.0 ** np.clip(digits, -300, 300)  # a subnormal value rounds to 0
         rounded: np.ndarray = np.round(values * scale) / scale
     return rounded
