@@ -9,7 +9,6 @@ import re
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -75,8 +74,9 @@ def checks(
     measures = Measures()
     measures.define_measure(
         name,
-        numerator=clinical_events.where((during & coded) if reorder else (coded & during))
-        .exists_for_patient(),
+        numerator=clinical_events.where(
+            (during & coded) if reorder else (coded & during)
+        ).exists_for_patient(),
         denominator=(diagnosed & woman & adult) if reorder else (adult & (woman & diagnosed)),
         group_by={group: patients.imd_decile},
         intervals=months(1).starting_on("2024-01-01"),
@@ -84,7 +84,9 @@ def checks(
     return measures.measures[0]
 
 
-def raw(numerator: int = 12, denominator: int = 40, group: str = "imd", decile: int = 3) -> pa.Table:
+def raw(
+    numerator: int = 12, denominator: int = 40, group: str = "imd", decile: int = 3
+) -> pa.Table:
     return pa.table(
         {
             "interval_start": pa.array([JAN[0]], pa.date32()),
@@ -219,7 +221,9 @@ def show(engine: sa.Engine, handle: str, run: int, cells: list[Cell], released: 
 
 
 def measure_cells(name: str, numerator: int, denominator: int, rule: Rule = "round5") -> list[Cell]:
-    _, cells = control_measure(raw(numerator, denominator), checks(name), f"measure_{name}.csv", rule)
+    _, cells = control_measure(
+        raw(numerator, denominator), checks(name), f"measure_{name}.csv", rule
+    )
     return cells
 
 

@@ -241,10 +241,10 @@ def test_a_measure_gives_a_cell_for_every_count_considered_with_its_status() -> 
 def test_a_numerator_counts_its_denominator_and_numerator_within_interval_and_group() -> None:
     _, cells = control_measure(measure([20], [100], ["E12000007"]), MEASURE, "m.csv")
     canon = canonical.Canon(JAN)
-    groups = canonical.groups_part([canon.of(patients.region_code.node)], ["E12000007"])
+    grouping = canonical.Grouping([canon.of(patients.region_code.node)], [pa.array(["E12000007"])])
     both = canon.conjunction(MEASURE.denominator, MEASURE.numerator)
-    assert cells[0].key == canonical.count_key(both, groups)
-    assert cells[1].key == canonical.count_key(canon.of(MEASURE.denominator), groups)
+    assert cells[0].key == grouping.keys([canonical.count(both)])[0]
+    assert cells[1].key == grouping.keys([canonical.count(canon.of(MEASURE.denominator))])[0]
     # Another interval, another group, or no group: another count.
     _, february = control_measure(measure([20], [100], ["E12000007"], FEB), MEASURE, "m.csv")
     _, elsewhere = control_measure(measure([20], [100], ["E12000008"]), MEASURE, "m.csv")

@@ -82,7 +82,10 @@ def people(**columns: list[Any]) -> pa.Table:
     return pa.table(
         {
             "patient_id": pa.array([f"p{i}" for i in range(size)], pa.string()),
-            **{name: pa.array(columns.get(name, [None] * size), kind) for name, kind in types.items()},
+            **{
+                name: pa.array(columns.get(name, [None] * size), kind)
+                for name, kind in types.items()
+            },
         }
     )
 

@@ -26,11 +26,13 @@ the hash of the variable it describes.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from gpdpr.tre.query import nodes as n
 from gpdpr.tre.query.schema import DATE
@@ -51,7 +53,6 @@ _FIELD_KINDS: dict[str, dict[str, str]] = {
 }  # Where and IsIn are hashed by their own rules below
 
 Interval = tuple[date, date]
-GroupValue = bool | int | float | str | date | None
 
 
 def _digest(parts: Any) -> str:
@@ -152,38 +153,59 @@ def _unfiltered(frame: n.Where) -> n.Frame:
     return source
 
 
-Groups = list[tuple[str, GroupValue]]
+class Grouping:
+    """What a row of a table or measure counts, as a key: the `what` (a count of a predicate, or
+    a statistic of a variable over it) and the groups, each a series hash with the row's value.
+
+    Groups are ordered by their series' hashes, and a series grouped by twice counts once, so
+    the names and the order of the group columns make no difference. Values are encoded column
+    by column with pyarrow (a five-year monthly measure by practice has hundreds of thousands of
+    rows): each as its text with its length, or as missing, so no two rows' values run together.
+    """
+
+    def __init__(self, series: Sequence[str], columns: Sequence[pa.Array | pa.ChunkedArray]):
+        first = {h: i for i, h in reversed(list(enumerate(series)))}  # a repeat counts once
+        self.series = sorted(first)
+        self._values = _encode([columns[first[h]] for h in self.series], _length(columns))
+
+    def keys(self, what: Sequence[str]) -> list[str]:
+        """The key of each row, counting `what` (from `count` or `statistic`)."""
+        head = orjson.dumps(self.series)
+        return [
+            hashlib.sha256(b"".join((kind.encode(), head, values))).hexdigest()
+            for kind, values in zip(what, self._values, strict=True)
+        ]
 
 
-def groups_part(series: Sequence[str], values: Sequence[GroupValue]) -> Groups:
-    """The groups of one row: (series hash, value) pairs, sorted by series and without repeats
-    (grouping twice by one series is grouping once)."""
-    return sorted(dict(zip(series, values, strict=True)).items(), key=_first)
+def count(predicate: str) -> str:
+    """The `what` of a count of the people for whom `predicate` holds."""
+    return orjson.dumps([FORMAT, "count", predicate]).decode()
 
 
-def _first(pair: tuple[str, GroupValue]) -> str:
-    return pair[0]
+def statistic(name: str, variable: str, predicate: str) -> str:
+    """The `what` of a statistic of `variable` over the people `count(predicate)` counts."""
+    return orjson.dumps([FORMAT, name, variable, predicate]).decode()
 
 
-def count_key(predicate: str, groups: Groups) -> str:
-    """The key of a count of the people for whom `predicate` holds, in `groups`."""
-    return _digest([FORMAT, "count", predicate, groups])
+def ungrouped_key(what: str) -> str:
+    """The key of a number over everyone `what` describes, in no group (a total)."""
+    return Grouping([], []).keys([what])[0]
 
 
-def statistic_key(statistic: str, variable: str, predicate: str, groups: Groups) -> str:
-    """The key of a statistic of `variable` over the people `count_key` would count."""
-    return _digest([FORMAT, statistic, variable, predicate, groups])
+def _length(columns: Sequence[pa.Array | pa.ChunkedArray]) -> int:
+    return len(columns[0]) if columns else 1
 
 
-def count_keys(
-    predicates: Sequence[str],
-    series: Sequence[Sequence[str]],
-    values: Iterable[Sequence[GroupValue]],
-) -> list[str]:
-    """`count_key` for many rows at once: row i counts `predicates[i]` within the groups
-    `series[i]` (one hash per group column) with the values `values[i]`. Built in one pass,
-    since a measure of five years by month and practice has hundreds of thousands of rows."""
-    return [
-        _digest([FORMAT, "count", predicate, groups_part(hashes, row)])
-        for predicate, hashes, row in zip(predicates, series, values, strict=True)
-    ]
+def _encode(columns: list[pa.Array | pa.ChunkedArray], rows: int) -> list[bytes]:
+    """Each row's group values as bytes: per value, "V<length>:<text>" or "N" (missing)."""
+    if not columns:
+        return [b""] * rows
+    parts = []
+    for column in columns:
+        text = pc.cast(column, pa.string())
+        sized = pc.binary_join_element_wise(
+            "V", pc.cast(pc.utf8_length(text), pa.string()), ":", text, ""
+        )
+        parts.append(pc.fill_null(sized, "N"))
+    joined = pc.binary_join_element_wise(*parts, "") if len(parts) > 1 else parts[0]
+    return [v.encode() for v in joined.to_pylist()]

@@ -253,12 +253,8 @@ def control_measure(
             f"{file}: a numerator is above its denominator; a numerator counts people of its "
             "denominator, each once, so check the query (or the engine) that produced it"
         )
-    starts = raw.column("interval_start").to_pylist()
-    ends = raw.column("interval_end").to_pylist()
-    values = [raw.column(name).to_pylist() for name in groups]
-    rows = list(zip(*values, strict=True)) if values else [()] * raw.num_rows
-    _refuse_repeats(file, list(zip(starts, rows, strict=True)))
-    numerator_keys, denominator_keys = _measure_keys(measure, starts, ends, rows)
+    _refuse_repeats(file, raw, ["interval_start", *groups])
+    numerator_keys, denominator_keys = _measure_keys(raw, measure)
 
     kept = pc.greater(denominator, THRESHOLD)
     published = raw.filter(kept)
@@ -286,7 +282,7 @@ def control_measure(
         file, "numerator", rows_out, keep, numerator_keys, raw_numerator, status, reason
     )
     status = np.where(keep, ROUNDED, SUPPRESSED).astype(object)
-    reason = np.where(keep, _because(rule), BECAUSE_SMALL_GROUP).astype(object)
+    reason = np.where(keep, rounding_reason(rule), BECAUSE_SMALL_GROUP).astype(object)
     denominators = make_cells(
         file, "denominator", rows_out, keep, denominator_keys, raw_denominator, status, reason
     )
@@ -294,28 +290,36 @@ def control_measure(
     return table, cells
 
 
-def _because(rule: str) -> str:
+def rounding_reason(rule: str) -> str:
     """The reason of a count above THRESHOLD under `rule`."""
     return BECAUSE_MIDPOINT6 if rule == "midpoint6" else BECAUSE_ROUND5
 
 
-def _measure_keys(
-    measure: n.Measure, starts: list[Any], ends: list[Any], rows: list[tuple[Any, ...]]
-) -> tuple[list[str], list[str]]:
+def _measure_keys(raw: pa.Table, measure: n.Measure) -> tuple[list[str], list[str]]:
     """The numerator's and the denominator's key of each row. The definition is hashed once
-    per interval (INTERVAL's dates are part of what is counted), then each row's groups."""
-    per_interval: dict[tuple[Any, Any], tuple[str, str, list[str]]] = {}
-    for interval in dict.fromkeys(zip(starts, ends, strict=True)):
-        canon = canonical.Canon(interval)
-        per_interval[interval] = (
-            canon.conjunction(measure.denominator, measure.numerator),
-            canon.of(measure.denominator),
-            [canon.of(series) for _, series in measure.group_by],
+    per interval (INTERVAL's dates are part of what is counted), then that interval's rows."""
+    numerators: list[str] = [""] * raw.num_rows
+    denominators: list[str] = [""] * raw.num_rows
+    days = pc.cast(raw.column("interval_start"), pa.int32()).to_numpy()
+    order = np.argsort(days, kind="stable")
+    bounds = np.flatnonzero(np.diff(days[order])) + 1
+    for rows in np.split(order, bounds) if len(order) else []:
+        first = int(rows[0])
+        interval = (
+            raw.column("interval_start")[first].as_py(),
+            raw.column("interval_end")[first].as_py(),
         )
-    hashed = [per_interval[i] for i in zip(starts, ends, strict=True)]
-    series = [h[2] for h in hashed]
-    numerators = canonical.count_keys([h[0] for h in hashed], series, rows)
-    denominators = canonical.count_keys([h[1] for h in hashed], series, rows)
+        canon = canonical.Canon(interval)
+        taken = pa.array(rows)
+        grouping = canonical.Grouping(
+            [canon.of(series) for _, series in measure.group_by],
+            [raw.column(name).take(taken) for name, _ in measure.group_by],
+        )
+        both = canonical.count(canon.conjunction(measure.denominator, measure.numerator))
+        alone = canonical.count(canon.of(measure.denominator))
+        for keys, what in ((numerators, both), (denominators, alone)):
+            for row, key in zip(rows.tolist(), grouping.keys([what] * len(rows)), strict=True):
+                keys[row] = key
     return numerators, denominators
 
 
@@ -371,13 +375,14 @@ def as_text(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     return result
 
 
-def _refuse_repeats(file: str, groups: Sequence[object]) -> None:
+def _refuse_repeats(file: str, raw: pa.Table, columns: list[str]) -> None:
     """Each group may appear once in a file: a repeat is a bug upstream, and two counts for one
     group would confuse both readers and the differencing check."""
-    if len(set(groups)) == len(groups):  # the usual answer, found without a Python-level loop
+    if raw.group_by(columns).aggregate([]).num_rows == raw.num_rows:  # the usual answer, fast
         return
-    seen: dict[object, int] = {}
-    for row, group in enumerate(groups, start=1):
+    seen: dict[tuple[object, ...], int] = {}
+    values = [raw.column(name).to_pylist() for name in columns]
+    for row, group in enumerate(zip(*values, strict=True), start=1):
         first = seen.setdefault(group, row)
         if first != row:
             raise UserError(
@@ -411,7 +416,7 @@ def make_cells(
     through the slot descriptors, each in one C-level pass."""
     count = len(keys)
     cells: list[Cell] = list(map(object.__new__, repeat(Cell, count)))
-    published = np.isin(status, (PUBLISHED, ROUNDED))
+    published = (status == PUBLISHED) | (status == ROUNDED)
     fields = {
         "file": repeat(file, count),
         "row": [int(r) if k else None for r, k in zip(rows.tolist(), kept.tolist(), strict=True)],

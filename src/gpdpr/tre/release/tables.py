@@ -27,6 +27,7 @@ from gpdpr.tre.release.disclosure import (
     BECAUSE_SMALL,
     BECAUSE_SMALL_GROUP,
     BECAUSE_TOTAL,
+    BECAUSE_ZERO,
     MAX_CATEGORICAL_VALUES,
     MEDIAN_SHARED,
     MIN_STATISTIC_COUNT,
@@ -43,10 +44,9 @@ from gpdpr.tre.release.disclosure import (
     TOTAL,
     Cell,
     Rule,
-    _because,
-    _control,
     as_text,
     control_count,
+    control_counts,
     count_status,
     make_cells,
 )
@@ -104,31 +104,30 @@ def control_table(
 
     canon = canonical.Canon()
     population = canon.of(definition.population)
-    by_series = [canon.of(variables[name]) for name in table.by]
-    group_parts = [
-        canonical.groups_part(by_series, [values[g] for values in groups.values])
-        for g in range(groups.count)
+    typed = [
+        pa.array(values, dataset.schema.field(name).type)
+        for name, values in zip(table.by, groups.values, strict=True)
     ]
-    count_keys = [canonical.count_key(population, part) for part in group_parts]
+    grouping = canonical.Grouping([canon.of(variables[name]) for name in table.by], typed)
+    count_keys = grouping.keys([canonical.count(population)] * groups.count)
 
     status, reason = count_status(counts, rule)
     status[~kept], reason[~kept] = SUPPRESSED, BECAUSE_SMALL_GROUP
     columns: list[tuple[str, list[Cell], pa.Array]] = []
     made = make_cells(file, PATIENTS, rows, kept, count_keys, counts, status, reason)
-    columns.append((PATIENTS, made, _control(pa.array(counts[kept], pa.int64()), rule)))
+    columns.append((PATIENTS, made, control_counts(pa.array(counts[kept], pa.int64()), rule)))
+    computed = {
+        variable: _Values(dataset.column(variable), groups)
+        for variable in dict.fromkeys(v for v, _ in statistics)
+    }
     for variable, statistic in statistics:
         name = f"{variable}_{statistic}"
-        values = dataset.column(variable).combine_chunks().cast(pa.float64())
-        computed = _statistic(values, groups, statistic)
-        keys = [
-            canonical.statistic_key(statistic, canon.of(variables[variable]), population, part)
-            for part in group_parts
-        ]
-        computed.status[~kept], computed.reason[~kept] = SUPPRESSED, BECAUSE_SMALL_GROUP
-        made = make_cells(
-            file, name, rows, kept, keys, computed.people, computed.status, computed.reason
-        )
-        shown = computed.rounded[kept]
+        result = computed[variable].statistic(statistic)
+        what = canonical.statistic(statistic, canon.of(variables[variable]), population)
+        keys = grouping.keys([what] * groups.count)
+        result.status[~kept], result.reason[~kept] = SUPPRESSED, BECAUSE_SMALL_GROUP
+        made = make_cells(file, name, rows, kept, keys, result.people, result.status, result.reason)
+        shown = result.rounded[kept]
         columns.append((name, made, pa.array(shown, pa.float64(), from_pandas=True)))
 
     # The total: the raw counts of the published rows only, controlled like any count.
@@ -136,14 +135,15 @@ def control_table(
     total = control_count(total_raw, rule)
     if total is None:
         total_status, total_reason = REDACTED, BECAUSE_SMALL
+    elif total_raw == 0:
+        total_status, total_reason = PUBLISHED, BECAUSE_ZERO  # midpoint6's zero
     else:
-        total_status = PUBLISHED if total_raw == 0 else ROUNDED
-        total_reason = BECAUSE_TOTAL if total_raw else _because(rule)
+        total_status, total_reason = ROUNDED, BECAUSE_TOTAL
     total_cell = Cell(
         file,
         int(kept.sum()) + 1,
         PATIENTS,
-        canonical.count_key(population, []),
+        canonical.ungrouped_key(canonical.count(population)),
         total_raw,
         total is not None,
         total_status,
@@ -151,8 +151,8 @@ def control_table(
     )
 
     out: dict[str, pa.Array] = {}
-    for index, (name, values) in enumerate(zip(table.by, groups.values, strict=True)):
-        text = as_text(pa.array(values, dataset.schema.field(name).type)).filter(pa.array(kept))
+    for index, (name, values) in enumerate(zip(table.by, typed, strict=True)):
+        text = as_text(values).filter(pa.array(kept))
         last = TOTAL if index == 0 else ""
         out[name] = pa.concat_arrays([text, pa.array([last], pa.string())])
     for name, _, shown_values in columns:
@@ -180,8 +180,19 @@ def _groups(dataset: pa.Table, by: list[str]) -> _Groups:
     if not by or dataset.num_rows == 0:
         size = 1 if by == [] and dataset.num_rows else 0
         return _Groups(np.zeros(dataset.num_rows, np.int64), [[] for _ in by], size)
-    stacked = np.stack(ranks, axis=1)
-    present, of_row = np.unique(stacked, axis=0, return_inverse=True)
+    sizes = [len(d) for d in dictionaries]
+    if np.prod(np.array(sizes, dtype=np.float64)) < 2**62:
+        # One whole number per combination of ranks, first column most significant.
+        code = np.zeros(dataset.num_rows, np.int64)
+        for rank, size in zip(ranks, sizes, strict=True):
+            code = code * size + rank
+        present_codes, of_row = np.unique(code, return_inverse=True)
+        present = np.empty((len(present_codes), len(by)), np.int64)
+        for j in range(len(by) - 1, -1, -1):
+            present[:, j] = present_codes % sizes[j]
+            present_codes = present_codes // sizes[j]
+    else:  # too many combinations for one number: compare them as rows
+        present, of_row = np.unique(np.stack(ranks, axis=1), axis=0, return_inverse=True)
     values = [[dictionaries[j][r] for r in present[:, j]] for j in range(len(by))]
     return _Groups(of_row.reshape(-1).astype(np.int64), values, len(present))
 
@@ -194,62 +205,91 @@ class _Computed:
     reason: np.ndarray
 
 
-def _statistic(values: pa.Array, groups: _Groups, statistic: str) -> _Computed:
-    """One statistic per group, with the rules of `disclosure` applied; vectorised over groups
-    (a table by a near-unique value has as many groups as people). A value that is missing (or
-    not a finite number) is left out, as SQL's aggregates leave out nulls."""
-    size = groups.count
-    value = values.to_numpy(zero_copy_only=False).astype(np.float64)  # null -> nan
-    valid = np.isfinite(value)
-    group, value = groups.of_row[valid], value[valid]
-    people = np.bincount(group, minlength=size).astype(np.int64)
-    starts = np.cumsum(people) - people
-    order = np.lexsort((value, group))  # by group, then value
-    ordered, in_group = value[order], group[order]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mean = np.bincount(group, weights=value, minlength=size) / people
-        if statistic == "mean":
-            result = mean
-        elif statistic == "sd":
-            squares = np.bincount(group, weights=(value - mean[group]) ** 2, minlength=size)
-            result = np.sqrt(squares / (people - 1))
-        elif statistic == "median":
-            result = _medians(ordered, starts, people)
-        else:
-            raise UserError(f"unknown statistic {statistic!r}: mean, median or sd")
-    rounded = _round(result)
+class _Values:
+    """One variable's values by group, sorted once for every statistic of it, with what the
+    rules need to know of each group. A value that is missing (or not a finite number) is left
+    out, as SQL's aggregates leave out nulls. Vectorised over groups: a table by a near-unique
+    value has as many groups as people."""
 
-    # Distinct values per group: where the value changes within a group's sorted run.
-    first = np.ones(len(ordered), bool)
-    first[1:] = (ordered[1:] != ordered[:-1]) | (in_group[1:] != in_group[:-1])
-    distinct = np.bincount(in_group[first], minlength=size)
-    # Dominance, on absolute values (ACRO's NKCheck and PPercentCheck).
-    by_size = np.abs(value)[np.lexsort((np.abs(value), group))]
-    total = np.bincount(group, weights=np.abs(value), minlength=size)
-    largest, second = (_from_top(by_size, starts, people, k) for k in (1, 2))
-    top = sum((_from_top(by_size, starts, people, k) for k in range(1, NK_N + 1)), np.zeros(size))
-    dominated = (total > 0) & (top >= NK_K * total)
-    p_fails = (total - largest - second) < P_PERCENT * largest
-    shared = np.ones(size, bool)
-    if statistic == "median":  # how many people have the median's published value
-        same = _round(value) == rounded[group]
-        shared = np.bincount(group[same], minlength=size) >= MEDIAN_SHARED
+    def __init__(self, column: pa.ChunkedArray, groups: _Groups) -> None:
+        size = groups.count
+        value = column.combine_chunks().cast(pa.float64()).to_numpy(zero_copy_only=False)
+        valid = np.isfinite(value)  # null is nan here
+        group, value = groups.of_row[valid], value[valid]
+        self.size, self.group, self.value = size, group, value
+        self.people = np.bincount(group, minlength=size).astype(np.int64)
+        self.starts = np.cumsum(self.people) - self.people
+        order = np.lexsort((value, group))  # by group, then value
+        self.ordered, in_group = value[order], group[order]
+        # Distinct values per group: where the value changes within a group's sorted run.
+        first = np.ones(len(self.ordered), bool)
+        first[1:] = (self.ordered[1:] != self.ordered[:-1]) | (in_group[1:] != in_group[:-1])
+        self.distinct = np.bincount(in_group[first], minlength=size)
+        # Dominance, on absolute values (ACRO's NKCheck and PPercentCheck). The largest
+        # absolute values of a sorted run are at its two ends.
+        largest = _largest_absolute(self.ordered, self.starts, self.people, max(NK_N, 2))
+        total = np.bincount(group, weights=np.abs(value), minlength=size)
+        self.dominated = (total > 0) & (largest[:, :NK_N].sum(axis=1) >= NK_K * total)
+        rest = total - largest[:, 0] - largest[:, 1]
+        self.p_fails = rest < P_PERCENT * largest[:, 0]
 
-    status = np.full(size, ROUNDED, dtype=object)
-    reason = np.full(size, BECAUSE_STATISTIC, dtype=object)
-    # Applied last to first, so that the reason given is the first rule that fails.
-    for failed, because in (
-        (~shared, BECAUSE_MEDIAN),
-        (dominated, BECAUSE_NK),
-        (p_fails, BECAUSE_P),
-        (distinct <= MAX_CATEGORICAL_VALUES, BECAUSE_CATEGORICAL),
-        (people < MIN_STATISTIC_COUNT, BECAUSE_FEW),
-    ):
-        status[failed], reason[failed] = REDACTED, because
-    published = status == ROUNDED
-    shown = np.full(size, np.nan)
-    shown[published] = [float(f"{v:.{SIGNIFICANT_FIGURES}g}") for v in rounded[published]]
-    return _Computed(people, shown, status, reason)
+    def statistic(self, statistic: str) -> _Computed:
+        """One statistic per group, with every rule of `disclosure` applied."""
+        size, people, group, value = self.size, self.people, self.group, self.value
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = np.bincount(group, weights=value, minlength=size) / people
+            if statistic == "mean":
+                result = mean
+            elif statistic == "sd":
+                squares = np.bincount(group, weights=(value - mean[group]) ** 2, minlength=size)
+                result = np.sqrt(squares / (people - 1))
+            elif statistic == "median":
+                result = _medians(self.ordered, self.starts, people)
+            else:
+                raise UserError(f"unknown statistic {statistic!r}: mean, median or sd")
+        rounded = _round(result)
+        shared = np.ones(size, bool)
+        if statistic == "median":  # how many people have the median's published value
+            same = _round(value) == rounded[group]
+            shared = np.bincount(group[same], minlength=size) >= MEDIAN_SHARED
+
+        status = np.full(size, ROUNDED, dtype=object)
+        reason = np.full(size, BECAUSE_STATISTIC, dtype=object)
+        # Applied last to first, so that the reason given is the first rule that fails.
+        for failed, because in (
+            (~shared, BECAUSE_MEDIAN),
+            (self.dominated, BECAUSE_NK),
+            (self.p_fails, BECAUSE_P),
+            (self.distinct <= MAX_CATEGORICAL_VALUES, BECAUSE_CATEGORICAL),
+            (people < MIN_STATISTIC_COUNT, BECAUSE_FEW),
+        ):
+            status[failed], reason[failed] = REDACTED, because
+        published = status == ROUNDED
+        shown = np.full(size, np.nan)
+        shown[published] = [float(f"{v:.{SIGNIFICANT_FIGURES}g}") for v in rounded[published]]
+        return _Computed(people, shown, status, reason)
+
+
+def _largest_absolute(
+    ordered: np.ndarray, starts: np.ndarray, people: np.ndarray, k: int
+) -> np.ndarray:
+    """The k largest absolute values of each group's ascending run, largest first (0 where a
+    group has fewer): they are among its first k and its last k values."""
+    offsets = np.concatenate((np.arange(k), -np.arange(1, k + 1)))  # from the start, the end
+    position = np.where(
+        offsets >= 0, starts[:, None] + offsets, starts[:, None] + people[:, None] + offsets
+    )
+    # A position outside the group, or one the other end has already taken, counts as 0.
+    inside = (position >= starts[:, None]) & (position < (starts + people)[:, None])
+    from_end = offsets < 0
+    taken_twice = from_end & (position < (starts[:, None] + np.minimum(people, k)[:, None]))
+    usable = inside & ~taken_twice
+    candidates = np.where(
+        usable,
+        np.abs(ordered[np.clip(position, 0, max(len(ordered) - 1, 0))]) if len(ordered) else 0.0,
+        0.0,
+    )
+    return -np.sort(-candidates, axis=1)[:, :k]
 
 
 def _medians(ordered: np.ndarray, starts: np.ndarray, people: np.ndarray) -> np.ndarray:
@@ -259,14 +299,6 @@ def _medians(ordered: np.ndarray, starts: np.ndarray, people: np.ndarray) -> np.
     low = starts[has] + (people[has] - 1) // 2
     high = starts[has] + people[has] // 2
     out[has] = (ordered[low] + ordered[high]) / 2
-    return out
-
-
-def _from_top(ordered: np.ndarray, starts: np.ndarray, people: np.ndarray, k: int) -> np.ndarray:
-    """The k-th largest of each group's ascending run (0 where the group has fewer values)."""
-    out = np.zeros(len(people))
-    has = people >= k
-    out[has] = ordered[starts[has] + people[has] - k]
     return out
 
 
