@@ -2,10 +2,10 @@
 that two output checkers approve file by file, neither the author, on the project's team, from
 the author's organisation, nor from any organisation the application names (lead, collaborator,
 funder); a rejection or a return ends it, and the file turned down cannot be asked for again
-unchanged; a release that could be subtracted from an earlier one is refused with the cells named;
-checkers see each cell's status and never its raw count; the released files are published on the
-register with the definition that made them, and a file changed since it was checked is never
-published. On SQLite, and on PostgreSQL when configured."""
+unchanged; a release that could be subtracted from what was released or shown before is refused
+with the files named; checkers see each cell's status and never its raw count; the released files
+are published on the register with the definition that made them, and a file changed since it
+was checked is never published. On SQLite, and on PostgreSQL when configured."""
 
 from __future__ import annotations
 
@@ -51,9 +51,10 @@ from gpdpr.errors import NotAllowed, UserError
 from gpdpr.governance import agreements, applications, panel, people, register, releases
 from gpdpr.governance.models import Person, Release
 from gpdpr.terminal import console
-from gpdpr.tre.models import FileReview, ReleasedCell, ReleaseRequest, Run
+from gpdpr.tre.models import FileReview, ReleaseRequest, Run, SeenCell
 from gpdpr.tre.release import checking
-from gpdpr.tre.release.disclosure import Cell, DisclosureRefused
+from gpdpr.tre.release.differencing import DifferencingRisk
+from gpdpr.tre.release.disclosure import Cell
 from gpdpr.tre.review_cli import review_app
 
 DEFINITION = orjson.dumps(
@@ -102,9 +103,9 @@ def asked(files: dict[str, bytes]) -> dict[str, tuple[str, int]]:
 
 def cells(file: str = "table.csv", female: int = 120) -> list[Cell]:
     return [
-        Cell(file, 1, "patients", "sex=F", female, True),
-        Cell(file, 2, "patients", "sex=M", 95, True),
-        Cell(file, 3, "patients", "sex=U", 4, False),  # redacted: never published
+        Cell(file, 1, "patients", "f" * 64, female, True, "rounded", "rounded to the nearest 5"),
+        Cell(file, 2, "patients", "e" * 64, 95, True, "rounded", "rounded to the nearest 5"),
+        Cell(file, None, "patients", "d" * 64, 4, False, "suppressed", "a small group"),
     ]
 
 
@@ -237,13 +238,13 @@ def test_two_approvals_on_every_file_release_the_request(gov: sa.Engine) -> None
         )
         assert sorted(checkers) == [CHECKERS[0], CHECKERS[1]]
     assert release.first_checker_id < release.second_checker_id  # k.one approved first
-    # only the published cells of the requested files are kept, with their raw counts
-    kept = {(c.file, c.row, c.column, c.dims, c.raw) for c in rows(gov, ReleasedCell)}
+    # the cells of the requested files are kept as released, with their raw counts
+    kept = {(c.file, c.key[0], c.raw, c.published, c.released) for c in rows(gov, SeenCell)}
     assert kept == {
-        ("table.csv", 1, "patients", "sex=F", 120),
-        ("table.csv", 2, "patients", "sex=M", 95),
+        ("table.csv", "f", 120, True, True),
+        ("table.csv", "e", 95, True, True),
+        ("table.csv", "d", 4, False, True),
     }
-    assert {c.agreement_id for c in rows(gov, ReleasedCell)} == {release.agreement_id}
 
     # the public record: every step, and no personal data
     [ran] = events(gov, "tre.run")
@@ -370,7 +371,7 @@ def test_reject_and_return_need_a_comment_and_end_the_request(
     refused(gov, approve(gov, THIRD_CHECKER, request), f"{request} is ", "nothing more to review")
     [made] = rows(gov, ReleaseRequest)
     assert made.state == state and made.release_id is None and made.decided_at is not None
-    assert not rows(gov, Release) and not rows(gov, ReleasedCell)
+    assert not rows(gov, Release) and not rows(gov, SeenCell)
     with Session(gov) as session:
         shown = checking.show_request(session, request)
     comments = [r["comment"] for r in shown["files"][0]["reviews"]]
@@ -482,14 +483,20 @@ def test_a_release_that_differs_from_an_earlier_one_by_a_few_people_is_refused(
         lambda s: checking.request_release(
             s, LEAD, again, asked({"table.csv": TABLE}), "Again", "", cells(female=123)
         ),
-        "table.csv row 1, patients (sex=F)",
-        "an earlier release",
+        "a differencing risk was found in table.csv",
     )
-    assert "123" not in message and "120" not in message  # cells named, raw counts never
-    # the same counts again reveal nobody, and a different project's releases do not count
+    assert "123" not in message and "120" not in message and "sex" not in message  # files only
+    # the same counts again reveal nobody; a different project's release counts all the same
+    # (it is public), and so does what the requester's organisation was shown
     assert new_request(gov, again).startswith("REQ-")
-    other = agreement_for(gov)
-    assert new_request(gov, new_run(gov, other), given=cells(female=123)).startswith("REQ-")
+    elsewhere = new_run(gov, agreement_for(gov))
+    refused(
+        gov,
+        lambda s: checking.request_release(
+            s, LEAD, elsewhere, asked({"table.csv": TABLE}), "T", "", cells(female=123)
+        ),
+        "a differencing risk was found in table.csv",
+    )
 
 
 def test_two_requests_waiting_at_once_are_checked_against_each_other_on_release(
@@ -501,7 +508,7 @@ def test_two_requests_waiting_at_once_are_checked_against_each_other_on_release(
     for request in (first, second):
         review(gov, CHECKERS[0], request)
     assert review(gov, CHECKERS[1], first) == "released"
-    with pytest.raises(DisclosureRefused, match="an earlier release"):
+    with pytest.raises(DifferencingRisk, match=r"a differencing risk was found in table\.csv"):
         act(gov, approve(gov, CHECKERS[1], second))
     assert [r.state for r in rows(gov, ReleaseRequest)] == ["released", "awaiting_review"]
     assert review(gov, CHECKERS[1], second, comment="reject: differs from REQ 1") == "rejected"

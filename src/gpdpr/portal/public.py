@@ -79,8 +79,7 @@ def safeguards(request: Request) -> Response:
         legal_bases=LEGAL_BASES,
         exemptions=NDOO_EXEMPTIONS,
         quorum=DEFAULT_QUORUM,
-        threshold=disclosure.THRESHOLD,
-        round_to=disclosure.ROUND_TO,
+        **disclosure.rules(),
     )
 
 

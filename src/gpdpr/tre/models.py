@@ -1,11 +1,12 @@
 """The research environment's tables: runs, release requests with their files and the output
-checkers' reviews, and the raw counts of every cell released.
+checkers' reviews, and every cell shown to someone or released, with its raw count.
 
 They live in the central database beside governance (see `gpdpr.db.models` for the conventions:
-naive UTC times, portable types, constraint names) and are made by migration 0003. A run's
-definition is kept as the canonical JSON the service accepted, with its SHA-256, so a release can
-be traced to exactly what made it. `ReleasedCell` holds raw (unrounded) counts: they never leave
-the environment, and exist only so that a later release can be checked for differencing.
+naive UTC times, portable types, constraint names) and are made by migrations 0003 and 0006. A
+run's definition is kept as the canonical JSON the service accepted, with its SHA-256, so a
+release can be traced to exactly what made it. `SeenCell` holds raw (unrounded) counts: they
+never leave the environment, and exist only so that what is shown or released later can be
+checked for differencing.
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ class Run(Base):
 
 
 class ReleaseRequest(Base):
-    """Some of a run's output files, waiting for two output checkers. `cells` are the raw cells
-    of those files (file, row, column, dims, raw, released), kept to be recorded as
-    `ReleasedCell`s if the request is released."""
+    """Some of a run's output files, waiting for two output checkers. `cells` are the cells of
+    those files (`release.disclosure.Cell` as dicts, raw counts included), kept to be recorded
+    as `SeenCell`s if the request is released."""
 
     __tablename__ = "tre_release_requests"
     __table_args__ = (one_of("state", REQUEST_STATES),)
@@ -118,18 +119,21 @@ class FileReview(Base):
     checker: Mapped[Person] = relationship(lazy="joined")
 
 
-class ReleasedCell(Base):
-    """One released cell with its raw count, for the differencing check of later releases
-    under the same agreement. Never published."""
+class SeenCell(Base):
+    """One number of a run's outputs as someone saw it: shown to `person` inside the environment
+    (`released` false), or released by them to everyone (`released` true). `key` is what the
+    number counts (`query.canonical`), `raw` its true value, `published` whether a number was
+    shown for it (a suppressed group's cell is kept too: its absence was seen). The differencing
+    check (`release.differencing`) reads them by key; they never leave the environment."""
 
-    __tablename__ = "tre_released_cells"
-    __table_args__ = (sa.Index("ix_tre_released_cells_agreement_id_dims", "agreement_id", "dims"),)
+    __tablename__ = "tre_seen_cells"
+    __table_args__ = (sa.Index("ix_tre_seen_cells_person_id_run_id", "person_id", "run_id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
-    agreement_id: Mapped[int] = mapped_column(sa.ForeignKey("agreements.id"))
-    request_id: Mapped[int] = mapped_column(sa.ForeignKey("tre_release_requests.id"), index=True)
+    key: Mapped[str] = mapped_column(sa.String(64), index=True)
+    person_id: Mapped[int] = mapped_column(sa.ForeignKey("people.id"))
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("tre_runs.id"), index=True)
     file: Mapped[str] = mapped_column(sa.String(200))
-    row: Mapped[int]
-    column: Mapped[str] = mapped_column(sa.String(200))
-    dims: Mapped[str] = mapped_column(sa.String(500))
     raw: Mapped[int] = mapped_column(sa.BigInteger)
+    published: Mapped[bool]
+    released: Mapped[bool]

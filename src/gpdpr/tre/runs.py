@@ -55,6 +55,8 @@ from gpdpr.tre.query import serial
 from gpdpr.tre.query.language import Dataset, Measures, definition_of
 from gpdpr.tre.query.schema import PATIENT_ID
 from gpdpr.tre.release import disclosure
+from gpdpr.tre.release.control import Outputs as Outputs
+from gpdpr.tre.release.control import control as control
 
 RUNS = "tre/runs"
 OUTPUTS = "outputs"
@@ -126,34 +128,6 @@ def _line_in(error: BaseException, path: Path) -> int | None:
 
 
 # ---- outputs ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Outputs:
-    files: dict[str, bytes]  # file name -> CSV, after disclosure control
-    rows: dict[str, int]
-    cells: list[disclosure.Cell]
-
-
-def control(definition: n.Definition, results: Results) -> Outputs:
-    """The files a run may release: each measure and each aggregate table, controlled."""
-    rule: disclosure.Rule = "midpoint6" if definition.disclosure == "midpoint6" else "round5"
-    files: dict[str, bytes] = {}
-    rows: dict[str, int] = {}
-    cells: list[disclosure.Cell] = []
-    for name, raw in results.measures.items():
-        file = f"measure_{name}.csv"
-        named = raw.add_column(0, "measure", pa.array([name] * raw.num_rows, pa.string()))
-        table, made = disclosure.control_measure(named, file, rule)
-        files[file], rows[file] = disclosure.render_csv(table), table.num_rows
-        cells += made
-    by_name = {t.name: t for t in definition.tables}
-    for name, raw in results.tables.items():
-        file = f"table_{name}.csv"
-        table, made = disclosure.control_table(raw, list(by_name[name].by), file, rule)
-        files[file], rows[file] = disclosure.render_csv(table), table.num_rows
-        cells += made
-    return Outputs(files, rows, cells)
 
 
 def refuse_empty(results: Results) -> None:

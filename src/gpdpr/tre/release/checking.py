@@ -2,13 +2,14 @@
 
 A run's outputs wait inside the environment. A member of the project's team asks for some of
 them to be released (`request_release`): only a succeeded run's files, exactly as the run wrote
-them, while the agreement is in force, and not if their cells, set beside what the project has
-already released, would give away a small group by subtraction; and never a file, byte for byte,
-that checkers have rejected or returned before (in any request). Two output checkers then review
-each file (`review`); neither may be the author, on the project's team, from the author's
-organisation, or from any organisation of the application (lead, collaborator or funder). Checkers
-see each file with every cell's status from the run's `cells.json` (`show_request` with the home),
-never a raw count. One rejection, or one return to the author with comments, ends the request. When
+them, while the agreement is in force, and not if their cells, set beside what anyone has
+released or the requester's organisation has been shown, would give away a small group by
+subtraction (`release.differencing`); and never a file, byte for byte, that checkers have
+rejected or returned before (in any request). Two output checkers then review each file
+(`review`); neither may be the author, on the project's team, from the author's organisation, or
+from any organisation of the application (lead, collaborator or funder). Checkers see each file
+with every cell's status from the run's `cells.json` (`show_request` with the home), never a raw
+count. One rejection, or one return to the author with comments, ends the request. When
 every file has two approvals the request is released: the release is recorded under the agreement
 (`governance.releases.record_release`, which checks the checkers again), the raw counts of its
 cells are kept for the differencing check of later releases, and `publish_files` copies the files
@@ -28,7 +29,7 @@ import shutil
 import uuid
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -51,12 +52,12 @@ from gpdpr.tre.models import (
     ENGINES,
     RUN_STATUSES,
     FileReview,
-    ReleasedCell,
     ReleaseRequest,
     RequestFile,
     Run,
 )
-from gpdpr.tre.release.disclosure import Cell, check_differencing
+from gpdpr.tre.release import differencing
+from gpdpr.tre.release.disclosure import Cell
 
 APPROVALS_NEEDED = 2
 STATE_WORDS = {
@@ -207,7 +208,7 @@ def request_release(
     released, with the cells they publish (`cells` of other files are ignored). Refused unless
     `handle` is on the project's team, the agreement is in force, the run succeeded, every file
     is one of its outputs unchanged, and the cells pass the differencing check against
-    everything the project has released."""
+    everything released and everything the requester or their organisation has seen."""
     at = at or now()
     run = run_of(session, run_ref)
     made = run.agreement
@@ -243,7 +244,7 @@ def request_release(
     if not title or len(title) > 300:
         raise UserError("a release request needs a title of at most 300 characters")
     asked = [c for c in cells if c.file in files]
-    check_differencing(asked, _released_cells(session, made.id))
+    differencing.check(session, requester.id, asked)
     request = ReleaseRequest(
         reference=f"pending-{uuid.uuid4().hex[:20]}",
         run_id=run.id,
@@ -251,7 +252,7 @@ def request_release(
         title=title,
         description=description.strip(),
         state="awaiting_review",
-        cells=[_cell_json(c) for c in asked],
+        cells=[asdict(c) for c in asked],
         created_at=at,
         decided_at=None,
         release_id=None,
@@ -331,23 +332,6 @@ def _check_name(name: str) -> None:
             f"{name!r} cannot be released under that name: a released file has a plain name of "
             f"letters, digits, '.', '_' and '-' (not {DEFINITION_FILE}, which is the definition)"
         )
-
-
-def _cell_json(cell: Cell) -> dict[str, Any]:
-    return {
-        "file": cell.file,
-        "row": cell.row,
-        "column": cell.column,
-        "dims": cell.dims,
-        "raw": cell.raw,
-        "released": cell.released,
-    }
-
-
-def _released_cells(session: Session, agreement_id: int) -> list[Cell]:
-    """Every cell the project has released so far, as the differencing check reads them."""
-    rows = session.scalars(sa.select(ReleasedCell).where(ReleasedCell.agreement_id == agreement_id))
-    return [Cell(r.file, r.row, r.column, r.dims, r.raw, True) for r in rows]
 
 
 def request_of(session: Session, reference: str) -> ReleaseRequest:
@@ -509,9 +493,9 @@ def _release(session: Session, request: ReleaseRequest, at: datetime) -> None:
     checkers again), keep the raw counts of its cells, and mark the request released."""
     run = request.run
     made = run.agreement
-    cells = [Cell(**c) for c in request.cells]
+    cells = _asked_cells(request)
     # Again now: a request released since this one was made may sit too close to it.
-    check_differencing(cells, _released_cells(session, made.id))
+    differencing.check(session, request.requested_by_id, cells)
     approvals = sorted(
         (r for f in request.files for r in f.reviews if r.decision == "approve"),
         key=lambda r: (r.at, r.id),
@@ -532,21 +516,22 @@ def _release(session: Session, request: ReleaseRequest, at: datetime) -> None:
         definition=run.definition,
     )
     session.flush()
-    session.add_all(
-        ReleasedCell(
-            agreement_id=made.id,
-            request_id=request.id,
-            file=c.file,
-            row=c.row,
-            column=c.column,
-            dims=c.dims,
-            raw=c.raw,
-        )
-        for c in cells
-        if c.released
-    )
+    differencing.remember(session, request.requested_by_id, run.id, cells, released=True)
     _move(session, request, "released", at, release.id)
     session.expire(request, ["release"])  # loaded again, now linked, when next read
+
+
+def _asked_cells(request: ReleaseRequest) -> list[Cell]:
+    """The cells kept with a request; a request made before cells were keyed by what they count
+    (migration 0006) cannot be checked for differencing, so it cannot be released."""
+    try:
+        return [Cell(**c) for c in request.cells]
+    except TypeError:
+        raise NotAllowed(
+            f"{request.reference} was asked for before numbers were compared by what they "
+            "count, so it cannot be checked for differencing: return it to its author, who "
+            "asks again from the same run"
+        ) from None
 
 
 def requests_awaiting(

@@ -1,0 +1,211 @@
+"""What a published number counts, as a key that does not depend on how it was named.
+
+The differencing check (`release.differencing`) compares cells that count the same people. Two
+definitions can count the same people under different names: another measure or variable name,
+another codelist label, `a & b` written `b & a`, one `where` or two. So a cell's key is a hash of
+the *canonical form* of what it counts, never of a label:
+
+- each node of the query graph is hashed from its kind, its own fields and its children's
+  hashes (a Merkle hash: a node shared by many parents is hashed once, so the work is linear in
+  the graph's size, however it reuses nodes);
+- `at` (where in the researcher's file a node was made) and a codelist's label are left out;
+  the codes themselves are kept;
+- `and` and `or` are flattened (`a & (b & c)` is `a & b & c`), their operands de-duplicated and
+  sorted; so are `where`s one after another (`t.where(a).where(b)` is `t.where(a & b)`); `==`,
+  `!=`, `+` and `*` have their two operands sorted;
+- a measure's INTERVAL dates are replaced by the interval's own dates, so a measure's January
+  and a table of people registered on 1 January count the same people when their conditions
+  agree, and a denominator that does not depend on the interval has one key for every interval.
+
+A count's key is the hash of its predicate (a measure's numerator counts `denominator AND
+numerator`; a table's count and its total, its population) and its groups: the hash of each
+group's series with the group's value, sorted by series. A statistic's key adds the statistic and
+the hash of the variable it describes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from datetime import date
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from gpdpr.tre.query import nodes as n
+from gpdpr.tre.query.schema import DATE
+
+FORMAT = "gpdpr-cell/1"  # changes whenever the canonical form does: old keys then match nothing
+_FLATTENED = ("and", "or")
+_COMMUTATIVE = ("eq", "ne", "add", "mul")
+_FIELD_KINDS: dict[str, dict[str, str]] = {
+    "SelectTable": {"name": "str"},
+    "SortBy": {"source": "node", "keys": "nodes"},
+    "PickOne": {"source": "node", "position": "str"},
+    "Column": {"frame": "node", "name": "str"},
+    "Value": {"value": "value", "kind": "str"},
+    "IntervalDate": {"which": "str"},
+    "Apply": {"op": "str", "args": "nodes"},
+    "Case": {"cases": "pairs", "default": "optional"},
+    "Aggregate": {"op": "str", "source": "node"},
+}  # Where and IsIn are hashed by their own rules below
+
+Interval = tuple[date, date]
+
+
+def _digest(parts: Any) -> str:
+    return hashlib.sha256(orjson.dumps(parts)).hexdigest()
+
+
+class Canon:
+    """Hashes of series and frames in canonical form, for one interval (or none), remembered
+    per node object so that a graph is hashed once however often its nodes are asked for."""
+
+    def __init__(self, interval: Interval | None = None) -> None:
+        self.interval = interval
+        self._hashes: dict[int, str] = {}
+        # The operands of a flattened `and`/`or`, and the conditions of a `where` chain, by node.
+        self._operands: dict[int, frozenset[str]] = {}
+        self._kept: list[n.Node] = []  # keeps each hashed node alive, so its id stays its own
+
+    def of(self, root: n.Node) -> str:
+        """The canonical hash of `root` (hex SHA-256)."""
+        # Children first, without recursion (a definition may nest deeply), each node once.
+        stack: list[tuple[n.Node, bool]] = [(root, False)]
+        while stack:
+            node, ready = stack.pop()
+            if id(node) in self._hashes:
+                continue
+            if ready:
+                self._hashes[id(node)] = self._hash(node)
+                self._kept.append(node)
+                continue
+            stack.append((node, True))
+            stack.extend((c, False) for c in n.children(node) if id(c) not in self._hashes)
+        return self._hashes[id(root)]
+
+    def conjunction(self, *series: n.Series) -> str:
+        """The hash of `series[0] & series[1] & ...`, flattened like any `and`."""
+        operands: set[str] = set()
+        for one in series:
+            self.of(one)
+            operands |= self._and_operands(one)
+        return self._flat("and", frozenset(operands))
+
+    def _and_operands(self, node: n.Node) -> frozenset[str]:
+        if isinstance(node, n.Apply) and node.op == "and":
+            return self._operands[id(node)]
+        return frozenset((self._hashes[id(node)],))
+
+    def _flat(self, op: str, operands: frozenset[str]) -> str:
+        if len(operands) == 1:  # `a & a` is `a`
+            return next(iter(operands))
+        return _digest(["Apply", op, sorted(operands)])
+
+    def _hash(self, node: n.Node) -> str:
+        h = self._hashes
+        if isinstance(node, n.Apply) and node.op in _FLATTENED:
+            operands: set[str] = set()
+            for arg in node.args:
+                same = isinstance(arg, n.Apply) and arg.op == node.op
+                operands |= self._operands[id(arg)] if same else {h[id(arg)]}
+            self._operands[id(node)] = frozenset(operands)
+            return self._flat(node.op, frozenset(operands))
+        if isinstance(node, n.Apply) and node.op in _COMMUTATIVE:
+            return _digest(["Apply", node.op, sorted(h[id(a)] for a in node.args)])
+        if isinstance(node, n.Where):
+            source = node.source
+            conditions = set(self._and_operands(node.condition))
+            if isinstance(source, n.Where):
+                conditions |= self._operands[id(source)]
+                source = _unfiltered(source)
+            self._operands[id(node)] = frozenset(conditions)
+            return _digest(["Where", h[id(source)], sorted(conditions)])
+        if isinstance(node, n.IsIn):  # the codes, not the codelist's label
+            return _digest(["IsIn", h[id(node.series)], list(node.codes)])
+        if isinstance(node, n.IntervalDate) and self.interval is not None:
+            day = self.interval[0] if node.which == "start" else self.interval[1]
+            return _digest(["Value", day, DATE])
+        kind = type(node).__name__
+        parts: list[Any] = [kind]
+        for name, holds in _FIELD_KINDS[kind].items():
+            value = getattr(node, name)
+            if holds == "node":
+                parts.append(h[id(value)])
+            elif holds == "nodes":
+                parts.append([h[id(v)] for v in value])
+            elif holds == "pairs":
+                parts.append([[h[id(a)], h[id(b)]] for a, b in value])
+            elif holds == "optional":
+                parts.append(None if value is None else h[id(value)])
+            else:
+                parts.append(value)
+        return _digest(parts)
+
+
+def _unfiltered(frame: n.Where) -> n.Frame:
+    """The frame a chain of `where`s filters."""
+    source: n.Frame = frame
+    while isinstance(source, n.Where):
+        source = source.source
+    return source
+
+
+class Grouping:
+    """What a row of a table or measure counts, as a key: the `what` (a count of a predicate, or
+    a statistic of a variable over it) and the groups, each a series hash with the row's value.
+
+    Groups are ordered by their series' hashes, and a series grouped by twice counts once, so
+    the names and the order of the group columns make no difference. Values are encoded column
+    by column with pyarrow (a five-year monthly measure by practice has hundreds of thousands of
+    rows): each as its text with its length, or as missing, so no two rows' values run together.
+    """
+
+    def __init__(self, series: Sequence[str], columns: Sequence[pa.Array | pa.ChunkedArray]):
+        first = {h: i for i, h in reversed(list(enumerate(series)))}  # a repeat counts once
+        self.series = sorted(first)
+        self._values = _encode([columns[first[h]] for h in self.series], _length(columns))
+
+    def keys(self, what: Sequence[str]) -> list[str]:
+        """The key of each row, counting `what` (from `count` or `statistic`)."""
+        head = orjson.dumps(self.series)
+        return [
+            hashlib.sha256(b"".join((kind.encode(), head, values))).hexdigest()
+            for kind, values in zip(what, self._values, strict=True)
+        ]
+
+
+def count(predicate: str) -> str:
+    """The `what` of a count of the people for whom `predicate` holds."""
+    return orjson.dumps([FORMAT, "count", predicate]).decode()
+
+
+def statistic(name: str, variable: str, predicate: str) -> str:
+    """The `what` of a statistic of `variable` over the people `count(predicate)` counts."""
+    return orjson.dumps([FORMAT, name, variable, predicate]).decode()
+
+
+def ungrouped_key(what: str) -> str:
+    """The key of a number over everyone `what` describes, in no group (a total)."""
+    return Grouping([], []).keys([what])[0]
+
+
+def _length(columns: Sequence[pa.Array | pa.ChunkedArray]) -> int:
+    return len(columns[0]) if columns else 1
+
+
+def _encode(columns: list[pa.Array | pa.ChunkedArray], rows: int) -> list[bytes]:
+    """Each row's group values as bytes: per value, "V<length>:<text>" or "N" (missing)."""
+    if not columns:
+        return [b""] * rows
+    parts = []
+    for column in columns:
+        text = pc.cast(column, pa.string())
+        sized = pc.binary_join_element_wise(
+            "V", pc.cast(pc.utf8_length(text), pa.string()), ":", text, ""
+        )
+        parts.append(pc.fill_null(sized, "N"))
+    joined = pc.binary_join_element_wise(*parts, "") if len(parts) > 1 else parts[0]
+    return [v.encode() for v in joined.to_pylist()]
