@@ -151,16 +151,20 @@ def _say(text: str) -> None:
 
 
 def _show(outputs: Outputs, population: int | None) -> None:
-    import pyarrow.csv as pacsv
-
     if population is not None:
         _say(f"Population: {population:,} patients (a dataset stays inside; tables leave).")
     for name, body in outputs.files.items():
-        table = pacsv.read_csv(pa_buffer(body))
-        if name.startswith("measure_"):
-            _chart(name, table)
-            table = table.drop_columns(["measure", "interval_end"])  # in the file; noise here
-        _table(name, table)
+        _show_file(name, body)
+
+
+def _show_file(name: str, body: bytes) -> None:
+    import pyarrow.csv as pacsv
+
+    table = pacsv.read_csv(pa_buffer(body))
+    if name.startswith("measure_"):
+        _chart(name, table)
+        table = table.drop_columns(["measure", "interval_end"])  # in the file; noise here
+    _table(name, table)
 
 
 def pa_buffer(body: bytes) -> pa.BufferReader:
@@ -235,16 +239,42 @@ def submit_command(
         )
     except UserError as error:
         fail(str(error))
-    waiting = made.folder / "outputs"
-    _say(
-        f"{made.reference}: ran on lake version {made.lake_version}; outputs waiting in {waiting}:"
-    )
-    for name in made.outputs:
-        _say(f"  {name}")
+    _say(f"{made.reference}: ran on lake version {made.lake_version}.")
+    _show_run(home, actor, made.reference)
     _say(
         f"Ask for their release: gpdpr tre request {made.reference} --file NAME --title ... "
         f"--as {actor}"
     )
+
+
+def _show_run(home: Path, actor: str, reference: str) -> None:
+    """A run's outputs as its team may see them inside the environment (controlled; a file
+    that could be subtracted from what you have seen is withheld)."""
+    from gpdpr.tre.runs import visible_outputs
+
+    with _session(home) as session:
+        shown = visible_outputs(session, home, actor, reference)
+    if not shown:
+        _say(f"{reference} has no outputs to show.")
+    for name, body in shown.items():
+        if body is None:
+            _say(
+                f"{name}: withheld. Its numbers could be subtracted from results you or your "
+                "organisation have seen, or that anyone has released (a differencing risk); "
+                "change the groups or the population, or ask the output checkers."
+            )
+        else:
+            _show_file(name, body)
+
+
+@tre_app.command("show")
+def show_command(
+    run: Annotated[str, typer.Argument(help="The run, e.g. RUN-000001.")],
+    actor: Actor,
+    home: Home = DEFAULT_HOME,
+) -> None:
+    """Show a run's outputs (after disclosure control) inside the environment."""
+    _show_run(home, actor, run)
 
 
 @contextmanager

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import runpy
 import shutil
 import uuid
@@ -62,6 +63,7 @@ RUNS = "tre/runs"
 OUTPUTS = "outputs"
 CELLS = "cells.json"  # raw counts: inside the environment only
 DEFINITION = "definition.json"
+RUN_REFERENCE = re.compile(r"RUN-[0-9]{6,}")
 PENDING = ".pending-"  # a run's folder until it is recorded: .pending-PID-RANDOM
 
 
@@ -339,14 +341,56 @@ def _alive(pid: int) -> bool:
 
 def cells_of(home: Path, run_reference: str, files: set[str]) -> list[disclosure.Cell]:
     """The raw cells behind a run's files (for the differencing check of a release request)."""
-    path = home / RUNS / run_reference / CELLS
+    path = run_folder(home, run_reference) / CELLS
     if not path.exists():
         raise UserError(f"the run {run_reference} has no outputs in {path.parent}")
     return [disclosure.Cell(**c) for c in orjson.loads(path.read_bytes()) if c["file"] in files]
 
 
 def run_folder(home: Path, run_reference: str) -> Path:
+    """A run's folder. The reference is checked to be one (RUN- and digits) before it becomes
+    part of a path: it comes from a command line or a web form."""
+    if not RUN_REFERENCE.fullmatch(run_reference):
+        raise UserError(f"{run_reference!r} is not a run reference (RUN- and six digits)")
     return home / RUNS / run_reference
+
+
+def visible_outputs(
+    session: Session, home: Path, handle: str, run_reference: str
+) -> dict[str, bytes | None]:
+    """The outputs of a run as its team sees them inside the environment, before any release:
+    each file, unless its cells could be subtracted from cells this person or their
+    organisation has seen, or anyone has released (then None: withheld). What is shown is
+    remembered as seen, so that a later run cannot be set beside it unseen. Only a member of
+    the project's team, while the agreement is in force."""
+    from gpdpr.governance.people import person
+    from gpdpr.tre.release import differencing
+    from gpdpr.tre.release.checking import run_of
+
+    run = run_of(session, run_reference)
+    authorise(session, handle, run.agreement.reference, {}, now())
+    viewer = person(session, handle)
+    if run.status != "succeeded":
+        return {}
+    folder = run_folder(home, run.reference) / OUTPUTS
+    cells = cells_of(home, run.reference, set(run.outputs))
+    shown: dict[str, bytes | None] = {}
+    for name in sorted(run.outputs):
+        mine = [c for c in cells if c.file == name]
+        try:
+            differencing.check(session, viewer.id, mine)
+        except differencing.DifferencingRisk:
+            shown[name] = None
+            continue
+        body = (folder / name).read_bytes()
+        if hashlib.sha256(body).hexdigest() != run.outputs[name]["sha256"]:
+            raise UserError(
+                f"{name} of {run.reference} is not the file the run wrote: it has changed "
+                "since; tell the service's staff"
+            )
+        differencing.remember(session, viewer.id, run.id, mine, released=False)
+        shown[name] = body
+    return shown
 
 
 def database_for(home: Path) -> sa.Engine:
