@@ -956,6 +956,7 @@ def test_a_rejected_file_cannot_be_asked_for_again_unchanged(
     )
     assert rejected.status_code == 303
     again = run_of(lead, portal, document)  # the same definition on the same data: same bytes
+    lead.get(again)  # seen once (what is shown is remembered), so the refusal changes nothing
     before = snapshot(portal.built.engine)
     answer = post(lead, f"{again}/request", again, files=["table_rejected_one.csv"], title="Second")
     assert answer.status_code == 400
@@ -1360,6 +1361,7 @@ def test_every_other_form_refuses_bad_input_with_the_reason_and_changes_nothing(
     run_path = post(lead, f"{sha_path}/run", sha_path, agreement=portal.built.agreement).headers[
         "location"
     ]
+    lead.get(run_path)  # its outputs seen once: what is shown is remembered, once
     cases = [
         (lead, f"/applications/{incomplete}/submit", {}, "stays a draft"),
         (member, f"/panel/{reviewing}/vote", {}, "approve or refuse"),

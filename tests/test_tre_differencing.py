@@ -245,6 +245,22 @@ def test_what_a_colleague_was_shown_counts_and_another_organisation_only_once_re
     check(gov, VENDOR, measure_cells("hba", 20, 40))  # the same counts reveal nobody
 
 
+def test_a_release_is_set_beside_what_anyone_was_shown(gov: sa.Engine) -> None:
+    """What is released, everyone sees: a release one person fewer than a count another
+    organisation was shown inside the environment would give that organisation the person, so
+    it is refused, though the releasing researcher never saw that count themselves."""
+    dsa = agreement_of(gov, bring_to(gov, "agreement_active"))
+    assert dsa
+    show(gov, LEAD, new_run(gov, dsa), measure_cells("flu", 30, 101), released=False)
+    fewer = measure_cells("flu", 30, 100)
+    check(gov, VENDOR, fewer)  # to be shown to VENDOR's organisation only: nothing near it
+    with pytest.raises(DifferencingRisk):
+        act(
+            gov,
+            lambda s: differencing.check(s, person_id(gov, VENDOR), fewer, for_release=True),
+        )
+
+
 def test_two_agreements_of_one_person_and_a_renamed_measure_are_one_history(
     gov: sa.Engine,
 ) -> None:

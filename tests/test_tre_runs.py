@@ -5,12 +5,13 @@ published with the definition and lake version that made it."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from governing import (
@@ -362,6 +364,70 @@ def test_the_national_data_opt_out_applies_unless_the_agreement_is_exempt(
         for pseudonym in chosen:
             registry.withdraw(pseudonym, "ndoo", "online")
         registry.withdraw(chosen[0], "type1", "online")
+
+
+def test_a_result_seen_inside_cannot_be_set_beside_the_same_question_one_person_later(
+    service: Service,
+) -> None:
+    """Attack: look at a run's results inside the environment, have one person leave the view
+    (here by a National Data Opt-out; a new lake version does the same) and run the same
+    question again: any count that moved by that one person is the person. The second run's
+    files that could be subtracted from the first are withheld, for the author and for anyone of
+    their organisation; the first stays visible as it was."""
+    study = STUDY.replace(">= 18)", ">= 21)")  # a question of this test's own
+    first = runs.submit(service.home, LEAD, service.applied, document(service, study))
+    with Session(service.engine) as session, session.begin():
+        shown = runs.visible_outputs(session, service.home, LEAD, first.reference)
+    assert shown and None not in shown.values()
+    snapshot = Lake.open(service.home / "lake").snapshot()
+    people = snapshot.read("patients", ["patient", "birth_year", "death_year"]).to_pylist()
+    current = snapshot.read("registrations", ["patient", "start_date", "end_date"]).to_pylist()
+    registered = {r["patient"] for r in current if r["end_date"] is None}
+    target = next(
+        p["patient"]
+        for p in people
+        if p["birth_year"] < 1990 and p["death_year"] is None and p["patient"] in registered
+    )
+    registry = Registry(service.engine)
+    registry.set(target, "ndoo", "online")
+    try:
+        again = runs.submit(service.home, LEAD, service.applied, document(service, study))
+        with Session(service.engine) as session, session.begin():
+            later = runs.visible_outputs(session, service.home, LEAD, again.reference)
+            colleague = runs.visible_outputs(session, service.home, COLLEAGUE, again.reference)
+            earlier = runs.visible_outputs(session, service.home, LEAD, first.reference)
+        assert None in later.values(), "a count moved by one person was shown"
+        assert {k for k, v in colleague.items() if v is None} >= {
+            k for k, v in later.items() if v is None
+        }
+        assert earlier == shown
+        code, out = invoke(service, "tre", "show", again.reference, "--as", LEAD)
+        assert code == 0 and "withheld" in out, out
+    finally:
+        registry.withdraw(target, "ndoo", "online")
+
+
+def test_a_release_request_cannot_leave_cells_out_of_the_differencing_check(
+    service: Service,
+) -> None:
+    """The cells a request is checked by come from the caller (read from the run's folder): a
+    caller that gave fewer, or other, cells than the run recorded would skip the check. The
+    run records their digest, and a request with any other cells is refused."""
+    from gpdpr.tre.release import checking
+
+    made = runs.submit(service.home, LEAD, service.applied, document(service))
+    name = sorted(made.outputs)[0]
+    body = (made.folder / "outputs" / name).read_bytes()
+    files = {name: (hashlib.sha256(body).hexdigest(), len(body))}
+    cells = runs.cells_of(service.home, made.reference, {name})
+    assert cells
+    for given in ([], cells[1:], [replace(cells[0], raw=cells[0].raw + 1), *cells[1:]]):
+        with (
+            Session(service.engine) as session,
+            session.begin(),
+            pytest.raises(NotAllowed, match="not those"),
+        ):
+            checking.request_release(session, LEAD, made.reference, files, "T", "", given)
 
 
 # ---- from the command line, to the register ---------------------------------------------------

@@ -362,20 +362,14 @@ def _refused_before_data(
 def visible_outputs(
     session: Session, home: Path, handle: str, run_ref: str
 ) -> dict[str, bytes | None]:
-    """FALLBACK, to be replaced by `runs.visible_outputs` (SEAMS 5) when it lands on main; it
-    is called from one place, `_run_page`. This one reads the run's controlled output files,
-    by the names the run recorded, with no differencing check and nothing remembered as seen.
-    The real one withholds (None) any file at differencing risk and remembers what it shows."""
-    run = _my_run(session, handle, run_ref)
-    if run is None or run.status != "succeeded":
+    """The run's outputs as its team may see them inside the environment
+    (`runs.visible_outputs`: each controlled file, or None where it could be subtracted from
+    what this person's organisation has seen or anyone has released; what is shown is
+    remembered). Nothing once the agreement is no longer in force."""
+    try:
+        return runs.visible_outputs(session, home, handle, run_ref)
+    except UserError:
         return {}
-    folder = runs.run_folder(home, run.reference) / runs.OUTPUTS
-    found: dict[str, bytes | None] = {}
-    for name in sorted(run.outputs):
-        path = folder / name
-        if path.is_file():
-            found[name] = path.read_bytes()
-    return found
 
 
 def _my_run(session: Session, handle: str, reference: str) -> Run | None:

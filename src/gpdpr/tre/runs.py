@@ -306,6 +306,9 @@ def _keep(
                 "sha256": hashlib.sha256(body).hexdigest(),
                 "bytes": len(body),
                 "rows": outputs.rows[name],
+                "cells_sha256": disclosure.cells_digest(
+                    [c for c in outputs.cells if c.file == name]
+                ),
             }
         (pending / CELLS).write_bytes(orjson.dumps([asdict(c) for c in outputs.cells]))
         (pending / DEFINITION).write_text(definition_text)

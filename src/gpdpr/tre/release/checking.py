@@ -57,7 +57,7 @@ from gpdpr.tre.models import (
     Run,
 )
 from gpdpr.tre.release import differencing
-from gpdpr.tre.release.disclosure import Cell
+from gpdpr.tre.release.disclosure import Cell, cells_digest
 
 APPROVALS_NEEDED = 2
 STATE_WORDS = {
@@ -168,7 +168,12 @@ def _output(name: str, about: Mapping[str, Any]) -> dict[str, Any]:
             f"output {name!r}: a run records each file as "
             f'{{"sha256": hex, "bytes": int, "rows": int}} (got {dict(about)!r})'
         )
-    return {"sha256": sha, "bytes": sizes["bytes"], "rows": sizes["rows"]}
+    kept = {"sha256": sha, "bytes": sizes["bytes"], "rows": sizes["rows"]}
+    if "cells_sha256" in about:  # a run records it; only hand-made records go without
+        if not isinstance(about["cells_sha256"], str) or not _SHA256.match(about["cells_sha256"]):
+            raise UserError(f"output {name!r}: cells_sha256 is not a SHA-256 in hex")
+        kept["cells_sha256"] = about["cells_sha256"]
+    return kept
 
 
 def run_of(session: Session, reference: str) -> Run:
@@ -244,7 +249,14 @@ def request_release(
     if not title or len(title) > 300:
         raise UserError("a release request needs a title of at most 300 characters")
     asked = [c for c in cells if c.file in files]
-    differencing.check(session, requester.id, asked)
+    for name in files:
+        recorded = run.outputs[name].get("cells_sha256")
+        if recorded is not None and cells_digest([c for c in asked if c.file == name]) != recorded:
+            raise NotAllowed(
+                f"the cells given for {name} are not those {run.reference} recorded: a release "
+                "is checked against every number the run considered, read from the run's folder"
+            )
+    differencing.check(session, requester.id, asked, for_release=True)
     request = ReleaseRequest(
         reference=f"pending-{uuid.uuid4().hex[:20]}",
         run_id=run.id,
@@ -495,7 +507,7 @@ def _release(session: Session, request: ReleaseRequest, at: datetime) -> None:
     made = run.agreement
     cells = _asked_cells(request)
     # Again now: a request released since this one was made may sit too close to it.
-    differencing.check(session, request.requested_by_id, cells)
+    differencing.check(session, request.requested_by_id, cells, for_release=True)
     approvals = sorted(
         (r for f in request.files for r in f.reviews if r.decision == "approve"),
         key=lambda r: (r.at, r.id),

@@ -61,7 +61,7 @@ SELECT DISTINCT asked.key, asked.raw FROM asked
 JOIN tre_seen_cells seen ON seen.key = asked.key
 WHERE seen.raw <> asked.raw AND abs(seen.raw - asked.raw) <= {threshold}
 AND (asked.published OR seen.published)
-AND (seen.released OR seen.person_id = {p} OR seen.person_id IN
+AND ({p} OR seen.released OR seen.person_id = {p} OR seen.person_id IN
      (SELECT id FROM people WHERE organisation_id = {p}))
 """
 _INSERT = (
@@ -94,23 +94,29 @@ def _differs(raw: int, published: bool, other_raw: int, other_published: bool) -
     return 0 < abs(raw - other_raw) <= THRESHOLD and (published or other_published)
 
 
-def check(session: Session, person_id: int, cells: Sequence[Cell]) -> None:
+def check(
+    session: Session, person_id: int, cells: Sequence[Cell], for_release: bool = False
+) -> None:
     """Refuse (DifferencingRisk, naming only files) if any of `cells` differences another of
     them, a cell anyone released, or a cell shown to `person_id` or anyone of their
-    organisation."""
+    organisation. `for_release`: the cells are to be published, so everyone will see them:
+    compared with every cell shown to anyone too (another organisation that saw 101 inside
+    would learn one person from a released 100)."""
     person = session.get(Person, person_id)
     if person is None:
         raise UserError(f"no person {person_id}: differencing is checked for a known person")
     found = risky(cells, {})  # against each other
-    offending = _offending(session, person, cells)
+    offending = _offending(session, person, cells, for_release)
     found |= {c.file for c in cells if (c.key, c.raw) in offending}
     if found:
         raise DifferencingRisk(found)
 
 
-def _offending(session: Session, person: Person, cells: Sequence[Cell]) -> set[tuple[str, int]]:
+def _offending(
+    session: Session, person: Person, cells: Sequence[Cell], everyone: bool
+) -> set[tuple[str, int]]:
     """(key, raw) of the cells that difference a cell anyone released or that `person`'s circle
-    was shown, asked of the database a batch at a time."""
+    (with `everyone`, anyone) was shown, asked of the database a batch at a time."""
     connection = session.connection()
     mark = _PLACEHOLDER[connection.dialect.paramstyle]
     asked = sorted({(c.key, c.raw, c.released) for c in cells})  # near keys, near pages
@@ -123,7 +129,7 @@ def _offending(session: Session, person: Person, cells: Sequence[Cell]) -> set[t
             threshold=THRESHOLD,
             p=mark,
         )
-        values = [v for row in batch for v in row] + [person.id, organisation]
+        values = [v for row in batch for v in row] + [everyone, person.id, organisation]
         found.update(connection.exec_driver_sql(query, tuple(values)).all())
     return found
 

@@ -43,6 +43,7 @@ and everything shown to a person or their organisation.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import operator
 from collections import deque
@@ -52,6 +53,7 @@ from itertools import repeat
 from typing import Any, Literal
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -131,6 +133,13 @@ class Cell:
     released: bool  # a number was published for it
     status: str  # one of STATUSES
     reason: str  # why, in plain words
+
+
+def cells_digest(cells: Sequence[Cell]) -> str:
+    """A file's cells as one SHA-256, recorded with the run: a release request must come with
+    exactly these cells, so that none can be left out of the differencing check."""
+    listed = [[c.file, c.row, c.column, c.key, c.raw, c.released, c.status] for c in cells]
+    return hashlib.sha256(orjson.dumps(listed)).hexdigest()
 
 
 # --- single counts and arrays of counts -------------------------------------------------------
