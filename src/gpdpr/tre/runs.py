@@ -21,6 +21,7 @@ import hashlib
 import os
 import runpy
 import shutil
+import statistics
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -138,13 +139,43 @@ def control(definition: n.Definition, results: Results) -> Outputs:
         table, made = disclosure.control_measure(named, file, rule)
         files[file], rows[file] = disclosure.render_csv(table), table.num_rows
         cells += made
-    by_name = {t.name: t for t in definition.tables}
-    for name, raw in results.tables.items():
-        file = f"table_{name}.csv"
-        table, made = disclosure.control_table(raw, list(by_name[name].by), file, rule)
+    for aggregate in definition.tables:
+        file = f"table_{aggregate.name}.csv"
+        assert results.dataset is not None
+        raw = _table_of(results.dataset, aggregate)
+        table, made = disclosure.control_table(raw, list(aggregate.by), file, rule)
         files[file], rows[file] = disclosure.render_csv(table), table.num_rows
         cells += made
     return Outputs(files, rows, cells)
+
+
+def _table_of(dataset: pa.Table, table: n.AggregateTable) -> pa.Table:
+    """Stopgap (branch boundary, issue 17) until release control makes aggregate tables from
+    the dataset (SEAMS 1): patients and statistics per group, groups in order, nulls last, as
+    the engines used to compute them."""
+    keys = list(zip(*(dataset.column(c).to_pylist() for c in table.by), strict=True))
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for index, key in enumerate(keys):
+        groups.setdefault(key, []).append(index)
+    ordered = sorted(groups, key=lambda key: tuple((v is None, v) for v in key))
+    columns: dict[str, pa.Array] = {
+        name: pa.array([key[i] for key in ordered], dataset.schema.field(name).type)
+        for i, name in enumerate(table.by)
+    }
+    columns["patients"] = pa.array([len(groups[key]) for key in ordered], pa.int64())
+    for variable, statistic in table.statistics:
+        values = dataset.column(variable).to_pylist()
+        made = []
+        for key in ordered:
+            known = [float(values[i]) for i in groups[key] if values[i] is not None]
+            if statistic == "mean":
+                made.append(statistics.fmean(known) if known else None)
+            elif statistic == "median":
+                made.append(statistics.median(known) if known else None)
+            else:
+                made.append(statistics.stdev(known) if len(known) > 1 else None)
+        columns[f"{variable}_{statistic}"] = pa.array(made, pa.float64())
+    return pa.table(columns)
 
 
 def refuse_empty(results: Results) -> None:
