@@ -151,6 +151,9 @@ def session(
                 f"-Dlog4j2.configurationFile=file:{folder / 'log4j2.properties'}",
                 "-Duser.timezone=UTC",
                 "-Djava.net.preferIPv4Stack=true",
+                # Plans as deep as limits.MAX_DEPTH allows are serialised recursively: the
+                # default thread stack overflows on a deep enough one.
+                "-Xss16m",
                 *java_options,
             ]
         )
@@ -248,8 +251,8 @@ class SparkEngine:
         self.seconds = run_seconds(seconds)
 
     def run(self, definition: n.Definition, views: Mapping[str, pa.Table]) -> Results:
-        limits.check(definition)
         spark = session(self.master, self.memory).newSession()
+        limits.check(definition)
         for key, value in {**self.settings, **CONFINED}.items():
             spark.conf.set(key, value)
         with tempfile.TemporaryDirectory(prefix="gpdpr-spark-run-") as folder:
@@ -289,7 +292,6 @@ class Sandbox:
         self.group = f"gpdpr-run-{uuid.uuid4().hex}"
         self.expired = threading.Event()
         context = spark.sparkContext
-        context.setJobGroup(self.group, "a gpdpr run", interruptOnCancel=True)
 
         def stop() -> None:
             self.expired.set()
@@ -320,6 +322,11 @@ class Sandbox:
         """A query's answer, each of its common table expressions that is used more than once
         computed once and kept (Spark would otherwise work each out again wherever it is used,
         and a measure over spans uses some several times over)."""
+        if self.expired.is_set():
+            raise too_long(self.seconds)
+        # Every job of this query in the run's group (a setting of this thread's).
+        context = self.spark.sparkContext
+        context.setJobGroup(self.group, "a gpdpr run", interruptOnCancel=True)
         try:
             texts = [*query.ctes.values(), query.select]
             for index, (name, text) in enumerate(query.ctes.items()):
@@ -332,13 +339,12 @@ class Sandbox:
                 self.relations.add(name)
             return self._collect(self.frame(query.select))
         finally:
+            context.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
             for name in query.ctes:
                 self.spark.catalog.dropTempView(name)
                 self.relations.discard(name)
 
     def _collect(self, frame: DataFrame) -> pa.Table:
-        if self.expired.is_set():
-            raise too_long(self.seconds)
         try:
             return frame.toArrow()
         except Exception as error:
@@ -348,7 +354,6 @@ class Sandbox:
 
     def close(self) -> None:
         self.watchdog.cancel()
-        self.spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
         for frame in self.kept:
             frame.unpersist()
         for name in self.relations:

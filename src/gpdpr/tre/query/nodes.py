@@ -65,7 +65,10 @@ class Node:
         return tuple(getattr(self, f.name) for f in fields(self) if f.compare)
 
     def __hash__(self) -> int:
-        return remembered(self, "hash", lambda: hash((type(self).__name__, *self._fields())))
+        if _HASH not in self.__dict__:
+            _hash_under(self)
+        found: int = self.__dict__[_HASH]
+        return found
 
     def __eq__(self, other: object) -> bool:
         if self is other:
@@ -77,6 +80,24 @@ class Node:
 
 
 _T = TypeVar("_T")
+_HASH = "_remembered_hash"
+
+
+def _hash_under(root: Node) -> None:
+    """Hash `root` and every node under it not hashed yet, children first, without recursion
+    (a graph built by hand may be deeper than Python's stack)."""
+    stack = [root]
+    while stack:
+        node = stack[-1]
+        if _HASH in node.__dict__:
+            stack.pop()
+            continue
+        waiting = [child for child in children(node) if _HASH not in child.__dict__]
+        if waiting:
+            stack += waiting
+            continue
+        node.__dict__[_HASH] = hash((type(node).__name__, *node._fields()))
+        stack.pop()
 
 
 def remembered(node: Node, what: str, work_out: Callable[[], _T]) -> _T:
@@ -758,9 +779,11 @@ def validate(definition: Definition) -> None:
     """Refuse a definition that cannot make a release: nothing to release, a population or
     variable that is not one value per patient, INTERVAL outside a measure, a table over
     variables that do not exist, a numerator or denominator that is not true/false for each
-    patient, a group that is not categorical."""
+    patient, a group that is not categorical, a definition over the limits (`limits`)."""
+    from gpdpr.tre.query import limits  # both build on this module
     from gpdpr.tre.query.names import check_name
 
+    limits.check(definition)  # first: the checks below take time that grows with the size
     if not definition.measures and not definition.tables:
         raise DefinitionError(
             "the definition releases nothing: add a measure (Measures.define_measure) or an "
@@ -825,9 +848,10 @@ def _categorical(series: Series, what: str, at: str | None) -> None:
             if series.type == DATE
             else "band it with case/when"
         )
+        kind = "decimal number" if series.type == FLOAT else _kind_phrase(series.type)
         raise problem(
             at or series.at,
-            f"{what} is a {_kind_phrase(series.type)}, which would make nearly everyone a group "
+            f"{what} is a {kind}, which would make nearly everyone a group "
             f"of their own: groups are true/false, text, codes or whole numbers ({how})",
         )
 

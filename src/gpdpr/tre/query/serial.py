@@ -8,10 +8,10 @@
 Reading is strict: every node names only earlier nodes (so there are no cycles), carries exactly
 the fields its kind has, and is rebuilt through the same constructors the language uses, so each
 check runs again on the service side; every name meets the language's rule (`names`), and the
-definition its size limits (`limits`). A graph tampered with in transit, or written by hand to
-reach past the view, is refused with the node it failed at. Nothing in it is ever interpreted as
-SQL: the compiler (engines/sql.py) names every column itself and writes text only as quoted
-literals.
+definition its size limits (`limits`, checked by `nodes.validate`). A graph tampered with in
+transit, or written by hand to reach past the view, is refused with the node it failed at.
+Nothing in it is ever interpreted as SQL: the compiler (engines/sql.py) names every column
+itself and writes text only as quoted literals.
 
 Reading takes time linear in the document: nodes that are equal are made one object (so a
 graph that repeats itself costs no more than one that reuses nodes), and nothing below recurses
@@ -82,13 +82,11 @@ def to_json(definition: n.Definition) -> bytes:
     """Canonical JSON (sorted keys, no spaces): the same definition always gives the same bytes."""
     ids: dict[n.Node, int] = {}
     out: list[dict[str, Any]] = []
+    for node in n.walk(*n.roots(definition)):  # children first, each once
+        ids[node] = len(out)
+        out.append(_node_json(node, ids))
 
     def ref(node: n.Node) -> int:
-        if node not in ids:
-            for child in n.children(node):
-                ref(child)
-            ids[node] = len(out)
-            out.append(_node_json(node, ids))
         return ids[node]
 
     document: dict[str, Any] = {
@@ -165,8 +163,7 @@ def from_json(document: bytes | str) -> n.Definition:
         raise n.DefinitionError(f"the definition is not valid JSON: {error}") from None
     reader = _Reader()
     definition = reader.definition(data)
-    limits.check(definition)
-    n.validate(definition)
+    n.validate(definition)  # within the limits first
     check_codelists(definition)
     return definition
 
