@@ -825,3 +825,31 @@ def test_too_many_codes_are_refused() -> None:
     made["variables"].append(["many", len(made["nodes"]) - 1])
     with pytest.raises(n.DefinitionError, match="at most 20,000"):
         serial.from_json(orjson.dumps(made))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_the_sql_compiled_is_no_larger_than_the_expanded_size_allows(data: st.DataObject) -> None:
+    # limits.expanded bounds what the compiler writes (so its cap bounds every query's text):
+    # checked on random definitions, and on the operations the compiler writes out more than
+    # once, nested.
+    from test_tre_properties import definitions, read_in_one_pass, spannable
+
+    made: n.Definition = data.draw(st.one_of(definitions(), read_in_one_pass()))
+    measure: n.Measure = data.draw(spannable())
+    day = n.Column(P, "date_of_birth")
+    for _ in range(data.draw(st.integers(0, 4))):
+        day = n.Apply("add_days", (day, n.Apply("years_between", (day, day))))
+    nested = (("nested", n.Apply("year", (day,))),)
+    for definition in (
+        through_json(n.Definition(made.population, made.variables + nested, tables=made.tables)),
+        through_json(n.Definition(None, (), (measure,))),
+    ):
+        roots = n.roots(definition)
+        size = limits.expanded(n.walk(*roots), roots)
+        for dialect in sql.DIALECTS.values():
+            texts = [sql.measure_sql(definition, m, dialect) for m in definition.measures]
+            if definition.population is not None:
+                texts.append(sql.dataset_sql(definition, dialect))
+            for text in texts:
+                assert len(text) <= 100 * size + 10_000

@@ -8,6 +8,11 @@ pseudonym (patient, staff, postcode) replaced by the project's own, made with th
 custodian derives for the project. Two projects' views therefore share no identifier. Each
 person also has a whole-number key for this set of views only (`patient_key`, 0 .. people - 1),
 which the engines join by.
+
+What a definition needs granted to build its views (`required_fields`) covers every read: each
+column's fields, and for every table it touches (with or without columns) the patient field and
+the fields its period is checked on. Runs ask the agreement for exactly that before any data is
+read (runs.submit, governance.agreements.authorise).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import pyarrow as pa
 from gpdpr.custodian.central import project_pseudonyms
 from gpdpr.lake.query import connect
 from gpdpr.lake.store import Snapshot
+from gpdpr.tre.engines.sql import DIALECTS
 from gpdpr.tre.query.schema import (
     PATIENT_FIELD,
     PATIENT_ID,
@@ -134,7 +140,7 @@ def _years(born: str, on: date) -> str:
 
 
 def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+    return DIALECTS["duckdb"].string(text)  # the one way text becomes SQL (engines.sql)
 
 
 def _view_sql(name: str, columns: set[str], scope: ViewScope) -> str:

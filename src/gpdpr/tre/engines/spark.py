@@ -32,6 +32,7 @@ imports pyspark only when a session starts, so gpdpr works without them.
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import os
 import re
@@ -167,6 +168,12 @@ def session(
             "spark.driver.bindAddress": "127.0.0.1",
             "spark.ui.enabled": "false",
             "spark.ui.showConsoleProgress": "false",
+            # What Spark keeps of past queries for its web UI (off) would otherwise grow with
+            # every run of a long-lived process: a deep definition's plan is large.
+            "spark.sql.ui.retainedExecutions": "10",
+            "spark.ui.retainedJobs": "50",
+            "spark.ui.retainedStages": "50",
+            "spark.ui.retainedTasks": "1000",
             "spark.sql.shuffle.partitions": "4",
             "spark.default.parallelism": "4",
             "spark.sql.session.timeZone": "UTC",
@@ -289,6 +296,7 @@ class Sandbox:
         self.seconds = seconds
         self.relations: set[str] = set()
         self.kept: list[DataFrame] = []
+        self.files = itertools.count()
         self.group = f"gpdpr-run-{uuid.uuid4().hex}"
         self.expired = threading.Event()
         context = spark.sparkContext
@@ -301,7 +309,7 @@ class Sandbox:
         self.watchdog.start()
 
     def register(self, name: str, table: pa.Table) -> None:
-        path = self.folder / f"{len(self.relations)}-{name}.parquet"
+        path = self.folder / f"{next(self.files)}.parquet"  # a new file, even for a new intervals
         pq.write_table(table, path)
         # Giving the schema spares Spark a job to read it back from the file.
         schema = _spark_schema(table.schema)
@@ -380,5 +388,5 @@ def _within(relation: Any, folder: Path) -> bool:
         paths = relation.relation().location().rootPaths()
     except Exception:  # not files at all
         return False
-    found = [Path(paths.apply(i).toUri().getPath()) for i in range(paths.length())]
+    found = [Path(paths.apply(i).toUri().getPath()).resolve() for i in range(paths.length())]
     return bool(found) and all(folder in p.parents for p in found)

@@ -141,7 +141,9 @@ class SparkDialect(Dialect):
         return f"`{name}`"
 
     def struct(self, fields: list[tuple[str, str]]) -> str:
-        return "named_struct(" + ", ".join(f"'{name}', {sql}" for name, sql in fields) + ")"
+        return (
+            "named_struct(" + ", ".join(f"{self.string(name)}, {sql}" for name, sql in fields) + ")"
+        )
 
     def add_days(self, day: str, count: str) -> str:
         return f"date_add({day}, cast({count} as int))"
