@@ -638,7 +638,12 @@ def limit_duckdb(memory_limit: str, spill: Path) -> None:
 
     def limited(database: str = ":memory:", read_only: bool = False, config: Any = None) -> Any:
         settings = {"memory_limit": memory_limit, "temp_directory": str(spill)}
-        return connect(database, read_only, {**settings, **(config or {})})
+        # The engine's own settings first, in its order (DuckDB refuses a temp_directory set
+        # before external access is turned off), and its limits kept.
+        given = dict(config or {})
+        return connect(
+            database, read_only, given | {k: v for k, v in settings.items() if k not in given}
+        )
 
     setattr(duckdb, "connect", limited)  # noqa: B010 (a module attribute, for every caller)
 

@@ -50,6 +50,7 @@ class Sandbox:
         self.seconds = seconds
         self.deadline = time.monotonic() + seconds
         self.folder = tempfile.mkdtemp(prefix="gpdpr-duckdb-")
+        # In this order: DuckDB refuses a temp_directory given before enable_external_access.
         config: dict[str, str | bool | int | float | list[str]] = {
             "enable_external_access": False,
             "autoinstall_known_extensions": False,
