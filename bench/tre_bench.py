@@ -438,9 +438,7 @@ class Workload:
 
 
 WORKLOADS = {
-    "dataset": Workload(
-        dataset_definition, (("dataset", HAND_DATASET), ("by_age_sex", HAND_TABLE))
-    ),
+    "dataset": Workload(dataset_definition, (("dataset", HAND_DATASET),)),
     "measure": Workload(
         measure_definition,
         (("statins_by_practice", HAND_MEASURE),),
@@ -451,7 +449,7 @@ WORKLOADS = {
 
 def answers(results: Results) -> dict[str, pa.Table]:
     """Every table a run computed, by name."""
-    out = dict(results.measures) | dict(results.tables)
+    out = dict(results.measures)
     if results.dataset is not None:
         out["dataset"] = results.dataset
     return out
@@ -462,7 +460,6 @@ def compiled_sql(definition: n.Definition, dialect: str = "duckdb") -> list[str]
     made = []
     if definition.population is not None:
         made.append(sql.dataset_sql(definition, d))
-        made += [sql.table_sql(t, d) for t in definition.tables]
     made += [sql.measure_sql(definition, m, d) for m in definition.measures]
     return made
 
@@ -641,7 +638,12 @@ def limit_duckdb(memory_limit: str, spill: Path) -> None:
 
     def limited(database: str = ":memory:", read_only: bool = False, config: Any = None) -> Any:
         settings = {"memory_limit": memory_limit, "temp_directory": str(spill)}
-        return connect(database, read_only, {**settings, **(config or {})})
+        # The engine's own settings first, in its order (DuckDB refuses a temp_directory set
+        # before external access is turned off), and its limits kept.
+        given = dict(config or {})
+        return connect(
+            database, read_only, given | {k: v for k, v in settings.items() if k not in given}
+        )
 
     setattr(duckdb, "connect", limited)  # noqa: B010 (a module attribute, for every caller)
 

@@ -11,8 +11,8 @@ import orjson
 import pytest
 
 from gpdpr.errors import UserError
+from gpdpr.tre.query import limits, serial
 from gpdpr.tre.query import nodes as n
-from gpdpr.tre.query import serial
 from gpdpr.tre.query.language import (
     INTERVAL,
     Dataset,
@@ -183,7 +183,7 @@ def test_a_graph_too_big_to_be_a_study_is_refused() -> None:
     document = orjson.loads(serial.to_json(small()))
     document["nodes"] = (
         document["nodes"]
-        + [{"node": "IntervalDate", "which": "start", "at": None}] * serial.MAX_NODES
+        + [{"node": "IntervalDate", "which": "start", "at": None}] * limits.MAX_NODES
     )
     with pytest.raises(n.DefinitionError, match="at most 20,000"):
         serial.from_json(orjson.dumps(document))
@@ -331,11 +331,12 @@ def test_a_codelist_is_read_relative_to_the_definition(tmp_path: Path) -> None:
 def test_columns_used_are_what_the_agreement_is_asked_for() -> None:
     from gpdpr.tre.views import required_fields
 
+    # Each table read needs its patient field and the field its period is checked on too.
     used = n.columns_used(small())
     assert required_fields(used) == {
-        "clinical_events": ["code", "effective_date"],
+        "clinical_events": ["code", "effective_date", "patient"],
         "patients": ["birth_month", "birth_year", "patient", "sex"],
-        "registrations": ["end_date", "start_date"],
+        "registrations": ["end_date", "patient", "practice", "start_date"],
     }
 
 

@@ -57,6 +57,7 @@ ITEMS = (
     Item("registrations", "patient", "who is registered"),
     Item("registrations", "start_date", "registered when"),
     Item("registrations", "end_date", "registered when"),
+    Item("registrations", "practice", "counts by practice"),
     Item("clinical_events", "patient", "diagnoses"),
     Item("clinical_events", "code", "diagnoses"),
     Item("clinical_events", "effective_date", "when"),
@@ -210,7 +211,9 @@ def test_a_definition_reading_outside_the_agreement_is_refused_before_any_data_i
             intervals=months(1).starting_on("2025-01-01"),
         )
     """
-    with pytest.raises(NotAllowed, match=r"to medications\.issue_date: outside"):
+    with pytest.raises(
+        NotAllowed, match=r"to medications\.issue_date, medications\.patient: outside"
+    ):
         runs.submit(service.home, LEAD, service.applied, document(service, outside))
     assert runs_in_db(service)[-1][1] == "refused"
 

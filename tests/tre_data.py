@@ -123,7 +123,7 @@ def run(
     measures: Measures | None = None,
 ) -> Results:
     """Run a definition (through its JSON form). A dataset that releases nothing is given a
-    table (by its first variable that is not a decimal), as a definition must release
+    table (by its first variable that may be a group), as a definition must release
     something, so that the dataset itself can be checked."""
     if dataset is not None and not dataset.tables and dataset.population is not None:
         dataset.add_table("everyone", by=[_any_groupable(dataset)])
@@ -132,9 +132,9 @@ def run(
 
 def _any_groupable(dataset: Dataset) -> str:
     for name, series in dataset.variables.items():
-        if series.type != "float":
+        if series.type in n.CATEGORICAL:
             return str(name)
-    raise AssertionError("give the dataset a variable that is not a decimal number")
+    raise AssertionError("give the dataset a variable that may be a group (not a date or decimal)")
 
 
 def rows(results: Results) -> list[dict[str, Any]]:
@@ -195,11 +195,11 @@ def results_differences(a: Results, b: Results) -> list[str]:
         out.append("one has a dataset, the other not")
     elif a.dataset is not None and b.dataset is not None:
         out += [f"dataset: {d}" for d in differences(a.dataset, b.dataset, [PATIENT_ID])]
-    for kind, x, y in (("table", a.tables, b.tables), ("measure", a.measures, b.measures)):
-        if set(x) != set(y):
-            out.append(f"{kind}s {sorted(x)} against {sorted(y)}")
-            continue
-        for name in x:
-            # Rows come in an order the SQL fixes: it must be the same on both engines.
-            out += [f"{kind} {name}: {d}" for d in differences(x[name], y[name], keys=[])]
+    if set(a.measures) != set(b.measures):
+        return [*out, f"measures {sorted(a.measures)} against {sorted(b.measures)}"]
+    for name in a.measures:
+        # Rows come in an order the SQL fixes: it must be the same on both engines.
+        out += [
+            f"measure {name}: {d}" for d in differences(a.measures[name], b.measures[name], keys=[])
+        ]
     return out

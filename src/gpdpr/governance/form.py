@@ -135,8 +135,15 @@ SCALAR_FIELDS = tuple(
 )
 
 
+# Items that are no field of the specification but provenance the lake keeps with each row,
+# which the research environment shows: the practice a registration is with (the practice that
+# sent it, lake.tables.PRACTICE). Asked for and granted like any field.
+PROVENANCE_ITEMS = frozenset({("registrations", "practice")})
+
+
 def check_items(items: tuple[Item, ...], spec: Specification) -> None:
-    """Every item must be a field of the data specification, asked for once."""
+    """Every item must be a field of the data specification (or a provenance item), asked for
+    once."""
     seen: set[tuple[str, str]] = set()
     for item in items:
         table = spec.tables.get(item.table)
@@ -145,7 +152,7 @@ def check_items(items: tuple[Item, ...], spec: Specification) -> None:
                 f"data item {item.table}.{item.field}: there is no table {item.table!r} in the "
                 f"data specification {spec.version} (its tables: {', '.join(spec.tables)})"
             )
-        if item.field not in table.field_names:
+        if item.field not in table.field_names and (item.table, item.field) not in PROVENANCE_ITEMS:
             raise UserError(
                 f"data item {item.table}.{item.field}: the data specification {spec.version} "
                 f"does not collect {item.field!r} in {item.table} (its fields: "

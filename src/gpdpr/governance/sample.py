@@ -66,6 +66,7 @@ DIABETES = ApplicationForm(
         Item("patients", "birth_year", "age bands"),
         Item("patients", "birth_month", "age on a given day, for age bands"),
         Item("patients", "imd_decile", "the deprivation measure the study is about"),
+        Item("clinical_events", "patient", "whose diagnoses and checks they are"),
         Item("clinical_events", "code", "diagnoses and the checks themselves"),
         Item("clinical_events", "effective_date", "which year each check falls in"),
     ),
@@ -86,8 +87,10 @@ WINTER = ApplicationForm(
     items=(
         Item("patients", "patient", "counting people"),
         Item("patients", "region_code", "planning is by region"),
+        Item("clinical_events", "patient", "whose conditions they are"),
         Item("clinical_events", "code", "finding lung conditions"),
         Item("clinical_events", "effective_date", "winter periods"),
+        Item("appointments", "patient", "whose consultations they are"),
         Item("appointments", "start", "consultations over winter"),
     ),
     data_from=FROM,
@@ -105,6 +108,7 @@ UPTAKE = ApplicationForm(
     duration_months=12,
     items=(
         Item("patients", "patient", "counting people"),
+        Item("medications", "patient", "whose prescriptions they are"),
         Item("medications", "code", "which medicine"),
         Item("medications", "issue_date", "when it was first issued"),
         Item("patients", "postcode_key", ""),

@@ -8,6 +8,11 @@ pseudonym (patient, staff, postcode) replaced by the project's own, made with th
 custodian derives for the project. Two projects' views therefore share no identifier. Each
 person also has a whole-number key for this set of views only (`patient_key`, 0 .. people - 1),
 which the engines join by.
+
+What a definition needs granted to build its views (`required_fields`) covers every read: each
+column's fields, and for every table it touches (with or without columns) the patient field and
+the fields its period is checked on. Runs ask the agreement for exactly that before any data is
+read (runs.submit, governance.agreements.authorise).
 """
 
 from __future__ import annotations
@@ -22,7 +27,15 @@ import pyarrow as pa
 from gpdpr.custodian.central import project_pseudonyms
 from gpdpr.lake.query import connect
 from gpdpr.lake.store import Snapshot
-from gpdpr.tre.query.schema import PATIENT_FIELD, PATIENT_ID, PATIENT_KEY, PRACTICE, TABLES
+from gpdpr.tre.engines.sql import DIALECTS
+from gpdpr.tre.query.schema import (
+    PATIENT_FIELD,
+    PATIENT_ID,
+    PATIENT_KEY,
+    PRACTICE,
+    TABLES,
+    Table,
+)
 
 # Columns that are pseudonyms in the lake, shown under the project's key.
 PSEUDONYM_COLUMNS = ("staff", "postcode_key")
@@ -41,15 +54,27 @@ class ViewScope:
 
 
 def required_fields(used: Mapping[str, Iterable[str]]) -> dict[str, list[str]]:
-    """{specification table: fields} a definition needs granted: the fields each column read is
-    made from, and the patient pseudonym (asked for once, on patients: every run starts from the
-    list of people, and ties each table's rows to them under the project's pseudonyms)."""
+    """{specification table: fields} a definition reading `used` ({table: columns}, every table
+    it touches, with or without columns) needs granted: for every table, the patient pseudonym
+    (each view ties its rows to people by it) and the fields its period is checked on (the
+    view reads them to keep only records in the agreement's period); and the fields each
+    column read is made from. Patients' pseudonyms always: every run starts from the list of
+    people."""
     wanted: dict[str, set[str]] = {"patients": {PATIENT_FIELD}}
-    for table, columns in used.items():
-        fields = wanted.setdefault(TABLES[table].lake, set())
+    for name, columns in used.items():
+        table = TABLES[name]
+        fields = wanted.setdefault(table.lake, set())
+        fields.update((PATIENT_FIELD, *period_fields(table)))
         for column in columns:
-            fields.update(TABLES[table].columns[column].needs)
+            fields.update(table.columns[column].needs)
     return {t: sorted(f) for t, f in sorted(wanted.items())}
+
+
+def period_fields(table: Table) -> tuple[str, ...]:
+    """The fields a view reads to keep only records in the agreement's period (`_view_sql`)."""
+    if table.lake == "registrations":
+        return ("start_date", "end_date")  # any of the registration in the period
+    return (table.date,) if table.date else ()
 
 
 def build(
@@ -115,7 +140,7 @@ def _years(born: str, on: date) -> str:
 
 
 def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+    return DIALECTS["duckdb"].string(text)  # the one way text becomes SQL (engines.sql)
 
 
 def _view_sql(name: str, columns: set[str], scope: ViewScope) -> str:
@@ -126,11 +151,12 @@ def _view_sql(name: str, columns: set[str], scope: ViewScope) -> str:
     if table.one_row_per_patient:
         return f"select {', '.join(selected)} from people r join ids using (patient)"
     start, end = (f"date '{d.isoformat()}'" for d in (scope.data_from, scope.data_to))
-    if table.lake == "registrations":
+    if period_fields(table) == ("start_date", "end_date"):
         # A registration counts if any of it falls in the period.
         period = f"r.start_date < {end} and (r.end_date is null or r.end_date >= {start})"
     else:
-        day = f"cast(r.{table.date} as date)"
+        (field,) = period_fields(table)
+        day = f"cast(r.{field} as date)"
         period = f"{day} >= {start} and {day} < {end}"
     return (
         f"select {', '.join(selected)} from {table.lake} r join ids using (patient) where {period}"

@@ -4,11 +4,20 @@ and give the same `Results`, typed the same way, so that what a definition means
 on where it ran.
 
 DuckDB (`engines.duckdb`), embedded, is the default. Spark (`engines.spark`) is for more than
-one machine.
+one machine. Both run only SQL the compiler wrote (engines/sql.py; `engines.guard` checks it
+before it runs), sandboxed, within a time limit (`RUN_SECONDS`) and DuckDB within a memory
+limit (`MEMORY`); dummy runs go through the same engines.
+
+An engine computes a dataset (one row per patient) and measures (counts per interval and
+group); aggregate tables of the dataset are made by release control (`tre/release/`), from
+`Results.dataset`, not here.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -17,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gpdpr.errors import UserError
 from gpdpr.tre.engines import sql
 from gpdpr.tre.query import nodes as n
 from gpdpr.tre.query.schema import BOOL, DATE, FLOAT, INT, PATIENT_ID, PATIENT_KEY
@@ -32,9 +42,8 @@ def arrow_type(kind: str) -> pa.DataType:
 class Results:
     """What a run computed, before disclosure control: none of it leaves as it is."""
 
-    dataset: pa.Table | None  # one row per patient: stays inside the environment
+    dataset: pa.Table | None  # one row per patient (patient_id, each variable): stays inside
     measures: dict[str, pa.Table]  # measure name -> interval, groups, numerator, denominator
-    tables: dict[str, pa.Table]  # table name -> groups, patients, statistics
 
 
 class Engine(Protocol):
@@ -66,14 +75,6 @@ def measure_schema(measure: n.Measure) -> pa.Schema:
         [("interval_start", pa.date32()), ("interval_end", pa.date32())]
         + [(name, arrow_type(s.type)) for name, s in measure.group_by]
         + [("numerator", pa.int64()), ("denominator", pa.int64())]
-    )
-
-
-def table_schema(table: n.AggregateTable, variables: dict[str, n.Series]) -> pa.Schema:
-    return pa.schema(
-        [(name, arrow_type(variables[name].type)) for name in table.by]
-        + [("patients", pa.int64())]
-        + [(f"{v}_{s}", pa.float64()) for v, s in table.statistics]
     )
 
 
@@ -131,6 +132,62 @@ def shown(dataset: pa.Table, by_key: pa.ChunkedArray) -> pa.Table:
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """An engine's answer in the service's types (engines differ in integer widths, decimal
-    sums and string types)."""
-    return pa.table([table.column(f.name).cast(f.type) for f in schema], schema=schema)
+    """An engine's answer under the definition's names, by position (the SQL's columns have the
+    compiler's names), in the service's types (engines differ in integer widths, decimal sums
+    and string types)."""
+    if table.num_columns != len(schema):
+        raise AssertionError(f"{table.num_columns} columns came back for {len(schema)}")
+    return pa.table([table.column(i).cast(f.type) for i, f in enumerate(schema)], schema=schema)
+
+
+# ---- limits ------------------------------------------------------------------------------------
+
+RUN_SECONDS = "GPDPR_TRE_RUN_SECONDS"  # how long one run may compute (each engine)
+MEMORY = "GPDPR_TRE_MEMORY"  # how much memory DuckDB may use for one run
+DEFAULT_SECONDS = 1800.0
+DEFAULT_MEMORY = "8GB"
+_MEMORY = re.compile(r"[0-9]{1,6}(\.[0-9]{1,3})?\s?(KB|MB|GB|TB|KiB|MiB|GiB|TiB)")
+
+
+def run_seconds(given: float | None = None) -> float:
+    """The time limit: `given`, else GPDPR_TRE_RUN_SECONDS, else DEFAULT_SECONDS."""
+    text = os.environ.get(RUN_SECONDS)
+    try:
+        seconds = float(given if given is not None else text or DEFAULT_SECONDS)
+    except ValueError:
+        raise UserError(f"{RUN_SECONDS} is a number of seconds, not {text!r}") from None
+    if not 0 < seconds <= 7 * 24 * 3600 or math.isnan(seconds):
+        raise UserError(
+            f"a run's time limit is more than 0 seconds and at most a week, not {seconds}"
+        )
+    return seconds
+
+
+def memory(given: str | None = None) -> str:
+    """The memory limit, such as 4GB or 512MB: `given`, else GPDPR_TRE_MEMORY, else
+    DEFAULT_MEMORY."""
+    found = given or os.environ.get(MEMORY) or DEFAULT_MEMORY
+    if not _MEMORY.fullmatch(found):
+        raise UserError(
+            f"a memory limit is a size such as 4GB or 512MB (for {MEMORY}), not {found!r}"
+        )
+    return found
+
+
+class RunFailed(UserError):
+    """The engine could not finish a run. The message never carries the engine's own (which may
+    quote the data): only which limit was met, or that the engine failed."""
+
+
+def too_long(seconds: float) -> RunFailed:
+    return RunFailed(
+        f"the run took longer than its time limit of {seconds:g} seconds ({RUN_SECONDS}) and "
+        "was stopped"
+    )
+
+
+def failed(engine: str, error: BaseException) -> RunFailed:
+    return RunFailed(
+        f"the run failed in {engine} ({type(error).__name__}); nothing was kept. A definition "
+        "that passes its checks should run: if it fails on dummy data too, report it"
+    )

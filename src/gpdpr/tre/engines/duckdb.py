@@ -1,70 +1,156 @@
-"""DuckDB, embedded: the default engine."""
+"""DuckDB, embedded: the default engine, run in a sandbox.
+
+Each run has a connection of its own (`Sandbox`) that can read nothing but the Arrow tables
+handed to it: external access is off (no files, no network, no ATTACH, no COPY, no extensions
+installed or loaded), Python variables are not read by name (replacement scans off), and the
+configuration is locked once set up, so no query can turn any of this back on. It runs one
+statement per call, a SELECT (checked with DuckDB's own parser, after `engines.guard` has
+checked the text), within a memory limit (spilling only to a folder of the run's own, removed
+after) and a time limit (a watchdog interrupts the query). Dummy runs use the same engine.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import duckdb
 import pyarrow as pa
 
-from gpdpr.tre.engines import sql
+from gpdpr.tre.engines import guard, sql
 from gpdpr.tre.engines.base import (
     Results,
     conform,
     dataset_schema,
+    failed,
     intervals_table,
     keyed,
     measure_schema,
+    run_seconds,
     shown,
-    table_schema,
+    too_long,
 )
+from gpdpr.tre.engines.base import memory as memory_limit
+from gpdpr.tre.query import limits
 from gpdpr.tre.query import nodes as n
 from gpdpr.tre.query.schema import view_name
+
+DIALECT = sql.DIALECTS["duckdb"]
+
+
+class Sandbox:
+    """A DuckDB connection that reads only the tables registered with it, one SELECT at a
+    time, within the memory limit, and stopped `seconds` after it was made."""
+
+    def __init__(self, seconds: float, memory_limit: str, threads: int | None = None) -> None:
+        self.seconds = seconds
+        self.deadline = time.monotonic() + seconds
+        self.folder = tempfile.mkdtemp(prefix="gpdpr-duckdb-")
+        # In this order: DuckDB refuses a temp_directory given before enable_external_access.
+        config: dict[str, str | bool | int | float | list[str]] = {
+            "enable_external_access": False,
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+            "allow_community_extensions": False,
+            "allow_unsigned_extensions": False,
+            "python_enable_replacements": False,
+            "memory_limit": memory_limit,
+            "temp_directory": self.folder,  # set here: it cannot be changed later
+            # Rows come out in the order the SQL asks for, or in none: keeping the order they
+            # were read in only costs.
+            "preserve_insertion_order": False,
+        }
+        if threads:
+            config["threads"] = int(threads)
+        try:
+            self.con = duckdb.connect(config=config)
+            self.con.execute("set TimeZone = 'UTC'")
+            self.con.execute("set enable_progress_bar = false")
+            self.con.execute("set lock_configuration = true")
+        except BaseException:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
+        self.relations: set[str] = set()
+
+    def register(self, name: str, table: pa.Table) -> None:
+        """Make `table` readable as `name` (no copy is made)."""
+        self.con.register(name, table)
+        self.relations.add(name)
+
+    def unregister(self, name: str) -> None:
+        self.con.unregister(name)
+        self.relations.discard(name)
+
+    def query(self, query: sql.Query) -> pa.Table:
+        """A compiled query's answer: checked by the guard, then run."""
+        text = query.text()
+        guard.check(text, DIALECT.name, self.relations)
+        return self.execute(text)
+
+    def execute(self, text: str) -> pa.Table:
+        """Run one SELECT statement, interrupted at the time limit."""
+        statements = self.con.extract_statements(text)
+        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+            raise guard.Refused("DuckDB reads it as something other than one SELECT statement")
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise too_long(self.seconds)
+        watchdog = threading.Timer(left, self.con.interrupt)
+        watchdog.start()
+        try:
+            return self.con.sql(text).to_arrow_table()
+        except duckdb.InterruptException:
+            raise too_long(self.seconds) from None
+        finally:
+            watchdog.cancel()
+
+    def close(self) -> None:
+        self.con.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class DuckDBEngine:
     name = "duckdb"
 
-    def __init__(self, threads: int | None = None) -> None:
+    def __init__(
+        self, threads: int | None = None, seconds: float | None = None, memory: str | None = None
+    ) -> None:
+        """`seconds` and `memory` limit each run (by default GPDPR_TRE_RUN_SECONDS and
+        GPDPR_TRE_MEMORY, see engines.base)."""
         self.threads = threads
+        self.seconds = run_seconds(seconds)
+        self.memory = memory_limit(memory)
 
-    def _connect(self, views: Mapping[str, pa.Table]) -> duckdb.DuckDBPyConnection:
-        con = duckdb.connect()
-        con.execute("set enable_progress_bar = false")
-        con.execute("set TimeZone = 'UTC'")
-        # Rows come out in the order the SQL asks for, or in none: keeping the order they were
-        # read in only costs.
-        con.execute("set preserve_insertion_order = false")
-        if self.threads:
-            con.execute(f"set threads = {int(self.threads)}")
-        for name, table in views.items():
-            con.register(view_name(name), table)
-        return con
+    @contextmanager
+    def sandbox(self, views: Mapping[str, pa.Table]) -> Iterator[Sandbox]:
+        """A sandbox with each view registered under its view name."""
+        box = Sandbox(self.seconds, self.memory, self.threads)
+        try:
+            for name, table in views.items():
+                box.register(view_name(name), table)
+            yield box
+        finally:
+            box.close()
 
     def run(self, definition: n.Definition, views: Mapping[str, pa.Table]) -> Results:
+        limits.check(definition)
         by_key, by_pseudonym = keyed(views)
-        con = self._connect(by_key)
-        try:
-            dataset = None
-            tables: dict[str, pa.Table] = {}
-            if definition.population is not None:
-                found = con.sql(sql.dataset_sql(definition, sql.DIALECTS["duckdb"]))
-                dataset = conform(
-                    shown(found.to_arrow_table(), by_pseudonym), dataset_schema(definition)
-                )
-                con.register(sql.DATASET, dataset)
-                variables = dict(definition.variables)
-                for table in definition.tables:
-                    found = con.sql(sql.table_sql(table, sql.DIALECTS["duckdb"])).to_arrow_table()
-                    tables[table.name] = conform(found, table_schema(table, variables))
-            measures: dict[str, pa.Table] = {}
-            for measure in definition.measures:
-                con.register(sql.INTERVALS, intervals_table(measure.intervals))
-                found = con.sql(
-                    sql.measure_sql(definition, measure, sql.DIALECTS["duckdb"])
-                ).to_arrow_table()
-                measures[measure.name] = conform(found, measure_schema(measure))
-                con.unregister(sql.INTERVALS)
-            return Results(dataset, measures, tables)
-        finally:
-            con.close()
+        with self.sandbox(by_key) as box:
+            try:
+                dataset = None
+                if definition.population is not None:
+                    found = box.query(sql.dataset_query(definition, DIALECT))
+                    dataset = conform(shown(found, by_pseudonym), dataset_schema(definition))
+                measures: dict[str, pa.Table] = {}
+                for measure in definition.measures:
+                    box.register(sql.INTERVALS, intervals_table(measure.intervals))
+                    found = box.query(sql.measure_query(definition, measure, DIALECT))
+                    measures[measure.name] = conform(found, measure_schema(measure))
+                    box.unregister(sql.INTERVALS)
+            except duckdb.Error as error:
+                raise failed(self.name, error) from error
+        return Results(dataset, measures)

@@ -35,6 +35,7 @@ from gpdpr.tre.engines.sql import (
     Query,
     Row,
     as_count,
+    group_names,
     interval_rows,
 )
 from gpdpr.tre.query import nodes as n
@@ -52,13 +53,17 @@ def varies(node: n.Node, frame: n.Frame) -> bool:
     """Whether a value on the rows of `frame` depends on the interval. The rows' own columns do
     not, though the rows were picked out by INTERVAL; a per-patient value of a frame filtered
     by it does."""
-    if isinstance(node, n.IntervalDate):
-        return True
-    if isinstance(node, n.Column):
-        return node.frame.rows() not in n.lineage(frame) and n.uses_interval(node.frame)
-    if isinstance(node, n.Aggregate):
-        return n.uses_interval(node)
-    return any(varies(child, frame) for child in n.children(node))
+
+    def work_out() -> bool:
+        if isinstance(node, n.IntervalDate):
+            return True
+        if isinstance(node, n.Column):
+            return node.frame.rows() not in n.lineage(frame) and n.uses_interval(node.frame)
+        if isinstance(node, n.Aggregate):
+            return n.uses_interval(node)
+        return any(varies(child, frame) for child in n.children(node))
+
+    return n.remembered_for(node, "varies", frame, work_out)
 
 
 class SpanCompiler(Compiler):
@@ -80,6 +85,7 @@ class SpanCompiler(Compiler):
         self.joined: dict[n.PickOne, str] = {}  # picks joined to the segment -> alias
         self.segment: Row | None = None  # the row context of a segment, once made
         self.roots: list[n.Series] = []  # the measure's values, whose picks' columns are read
+        self._read_of_picks: dict[n.Frame, set[str]] | None = None
         self.by_interval = False  # whether a segment must be cut into single intervals
 
     # ---- which intervals a row counts in ------------------------------------------------
@@ -182,18 +188,9 @@ class SpanCompiler(Compiler):
         else:
             source, lo, hi = self.frame(frame.source).name, "0", str(self.count)
         # The conditions that do not mention INTERVAL filter the rows before any span is made.
-        conditions, plain = [frame.condition], []
-        while any(isinstance(c, n.Apply) and c.op == "and" for c in conditions):
-            conditions = [
-                a
-                for c in conditions
-                for a in (c.args if isinstance(c, n.Apply) and c.op == "and" else [c])
-            ]
-        for condition in list(conditions):
-            if not varies(condition, row.frame):
-                conditions.remove(condition)
-                plain.append(self.expr(condition, row))
-        for condition in conditions:
+        conditions = n.conjuncts(frame.condition)
+        plain = [self.expr(c, row) for c in conditions if not varies(c, row.frame)]
+        for condition in (c for c in conditions if varies(c, row.frame)):
             mine_lo, mine_hi = self.span(condition, row)
             lo, hi = f"greatest({lo}, {mine_lo})", f"least({hi}, {mine_hi})"
         columns = [PATIENT_ID, *sorted(self.used.get(n.table_of(frame), ()))]
@@ -222,16 +219,11 @@ class SpanCompiler(Compiler):
         key_fields = self._key_fields(ordering, frame.source)
         # Ties are broken by every column read from the table; only those read from this pick
         # are carried on.
-        read = {
-            node.name
-            for root in self.roots
-            for node in n.walk(root)
-            if isinstance(node, n.Column) and node.frame == frame
-        }
+        read = self._read_of_pick(frame)
         columns = [c for c in every if c in read]
         extras = "".join(f", {sql} as {name}" for name, sql in key_fields)
         rows = self._cte("candidates", f"select s.*{extras} from {spans} s")
-        q = self.d.quote
+        q = self.d.column
         # Most patients have one candidate row: it is their pick over its whole span.
         counted = self._cte(
             "counted",
@@ -269,6 +261,15 @@ class SpanCompiler(Compiler):
             "union all "
             f"select {unpacked} from ({picked}) several",
         )
+
+    def _read_of_pick(self, frame: n.Frame) -> set[str]:
+        """The columns the measure's values read of a frame (found once, for every frame)."""
+        if self._read_of_picks is None:
+            self._read_of_picks = {}
+            for node in n.walk(*self.roots):
+                if isinstance(node, n.Column):
+                    self._read_of_picks.setdefault(node.frame, set()).add(node.name)
+        return self._read_of_picks.get(frame, set())
 
     # ---- values per segment -------------------------------------------------------------
 
@@ -439,7 +440,6 @@ def measure_sql(definition: n.Definition, measure: n.Measure, dialect: Dialect) 
 def measure_query(definition: n.Definition, measure: n.Measure, dialect: Dialect) -> Query:
     """measure_sql, as its parts."""
     compiler = SpanCompiler(dialect, n.columns_used(definition), measure.intervals)
-    q = dialect.quote
     roots = [measure.numerator, measure.denominator, *(s for _, s in measure.group_by)]
     # The patients view is joined to the segments only for its columns: a patient's key is
     # known (not null) only if they are in it (engines.keyed).
@@ -449,10 +449,9 @@ def measure_query(definition: n.Definition, measure: n.Measure, dialect: Dialect
     compiler.roots = roots
     numerator = as_count(compiler.expr(measure.numerator, row), measure.numerator.type)
     denominator = as_count(compiler.expr(measure.denominator, row), measure.denominator.type)
-    # Groups go by names of the compiler's own until the end: a researcher's group may be
-    # called anything, `k` included.
     groups = [
-        (f"g_{i}", compiler.expr(series, row)) for i, (_, series) in enumerate(measure.group_by)
+        (name, compiler.expr(series, row))
+        for name, (_, series) in zip(group_names(measure), measure.group_by, strict=True)
     ]
     base = _requires(measure.denominator, compiler)
     segments = compiler.segments(base)
@@ -500,13 +499,11 @@ def measure_query(definition: n.Definition, measure: n.Measure, dialect: Dialect
         f"sum(denominator) {window} as denominator, sum(segments) {window} as segments "
         f"from ({summed}) s"
     )
-    keys = ["interval_start", "interval_end", *(q(name) for name, _ in measure.group_by)]
+    keys = ["interval_start", "interval_end", *names]
     ordered = ", ".join(f"{key} asc nulls last" for key in keys)
     return compiler.query(
         "select i.interval_start, i.interval_end"
-        + "".join(
-            f", t.{g} as {q(name)}" for g, (name, _) in zip(names, measure.group_by, strict=True)
-        )
+        + "".join(f", t.{g} as {g}" for g in names)
         + ", cast(t.numerator as bigint) as numerator, "
         f"cast(t.denominator as bigint) as denominator from ({running}) t "
         f"join {INTERVALS} i on i.k = t.k where t.segments > 0 order by {ordered}"
@@ -516,23 +513,23 @@ def measure_query(definition: n.Definition, measure: n.Measure, dialect: Dialect
 def _reads_patients(node: n.Node) -> bool:
     """Whether a per-patient value reads a column of the patients view itself (values from
     other frames are joined by patient)."""
-    if isinstance(node, n.Column):
-        return node.frame == PATIENTS
-    if isinstance(node, n.Aggregate):
-        return False
-    return any(_reads_patients(child) for child in n.children(node))
+
+    def work_out() -> bool:
+        if isinstance(node, n.Column):
+            return node.frame == PATIENTS
+        if isinstance(node, n.Aggregate):
+            return False
+        return any(_reads_patients(child) for child in n.children(node))
+
+    return n.remembered(node, "reads_patients", work_out)
 
 
 def _requires(denominator: n.Series, compiler: SpanCompiler) -> n.Frame | None:
     """A frame over spans that the denominator needs a row of (it is `frame.exists_for_patient()
     & ...`), so that only its spans need segments: a pick of one row per patient, or rows
     counted."""
-    factors = [denominator]
-    while factors:
-        factor = factors.pop()
-        if isinstance(factor, n.Apply) and factor.op == "and":
-            factors += factor.args
-        elif (
+    for factor in n.conjuncts(denominator):
+        if (
             isinstance(factor, n.Aggregate)
             and factor.op in ("exists", "count")
             and isinstance(factor.source, n.Frame)

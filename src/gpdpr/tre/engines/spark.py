@@ -5,6 +5,20 @@ The same compiled SQL as DuckDB (in Spark's dialect), on the same project views,
 and read from there, so that Spark reads them lazily from disk instead of holding every view in
 the driver's memory; the answers come back through `DataFrame.toArrow()`.
 
+What confines a run (`Sandbox`, and `CONFINED` set on its session whatever else is asked):
+  - SQL: only what `engines.guard` passes (one query, the compiler's functions only: never
+    `reflect` or `java_method`, which would call into Java; only this run's tables by plain
+    name: never `parquet.`/path``, a qualified name or a table function);
+  - files: running SQL on files is off (`spark.sql.runSQLOnFiles`), and each query's analysed
+    plan is checked to read nothing but this run's Parquet files;
+  - text: ${...} substitution is off (it would replace text even inside quotes with settings
+    or environment variables);
+  - time: every job of the run is in one job group, cancelled by a watchdog at the time limit;
+  - memory: the driver's JVM heap (`memory`, set when the session starts) bounds what a run
+    holds; Spark spills to the session's own folder (`spark.local.dir`), removed on exit;
+  - visibility: each run has a session of its own (`newSession`), so runs never see each
+    other's views, and its views are dropped afterwards.
+
 One Spark session is made per process on first use and kept: starting the JVM takes seconds,
 running a query on a warm session well under one. Each run works in a session of its own on top
 of it (`newSession`), so two runs never see each other's views. The session is local, binds to
@@ -18,40 +32,48 @@ imports pyspark only when a session starts, so gpdpr works without them.
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import os
 import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Mapping, Sequence
+import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gpdpr.errors import UserError
-from gpdpr.tre.engines import sql
+from gpdpr.tre.engines import guard, sql
 from gpdpr.tre.engines.base import (
     Results,
     arrow_type,
     conform,
     dataset_schema,
+    failed,
     intervals_table,
     keyed,
     measure_schema,
+    run_seconds,
     shown,
-    table_schema,
+    too_long,
 )
+from gpdpr.tre.query import limits
 from gpdpr.tre.query import nodes as n
 from gpdpr.tre.query.schema import TABLES, view_name
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.types import StructType
 
+DIALECT = sql.DIALECTS["spark"]
 SUBSTITUTE = "spark.sql.variable.substitute"
+# Set on every run's session, after any settings an engine is given.
+CONFINED = {SUBSTITUTE: "false", "spark.sql.runSQLOnFiles": "false"}
 DEFAULT_MASTER = "local[2]"
 DEFAULT_MEMORY = "1g"
 
@@ -130,6 +152,9 @@ def session(
                 f"-Dlog4j2.configurationFile=file:{folder / 'log4j2.properties'}",
                 "-Duser.timezone=UTC",
                 "-Djava.net.preferIPv4Stack=true",
+                # Plans as deep as limits.MAX_DEPTH allows are serialised recursively: the
+                # default thread stack overflows on a deep enough one.
+                "-Xss16m",
                 *java_options,
             ]
         )
@@ -143,14 +168,21 @@ def session(
             "spark.driver.bindAddress": "127.0.0.1",
             "spark.ui.enabled": "false",
             "spark.ui.showConsoleProgress": "false",
+            # What Spark keeps of past queries for its web UI (off) would otherwise grow with
+            # every run of a long-lived process: a deep definition's plan is large.
+            "spark.sql.ui.retainedExecutions": "10",
+            "spark.ui.retainedJobs": "50",
+            "spark.ui.retainedStages": "50",
+            "spark.ui.retainedTasks": "1000",
             "spark.sql.shuffle.partitions": "4",
             "spark.default.parallelism": "4",
             "spark.sql.session.timeZone": "UTC",
             "spark.sql.ansi.enabled": "true",
             # Spark would otherwise replace ${...} in the SQL, even inside quotes, with settings,
             # Java properties or environment variables (${env:NAME}): a definition's text
-            # '${env:SECRET}' would read the server's secret into the results.
-            SUBSTITUTE: "false",
+            # '${env:SECRET}' would read the server's secret into the results. And it would
+            # read files named in the SQL (select * from parquet.`/path`).
+            **CONFINED,
             "spark.sql.catalogImplementation": "in-memory",
             "spark.sql.warehouse.dir": str(folder / "warehouse"),
             "spark.local.dir": str(folder / "local"),
@@ -214,84 +246,147 @@ class SparkEngine:
         master: str | None = None,
         memory: str | None = None,
         settings: Mapping[str, str] | None = None,
+        seconds: float | None = None,
     ) -> None:
         """`master` and `memory` apply if this is the first Spark engine of the process (the
-        session is shared); `settings` are Spark SQL settings for this engine's runs only."""
+        session is shared); `settings` are Spark SQL settings for this engine's runs only
+        (never those that confine it: `CONFINED`); `seconds` limits each run (by default
+        GPDPR_TRE_RUN_SECONDS, see engines.base)."""
         self.master = master
         self.memory = memory
         self.settings = dict(settings or {})
+        self.seconds = run_seconds(seconds)
 
     def run(self, definition: n.Definition, views: Mapping[str, pa.Table]) -> Results:
         spark = session(self.master, self.memory).newSession()
-        for key, value in self.settings.items():
+        limits.check(definition)
+        for key, value in {**self.settings, **CONFINED}.items():
             spark.conf.set(key, value)
-        spark.conf.set(SUBSTITUTE, "false")  # whatever the settings say
-        registered: list[str] = []
         with tempfile.TemporaryDirectory(prefix="gpdpr-spark-run-") as folder:
-
-            def register(name: str, table: pa.Table) -> None:
-                path = Path(folder) / f"{len(registered)}.parquet"
-                pq.write_table(table, path)
-                # Giving the schema spares Spark a job to read it back from the file.
-                schema = _spark_schema(table.schema)
-                spark.read.schema(schema).parquet(str(path)).createOrReplaceTempView(name)
-                registered.append(name)
-
+            box = Sandbox(spark, Path(folder), self.seconds)
             try:
                 # The views the definition reads (the others would only cost time to load).
                 wanted = {"patients", *n.columns_used(definition)}
                 by_key, by_pseudonym = keyed({k: v for k, v in views.items() if k in wanted})
                 for name, table in by_key.items():
-                    register(view_name(name), _typed(name, table))
-                return self._run(spark, definition, register, by_pseudonym)
+                    box.register(view_name(name), _typed(name, table))
+                dataset = None
+                if definition.population is not None:
+                    found = box.query(sql.dataset_query(definition, DIALECT))
+                    dataset = conform(shown(found, by_pseudonym), dataset_schema(definition))
+                measures: dict[str, pa.Table] = {}
+                for measure in definition.measures:
+                    box.register(sql.INTERVALS, intervals_table(measure.intervals))
+                    found = box.query(sql.measure_query(definition, measure, DIALECT))
+                    measures[measure.name] = conform(found, measure_schema(measure))
+                return Results(dataset, measures)
             finally:
-                for name in registered:
-                    spark.catalog.dropTempView(name)
-
-    @staticmethod
-    def _run(
-        spark: SparkSession,
-        definition: n.Definition,
-        register: Callable[[str, pa.Table], None],
-        by_pseudonym: pa.ChunkedArray,
-    ) -> Results:
-        dialect = sql.DIALECTS["spark"]
-        dataset = None
-        tables: dict[str, pa.Table] = {}
-        if definition.population is not None:
-            found = spark.sql(sql.dataset_sql(definition, dialect)).toArrow()
-            dataset = conform(shown(found, by_pseudonym), dataset_schema(definition))
-            if definition.tables:
-                register(sql.DATASET, dataset)
-            variables = dict(definition.variables)
-            for table in definition.tables:
-                found = spark.sql(sql.table_sql(table, dialect)).toArrow()
-                tables[table.name] = conform(found, table_schema(table, variables))
-        measures: dict[str, pa.Table] = {}
-        for measure in definition.measures:
-            register(sql.INTERVALS, intervals_table(measure.intervals))
-            found = _collect(spark, sql.measure_query(definition, measure, dialect))
-            measures[measure.name] = conform(found, measure_schema(measure))
-        return Results(dataset, measures, tables)
+                box.close()
 
 
-def _collect(spark: SparkSession, query: sql.Query) -> pa.Table:
-    """A query's answer, each of its common table expressions that is used more than once
-    computed once and kept (Spark would otherwise work each out again wherever it is used, and
-    a measure over spans uses some several times over)."""
-    kept = []
-    try:
-        texts = [*query.ctes.values(), query.select]
-        for index, (name, text) in enumerate(query.ctes.items()):
-            frame = spark.sql(text)
-            uses = sum(len(re.findall(rf"\b{name}\b", t)) for t in texts[index + 1 :])
-            if uses > 1:
-                frame = frame.cache()
-                kept.append(frame)
-            frame.createOrReplaceTempView(name)
-        return spark.sql(query.select).toArrow()
-    finally:
-        for name in query.ctes:
-            spark.catalog.dropTempView(name)
-        for frame in kept:
+class Sandbox:
+    """One run's confinement in its Spark session: only the views registered here (Parquet
+    files in the run's own folder) are read, which the analysed plan of every query is checked
+    for; only SQL the guard passes runs; and every job of the run is in one job group, which a
+    watchdog cancels at the time limit."""
+
+    def __init__(self, spark: SparkSession, folder: Path, seconds: float) -> None:
+        self.spark = spark
+        self.folder = folder.resolve()
+        self.seconds = seconds
+        self.relations: set[str] = set()
+        self.kept: list[DataFrame] = []
+        self.files = itertools.count()
+        self.group = f"gpdpr-run-{uuid.uuid4().hex}"
+        self.expired = threading.Event()
+        context = spark.sparkContext
+
+        def stop() -> None:
+            self.expired.set()
+            context.cancelJobGroup(self.group)
+
+        self.watchdog = threading.Timer(seconds, stop)
+        self.watchdog.start()
+
+    def register(self, name: str, table: pa.Table) -> None:
+        path = self.folder / f"{next(self.files)}.parquet"  # a new file, even for a new intervals
+        pq.write_table(table, path)
+        # Giving the schema spares Spark a job to read it back from the file.
+        schema = _spark_schema(table.schema)
+        self.spark.read.schema(schema).parquet(str(path)).createOrReplaceTempView(name)
+        self.relations.add(name)
+
+    def frame(self, text: str) -> DataFrame:
+        """A query as a DataFrame, checked by the guard and by its plan, not yet run."""
+        guard.check(text, DIALECT.name, self.relations)
+        try:
+            frame = self.spark.sql(text)
+        except Exception as error:
+            raise failed("Spark", error) from error
+        _check_plan(frame, self.folder)
+        return frame
+
+    def query(self, query: sql.Query) -> pa.Table:
+        """A query's answer, each of its common table expressions that is used more than once
+        computed once and kept (Spark would otherwise work each out again wherever it is used,
+        and a measure over spans uses some several times over)."""
+        if self.expired.is_set():
+            raise too_long(self.seconds)
+        # Every job of this query in the run's group (a setting of this thread's).
+        context = self.spark.sparkContext
+        context.setJobGroup(self.group, "a gpdpr run", interruptOnCancel=True)
+        try:
+            texts = [*query.ctes.values(), query.select]
+            for index, (name, text) in enumerate(query.ctes.items()):
+                frame = self.frame(text)
+                uses = sum(len(re.findall(rf"\b{name}\b", t)) for t in texts[index + 1 :])
+                if uses > 1:
+                    frame = frame.cache()
+                    self.kept.append(frame)
+                frame.createOrReplaceTempView(name)
+                self.relations.add(name)
+            return self._collect(self.frame(query.select))
+        finally:
+            context.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+            for name in query.ctes:
+                self.spark.catalog.dropTempView(name)
+                self.relations.discard(name)
+
+    def _collect(self, frame: DataFrame) -> pa.Table:
+        try:
+            return frame.toArrow()
+        except Exception as error:
+            if self.expired.is_set():
+                raise too_long(self.seconds) from None
+            raise failed("Spark", error) from error
+
+    def close(self) -> None:
+        self.watchdog.cancel()
+        for frame in self.kept:
             frame.unpersist()
+        for name in self.relations:
+            self.spark.catalog.dropTempView(name)
+
+
+def _check_plan(frame: DataFrame, folder: Path) -> None:
+    """Refuse a query whose analysed plan reads anything but the run's own Parquet files (the
+    views registered for it) and the table expressions it defines."""
+    leaves = frame._jdf.queryExecution().analyzed().collectLeaves().iterator()
+    while leaves.hasNext():
+        leaf = leaves.next()
+        kind = leaf.getClass().getSimpleName()
+        if kind in ("OneRowRelation", "CTERelationRef"):
+            continue
+        if kind == "LogicalRelation" and _within(leaf, folder):
+            continue
+        raise guard.Refused(f"Spark would read a {kind} that is not a view of this run")
+
+
+def _within(relation: Any, folder: Path) -> bool:
+    """Whether a relation reads only files in `folder`."""
+    try:
+        paths = relation.relation().location().rootPaths()
+    except Exception:  # not files at all
+        return False
+    found = [Path(paths.apply(i).toUri().getPath()).resolve() for i in range(paths.length())]
+    return bool(found) and all(folder in p.parents for p in found)

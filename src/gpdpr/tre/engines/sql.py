@@ -13,13 +13,28 @@ in a way spans cannot carry is computed here per patient *and interval* (`measur
 the patient base crossed with the table of intervals, any frame or aggregate whose conditions
 mention INTERVAL computed per patient and interval), still one query, not one per interval.
 
-The two dialects differ only in a handful of functions (dates, quoting, median); everything
-whose meaning could drift between engines is written out rather than left to defaults: null
-ordering, integer division, division by zero, and tie-breaking when picking a row.
+The two dialects differ only in a handful of functions (dates, quoting); everything whose
+meaning could drift between engines is written out rather than left to defaults: null ordering,
+integer division, division by zero, and tie-breaking when picking a row.
+
+The definition -> SQL boundary is here, in three places, and nowhere else:
+  - names: no name a definition gives (a variable, a measure, a group) is ever written into SQL.
+    Columns a query makes are named by the compiler (`patient_id`, v0, v1, ... for a dataset's
+    variables; interval_start, interval_end, g0, g1, ... numerator, denominator for a measure)
+    and the engines give results back under the definition's names by position
+    (`engines.base.conform`). Tables and columns read are the schema's own (`schema.TABLES`),
+    which nodes accept only by name from that allowlist, and which `Dialect.column` checks again.
+  - values: every value from a definition (text, codes, dates, numbers) is written by
+    `Dialect.literal`, strings by `Dialect.string` (one per dialect, proven by a Hypothesis test to
+    give back any text exactly).
+  - before running: `engines.guard.check` reads the SQL text again and refuses anything the
+    compiler never writes (a function not on its list, a table it did not make, a second
+    statement, a comment), and each engine runs it in a sandbox (engines/duckdb.py, spark.py).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import date
 from typing import ClassVar
@@ -28,7 +43,6 @@ from gpdpr.tre.query import nodes as n
 from gpdpr.tre.query.schema import BOOL, DATE, FLOAT, INT, PATIENT_ID, STR, TABLES, view_name
 
 INTERVALS = "intervals"
-DATASET = "dataset"
 
 
 class Dialect:
@@ -42,12 +56,18 @@ class Dialect:
     }
 
     def string(self, text: str) -> str:
+        """Any text as a string literal: in standard SQL, a quote inside is written twice, and
+        nothing else is special."""
         return "'" + text.replace("'", "''") + "'"
 
-    def quote(self, name: str) -> str:
-        """A name the researcher chose (a variable, a group), which may be an SQL keyword
-        (`order`, `end`, `null`): names are lower-case letters, digits and _, so quoting is
-        all it needs."""
+    def column(self, name: str) -> str:
+        """A column of the schema's (which may be an SQL keyword: `start`, `date`), quoted; the
+        compiler names no other column this way."""
+        if name not in SCHEMA_COLUMNS:
+            raise ValueError(f"{name!r} is not a column of the schema")
+        return self._quoted(name)
+
+    def _quoted(self, name: str) -> str:
         return f'"{name}"'
 
     def type_of(self, kind: str) -> str:
@@ -66,17 +86,22 @@ class Dialect:
         return "struct_pack(" + ", ".join(f"{name} := {sql}" for name, sql in fields) + ")"
 
     def literal(self, value: object, kind: str) -> str:
+        """Any value a definition holds as SQL: numbers and dates written from the Python
+        values (digits, a sign, a point, an exponent, dashes), text by `string`."""
         if value is None:
             return f"cast(null as {self.type_of(kind)})"
         if isinstance(value, bool):
             return "true" if value else "false"
         if isinstance(value, int):
-            return f"cast({value} as bigint)"
+            return f"cast({int(value)!r} as bigint)"
         if isinstance(value, float):
-            return f"cast({value!r} as double)"
+            if not math.isfinite(value):
+                raise ValueError(f"{value!r} is not a number SQL can hold")
+            return f"cast({float(value)!r} as double)"
         if isinstance(value, date):
-            return f"date '{value.isoformat()}'"
-        assert isinstance(value, str)
+            return f"date '{date(value.year, value.month, value.day).isoformat()}'"
+        if not isinstance(value, str):
+            raise TypeError(f"a {type(value).__name__} is not a value a definition holds")
         return self.string(value)
 
     def add_days(self, day: str, count: str) -> str:
@@ -86,9 +111,6 @@ class Dialect:
         raise NotImplementedError
 
     def days_between(self, first: str, second: str) -> str:
-        raise NotImplementedError
-
-    def median(self, value: str) -> str:
         raise NotImplementedError
 
 
@@ -104,23 +126,24 @@ class DuckDBDialect(Dialect):
     def days_between(self, first: str, second: str) -> str:
         return f"date_diff('day', {first}, {second})"
 
-    def median(self, value: str) -> str:
-        return f"quantile_cont({value}, 0.5)"
-
 
 class SparkDialect(Dialect):
     name = "spark"
     types: ClassVar[dict[str, str]] = {**Dialect.types, STR: "string"}
 
     def string(self, text: str) -> str:
-        # Spark reads backslash escapes inside quotes, and takes '' as two adjacent literals.
+        """Any text as a string literal: Spark reads backslash escapes inside quotes (and takes
+        '' as two literals side by side), so a backslash and a quote are each escaped by one.
+        (Spark's ${...} substitution, which would look inside quotes, is off: engines/spark.py.)"""
         return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
-    def quote(self, name: str) -> str:
+    def _quoted(self, name: str) -> str:
         return f"`{name}`"
 
     def struct(self, fields: list[tuple[str, str]]) -> str:
-        return "named_struct(" + ", ".join(f"'{name}', {sql}" for name, sql in fields) + ")"
+        return (
+            "named_struct(" + ", ".join(f"{self.string(name)}, {sql}" for name, sql in fields) + ")"
+        )
 
     def add_days(self, day: str, count: str) -> str:
         return f"date_add({day}, cast({count} as int))"
@@ -131,11 +154,9 @@ class SparkDialect(Dialect):
     def days_between(self, first: str, second: str) -> str:
         return f"datediff({second}, {first})"
 
-    def median(self, value: str) -> str:
-        return f"percentile({value}, 0.5)"
-
 
 DIALECTS: dict[str, Dialect] = {"duckdb": DuckDBDialect(), "spark": SparkDialect()}
+SCHEMA_COLUMNS = frozenset(c for table in TABLES.values() for c in table.columns)
 
 
 @dataclass
@@ -193,19 +214,18 @@ class Compiler:
         self.ctes: dict[str, str] = {}
         self.frames: dict[n.Frame, Compiled] = {}
         self.aggregates: dict[n.Aggregate, Compiled] = {}
-        self.read_once: dict[str, list[str]] = {}  # table -> conditions of rows read in one pass
+        # table -> {condition: its flag's number}: conditions of rows read in one pass
+        self.read_once: dict[str, dict[str, int]] = {}
         # table -> (column, codes): a codelist every condition read in one pass requires
         self.codes_needed: dict[str, list[tuple[str, tuple[str, ...]] | None]] = {}
         self.flags: dict[n.Frame, tuple[str, int]] = {}  # frame read in one pass -> its flag
-        self.reductions: dict[str, list[str]] = {}  # table -> per-patient aggregates of it
+        # table -> {per-patient aggregate of it: its number}
+        self.reductions: dict[str, dict[str, int]] = {}
 
     def _cte(self, prefix: str, sql: str) -> str:
         name = f"{prefix}_{len(self.ctes)}"
         self.ctes[name] = sql
         return name
-
-    def with_clause(self) -> str:
-        return self.query("").text()
 
     def query(self, select: str) -> Query:
         """The final `select` with the common table expressions it uses."""
@@ -231,14 +251,13 @@ class Compiler:
         if frame not in self.flags:
             return None
         table, flag = self.flags[frame]
-        aggregates = self.reductions.setdefault(table, [])
+        aggregates = self.reductions.setdefault(table, {})
         made = f"{aggregate} filter (where f{flag})"
         if cast:
             made = f"cast({made} as {cast})"
-        if made not in aggregates:
-            aggregates.append(made)
+        number = aggregates.setdefault(made, len(aggregates))
         row.joins[f"reduced_{table}"] = False
-        return f"reduced_{table}.r{aggregates.index(made)}"
+        return f"reduced_{table}.r{number}"
 
     def _reduced_pick(self, frame: n.PickOne, row: Row) -> str | None:
         """The row picked from a frame read in one pass (sorted, not filtered after), as a
@@ -319,12 +338,12 @@ class Compiler:
         ):
             # A table's filters that need nothing but the row share one pass over it.
             table = frame.source.name
-            conditions = self.read_once.setdefault(table, [])
+            conditions = self.read_once.setdefault(table, {})
             condition = self.expr(frame.condition, Row("s", frame.source, None))
             if condition not in conditions:
-                conditions.append(condition)
+                conditions[condition] = len(conditions)
                 self.codes_needed.setdefault(table, []).append(_codes_required(frame.condition))
-            flag = conditions.index(condition)
+            flag = conditions[condition]
             self.flags[frame] = (table, flag)
             listed = ", ".join([PATIENT_ID, *sorted(self.used.get(table, ()))])
             return Compiled(
@@ -356,13 +375,13 @@ class Compiler:
         # rows only where there are several (comparing rows is what costs).
         rows = self._cte("candidates", self._rows_sql(row, from_sql, key_fields))
         listed = ", ".join(by)
-        single = [f"min({c}) as {self.d.quote(c)}" for c in columns]
+        single = [f"min({c}) as {self.d.column(c)}" for c in columns]
         counted = self._cte(
             "counted",
             f"select {listed}, count(*) as candidates, {', '.join(single)} "
             f"from {rows} group by {listed}",
         )
-        value = self.d.struct([(f"c{i}", self.d.quote(c)) for i, c in enumerate(columns)])
+        value = self.d.struct([(f"c{i}", self.d.column(c)) for i, c in enumerate(columns)])
         order = self.d.struct([(name, name) for name, _ in key_fields])
         chosen = "min_by" if frame.position == "first" else "max_by"
         several = (
@@ -370,8 +389,8 @@ class Compiler:
             f"from {rows} r join (select {listed} from {counted} where candidates > 1) m "
             f"using ({listed}) group by {', '.join(f'r.{k}' for k in by)}"
         )
-        unpacked = [f"picked.c{i} as {self.d.quote(c)}" for i, c in enumerate(columns)]
-        out = ", ".join(self.d.quote(c) for c in columns)
+        unpacked = [f"picked.c{i} as {self.d.column(c)}" for i, c in enumerate(columns)]
+        out = ", ".join(self.d.column(c) for c in columns)
         sql = (
             f"select {listed}, {out} from {counted} where candidates = 1 union all "
             f"select {listed}, {', '.join(unpacked)} from ({several}) several"
@@ -564,6 +583,8 @@ class Compiler:
         return f"{compiled.name}.{node.name}"
 
     def _apply(self, node: n.Apply, args: list[str]) -> str:
+        """An operation on its arguments' SQL. Each is written out once but for those
+        `limits.WRITTEN` counts (which bounds the size of what a definition compiles to)."""
         op, d = node.op, self.d
         binary = {
             "eq": "=",
@@ -588,12 +609,9 @@ class Compiler:
             return f"({args[0]} is null)"
         if op == "is_not_null":
             return f"({args[0]} is not null)"
-        if op == "div":
+        if op == "div":  # null, not an error, for division by zero (every argument once)
             numerator, denominator = args
-            return (
-                f"(case when {denominator} = 0 then null "
-                f"else cast({numerator} as double) / {denominator} end)"
-            )
+            return f"(cast({numerator} as double) / nullif({denominator}, 0))"
         if op == "add_days":
             return d.add_days(args[0], args[1])
         if op == "add_months":
@@ -620,26 +638,34 @@ class Compiler:
         return f"coalesce({args[0]}, {args[1]})"
 
 
-def _of_the_row(condition: n.Series, table: n.SelectTable) -> bool:
+def _of_the_row(condition: n.Node, table: n.SelectTable) -> bool:
     """Whether a condition on a table's rows needs nothing but the row: no per-patient value,
     no INTERVAL."""
-    for node in n.walk(condition):
-        if isinstance(node, (n.Aggregate, n.IntervalDate)):
+
+    def work_out() -> bool:
+        if isinstance(condition, (n.Aggregate, n.IntervalDate)):
             return False
-        if isinstance(node, n.Column) and node.frame != table:
-            return False
-    return True
+        if isinstance(condition, n.Column):
+            return condition.frame == table
+        return all(_of_the_row(child, table) for child in n.children(condition))
+
+    return n.remembered_for(condition, "of_the_row", table, work_out)
 
 
-def _of_the_rows(values: tuple[n.Series, ...], frame: n.Frame) -> bool:
+def _of_the_rows(values: tuple[n.Node, ...], frame: n.Frame) -> bool:
     """Whether values on a frame's rows need nothing but the row (its table's columns)."""
-    for value in values:
-        for node in n.walk(value):
+
+    def one(node: n.Node) -> bool:
+        def work_out() -> bool:
             if isinstance(node, (n.Aggregate, n.IntervalDate)):
                 return False
             if isinstance(node, n.Column) and node.frame.rows() not in n.lineage(frame):
                 return False
-    return True
+            return _of_the_rows(tuple(n.children(node)), frame)
+
+        return n.remembered_for(node, "of_the_rows", frame, work_out)
+
+    return all(one(value) for value in values)
 
 
 def _never_null(frame: n.Frame) -> set[str]:
@@ -648,12 +674,8 @@ def _never_null(frame: n.Frame) -> set[str]:
     found: set[str] = set()
     while isinstance(frame, (n.Where, n.SortBy)):
         if isinstance(frame, n.Where):
-            factors = [frame.condition]
-            while factors:
-                factor = factors.pop()
-                if isinstance(factor, n.Apply) and factor.op == "and":
-                    factors += factor.args
-                elif isinstance(factor, n.Apply) and factor.op in (
+            for factor in n.conjuncts(frame.condition):
+                if isinstance(factor, n.Apply) and factor.op in (
                     "eq", "lt", "le", "gt", "ge", "is_not_null"
                 ):  # fmt: skip
                     found |= {
@@ -677,12 +699,8 @@ def _own(column: n.Column, frame: n.Where) -> bool:
 def _codes_required(condition: n.Series) -> tuple[str, tuple[str, ...]] | None:
     """(column, codes) if the condition holds only for rows with one of the codes in that
     column: it is `column.is_in(codes) & ...`."""
-    factors = [condition]
-    while factors:
-        factor = factors.pop()
-        if isinstance(factor, n.Apply) and factor.op == "and":
-            factors += factor.args
-        elif isinstance(factor, n.IsIn) and isinstance(factor.series, n.Column):
+    for factor in n.conjuncts(condition):
+        if isinstance(factor, n.IsIn) and isinstance(factor.series, n.Column):
             return factor.series.name, factor.codes
     return None
 
@@ -691,18 +709,22 @@ def _codes_required(condition: n.Series) -> tuple[str, tuple[str, ...]] | None:
 
 
 def dataset_sql(definition: n.Definition, dialect: Dialect, one_pass: bool = True) -> str:
-    """One row per patient in the population: patient_id and each variable."""
+    return dataset_query(definition, dialect, one_pass).text()
+
+
+def dataset_query(definition: n.Definition, dialect: Dialect, one_pass: bool = True) -> Query:
+    """One row per patient in the population: patient_id, then each variable (v0, v1, ...)."""
     if definition.population is None:
         raise n.DefinitionError("a dataset needs `define_population`")
     compiler = Compiler(dialect, n.columns_used(definition), one_pass)
     row = Row("p", PATIENTS, None)
     population = compiler.expr(definition.population, row)
     columns = [f"p.{PATIENT_ID} as {PATIENT_ID}"] + [
-        f"{compiler.expr(series, row)} as {dialect.quote(name)}"
-        for name, series in definition.variables
+        f"{compiler.expr(series, row)} as v{i}"
+        for i, (_, series) in enumerate(definition.variables)
     ]
-    return (
-        f"{compiler.with_clause()}select {', '.join(columns)} from {view_name('patients')} p"
+    return compiler.query(
+        f"select {', '.join(columns)} from {view_name('patients')} p"
         f"{row.join_sql()} where coalesce({population}, false)"
     )
 
@@ -710,7 +732,8 @@ def dataset_sql(definition: n.Definition, dialect: Dialect, one_pass: bool = Tru
 def measure_sql(definition: n.Definition, measure: n.Measure, dialect: Dialect) -> str:
     """numerator and denominator summed over the patients counted in the denominator, for each
     interval and group, in one pass over the data: over spans of intervals (`spans`) where the
-    measure allows, otherwise per patient and interval."""
+    measure allows, otherwise per patient and interval. Its columns: interval_start,
+    interval_end, g0, g1, ... (each group), numerator, denominator."""
     return measure_query(definition, measure, dialect).text()
 
 
@@ -721,10 +744,10 @@ def measure_query(definition: n.Definition, measure: n.Measure, dialect: Dialect
     try:
         return spans.measure_query(definition, measure, dialect)
     except spans.NotSpannable:
-        return Query({}, measure_by_interval(definition, measure, dialect))
+        return measure_by_interval(definition, measure, dialect)
 
 
-def measure_by_interval(definition: n.Definition, measure: n.Measure, dialect: Dialect) -> str:
+def measure_by_interval(definition: n.Definition, measure: n.Measure, dialect: Dialect) -> Query:
     """The measure computed per patient and interval: the intervals crossed with the patients,
     or with the rows of the per-interval frame the denominator needs a row of."""
     compiler = Compiler(dialect, n.columns_used(definition))
@@ -743,8 +766,8 @@ def measure_by_interval(definition: n.Definition, measure: n.Measure, dialect: D
     numerator = as_count(compiler.expr(measure.numerator, row), measure.numerator.type)
     denominator = as_count(compiler.expr(measure.denominator, row), measure.denominator.type)
     groups = [
-        f"{compiler.expr(series, row)} as {dialect.quote(name)}"
-        for name, series in measure.group_by
+        f"{compiler.expr(series, row)} as {group}"
+        for group, (_, series) in zip(group_names(measure), measure.group_by, strict=True)
     ]
     per_patient = (
         f"select {row.interval}.interval_start, {row.interval}.interval_end, "
@@ -752,13 +775,9 @@ def measure_by_interval(definition: n.Definition, measure: n.Measure, dialect: D
         + f"{numerator} as numerator, {denominator} as denominator "
         f"from {from_sql}{row.join_sql()}"
     )
-    keys = [
-        "interval_start",
-        "interval_end",
-        *(dialect.quote(name) for name, _ in measure.group_by),
-    ]
-    return (
-        f"{compiler.with_clause()}select {', '.join(keys)}, "
+    keys = ["interval_start", "interval_end", *group_names(measure)]
+    return compiler.query(
+        f"select {', '.join(keys)}, "
         f"cast(sum(numerator) as bigint) as numerator, "
         f"cast(sum(denominator) as bigint) as denominator "
         f"from ({per_patient}) per_patient where denominator > 0 "
@@ -766,15 +785,16 @@ def measure_by_interval(definition: n.Definition, measure: n.Measure, dialect: D
     )
 
 
+def group_names(measure: n.Measure) -> list[str]:
+    """The compiler's names for a measure's groups, in order (never the definition's)."""
+    return [f"g{i}" for i in range(len(measure.group_by))]
+
+
 def _measure_base(measure: n.Measure) -> n.Frame | None:
     """A frame of one row per patient and interval that the denominator needs a row of (it is
     `frame.exists_for_patient() & ...`), if there is one."""
-    factors = [measure.denominator]
-    while factors:
-        factor = factors.pop()
-        if isinstance(factor, n.Apply) and factor.op == "and":
-            factors += factor.args
-        elif (
+    for factor in n.conjuncts(measure.denominator):
+        if (
             isinstance(factor, n.Aggregate)
             and factor.op in ("exists", "count")
             and isinstance(factor.source, n.Frame)
@@ -795,25 +815,6 @@ def as_count(sql: str, kind: str) -> str:
     if kind == BOOL:
         return f"(case when {sql} then 1 else 0 end)"
     return f"coalesce(cast({sql} as bigint), 0)"
-
-
-def table_sql(table: n.AggregateTable, dialect: Dialect) -> str:
-    """Patients (and statistics) per group of a dataset already computed as `dataset`."""
-    q = dialect.quote
-    by = [q(name) for name in table.by]
-    columns = [*by, "count(*) as patients"]
-    for variable, statistic in table.statistics:
-        value = f"cast({q(variable)} as double)"
-        made = {
-            "mean": f"avg({value})",
-            "median": dialect.median(value),
-            "sd": f"stddev_samp({value})",
-        }[statistic]
-        columns.append(f"{made} as {q(f'{variable}_{statistic}')}")
-    return (
-        f"select {', '.join(columns)} from {DATASET} group by {', '.join(by)} "
-        f"order by {_ordered(by)}"
-    )
 
 
 def interval_rows(intervals: n.Intervals) -> list[tuple[date, date]]:

@@ -30,6 +30,7 @@ from typing import Any
 from gpdpr.errors import UserError
 from gpdpr.tre.query import nodes as n
 from gpdpr.tre.query.codelists import Codelist, check_for_column, codelist_from_csv
+from gpdpr.tre.query.names import check_name
 from gpdpr.tre.query.schema import CODE_TYPES, DATE, INT, TABLES
 
 __all__ = [
@@ -382,7 +383,9 @@ class RegistrationsTable(Frame):
             at=at,
         )
         filtered = n.Where(self.node, current, at=at)
-        keys = (n.Column(filtered, "start_date", at=at), n.Column(filtered, "practice", at=at))
+        # Ties are broken by the columns the definition reads (as for any pick): sorting by
+        # the practice too would read it, which the agreement may not grant.
+        keys = (n.Column(filtered, "start_date", at=at),)
         return Frame(n.PickOne(n.SortBy(filtered, keys, at=at), "last", at=at))
 
 
@@ -435,19 +438,6 @@ def case(*cases: _When, otherwise: Any = None) -> Series:
 
 # ---- what a definition produces -------------------------------------------------------------
 
-_NAME_RULE = "a lower-case letter, then lower-case letters, digits or _ (at most 63)"
-
-
-def check_name(name: str, what: str, at: str | None) -> None:
-    ok = (
-        0 < len(name) <= 63
-        and name[0].isascii()
-        and name[0].islower()
-        and all(c.isascii() and (c.islower() or c.isdigit() or c == "_") for c in name)
-    )
-    if not ok:
-        raise n.problem(at, f"{what} name {name!r} must be {_NAME_RULE}")
-
 
 class Dataset:
     """One row per patient in the population: an intermediate that stays inside the
@@ -474,8 +464,6 @@ class Dataset:
     def __setattr__(self, name: str, value: Any) -> None:
         at = _at()
         check_name(name, "a variable", at)
-        if name in ("population", "variables", "tables", "disclosure", "patient_id"):
-            raise n.problem(at, f"{name!r} is reserved; choose another variable name")
         if not isinstance(value, Series):
             raise n.problem(at, f"dataset.{name} must be a series, not {type(value).__name__}")
         if value.node.domain() != n.PATIENT:

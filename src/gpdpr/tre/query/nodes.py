@@ -21,9 +21,10 @@ combined with anything.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from datetime import date
-from typing import Any
+from typing import Any, TypeVar
 
 from gpdpr.errors import UserError
 from gpdpr.tre.query.schema import (
@@ -49,19 +50,75 @@ def problem(at: str | None, message: str) -> DefinitionError:
     return DefinitionError(f"{at}: {message}" if at else message)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Node:
+    """A node of the graph. Equal when of one kind with equal fields (`at` aside), and hashed
+    once: a frozen dataclass would hash (and compare) its whole subgraph every time, which for a
+    graph reusing nodes is exponential in its depth. What a node works out about itself (its
+    type, its domain, ...) is kept on it too (`remembered`), for the same reason."""
+
     # Where in the researcher's file the node was made: for messages only, so it takes no part
     # in equality (the same expression written twice is one node).
     at: str | None = field(default=None, compare=False, kw_only=True)
+
+    def _fields(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, f.name) for f in fields(self) if f.compare)
+
+    def __hash__(self) -> int:
+        if _HASH not in self.__dict__:
+            _hash_under(self)
+        found: int = self.__dict__[_HASH]
+        return found
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if type(other) is not type(self):
+            return False
+        assert isinstance(other, Node)
+        return hash(self) == hash(other) and self._fields() == other._fields()
+
+
+_T = TypeVar("_T")
+_HASH = "_remembered_hash"
+
+
+def _hash_under(root: Node) -> None:
+    """Hash `root` and every node under it not hashed yet, children first, without recursion
+    (a graph built by hand may be deeper than Python's stack)."""
+    stack = [root]
+    while stack:
+        node = stack[-1]
+        if _HASH in node.__dict__:
+            stack.pop()
+            continue
+        waiting = [child for child in children(node) if _HASH not in child.__dict__]
+        if waiting:
+            stack += waiting
+            continue
+        node.__dict__[_HASH] = hash((type(node).__name__, *node._fields()))
+        stack.pop()
+
+
+def remembered(node: Node, what: str, work_out: Callable[[], _T]) -> _T:
+    """`work_out()`, once per node: nodes never change, so the answer is kept on the node."""
+    kept = node.__dict__
+    key = f"_remembered_{what}"
+    if key not in kept:
+        kept[key] = work_out()  # the instance's own dict: frozen dataclasses allow this
+    found: _T = kept[key]
+    return found
 
 
 # ---- frames ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Frame(Node):
     def is_patient_frame(self) -> bool:
+        return remembered(self, "patient_frame", self._patient_frame)
+
+    def _patient_frame(self) -> bool:
         raise NotImplementedError
 
     def rows(self) -> Frame:
@@ -69,21 +126,22 @@ class Frame(Node):
         return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SelectTable(Frame):
     name: str
 
     def __post_init__(self) -> None:
         if self.name not in TABLES:
             raise problem(
-                self.at, f"there is no table {self.name!r}; the tables are {', '.join(TABLES)}"
+                self.at,
+                f"there is no table {describe(self.name)}; the tables are {', '.join(TABLES)}",
             )
 
-    def is_patient_frame(self) -> bool:
+    def _patient_frame(self) -> bool:
         return TABLES[self.name].one_row_per_patient
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Where(Frame):
     source: Frame
     condition: Series
@@ -95,11 +153,11 @@ class Where(Frame):
             )
         _within(self.at, "`where`", self.source, self.condition)
 
-    def is_patient_frame(self) -> bool:
+    def _patient_frame(self) -> bool:
         return self.source.is_patient_frame()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SortBy(Frame):
     source: Frame
     keys: tuple[Series, ...]
@@ -116,21 +174,21 @@ class SortBy(Frame):
             if key.type == BOOL:
                 raise problem(self.at, "sorting by a true/false value is not supported")
 
-    def is_patient_frame(self) -> bool:
+    def _patient_frame(self) -> bool:
         return False
 
     def rows(self) -> Frame:
-        return self.source.rows()
+        return remembered(self, "rows", self.source.rows)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PickOne(Frame):
     source: Frame
     position: str  # "first" or "last"
 
     def __post_init__(self) -> None:
         if self.position not in ("first", "last"):
-            raise problem(self.at, f"position must be first or last, not {self.position!r}")
+            raise problem(self.at, f"position must be first or last, not {describe(self.position)}")
         if self.source.is_patient_frame():
             raise problem(self.at, "this frame already has one row per patient")
         if sort_keys(self.source) is None:
@@ -140,7 +198,7 @@ class PickOne(Frame):
                 f"`.sort_by(...).{self.position}_for_patient()`",
             )
 
-    def is_patient_frame(self) -> bool:
+    def _patient_frame(self) -> bool:
         return True
 
 
@@ -157,27 +215,37 @@ def sort_keys(frame: Frame) -> tuple[Series, ...] | None:
 
 def table_of(frame: Frame) -> str:
     """The table a frame's rows come from."""
-    while not isinstance(frame, SelectTable):
+
+    def work_out() -> str:
+        if isinstance(frame, SelectTable):
+            return frame.name
         assert isinstance(frame, (Where, SortBy, PickOne))
-        frame = frame.source
-    return frame.name
+        return table_of(frame.source)
+
+    return remembered(frame, "table", work_out)
 
 
 # ---- series ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Series(Node):
     @property
     def type(self) -> str:
-        raise NotImplementedError
+        return remembered(self, "type", self._kind)
 
     def domain(self) -> Frame | str:
         """PATIENT, or the frame whose rows this series has one value for."""
+        return remembered(self, "domain", self._domain)
+
+    def _kind(self) -> str:
+        raise NotImplementedError
+
+    def _domain(self) -> Frame | str:
         raise NotImplementedError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Column(Series):
     frame: Frame
     name: str
@@ -187,14 +255,14 @@ class Column(Series):
         if self.name not in table.columns:
             raise problem(
                 self.at,
-                f"{table.name} has no column {self.name!r}; it has {', '.join(table.columns)}",
+                f"{table.name} has no column {describe(self.name)}; it has "
+                f"{', '.join(table.columns)}",
             )
 
-    @property
-    def type(self) -> str:
+    def _kind(self) -> str:
         return TABLES[table_of(self.frame)].columns[self.name].type
 
-    def domain(self) -> Frame | str:
+    def _domain(self) -> Frame | str:
         return PATIENT if self.frame.is_patient_frame() else self.frame.rows()
 
 
@@ -209,37 +277,54 @@ PYTHON_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-@dataclass(frozen=True)
+MAX_TEXT = 1_000  # characters of a text value, a code or a codelist's name
+MAX_CODES = 20_000  # codes in one codelist
+
+
+def _plain_text(text: object) -> bool:
+    return isinstance(text, str) and len(text) <= MAX_TEXT and text.isprintable()
+
+
+def describe(value: object) -> str:
+    """A value from a definition, for a message: quoted, and cut short."""
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+@dataclass(frozen=True, eq=False)
 class Value(Series):
     value: bool | int | float | str | date | None
     kind: str
 
     def __post_init__(self) -> None:
         if self.kind not in TYPES:
-            raise problem(self.at, f"unknown value type {self.kind!r}")
+            raise problem(self.at, f"unknown value type {describe(self.kind)}")
         ok = self.value is None or (
             isinstance(self.value, PYTHON_TYPES[self.kind])
             and not (self.kind in (INT, FLOAT) and isinstance(self.value, bool))
         )
         if not ok:
-            raise problem(self.at, f"{self.value!r} is not a {self.kind}")
+            raise problem(self.at, f"{describe(self.value)} is not a {self.kind}")
         # What an engine's numbers can hold (and JSON can carry: it has no infinity or NaN).
         if isinstance(self.value, float) and not math.isfinite(self.value):
-            raise problem(self.at, f"{self.value!r} is not a number a definition can use")
+            raise problem(self.at, f"{describe(self.value)} is not a number a definition can use")
         if isinstance(self.value, int) and not -(2**63) <= self.value < 2**63:
             raise problem(self.at, f"{self.value} is too big: whole numbers are 64-bit")
-        if isinstance(self.value, str) and not self.value.isprintable():
-            raise problem(self.at, "text values must be printable (no control characters)")
+        if isinstance(self.value, str) and not _plain_text(self.value):
+            raise problem(
+                self.at,
+                f"text values must be printable (no control characters), at most {MAX_TEXT:,} "
+                "characters",
+            )
 
-    @property
-    def type(self) -> str:
+    def _kind(self) -> str:
         return self.kind
 
-    def domain(self) -> Frame | str:
+    def _domain(self) -> Frame | str:
         return PATIENT
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class IntervalDate(Series):
     """The first or last day of the interval a measure is being computed for."""
 
@@ -247,17 +332,18 @@ class IntervalDate(Series):
 
     def __post_init__(self) -> None:
         if self.which not in ("start", "end"):
-            raise problem(self.at, f"an interval has a start and an end, not {self.which!r}")
+            raise problem(
+                self.at, f"an interval has a start and an end, not {describe(self.which)}"
+            )
 
-    @property
-    def type(self) -> str:
+    def _kind(self) -> str:
         return DATE
 
-    def domain(self) -> Frame | str:
+    def _domain(self) -> Frame | str:
         return PATIENT
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class IsIn(Series):
     series: Series
     codes: tuple[str, ...]  # sorted, distinct
@@ -269,19 +355,26 @@ class IsIn(Series):
                 self.at,
                 f"`is_in` matches codes or text against a codelist; this is a {self.series.type}",
             )
+        if not _plain_text(self.codelist):
+            raise problem(self.at, f"a codelist's name is printable text, at most {MAX_TEXT:,}")
         if not self.codes:
             raise problem(self.at, f"the codelist {self.codelist} is empty")
+        if len(self.codes) > MAX_CODES:
+            raise problem(
+                self.at,
+                f"the codelist {self.codelist} has {len(self.codes):,} codes; at most "
+                f"{MAX_CODES:,} (split it, or match a broader concept)",
+            )
+        for code in self.codes:
+            if not isinstance(code, str) or not code or not _plain_text(code):
+                raise problem(self.at, f"{describe(code)} in {self.codelist} is not a code")
         if list(self.codes) != sorted(set(self.codes)):
             raise problem(self.at, "codelist codes must be distinct and sorted")
-        for code in self.codes:
-            if not isinstance(code, str) or not code.isprintable() or not code:
-                raise problem(self.at, f"{code!r} in {self.codelist} is not a code")
 
-    @property
-    def type(self) -> str:
+    def _kind(self) -> str:
         return BOOL
 
-    def domain(self) -> Frame | str:
+    def _domain(self) -> Frame | str:
         return self.series.domain()
 
 
@@ -350,21 +443,20 @@ OPS: dict[str, int] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Apply(Series):
     op: str
     args: tuple[Series, ...]
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
-            raise problem(self.at, f"unknown operation {self.op!r}")
+            raise problem(self.at, f"unknown operation {describe(self.op)}")
         if len(self.args) != OPS[self.op]:
             raise problem(self.at, f"`{self.op}` takes {OPS[self.op]} values")
         _same_rows(self.at, f"`{self.op}`", None, *self.args)
         self.type  # noqa: B018  (works out the result type, refusing a type error now)
 
-    @property
-    def type(self) -> str:
+    def _kind(self) -> str:
         op, args, at = self.op, self.args, self.at
         if op in ("eq", "ne"):
             return _check_comparable(at, op, args[0], args[1], ordered=False)
@@ -401,11 +493,11 @@ class Apply(Series):
             )
         return _numeric_result(args) if a.type in NUMERIC else a.type
 
-    def domain(self) -> Frame | str:
+    def _domain(self) -> Frame | str:
         return _joint_domain(self.args)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Case(Series):
     cases: tuple[tuple[Series, Series], ...]
     default: Series | None
@@ -430,8 +522,7 @@ class Case(Series):
             raise problem(self.at, "a `case` must give at least one value that is not None")
         _same_rows(self.at, "`case`", None, *[s for pair in self.cases for s in pair], *values)
 
-    @property
-    def type(self) -> str:
+    def _kind(self) -> str:
         kinds = {v.type for v in self._values() if not _is_null(v)}
         if kinds <= set(NUMERIC) and len(kinds) > 1:
             return FLOAT
@@ -440,7 +531,7 @@ class Case(Series):
     def _values(self) -> list[Series]:
         return [v for _, v in self.cases] + ([self.default] if self.default else [])
 
-    def domain(self) -> Frame | str:
+    def _domain(self) -> Frame | str:
         return _joint_domain([s for pair in self.cases for s in pair] + self._values())
 
 
@@ -452,7 +543,7 @@ AGGREGATES_OF_FRAMES = ("exists", "count")
 AGGREGATES_OF_SERIES = ("minimum", "maximum", "sum", "mean", "count_distinct")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Aggregate(Series):
     """One value per patient from the rows of a frame, or from a series over them."""
 
@@ -465,7 +556,7 @@ class Aggregate(Series):
                 raise problem(self.at, f"`{self.op}_for_patient` is a question about a frame")
             return
         if self.op not in AGGREGATES_OF_SERIES:
-            raise problem(self.at, f"unknown per-patient aggregate {self.op!r}")
+            raise problem(self.at, f"unknown per-patient aggregate {describe(self.op)}")
         if not isinstance(self.source, Series) or self.source.domain() == PATIENT:
             raise problem(
                 self.at,
@@ -476,8 +567,7 @@ class Aggregate(Series):
         if self.op in ("minimum", "maximum"):
             _want(self.at, f"{self.op}_for_patient", self.source, (INT, FLOAT, DATE, STR))
 
-    @property
-    def type(self) -> str:
+    def _kind(self) -> str:
         if self.op == "exists":
             return BOOL
         if self.op in ("count", "count_distinct"):
@@ -487,16 +577,18 @@ class Aggregate(Series):
             return FLOAT
         return self.source.type
 
-    def domain(self) -> Frame | str:
+    def _domain(self) -> Frame | str:
         return PATIENT
 
 
-def lineage(frame: Frame) -> list[Frame]:
+def lineage(frame: Frame) -> tuple[Frame, ...]:
     """The frames whose rows include `frame`'s rows: itself, then each frame it filters."""
-    out = [frame.rows()]
-    while isinstance(out[-1], Where):
-        out.append(out[-1].source.rows())
-    return out
+
+    def work_out() -> tuple[Frame, ...]:
+        rows = frame.rows()
+        return (rows, *lineage(rows.source)) if isinstance(rows, Where) else (rows,)
+
+    return remembered(frame, "lineage", work_out)
 
 
 def _joint_domain(args: list[Series] | tuple[Series, ...]) -> Frame | str:
@@ -540,8 +632,6 @@ def _within(at: str | None, what: str, frame: Frame, series: Series) -> None:
 # ---- what a definition asks for --------------------------------------------------------------
 
 INTERVAL_UNITS = ("months", "weeks")
-# The columns every measure's result has besides its groups.
-MEASURE_COLUMNS = ("interval_start", "interval_end", "numerator", "denominator")
 STATISTICS = ("mean", "median", "sd")
 MAX_INTERVALS = 1200
 
@@ -554,7 +644,7 @@ class Intervals:
 
     def __post_init__(self) -> None:
         if self.unit not in INTERVAL_UNITS:
-            raise DefinitionError(f"intervals are in months or weeks, not {self.unit!r}")
+            raise DefinitionError(f"intervals are in months or weeks, not {describe(self.unit)}")
         if not 1 <= self.count <= MAX_INTERVALS:
             raise DefinitionError(f"a measure has 1 to {MAX_INTERVALS} intervals, not {self.count}")
 
@@ -586,18 +676,18 @@ class Definition:
     disclosure: str = "round5"
 
 
-def walk(root: Node | Series | Frame) -> list[Node]:
-    """Every node under `root` once, children before parents."""
+def walk(*roots: Node) -> list[Node]:
+    """Every node under the roots once, children before parents. Without recursion, so that
+    no depth of graph can exhaust Python's stack."""
     seen: dict[Node, None] = {}
-
-    def visit(node: Node) -> None:
-        if node in seen:
-            return
-        for child in children(node):
-            visit(child)
-        seen[node] = None
-
-    visit(root)
+    stack: list[tuple[Node, bool]] = [(root, False) for root in reversed(roots)]
+    while stack:
+        node, children_done = stack.pop()
+        if children_done:
+            seen[node] = None
+        elif node not in seen:
+            stack.append((node, True))
+            stack += [(child, False) for child in reversed(children(node)) if child not in seen]
     return list(seen)
 
 
@@ -631,29 +721,69 @@ def roots(definition: Definition) -> list[Series]:
 
 
 def columns_used(definition: Definition) -> dict[str, set[str]]:
-    """{table: columns} a definition reads."""
+    """{table: columns} a definition reads: every table it touches, whether or not it reads a
+    column of it (`medications.count_for_patient()` reads medications)."""
     used: dict[str, set[str]] = {}
-    for root in roots(definition):
-        for node in walk(root):
-            if isinstance(node, SelectTable):
-                used.setdefault(node.name, set())
-            if isinstance(node, Column):
-                used.setdefault(table_of(node.frame), set()).add(node.name)
+    for node in walk(*roots(definition)):
+        if isinstance(node, SelectTable):
+            used.setdefault(node.name, set())
+        if isinstance(node, Column):
+            used.setdefault(table_of(node.frame), set()).add(node.name)
     return used
 
 
 def uses_interval(node: Node) -> bool:
-    return any(isinstance(n, IntervalDate) for n in walk(node))
+    return remembered(
+        node,
+        "uses_interval",
+        lambda: isinstance(node, IntervalDate) or any(uses_interval(c) for c in children(node)),
+    )
 
 
-def describe(value: Any) -> str:
-    return repr(value)
+def remembered_for(node: Node, what: str, other: Node, work_out: Callable[[], _T]) -> _T:
+    """`work_out()`, once per node and `other` node (a question about the two)."""
+    kept: dict[Node, _T] = remembered(node, what, dict)
+    if other not in kept:
+        kept[other] = work_out()
+    return kept[other]
+
+
+def conjuncts(condition: Series) -> tuple[Series, ...]:
+    """The factors of `a & b & ...` (each once, however often the graph repeats it), in the
+    order a stack meets them: the rightmost first."""
+
+    def work_out() -> tuple[Series, ...]:
+        found: dict[Series, None] = {}
+        seen: set[Series] = set()
+        stack = [condition]
+        while stack:
+            factor = stack.pop()
+            if factor in seen:
+                continue
+            seen.add(factor)
+            if isinstance(factor, Apply) and factor.op == "and":
+                stack += factor.args
+            else:
+                found[factor] = None
+        return tuple(found)
+
+    return remembered(condition, "conjuncts", work_out)
+
+
+# What a group or a table's `by` may be: values shared by many people. A date or a decimal is
+# near-unique, so grouping by it would publish a row per person.
+CATEGORICAL = (BOOL, STR, INT, *CODE_TYPES)
 
 
 def validate(definition: Definition) -> None:
     """Refuse a definition that cannot make a release: nothing to release, a population or
     variable that is not one value per patient, INTERVAL outside a measure, a table over
-    variables that do not exist."""
+    variables that do not exist, a numerator or denominator that is not true/false for each
+    patient, a group that is not categorical, a definition over the limits (`limits`)."""
+    from gpdpr.tre.query import limits  # both build on this module
+    from gpdpr.tre.query.names import check_name
+
+    limits.check(definition)  # first: the checks below take time that grows with the size
     if not definition.measures and not definition.tables:
         raise DefinitionError(
             "the definition releases nothing: add a measure (Measures.define_measure) or an "
@@ -661,7 +791,8 @@ def validate(definition: Definition) -> None:
         )
     if definition.disclosure not in ("round5", "midpoint6"):
         raise DefinitionError(
-            f"unknown disclosure control rule {definition.disclosure!r}: round5 or midpoint6"
+            f"unknown disclosure control rule {describe(definition.disclosure)}: round5 or "
+            "midpoint6"
         )
     if definition.tables and definition.population is None:
         raise DefinitionError("aggregate tables need a dataset with `define_population`")
@@ -671,37 +802,58 @@ def validate(definition: Definition) -> None:
     if len(set(names)) != len(names):
         raise DefinitionError("two dataset variables have the same name")
     for name, series in definition.variables:
+        check_name(name, "a variable", series.at)
         _per_patient(series, f"dataset.{name}", None)
     for table in definition.tables:
         _check_table(table, dict(definition.variables))
     seen: set[str] = set()
     for measure in definition.measures:
+        check_name(measure.name, "a measure", measure.at)
         if measure.name in seen:
-            raise problem(measure.at, f"two measures are called {measure.name!r}")
+            raise problem(measure.at, f"two measures are called {describe(measure.name)}")
         seen.add(measure.name)
         for role in ("numerator", "denominator"):
             series = getattr(measure, role)
-            if series.domain() != PATIENT or series.type not in (BOOL, INT):
+            if series.domain() != PATIENT or series.type != BOOL:
                 raise problem(
                     measure.at or series.at,
-                    f"the {role} of {measure.name} must be one true/false or whole number per "
-                    "patient",
+                    f"the {role} of {measure.name} must be true/false for each patient (each "
+                    "person counts at most once): use `.exists_for_patient()`, or compare a "
+                    "number (`.count_for_patient() > 0`), rather than "
+                    + (
+                        "many values per patient"
+                        if series.domain() != PATIENT
+                        else f"a {_kind_phrase(series.type)}"
+                    ),
                 )
+        groups = [group for group, _ in measure.group_by]
+        if len(set(groups)) != len(groups):
+            raise problem(measure.at, f"two groups of {measure.name} have the same name")
         for group, series in measure.group_by:
-            if group in MEASURE_COLUMNS:
+            check_name(group, "a group_by", measure.at)
+            if series.domain() != PATIENT:
                 raise problem(
                     measure.at or series.at,
-                    f"group_by {group} of {measure.name}: {group} is a column of every measure; "
-                    "choose another name",
+                    f"group_by {group} of {measure.name} must be one value per patient",
                 )
-            if series.domain() != PATIENT or series.type == FLOAT:
-                raise problem(
-                    measure.at or series.at,
-                    f"group_by {group} of {measure.name} must be one value per patient, and "
-                    "not a decimal number (band it first with case/when)",
-                )
+            _categorical(series, f"group_by {group} of {measure.name}", measure.at)
     if len(definition.tables) != len({t.name for t in definition.tables}):
         raise DefinitionError("two aggregate tables have the same name")
+
+
+def _categorical(series: Series, what: str, at: str | None) -> None:
+    if series.type not in CATEGORICAL:
+        how = (
+            "band it with `.year` or `.month`, or with case/when"
+            if series.type == DATE
+            else "band it with case/when"
+        )
+        kind = "decimal number" if series.type == FLOAT else _kind_phrase(series.type)
+        raise problem(
+            at or series.at,
+            f"{what} is a {kind}, which would make nearly everyone a group "
+            f"of their own: groups are true/false, text, codes or whole numbers ({how})",
+        )
 
 
 def _per_patient(series: Series, what: str, kind: str | None) -> None:
@@ -714,11 +866,16 @@ def _per_patient(series: Series, what: str, kind: str | None) -> None:
 
 
 def _check_table(table: AggregateTable, variables: dict[str, Series]) -> None:
+    from gpdpr.tre.query.names import check_name
+
+    check_name(table.name, "a table", table.at)
     if not table.by:
         raise problem(table.at, f"table {table.name} needs at least one `by` variable")
     for name in (*table.by, *(v for v, _ in table.statistics)):
         if name not in variables:
-            raise problem(table.at, f"table {table.name} uses {name!r}, not a dataset variable")
+            raise problem(
+                table.at, f"table {table.name} uses {describe(name)}, not a dataset variable"
+            )
     made = ["patients", *(f"{v}_{s}" for v, s in table.statistics)]
     for name in (*table.by, *made):
         if [*table.by, *made].count(name) > 1:
@@ -728,14 +885,15 @@ def _check_table(table: AggregateTable, variables: dict[str, Series]) -> None:
                 "and statistic once, and rename a variable that has the name of a column",
             )
     for name in table.by:
-        if variables[name].type == FLOAT:
-            raise problem(
-                table.at,
-                f"table {table.name} groups by {name}, a decimal number: band it first with "
-                "case/when so that groups are not single people",
-            )
+        _categorical(variables[name], f"table {table.name} groups by {name}, which", table.at)
     for name, statistic in table.statistics:
         if statistic not in STATISTICS:
-            raise problem(table.at, f"unknown statistic {statistic!r}: {', '.join(STATISTICS)}")
+            raise problem(
+                table.at, f"unknown statistic {describe(statistic)}: {', '.join(STATISTICS)}"
+            )
         if variables[name].type not in NUMERIC:
-            raise problem(table.at, f"{statistic} of {name} needs a number")
+            raise problem(
+                table.at,
+                f"the {statistic} of {name} needs a number (whole or decimal), not a "
+                f"{_kind_phrase(variables[name].type)}",
+            )

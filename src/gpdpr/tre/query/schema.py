@@ -5,9 +5,10 @@ pseudonym), timestamps become dates (the environment works in days), date of bir
 are rebuilt as the first of their month, and two bookkeeping fields never appear: `record_id`
 (a practice could look it up in its own system and find the patient) and `last_modified`.
 
-Every column names the specification fields it is made from (`needs`), which is what an
-agreement grants: a definition that reads a column whose fields are outside the agreement's
-scope is refused before any data is read.
+Every column names the specification fields it is made from (`needs`: never empty), which is
+what an agreement grants: a definition that reads a column whose fields are outside the
+agreement's scope is refused before any data is read. Reading a table at all needs its patient
+field and the field its period applies to (views.required_fields).
 """
 
 from __future__ import annotations
@@ -99,7 +100,9 @@ TABLES: dict[str, Table] = {
                 _field("end_date", DATE, "date it ended, if it has"),
                 _field("registration_type", STR, "regular or temporary"),
                 _field("end_reason", STR, "moved, death or left"),
-                Column(PRACTICE, STR, (), "the practice's ODS code"),
+                # Provenance, not a field of the specification: granted as the item
+                # registrations.practice (governance.form.PROVENANCE_ITEMS).
+                Column(PRACTICE, STR, (PRACTICE,), "the practice's ODS code"),
             ),
             "start_date",
         ),

@@ -7,8 +7,15 @@
 
 Reading is strict: every node names only earlier nodes (so there are no cycles), carries exactly
 the fields its kind has, and is rebuilt through the same constructors the language uses, so each
-check runs again on the service side. A graph tampered with in transit, or written by hand to
-reach past the view, is refused with the node it failed at; nothing is ever interpreted as SQL.
+check runs again on the service side; every name meets the language's rule (`names`), and the
+definition its size limits (`limits`, checked by `nodes.validate`). A graph tampered with in
+transit, or written by hand to reach past the view, is refused with the node it failed at.
+Nothing in it is ever interpreted as SQL: the compiler (engines/sql.py) names every column
+itself and writes text only as quoted literals.
+
+Reading takes time linear in the document: nodes that are equal are made one object (so a
+graph that repeats itself costs no more than one that reuses nodes), and nothing below recurses
+through the graph.
 """
 
 from __future__ import annotations
@@ -20,13 +27,15 @@ from typing import Any
 import orjson
 
 from gpdpr.errors import UserError
+from gpdpr.tre.query import limits
 from gpdpr.tre.query import nodes as n
 from gpdpr.tre.query.codelists import check_for_column
+from gpdpr.tre.query.names import check_name
 from gpdpr.tre.query.schema import CODE_TYPES
 
 FORMAT = "gpdpr-definition/1"
 MAX_BYTES = 20_000_000
-MAX_NODES = 20_000
+MAX_AT = 300  # characters of a node's `at` (its place in the researcher's file)
 
 # For each kind: its fields and what each holds.
 #   node: one node id; nodes: a list of ids; pairs: a list of [id, id]; optional: id or null;
@@ -73,13 +82,11 @@ def to_json(definition: n.Definition) -> bytes:
     """Canonical JSON (sorted keys, no spaces): the same definition always gives the same bytes."""
     ids: dict[n.Node, int] = {}
     out: list[dict[str, Any]] = []
+    for node in n.walk(*n.roots(definition)):  # children first, each once
+        ids[node] = len(out)
+        out.append(_node_json(node, ids))
 
     def ref(node: n.Node) -> int:
-        if node not in ids:
-            for child in n.children(node):
-                ref(child)
-            ids[node] = len(out)
-            out.append(_node_json(node, ids))
         return ids[node]
 
     document: dict[str, Any] = {
@@ -156,25 +163,27 @@ def from_json(document: bytes | str) -> n.Definition:
         raise n.DefinitionError(f"the definition is not valid JSON: {error}") from None
     reader = _Reader()
     definition = reader.definition(data)
-    n.validate(definition)
+    n.validate(definition)  # within the limits first
     check_codelists(definition)
     return definition
 
 
 def check_codelists(definition: n.Definition) -> None:
     """Every code matched against a code column is one the service knows and collects."""
-    for root in n.roots(definition):
-        for node in n.walk(root):
-            if isinstance(node, n.IsIn) and node.series.type in CODE_TYPES:
-                try:
-                    check_for_column(node.codes, node.series.type, node.codelist)
-                except UserError as error:
-                    raise n.problem(node.at, str(error)) from None
+    for node in n.walk(*n.roots(definition)):
+        if isinstance(node, n.IsIn) and node.series.type in CODE_TYPES:
+            try:
+                check_for_column(node.codes, node.series.type, node.codelist)
+            except UserError as error:
+                raise n.problem(node.at, str(error)) from None
 
 
 class _Reader:
     def __init__(self) -> None:
         self.built: list[n.Node] = []
+        # Each node once: an equal node read again is the one made before (hash-consing).
+        self.made: dict[n.Node, n.Node] = {}
+        self.depth: dict[n.Node, int] = {}
 
     def definition(self, data: Any) -> n.Definition:
         top = _object(data, "the definition")
@@ -189,24 +198,30 @@ class _Reader:
                 "this version of gpdpr"
             )
         nodes = _list(top["nodes"], "nodes")
-        if len(nodes) > MAX_NODES:
+        if len(nodes) > limits.MAX_NODES:
             raise n.DefinitionError(
-                f"the definition has {len(nodes):,} nodes; at most {MAX_NODES:,}"
+                f"the definition has {len(nodes):,} nodes; at most {limits.MAX_NODES:,}"
             )
         for index, body in enumerate(nodes):
             self.built.append(self.node(index, body))
         population = (
             None if top["population"] is None else self.series(top["population"], "population")
         )
-        variables = tuple(
-            (self.name(pair, "variables"), self.series(pair[1], f"variable {pair[0]}"))
-            for pair in _list(top["variables"], "variables")
-        )
+        variables = []
+        for index, pair in enumerate(_list(top["variables"], "variables")):
+            name = self.name(pair, "a variable", f"variable {index + 1}")
+            variables.append((name, self.series(pair[1], f"variable {name}")))
         return n.Definition(
             population=population,
-            variables=variables,
-            measures=tuple(self.measure(m) for m in _list(top["measures"], "measures")),
-            tables=tuple(self.table(t) for t in _list(top["tables"], "tables")),
+            variables=tuple(variables),
+            measures=tuple(
+                self.measure(m, f"measure {i + 1}")
+                for i, m in enumerate(_list(top["measures"], "measures"))
+            ),
+            tables=tuple(
+                self.table(t, f"table {i + 1}")
+                for i, t in enumerate(_list(top["tables"], "tables"))
+            ),
             disclosure=_string(top["disclosure"], "disclosure"),
         )
 
@@ -217,9 +232,7 @@ class _Reader:
         if kind not in FIELDS:
             raise n.DefinitionError(f"{where}: unknown kind of node {kind!r}")
         _keys(body, {"node", "at", *FIELDS[kind]}, f"{where} ({kind})")
-        at = body["at"]
-        if at is not None and not isinstance(at, str):
-            raise n.DefinitionError(f"{where}: `at` must be text")
+        at = _at(body["at"], where)
         args: dict[str, Any] = {}
         for name, holds in FIELDS[kind].items():
             value = body[name]
@@ -251,11 +264,18 @@ class _Reader:
         if kind == "Value":
             args["value"] = _value(args["value"], args["kind"], where)
         try:
-            return CLASSES[kind](**args, at=at)
+            made = CLASSES[kind](**args, at=at)
         except n.DefinitionError as error:
             raise n.DefinitionError(f"{where}: {error}") from None
         except (TypeError, ValueError, AttributeError, AssertionError) as error:
             raise n.DefinitionError(f"{where} ({kind}) is malformed: {error}") from None
+        made = self.made.setdefault(made, made)
+        # Its children are deep enough already: refuse here, before anything recurses.
+        depth = 1 + max((self.depth[c] for c in n.children(made)), default=0)
+        if depth > limits.MAX_DEPTH:
+            raise limits.too_deep(f"{where}{f' ({at})' if at else ''}")
+        self.depth[made] = depth
+        return made
 
     def ref(self, value: Any, index: int, label: str) -> n.Node:
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < index:
@@ -274,17 +294,15 @@ class _Reader:
     def series(self, value: Any, label: str) -> n.Series:
         return self.series_ref(value, len(self.built), label)
 
-    def name(self, pair: Any, label: str) -> str:
+    def name(self, pair: Any, what: str, label: str) -> str:
         if not isinstance(pair, list) or len(pair) != 2:
             raise n.DefinitionError(f"{label}: each entry is [name, node]")
-        return _string(pair[0], label)
+        return check_name(pair[0], what, label)
 
-    def measure(self, data: Any) -> n.Measure:
-        body = _object(data, "a measure")
-        _keys(
-            body, {"name", "numerator", "denominator", "group_by", "intervals", "at"}, "a measure"
-        )
-        name = _string(body["name"], "measure name")
+    def measure(self, data: Any, place: str) -> n.Measure:
+        body = _object(data, place)
+        _keys(body, {"name", "numerator", "denominator", "group_by", "intervals", "at"}, place)
+        name = check_name(body["name"], "a measure", place)
         label = f"measure {name}"
         intervals = _object(body["intervals"], f"{label} intervals")
         _keys(intervals, {"unit", "start", "count"}, f"{label} intervals")
@@ -295,32 +313,46 @@ class _Reader:
         count = intervals["count"]
         if not isinstance(count, int) or isinstance(count, bool):
             raise n.DefinitionError(f"{label}: the number of intervals must be a whole number")
+        try:
+            made = n.Intervals(_string(intervals["unit"], f"{label} unit"), start, count)
+        except n.DefinitionError as error:
+            raise n.DefinitionError(f"{label}: {error}") from None
         return n.Measure(
             name,
             self.series(body["numerator"], f"{label} numerator"),
             self.series(body["denominator"], f"{label} denominator"),
             tuple(
-                (self.name(g, label), self.series(g[1], f"{label} group_by"))
+                (self.name(g, "a group_by", label), self.series(g[1], f"{label} group_by"))
                 for g in _list(body["group_by"], f"{label} group_by")
             ),
-            n.Intervals(_string(intervals["unit"], f"{label} unit"), start, count),
-            at=_optional_string(body["at"], label),
+            made,
+            at=_at(body["at"], label),
         )
 
-    def table(self, data: Any) -> n.AggregateTable:
-        body = _object(data, "a table")
-        _keys(body, {"name", "by", "statistics", "at"}, "a table")
-        name = _string(body["name"], "table name")
+    def table(self, data: Any, place: str) -> n.AggregateTable:
+        body = _object(data, place)
+        _keys(body, {"name", "by", "statistics", "at"}, place)
+        name = check_name(body["name"], "a table", place)
+        label = f"table {name}"
         statistics = []
-        for pair in _list(body["statistics"], f"table {name} statistics"):
+        for pair in _list(body["statistics"], f"{label} statistics"):
             if not isinstance(pair, list) or len(pair) != 2:
-                raise n.DefinitionError(f"table {name}: each statistic is [variable, statistic]")
-            statistics.append((_string(pair[0], name), _string(pair[1], name)))
+                raise n.DefinitionError(f"{label}: each statistic is [variable, statistic]")
+            variable = check_name(pair[0], "a variable", f"{label} statistics")
+            statistic = _string(pair[1], f"{label} statistics")
+            if statistic not in n.STATISTICS:
+                raise n.DefinitionError(
+                    f"{label}: unknown statistic {n.describe(statistic)}; the statistics are "
+                    f"{', '.join(n.STATISTICS)}"
+                )
+            statistics.append((variable, statistic))
         return n.AggregateTable(
             name,
-            tuple(_string(b, f"table {name} by") for b in _list(body["by"], f"table {name} by")),
+            tuple(
+                check_name(b, "a variable", f"{label} by") for b in _list(body["by"], f"{label} by")
+            ),
             tuple(statistics),
-            at=_optional_string(body["at"], name),
+            at=_at(body["at"], label),
         )
 
 
@@ -342,8 +374,15 @@ def _string(value: Any, label: str) -> str:
     return value
 
 
-def _optional_string(value: Any, label: str) -> str | None:
-    return None if value is None else _string(value, label)
+def _at(value: Any, label: str) -> str | None:
+    """Where in the researcher's file something was made: shown in messages, so kept short."""
+    if value is not None and not (
+        isinstance(value, str) and len(value) <= MAX_AT and value.isprintable()
+    ):
+        raise n.DefinitionError(
+            f"{label}: `at` must be printable text of at most {MAX_AT} characters"
+        )
+    return value
 
 
 def _keys(body: dict[str, Any], expected: set[str], label: str) -> None:
