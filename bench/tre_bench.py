@@ -25,9 +25,13 @@ bench/out/tre-data/. Each workload, engine and scale then runs in a fresh child 
 reads the views the definition needs (only its tables and columns, as views.build gives them:
 timed apart, "load s") and then times, best of --repeat:
 
-  compiled  `engine.run(definition, views)`: checking the views' patient keys, connecting,
-            registering the Arrow views, the compiled SQL, the answer as Arrow (a dataset's
-            patients shown by pseudonym) and (dataset) the aggregate table made from it.
+  compiled  `engine.run(definition, views)`: checking the definition's limits, the views'
+            patient keys, the sandboxed connection, registering the Arrow views, the compiled
+            SQL checked by the guard, the answer as Arrow (a dataset's patients shown by
+            pseudonym).
+  control   `release.control.control(definition, results)`, timed apart: disclosure control
+            of the measure's rows, the aggregate table made from the dataset with its
+            statistics' rules, and every cell the differencing check is asked about.
   hand      DuckDB only: the same done with the best SQL written by hand for the same question
             (HAND_DATASET and HAND_MEASURE below) on a connection set up the same way. Its
             answer must equal the compiled one exactly, or the benchmark stops; "ratio" is
@@ -97,6 +101,7 @@ from gpdpr.tre.query.language import (
     when,
 )
 from gpdpr.tre.query.schema import view_name
+from gpdpr.tre.release.control import control
 
 CHILD = "--child"
 SCALES = (10_000, 100_000, 1_000_000)
@@ -667,8 +672,22 @@ def _run(workload: Workload, engine_name: str, folder: Path, repeat: int) -> Non
     }
     engine: Any = DuckDBEngine() if engine_name == "duckdb" else _spark_engine()
     watch = Watch([])
-    found, peak = _timed(watch, repeat, lambda: answers(engine.run(definition, views)))
+    ran: list[Results] = []
+
+    def run() -> dict[str, pa.Table]:
+        ran[:] = [engine.run(definition, views)]
+        return answers(ran[0])
+
+    found, peak = _timed(watch, repeat, run)
     figures |= {"seconds": watch.seconds, "peak_mb": peak}
+    # What follows every run before anyone sees a number: disclosure control (a measure's
+    # rows, the aggregate tables made from the dataset with their statistics' rules) and the
+    # cells that the differencing check is asked about.
+    controlling = Watch([])
+    _timed(
+        controlling, repeat, lambda: dict.fromkeys(control(definition, ran[0]).files, pa.table({}))
+    )
+    figures |= {"control_seconds": controlling.seconds}
     problems: list[str] = []
     if engine_name == "duckdb":
         hands = {"hand": workload.hand, "direct": workload.direct}
@@ -818,7 +837,7 @@ def compiler_version() -> str:
 
     folder = Path(gpdpr.tre.__file__).parent
     digest = hashlib.sha256()
-    for name in ("sql.py", "engines.py", "nodes.py", "spark.py"):
+    for name in ("engines/sql.py", "engines/duckdb.py", "query/nodes.py", "engines/spark.py"):
         path = folder / name
         digest.update(path.read_bytes() if path.exists() else b"")
     commit = subprocess.run(
@@ -897,6 +916,7 @@ def main() -> None:
         "rows/s",
         "views MB",
         "peak MB",
+        "control s",
         "hand s",
         "ratio",
         "hand peak MB",
@@ -914,11 +934,11 @@ def main() -> None:
                 label = f"{name} {engine} {scale:,}"
                 first = [name, engine, f"{scale:,}"]
                 if engine == "spark" and missing:
-                    table.add_row(*first, *[""] * 11, f"not available: {missing}")
+                    table.add_row(*first, *[""] * 12, f"not available: {missing}")
                     continue
                 if engine == "spark" and scale > args.spark_max:
                     table.add_row(
-                        *first, *[""] * 11, f"not run (over --spark-max {args.spark_max:,})"
+                        *first, *[""] * 12, f"not run (over --spark-max {args.spark_max:,})"
                     )
                     continue
                 with console.status(label):
@@ -933,7 +953,7 @@ def main() -> None:
                             timeout=args.timeout,
                         )
                     except ChildFailed as failure:
-                        table.add_row(*first, *[""] * 11, f"failed: {failure}")
+                        table.add_row(*first, *[""] * 12, f"failed: {failure}")
                         console.print(f"failed: {label}: {failure}")
                         continue
                 best = min(f["seconds"])
@@ -955,6 +975,7 @@ def main() -> None:
                     f"{f['rows_read'] / best:,.0f}",
                     f"{f['views_mb']:,.0f}",
                     f"{f['peak_mb']:,.0f}",
+                    _best(f.get("control_seconds"), args.repeat),
                     _best(f.get("hand_seconds"), args.repeat),
                     "" if ratio is None else f"{ratio:.2f}",
                     f"{f['hand_peak_mb']:,.0f}" if "hand_peak_mb" in f else "",
@@ -978,8 +999,11 @@ def main() -> None:
                     notes.append(f"{label}: {best:.2f} s, {'; '.join(verdicts)}")
     console.print(table)
     console.print(
-        "seconds: best compiled run (engine.run on views in memory); load s: reading the views "
-        "from Parquet, apart; hand s: the best hand-written DuckDB SQL, same answer checked; "
+        "seconds: best compiled run (engine.run on views in memory, in its sandbox); load s: "
+        "reading the views from Parquet, apart; control s: disclosure control after the run "
+        "(measures' rows, aggregate tables and their statistics from the dataset, every cell "
+        "for the differencing check); hand s: the best hand-written DuckDB SQL, same answer "
+        "checked; "
         "ratio = seconds / hand s; direct s: hand-written SQL with the per-interval shape (one row "
         "per person and interval), same answer checked; peak MB: resident high-water "
         "mark during the timed runs, views included; others: cores other processes kept busy "
