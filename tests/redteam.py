@@ -113,6 +113,10 @@ ALLOWED_NEW = (
 # Folders of HOME that hold what the canaries are made from, or the data itself: not scanned
 # for canaries (a new file in them is still caught, as a file no run may write).
 NOT_SCANNED = ("keys", "lake", "packages", "practices", "rejected", "idp")
+# SQLite databases are scanned through SQL, never by reading their files: closing a file SQLite
+# has open drops the locks its connections in this process hold, and another process writing
+# then corrupts the database.
+DATABASE_FILE = re.compile(r"\.db(-wal|-shm|-journal)?$")
 # What the environment keeps of each published number for the differencing check: raw counts
 # and what they count, by design inside and never shown to anyone, so not scanned.
 INTERNAL_FILE = "cells.json"
@@ -195,6 +199,8 @@ class World:
         now = self.state()
         for relative, stamp in sorted(now.files.items()):
             if _under(relative, NOT_SCANNED) or relative == CANARY_FILE:
+                continue
+            if DATABASE_FILE.search(relative):
                 continue
             if relative.startswith(f"{runs.RUNS}/") and relative.endswith(f"/{INTERNAL_FILE}"):
                 continue
@@ -390,14 +396,15 @@ def _plant(home: Path, secrets_folder: Path) -> dict[str, bytes]:
 def _find_target(
     home: Path, db: sa.Engine, version: int, projects: Sequence[tuple[str, str]]
 ) -> tuple[Target, pa.Table, dict[str, date]]:
-    """An adult unique by month of birth, sex and decile in every project's view, with a
-    diagnosis first recorded on a day that is no one else's first day for it (and not the first
-    or last of a month, which intervals print), and a diagnosis they do not have."""
+    """An adult unique by month of birth, sex and decile in every project's view, of whom the
+    central database holds nothing (no opt-out), with a diagnosis first recorded on a day that
+    is no one else's first day for it (and not the first or last of a month, which intervals
+    print), and a diagnosis they do not have."""
     views = [_views(home, db, version, *project) for project in projects]
     first = views[0]
     patients = first["patients"].to_pylist()
     events = first["clinical_events"].to_pylist()
-    background = Counter((p["date_of_birth"], p["sex"], p["imd_decile"]) for p in patients)
+    background = Counter(_known(p) for p in patients)
     firsts: dict[tuple[str, str], date] = {}
     for e in events:
         if e["code"] is None or e["effective_date"] is None:
@@ -411,37 +418,32 @@ def _find_target(
         with_code.setdefault(code, set()).add(patient)
         days.setdefault(code, Counter())[day] += 1
     common = sorted(c for c, who in with_code.items() if 20 <= len(who) <= len(patients) // 3)
-    for person in sorted(patients, key=lambda p: p["patient_id"]):
-        known = (person["date_of_birth"], person["sex"], person["imd_decile"])
-        if None in known or background[known] != 1:
+    in_lake = _lake_pseudonyms(home, version)
+    recorded = b"".join(values for _, values in database_values(db))
+    # In order of what is known of them, not of their pseudonyms (which change with the keys
+    # made for each home): the same person every time.
+    for person in sorted(patients, key=lambda p: repr(_known(p))):
+        known = _known(person)
+        lake_id = in_lake.get(known, "")
+        if None in known or background[known] != 1 or not lake_id or lake_id.encode() in recorded:
             continue
         for code in common:
             day = firsts.get((person["patient_id"], code))
-            if (
-                day is None
-                or days[code][day] != 1
-                or day.day == 1
-                or (day + timedelta(days=1)).day == 1
-            ):
+            if day is None or days[code][day] != 1 or day.day == 1 or (day + timedelta(1)).day == 1:
                 continue
             absent = next(c for c in common if person["patient_id"] not in with_code[c])
             others = [_pseudonym_of(v, known) for v in views]
             if None in others:
                 continue
-            target = Target(
-                known[0],
-                known[1],
-                known[2],
-                code,
-                day,
-                absent,
-                _lake_pseudonym(home, version, known),
-                tuple(str(p) for p in others),
-            )
+            target = Target(*known, code, day, absent, lake_id, tuple(str(p) for p in others))
             has = pa.array([p["patient_id"] in with_code[code] for p in patients])
             dates = {p: d for (p, c), d in firsts.items() if c == code}
             return target, first["patients"].append_column("has_code", has), dates
     raise AssertionError("no one in the test lake can be the target: change the seed")
+
+
+def _known(person: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (person["date_of_birth"], person["sex"], person["imd_decile"])
 
 
 def _views(
@@ -463,17 +465,15 @@ def _pseudonym_of(views: Mapping[str, pa.Table], known: tuple[Any, ...]) -> str 
     return found[0] if len(found) == 1 else None
 
 
-def _lake_pseudonym(home: Path, version: int, known: tuple[Any, ...]) -> str:
-    born, sex, decile = known
+def _lake_pseudonyms(home: Path, version: int) -> dict[tuple[Any, ...], str]:
+    """Each person's pseudonym in the lake, by month of birth, sex and decile (as the views
+    show them), for those these make unique."""
     table = Lake.open(home / "lake").snapshot(version).read("patients")
-    found = [
-        r["patient"]
-        for r in table.to_pylist()
-        if (r["birth_year"], r["birth_month"], r["sex"], r["imd_decile"])
-        == (born.year, born.month, sex, decile)
-    ]
-    assert len(found) == 1, found
-    return str(found[0])
+    found: dict[tuple[Any, ...], list[str]] = {}
+    for r in table.to_pylist():
+        born = date(r["birth_year"], r["birth_month"], 1) if r["birth_year"] else None
+        found.setdefault((born, r["sex"], r["imd_decile"]), []).append(str(r["patient"]))
+    return {known: ids[0] if len(ids) == 1 else "" for known, ids in found.items()}
 
 
 # ---- definitions -----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ the researcher's machine is still sent), so the service's own checks are what is
 from __future__ import annotations
 
 import math
+import statistics
 from collections import Counter
 from collections.abc import Iterator
 from datetime import date
@@ -128,20 +129,24 @@ def truth(world: World) -> dict[str, dict[str, Any]]:
     return out
 
 
-def statistics_study(world: World, folder: Path, statistics: list[list[str]]) -> bytes:
+def statistics_study(
+    world: World, folder: Path, statistics: list[list[str]], since: str = "has"
+) -> bytes:
     """By sex, over everyone in the view: `flag` 1 for those with the target's diagnosis (0/1),
     `value` the target's day count and 0 for everyone else, `since` the day count for everyone
-    with the diagnosis. The statistics are added to the table by hand."""
+    `since` holds for (by default, those with the diagnosis). The statistics are added to the
+    table by hand."""
     innocent = study(
         world,
         folder,
-        """
+        f"""
+        days = first_date.days_until("2030-01-01")
         dataset = Dataset()
         dataset.define_population(patients.exists_for_patient())
         dataset.sex = patients.sex
         dataset.flag = case(when(has).then(1), otherwise=0)
-        dataset.value = case(when(is_target).then(first_date.days_until("2030-01-01")), otherwise=0)
-        dataset.since = first_date.days_until("2030-01-01")
+        dataset.value = case(when(is_target).then(days), otherwise=0)
+        dataset.since = case(when({since}).then(days))
         dataset.add_table("stats_by_sex", by=["sex"])
         """,
     )
@@ -175,23 +180,27 @@ def test_the_mean_and_sd_of_a_0_1_variable_give_back_neither_the_count_nor_the_g
 ) -> None:
     """The mean of a 0/1 variable is a count over n, and with its SD gives n itself: published
     beside a rounded count they gave back the exact group size and how many have the target's
-    diagnosis. What must hold: the exact mean and SD are not published, and no size in the
-    published count's rounding window makes the published mean a whole count of people."""
+    diagnosis. What must hold: neither the exact mean nor the exact SD is published, and the
+    published mean and SD together do not solve to the group's size."""
     document = statistics_study(world, tmp_path, [["flag", "mean"], ["flag", "sd"]])
     before = world.state()
     outcome = submit(world, document, engine)
     assert_harmless(world, outcome, before)
-    files = outputs_of(world, outcome)
     recovered = []
-    for sex, column, value in published_statistics(files, "flag"):
+    published: dict[tuple[str, str], float] = {}
+    for sex, column, value in published_statistics(outputs_of(world, outcome), "flag"):
         n, k = truth(world)[sex]["n"], truth(world)[sex]["k"]
         exact = {"flag_mean": k / n, "flag_sd": math.sqrt(k * (n - k) / (n * (n - 1)))}
         if column in exact and math.isclose(value, exact[column], rel_tol=1e-9):
-            recovered.append(f"{sex}: the exact {column}")
-        if column == "flag_mean":
-            whole = [m for m in window(files, sex) if abs(value * m - round(value * m)) < 1e-6]
-            if len(whole) == 1:
-                recovered.append(f"{sex}: the group size {whole[0]} from the mean")
+            recovered.append(f"{sex}: the exact {column}, {value}")
+        published[(sex, column)] = value
+    for sex, group in truth(world).items():
+        p, sd = published.get((sex, "flag_mean")), published.get((sex, "flag_sd"))
+        if p is None or sd is None or not 0 < p < 1:
+            continue
+        ratio = sd * sd / (p * (1 - p))  # n / (n - 1)
+        if ratio > 1 and abs(ratio / (ratio - 1) - group["n"]) < 0.01:
+            recovered.append(f"{sex}: the group size {group['n']} from the mean and SD")
     assert not recovered, "\n".join(recovered)
 
 
@@ -226,12 +235,8 @@ def test_a_published_median_is_never_one_persons_own_value(
     world: World, engine: str, tmp_path: Path
 ) -> None:
     """A median over an odd number of people is one of them: the days from their diagnosis
-    to 2030. No published median of `since` may be a value someone in that group has."""
-    document = statistics_study(world, tmp_path, [["since", "median"]])
-    before = world.state()
-    outcome = submit(world, document, engine)
-    assert_harmless(world, outcome, before)
-    files = outputs_of(world, outcome)
+    to 2030 (the attacker leaves the target out if that makes their group odd). No published
+    median of `since` may be the exact median when that is a value someone in the group has."""
     assert world.population is not None
     sexes = dict(
         zip(
@@ -240,15 +245,26 @@ def test_a_published_median_is_never_one_persons_own_value(
             strict=True,
         )
     )
-    values: dict[str, set[int]] = {}
+    values: dict[str, list[int]] = {}
     for patient, day in world.firsts.items():
-        values.setdefault(sexes[patient], set()).add((LATER - day).days)
+        values.setdefault(sexes[patient], []).append((LATER - day).days)
+    since = "has"
+    target = world.target
+    if len(values[target.sex]) % 2 == 0:
+        since = "has & ~is_target"
+        values[target.sex].remove((LATER - target.first_date).days)
+    document = statistics_study(world, tmp_path, [["since", "median"]], since)
+    before = world.state()
+    outcome = submit(world, document, engine)
+    assert_harmless(world, outcome, before)
     someones = [
         (sex, value)
-        for sex, column, value in published_statistics(files, "since")
-        if column == "since_median" and value == int(value) and int(value) in values.get(sex, ())
+        for sex, column, value in published_statistics(outputs_of(world, outcome), "since")
+        if column == "since_median"
+        and value == statistics.median(values[sex])
+        and value in values[sex]
     ]
-    assert not someones, f"medians that are someone's value: {someones}"
+    assert not someones, f"medians that are someone's own value: {someones}"
 
 
 # ---- row-level tables ------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from redteam import (
     ENGINES,
     Outcome,
     World,
-    assert_harmless,
     cli_submit,
     normalised,
     outputs_of,
@@ -49,6 +48,15 @@ QUESTIONS = {
         dataset = Dataset()
         dataset.define_population(~is_target_sex | (is_target & has))
         dataset.sex = patients.sex
+        dataset.add_table("asked", by=["sex"])
+        """,
+    # An error only the target's data causes (one more than the largest whole number), one of
+    # the red team's own: the run fails, or it does not.
+    "an-error-or-none": """
+        dataset = Dataset()
+        dataset.define_population(patients.exists_for_patient())
+        dataset.sex = patients.sex
+        dataset.boom = case(when(is_target & has).then(9223372036854775807), otherwise=0) + 1
         dataset.add_table("asked", by=["sex"])
         """,
     # The same as a measure's groups.
@@ -93,13 +101,14 @@ def test_a_run_shows_the_same_whether_or_not_the_target_has_the_diagnosis(
     the same message, the same files with the same rows, bytes and contents (or both refused
     alike). Otherwise the run itself, before any checker, says whether the target has it."""
     target = world.target
-    shown = []
+    shown, harms = [], []
     for code in (target.code, target.absent_code):
         before = world.state()
         outcome = submit(world, asked(world, tmp_path, question, code), engine)
-        assert_harmless(world, outcome, before)
         shown.append(seen(world, outcome))
+        harms += world.harm(outcome, before)
     assert shown[0] == shown[1]
+    assert not harms, "\n".join(harms)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -111,10 +120,11 @@ def test_gpdpr_tre_submit_prints_the_same_whether_or_not_the_target_has_the_diag
     prints is the same for a diagnosis the target has and one they do not."""
     target = world.target
     for question in ("empty-population", "a-row-or-none"):
-        printed = []
+        printed, harms = [], []
         for code in (target.code, target.absent_code):
             before = world.state()
             outcome = cli_submit(world, asked(world, tmp_path, question, code), engine, tmp_path)
-            assert_harmless(world, outcome, before)
             printed.append((outcome.code, normalised(outcome.text)))
+            harms += world.harm(outcome, before)
         assert printed[0] == printed[1], question
+        assert not harms, "\n".join(harms)
