@@ -428,14 +428,20 @@ def _find_target(
         if None in known or background[known] != 1 or not lake_id or lake_id.encode() in recorded:
             continue
         for code in common:
-            day = firsts.get((person["patient_id"], code))
-            if day is None or days[code][day] != 1 or day.day == 1 or (day + timedelta(1)).day == 1:
+            found = firsts.get((person["patient_id"], code))
+            if found is None or days[code][found] != 1 or found.day == 1:
+                continue
+            day = found
+            if (day + timedelta(1)).day == 1:
                 continue
             absent = next(c for c in common if person["patient_id"] not in with_code[c])
             others = [_pseudonym_of(v, known) for v in views]
             if None in others:
                 continue
-            target = Target(*known, code, day, absent, lake_id, tuple(str(p) for p in others))
+            born, sex, decile = known
+            target = Target(
+                born, sex, decile, code, day, absent, lake_id, tuple(str(p) for p in others)
+            )
             has = pa.array([p["patient_id"] in with_code[code] for p in patients])
             dates = {p: d for (p, c), d in firsts.items() if c == code}
             return target, first["patients"].append_column("has_code", has), dates
@@ -636,16 +642,15 @@ def injections(world: World) -> dict[str, Injection]:
     )
     out["value-env"] = Injection(_published_value("${env:" + ENV_CANARY + "}"))
     out["code-quote"] = Injection(_sex_is_in(["F", f"F') or cast(({secret}) as int) = 1 or ('a"]))
+    label = f"x'); copy ({secret}) to '{world.secrets_folder}/x.csv'; --"
+
+    def relabel(document: dict[str, Any]) -> None:
+        for node in document["nodes"]:
+            if node["node"] == "IsIn":
+                node["codelist"] = label
+
     out["codelist-label"] = Injection(
-        edited(
-            _sex_is_in(["F"]),
-            lambda d: [
-                node.update(codelist=f"x'); copy ({secret}) to '{world.secrets_folder}/x.csv'; --")
-                for node in d["nodes"]
-                if node["node"] == "IsIn"
-            ],
-        ),
-        (world.secrets_folder / "x.csv",),
+        edited(_sex_is_in(["F"]), relabel), (world.secrets_folder / "x.csv",)
     )
     return out
 

@@ -180,6 +180,6 @@ def test_a_run_whose_engine_fails_leaves_nothing_behind(world: World) -> None:
     """The engine fails part way: no `.pending` folder, no new file outside a run's folder."""
     before = world.state()
     with contextlib.suppress(MemoryError):
-        runs.submit(world.home, LEAD, world.agreement, base_dataset(), Broken())  # type: ignore[arg-type]
+        runs.submit(world.home, LEAD, world.agreement, base_dataset(), Broken())
     assert world.pending(before) == []
     assert world.new_files(before) == []
