@@ -175,9 +175,8 @@ def ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[sa.Engine
 def released_twice(
     ledger: tuple[sa.Engine, str], engine: str, body: str, views: dict[str, pa.Table]
 ) -> None:
-    from gpdpr.tre.release.differencing import DifferencingRisk, check, remember
-
     from gpdpr.tre.release.checking import record_run
+    from gpdpr.tre.release.differencing import DifferencingRisk, check, remember
 
     try:
         definition = built(body)

@@ -220,6 +220,59 @@ def test_arithmetic_on_whole_numbers_and_decimals(engine: Engine) -> None:
     }
 
 
+BIG = 2**63 - 1  # the largest whole number an engine holds
+
+
+def test_what_would_overflow_is_null_not_an_error_on_every_engine(engine: Engine) -> None:
+    """A run that fails for one person's value and not for another's answers a question about
+    them (is the target's value over some bound?) before any disclosure control. So whatever
+    would overflow, a whole number past 64 bits or a date past 9999-12-31 (or before
+    0001-01-01), is unknown (null), the same on every engine, and the run goes on."""
+    imd = patients.imd_decile  # 7, -3, 0, null
+    born = patients.date_of_birth  # 1990-01-01, 2000-06-01, 2010-12-01, null
+
+    def shifted(op: str, count: Series) -> Series:
+        return Series(n.Apply(op, (born.node, count.node)))
+
+    views = make_views(
+        patients=[dict(p) for p in NUMBERS["patients"].to_pylist()],
+        appointments=[
+            {"patient_id": "p1", "duration_minutes": BIG},
+            {"patient_id": "p1", "duration_minutes": 1},
+            {"patient_id": "p2", "duration_minutes": 5},
+        ],
+    )
+    found = values(
+        engine,
+        views,
+        plus=imd + BIG,
+        times=imd * BIG,
+        minus=imd - BIG - 1,
+        negated=-(imd - BIG - 1),
+        days=shifted("add_days", imd * 100_000),
+        far_days=shifted("add_days", imd * 10**12),
+        month_later=shifted("add_months", imd * 100_000),
+        years_later=shifted("add_years", imd * 10**18),
+        minutes=appointments.duration_minutes.sum_for_patient(),
+    )
+    assert found == {
+        "plus": by_patient(None, BIG - 3, BIG, None),
+        "times": by_patient(None, None, 0, None),
+        "minus": by_patient(-(2**63) + 7, None, -(2**63), None),
+        "negated": by_patient(2**63 - 7, None, None, None),
+        "days": by_patient(
+            D(1990, 1, 1) + timedelta(days=700_000),
+            D(2000, 6, 1) - timedelta(days=300_000),
+            D(2010, 12, 1),
+            None,
+        ),
+        "far_days": by_patient(None, None, D(2010, 12, 1), None),
+        "month_later": by_patient(None, None, D(2010, 12, 1), None),
+        "years_later": by_patient(None, None, D(2010, 12, 1), None),
+        "minutes": by_patient(None, 5, None, None),
+    }
+
+
 def test_division_by_zero_is_null_and_division_is_always_decimal(engine: Engine) -> None:
     imd = patients.imd_decile  # 7, -3, 0, null
     found = values(

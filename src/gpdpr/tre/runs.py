@@ -189,9 +189,11 @@ def submit(
         message: str,
         outputs: dict[str, dict[str, Any]],
         read: tuple[bytes, pa.ChunkedArray] | None = None,
+        then: Callable[[str], None] | None = None,
     ) -> str:
         """Record the run; with `read` (the project key, the people's project pseudonyms),
-        also whose records it read, for their own view (gpdpr.transparency.patient)."""
+        also whose records it read, for their own view (gpdpr.transparency.patient); `then`,
+        given the run's reference, runs before the record commits (a failure undoes it)."""
         with Session(database) as session, session.begin():
             made = record_run(
                 session,
@@ -210,6 +212,8 @@ def submit(
             )
             if read is not None:
                 keep_run_uses(session, made.id, made.reference, *read)
+            if then is not None:
+                then(made.reference)
             return made.reference
 
     with Session(database) as session, session.begin():
@@ -235,7 +239,13 @@ def submit(
     progress("disclosure control")
     outputs = control(definition, results)
     read = (key, built["patients"].column(PATIENT_ID))
-    return _keep(home, outputs, text, lambda about: record("succeeded", "", about, read), version)
+    return _keep(
+        home,
+        outputs,
+        text,
+        lambda about, then: record("succeeded", "", about, read, then),
+        version,
+    )
 
 
 def project_views(
@@ -288,11 +298,12 @@ def _keep(
     home: Path,
     outputs: Outputs,
     definition_text: str,
-    record: Callable[[dict[str, dict[str, Any]]], str],
+    record: Callable[[dict[str, dict[str, Any]], Callable[[str], None]], str],
     lake_version: int,
 ) -> RunRecord:
-    """Write the outputs aside, record the run, then move them to the run's folder: a crash
-    leaves either no run or a complete one (and at worst a stray folder to tidy)."""
+    """Write the outputs aside, then record the run, moving them to the run's folder before the
+    record commits: a failure (the folder taken, a full disk) records no run and leaves no
+    files; a crash leaves either no run or a complete one (and at worst a stray folder)."""
     runs = home / RUNS
     runs.mkdir(parents=True, exist_ok=True)
     _tidy_pending(runs)
@@ -312,9 +323,18 @@ def _keep(
             }
         (pending / CELLS).write_bytes(orjson.dumps([asdict(c) for c in outputs.cells]))
         (pending / DEFINITION).write_text(definition_text)
-        reference = record(about)
+
+        def move(reference: str) -> None:
+            final = runs / reference
+            if final.exists():
+                raise UserError(
+                    f"{final} is already there, though no run {reference} was recorded: nothing "
+                    "was run or kept; tell the service's staff, who will move it aside"
+                )
+            pending.rename(final)
+
+        reference = record(about, move)
         final = runs / reference
-        pending.rename(final)
     except BaseException:
         shutil.rmtree(pending, ignore_errors=True)
         raise
@@ -347,7 +367,7 @@ def cells_of(home: Path, run_reference: str, files: set[str]) -> list[disclosure
     path = run_folder(home, run_reference) / CELLS
     if not path.exists():
         raise UserError(f"the run {run_reference} has no outputs in {path.parent}")
-    return [disclosure.Cell(**c) for c in orjson.loads(path.read_bytes()) if c["file"] in files]
+    return [disclosure.cell_of(c) for c in orjson.loads(path.read_bytes()) if c["file"] in files]
 
 
 def run_folder(home: Path, run_reference: str) -> Path:

@@ -53,6 +53,14 @@ FUNCTIONS = frozenset(
         "struct_pack",  # duckdb
         "sum",
         "to_months",  # duckdb
+        "try",  # duckdb: null where an operation would fail
+        "try_add",  # spark, likewise
+        "try_cast",  # spark
+        "try_multiply",  # spark
+        "try_subtract",  # spark
+        "try_sum",  # spark
+        "unix_date",  # spark
+        "date_from_unix_date",  # spark
         "year",
     }
 )

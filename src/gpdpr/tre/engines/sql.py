@@ -104,24 +104,71 @@ class Dialect:
             raise TypeError(f"a {type(value).__name__} is not a value a definition holds")
         return self.string(value)
 
+    # Operations that could fail on some values (a whole number past 64 bits, a date past the
+    # calendar's range) give null instead, on every engine: whether a run fails must not
+    # depend on one person's value, or a failure would answer a question about them.
+
+    def arithmetic(self, op: str, a: str, b: str) -> str:
+        """Whole-number `a op b` (op: + - *), null where it would overflow."""
+        raise NotImplementedError
+
+    def negative(self, a: str) -> str:
+        """Whole-number `-a`, null where it would overflow."""
+        raise NotImplementedError
+
+    def whole_sum(self, value: str) -> str:
+        """The sum of whole numbers as an aggregate (may be followed by `filter (...)`): null,
+        by `whole_sum_done`, where it would overflow."""
+        return f"sum({value})"
+
+    def whole_sum_done(self, aggregate: str) -> str:
+        """A whole-number sum (from `whole_sum`) as a bigint, null where it overflowed."""
+        raise NotImplementedError
+
     def add_days(self, day: str, count: str) -> str:
         raise NotImplementedError
 
     def add_months(self, day: str, count: str) -> str:
         raise NotImplementedError
+
+    def add_years(self, day: str, count: str) -> str:
+        return self.add_months(day, self.arithmetic("*", count, "12"))
 
     def days_between(self, first: str, second: str) -> str:
         raise NotImplementedError
 
 
+FIRST_DAY, LAST_DAY = "date '0001-01-01'", "date '9999-12-31'"  # the dates every engine holds
+WHOLE_SUM = "whole sum"  # a reduction's cast: a sum of whole numbers, null where it overflows
+SPARK_DAYS = (-719_162, 2_932_896)  # 0001-01-01 and 9999-12-31, as days from 1970-01-01
+SPARK_MONTHS = (12, 9_999 * 12 + 11)  # January of year 1 and December 9999, as year * 12 + m - 1
+
+
 class DuckDBDialect(Dialect):
     name = "duckdb"
 
+    def arithmetic(self, op: str, a: str, b: str) -> str:
+        return f"try(({a} {op} {b}))"
+
+    def negative(self, a: str) -> str:
+        return f"try((-{a}))"
+
+    def whole_sum_done(self, aggregate: str) -> str:
+        return f"try_cast({aggregate} as bigint)"  # DuckDB sums into 128 bits
+
+    # Dates within Spark's calendar (0001-01-01 to 9999-12-31) on DuckDB too, which would go
+    # further: the same definition gives the same answer on every engine.
+
     def add_days(self, day: str, count: str) -> str:
-        return f"({day} + cast({count} as integer))"
+        return self._within_calendar(f"try(({day} + cast({count} as integer)))")
 
     def add_months(self, day: str, count: str) -> str:
-        return f"cast({day} + to_months(cast({count} as integer)) as date)"
+        return self._within_calendar(
+            f"try(cast({day} + to_months(cast({count} as integer)) as date))"
+        )
+
+    def _within_calendar(self, day: str) -> str:
+        return f"(case when {day} between {FIRST_DAY} and {LAST_DAY} then {day} end)"
 
     def days_between(self, first: str, second: str) -> str:
         return f"date_diff('day', {first}, {second})"
@@ -145,11 +192,41 @@ class SparkDialect(Dialect):
             "named_struct(" + ", ".join(f"{self.string(name)}, {sql}" for name, sql in fields) + ")"
         )
 
+    def arithmetic(self, op: str, a: str, b: str) -> str:
+        name = {"+": "try_add", "-": "try_subtract", "*": "try_multiply"}[op]
+        return f"{name}({a}, {b})"
+
+    def negative(self, a: str) -> str:
+        return f"try_subtract(cast(0 as bigint), {a})"
+
+    def whole_sum(self, value: str) -> str:
+        return f"try_sum({value})"
+
+    def whole_sum_done(self, aggregate: str) -> str:
+        return f"cast({aggregate} as bigint)"
+
+    # Spark's dates run from 0001-01-01 to 9999-12-31 and it raises an error past them, so a
+    # date is worked out as a day or month number first and made a date only within them.
+    # (Each argument is written out more than once: limits.WRITTEN counts it.)
+
     def add_days(self, day: str, count: str) -> str:
-        return f"date_add({day}, cast({count} as int))"
+        days = f"try_add(unix_date({day}), try_cast({count} as int))"
+        first, last = SPARK_DAYS
+        return f"date_from_unix_date(case when {days} between {first} and {last} then {days} end)"
+
+    def add_years(self, day: str, count: str) -> str:
+        # Made a whole number of months as an int first: Spark's optimiser folds nested
+        # products of constants (count * 10^18 * 12) into one, and their overflow into null
+        # for every row.
+        return self.add_months(day, f"try_multiply(try_cast({count} as int), 12)")
 
     def add_months(self, day: str, count: str) -> str:
-        return f"add_months({day}, cast({count} as int))"
+        months = f"try_add(year({day}) * 12 + month({day}) - 1, try_cast({count} as int))"
+        first, last = SPARK_MONTHS
+        return (
+            f"(case when {months} between {first} and {last} "
+            f"then add_months({day}, try_cast({count} as int)) end)"
+        )
 
     def days_between(self, first: str, second: str) -> str:
         return f"datediff({second}, {first})"
@@ -253,7 +330,9 @@ class Compiler:
         table, flag = self.flags[frame]
         aggregates = self.reductions.setdefault(table, {})
         made = f"{aggregate} filter (where f{flag})"
-        if cast:
+        if cast == WHOLE_SUM:
+            made = self.d.whole_sum_done(made)
+        elif cast:
             made = f"cast({made} as {cast})"
         number = aggregates.setdefault(made, len(aggregates))
         row.joins[f"reduced_{table}"] = False
@@ -460,15 +539,18 @@ class Compiler:
         row, from_sql = self._rows_over(frame, n.uses_interval(series))
         value = self.expr(series, row)
         keys = [f"s.{PATIENT_ID}"] + ([f"{row.interval}.interval_start"] if row.interval else [])
+        whole_sum = node.op == "sum" and node.type == INT
         aggregate = {
             "minimum": f"min({value})",
             "maximum": f"max({value})",
-            "sum": f"sum({value})",
+            "sum": self.d.whole_sum(value) if whole_sum else f"sum({value})",
             "mean": f"avg({value})",
             "count_distinct": f"count(distinct {value})",
         }[node.op]
         cast = {INT: "bigint", FLOAT: "double"}.get(node.type)
-        if cast and node.op != "minimum" and node.op != "maximum":
+        if whole_sum:
+            aggregate = self.d.whole_sum_done(aggregate)
+        elif cast and node.op != "minimum" and node.op != "maximum":
             aggregate = f"cast({aggregate} as {cast})"
         names = [f"{k} as {k.split('.')[-1]}" for k in keys]
         sql = (
@@ -536,17 +618,18 @@ class Compiler:
         if not isinstance(frame, n.Frame) or not _of_the_rows((node.source,), frame):
             return None
         value = self.expr(node.source, Row("s", frame, None))
+        whole_sum = node.op == "sum" and node.type == INT
         made = {
             "minimum": f"min({value})",
             "maximum": f"max({value})",
-            "sum": f"sum({value})",
+            "sum": self.d.whole_sum(value) if whole_sum else f"sum({value})",
             "mean": f"avg({value})",
             "count_distinct": f"count(distinct {value})",
         }[node.op]
         cast = {INT: "bigint", FLOAT: "double"}.get(node.type)
         if node.op in ("minimum", "maximum"):
             cast = None
-        return self._reduction(frame, made, row, cast)
+        return self._reduction(frame, made, row, WHOLE_SUM if whole_sum else cast)
 
     def _as(self, node: n.Series, kind: str, row: Row) -> str:
         """A case branch, cast so that every branch has the case's type. A null branch may
@@ -599,12 +682,15 @@ class Compiler:
             "sub": "-",
             "mul": "*",
         }
+        whole = node.type == INT  # decimal numbers do not overflow (they become infinite)
+        if op in ("add", "sub", "mul") and whole:
+            return d.arithmetic(binary[op], args[0], args[1])
         if op in binary:
             return f"({args[0]} {binary[op]} {args[1]})"
         if op == "not":
             return f"(not {args[0]})"
         if op == "neg":
-            return f"(-{args[0]})"
+            return d.negative(args[0]) if whole else f"(-{args[0]})"
         if op == "is_null":
             return f"({args[0]} is null)"
         if op == "is_not_null":
@@ -617,7 +703,7 @@ class Compiler:
         if op == "add_months":
             return d.add_months(args[0], args[1])
         if op == "add_years":
-            return d.add_months(args[0], f"({args[1]}) * 12")
+            return d.add_years(args[0], args[1])
         if op == "days_between":
             return f"cast({d.days_between(args[0], args[1])} as bigint)"
         if op == "months_between":

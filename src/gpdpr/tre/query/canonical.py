@@ -21,6 +21,14 @@ A count's key is the hash of its predicate (a measure's numerator counts `denomi
 numerator`; a table's count and its total, its population) and its groups: the hash of each
 group's series with the group's value, sorted by series. A statistic's key adds the statistic and
 the hash of the variable it describes.
+
+Two predicates one step apart are compared too (`near`): the same `&`-factors with one left out
+(a superset: `x & ~target` beside `x`), or with one alternative of an `|`-factor left out (a
+subset: `x | target` beside `x`). One of the two counts then holds the other, and a difference of
+a few is those few people. (A numerator is not set beside its own denominator this way: that
+difference is the rest of the group, which disclosure control already governs.) Changes deeper
+in the graph, or rewritings into another form that means the same, are not found: matching by
+meaning in general cannot be decided, which is why counts are also rounded and redacted.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from gpdpr.tre.query import nodes as n
 from gpdpr.tre.query.schema import DATE
 
 FORMAT = "gpdpr-cell/1"  # changes whenever the canonical form does: old keys then match nothing
+MAX_FACTORS = 32  # `&`-factors of one count's predicate (each gives a near key per cell)
 _FLATTENED = ("and", "or")
 _COMMUTATIVE = ("eq", "ne", "add", "mul")
 _FIELD_KINDS: dict[str, dict[str, str]] = {
@@ -68,6 +77,7 @@ class Canon:
         self._hashes: dict[int, str] = {}
         # The operands of a flattened `and`/`or`, and the conditions of a `where` chain, by node.
         self._operands: dict[int, frozenset[str]] = {}
+        self._flattened: dict[str, tuple[str, frozenset[str]]] = {}  # hash -> (op, operands)
         self._kept: list[n.Node] = []  # keeps each hashed node alive, so its id stays its own
 
     def of(self, root: n.Node) -> str:
@@ -88,11 +98,43 @@ class Canon:
 
     def conjunction(self, *series: n.Series) -> str:
         """The hash of `series[0] & series[1] & ...`, flattened like any `and`."""
+        return self._flat("and", self.factors(*series))
+
+    def conjunction_of(self, factors: frozenset[str]) -> str:
+        """The hash of the conjunction of `factors` (from `factors`)."""
+        return self._flat("and", factors)
+
+    def factors(self, *series: n.Series) -> frozenset[str]:
+        """The `&`-factors of `series[0] & series[1] & ...`, as hashes."""
         operands: set[str] = set()
         for one in series:
             self.of(one)
             operands |= self._and_operands(one)
-        return self._flat("and", frozenset(operands))
+        return frozenset(operands)
+
+    def near(self, factors: frozenset[str], keep: frozenset[str] = frozenset()) -> list[str]:
+        """Hashes of the predicates one step from the conjunction of `factors` (see the
+        module's docstring), never the conjunction of `keep` alone (a numerator's denominator).
+        """
+        if len(factors) > MAX_FACTORS:
+            raise n.DefinitionError(
+                f"a count's conditions have {len(factors)} `&`-factors; at most {MAX_FACTORS}: "
+                "combine some of them into one codelist or one condition"
+            )
+        found: set[str] = set()
+        for factor in factors:
+            rest = factors - {factor}
+            if rest and rest != keep:
+                found.add(self._flat("and", rest))
+            op, alternatives = self._flattened.get(factor, ("", frozenset()))
+            if op == "or":
+                for alternative in alternatives:
+                    fewer = self._flat("or", alternatives - {alternative})
+                    inner = self._flattened.get(fewer, ("", frozenset()))
+                    added = inner[1] if inner[0] == "and" else frozenset((fewer,))
+                    found.add(self._flat("and", rest | added))
+        found.discard(self._flat("and", factors))
+        return sorted(found)
 
     def _and_operands(self, node: n.Node) -> frozenset[str]:
         if isinstance(node, n.Apply) and node.op == "and":
@@ -102,7 +144,9 @@ class Canon:
     def _flat(self, op: str, operands: frozenset[str]) -> str:
         if len(operands) == 1:  # `a & a` is `a`
             return next(iter(operands))
-        return _digest(["Apply", op, sorted(operands)])
+        made = _digest(["Apply", op, sorted(operands)])
+        self._flattened[made] = (op, operands)
+        return made
 
     def _hash(self, node: n.Node) -> str:
         h = self._hashes

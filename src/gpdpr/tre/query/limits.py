@@ -27,10 +27,11 @@ MAX_GROUPS = 10  # of one measure
 MAX_TABLES = 50
 MAX_INTERVALS_IN_ALL = 5_000  # over every measure
 
-# How often the compiler writes out an argument of an operation (engines/sql.py `_apply`); any
-# other argument once. A value compared with INTERVAL's start or end is written out several
+# How often the compiler writes out an argument of an operation (engines/sql.py `_apply` and the
+# dialects' date arithmetic, which on Spark checks the calendar's range first); any other
+# argument once. A value compared with INTERVAL's start or end is written out several
 # times to work out which intervals the comparison holds in (engines/spans.py `_compared`).
-WRITTEN = {"months_between": 3, "years_between": 4}
+WRITTEN = {"months_between": 3, "years_between": 4, "add_days": 2, "add_months": 3, "add_years": 3}
 COMPARED_WITH_INTERVAL = 16
 
 

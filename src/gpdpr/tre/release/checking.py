@@ -57,7 +57,7 @@ from gpdpr.tre.models import (
     Run,
 )
 from gpdpr.tre.release import differencing
-from gpdpr.tre.release.disclosure import Cell, cells_digest
+from gpdpr.tre.release.disclosure import Cell, cell_of, cells_digest
 
 APPROVALS_NEEDED = 2
 STATE_WORDS = {
@@ -537,7 +537,7 @@ def _asked_cells(request: ReleaseRequest) -> list[Cell]:
     """The cells kept with a request; a request made before cells were keyed by what they count
     (migration 0006) cannot be checked for differencing, so it cannot be released."""
     try:
-        return [Cell(**c) for c in request.cells]
+        return [cell_of(c) for c in request.cells]
     except TypeError:
         raise NotAllowed(
             f"{request.reference} was asked for before numbers were compared by what they "

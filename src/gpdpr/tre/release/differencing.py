@@ -10,7 +10,9 @@ or released, it is compared with every number that counts the same thing (`Cell.
   release, under any of their projects and agreements.
 
 Two cells with one key whose raw counts are 1 to THRESHOLD apart are refused when either of them
-published a number. Equal counts reveal nobody and are never refused; nor is a pair of which
+published a number; so are two cells of which one counts what is one step from what the other
+counts (`Cell.near`: `x & ~target` beside `x`), kept as rows keyed `near_key(key)`. Equal
+counts reveal nobody and are never refused; nor is a pair of which
 neither published anything.
 
 A refusal (`DifferencingRisk`) says that a risk was found and names the files it concerns:
@@ -22,6 +24,7 @@ everything ever seen.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 
@@ -71,9 +74,48 @@ _INSERT = (
 _PLACEHOLDER = {"qmark": "?", "format": "%s", "pyformat": "%s", "numeric": "?"}
 
 
+def near_key(key: str) -> str:
+    """The key under which a cell is kept for each of its near keys: a later cell whose own key
+    that is finds it, and no cell's own key is ever one of these."""
+    return hashlib.sha256(b"near:" + key.encode()).hexdigest()
+
+
+def asked(cells: Sequence[Cell]) -> list[tuple[str, int, bool, Cell]]:
+    """What to look up for each cell: its key; each near key (a cell seen with that key counts
+    one step from this one); and its key as a near key (a cell seen one step from this one)."""
+    out = []
+    for cell in cells:
+        out.append((cell.key, cell.raw, cell.released, cell))
+        out.append((near_key(cell.key), cell.raw, cell.released, cell))
+        out += [(key, cell.raw, cell.released, cell) for key in cell.near]
+    return out
+
+
+def kept_rows(cells: Sequence[Cell]) -> list[tuple[str, int, bool, Cell]]:
+    """The rows a cell is kept as: its key, and each of its near keys as `near_key`."""
+    out = []
+    for cell in cells:
+        out.append((cell.key, cell.raw, cell.released, cell))
+        out += [(near_key(key), cell.raw, cell.released, cell) for key in cell.near]
+    return out
+
+
 def risky(new: Sequence[Cell], seen: dict[str, set[Seen]]) -> set[str]:
     """The files of `new` with a cell that differences another new cell or a cell in `seen`
     (by key). The rule itself, without a database: `check` asks the database the same."""
+    files = _risky_exact(new, seen)
+    exact: dict[str, list[Cell]] = defaultdict(list)
+    for cell in new:
+        exact[cell.key].append(cell)
+    for cell in new:  # one step apart, within the new cells
+        for key in cell.near:
+            for other in exact.get(key, ()):
+                if _differs(cell.raw, cell.released, other.raw, other.released):
+                    files |= {cell.file, other.file}
+    return files
+
+
+def _risky_exact(new: Sequence[Cell], seen: dict[str, set[Seen]]) -> set[str]:
     repeated = {key for key, count in Counter(c.key for c in new).items() if count > 1}
     by_key: dict[str, list[Cell]] = defaultdict(list)
     for cell in new:
@@ -106,31 +148,32 @@ def check(
     if person is None:
         raise UserError(f"no person {person_id}: differencing is checked for a known person")
     found = risky(cells, {})  # against each other
-    offending = _offending(session, person, cells, for_release)
-    found |= {c.file for c in cells if (c.key, c.raw) in offending}
+    found |= _offending(session, person, cells, for_release)
     if found:
         raise DifferencingRisk(found)
 
 
-def _offending(
-    session: Session, person: Person, cells: Sequence[Cell], everyone: bool
-) -> set[tuple[str, int]]:
-    """(key, raw) of the cells that difference a cell anyone released or that `person`'s circle
+def _offending(session: Session, person: Person, cells: Sequence[Cell], everyone: bool) -> set[str]:
+    """The files of the cells that difference a cell anyone released or that `person`'s circle
     (with `everyone`, anyone) was shown, asked of the database a batch at a time."""
     connection = session.connection()
     mark = _PLACEHOLDER[connection.dialect.paramstyle]
-    asked = sorted({(c.key, c.raw, c.released) for c in cells})  # near keys, near pages
+    files_of: dict[tuple[str, int], set[str]] = defaultdict(set)
+    for key, raw, _, cell in asked(cells):
+        files_of[(key, raw)].add(cell.file)
+    asking = sorted({(key, raw, published) for key, raw, published, _ in asked(cells)})
     organisation = -1 if person.organisation_id is None else person.organisation_id
-    found: set[tuple[str, int]] = set()
-    for start in range(0, len(asked), BATCH):
-        batch = asked[start : start + BATCH]
+    found: set[str] = set()
+    for start in range(0, len(asking), BATCH):
+        batch = asking[start : start + BATCH]
         query = _OFFENDING.format(
             rows=", ".join([f"({mark}, {mark}, {mark})"] * len(batch)),
             threshold=THRESHOLD,
             p=mark,
         )
         values = [v for row in batch for v in row] + [everyone, person.id, organisation]
-        found.update(connection.exec_driver_sql(query, tuple(values)).all())
+        for key, raw in connection.exec_driver_sql(query, tuple(values)).all():
+            found |= files_of[(key, raw)]
     return found
 
 
@@ -151,8 +194,8 @@ def remember(
         )
     }
     rows = []
-    for cell in cells:
-        seen = (cell.key, cell.raw, cell.released)
+    for key, raw, published, cell in kept_rows(cells):
+        seen = (key, raw, published)
         if seen not in kept:
             kept.add(seen)
             rows.append((*seen, cell.file, person_id, run_id, released))

@@ -133,12 +133,22 @@ class Cell:
     released: bool  # a number was published for it
     status: str  # one of STATUSES
     reason: str  # why, in plain words
+    # Keys of what counts one step from what this counts (query.canonical `near`): one holds
+    # the other, so a few apart is those few people.
+    near: tuple[str, ...] = ()
+
+
+def cell_of(entry: dict[str, Any]) -> Cell:
+    """A cell as cells.json (or a release request) keeps it."""
+    return Cell(**{**entry, "near": tuple(entry.get("near", ()))})
 
 
 def cells_digest(cells: Sequence[Cell]) -> str:
     """A file's cells as one SHA-256, recorded with the run: a release request must come with
     exactly these cells, so that none can be left out of the differencing check."""
-    listed = [[c.file, c.row, c.column, c.key, c.raw, c.released, c.status] for c in cells]
+    listed = [
+        [c.file, c.row, c.column, c.key, c.raw, c.released, c.status, list(c.near)] for c in cells
+    ]
     return hashlib.sha256(orjson.dumps(listed)).hexdigest()
 
 
@@ -263,7 +273,9 @@ def control_measure(
             "denominator, each once, so check the query (or the engine) that produced it"
         )
     _refuse_repeats(file, raw, ["interval_start", *groups])
-    numerator_keys, denominator_keys = _measure_keys(raw, measure)
+    (numerator_keys, numerator_near), (denominator_keys, denominator_near) = _measure_keys(
+        raw, measure
+    )
 
     kept = pc.greater(denominator, THRESHOLD)
     published = raw.filter(kept)
@@ -288,13 +300,15 @@ def control_measure(
     status, reason = count_status(raw_numerator, rule)
     status[~keep], reason[~keep] = SUPPRESSED, BECAUSE_SMALL_GROUP
     numerators = make_cells(
-        file, "numerator", rows_out, keep, numerator_keys, raw_numerator, status, reason
-    )
+        file, "numerator", rows_out, keep, numerator_keys, raw_numerator, status, reason,
+        numerator_near,
+    )  # fmt: skip
     status = np.where(keep, ROUNDED, SUPPRESSED).astype(object)
     reason = np.where(keep, rounding_reason(rule), BECAUSE_SMALL_GROUP).astype(object)
     denominators = make_cells(
-        file, "denominator", rows_out, keep, denominator_keys, raw_denominator, status, reason
-    )
+        file, "denominator", rows_out, keep, denominator_keys, raw_denominator, status, reason,
+        denominator_near,
+    )  # fmt: skip
     cells = [cell for pair in zip(numerators, denominators, strict=True) for cell in pair]
     return table, cells
 
@@ -304,11 +318,17 @@ def rounding_reason(rule: str) -> str:
     return BECAUSE_MIDPOINT6 if rule == "midpoint6" else BECAUSE_ROUND5
 
 
-def _measure_keys(raw: pa.Table, measure: n.Measure) -> tuple[list[str], list[str]]:
-    """The numerator's and the denominator's key of each row. The definition is hashed once
-    per interval (INTERVAL's dates are part of what is counted), then that interval's rows."""
+Keys = tuple[list[str], list[tuple[str, ...]]]  # each row's key, and its near keys
+
+
+def _measure_keys(raw: pa.Table, measure: n.Measure) -> tuple[Keys, Keys]:
+    """The numerator's and the denominator's key of each row, each with its near keys. The
+    definition is hashed once per interval (INTERVAL's dates are part of what is counted), then
+    that interval's rows."""
     numerators: list[str] = [""] * raw.num_rows
     denominators: list[str] = [""] * raw.num_rows
+    numerators_near: list[tuple[str, ...]] = [()] * raw.num_rows
+    denominators_near: list[tuple[str, ...]] = [()] * raw.num_rows
     days = pc.cast(raw.column("interval_start"), pa.int32()).to_numpy()
     order = np.argsort(days, kind="stable")
     bounds = np.flatnonzero(np.diff(days[order])) + 1
@@ -324,12 +344,21 @@ def _measure_keys(raw: pa.Table, measure: n.Measure) -> tuple[list[str], list[st
             [canon.of(series) for _, series in measure.group_by],
             [raw.column(name).take(taken) for name, _ in measure.group_by],
         )
-        both = canonical.count(canon.conjunction(measure.denominator, measure.numerator))
-        alone = canonical.count(canon.of(measure.denominator))
-        for keys, what in ((numerators, both), (denominators, alone)):
+        below = canon.factors(measure.denominator)
+        both = canon.factors(measure.denominator, measure.numerator)
+        for keys, near, factors, keep in (
+            (numerators, numerators_near, both, below),
+            (denominators, denominators_near, below, frozenset()),
+        ):
+            what = canonical.count(canon.conjunction_of(factors))
             for row, key in zip(rows.tolist(), grouping.keys([what] * len(rows)), strict=True):
                 keys[row] = key
-    return numerators, denominators
+            around = [
+                grouping.keys([canonical.count(p)] * len(rows)) for p in canon.near(factors, keep)
+            ]
+            for index, row in enumerate(rows.tolist()):
+                near[row] = tuple(k[index] for k in around)
+    return (numerators, numerators_near), (denominators, denominators_near)
 
 
 def _check_measure_shape(raw: pa.Table, groups: list[str], file: str) -> None:
@@ -417,6 +446,7 @@ def make_cells(
     raw: np.ndarray,
     status: np.ndarray,
     reason: np.ndarray,
+    near: Sequence[tuple[str, ...]] | None = None,
 ) -> list[Cell]:
     """One `Cell` per raw row: `rows` numbers the published rows (cumulatively), `kept` says
     which were published. A five-year monthly measure by practice has hundreds of thousands of
@@ -435,6 +465,7 @@ def make_cells(
         "released": published.tolist(),
         "status": status.tolist(),
         "reason": reason.tolist(),
+        "near": near if near is not None else repeat((), count),
     }
     for name, values in fields.items():
         deque(map(getattr(Cell, name).__set__, cells, values), maxlen=0)

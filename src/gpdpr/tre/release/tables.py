@@ -104,6 +104,7 @@ def control_table(
 
     canon = canonical.Canon()
     population = canon.of(definition.population)
+    around = canon.near(canon.factors(definition.population))
     typed = [
         pa.array(values, dataset.schema.field(name).type)
         for name, values in zip(table.by, groups.values, strict=True)
@@ -114,7 +115,9 @@ def control_table(
     status, reason = count_status(counts, rule)
     status[~kept], reason[~kept] = SUPPRESSED, BECAUSE_SMALL_GROUP
     columns: list[tuple[str, list[Cell], pa.Array]] = []
-    made = make_cells(file, PATIENTS, rows, kept, count_keys, counts, status, reason)
+    near_keys = [grouping.keys([canonical.count(p)] * groups.count) for p in around]
+    near = [tuple(k[i] for k in near_keys) for i in range(groups.count)]
+    made = make_cells(file, PATIENTS, rows, kept, count_keys, counts, status, reason, near)
     columns.append((PATIENTS, made, control_counts(pa.array(counts[kept], pa.int64()), rule)))
     computed = {
         variable: _Values(dataset.column(variable), groups)
@@ -148,6 +151,7 @@ def control_table(
         total is not None,
         total_status,
         total_reason,
+        tuple(canonical.ungrouped_key(canonical.count(p)) for p in around),
     )
 
     out: dict[str, pa.Array] = {}
