@@ -318,9 +318,7 @@ class Compiler:
             for table, aggregates in self.reductions.items()
         }
 
-    def _reduction(
-        self, frame: n.Frame, aggregate: str, row: Row, cast: str | None = None
-    ) -> str | None:
+    def _reduction(self, frame: n.Frame, aggregate: str, cast: str | None, row: Row) -> str | None:
         """`aggregate` (SQL over the rows as `s`) of a frame read in one pass, as a column of
         its table's reduction joined to `row`; None if the frame is not read in one pass."""
         frame = frame.rows()
@@ -351,7 +349,7 @@ class Compiler:
         value = self.d.struct([(f"c{i}", f"s.{c}") for i, c in enumerate(columns)] or [("c", "1")])
         keys = self.d.struct(self._key_fields(ordering, source.source))
         chosen = "min_by" if frame.position == "first" else "max_by"
-        return self._reduction(source.source, f"{chosen}({value}, {keys})", row)
+        return self._reduction(source.source, f"{chosen}({value}, {keys})", None, row)
 
     def _read_once(self) -> dict[str, str]:
         """For each table filtered by conditions on its rows alone: the rows any of them keeps,
@@ -539,18 +537,10 @@ class Compiler:
         row, from_sql = self._rows_over(frame, n.uses_interval(series))
         value = self.expr(series, row)
         keys = [f"s.{PATIENT_ID}"] + ([f"{row.interval}.interval_start"] if row.interval else [])
-        whole_sum = node.op == "sum" and node.type == INT
-        aggregate = {
-            "minimum": f"min({value})",
-            "maximum": f"max({value})",
-            "sum": self.d.whole_sum(value) if whole_sum else f"sum({value})",
-            "mean": f"avg({value})",
-            "count_distinct": f"count(distinct {value})",
-        }[node.op]
-        cast = {INT: "bigint", FLOAT: "double"}.get(node.type)
-        if whole_sum:
+        aggregate, cast = self._of_values(node, value)
+        if cast == WHOLE_SUM:
             aggregate = self.d.whole_sum_done(aggregate)
-        elif cast and node.op != "minimum" and node.op != "maximum":
+        elif cast:
             aggregate = f"cast({aggregate} as {cast})"
         names = [f"{k} as {k.split('.')[-1]}" for k in keys]
         sql = (
@@ -613,23 +603,29 @@ class Compiler:
         """An aggregate of a frame read in one pass, from its table's reduction."""
         if isinstance(node.source, n.Frame):
             made = "count(*)" if node.op == "count" else "bool_or(true)"
-            return self._reduction(node.source, made, row)
+            return self._reduction(node.source, made, None, row)
         frame = node.source.domain()
         if not isinstance(frame, n.Frame) or not _of_the_rows((node.source,), frame):
             return None
         value = self.expr(node.source, Row("s", frame, None))
-        whole_sum = node.op == "sum" and node.type == INT
+        return self._reduction(frame, *self._of_values(node, value), row)
+
+    def _of_values(self, node: n.Aggregate, value: str) -> tuple[str, str | None]:
+        """A per-patient aggregate of a series' values (SQL over the rows), and the cast its
+        result takes: WHOLE_SUM for a sum of whole numbers (null where it would overflow), none
+        for a minimum or maximum (of the values' own type)."""
+        if node.op == "sum" and node.type == INT:
+            return self.d.whole_sum(value), WHOLE_SUM
         made = {
             "minimum": f"min({value})",
             "maximum": f"max({value})",
-            "sum": self.d.whole_sum(value) if whole_sum else f"sum({value})",
+            "sum": f"sum({value})",
             "mean": f"avg({value})",
             "count_distinct": f"count(distinct {value})",
         }[node.op]
-        cast = {INT: "bigint", FLOAT: "double"}.get(node.type)
         if node.op in ("minimum", "maximum"):
-            cast = None
-        return self._reduction(frame, made, row, WHOLE_SUM if whole_sum else cast)
+            return made, None
+        return made, {INT: "bigint", FLOAT: "double"}.get(node.type)
 
     def _as(self, node: n.Series, kind: str, row: Row) -> str:
         """A case branch, cast so that every branch has the case's type. A null branch may

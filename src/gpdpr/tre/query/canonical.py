@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 from gpdpr.tre.query import nodes as n
 from gpdpr.tre.query.schema import DATE
 
-FORMAT = "gpdpr-cell/1"  # changes whenever the canonical form does: old keys then match nothing
+FORMAT = "gpdpr-cell/2"  # changes whenever the canonical form does: old keys then match nothing
 MAX_FACTORS = 32  # `&`-factors of one count's predicate (each gives a near key per cell)
 _FLATTENED = ("and", "or")
 _COMMUTATIVE = ("eq", "ne", "add", "mul")
@@ -210,15 +210,22 @@ class Grouping:
     def __init__(self, series: Sequence[str], columns: Sequence[pa.Array | pa.ChunkedArray]):
         first = {h: i for i, h in reversed(list(enumerate(series)))}  # a repeat counts once
         self.series = sorted(first)
-        self._values = _encode([columns[first[h]] for h in self.series], _length(columns))
+        head = orjson.dumps(self.series)
+        # A key is half a SHA-256 of what is counted and half one of the groups (128 bits
+        # each): the groups' half is worked out once per row, however many kinds of number the
+        # row has (a numerator, a denominator, each near key).
+        self._groups = [
+            hashlib.sha256(head + values).hexdigest()[:32]
+            for values in _encode([columns[first[h]] for h in self.series], _length(columns))
+        ]
+        self._what: dict[str, str] = {}
 
     def keys(self, what: Sequence[str]) -> list[str]:
         """The key of each row, counting `what` (from `count` or `statistic`)."""
-        head = orjson.dumps(self.series)
-        return [
-            hashlib.sha256(b"".join((kind.encode(), head, values))).hexdigest()
-            for kind, values in zip(what, self._values, strict=True)
-        ]
+        halves = self._what
+        for kind in set(what) - halves.keys():
+            halves[kind] = hashlib.sha256(kind.encode()).hexdigest()[:32]
+        return [halves[kind] + groups for kind, groups in zip(what, self._groups, strict=True)]
 
 
 def count(predicate: str) -> str:

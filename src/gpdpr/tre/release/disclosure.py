@@ -323,42 +323,54 @@ Keys = tuple[list[str], list[tuple[str, ...]]]  # each row's key, and its near k
 
 def _measure_keys(raw: pa.Table, measure: n.Measure) -> tuple[Keys, Keys]:
     """The numerator's and the denominator's key of each row, each with its near keys. The
-    definition is hashed once per interval (INTERVAL's dates are part of what is counted), then
-    that interval's rows."""
-    numerators: list[str] = [""] * raw.num_rows
-    denominators: list[str] = [""] * raw.num_rows
-    numerators_near: list[tuple[str, ...]] = [()] * raw.num_rows
-    denominators_near: list[tuple[str, ...]] = [()] * raw.num_rows
+    definition is hashed once per interval (INTERVAL's dates are part of what is counted); the
+    groups' values are encoded once for all rows, or per interval where they differ by it."""
+    count = raw.num_rows
+    if not count:
+        return ([], []), ([], [])
     days = pc.cast(raw.column("interval_start"), pa.int32()).to_numpy()
-    order = np.argsort(days, kind="stable")
-    bounds = np.flatnonzero(np.diff(days[order])) + 1
-    for rows in np.split(order, bounds) if len(order) else []:
-        first = int(rows[0])
-        interval = (
-            raw.column("interval_start")[first].as_py(),
-            raw.column("interval_end")[first].as_py(),
+    _, firsts, of_row = np.unique(days, return_index=True, return_inverse=True)
+    canons, whats = [], []  # per interval: its Canon; what each kind of cell counts
+    for first in firsts.tolist():
+        canon = canonical.Canon(
+            (raw.column("interval_start")[first].as_py(), raw.column("interval_end")[first].as_py())
         )
-        canon = canonical.Canon(interval)
-        taken = pa.array(rows)
+        below = canon.factors(measure.denominator)
+        both = canon.factors(measure.denominator, measure.numerator)
+        whats.append(
+            [
+                [canonical.count(canon.conjunction_of(factors))]
+                + [canonical.count(p) for p in canon.near(factors, keep)]
+                for factors, keep in ((both, below), (below, frozenset()))
+            ]
+        )
+        canons.append(canon)
+    alike = len({tuple(len(w) for w in kinds) for kinds in whats}) == 1
+    if alike and not any(n.uses_interval(series) for _, series in measure.group_by):
+        batches = [np.arange(count)]  # one encoding of the groups serves every interval
+    else:
+        batches = [np.flatnonzero(of_row == i) for i in range(len(canons))]
+    found: list[tuple[list[str], list[tuple[str, ...]]]] = [([], []), ([], [])]
+    for batch in batches:  # keys in the order of the batches' rows, put in row order below
+        which = of_row[batch]
+        canon = canons[int(which[0])]
+        taken = pa.array(batch)
         grouping = canonical.Grouping(
             [canon.of(series) for _, series in measure.group_by],
             [raw.column(name).take(taken) for name, _ in measure.group_by],
         )
-        below = canon.factors(measure.denominator)
-        both = canon.factors(measure.denominator, measure.numerator)
-        for keys, near, factors, keep in (
-            (numerators, numerators_near, both, below),
-            (denominators, denominators_near, below, frozenset()),
-        ):
-            what = canonical.count(canon.conjunction_of(factors))
-            for row, key in zip(rows.tolist(), grouping.keys([what] * len(rows)), strict=True):
-                keys[row] = key
-            around = [
-                grouping.keys([canonical.count(p)] * len(rows)) for p in canon.near(factors, keep)
+        for kind, (keys, near) in enumerate(found):
+            made = [
+                grouping.keys(np.array([w[kind][j] for w in whats], dtype=object)[which].tolist())
+                for j in range(len(whats[int(which[0])][kind]))
             ]
-            for index, row in enumerate(rows.tolist()):
-                near[row] = tuple(k[index] for k in around)
-    return (numerators, numerators_near), (denominators, denominators_near)
+            keys += made[0]
+            near += list(zip(*made[1:], strict=True)) if len(made) > 1 else [()] * len(batch)
+    place = np.argsort(np.concatenate(batches), kind="stable").tolist()
+    numerators, denominators = (
+        ([keys[i] for i in place], [near[i] for i in place]) for keys, near in found
+    )
+    return numerators, denominators
 
 
 def _check_measure_shape(raw: pa.Table, groups: list[str], file: str) -> None:
