@@ -387,12 +387,14 @@ def test_a_checker_reads_a_request_on_a_phone_each_file_a_table_and_the_measure_
         assert box is not None and box["x"] + box["width"] <= width
         measure = regions.filter(has_text="measure_any_event.csv")
         statuses = measure.locator(".status")
-        assert statuses.count() > 0 and statuses.first.inner_text() in {
+        # "rounded [1]": the status, then the note that says why
+        assert statuses.count() > 0 and statuses.first.inner_text().split()[0] in {
             "published",
             "rounded",
             "redacted",
             "suppressed",
         }
+        assert statuses.first.get_by_role("link").count() == 1  # its reason, a note away
         if name == "phone":
             wide = measure.evaluate("e => e.scrollWidth > e.clientWidth")
             assert wide, "the measure's table fits a phone: this test shows nothing"

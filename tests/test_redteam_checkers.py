@@ -91,7 +91,7 @@ def test_a_rejected_or_returned_file_cannot_be_asked_for_again_unchanged(
     same run and from a new run of the same definition (the same bytes): both refused, and the
     file is never published."""
     name = f"{decision}_{engine}"
-    day = {"reject": 1990, "return": 1985}[decision] - (5 if engine == "spark" else 0)
+    day = {"reject": 1990, "return": 1985}[decision] - (10 if engine == "spark" else 0)
     born_before = f"{day}-01-01"
     run, file = run_of(world, tmp_path / "first", engine, name, born_before)
     code, text, request = ask(world, run, file)

@@ -207,7 +207,14 @@ class Grouping:
     rows): each as its text with its length, or as missing, so no two rows' values run together.
     """
 
-    def __init__(self, series: Sequence[str], columns: Sequence[pa.Array | pa.ChunkedArray]):
+    def __init__(
+        self,
+        series: Sequence[str],
+        columns: Sequence[pa.Array | pa.ChunkedArray],
+        rows: int | None = None,
+    ):
+        """`rows`: how many rows there are, needed when there are no group columns to tell
+        (by default one)."""
         first = {h: i for i, h in reversed(list(enumerate(series)))}  # a repeat counts once
         self.series = sorted(first)
         head = orjson.dumps(self.series)
@@ -216,7 +223,10 @@ class Grouping:
         # row has (a numerator, a denominator, each near key).
         self._groups = [
             hashlib.sha256(head + values).hexdigest()[:32]
-            for values in _encode([columns[first[h]] for h in self.series], _length(columns))
+            for values in _encode(
+                [columns[first[h]] for h in self.series],
+                _length(columns) if rows is None else rows,
+            )
         ]
         self._what: dict[str, str] = {}
 

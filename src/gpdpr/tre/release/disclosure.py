@@ -358,6 +358,7 @@ def _measure_keys(raw: pa.Table, measure: n.Measure) -> tuple[Keys, Keys]:
         grouping = canonical.Grouping(
             [canon.of(series) for _, series in measure.group_by],
             [raw.column(name).take(taken) for name, _ in measure.group_by],
+            len(batch),
         )
         for kind, (keys, near) in enumerate(found):
             made = [
