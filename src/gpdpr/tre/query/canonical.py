@@ -257,6 +257,11 @@ def _length(columns: Sequence[pa.Array | pa.ChunkedArray]) -> int:
     return len(columns[0]) if columns else 1
 
 
+# As pyarrow scalars once: a Python string given to a compute function is converted on every
+# call, at a cost that a measure's key-making per interval would pay thousands of times.
+_V, _COLON, _NOTHING, _N = (pa.scalar(s) for s in ("V", ":", "", "N"))
+
+
 def _encode(columns: list[pa.Array | pa.ChunkedArray], rows: int) -> list[bytes]:
     """Each row's group values as bytes: per value, "V<length>:<text>" or "N" (missing)."""
     if not columns:
@@ -264,9 +269,8 @@ def _encode(columns: list[pa.Array | pa.ChunkedArray], rows: int) -> list[bytes]
     parts = []
     for column in columns:
         text = pc.cast(column, pa.string())
-        sized = pc.binary_join_element_wise(
-            "V", pc.cast(pc.utf8_length(text), pa.string()), ":", text, ""
-        )
-        parts.append(pc.fill_null(sized, "N"))
-    joined = pc.binary_join_element_wise(*parts, "") if len(parts) > 1 else parts[0]
+        length = pc.cast(pc.utf8_length(text), pa.string())
+        sized = pc.binary_join_element_wise(_V, length, _COLON, text, _NOTHING)
+        parts.append(pc.fill_null(sized, _N))
+    joined = pc.binary_join_element_wise(*parts, _NOTHING) if len(parts) > 1 else parts[0]
     return [v.encode() for v in joined.to_pylist()]
