@@ -3,6 +3,7 @@ a title and a description, and its page gives the same figures as a table)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from html import escape
 
@@ -30,21 +31,8 @@ def bars(
     top_value = max([1, *(v for s in series for v in s.values)])
     scale = max(4, _nice(top_value))
     ticks = 5 if scale % 5 == 0 else 4
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
-        f'role="img" aria-labelledby="t-{_id(title)} d-{_id(title)}" class="chart">',
-        f'<title id="t-{_id(title)}">{escape(title)}</title>',
-        f'<desc id="d-{_id(title)}">{escape(_describe(labels, series))}</desc>',
-    ]
-    for step in range(ticks + 1):
-        value = scale * step / ticks
-        y = top + plot_h - plot_h * step / ticks
-        parts.append(
-            f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" '
-            'stroke="#d8dde0"/>'
-            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11" '
-            f'fill="#212b32">{value:,.0f}</text>'
-        )
+    parts = _opened(title, _describe(labels, series), width, height)
+    parts += _grid(scale, ticks, (left, top, width - right, plot_h), lambda v: f"{v:,.0f}")
     if labels:
         group = plot_w / len(labels)
         bar = max(2.0, group * 0.8 / max(1, len(series)))
@@ -123,21 +111,8 @@ def lines(title: str, labels: list[str], series: list[Rates], width: int = 640) 
     peak = max([0.0, *(v for s in series for v in s.values if v is not None)]) * 100
     scale = _nice_percent(peak)
     ticks = 4 if scale in (0.2, 2, 20) else 5
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
-        f'role="img" aria-labelledby="t-{_id(title)} d-{_id(title)}" class="chart">',
-        f'<title id="t-{_id(title)}">{escape(title)}</title>',
-        f'<desc id="d-{_id(title)}">{escape(_describe_rates(labels, series))}</desc>',
-    ]
-    for step in range(ticks + 1):
-        value = scale * step / ticks
-        y = top + plot_h - plot_h * step / ticks
-        parts.append(
-            f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" '
-            'stroke="#d8dde0"/>'
-            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11" '
-            f'fill="#212b32">{_percent(value)}</text>'
-        )
+    parts = _opened(title, _describe_rates(labels, series), width, height)
+    parts += _grid(scale, ticks, (left, top, width - right, plot_h), _percent)
     step_x = plot_w / max(1, len(labels) - 1)
     every = max(1, len(labels) // 8)
     for i, label in enumerate(labels):
@@ -202,3 +177,34 @@ def _describe_rates(labels: list[str], series: list[Rates]) -> str:
         )
         for s in series
     )
+
+
+def _opened(title: str, description: str, width: int, height: int) -> list[str]:
+    """A chart's opening: the SVG element, labelled by its title and its figures as text."""
+    return [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
+        f'role="img" aria-labelledby="t-{_id(title)} d-{_id(title)}" class="chart">',
+        f'<title id="t-{_id(title)}">{escape(title)}</title>',
+        f'<desc id="d-{_id(title)}">{escape(description)}</desc>',
+    ]
+
+
+def _grid(
+    scale: float,
+    ticks: int,
+    plot: tuple[float, float, float, float],
+    label: Callable[[float], str],
+) -> list[str]:
+    """Horizontal grid lines from 0 to `scale` in `ticks` steps, each with its value labelled;
+    `plot` is (left, top, right, height) of the plotting area."""
+    left, top, right, plot_h = plot
+    out = []
+    for step in range(ticks + 1):
+        value = scale * step / ticks
+        y = top + plot_h - plot_h * step / ticks
+        out.append(
+            f'<line x1="{left}" x2="{right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#d8dde0"/>'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11" '
+            f'fill="#212b32">{label(value)}</text>'
+        )
+    return out
