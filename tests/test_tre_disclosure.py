@@ -7,6 +7,7 @@ test_tre_differencing.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from datetime import date
@@ -22,9 +23,16 @@ from hypothesis import strategies as st
 
 from gpdpr.errors import UserError
 from gpdpr.portal.app import create_app
+from gpdpr.tre.engines import sql
 from gpdpr.tre.query import canonical
 from gpdpr.tre.query import nodes as n
-from gpdpr.tre.query.language import INTERVAL, Measures, months, patients
+from gpdpr.tre.query.language import (
+    INTERVAL,
+    Measures,
+    months,
+    patients,
+    practice_registrations,
+)
 from gpdpr.tre.release import disclosure
 from gpdpr.tre.release.disclosure import (
     BLOCK,
@@ -388,3 +396,60 @@ def test_the_safeguards_page_states_each_rule_with_the_constants_that_enforce_it
     constants = set(disclosure.rules().values()) | {1, BLOCK // 2}
     assert stated <= constants, stated - constants
     assert np.isclose(NK_K, 0.9) and np.isclose(P_PERCENT, 0.1)  # ACRO's published defaults
+
+
+@pytest.mark.parametrize("by_region", [False, True])
+def test_a_measures_keys_are_the_keys_of_each_row_counted_on_its_own(by_region: bool) -> None:
+    """Keys are made for all of a measure's rows at once; they must be the keys each row gets
+    when its interval's counts and groups are keyed one row at a time. Grouped by the practice
+    on each interval's first day (a series that changes with the interval), every interval is
+    alike and whole columns are keyed at once; grouped by region too (a series that does not
+    change), the two series' hashes fall in one order for some months and the other for
+    others, and the rows are keyed one by one."""
+    practice = practice_registrations.for_patient_on(INTERVAL.start_date).practice
+    measures = Measures()
+    measures.define_measure(
+        "by_practice",
+        numerator=patients.sex == "F",
+        denominator=patients.age_on(INTERVAL.start_date) >= 18,
+        group_by={"practice": practice, "region": patients.region_code},
+        intervals=months(24).starting_on("2023-01-01"),
+    )
+    (measure_,) = measures.measures
+    spans = [(a, b) for a, b, *_ in sql.interval_rows(measure_.intervals)]
+    orders = set()
+    for span in spans:
+        canon = canonical.Canon(span)
+        hashes = [canon.of(series) for _, series in measure_.group_by]
+        orders.add(hashes[0] < hashes[1])
+    assert orders == {True, False}  # the case this test is for
+    if not by_region:
+        measure_ = dataclasses.replace(measure_, group_by=measure_.group_by[:1])
+
+    regions = ("E1", "E2") if by_region else (None,)
+    rows = [(span, p, r) for span in spans for p in ("A81001", None) for r in regions]
+    raw = pa.table(
+        {
+            "interval_start": pa.array([s[0] for s, _, _ in rows], pa.date32()),
+            "interval_end": pa.array([s[1] for s, _, _ in rows], pa.date32()),
+            "practice": pa.array([p for _, p, _ in rows], pa.string()),
+            **({"region": pa.array([r for _, _, r in rows], pa.string())} if by_region else {}),
+            "numerator": pa.array([50] * len(rows), pa.int64()),
+            "denominator": pa.array([100] * len(rows), pa.int64()),
+        }
+    )
+    _, cells = control_measure(raw, measure_, "m.csv")
+    for index, (span, p, r) in enumerate(rows):
+        canon = canonical.Canon(span)
+        grouping = canonical.Grouping(
+            [canon.of(series) for _, series in measure_.group_by],
+            [pa.array([p], pa.string()), pa.array([r], pa.string())][: len(measure_.group_by)],
+        )
+        below = canon.factors(measure_.denominator)
+        both = canon.factors(measure_.denominator, measure_.numerator)
+        for cell, (factors, keep) in zip(
+            cells[2 * index : 2 * index + 2], ((both, below), (below, frozenset())), strict=True
+        ):
+            expected = [canon.conjunction_of(factors), *canon.near(factors, keep)]
+            keys = [grouping.keys([canonical.count(w)])[0] for w in expected]
+            assert (cell.key, cell.near) == (keys[0], tuple(keys[1:]))

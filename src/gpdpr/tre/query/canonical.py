@@ -17,10 +17,10 @@ the *canonical form* of what it counts, never of a label:
   and a table of people registered on 1 January count the same people when their conditions
   agree, and a denominator that does not depend on the interval has one key for every interval.
 
-A count's key is the hash of its predicate (a measure's numerator counts `denominator AND
-numerator`; a table's count and its total, its population) and its groups: the hash of each
-group's series with the group's value, sorted by series. A statistic's key adds the statistic and
-the hash of the variable it describes.
+A count's key is two halves: a hash of its predicate (a measure's numerator counts `denominator
+AND numerator`; a table's count and its total, its population) with the series of its groups,
+sorted; and a hash of its groups' values in that order. A statistic's key adds the statistic and
+the hash of the variable it describes to the first half.
 
 Two predicates one step apart are compared too (`near`): the same `&`-factors with one left out
 (a superset: `x & ~target` beside `x`), or with one alternative of an `|`-factor left out (a
@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -45,7 +46,7 @@ import pyarrow.compute as pc
 from gpdpr.tre.query import nodes as n
 from gpdpr.tre.query.schema import DATE
 
-FORMAT = "gpdpr-cell/2"  # changes whenever the canonical form does: old keys then match nothing
+FORMAT = "gpdpr-cell/3"  # changes whenever the canonical form does: old keys then match nothing
 MAX_FACTORS = 32  # `&`-factors of one count's predicate (each gives a near key per cell)
 _FLATTENED = ("and", "or")
 _COMMUTATIVE = ("eq", "ne", "add", "mul")
@@ -72,12 +73,18 @@ class Canon:
     """Hashes of series and frames in canonical form, for one interval (or none), remembered
     per node object so that a graph is hashed once however often its nodes are asked for."""
 
-    def __init__(self, interval: Interval | None = None) -> None:
+    def __init__(self, interval: Interval | None = None, shared: Canon | None = None) -> None:
+        """`shared`: a Canon without an interval whose hashes this one reuses for the nodes
+        that do not use INTERVAL (they hash the same for every interval of a measure)."""
         self.interval = interval
+        self._shared = shared
         self._hashes: dict[int, str] = {}
         # The operands of a flattened `and`/`or`, and the conditions of a `where` chain, by node.
         self._operands: dict[int, frozenset[str]] = {}
-        self._flattened: dict[str, tuple[str, frozenset[str]]] = {}  # hash -> (op, operands)
+        # hash -> (op, operands): content-addressed, so one dict serves every Canon sharing it
+        self._flattened: dict[str, tuple[str, frozenset[str]]] = (
+            {} if shared is None else shared._flattened
+        )
         self._kept: list[n.Node] = []  # keeps each hashed node alive, so its id stays its own
 
     def of(self, root: n.Node) -> str:
@@ -90,6 +97,12 @@ class Canon:
                 continue
             if ready:
                 self._hashes[id(node)] = self._hash(node)
+                self._kept.append(node)
+                continue
+            if self._shared is not None and not n.uses_interval(node):
+                self._hashes[id(node)] = self._shared.of(node)
+                if id(node) in self._shared._operands:
+                    self._operands[id(node)] = self._shared._operands[id(node)]
                 self._kept.append(node)
                 continue
             stack.append((node, True))
@@ -198,13 +211,15 @@ def _unfiltered(frame: n.Where) -> n.Frame:
 
 
 class Grouping:
-    """What a row of a table or measure counts, as a key: the `what` (a count of a predicate, or
-    a statistic of a variable over it) and the groups, each a series hash with the row's value.
+    """What a row of a table or measure counts, as a key: half a hash of the `what` (a count of
+    a predicate, or a statistic of a variable over it) with the series grouped by, and half a
+    hash of the row's values of those series.
 
     Groups are ordered by their series' hashes, and a series grouped by twice counts once, so
-    the names and the order of the group columns make no difference. Values are encoded column
-    by column with pyarrow (a five-year monthly measure by practice has hundreds of thousands of
-    rows): each as its text with its length, or as missing, so no two rows' values run together.
+    the names and the order of the group columns make no difference. The series sit in the
+    `what` half, so the values' half depends on the values alone: a measure whose group series
+    change with its intervals (registered *on the interval's first day*) encodes and hashes its
+    rows' values once for all intervals, and each distinct tuple of values is hashed once.
     """
 
     def __init__(
@@ -217,25 +232,39 @@ class Grouping:
         (by default one)."""
         first = {h: i for i, h in reversed(list(enumerate(series)))}  # a repeat counts once
         self.series = sorted(first)
-        head = orjson.dumps(self.series)
-        # A key is half a SHA-256 of what is counted and half one of the groups (128 bits
-        # each): the groups' half is worked out once per row, however many kinds of number the
-        # row has (a numerator, a denominator, each near key).
-        self._groups = [
-            hashlib.sha256(head + values).hexdigest()[:32]
-            for values in _encode(
-                [columns[first[h]] for h in self.series],
-                _length(columns) if rows is None else rows,
-            )
-        ]
+        self.values = value_halves(
+            [columns[first[h]] for h in self.series], _length(columns) if rows is None else rows
+        )
         self._what: dict[str, str] = {}
+
+    def what_half(self, what: str) -> str:
+        """The first half of a key counting `what` in these groups."""
+        half = self._what.get(what)
+        if half is None:
+            half = self._what[what] = what_half(what, self.series)
+        return half
 
     def keys(self, what: Sequence[str]) -> list[str]:
         """The key of each row, counting `what` (from `count` or `statistic`)."""
-        halves = self._what
-        for kind in set(what) - halves.keys():
-            halves[kind] = hashlib.sha256(kind.encode()).hexdigest()[:32]
-        return [halves[kind] + groups for kind, groups in zip(what, self._groups, strict=True)]
+        return [self.what_half(w) + v for w, v in zip(what, self.values, strict=True)]
+
+
+def what_half(what: str, series: Sequence[str]) -> str:
+    """A key's first half (128 bits): what is counted, and the (sorted) series grouped by."""
+    return hashlib.sha256(orjson.dumps([what, list(series)])).hexdigest()[:32]
+
+
+def value_halves(columns: Sequence[pa.Array | pa.ChunkedArray], rows: int) -> list[str]:
+    """A key's second half (128 bits) for each row: a hash of its values of `columns`, in order.
+    Rows with the same values share one hash, made once."""
+    if not columns:
+        return [hashlib.sha256(b"").hexdigest()[:32]] * rows
+    distinct = pc.dictionary_encode(_encode(list(columns)))
+    hashes = [
+        hashlib.sha256(value.encode()).hexdigest()[:32] for value in distinct.dictionary.to_pylist()
+    ]
+    rows_hashes: list[str] = np.array(hashes, dtype=object)[distinct.indices.to_numpy()].tolist()
+    return rows_hashes
 
 
 def count(predicate: str) -> str:
@@ -262,10 +291,9 @@ def _length(columns: Sequence[pa.Array | pa.ChunkedArray]) -> int:
 _V, _COLON, _NOTHING, _N = (pa.scalar(s) for s in ("V", ":", "", "N"))
 
 
-def _encode(columns: list[pa.Array | pa.ChunkedArray], rows: int) -> list[bytes]:
-    """Each row's group values as bytes: per value, "V<length>:<text>" or "N" (missing)."""
-    if not columns:
-        return [b""] * rows
+def _encode(columns: list[pa.Array | pa.ChunkedArray]) -> pa.Array:
+    """Each row's group values as one string: per value, "V<length>:<text>" or "N" (missing),
+    so no two rows' values run together."""
     parts = []
     for column in columns:
         text = pc.cast(column, pa.string())
@@ -273,4 +301,4 @@ def _encode(columns: list[pa.Array | pa.ChunkedArray], rows: int) -> list[bytes]
         sized = pc.binary_join_element_wise(_V, length, _COLON, text, _NOTHING)
         parts.append(pc.fill_null(sized, _N))
     joined = pc.binary_join_element_wise(*parts, _NOTHING) if len(parts) > 1 else parts[0]
-    return [v.encode() for v in joined.to_pylist()]
+    return joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined

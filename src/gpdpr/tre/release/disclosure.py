@@ -322,56 +322,62 @@ Keys = tuple[list[str], list[tuple[str, ...]]]  # each row's key, and its near k
 
 
 def _measure_keys(raw: pa.Table, measure: n.Measure) -> tuple[Keys, Keys]:
-    """The numerator's and the denominator's key of each row, each with its near keys. The
-    definition is hashed once per interval (INTERVAL's dates are part of what is counted); the
-    groups' values are encoded once for all rows, or per interval where they differ by it."""
+    """The numerator's and the denominator's key of each row, each with its near keys. What
+    is counted is hashed once per interval (INTERVAL's dates are part of it, and of the series
+    grouped by), reusing the hashes of the nodes that do not use INTERVAL; the rows' group
+    values are hashed once for all intervals."""
     count = raw.num_rows
     if not count:
         return ([], []), ([], [])
     days = pc.cast(raw.column("interval_start"), pa.int32()).to_numpy()
     _, firsts, of_row = np.unique(days, return_index=True, return_inverse=True)
-    canons, whats = [], []  # per interval: its Canon; what each kind of cell counts
+    shared = canonical.Canon()
+    values: dict[tuple[int, ...], np.ndarray] = {}  # value halves, by the group columns' order
+    orders, halves = [], []  # per interval: the group columns' order; what halves per kind
     for first in firsts.tolist():
-        canon = canonical.Canon(
-            (raw.column("interval_start")[first].as_py(), raw.column("interval_end")[first].as_py())
+        interval = (
+            raw.column("interval_start")[first].as_py(),
+            raw.column("interval_end")[first].as_py(),
         )
+        canon = canonical.Canon(interval, shared)
+        series = [canon.of(s) for _, s in measure.group_by]
+        position = {h: p for p, h in reversed(list(enumerate(series)))}  # a repeat counts once
+        grouped = sorted(position)
+        order = tuple(position[h] for h in grouped)
+        if order not in values:
+            columns = [raw.column(measure.group_by[p][0]) for p in order]
+            values[order] = np.array(canonical.value_halves(columns, count), dtype=object)
         below = canon.factors(measure.denominator)
         both = canon.factors(measure.denominator, measure.numerator)
-        whats.append(
+        orders.append(order)
+        halves.append(
             [
-                [canonical.count(canon.conjunction_of(factors))]
-                + [canonical.count(p) for p in canon.near(factors, keep)]
+                [
+                    canonical.what_half(canonical.count(w), grouped)
+                    for w in [canon.conjunction_of(factors), *canon.near(factors, keep)]
+                ]
                 for factors, keep in ((both, below), (below, frozenset()))
             ]
         )
-        canons.append(canon)
-    alike = len({tuple(len(w) for w in kinds) for kinds in whats}) == 1
-    if alike and not any(n.uses_interval(series) for _, series in measure.group_by):
-        batches = [np.arange(count)]  # one encoding of the groups serves every interval
-    else:
-        batches = [np.flatnonzero(of_row == i) for i in range(len(canons))]
-    found: list[tuple[list[str], list[tuple[str, ...]]]] = [([], []), ([], [])]
-    for batch in batches:  # keys in the order of the batches' rows, put in row order below
-        which = of_row[batch]
-        canon = canons[int(which[0])]
-        taken = pa.array(batch)
-        grouping = canonical.Grouping(
-            [canon.of(series) for _, series in measure.group_by],
-            [raw.column(name).take(taken) for name, _ in measure.group_by],
-            len(batch),
-        )
-        for kind, (keys, near) in enumerate(found):
-            made = [
-                grouping.keys(np.array([w[kind][j] for w in whats], dtype=object)[which].tolist())
-                for j in range(len(whats[int(which[0])][kind]))
-            ]
-            keys += made[0]
-            near += list(zip(*made[1:], strict=True)) if len(made) > 1 else [()] * len(batch)
-    place = np.argsort(np.concatenate(batches), kind="stable").tolist()
-    numerators, denominators = (
-        ([keys[i] for i in place], [near[i] for i in place]) for keys, near in found
-    )
-    return numerators, denominators
+    found: list[Keys] = []
+    for kind in range(2):
+        sizes = {len(h[kind]) for h in halves}
+        if len(sizes) == 1 and len(values) == 1:  # every interval alike: whole columns at once
+            mine = next(iter(values.values()))
+            table = np.array([h[kind] for h in halves], dtype=object)[of_row]
+            keyed = [table[:, j] + mine for j in range(table.shape[1])]
+            near: list[tuple[str, ...]] = (
+                list(zip(*keyed[1:], strict=True)) if len(keyed) > 1 else [()] * count
+            )
+            found.append((keyed[0].tolist(), near))
+            continue
+        keys, nears = [], []  # intervals whose near keys or group orders differ: row by row
+        for row, i in enumerate(of_row.tolist()):
+            value = values[orders[i]][row]
+            keys.append(halves[i][kind][0] + value)
+            nears.append(tuple(half + value for half in halves[i][kind][1:]))
+        found.append((keys, nears))
+    return found[0], found[1]
 
 
 def _check_measure_shape(raw: pa.Table, groups: list[str], file: str) -> None:
