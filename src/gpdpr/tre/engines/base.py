@@ -78,7 +78,21 @@ def measure_schema(measure: n.Measure) -> pa.Schema:
     )
 
 
-def keyed(views: Mapping[str, pa.Table]) -> tuple[dict[str, pa.Table], pa.ChunkedArray]:
+class Pseudonyms:
+    """Each patient's pseudonym by their whole-number key, looked up for the rows a dataset
+    shows only (a measure shows none: taking a million pseudonyms in key order up front would
+    cost it time for nothing)."""
+
+    def __init__(self, ids: pa.ChunkedArray, row_of_key: pa.Array | None) -> None:
+        self.ids = ids
+        self.row_of_key = row_of_key  # the patients view's row of each key; None: key = row
+
+    def of(self, keys: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+        rows = keys if self.row_of_key is None else self.row_of_key.take(keys)
+        return self.ids.take(rows)
+
+
+def keyed(views: Mapping[str, pa.Table]) -> tuple[dict[str, pa.Table], Pseudonyms]:
     """The views as the compiled SQL reads them, with each patient's whole-number key in place
     of `patient_id`; and the pseudonyms by key, to show the patients of a dataset by. Views
     made by `views.build` carry the keys; others (made by hand) are given them here: a row
@@ -102,10 +116,10 @@ def keyed(views: Mapping[str, pa.Table]) -> tuple[dict[str, pa.Table], pa.Chunke
         if (order < 0).any():
             order = None  # a key given twice (so another not at all)
     if order is not None:
-        by_key = ids.take(pa.array(order))
+        pseudonyms = Pseudonyms(ids, pa.array(order))
         key_of = {name: view.column(PATIENT_KEY) for name, view in views.items()}
     else:
-        by_key = ids
+        pseudonyms = Pseudonyms(ids, None)
         key_of = {
             name: pc.index_in(view.column(PATIENT_ID), value_set=ids.combine_chunks())
             for name, view in views.items()
@@ -114,7 +128,7 @@ def keyed(views: Mapping[str, pa.Table]) -> tuple[dict[str, pa.Table], pa.Chunke
     for name, view in views.items():
         plain = view.drop_columns([c for c in (PATIENT_ID, PATIENT_KEY) if c in view.column_names])
         out[name] = plain.add_column(0, PATIENT_ID, key_of[name].cast(pa.int64()))
-    return out, by_key
+    return out, pseudonyms
 
 
 def _within(keys: pa.ChunkedArray, people: int) -> bool:
@@ -124,10 +138,12 @@ def _within(keys: pa.ChunkedArray, people: int) -> bool:
     return lowest.as_py() is None or (lowest.as_py() >= 0 and highest.as_py() < people)
 
 
-def shown(dataset: pa.Table, by_key: pa.ChunkedArray) -> pa.Table:
+def shown(dataset: pa.Table, pseudonyms: Pseudonyms) -> pa.Table:
     """A dataset computed by key, showing each patient's pseudonym."""
     index = dataset.column_names.index(PATIENT_ID)
-    ids = by_key.take(dataset.column(PATIENT_ID)) if dataset.num_rows else pa.array([], pa.string())
+    ids = (
+        pseudonyms.of(dataset.column(PATIENT_ID)) if dataset.num_rows else pa.array([], pa.string())
+    )
     return dataset.set_column(index, PATIENT_ID, ids)
 
 
