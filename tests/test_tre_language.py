@@ -325,6 +325,28 @@ def test_a_codelist_is_read_relative_to_the_definition(tmp_path: Path) -> None:
     )  # type: ignore[arg-type]
 
 
+def test_a_definition_in_a_subfolder_is_found_by_its_relative_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`gpdpr tre compile study/study.py` from the folder above: the file runs in its own folder
+    (for its codelists) and is still found, and an error in it names its line."""
+    (tmp_path / "study").mkdir()
+    write(tmp_path / "study", "htn.csv", "code\n59621000\n")
+    body = """
+        htn = codelist_from_csv("htn.csv")
+        dataset.define_population(clinical_events.where(clinical_events.code.is_in(htn)).exists_for_patient())
+        dataset.sex = patients.sex
+        dataset.add_table("t", by=["sex"])
+        """
+    study(tmp_path / "study", body)
+    monkeypatch.chdir(tmp_path)
+    definition = serial.from_json(compile_file(Path("study/study.py")))
+    assert [name for name, _ in definition.variables] == ["sex"]
+    study(tmp_path / "study", body + "dataset.age = patients.no_such_column\n")
+    with pytest.raises(UserError, match=r"study\.py:9: patients has no column .no_such_column."):
+        compile_file(Path("study/study.py"))
+
+
 # ---- what definitions mean --------------------------------------------------------------------
 
 

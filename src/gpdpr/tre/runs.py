@@ -102,11 +102,11 @@ def compile_file(path: Path) -> bytes:
 
 def _run_definition(path: Path) -> dict[str, Any]:
     """Run the researcher's file from its own folder (so codelist paths are relative to it)."""
-    folder = path.resolve().parent
+    path = path.resolve()  # before the folder changes: a relative path means from here
     before = Path.cwd()
-    os.chdir(folder)
+    os.chdir(path.parent)
     try:
-        return runpy.run_path(str(path.resolve()), run_name="gpdpr_definition")
+        return runpy.run_path(str(path), run_name="gpdpr_definition")
     except UserError:
         raise
     except SyntaxError as error:
