@@ -210,7 +210,7 @@ HAND_DATASET = f"""
 with registered as (
     select patient_key, arg_max(practice, (start_date, practice)) as practice
     from v_practice_registrations
-    where start_date <= date '{INDEX}' and (end_date is null or end_date > date '{INDEX}')
+    where start_date <= date '{INDEX}' and (end_date is null or end_date >= date '{INDEX}')
     group by patient_key
 ),
 events as (
@@ -279,7 +279,7 @@ registered as (
     from v_practice_registrations r
     join months m
         on r.start_date <= m.interval_start
-        and coalesce(r.end_date, date '9999-12-31') > m.interval_start
+        and coalesce(r.end_date, date '9999-12-31') >= m.interval_start
     where r.patient_key in (select patient_key from v_patients)
     group by r.patient_key, m.interval_start
 ),
@@ -327,7 +327,8 @@ with months as (
     from range({MEASURE_MONTHS}) t(k)
 ),
 registrations as (
-    select patient_key, start_date, coalesce(end_date, date '9999-12-31') as end_date, practice
+    -- end_date is a registration's last day: the day after it ends the half-open span below
+    select patient_key, start_date, coalesce(end_date + 1, date '9999-12-31') as end_date, practice
     from v_practice_registrations
     where patient_key in (select patient_key from v_patients)
 ),

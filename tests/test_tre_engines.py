@@ -771,14 +771,14 @@ def test_registrations_for_patient_on_a_day(engine: Engine) -> None:
         engine,
         views,
         in_2018=r.for_patient_on("2018-01-01").practice,
-        on_its_end=r.for_patient_on("2020-01-01").practice,  # ends the day before end_date
+        on_its_end=r.for_patient_on("2020-01-01").practice,  # end_date is its last day
         before_any=r.for_patient_on("2009-12-31").exists_for_patient(),
         registered=r.for_patient_on("2020-01-01").exists_for_patient(),
         start=r.for_patient_on("2018-01-01").start_date,
     )
     assert found == {
         "in_2018": by_patient("B", None, None, None),
-        "on_its_end": by_patient("A", "D", None, None),
+        "on_its_end": by_patient("B", "D", None, None),
         "before_any": by_patient(False, False, False, False),
         "registered": by_patient(True, True, False, False),
         "start": by_patient(D(2015, 6, 1), None, None, None),
@@ -933,7 +933,8 @@ MEASURED = make_views(
     practice_registrations=[
         {"patient_id": "p1", "start_date": D(2020, 1, 1), "practice": "A"},
         {"patient_id": "p2", "start_date": D(2024, 2, 1), "practice": "B"},
-        {"patient_id": "p3", "start_date": D(2020, 1, 1), "end_date": D(2024, 3, 1),
+        # p3's last day registered is 29 February (an end_date is the last day included)
+        {"patient_id": "p3", "start_date": D(2020, 1, 1), "end_date": D(2024, 2, 29),
          "practice": "A"},
     ],
     clinical_events=[
@@ -1166,7 +1167,7 @@ def test_measures_pick_each_intervals_registration_when_registrations_overlap(
             {"patient_id": "p1", "start_date": D(2020, 1, 1), "practice": "A"},
             {"patient_id": "p1", "start_date": D(2024, 2, 15), "end_date": D(2024, 3, 20),
              "practice": "B"},
-            # p2: C until 1 February (not registered on it), then D from 1 March.
+            # p2: C until 1 February (its last day, so registered on it), then D from 1 March.
             {"patient_id": "p2", "start_date": D(2023, 6, 1), "end_date": D(2024, 2, 1),
              "practice": "C"},
             {"patient_id": "p2", "start_date": D(2024, 3, 1), "practice": "D"},
@@ -1174,7 +1175,7 @@ def test_measures_pick_each_intervals_registration_when_registrations_overlap(
         clinical_events=[
             {"patient_id": "p1", "effective_date": D(2024, 3, 5)},
             {"patient_id": "p1", "effective_date": D(2024, 3, 25)},
-            {"patient_id": "p2", "effective_date": D(2024, 2, 10)},  # not registered in Feb
+            {"patient_id": "p2", "effective_date": D(2024, 2, 10)},  # with C on 1 February
             {"patient_id": "p2", "effective_date": D(2024, 4, 30)},
         ],
     )  # fmt: skip
@@ -1185,6 +1186,7 @@ def test_measures_pick_each_intervals_registration_when_registrations_overlap(
         {**jan, "practice": "A", "numerator": 0, "denominator": 1},
         {**jan, "practice": "C", "numerator": 0, "denominator": 1},
         {**feb, "practice": "A", "numerator": 0, "denominator": 1},
+        {**feb, "practice": "C", "numerator": 1, "denominator": 1},
         {**mar, "practice": "B", "numerator": 1, "denominator": 1},
         {**mar, "practice": "D", "numerator": 0, "denominator": 1},
         {**apr, "practice": "A", "numerator": 0, "denominator": 1},

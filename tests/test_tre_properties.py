@@ -444,7 +444,10 @@ def measures_of(draw: Draw, name: str) -> n.Measure:
                     "or",
                     (
                         n.Apply("is_null", (end,)),
-                        n.Apply("gt", (end, n.IntervalDate("start"))),
+                        # its last day included (as for_patient_on) or not
+                        n.Apply(
+                            draw(st.sampled_from(["ge", "gt"])), (end, n.IntervalDate("start"))
+                        ),
                     ),
                 ),
             ),

@@ -127,6 +127,12 @@ def weeks(count: int) -> Duration:
 
 
 def months(count: int) -> Duration:
+    """`count` calendar months. A date plus a month is the same day of the next month, or that
+    month's last day where it has no such day: 2024-01-31 + 1 month is 2024-02-29, and
+    2024-01-31 + 2 months is 2024-03-31 (each sum is counted from the date itself, so months
+    are never chained through a shorter one). A measure's monthly intervals start the same way
+    from their first start: from 2024-01-31, on 31 January, 29 February, 31 March, 30 April;
+    each ends the day before the next starts."""
     return Duration("months", count)
 
 
@@ -365,7 +371,9 @@ class PatientsTable(Frame):
 
 class RegistrationsTable(Frame):
     def for_patient_on(self, day: Any) -> Frame:
-        """The registration each patient had on `day` (the latest to start, if several)."""
+        """The registration each patient had on `day` (the latest to start, if several). A
+        registration holds from its `start_date` to its `end_date`, both days included (as
+        FHIR's Period: a patient deregistered on 31 March was registered that day)."""
         at = _at()
         on = _date(day, at)
         start = n.Column(self.node, "start_date", at=at)
@@ -376,7 +384,7 @@ class RegistrationsTable(Frame):
                 n.Apply("le", (start, on), at=at),
                 n.Apply(
                     "or",
-                    (n.Apply("is_null", (end,), at=at), n.Apply("gt", (end, on), at=at)),
+                    (n.Apply("is_null", (end,), at=at), n.Apply("ge", (end, on), at=at)),
                     at=at,
                 ),
             ),

@@ -97,7 +97,7 @@ TABLES: dict[str, Table] = {
             False,
             _columns(
                 _field("start_date", DATE, "date the registration began"),
-                _field("end_date", DATE, "date it ended, if it has"),
+                _field("end_date", DATE, "its last day, if it has ended (that day included)"),
                 _field("registration_type", STR, "regular or temporary"),
                 _field("end_reason", STR, "moved, death or left"),
                 # Provenance, not a field of the specification: granted as the item
