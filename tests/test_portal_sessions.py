@@ -15,11 +15,9 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pyotp
 import pytest
 from fastapi import FastAPI
@@ -27,52 +25,15 @@ from fastapi.testclient import TestClient
 from starlette.requests import Request
 
 from databases import BACKENDS
-from governing import ADMIN, COLLEAGUE, LEAD, PANEL, cast
-from gpdpr.custodian.keys import init
-from gpdpr.db import connect, url_for_home
-from gpdpr.identifiers import draw_test_nhs_numbers, format_nhs_number
+from governing import ADMIN, COLLEAGUE, LEAD, PANEL
 from gpdpr.portal.app import create_app
-from gpdpr.portal.security import COOKIE, Passwords, RateLimit, client_address, trusted_proxies
-from gpdpr.portal.serve import demo_accounts, free_port, running
+from gpdpr.portal.security import COOKIE, RateLimit, client_address, trusted_proxies
+from gpdpr.portal.serve import free_port, running
 from portal_home import FAST, PASSWORD, database
+from portal_small import CountingPasswords, Small, small_home
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 GUESSES = 80
-
-
-class CountingPasswords(Passwords):
-    """FAST's hashing, counting how many passwords were checked."""
-
-    def __init__(self) -> None:
-        super().__init__(FAST.hasher)
-        self.checked = 0
-        self._lock = threading.Lock()
-
-    def verify(self, stored: str | None, password: str) -> bool:
-        with self._lock:
-            self.checked += 1
-        return super().verify(stored, password)
-
-
-@dataclass
-class Small:
-    home: Path
-    app: FastAPI
-    passwords: CountingPasswords
-
-
-def small_home(folder: Path) -> Path:
-    """A service home with the governance cast and their passwords, and no lake: all that
-    signing in needs."""
-    home = folder / "home"
-    home.mkdir(parents=True)
-    init(home / "keys")
-    engine = connect(url_for_home(home))
-    cast(engine)
-    engine.dispose()
-    numbers = draw_test_nhs_numbers(np.random.default_rng(5), 2)
-    demo_accounts(home, [format_nhs_number(int(n)) for n in numbers], PASSWORD, FAST)
-    return home
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
