@@ -4,10 +4,12 @@ that counts its checks."""
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 from fastapi import FastAPI
 
@@ -53,3 +55,19 @@ def small_home(folder: Path) -> Path:
     numbers = draw_test_nhs_numbers(np.random.default_rng(5), 2)
     demo_accounts(home, [format_nhs_number(int(n)) for n in numbers], PASSWORD, FAST)
     return home
+
+
+HIDDEN = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)"')
+
+
+def patient_client(url: str, n: int) -> httpx.Client:
+    """A browser signed in as identity-provider account `n` on the portal at `url`."""
+    client = httpx.Client(base_url=url, timeout=120)
+    start = client.get("/patient/sign-in")
+    login = client.get(start.headers["location"])
+    fields = dict(HIDDEN.findall(login.text))
+    fields.update(email=f"patient{n}@example.org", password=PASSWORD)
+    back = client.post("/idp/authorize", data=fields)
+    done = client.get(back.headers["location"])
+    assert done.status_code == 303 and done.headers["location"] == "/patient", done.text
+    return client

@@ -4,6 +4,7 @@ a second process writing to the same SQLite file while the registry takes change
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -11,8 +12,10 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -22,6 +25,15 @@ from gpdpr.db.models import Event, OptOutEvent
 from gpdpr.optout.registry import Registry
 
 PAIRS = 30
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+REQUEST = re.compile(r'name="request_id" value="([^"]+)"')
+PER_PATIENT = 20
+
+
+def field(pattern: re.Pattern[str], page: str) -> str:
+    found = pattern.search(page)
+    assert found, f"the page has no {pattern.pattern}"
+    return found.group(1)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -122,14 +134,16 @@ WRITER = textwrap.dedent(
         with engine.begin() as connection:  # the write lock, held a moment
             connection.exec_driver_sql("UPDATE opt_out_events SET source = source WHERE id < 0")
             time.sleep(0.02)
+        time.sleep(0.02)  # and lets go of it as long, as a busy command would
         print(n, flush=True)
     """
 )
 
 
-def test_a_second_writing_process_makes_no_change_fail(tmp_path: Path) -> None:
-    engine = sqlite_engine(tmp_path)
-    url = str(engine.url)
+@contextmanager
+def second_writer(url: str) -> Iterator[None]:
+    """Another process writing to the database at `url`, one short write transaction after
+    another, for the block."""
     writer = subprocess.Popen(
         [sys.executable, "-c", WRITER, url],
         stdin=subprocess.PIPE,
@@ -137,22 +151,41 @@ def test_a_second_writing_process_makes_no_change_fail(tmp_path: Path) -> None:
         text=True,
     )
     assert writer.stdin is not None and writer.stdout is not None
+    stop = threading.Event()
+    written = []
+
+    def keep_writing() -> None:
+        assert writer.stdin is not None and writer.stdout is not None
+        while not stop.is_set():
+            writer.stdin.write("go\n")
+            writer.stdin.flush()
+            written.append(writer.stdout.readline())
+
     try:
         assert writer.stdout.readline().strip() == "ready"
+        pacer = threading.Thread(target=keep_writing)
+        pacer.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            pacer.join(timeout=120)
+        writer.stdin.write("stop\n")
+        writer.stdin.flush()
+        assert writer.wait(timeout=120) == 0
+        assert len(written) > 5  # it did write, all along
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+
+
+def test_a_second_writing_process_makes_no_change_fail(tmp_path: Path) -> None:
+    engine = sqlite_engine(tmp_path)
+    url = str(engine.url)
+    try:
         registry = Registry(engine)
         people = [pseudonym(f"busy {n}") for n in range(60)]
         failures: list[BaseException] = []
-        stop = threading.Event()
-
-        def keep_writing() -> None:
-            assert writer.stdin is not None and writer.stdout is not None
-            while not stop.is_set():
-                writer.stdin.write("go\n")
-                writer.stdin.flush()
-                writer.stdout.readline()
-
-        pacer = threading.Thread(target=keep_writing)
-        pacer.start()
 
         def change(who: str) -> None:
             try:
@@ -161,19 +194,64 @@ def test_a_second_writing_process_makes_no_change_fail(tmp_path: Path) -> None:
             except BaseException as error:  # every failure is what is counted
                 failures.append(error)
 
-        with ThreadPoolExecutor(8) as pool:
+        with second_writer(url), ThreadPoolExecutor(8) as pool:
             list(pool.map(change, people))
-        stop.set()
-        pacer.join(timeout=120)
-        writer.stdin.write("stop\n")
-        writer.stdin.flush()
-        assert writer.wait(timeout=120) == 0
     finally:
-        if writer.poll() is None:
-            writer.kill()
         engine.dispose()
     assert failures == []
     again = sqlite_engine(tmp_path)
     history, _ = recorded(again)
     again.dispose()
     assert all(history[(who, "set")] == 2 for who in people)
+
+
+def test_patients_opt_outs_through_the_portal_all_succeed_beside_a_second_writer(
+    tmp_path: Path,
+) -> None:
+    """What failed before as a bare "Internal Server Error" (database is locked): patients
+    changing their opt-outs on the running portal while another process writes. Every change
+    is answered with the confirmation page, and recorded once."""
+    from gpdpr.portal.app import create_app
+    from gpdpr.portal.security import RateLimit
+    from gpdpr.portal.serve import running
+    from portal_home import FAST
+    from portal_small import patient_client, small_home
+
+    home = small_home(tmp_path)
+    app = create_app(home, passwords=FAST, rate_limit=RateLimit())
+    answers: list[int] = []
+    try:
+        with running(app) as url:
+            browsers = [patient_client(url, n) for n in (1, 2)]
+
+            def changes(client: httpx.Client) -> None:
+                # type1 set, type1 withdraw, ndoo set, ndoo withdraw, ...: each one a change
+                for j in range(PER_PATIENT):
+                    page = client.get("/patient").text
+                    answers.append(
+                        client.post(
+                            "/patient/opt-out",
+                            data={
+                                "kind": "type1" if (j // 2) % 2 == 0 else "ndoo",
+                                "action": "set" if j % 2 == 0 else "withdraw",
+                                "csrf_token": field(CSRF, page),
+                                "request_id": field(REQUEST, page),
+                            },
+                        ).status_code
+                    )
+
+            with second_writer(f"sqlite:///{home / 'central.db'}"), ThreadPoolExecutor(2) as pool:
+                list(pool.map(changes, browsers))
+            for client in browsers:
+                client.close()
+    finally:
+        app.state.portal.close()
+    assert answers == [303] * (2 * PER_PATIENT)
+    engine = sqlite_engine(home)
+    try:
+        online = Counter(
+            source for (source,) in engine.connect().execute(sa.select(OptOutEvent.source))
+        )
+    finally:
+        engine.dispose()
+    assert online["online"] == 2 * PER_PATIENT

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pyotp
 import pytest
+import sqlalchemy as sa
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from starlette.requests import Request
@@ -131,6 +132,21 @@ def test_a_password_reset_ends_every_session_of_that_person(small: Small) -> Non
     for ended in (lead, other_lead):
         assert ended.get("/applications").headers["location"].startswith("/sign-in")
     assert colleague.get("/applications").status_code == 200  # nobody else's
+
+
+def test_a_change_of_roles_ends_that_persons_sessions(small: Small) -> None:
+    from gpdpr.governance.models import Person, PersonRole
+
+    client = browser(small)
+    assert sign_in(client, PANEL[1]) == 303
+    assert client.get("/panel").status_code == 200
+    engine = small.app.state.portal.engine
+    with engine.begin() as connection:
+        person = connection.execute(sa.select(Person.id).where(Person.handle == PANEL[1])).scalar()
+        connection.execute(sa.insert(PersonRole).values(person_id=person, role="output_checker"))
+    assert client.get("/panel").headers["location"].startswith("/sign-in")
+    assert sign_in(client, PANEL[1]) == 303  # signed in again, with the roles as they are now
+    assert client.get("/checking").status_code == 200
 
 
 def test_the_database_holds_no_session_cookie_value(small: Small) -> None:

@@ -147,9 +147,15 @@ class Sessions:
         key = session_key(session_id)
         with self.engine.connect() as connection:
             row = connection.execute(sa.select(_SESSIONS).where(_SESSIONS.c.key == key)).first()
+            roles_now = (
+                None if row is None or row.handle is None else _staff_roles(connection, row.handle)
+            )
         if row is None:
             return None
-        if stamp - row.seen > IDLE_SECONDS or stamp - row.created > LIFETIME_SECONDS:
+        expired = stamp - row.seen > IDLE_SECONDS or stamp - row.created > LIFETIME_SECONDS
+        # A staff session holds the roles its person had at sign-in; if those have changed
+        # since (by any route: the portal, a command, the database), the session ends.
+        if expired or (roles_now is not None and roles_now != frozenset(row.roles)):
             self._delete(_SESSIONS.c.key == key)
             return None
         found = PortalSession(
@@ -214,6 +220,17 @@ class Sessions:
 
 
 _SESSIONS = core(SessionRow)
+
+
+def _staff_roles(connection: sa.Connection, handle: str) -> frozenset[str]:
+    from gpdpr.governance.models import Person, PersonRole
+
+    found = connection.execute(
+        sa.select(PersonRole.role)
+        .join(Person, Person.id == PersonRole.person_id)
+        .where(Person.handle == handle)
+    ).scalars()
+    return frozenset(found) & frozenset(STAFF_ROLES)
 
 
 def _row(session: PortalSession) -> dict[str, Any]:
