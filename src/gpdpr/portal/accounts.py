@@ -9,6 +9,7 @@ as long. A password reset ends every session of that person.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -23,8 +24,9 @@ from gpdpr.governance import people
 from gpdpr.governance.models import Person
 from gpdpr.governance.vocabulary import ORGANISATION_KINDS, ROLES
 from gpdpr.portal import second_factors
+from gpdpr.portal.idp import s256
 from gpdpr.portal.models import Credential, SessionRow
-from gpdpr.portal.pages import render
+from gpdpr.portal.pages import not_found, page_error, render
 from gpdpr.portal.public import portal_of
 from gpdpr.portal.security import (
     PUBLIC,
@@ -41,6 +43,7 @@ from gpdpr.portal.security import (
     sign_out,
     staff_session,
 )
+from gpdpr.portal.staff_oidc import OrganisationProvider
 
 router = APIRouter(route_class=GuardedRoute)
 
@@ -91,6 +94,94 @@ def _stored(session: Session, handle: str) -> _Stored:
 def sign_in_form(request: Request, next: str = "") -> Response:
     ensure_session(request)
     return render(request, "sign_in.html.j2", handle="", next=safe_next(next, ""))
+
+
+def _organisation(request: Request) -> OrganisationProvider | None:
+    found: OrganisationProvider | None = request.app.state.staff_oidc
+    return found
+
+
+def _organisation_callback(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + "/sign-in/organisation/callback"
+
+
+@router.get("/sign-in/organisation")
+@allow(PUBLIC)
+def organisation_sign_in(request: Request, next: str = "") -> Response:
+    """Start signing in at the organisation's OpenID Connect provider."""
+    provider = _organisation(request)
+    if provider is None:
+        return not_found(request)
+    session = ensure_session(request)
+    verifier = secrets.token_urlsafe(48)
+    session.pending = {
+        "state": secrets.token_urlsafe(24),
+        "nonce": secrets.token_urlsafe(24),
+        "verifier": verifier,
+        "next": safe_next(next, ""),
+    }
+    try:
+        target = provider.authorize_url(
+            _organisation_callback(request),
+            session.pending["state"],
+            session.pending["nonce"],
+            s256(verifier),
+        )
+    except UserError as exc:
+        return page_error(request, 502, str(exc))
+    return RedirectResponse(target, status_code=303)
+
+
+@router.get("/sign-in/organisation/callback")
+@allow(PUBLIC)
+def organisation_callback(request: Request, code: str = "", state: str = "") -> Response:
+    provider = _organisation(request)
+    session = current(request)
+    pending = session.pending if session else {}
+    if provider is None or session is None:
+        return not_found(request)
+    if (
+        not pending.get("verifier")
+        or not code
+        or not secrets.compare_digest(state, pending.get("state", ""))
+    ):
+        return page_error(
+            request, 400, "This sign-in did not start here or has already been used. Sign in again."
+        )
+    session.pending = {}
+    portal = portal_of(request)
+    try:
+        token = provider.exchange(code, _organisation_callback(request), pending["verifier"])
+        claims = provider.verify(token, pending["nonce"])
+        handle, staff, factor = portal.read(lambda s: _by_email(s, str(claims["email"])))
+    except UserError as exc:
+        return page_error(request, 400, str(exc))
+    target = pending.get("next", "")
+    if factor:
+        session.pending = {"second_factor": handle, "next": target}
+        return RedirectResponse("/sign-in/code", status_code=303)
+    _signed_in(request, handle, staff)
+    return RedirectResponse(target or _landing(staff), status_code=303)
+
+
+def _by_email(session: Session, email: str) -> tuple[str, frozenset[str], bool]:
+    """The one staff member with this email address: handle, staff roles, whether they have a
+    second factor; a UserError if there is none, or more than one."""
+    found = [
+        p
+        for p in session.scalars(
+            sa.select(Person).where(sa.func.lower(Person.email) == email.strip().lower())
+        )
+        if p.roles & set(STAFF_ROLES)
+    ]
+    if len(found) != 1:
+        raise UserError(
+            "no staff account here has the email address your organisation gave"
+            if not found
+            else "more than one staff account has that email address: sign in with your handle"
+        )
+    stored = _stored(session, found[0].handle)
+    return found[0].handle, stored.roles & frozenset(STAFF_ROLES), stored.totp_secret is not None
 
 
 @router.post("/sign-in")

@@ -20,7 +20,16 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute
 
-from gpdpr.portal import accounts, applications, log, outputs, patient, public, research
+from gpdpr.portal import (
+    accounts,
+    applications,
+    log,
+    outputs,
+    patient,
+    public,
+    research,
+    staff_oidc,
+)
 from gpdpr.portal.idp import IdentityProvider
 from gpdpr.portal.pages import page_error
 from gpdpr.portal.research import DUMMY_PATIENTS, DummyRunner
@@ -91,9 +100,12 @@ def create_app(
     rate_limit: RateLimit | None = None,
     dummy_patients: int = DUMMY_PATIENTS,
     proxies: str | None = None,
+    organisation_provider: str | None = None,
 ) -> FastAPI:
     """The portal over `home`. `proxies`: the trusted proxies whose X-Forwarded-For is read
-    (addresses or networks, comma-separated); default GPDPR_TRUSTED_PROXIES, else none."""
+    (addresses or networks, comma-separated); default GPDPR_TRUSTED_PROXIES, else none.
+    `organisation_provider`: the file configuring staff sign-in at their organisation's OpenID
+    Connect provider (see `staff_oidc`); default GPDPR_STAFF_OIDC, else none."""
     portal = Portal(home, passwords, rate_limit)
 
     @asynccontextmanager
@@ -113,6 +125,7 @@ def create_app(
     app.state.idp = IdentityProvider(home / "idp", portal.passwords)
     app.state.dummy = DummyRunner(home / "portal" / "dummy", dummy_patients)
     app.state.trusted_proxies = trusted_proxies(proxies)
+    app.state.staff_oidc = staff_oidc.configured(organisation_provider)
     for module in ROUTERS:
         app.include_router(module.router)
     for route in api_routes(app):
