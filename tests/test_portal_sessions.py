@@ -149,6 +149,20 @@ def test_a_change_of_roles_ends_that_persons_sessions(small: Small) -> None:
     assert client.get("/checking").status_code == 200
 
 
+def test_sessions_nobody_signed_in_to_are_kept_only_so_many(small: Small) -> None:
+    from gpdpr.portal.security import Sessions
+
+    sessions = Sessions(small.app.state.portal.engine)
+    sessions.MAX_ANONYMOUS = 3
+    signed_in = browser(small)
+    assert sign_in(signed_in, LEAD) == 303
+    made = [sessions.new() for _ in range(6)]
+    sessions.purge()
+    kept = [s for s in made if sessions.get(s.id) is not None]
+    assert len(kept) <= 3 and made[-1] in kept
+    assert signed_in.get("/applications").status_code == 200  # a signed-in one is never cut
+
+
 def test_the_database_holds_no_session_cookie_value(small: Small) -> None:
     client = browser(small)
     assert sign_in(client, LEAD) == 303

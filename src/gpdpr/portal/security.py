@@ -123,7 +123,8 @@ class Sessions:
 
     # How stale `seen` may be before a request writes it again: idle time is measured to this.
     SEEN_STEP = 60.0
-    PURGE_EVERY = 300.0
+    PURGE_EVERY = 60.0
+    MAX_ANONYMOUS = 100_000
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
@@ -207,12 +208,24 @@ class Sessions:
         return self._delete(_SESSIONS.c.handle == handle)
 
     def purge(self, stamp: float | None = None) -> int:
-        """Remove the sessions that have expired; how many."""
+        """Remove the sessions that have expired, and the least recently seen of those nobody
+        signed in to beyond MAX_ANONYMOUS (every visit to a page with a form makes one, so a
+        flood of visits could otherwise fill the table); how many."""
         stamp = time.time() if stamp is None else stamp
-        return self._delete(
+        removed = self._delete(
             (_SESSIONS.c.seen < stamp - IDLE_SECONDS)
             | (_SESSIONS.c.created < stamp - LIFETIME_SECONDS)
         )
+        anonymous = _SESSIONS.c.handle.is_(None) & _SESSIONS.c.pseudonym.is_(None)
+        cutoff = (
+            sa.select(_SESSIONS.c.seen)
+            .where(anonymous)
+            .order_by(_SESSIONS.c.seen.desc())
+            .offset(self.MAX_ANONYMOUS)
+            .limit(1)
+            .scalar_subquery()
+        )
+        return removed + self._delete(anonymous & (_SESSIONS.c.seen <= cutoff))
 
     def _delete(self, where: sa.ColumnElement[bool]) -> int:
         with immediate(self.engine).begin() as connection:
