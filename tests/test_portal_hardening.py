@@ -136,6 +136,8 @@ def test_control_characters_are_refused_with_a_message_and_change_nothing(
     assert after == before
     searched = client.get("/register", params={"q": f"diabetes{bad}"})
     assert searched.status_code == 400 and "control character" in searched.text
+    escaped = "".join(f"%{b:02X}" for b in bad.encode())
+    assert client.get(f"/register{escaped}").status_code == 404  # no page has such an address
     sign_in = visitor(app)
     page = sign_in.get("/sign-in")
     refused = sign_in.post(

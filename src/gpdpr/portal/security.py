@@ -340,7 +340,9 @@ async def _refusal(
             return page_error(request, 401, "Sign in first.")
         if not (session.roles & allowed):
             return page_error(request, 403, "Your account does not give you access to this page.")
-    where = _control_character(request.url.path, request.query_params.multi_items())
+    if has_control_character(request.url.path):  # no page has such an address
+        return page_error(request, 404, "There is nothing here, or nothing you can see.")
+    where = _control_character("", request.query_params.multi_items())
     if where is None and request.method not in ("GET", "HEAD"):
         where = _control_character("", (await request.form()).multi_items())
     if where is not None:
