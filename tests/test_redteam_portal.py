@@ -54,7 +54,7 @@ def portal(world: World) -> Iterator[FastAPI]:
 
 
 def signed_in(app: FastAPI, handle: str) -> TestClient:
-    app.state.portal.rate_limit = RateLimit()
+    app.state.portal.rate_limit.clear(app.state.portal.engine)
     # A server error is answered as a page (a 500), as a real server would, not raised here.
     browser = TestClient(app, follow_redirects=False, raise_server_exceptions=False)
     page = browser.get("/sign-in")

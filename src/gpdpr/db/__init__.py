@@ -17,13 +17,17 @@ import orjson
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 
 from gpdpr.errors import UserError
 
 DATABASE_URL_ENV = "GPDPR_DATABASE_URL"
 DATABASE_FILE = "central.db"
+WRITER_OPTION = "gpdpr_writer"
 MIGRATIONS = Path(__file__).parent / "migrations"
+BUSY_SECONDS = 60.0
 
 __all__ = ["DATABASE_URL_ENV", "connect", "metadata", "pseudonym_hash", "url_for_home"]
 
@@ -66,8 +70,12 @@ def connect(url: str) -> sa.Engine:
         ) from None
     if parsed.get_backend_name() == "sqlite":
         _check_sqlite_folder(parsed.database)
-    engine = sa.create_engine(parsed, json_serializer=_json)
-    if engine.dialect.name == "sqlite":
+    sqlite = parsed.get_backend_name() == "sqlite"
+    # A second writer (another command, another portal worker) waits its turn for this long
+    # rather than failing at once with "database is locked".
+    connect_args = {"timeout": BUSY_SECONDS} if sqlite else {}
+    engine = sa.create_engine(parsed, json_serializer=_json, connect_args=connect_args)
+    if sqlite:
         sa.event.listen(engine, "connect", _sqlite_connect)
         sa.event.listen(engine, "begin", _sqlite_begin)
     try:
@@ -82,7 +90,11 @@ def upgrade(engine: sa.Engine) -> None:
     """Run every migration not yet applied, in one transaction (all or nothing)."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
-    with engine.begin() as connection:
+    head = ScriptDirectory.from_config(config).get_current_head()
+    with engine.connect() as connection:
+        if MigrationContext.configure(connection).get_current_revision() == head:
+            return  # the usual case: no need to wait for the write lock
+    with engine.execution_options(**{WRITER_OPTION: True}).begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 
@@ -118,5 +130,11 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_begin(connection: sa.Connection) -> None:
     """A real BEGIN for every transaction, reads and DDL included: the sqlite3 driver's own
     handling skips it for both, which would make migrations non-transactional and let two
-    read-then-write changes interleave."""
-    connection.exec_driver_sql("BEGIN")
+    read-then-write changes interleave. A writing transaction (see `gpdpr.db.transactions`)
+    begins IMMEDIATE: it takes the write lock first, waiting for it, because a transaction that
+    read first and then finds another writer has committed meanwhile fails at once, whatever the
+    busy timeout."""
+    if connection.get_execution_options().get(WRITER_OPTION):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        connection.exec_driver_sql("BEGIN")

@@ -103,6 +103,9 @@ class OptOutEvent(Base):
     recorded_at: Mapped[datetime]
     source: Mapped[str] = mapped_column(sa.String(16))
     source_ref: Mapped[str | None] = mapped_column(sa.String(100))
+    # The form's one-time id for an online change: the same request sent twice (a double click,
+    # a retry) is recorded once. None for changes that come without one.
+    request_id: Mapped[str | None] = mapped_column(sa.String(64), unique=True, index=True)
 
 
 class PracticeType1(Base):

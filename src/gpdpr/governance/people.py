@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from gpdpr.db.events import record
 from gpdpr.db.models import now
 from gpdpr.errors import NotAllowed, UserError
+from gpdpr.governance import names
 from gpdpr.governance.models import Organisation, Person, PersonRole
 from gpdpr.governance.vocabulary import ORGANISATION_KINDS, ROLES
 
@@ -24,13 +25,21 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 def add_organisation(session: Session, by: str, name: str, kind: str) -> Organisation:
     acting(session, by, "administrator", "add an organisation")
-    name = name.strip()
-    if not name:
+    if not name.strip():
         raise UserError("an organisation needs a name")
+    name = names.clean(name, "the organisation's name")
     if kind not in ORGANISATION_KINDS:
         raise UserError(f"organisation kind {kind!r} is not one of {', '.join(ORGANISATION_KINDS)}")
     if session.scalar(sa.select(Organisation).where(Organisation.name == name)) is not None:
         raise UserError(f"there is already an organisation called {name!r}")
+    looks = names.skeleton(name)
+    for (other,) in session.execute(sa.select(Organisation.name)):
+        if names.skeleton(other) == looks:
+            raise UserError(
+                f"{name!r} looks like the organisation {other!r} already here (the same letters "
+                "but for case, accents or look-alike characters): if it is that one, use it; "
+                "if not, give a name that cannot be mistaken for it"
+            )
     organisation = Organisation(name=name, kind=kind, created_at=now())
     session.add(organisation)
     record(session, "governance.organisation", by, {"organisation": name, "kind": kind})
@@ -38,7 +47,7 @@ def add_organisation(session: Session, by: str, name: str, kind: str) -> Organis
 
 
 def organisation(session: Session, name: str) -> Organisation:
-    found = session.scalar(sa.select(Organisation).where(Organisation.name == name.strip()))
+    found = session.scalar(sa.select(Organisation).where(Organisation.name == names.normal(name)))
     if found is None:
         raise UserError(f"no organisation called {name!r}: add it first (gpdpr governance org add)")
     return found
@@ -66,14 +75,15 @@ def add_person(
             f"there is no administrator yet: the first person added must be one (not {handle}, "
             f"who would be {', '.join(roles) or 'no role'})"
         )
-    if not _HANDLE.match(handle):
+    if not _HANDLE.fullmatch(handle):  # fullmatch: '$' would let a final newline through
         raise UserError(
             f"handle {handle!r} should be 2 to 64 lower-case letters, digits, '.', '_' or '-', "
             "starting with a letter"
         )
     if not name.strip():
         raise UserError(f"{handle}: a person needs a name")
-    if not _EMAIL.match(email):
+    name = names.clean(name, f"{handle}'s name")
+    if not _EMAIL.fullmatch(email) or not (email.isascii() and email.isprintable()):
         raise UserError(f"{handle}: {email!r} is not an email address")
     unknown = [r for r in roles if r not in ROLES]
     if unknown or not roles:

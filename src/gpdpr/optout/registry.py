@@ -33,12 +33,14 @@ from gpdpr.db.models import (
     naive_utc,
     now,
 )
+from gpdpr.db.transactions import retrying, writing
 from gpdpr.errors import UserError
 
 KINDS = ("type1", "ndoo")
 SOURCES = ("online", "proxy", "central", "practice")
 SET, WITHDRAWN, NEVER = "set", "withdrawn", "never"
 _PSEUDONYM = re.compile(r"^[0-9a-f]{64}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
 
 @dataclass(frozen=True)
@@ -93,10 +95,12 @@ class Registry:
         source: str,
         source_ref: str | None = None,
         at: datetime | None = None,
+        request_id: str | None = None,
     ) -> bool:
         """Opt the person out; True if that changed their current state (else nothing is
-        recorded: setting twice is harmless)."""
-        return self._change(pseudonym, kind, SET, source, source_ref, at)
+        recorded: setting twice is harmless). A `request_id` (see `_change`) makes the same
+        request, sent again, record nothing."""
+        return self._change(pseudonym, kind, SET, source, source_ref, at, request_id)
 
     def withdraw(
         self,
@@ -105,10 +109,11 @@ class Registry:
         source: str,
         source_ref: str | None = None,
         at: datetime | None = None,
+        request_id: str | None = None,
     ) -> bool:
         """Opt the person back in; True if that changed their current state (withdrawing an
         opt-out never made, or already withdrawn, records nothing)."""
-        return self._change(pseudonym, kind, WITHDRAWN, source, source_ref, at)
+        return self._change(pseudonym, kind, WITHDRAWN, source, source_ref, at, request_id)
 
     def _change(
         self,
@@ -118,19 +123,42 @@ class Registry:
         source: str,
         source_ref: str | None,
         at: datetime | None,
+        request_id: str | None = None,
     ) -> bool:
+        """Record the change if it changes the person's current state. Exactly once, however
+        many requests arrive together: the read of the current state and the write are one
+        serialisable transaction (retried when the database reports a conflict), and a
+        `request_id` already recorded (the same form sent twice) changes nothing."""
         _check_pseudonym(pseudonym)
         _check_choice("opt-out type", kind, KINDS)
         _check_choice("source", source, SOURCES)
+        if request_id is not None and not _REQUEST_ID.match(request_id):
+            raise UserError("a request id is 16 to 64 letters, digits, '-' or '_'")
         change = _Change(pseudonym, kind, action, as_utc(at or now()), source, source_ref)
-        with Session(self.engine) as session, session.begin():
-            latest = _latest(session, pseudonym, kind)
+        try:
+            return retrying(lambda: self._record_change(change, request_id))
+        except sa.exc.IntegrityError:
+            if request_id is None:
+                raise
+            return False  # the same request, recorded by its twin at the same moment
+
+    def _record_change(self, change: _Change, request_id: str | None) -> bool:
+        with Session(writing(self.engine)) as session, session.begin():
+            if request_id is not None and session.scalar(
+                sa.select(OptOutEvent.id).where(OptOutEvent.request_id == request_id)
+            ):
+                return False
+            latest = _latest(session, change.pseudonym, change.kind)
             current = NEVER if latest is None else latest.action
             # An event back-dated before the latest one would not become current.
             superseded = latest is not None and change.effective_at < latest.effective_at
-            if superseded or current == action or (current == NEVER and action == WITHDRAWN):
+            if (
+                superseded
+                or current == change.action
+                or (current == NEVER and change.action == WITHDRAWN)
+            ):
                 return False
-            event = OptOutEvent(**change.row(now()))
+            event = OptOutEvent(**change.row(now()), request_id=request_id)
             session.add(event)
             session.flush()
             kind_, actor, details = change.event({"opt_out_event": event.id})
@@ -182,15 +210,23 @@ class Registry:
             raise UserError("a practice's Type 1 lists need its package id and ODS code")
         asserted = _assertions(active, withdrawn, practice)
         when = as_utc(as_of)
-        with Session(self.engine) as session, session.begin():
-            stored = _practice_rows(session, practice)
-            inserts, updates, changes = _plan(asserted, stored, when, practice, package_id)
-            _write_practice_rows(session, inserts, updates, naive_utc(when), package_id, practice)
-            if changes:
-                recorded = naive_utc(now())
-                session.execute(sa.insert(core(OptOutEvent)), [c.row(recorded) for c in changes])
-                extra = {"package_id": package_id}
-                record_many(session, (c.event(extra) for c in changes))
+
+        def apply() -> list[_Change]:
+            with Session(writing(self.engine)) as session, session.begin():
+                stored = _practice_rows(session, practice)
+                inserts, updates, changes = _plan(asserted, stored, when, practice, package_id)
+                _write_practice_rows(
+                    session, inserts, updates, naive_utc(when), package_id, practice
+                )
+                if changes:
+                    recorded = naive_utc(now())
+                    rows = [c.row(recorded) for c in changes]
+                    session.execute(sa.insert(core(OptOutEvent)), rows)
+                    extra = {"package_id": package_id}
+                    record_many(session, (c.event(extra) for c in changes))
+            return changes
+
+        changes = retrying(apply)
         sets = sum(c.action == SET for c in changes)
         return sets, len(changes) - sets
 

@@ -1,13 +1,16 @@
 """Signing in and out, and the administrator's pages for organisations, people and passwords.
 
 Staff (applicants, panel members, output checkers, administrators) sign in with their handle and
-a password, hashed with argon2 in `portal_credentials`. Failed attempts are rate-limited per
-account and per client address; the answer to a wrong handle and to a wrong password is the
-same, and takes as long.
+a password, hashed with argon2 in `portal_credentials`, and, once they have enrolled one, a code
+from an authenticator app (TOTP, see `second_factors`). Attempts are rate-limited per account and
+per client address; the answer to a wrong handle and to a wrong password is the same, and takes
+as long. A password reset ends every session of that person.
 """
 
 from __future__ import annotations
 
+import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -20,8 +23,10 @@ from gpdpr.errors import UserError
 from gpdpr.governance import people
 from gpdpr.governance.models import Person
 from gpdpr.governance.vocabulary import ORGANISATION_KINDS, ROLES
-from gpdpr.portal.models import Credential
-from gpdpr.portal.pages import render
+from gpdpr.portal import second_factors
+from gpdpr.portal.idp import s256
+from gpdpr.portal.models import Credential, SessionRow
+from gpdpr.portal.pages import not_found, page_error, render
 from gpdpr.portal.public import portal_of
 from gpdpr.portal.security import (
     PUBLIC,
@@ -36,13 +41,16 @@ from gpdpr.portal.security import (
     replace_session,
     safe_next,
     sign_out,
+    staff_session,
 )
+from gpdpr.portal.staff_oidc import OrganisationProvider
 
 router = APIRouter(route_class=GuardedRoute)
 
 
 def set_password(session: Session, passwords: Passwords, handle: str, password: str) -> None:
-    """Give `handle` a password (replacing any they had)."""
+    """Give `handle` a password (replacing any they had), and end every session they have: a
+    reset is how an administrator shuts out whoever may have learnt the old one."""
     who = people.person(session, handle)
     hashed = passwords.hash(password)
     found = session.get(Credential, who.id)
@@ -53,14 +61,32 @@ def set_password(session: Session, passwords: Passwords, handle: str, password: 
     else:
         found.password_hash = hashed
         found.changed_at = datetime.now(UTC)
+    end_sessions(session, handle)
 
 
-def _stored(session: Session, handle: str) -> tuple[str | None, frozenset[str]]:
+def end_sessions(session: Session, handle: str) -> None:
+    """End every portal session of `handle`, in the caller's transaction (a password reset, a
+    change of roles)."""
+    session.execute(sa.delete(SessionRow).where(SessionRow.handle == handle))
+
+
+@dataclass(frozen=True)
+class _Stored:
+    password_hash: str | None
+    roles: frozenset[str]
+    totp_secret: str | None
+
+
+def _stored(session: Session, handle: str) -> _Stored:
     who = session.scalar(sa.select(Person).where(Person.handle == handle))
     if who is None:
-        return None, frozenset()
+        return _Stored(None, frozenset(), None)
     found = session.get(Credential, who.id)
-    return (found.password_hash if found else None), frozenset(who.roles)
+    return _Stored(
+        found.password_hash if found else None,
+        frozenset(who.roles),
+        found.totp_secret if found else None,
+    )
 
 
 @router.get("/sign-in")
@@ -68,6 +94,94 @@ def _stored(session: Session, handle: str) -> tuple[str | None, frozenset[str]]:
 def sign_in_form(request: Request, next: str = "") -> Response:
     ensure_session(request)
     return render(request, "sign_in.html.j2", handle="", next=safe_next(next, ""))
+
+
+def _organisation(request: Request) -> OrganisationProvider | None:
+    found: OrganisationProvider | None = request.app.state.staff_oidc
+    return found
+
+
+def _organisation_callback(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + "/sign-in/organisation/callback"
+
+
+@router.get("/sign-in/organisation")
+@allow(PUBLIC)
+def organisation_sign_in(request: Request, next: str = "") -> Response:
+    """Start signing in at the organisation's OpenID Connect provider."""
+    provider = _organisation(request)
+    if provider is None:
+        return not_found(request)
+    session = ensure_session(request)
+    verifier = secrets.token_urlsafe(48)
+    session.pending = {
+        "state": secrets.token_urlsafe(24),
+        "nonce": secrets.token_urlsafe(24),
+        "verifier": verifier,
+        "next": safe_next(next, ""),
+    }
+    try:
+        target = provider.authorize_url(
+            _organisation_callback(request),
+            session.pending["state"],
+            session.pending["nonce"],
+            s256(verifier),
+        )
+    except UserError as exc:
+        return page_error(request, 502, str(exc))
+    return RedirectResponse(target, status_code=303)
+
+
+@router.get("/sign-in/organisation/callback")
+@allow(PUBLIC)
+def organisation_callback(request: Request, code: str = "", state: str = "") -> Response:
+    provider = _organisation(request)
+    session = current(request)
+    pending = session.pending if session else {}
+    if provider is None or session is None:
+        return not_found(request)
+    if (
+        not pending.get("verifier")
+        or not code
+        or not secrets.compare_digest(state, pending.get("state", ""))
+    ):
+        return page_error(
+            request, 400, "This sign-in did not start here or has already been used. Sign in again."
+        )
+    session.pending = {}
+    portal = portal_of(request)
+    try:
+        token = provider.exchange(code, _organisation_callback(request), pending["verifier"])
+        claims = provider.verify(token, pending["nonce"])
+        handle, staff, factor = portal.read(lambda s: _by_email(s, str(claims["email"])))
+    except UserError as exc:
+        return page_error(request, 400, str(exc))
+    target = pending.get("next", "")
+    if factor:
+        session.pending = {"second_factor": handle, "next": target}
+        return RedirectResponse("/sign-in/code", status_code=303)
+    _signed_in(request, handle, staff)
+    return RedirectResponse(target or _landing(staff), status_code=303)
+
+
+def _by_email(session: Session, email: str) -> tuple[str, frozenset[str], bool]:
+    """The one staff member with this email address: handle, staff roles, whether they have a
+    second factor; a UserError if there is none, or more than one."""
+    found = [
+        p
+        for p in session.scalars(
+            sa.select(Person).where(sa.func.lower(Person.email) == email.strip().lower())
+        )
+        if p.roles & set(STAFF_ROLES)
+    ]
+    if len(found) != 1:
+        raise UserError(
+            "no staff account here has the email address your organisation gave"
+            if not found
+            else "more than one staff account has that email address: sign in with your handle"
+        )
+    stored = _stored(session, found[0].handle)
+    return found[0].handle, stored.roles & frozenset(STAFF_ROLES), stored.totp_secret is not None
 
 
 @router.post("/sign-in")
@@ -79,24 +193,15 @@ async def sign_in(request: Request) -> Response:
     target = safe_next(str(form.get("next", "")), "")
     portal = portal_of(request)
     keys = [("account", handle), ("address", client_address(request))]
-    wait = portal.rate_limit.blocked(keys)
+    # Counted before the (deliberately slow) hash is checked: guesses sent together are
+    # counted one after another, and those past the limit are never checked.
+    wait = await run_in_threadpool(portal.rate_limit.attempt, portal.engine, keys)
     if wait:
-        return render(
-            request,
-            "sign_in.html.j2",
-            status_code=429,
-            handle=handle,
-            next=target,
-            errors=[
-                f"Too many failed sign-ins. Try again in {int(wait) // 60 + 1} minutes, or ask "
-                "an administrator to reset your password."
-            ],
-        )
-    stored, roles = await run_in_threadpool(portal.read, lambda s: _stored(s, handle))
-    good = await run_in_threadpool(portal.passwords.verify, stored, password)
-    staff = roles & frozenset(STAFF_ROLES)
+        return _too_many(request, handle, target, wait)
+    stored = await run_in_threadpool(portal.read, lambda s: _stored(s, handle))
+    good = await run_in_threadpool(portal.passwords.verify, stored.password_hash, password)
+    staff = stored.roles & frozenset(STAFF_ROLES)
     if not handle or not good or not staff:
-        portal.rate_limit.failed(keys)
         return render(
             request,
             "sign_in.html.j2",
@@ -105,12 +210,122 @@ async def sign_in(request: Request) -> Response:
             next=target,
             errors=["The handle or password is not right."],
         )
+    await run_in_threadpool(portal.rate_limit.succeeded, portal.engine, keys)
+    session = ensure_session(request)
+    if stored.totp_secret is not None:
+        # Half signed in: the password was right; the code from their app is asked next.
+        session.pending = {"second_factor": handle, "next": target}
+        return RedirectResponse("/sign-in/code", status_code=303)
+    _signed_in(request, handle, staff)
+    return RedirectResponse(target or _landing(staff), status_code=303)
+
+
+def _too_many(request: Request, handle: str, target: str, wait: float) -> Response:
+    return render(
+        request,
+        "sign_in.html.j2",
+        status_code=429,
+        handle=handle,
+        next=target,
+        errors=[
+            f"Too many failed sign-ins. Try again in {int(wait) // 60 + 1} minutes, or ask "
+            "an administrator to reset your password."
+        ],
+    )
+
+
+def _signed_in(request: Request, handle: str, staff: frozenset[str]) -> None:
     session = ensure_session(request)
     fresh = request.app.state.sessions.rotate(session)
     fresh.handle = handle
     fresh.roles = staff
     replace_session(request, fresh)
+
+
+@router.get("/sign-in/code")
+@allow(PUBLIC)
+def second_factor_form(request: Request) -> Response:
+    session = current(request)
+    if session is None or "second_factor" not in session.pending:
+        return RedirectResponse("/sign-in", status_code=303)
+    return render(request, "sign_in_code.html.j2")
+
+
+@router.post("/sign-in/code")
+@allow(PUBLIC)
+async def second_factor(request: Request) -> Response:
+    """The second step of a staff sign-in: the code from the person's authenticator app,
+    counted against the same limits as passwords."""
+    form = await request.form()
+    code = str(form.get("code", "")).strip().replace(" ", "")
+    session = current(request)
+    handle = session.pending.get("second_factor") if session else None
+    if session is None or handle is None:
+        return RedirectResponse("/sign-in", status_code=303)
+    portal = portal_of(request)
+    keys = [("account", handle), ("address", client_address(request))]
+    wait = await run_in_threadpool(portal.rate_limit.attempt, portal.engine, keys)
+    if wait:
+        session.pending = {}
+        return _too_many(request, handle, "", wait)
+    accepted = await run_in_threadpool(portal.act, lambda s: second_factors.accept(s, handle, code))
+    if not accepted:
+        return render(
+            request,
+            "sign_in_code.html.j2",
+            status_code=400,
+            errors=["That code is not right. Enter the code your authenticator app shows now."],
+        )
+    await run_in_threadpool(portal.rate_limit.succeeded, portal.engine, keys)
+    target = session.pending.get("next", "")
+    stored = await run_in_threadpool(portal.read, lambda s: _stored(s, handle))
+    staff = stored.roles & frozenset(STAFF_ROLES)
+    _signed_in(request, handle, staff)
     return RedirectResponse(target or _landing(staff), status_code=303)
+
+
+@router.get("/account/second-factor")
+@allow(*STAFF_ROLES)
+def enrol_form(request: Request) -> Response:
+    """Enrolment: a new secret shown once (as text and as an otpauth:// address for the app);
+    it is kept only when a code made with it is entered."""
+    session = staff_session(request)
+    secret = second_factors.new_secret()
+    session.pending = {"totp_secret": secret}
+    return render(
+        request,
+        "second_factor.html.j2",
+        secret=secret,
+        uri=second_factors.uri(secret, session.handle or ""),
+    )
+
+
+@router.post("/account/second-factor")
+@allow(*STAFF_ROLES)
+async def enrol(request: Request) -> Response:
+    form = await request.form()
+    code = str(form.get("code", "")).strip().replace(" ", "")
+    session = staff_session(request)
+    secret = session.pending.get("totp_secret")
+    handle = session.handle or ""
+    if secret is None:
+        return RedirectResponse("/account/second-factor", status_code=303)
+    portal = portal_of(request)
+    done = await run_in_threadpool(
+        portal.act, lambda s: second_factors.enrol(s, handle, secret, code)
+    )
+    if not done:
+        return render(
+            request,
+            "second_factor.html.j2",
+            status_code=400,
+            secret=secret,
+            uri=second_factors.uri(secret, handle),
+            errors=["That code is not right: enter the code the app shows for this key now."],
+        )
+    session.pending = {}
+    session.flash.append("Your second factor is set up: sign-ins now ask for its code.")
+    return RedirectResponse("/", status_code=303)
 
 
 def _landing(roles: frozenset[str]) -> str:

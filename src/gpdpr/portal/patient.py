@@ -11,6 +11,7 @@ The identity provider's pages are here too, under /idp/: in a deployment they ar
 
 from __future__ import annotations
 
+import re
 import secrets
 from urllib.parse import urlencode
 
@@ -37,6 +38,7 @@ router = APIRouter(route_class=GuardedRoute)
 
 NAMES = {"type1": "Type 1 opt-out", "ndoo": "National Data Opt-out"}
 ACTIONS = ("set", "withdraw")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
 
 def idp_of(request: Request) -> IdentityProvider:
@@ -112,7 +114,15 @@ def patient_home(request: Request) -> Response:
     session = current(request)
     assert session is not None and session.pseudonym is not None
     status = portal_of(request).registry.status(session.pseudonym)
-    return render(request, "patient.html.j2", status=status, names=NAMES)
+    return render(
+        request, "patient.html.j2", status=status, names=NAMES, request_id=new_request_id()
+    )
+
+
+def new_request_id() -> str:
+    """A new id for one opt-out form: sent twice (a double click, a resend), it is recorded
+    once."""
+    return secrets.token_urlsafe(24)
 
 
 @router.get("/patient/record")
@@ -131,10 +141,18 @@ def patient_record(request: Request) -> Response:
 
 @router.post("/patient/opt-out")
 @allow(PATIENT)
-def patient_change(request: Request, kind: str = Form(""), action: str = Form("")) -> Response:
+def patient_change(
+    request: Request,
+    kind: str = Form(""),
+    action: str = Form(""),
+    request_id: str = Form(""),
+) -> Response:
     session = current(request)
     assert session is not None and session.pseudonym is not None
-    if kind not in KINDS or action not in ACTIONS:
+    # The page's form always sends an id; a request without one (a script) is still recorded
+    # only if it changes the person's state.
+    well_formed = not request_id or REQUEST_ID.match(request_id)
+    if kind not in KINDS or action not in ACTIONS or not well_formed:
         portal = portal_of(request)
         return render(
             request,
@@ -142,12 +160,13 @@ def patient_change(request: Request, kind: str = Form(""), action: str = Form(""
             status_code=400,
             status=portal.registry.status(session.pseudonym),
             names=NAMES,
+            request_id=new_request_id(),
             errors=["Choose which opt-out, and whether to set or withdraw it."],
         )
     portal = portal_of(request)
     with portal.writing():
         change = portal.registry.set if action == "set" else portal.registry.withdraw
-        changed = change(session.pseudonym, kind, "online")
+        changed = change(session.pseudonym, kind, "online", request_id=request_id or None)
     state = portal.registry.status(session.pseudonym)[kind]
     session.flash.append(_confirmation(kind, action, changed, state["since"]))
     return RedirectResponse("/patient#status", status_code=303)
@@ -213,9 +232,12 @@ async def idp_sign_in(request: Request) -> Response:
     problem = idp.check_request(params, callback_uri(request))
     if problem is not None:
         return page_error(request, 400, f"The sign-in request is not valid: {problem}.")
-    limit = portal_of(request).rate_limit
+    portal = portal_of(request)
+    limit = portal.rate_limit
     keys = [("account", f"idp:{email.lower()}"), ("address", client_address(request))]
-    wait = limit.blocked(keys)
+    from starlette.concurrency import run_in_threadpool
+
+    wait = await run_in_threadpool(limit.attempt, portal.engine, keys)
     if wait:
         return render(
             request,
@@ -225,10 +247,7 @@ async def idp_sign_in(request: Request) -> Response:
             email=email,
             errors=[f"Too many failed attempts. Try again in {int(wait) // 60 + 1} minutes."],
         )
-    from starlette.concurrency import run_in_threadpool
-
     if not email or not await run_in_threadpool(idp.check_password, email, password):
-        limit.failed(keys)
         return render(
             request,
             "idp_login.html.j2",
@@ -237,6 +256,7 @@ async def idp_sign_in(request: Request) -> Response:
             email=email,
             errors=["The email address or password is not right."],
         )
+    await run_in_threadpool(limit.succeeded, portal.engine, keys)
     code = idp.issue_code(email, params)
     target = f"{params['redirect_uri']}?{urlencode({'code': code, 'state': params['state']})}"
     return RedirectResponse(target, status_code=303)

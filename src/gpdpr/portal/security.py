@@ -8,34 +8,42 @@ refused to everyone (a test also checks that every registered route declares a p
 
 **Sessions** live on the server; the cookie carries only a random 256-bit id (HttpOnly,
 SameSite=Lax, Secure when the portal is reached over TLS). The id changes at every sign-in (no
-session fixation) and the session ends after 30 idle minutes or 8 hours, or at sign-out. A
-patient's session holds their lake pseudonym, never their NHS number. Sessions are kept in the
-server process's memory: restarting the server signs everyone out, and a deployment running
-several processes would put them in a shared store instead.
+session fixation) and the session ends after 30 idle minutes or 8 hours, at sign-out, or when
+the person's password is reset or their roles change. A patient's session holds their lake
+pseudonym, never their NHS number. Sessions are kept in the central database (see `Sessions`):
+a restart keeps them and several portal processes share them.
 
 **CSRF.** Every state-changing request (POST) must carry the session's synchroniser token in
 the `csrf_token` form field; a missing or wrong one is refused before the endpoint runs.
 
-**Rate limit.** Failed sign-ins are counted per account and per client address over a sliding
-window, in this process's memory (like the sessions: a restart clears the counts).
+**Rate limit.** Failed sign-ins are counted per account and per client address, in the central
+database, before the password is checked (see `RateLimit`). The client's address comes from
+X-Forwarded-For only when the connection is from a configured trusted proxy.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import os
 import secrets
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import Any, TypeVar
 
+import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, RedirectResponse
+
+from gpdpr.db.models import core
+from gpdpr.db.transactions import immediate
+from gpdpr.portal.models import SessionRow, SignInCounter
 
 PUBLIC = "public"
 PATIENT = "patient"
@@ -47,7 +55,6 @@ COOKIE = "gpdpr_session"
 CSRF_FIELD = "csrf_token"
 IDLE_SECONDS = 30 * 60
 LIFETIME_SECONDS = 8 * 60 * 60
-MAX_SESSIONS = 200_000
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -83,6 +90,7 @@ class PortalSession:
     pseudonym: str | None = None  # patient: their lake pseudonym, never the NHS number
     pending: dict[str, str] = field(default_factory=dict)  # an OIDC sign-in under way
     flash: list[str] = field(default_factory=list)
+    stored: tuple[Any, ...] | None = field(default=None, repr=False, compare=False)
 
     @property
     def signed_in(self) -> bool:
@@ -91,61 +99,164 @@ class PortalSession:
     def has(self, role: str) -> bool:
         return role in self.roles
 
+    def state(self) -> tuple[Any, ...]:
+        """What is saved of the session (to tell whether a request changed it)."""
+        return (
+            self.csrf,
+            self.handle,
+            sorted(self.roles),
+            self.pseudonym,
+            dict(self.pending),
+            list(self.flash),
+        )
+
+
+def session_key(session_id: str) -> str:
+    """How the database knows a session: the hash of its cookie value, never the value."""
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
 
 class Sessions:
-    """Server-side sessions by random id, in this process's memory."""
+    """Server-side sessions by random id, in the central database (`portal_sessions`): a
+    restarted portal keeps them, and every portal worker shares them. A request's session is
+    read when it arrives and written back when it is answered, if it changed."""
 
-    def __init__(self) -> None:
-        self._by_id: dict[str, PortalSession] = {}
-        self._lock = threading.Lock()
+    # How stale `seen` may be before a request writes it again: idle time is measured to this.
+    SEEN_STEP = 60.0
+    PURGE_EVERY = 60.0
+    MAX_ANONYMOUS = 100_000
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self._purged = 0.0
 
     def new(self) -> PortalSession:
         stamp = time.time()
         made = PortalSession(secrets.token_urlsafe(32), secrets.token_urlsafe(32), stamp, stamp)
-        with self._lock:
-            if len(self._by_id) >= MAX_SESSIONS:
-                self._purge(stamp)
-            self._by_id[made.id] = made
+        if stamp - self._purged > self.PURGE_EVERY:
+            self._purged = stamp
+            self.purge(stamp)
+        with immediate(self.engine).begin() as connection:
+            connection.execute(sa.insert(_SESSIONS).values(key=session_key(made.id), **_row(made)))
+        made.stored = made.state()
         return made
 
     def get(self, session_id: str | None) -> PortalSession | None:
-        if not session_id:
+        if not session_id or len(session_id) > 100:
             return None
         stamp = time.time()
-        with self._lock:
-            found = self._by_id.get(session_id)
-            if found is None:
-                return None
-            if stamp - found.seen > IDLE_SECONDS or stamp - found.created > LIFETIME_SECONDS:
-                del self._by_id[session_id]
-                return None
+        key = session_key(session_id)
+        with self.engine.connect() as connection:
+            row = connection.execute(sa.select(_SESSIONS).where(_SESSIONS.c.key == key)).first()
+            roles_now = (
+                None if row is None or row.handle is None else _staff_roles(connection, row.handle)
+            )
+        if row is None:
+            return None
+        expired = stamp - row.seen > IDLE_SECONDS or stamp - row.created > LIFETIME_SECONDS
+        # A staff session holds the roles its person had at sign-in; if those have changed
+        # since (by any route: the portal, a command, the database), the session ends.
+        if expired or (roles_now is not None and roles_now != frozenset(row.roles)):
+            self._delete(_SESSIONS.c.key == key)
+            return None
+        found = PortalSession(
+            session_id,
+            row.csrf,
+            row.created,
+            row.seen,
+            row.handle,
+            frozenset(row.roles),
+            row.pseudonym,
+            dict(row.pending),
+            list(row.flash),
+        )
+        found.stored = found.state()
+        if stamp - row.seen > self.SEEN_STEP:
             found.seen = stamp
-            return found
+            with immediate(self.engine).begin() as connection:
+                connection.execute(
+                    sa.update(_SESSIONS).where(_SESSIONS.c.key == key).values(seen=stamp)
+                )
+        return found
+
+    def save(self, session: PortalSession) -> None:
+        """Write back what a request changed (nothing if it changed nothing). A session ended
+        meanwhile (signed out, or its password reset) stays ended."""
+        if session.state() == session.stored:
+            return
+        with immediate(self.engine).begin() as connection:
+            connection.execute(
+                sa.update(_SESSIONS)
+                .where(_SESSIONS.c.key == session_key(session.id))
+                .values(**_row(session))
+            )
+        session.stored = session.state()
 
     def rotate(self, old: PortalSession) -> PortalSession:
         """A new id and token for a session whose privileges change (signing in)."""
         fresh = self.new()
-        fresh.pending = {}
         fresh.flash = list(old.flash)
         self.end(old)
         return fresh
 
     def end(self, session: PortalSession) -> None:
-        with self._lock:
-            self._by_id.pop(session.id, None)
+        self._delete(_SESSIONS.c.key == session_key(session.id))
 
-    def _purge(self, stamp: float) -> None:
-        for key in [
-            k
-            for k, s in self._by_id.items()
-            if stamp - s.seen > IDLE_SECONDS or stamp - s.created > LIFETIME_SECONDS
-        ]:
-            del self._by_id[key]
-        if len(self._by_id) >= MAX_SESSIONS:  # still full: the least recently seen go first
-            for key, _ in sorted(self._by_id.items(), key=lambda kv: kv[1].seen)[
-                : MAX_SESSIONS // 10
-            ]:
-                del self._by_id[key]
+    def end_for(self, handle: str) -> int:
+        """End every session of this staff member (their password was reset, their roles
+        changed); how many there were."""
+        return self._delete(_SESSIONS.c.handle == handle)
+
+    def purge(self, stamp: float | None = None) -> int:
+        """Remove the sessions that have expired, and the least recently seen of those nobody
+        signed in to beyond MAX_ANONYMOUS (every visit to a page with a form makes one, so a
+        flood of visits could otherwise fill the table); how many."""
+        stamp = time.time() if stamp is None else stamp
+        removed = self._delete(
+            (_SESSIONS.c.seen < stamp - IDLE_SECONDS)
+            | (_SESSIONS.c.created < stamp - LIFETIME_SECONDS)
+        )
+        anonymous = _SESSIONS.c.handle.is_(None) & _SESSIONS.c.pseudonym.is_(None)
+        cutoff = (
+            sa.select(_SESSIONS.c.seen)
+            .where(anonymous)
+            .order_by(_SESSIONS.c.seen.desc())
+            .offset(self.MAX_ANONYMOUS)
+            .limit(1)
+            .scalar_subquery()
+        )
+        return removed + self._delete(anonymous & (_SESSIONS.c.seen <= cutoff))
+
+    def _delete(self, where: sa.ColumnElement[bool]) -> int:
+        with immediate(self.engine).begin() as connection:
+            return connection.execute(sa.delete(_SESSIONS).where(where)).rowcount
+
+
+_SESSIONS = core(SessionRow)
+
+
+def _staff_roles(connection: sa.Connection, handle: str) -> frozenset[str]:
+    from gpdpr.governance.models import Person, PersonRole
+
+    found = connection.execute(
+        sa.select(PersonRole.role)
+        .join(Person, Person.id == PersonRole.person_id)
+        .where(Person.handle == handle)
+    ).scalars()
+    return frozenset(found) & frozenset(STAFF_ROLES)
+
+
+def _row(session: PortalSession) -> dict[str, Any]:
+    return {
+        "csrf": session.csrf,
+        "created": session.created,
+        "seen": session.seen,
+        "handle": session.handle,
+        "roles": sorted(session.roles),
+        "pseudonym": session.pseudonym,
+        "pending": dict(session.pending),
+        "flash": list(session.flash),
+    }
 
 
 def current(request: Request) -> PortalSession | None:
@@ -199,12 +310,15 @@ class GuardedRoute(APIRoute):
 
         async def guarded(request: Request) -> Response:
             sessions: Sessions = request.app.state.sessions
-            session = sessions.get(request.cookies.get(COOKIE))
+            session = await run_in_threadpool(sessions.get, request.cookies.get(COOKIE))
             request.state.session = session
             request.state.set_cookie = False
             request.state.clear_cookie = session is None and COOKIE in request.cookies
             refusal = await _refusal(request, allowed, session)
             response = refusal if refusal is not None else await handler(request)
+            kept = current(request)
+            if kept is not None:
+                await run_in_threadpool(sessions.save, kept)
             _cookie(request, response)
             return response
 
@@ -220,12 +334,24 @@ async def _refusal(
         return page_error(request, 403, "This page is not open to anyone.")
     if PUBLIC not in allowed:
         if session is None or not session.signed_in:
-            if request.method == "GET":
+            if request.method in ("GET", "HEAD"):
                 target = "/patient/sign-in" if allowed == {PATIENT} else "/sign-in"
                 return RedirectResponse(f"{target}?next={_local(request)}", status_code=303)
             return page_error(request, 401, "Sign in first.")
         if not (session.roles & allowed):
             return page_error(request, 403, "Your account does not give you access to this page.")
+    if has_control_character(request.url.path):  # no page has such an address
+        return page_error(request, 404, "There is nothing here, or nothing you can see.")
+    where = _control_character("", request.query_params.multi_items())
+    if where is None and request.method not in ("GET", "HEAD"):
+        where = _control_character("", (await request.form()).multi_items())
+    if where is not None:
+        return page_error(
+            request,
+            400,
+            f"{where} holds a control character (such as a NUL byte), which no field here "
+            "takes, so nothing was done. Retype it without, and send it again.",
+        )
     if request.method not in ("GET", "HEAD"):
         form = await request.form()
         sent = form.get(CSRF_FIELD)
@@ -240,6 +366,27 @@ async def _refusal(
                 "This form has expired or did not come from this site, so nothing was done. "
                 "Go back, reload the page and try again.",
             )
+    return None
+
+
+# Text may hold tabs and line breaks; no other C0 or C1 control character (NUL above all, which
+# PostgreSQL cannot store in text and which ends strings elsewhere) is taken anywhere.
+_ALLOWED_CONTROLS = frozenset("\t\n\r")
+
+
+def has_control_character(text: str) -> bool:
+    return any((ch < " " or "\x7f" <= ch <= "\x9f") and ch not in _ALLOWED_CONTROLS for ch in text)
+
+
+def _control_character(path: str, items: Iterable[tuple[str, Any]]) -> str | None:
+    """Which part of a request holds a control character ("The address", "The field 'name'"),
+    or None."""
+    if has_control_character(path):
+        return "The address"
+    for name, value in items:
+        if has_control_character(name) or (isinstance(value, str) and has_control_character(value)):
+            shown = name if not has_control_character(name) else "?"
+            return f"The field {shown!r}"
     return None
 
 
@@ -309,37 +456,129 @@ class Passwords:
 
 
 class RateLimit:
-    """Failed sign-ins per key (an account, a client address) over a sliding window."""
+    """Sign-in attempts per key (an account, a client address), counted in the central database
+    (`portal_sign_in_counters`, shared by every portal worker) over a window that starts at the
+    first attempt counted.
+
+    An attempt is counted *before* its password is checked, in one atomic step per key (an
+    UPDATE ... RETURNING of the counter, which the database applies one at a time), and refused
+    if that makes too many: so however many guesses arrive together, at most the limit are ever
+    checked. An attempt that succeeds, or is refused, is taken off the count again, so the count
+    is of failed sign-ins."""
 
     def __init__(self, per_account: int = 5, per_address: int = 20, window: float = 900) -> None:
         self.limits = {"account": per_account, "address": per_address}
         self.window = window
-        self._failures: dict[tuple[str, str], deque[float]] = {}
-        self._lock = threading.Lock()
 
-    def blocked(self, keys: Iterable[tuple[str, str]]) -> float:
-        """Seconds until the first of `keys` (kind, value) may try again (0: none is blocked)."""
-        stamp = time.monotonic()
+    def attempt(self, engine: sa.Engine, keys: Iterable[tuple[str, str]]) -> float:
+        """Count an attempt against each of `keys` (kind, value); 0 if it may go ahead, else the
+        seconds until it may (and nothing is counted)."""
+        ordered = sorted(set(keys))  # the same order everywhere: no two attempts deadlock
+        stamp = time.time()
         wait = 0.0
-        with self._lock:
-            for key in keys:
-                times = self._recent(key, stamp)
-                if len(times) >= self.limits[key[0]]:
-                    wait = max(wait, times[0] + self.window - stamp)
+        with immediate(engine).begin() as connection:
+            for kind, value in ordered:
+                count, since = self._count(connection, f"{kind}:{value}", stamp, 1)
+                if count > self.limits[kind]:
+                    wait = max(wait, since + self.window - stamp, 1.0)
+        if wait:
+            self.succeeded(engine, ordered)
         return wait
 
-    def failed(self, keys: Iterable[tuple[str, str]]) -> None:
-        stamp = time.monotonic()
-        with self._lock:
-            for key in keys:
-                self._recent(key, stamp).append(stamp)
+    def succeeded(self, engine: sa.Engine, keys: Iterable[tuple[str, str]]) -> None:
+        """Take back an attempt counted by `attempt` (it succeeded, or was refused unchecked)."""
+        with immediate(engine).begin() as connection:
+            for kind, value in sorted(set(keys)):
+                connection.execute(
+                    sa.update(_COUNTERS)
+                    .where(_COUNTERS.c.key == f"{kind}:{value}", _COUNTERS.c.count > 0)
+                    .values(count=_COUNTERS.c.count - 1)
+                )
 
-    def _recent(self, key: tuple[str, str], stamp: float) -> deque[float]:
-        times = self._failures.setdefault(key, deque())
-        while times and times[0] <= stamp - self.window:
-            times.popleft()
-        return times
+    def clear(self, engine: sa.Engine) -> None:
+        """Forget every count (an operator's reset, and between tests)."""
+        with immediate(engine).begin() as connection:
+            connection.execute(sa.delete(_COUNTERS))
+
+    def _count(
+        self, connection: sa.Connection, key: str, stamp: float, by: int
+    ) -> tuple[int, float]:
+        insert = _upsert(connection)(_COUNTERS).values(key=key[:300], since=stamp, count=0)
+        connection.execute(insert.on_conflict_do_nothing(index_elements=["key"]))
+        stale = _COUNTERS.c.since <= stamp - self.window
+        row = connection.execute(
+            sa.update(_COUNTERS)
+            .where(_COUNTERS.c.key == key[:300])
+            .values(
+                count=sa.case((stale, by), else_=_COUNTERS.c.count + by),
+                since=sa.case((stale, stamp), else_=_COUNTERS.c.since),
+            )
+            .returning(_COUNTERS.c.count, _COUNTERS.c.since)
+        ).one()
+        return int(row._mapping["count"]), float(row._mapping["since"])
+
+
+_COUNTERS = core(SignInCounter)
+
+
+def _upsert(connection: sa.Connection) -> Any:
+    if connection.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        return postgresql_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert
+
+
+# ---- the client's address ----------------------------------------------------------------------
+
+TRUSTED_PROXIES_ENV = "GPDPR_TRUSTED_PROXIES"
+
+
+def trusted_proxies(configured: str | None = None) -> tuple[IPv4Network | IPv6Network, ...]:
+    """The proxies whose X-Forwarded-For is believed: addresses or networks, comma-separated,
+    from `configured` or GPDPR_TRUSTED_PROXIES (none when unset: the header is ignored)."""
+    from gpdpr.errors import UserError
+
+    text = os.environ.get(TRUSTED_PROXIES_ENV, "") if configured is None else configured
+    found = []
+    for part in text.split(","):
+        if part.strip():
+            try:
+                found.append(ip_network(part.strip(), strict=False))
+            except ValueError:
+                raise UserError(
+                    f"{part.strip()!r} in {TRUSTED_PROXIES_ENV} is not an IP address or network "
+                    "(like 10.0.0.5 or 10.0.0.0/24)"
+                ) from None
+    return tuple(found)
 
 
 def client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    """The address the request came from. X-Forwarded-For is read only when the connection
+    comes from a configured trusted proxy, and then from the right: the first address that is
+    not itself a trusted proxy is the client (what is further left, the client wrote)."""
+    peer = request.client.host if request.client else "unknown"
+    proxies: tuple[IPv4Network | IPv6Network, ...] = getattr(
+        request.app.state, "trusted_proxies", ()
+    )
+    if not proxies or not _within(peer, proxies):
+        return peer
+    hops = [h.strip() for h in ",".join(request.headers.getlist("x-forwarded-for")).split(",")]
+    for hop in reversed([h for h in hops if h]):
+        try:
+            ip_address(hop)
+        except ValueError:
+            return peer  # a malformed chain: believe only the connection
+        if not _within(hop, proxies):
+            return hop
+    return peer
+
+
+def _within(address: str, networks: tuple[IPv4Network | IPv6Network, ...]) -> bool:
+    try:
+        parsed = ip_address(address)
+    except ValueError:
+        return False
+    return any(parsed in network for network in networks)

@@ -117,7 +117,9 @@ def serve(home: Path, host: str = "127.0.0.1", port: int = 8000) -> None:
     # last publish below (and the command's own) still happens.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        # proxy_headers off: uvicorn would otherwise believe X-Forwarded-For from loopback;
+        # the portal reads it itself, from configured proxies only (security.client_address).
+        uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False)
     finally:
         stop.set()
         publisher.join(timeout=120)
@@ -206,7 +208,9 @@ def running(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
 
     port = free_port(host)
     server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_level="warning", backlog=2048)
+        uvicorn.Config(
+            app, host=host, port=port, log_level="warning", backlog=2048, proxy_headers=False
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -38,7 +38,7 @@ class Portal:
         self.engine: sa.Engine = connect(url_for_home(home))
         self.passwords = passwords or Passwords()
         self.rate_limit = rate_limit or RateLimit()
-        self.sessions = Sessions()
+        self.sessions = Sessions(self.engine)
         self._write = threading.Lock() if self.engine.dialect.name == "sqlite" else None
 
     @cached_property
