@@ -43,17 +43,22 @@ def check_at_start(home: Path) -> None:
 
 
 def publish_after(home: Path) -> None:
-    from gpdpr import db
+    from gpdpr import db, durable
     from gpdpr.transparency.publish import publish
 
     url = db.url_for_home(home)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         return  # nothing central was ever recorded here
     try:
-        engine = db.connect(url)
-        try:
-            publish(home, engine)
-        finally:
-            engine.dispose()
+        with durable.disk_errors(
+            "publishing to the transparency log",
+            "The command's events are kept and the log is as it was or complete to a signed "
+            "point; free space (or fix the permissions) and run `gpdpr log publish`",
+        ):
+            engine = db.connect(url)
+            try:
+                publish(home, engine)
+            finally:
+                engine.dispose()
     except UserError as exc:
         fail(f"the command's events were kept but not published to the transparency log: {exc}")

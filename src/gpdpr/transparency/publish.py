@@ -43,7 +43,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from gpdpr import spec
+from gpdpr import durable, spec
 from gpdpr.db.events import record
 from gpdpr.db.models import Event, as_utc, core, now
 from gpdpr.transparency import store
@@ -234,6 +234,7 @@ def publish(
                     .values(log_seq=sa.bindparam("seq")),
                     numbered,
                 )
+        durable.step("log events numbered")
         writer.append(entries)
         signed = writer.contents.checkpoint
         if entries or signed is None or signed.size != writer.size:
