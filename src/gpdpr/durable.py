@@ -49,7 +49,11 @@ def step(name: str) -> None:
 
 def write_file(path: Path, data: bytes, mode: int = 0o644, replace: bool = True) -> None:
     """Write `path` whole or not at all (see the module's docstring). With `replace=False` an
-    existing file is never overwritten: FileExistsError, and the old one stays."""
+    existing file is never overwritten: FileExistsError, and the old one stays. One writer per
+    file at a time (its callers hold a lock, or make a file only one process makes): a partial
+    copy a killed writer left is removed."""
+    for stale in path.parent.glob(f".{path.name}.*.partial"):
+        stale.unlink(missing_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -92,12 +96,18 @@ def disk_problem(exc: BaseException) -> str | None:
     if isinstance(exc, OSError) and exc.errno in _DISK:
         where = f" at {exc.filename}" if exc.filename else ""
         return f"{_DISK[exc.errno]}{where}"
-    # The lake's Delta library reports file system errors as its own exceptions, in words.
-    text = str(exc)
-    for code, words in _DISK.items():
-        if os.strerror(code) in text:
-            return words
+    # The lake's Delta library and SQLite report them as exceptions of their own, in words.
+    if isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in _WORDED:
+        text = str(exc)
+        for code, words in _DISK.items():
+            if os.strerror(code) in text:
+                return words
+        if "database or disk is full" in text:
+            return _DISK[errno.ENOSPC]
     return None
+
+
+_WORDED = {"deltalake", "sqlalchemy", "sqlite3", "pyarrow"}
 
 
 @contextmanager

@@ -35,7 +35,9 @@ def collect_command(
     from gpdpr.collect.service import Central
     from gpdpr.errors import UserError
 
-    folders = packages or sorted(p for p in (home / "inbox").glob("*") if p.is_dir())
+    folders = packages or sorted(
+        p for p in (home / "inbox").glob("*") if p.is_dir() and not p.name.startswith(".")
+    )
     if not folders:
         fail(f"no packages given and none in {home / 'inbox'}: name the package folders")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -95,6 +95,17 @@ def collect(
     on_checked: Callable[[Path], None] | None = None,
 ) -> Collection:
     """Verify every package, refuse the untrustworthy, load the rest in one lake version."""
+    with durable.disk_errors("collecting", COLLECT_ADVICE):
+        return _collect(central, folders, workers, on_progress, on_checked)
+
+
+def _collect(
+    central: Central,
+    folders: list[Path],
+    workers: int,
+    on_progress: Progress | None,
+    on_checked: Callable[[Path], None] | None,
+) -> Collection:
     if not (central.keys / "practices").is_dir():
         # The centre's own mistake, not the packages': refuse to judge them at all.
         raise UserError(
@@ -105,6 +116,10 @@ def collect(
     engine = central.engine()
     registry = Registry(engine)
     accepted = specification.released_versions()
+    for parent in {folder.parent for folder in folders}:
+        # What a killed run was deleting: only a loaded, recorded package is ever renamed so.
+        for loaded in parent.glob(".*.loaded-*"):
+            shutil.rmtree(loaded, ignore_errors=True)
 
     def verify(folder: Path) -> Package | Refused:
         try:
@@ -224,14 +239,29 @@ class Cycle:
 def erase_cycle(central: Central, workers: int = 4) -> Cycle:
     """Erase everyone with an active Type 1 opt-out and give each new one a receipt (the
     receipts of a cycle killed before making them too)."""
-    lake = central.lake()
-    engine = central.engine()
-    registry = Registry(engine)
-    awaiting = registry.awaiting_receipt()
-    erasure = erase(lake, registry.active_type1(), awaiting, workers)
-    if awaiting and erasure.version is None:
-        raise UserError("the erasure cycle committed no lake version; nothing was receipted")
-    return Cycle(erasure, receipt_committed(engine, registry, lake))
+    with durable.disk_errors("the erasure cycle", ERASE_ADVICE):
+        lake = central.lake()
+        engine = central.engine()
+        registry = Registry(engine)
+        with lake.writing():
+            pass  # finishes the clean-up of a cycle that was cut short, so it can be receipted
+        earlier = receipt_committed(engine, registry, lake)
+        awaiting = registry.awaiting_receipt()
+        erasure = erase(lake, registry.active_type1(), awaiting, workers)
+        if awaiting and erasure.version is None:
+            raise UserError("the erasure cycle committed no lake version; nothing was receipted")
+        return Cycle(erasure, earlier + receipt_committed(engine, registry, lake))
+
+
+ERASE_ADVICE = (
+    "The lake is as before the cycle or erased, and every receipt recorded is exact; free space "
+    "(or fix the permissions) and run `gpdpr erase` again to finish"
+)
+COLLECT_ADVICE = (
+    "The lake is as before this run or holds its packages whole, and no package was deleted "
+    "before its record was made; free space (or fix the permissions) and run `gpdpr collect` "
+    "again with the packages still waiting"
+)
 
 
 def receipt_committed(engine: sa.Engine, registry: Registry, lake: Lake) -> int:

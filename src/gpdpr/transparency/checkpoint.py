@@ -147,7 +147,11 @@ def load_or_create_key(keys: Path) -> Ed25519PrivateKey:
         except FileExistsError:
             pass
         except OSError as exc:
-            raise UserError(f"cannot create the log's key in {folder}: {exc}") from None
+            problem = durable.disk_problem(exc) or exc
+            raise UserError(
+                f"cannot create the log's key in {folder}: {problem}. Nothing was written; "
+                "fix that and run the command again"
+            ) from None
     try:
         loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError) as exc:

@@ -44,17 +44,13 @@ def check_at_start(home: Path) -> None:
 
 def publish_after(home: Path) -> None:
     from gpdpr import db, durable
-    from gpdpr.transparency.publish import publish
+    from gpdpr.transparency.publish import PUBLISH_ADVICE, publish
 
     url = db.url_for_home(home)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         return  # nothing central was ever recorded here
     try:
-        with durable.disk_errors(
-            "publishing to the transparency log",
-            "The command's events are kept and the log is as it was or complete to a signed "
-            "point; free space (or fix the permissions) and run `gpdpr log publish`",
-        ):
+        with durable.disk_errors("publishing to the transparency log", PUBLISH_ADVICE):
             engine = db.connect(url)
             try:
                 publish(home, engine)

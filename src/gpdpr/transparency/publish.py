@@ -209,7 +209,17 @@ def publish(
     home: Path, engine: sa.Engine, at: datetime | None = None, keys: Path | None = None
 ) -> Published:
     """Append every unpublished event to the log and sign it (see the module's docstring)."""
-    when = as_utc(at or now())
+    with durable.disk_errors("publishing to the transparency log", PUBLISH_ADVICE):
+        return _publish(home, engine, as_utc(at or now()), keys)
+
+
+PUBLISH_ADVICE = (
+    "The events are kept and the log is as it was or signed to a later point; free space (or "
+    "fix the permissions) and run `gpdpr log publish`"
+)
+
+
+def _publish(home: Path, engine: sa.Engine, when: datetime, keys: Path | None) -> Published:
     with locked(home):
         writer = store.open_verified(log_folder(home), keys or home / "keys")
         note_spec(engine, when)
