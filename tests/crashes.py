@@ -252,6 +252,9 @@ class Operation:
     between: Callable[[Path], None] | None = None  # checks on the state a kill left
     ok: tuple[int, ...] = (0,)  # exit codes of a finished run
     again_ok: tuple[int, ...] = (0,)  # exit codes of a re-run (one may rightly refuse)
+    # Named steps from this one on are another operation's, cut there (the log's publish,
+    # which every central command ends with, is cut as `log publish`).
+    until: str | None = None
 
 
 @dataclass
@@ -287,12 +290,20 @@ def _count(value: Any) -> int:
     return 1
 
 
-def _distinct(steps: list[str]) -> list[int]:
+def _kind(step: str) -> str:
+    """Steps of one kind leave the same kind of state: files written one after another (each
+    whole, by gpdpr.durable), or the same first two words."""
+    return "write" if step.startswith("write ") else " ".join(step.split()[:2])
+
+
+def _distinct(steps: list[str], until: str | None = None) -> list[int]:
     """The named steps to cut at (numbered from 1): every one, except that of a run of steps of
     one kind (the same first two words: "lake table allergies committed", "lake table
     appointments committed", ...) only the first and the last, which leave the same kind of
-    state as those between."""
-    kinds = [" ".join(step.split()[:2]) for step in steps]
+    state as those between; and none from the first step named `until` on."""
+    if until in steps:
+        steps = steps[: steps.index(until)]
+    kinds = [_kind(step) for step in steps]
     return [
         n + 1
         for n, kind in enumerate(kinds)
@@ -301,7 +312,7 @@ def _distinct(steps: list[str]) -> list[int]:
 
 
 def hammer(
-    op: Operation, work: Path, sampled: int = 3, full: int = 2, seed: int = 20261206
+    op: Operation, work: Path, sampled: int = 2, full: int = 1, seed: int = 20261206
 ) -> Report:
     """Cut `op` at its named steps (see _distinct) and at `sampled` seeded file system steps;
     fail it as a full disk would at `full` seeded steps of either kind. After each, the state it
@@ -321,7 +332,7 @@ def hammer(
     fs_total = int(fs_trace.read_text())
     report = Report(op.name, steps, fs_total, compared={k: _count(v) for k, v in expected.items()})
     chance = random.Random(seed)
-    points = [(durable.CRASH_AT, n, steps[n - 1]) for n in _distinct(steps)]
+    points = [(durable.CRASH_AT, n, steps[n - 1]) for n in _distinct(steps, op.until)]
     report.named = len(points)
     points += [
         (FS_KILL_AT, n, f"file system step {n}")
@@ -368,3 +379,70 @@ def _difference(expected: Any, got: Any) -> str:
         extra = [x for x in got if x not in expected]
         return f"missing {missing[:5]}, extra {extra[:5]}"
     return f"expected {expected!r:.800}, got {got!r:.800}"
+
+
+def _used(disk: Path) -> int:
+    """Bytes in use on the file system mounted at `disk`."""
+    stat = os.statvfs(disk)
+    return (stat.f_blocks - stat.f_bfree) * stat.f_frsize
+
+
+def _mount(folder: Path, size: int) -> bool:
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+        capture_output=True,
+    )
+    return done.returncode == 0
+
+
+PAGE = 4096
+ROOMY = 1 << 30  # a tmpfs takes memory only for what is written to it
+
+
+def squeeze(op: Operation, work: Path, fractions: tuple[float, ...] = (0.3,)) -> list[str]:
+    """The operation on a small disk of its own (a tmpfs the test mounts): room for what it
+    starts with and a fraction of what it adds. It must stop with a message or finish, and,
+    once the disk is grown, a re-run must end as a clean run. Returns what was done; empty when
+    this machine does not let the test mount (not root), where the full disks that `hammer`
+    simulates at each step stand alone."""
+    work.mkdir(parents=True, exist_ok=True)
+    roomy = work / "roomy"
+    if not _mount(roomy, ROOMY):
+        return []
+    try:
+        empty = _used(roomy)
+        shutil.copytree(op.template, roomy / "at", symlinks=True)
+        before = _used(roomy) - empty
+        done = run(op.command(roomy / "at"), where=work)
+        assert done.code in op.ok, f"{op.name}: the clean run failed:\n{done.output}"
+        grown = _used(roomy) - empty - before
+        expected = op.observe(roomy / "at")
+    finally:
+        subprocess.run(["umount", str(roomy)], check=False)
+    report = []
+    for fraction in fractions:
+        disk = work / f"disk-{fraction}"
+        size = -(-(before + int(grown * fraction)) // PAGE) * PAGE
+        assert _mount(disk, size)
+        try:
+            shutil.copytree(op.template, disk / "at", symlinks=True)
+            cut = run(op.command(disk / "at"), where=work)
+            label = f"{op.name} on a {size:,} byte disk"
+            assert "Traceback" not in cut.output, f"{label}: a traceback:\n{cut.output}"
+            assert cut.code in (*op.ok, 2), f"{label}: exit {cut.code}:\n{cut.output}"
+            if cut.code == 2:
+                assert "disk is full" in cut.output, f"{label}: no message:\n{cut.output}"
+            subprocess.run(["mount", "-o", f"remount,size={ROOMY}", str(disk)], check=True)
+            again = run((op.again or op.command)(disk / "at"), where=work)
+            assert "Traceback" not in again.output, f"{label}: the re-run:\n{again.output}"
+            assert again.code in op.again_ok, f"{label}: the re-run failed:\n{again.output}"
+            got = op.observe(disk / "at")
+            for key in expected:
+                assert got[key] == expected[key], (
+                    f"{label}: {key} differs: {_difference(expected[key], got[key])}"
+                )
+            report.append(f"{size:,} bytes: {'full' if cut.code == 2 else 'enough'}")
+        finally:
+            subprocess.run(["umount", str(disk)], check=False)
+    return report

@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from crashes import Operation, Report, hammer
+from crashes import Operation, Report, hammer, squeeze
 from extracting import Keys, run
 from gpdpr import db
 from gpdpr.collect.service import Central, collect
@@ -36,6 +36,7 @@ from gpdpr.transparency.publish import log_folder, publish
 from readers import practice_folders
 
 ERASED = 3  # people who opt out before the erasure is cut
+PUBLISHING = "log events numbered"  # where a central command's own steps end
 REPORTS: list[Report] = []
 
 
@@ -214,6 +215,7 @@ def _collect_op(tiny: Path, work: Path) -> Operation:
         lambda at: _central(at / "home"),
         again,
         between=_before_or_after({"ends": ends}),
+        until=PUBLISHING,
     )
     # Before: the lake as the template holds it; after: the clean run's rows.
     ends.append(digest(Lake.open(home / "lake").snapshot()))
@@ -271,6 +273,7 @@ def _erase_op(tiny: Path, work: Path) -> Operation:
         lambda at: ["erase", "--home", str(at / "home")],
         observe,
         between=lambda at: _refused_or_read(at / "home"),
+        until=PUBLISHING,
     )
 
 
@@ -288,6 +291,50 @@ def _found(folder: Path, people: list[str]) -> list[str]:
                 if text and pc.any(pc.is_in(column.cast(pa.string()), value_set=texts)).as_py():
                     found.append(str(path.relative_to(folder)))
     return found
+
+
+def _compact_op(tiny: Path, work: Path) -> Operation:
+    """`gpdpr lake compact` of a lake whose every file was split in three (as three daily loads
+    would leave it): rows unchanged, files merged."""
+    template = work / "compact-template"
+    home = _home(tiny, template)
+    central = Central(home)
+    collect(central, _packages(home))
+    lake = Lake.open(home / "lake")
+    with lake.writing() as tx:
+        for name in lake.schemas:
+            for file in tx.snapshot.files(name):
+                rows = tx.snapshot.read_file(name, file)
+                if rows.num_rows < 3:
+                    continue
+                third = rows.num_rows // 3
+                for start, length in ((0, third), (third, third), (2 * third, None)):
+                    tx.write(name, file.practice, rows.slice(start, length))
+                tx.retire(name, file)
+        tx.commit("split", {})
+    engine = central.engine()
+    publish(home, engine)
+    engine.dispose()
+    rows = digest(lake.snapshot())
+
+    def observe(at: Path) -> dict[str, Any]:
+        state = _central(at / "home")
+        snapshot = Lake.open(at / "home" / "lake").snapshot()
+        state["live files"] = {name: len(snapshot.files(name)) for name in snapshot.lake.schemas}
+        return state
+
+    def unchanged(at: Path) -> None:
+        assert digest(Lake.open(at / "home" / "lake").snapshot()) == rows
+        _refused_or_read(at / "home")
+
+    return Operation(
+        "lake compact",
+        template,
+        lambda at: ["lake", "compact", "--home", str(at / "home"), "--max-files", "2"],
+        observe,
+        between=unchanged,
+        until=PUBLISHING,
+    )
 
 
 def _init_op(work: Path) -> Operation:
@@ -329,6 +376,10 @@ def _hammered(op: Operation, work: Path) -> Report:
     report = hammer(op, work / "runs")
     print(report.line())
     assert report.steps, f"{op.name} took no named step: nothing was cut"
+    small = squeeze(op, work / "small")
+    print(f"{op.name} on small disks: {'; '.join(small) or 'cannot mount here (not root)'}")
+    if small:
+        assert "full" in small[0], f"{op.name}: the smallest disk was never full"
     return report
 
 
@@ -351,6 +402,11 @@ def test_an_erasure_cut_anywhere_ends_as_if_never_cut(tiny: Path, tmp_path: Path
     report = _hammered(_erase_op(tiny, tmp_path), tmp_path)
     assert {"lake vacuumed", "receipts recorded"} <= set(report.steps)
     assert any(s.endswith(" erase") for s in report.steps)
+
+
+def test_compaction_cut_anywhere_ends_as_if_never_cut(tiny: Path, tmp_path: Path) -> None:
+    report = _hammered(_compact_op(tiny, tmp_path), tmp_path)
+    assert any(s.endswith(" compact") for s in report.steps)
 
 
 def test_key_creation_cut_anywhere_leaves_no_key_or_a_whole_one(tiny: Path, tmp_path: Path) -> None:

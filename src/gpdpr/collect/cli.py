@@ -168,3 +168,30 @@ def lake_show(
     except UserError as exc:
         fail(str(exc))
     console.print(table)
+
+
+@lake_app.command("compact")
+def lake_compact(
+    home: Home = DEFAULT_HOME,
+    max_files: Annotated[
+        int, typer.Option(min=1, help="Merge a practice's files of a table above this many.")
+    ] = 8,
+) -> None:
+    """Merge the small files daily loads leave (`gpdpr erase` does this first in each cycle)."""
+    from gpdpr.collect.service import Central
+    from gpdpr.durable import disk_errors
+    from gpdpr.errors import UserError
+    from gpdpr.lake.compact import compact
+
+    try:
+        with disk_errors("compacting", "The lake is as before; free space and run it again"):
+            done = compact(Central(home).lake(), max_files)
+    except UserError as exc:
+        fail(str(exc))
+    if done.version is None:
+        console.print(f"nothing to compact: no table has more than {max_files} files a practice")
+    else:
+        console.print(
+            f"merged {done.files_merged:,} files into {done.files_written:,}; lake version "
+            f"{done.version.number}"
+        )

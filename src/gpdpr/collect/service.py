@@ -34,6 +34,7 @@ from gpdpr.collect.verify import Package, check
 from gpdpr.db.events import record
 from gpdpr.db.models import DeletionReceipt, Event
 from gpdpr.errors import UserError
+from gpdpr.lake.compact import Compaction, compact
 from gpdpr.lake.store import Lake, LakeVersion
 from gpdpr.optout.registry import Registry
 from gpdpr.practice.package import PackageError
@@ -234,23 +235,26 @@ def _record_refusals(engine: sa.Engine, refused: list[Refused]) -> None:
 class Cycle:
     erasure: Erasure
     receipts: int
+    compaction: Compaction | None = None
 
 
 def erase_cycle(central: Central, workers: int = 4) -> Cycle:
-    """Erase everyone with an active Type 1 opt-out and give each new one a receipt (the
-    receipts of a cycle killed before making them too)."""
+    """The daily cycle's lake work: compact the small files the day's loads added, then erase
+    everyone with an active Type 1 opt-out and give each new one a receipt (the receipts of a
+    cycle killed before making them too). Compaction first, so the erasure's vacuum deletes the
+    files it retired."""
     with durable.disk_errors("the erasure cycle", ERASE_ADVICE):
         lake = central.lake()
         engine = central.engine()
         registry = Registry(engine)
-        with lake.writing():
-            pass  # finishes the clean-up of a cycle that was cut short, so it can be receipted
+        compaction = compact(lake, workers=workers)  # also finishes a clean-up cut short
         earlier = receipt_committed(engine, registry, lake)
         awaiting = registry.awaiting_receipt()
         erasure = erase(lake, registry.active_type1(), awaiting, workers)
         if awaiting and erasure.version is None:
             raise UserError("the erasure cycle committed no lake version; nothing was receipted")
-        return Cycle(erasure, earlier + receipt_committed(engine, registry, lake))
+        receipts = earlier + receipt_committed(engine, registry, lake)
+        return Cycle(erasure, receipts, compaction)
 
 
 ERASE_ADVICE = (
