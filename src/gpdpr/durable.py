@@ -52,8 +52,7 @@ def write_file(path: Path, data: bytes, mode: int = 0o644, replace: bool = True)
     existing file is never overwritten: FileExistsError, and the old one stays. One writer per
     file at a time (its callers hold a lock, or make a file only one process makes): a partial
     copy a killed writer left is removed."""
-    for stale in path.parent.glob(f".{path.name}.*.partial"):
-        stale.unlink(missing_ok=True)
+    sweep(path)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -69,6 +68,13 @@ def write_file(path: Path, data: bytes, mode: int = 0o644, replace: bool = True)
     finally:
         partial.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def sweep(path: Path) -> None:
+    """Remove what a killed `write_file` of `path` left: its partial copy (for a key, a copy
+    of a secret)."""
+    for stale in path.parent.glob(f".{path.name}.*.partial"):
+        stale.unlink(missing_ok=True)
 
 
 def fsync_dir(folder: Path) -> None:

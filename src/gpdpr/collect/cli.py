@@ -32,9 +32,11 @@ def collect_command(
 ) -> None:
     """Verify packages and load the trusted ones into the lake in one atomic commit; refused
     packages go to HOME/rejected with the reason."""
-    from gpdpr.collect.service import Central
+    from gpdpr.collect.service import Central, sweep_loaded
     from gpdpr.errors import UserError
 
+    if (home / "inbox").is_dir():
+        sweep_loaded(home / "inbox")
     folders = packages or sorted(
         p for p in (home / "inbox").glob("*") if p.is_dir() and not p.name.startswith(".")
     )

@@ -118,9 +118,7 @@ def _collect(
     registry = Registry(engine)
     accepted = specification.released_versions()
     for parent in {folder.parent for folder in folders}:
-        # What a killed run was deleting: only a loaded, recorded package is ever renamed so.
-        for loaded in parent.glob(".*.loaded-*"):
-            shutil.rmtree(loaded, ignore_errors=True)
+        sweep_loaded(parent)
 
     def verify(folder: Path) -> Package | Refused:
         try:
@@ -192,6 +190,14 @@ def record_committed_loads(engine: sa.Engine, lake: Lake) -> int:
     if n:
         durable.step("package.loaded recorded")
     return n
+
+
+def sweep_loaded(folder: Path) -> None:
+    """Finish deleting what a killed run was deleting in `folder`: only a package whose load is
+    committed and recorded is ever renamed so (see `_remove`), and the lake must be its only
+    copy."""
+    for loaded in folder.glob(".*.loaded-*"):
+        shutil.rmtree(loaded, ignore_errors=True)
 
 
 def _remove(folder: Path) -> None:

@@ -81,6 +81,7 @@ def init(folder: Path) -> CollectionKey:
             "apart from any data. Choose a new folder"
         )
     if (folder / COLLECTION_KEY).exists():
+        durable.sweep(folder / COLLECTION_KEY)
         raise UserError(
             f"{folder} already holds a collection key; a new one would change every pseudonym. "
             "Use another folder for a new scheme"
@@ -117,6 +118,8 @@ def issue_practice(folder: Path, ods: str) -> Path:
     collection = read_collection_key(folder / COLLECTION_KEY)
     kit = folder / "practices" / ods
     if kit.exists():
+        for leftover in kit.parent.glob(f".{ods}.new-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
         raise UserError(
             f"{kit} already exists: {ods} has been issued keys. Revoke them before issuing new ones"
         )

@@ -131,7 +131,9 @@ def load_or_create_key(keys: Path) -> Ed25519PrivateKey:
     """The log's signing key from KEYS/log/log.key, made (owner-only) the first time."""
     folder = keys / KEY_FOLDER
     path = folder / PRIVATE_KEY
-    if not path.exists():
+    if path.exists():
+        durable.sweep(path)
+    else:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             os.chmod(folder, 0o700)
