@@ -196,6 +196,7 @@ class Lake:
         durable.write_file(
             self._meta / VERSIONS / _version_name(version.number), body, replace=False
         )
+        durable.step(f"lake version {version.number} committed")
 
     def _delta_versions(self) -> dict[str, int]:
         return {name: DeltaTable(str(self.path(name))).version() for name in self.schemas}
