@@ -32,10 +32,14 @@ def collect_command(
 ) -> None:
     """Verify packages and load the trusted ones into the lake in one atomic commit; refused
     packages go to HOME/rejected with the reason."""
-    from gpdpr.collect.service import Central
+    from gpdpr.collect.service import Central, sweep_loaded
     from gpdpr.errors import UserError
 
-    folders = packages or sorted(p for p in (home / "inbox").glob("*") if p.is_dir())
+    if (home / "inbox").is_dir():
+        sweep_loaded(home / "inbox")
+    folders = packages or sorted(
+        p for p in (home / "inbox").glob("*") if p.is_dir() and not p.name.startswith(".")
+    )
     if not folders:
         fail(f"no packages given and none in {home / 'inbox'}: name the package folders")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -166,3 +170,30 @@ def lake_show(
     except UserError as exc:
         fail(str(exc))
     console.print(table)
+
+
+@lake_app.command("compact")
+def lake_compact(
+    home: Home = DEFAULT_HOME,
+    max_files: Annotated[
+        int, typer.Option(min=1, help="Merge a practice's files of a table above this many.")
+    ] = 8,
+) -> None:
+    """Merge the small files daily loads leave (`gpdpr erase` does this first in each cycle)."""
+    from gpdpr.collect.service import Central
+    from gpdpr.durable import disk_errors
+    from gpdpr.errors import UserError
+    from gpdpr.lake.compact import compact
+
+    try:
+        with disk_errors("compacting", "The lake is as before; free space and run it again"):
+            done = compact(Central(home).lake(), max_files)
+    except UserError as exc:
+        fail(str(exc))
+    if done.version is None:
+        console.print(f"nothing to compact: no table has more than {max_files} files a practice")
+    else:
+        console.print(
+            f"merged {done.files_merged:,} files into {done.files_written:,}; lake version "
+            f"{done.version.number}"
+        )

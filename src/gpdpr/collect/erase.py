@@ -5,6 +5,12 @@ without them and commits the lake version that no longer names the old files; th
 the old files, and every older copy of anything, are deleted from disk. Only files that hold an
 opted-out person are rewritten: erasing one person touches only the files of the practices they
 were registered with.
+
+What the cycle answers is in the lake version it commits: the "erase" version's details hold, for
+each opt-out awaiting a receipt (by its event id, never the person), the rows removed per table.
+Receipts are made from that committed record once the clean-up has finished (see
+gpdpr.collect.service), so a cycle killed at any point is finished by the next one with the true
+counts, not with the zeros a second pass over the already erased lake would find.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import pyarrow.compute as pc
 from gpdpr.collect.load import member
 from gpdpr.lake.store import Lake, LakeVersion, LiveFile, Transaction
 from gpdpr.lake.tables import LakeTable
+
+ANSWERS = "answers"  # in an erase version's details: opt-out event id -> rows per table
 
 
 @dataclass
@@ -41,9 +49,10 @@ class Erasure:
         return total
 
 
-def erase(lake: Lake, opted_out: set[str], vacuum: bool, workers: int = 4) -> Erasure:
-    """Remove every row of the opted-out people; vacuum when anything was removed or when
-    asked to (a new opt-out must not survive in an older copy even if no row is live)."""
+def erase(lake: Lake, opted_out: set[str], awaiting: dict[str, int], workers: int = 4) -> Erasure:
+    """Remove every row of the opted-out people and vacuum. `awaiting`: each person whose
+    opt-out awaits a receipt, with that opt-out's event id; the cycle commits (and vacuums) even
+    when nothing is left to remove, so that they are answered and no older copy survives."""
     result = Erasure(None)
     if not opted_out:
         return result
@@ -66,20 +75,23 @@ def erase(lake: Lake, opted_out: set[str], vacuum: bool, workers: int = 4) -> Er
                 result.files_rewritten += 1
                 for person, n in found.items():
                     result.by_person.setdefault(person, Counter())[table.name] += n
-        if not (tx.changed or vacuum):
+        if not (tx.changed or awaiting):
             return result
-        if tx.changed:
-            tx.commit(
-                "erase",
-                {
-                    "people": len(result.by_person),
-                    "rows_removed": result.rows_removed,
-                    "files_rewritten": result.files_rewritten,
-                    "rows_by_table": dict(sorted(result.by_table().items())),
-                },
-            )
-        result.files_deleted = tx.vacuum()
-        result.version = tx.commit("vacuum", {"files_deleted": result.files_deleted})
+        answers = {
+            str(event_id): dict(sorted(result.by_person.get(person, Counter()).items()))
+            for person, event_id in sorted(awaiting.items(), key=lambda a: a[1])
+        }
+        tx.commit(
+            "erase",
+            {
+                "people": len(result.by_person),
+                "rows_removed": result.rows_removed,
+                "files_rewritten": result.files_rewritten,
+                "rows_by_table": dict(sorted(result.by_table().items())),
+                ANSWERS: answers,
+            },
+        )
+        result.version, result.files_deleted = tx.vacuum()
     return result
 
 

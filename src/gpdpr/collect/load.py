@@ -93,9 +93,14 @@ def load(
     opted_out: set[str],
     workers: int = 4,
     on_progress: Progress | None = None,
+    record: Callable[[], object] | None = None,
 ) -> tuple[LakeVersion | None, list[Loaded]]:
-    """Load the packages in one lake version (None when every one was already loaded)."""
+    """Load the packages in one lake version (None when every one was already loaded).
+    `record` makes the public record of every load committed and not yet recorded; it is called
+    with the lake's lock held, before loading (for a run killed after its commit) and after."""
     with lake.writing() as tx:
+        if record is not None:
+            record()
         snapshot = tx.snapshot
         loaded_in, historic = _ledger(snapshot)
         fresh, reports = _sort_out(packages, loaded_in, tx.base.number + 1)
@@ -137,6 +142,8 @@ def load(
         _write_ledger(tx, fresh, batch.outcome, tx.base.number + 1)
         details = {"packages": [batch.outcome[p.package_id].summary() for p in fresh]}
         version = tx.commit("load", details)
+        if record is not None:
+            record()
     return version, reports
 
 

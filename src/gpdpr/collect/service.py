@@ -4,8 +4,14 @@ folder it reads practices' public keys only.
 
 A package handed to `collect` is the centre's from then on: refused, it is moved to rejected/ with
 its reason; loaded (or found already loaded), it is deleted once the lake version holding it is
-committed, because the lake must be the only central copy: an archive of packages would keep
-people who later opt out.
+committed and its public record made, because the lake must be the only central copy: an archive
+of packages would keep people who later opt out.
+
+Records are made from committed state, so a run killed at any point leaves them exact after the
+next: a load's `package.loaded` events from the lake version that loaded it (what it loaded is in
+that version's details), recorded under the lake's lock for every load version after the last
+one recorded; an erasure's deletion receipts from the erase version's answers, once the vacuum
+after it has finished (see gpdpr.collect.erase).
 """
 
 from __future__ import annotations
@@ -20,13 +26,15 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from gpdpr import db
+from gpdpr import db, durable
 from gpdpr import spec as specification
-from gpdpr.collect.erase import Erasure, erase
+from gpdpr.collect.erase import ANSWERS, Erasure, erase
 from gpdpr.collect.load import Loaded, Progress, load
 from gpdpr.collect.verify import Package, check
 from gpdpr.db.events import record
+from gpdpr.db.models import DeletionReceipt, Event
 from gpdpr.errors import UserError
+from gpdpr.lake.compact import Compaction, compact
 from gpdpr.lake.store import Lake, LakeVersion
 from gpdpr.optout.registry import Registry
 from gpdpr.practice.package import PackageError
@@ -88,6 +96,17 @@ def collect(
     on_checked: Callable[[Path], None] | None = None,
 ) -> Collection:
     """Verify every package, refuse the untrustworthy, load the rest in one lake version."""
+    with durable.disk_errors("collecting", COLLECT_ADVICE):
+        return _collect(central, folders, workers, on_progress, on_checked)
+
+
+def _collect(
+    central: Central,
+    folders: list[Path],
+    workers: int,
+    on_progress: Progress | None,
+    on_checked: Callable[[Path], None] | None,
+) -> Collection:
     if not (central.keys / "practices").is_dir():
         # The centre's own mistake, not the packages': refuse to judge them at all.
         raise UserError(
@@ -98,6 +117,8 @@ def collect(
     engine = central.engine()
     registry = Registry(engine)
     accepted = specification.released_versions()
+    for parent in {folder.parent for folder in folders}:
+        sweep_loaded(parent)
 
     def verify(folder: Path) -> Package | Refused:
         try:
@@ -129,12 +150,54 @@ def collect(
         result.type1_withdrawn += withdrawals
     if good:
         result.version, result.loaded = load(
-            lake, good, registry.active_type1(), workers, on_progress
+            lake,
+            good,
+            registry.active_type1(),
+            workers,
+            on_progress,
+            record=lambda: record_committed_loads(engine, lake),
         )
-        _record_loads(engine, result)
         for package in good:
+            durable.step("package removed")
             _remove(package.folder)
     return result
+
+
+def record_committed_loads(engine: sa.Engine, lake: Lake) -> int:
+    """Record `package.loaded` for every package of every load version committed after the
+    last one recorded (call with the lake's lock held, so no two runs record one version).
+    Returns how many were recorded."""
+    with Session(engine) as session, session.begin():
+        last = session.scalar(
+            sa.select(Event.details)
+            .where(Event.kind == "package.loaded")
+            .order_by(Event.id.desc())
+            .limit(1)
+        )
+        after = int(last.get("lake_version") or 0) if isinstance(last, dict) else 0
+        n = 0
+        for version in lake.versions(after):
+            if version.operation != "load":
+                continue
+            for summary in version.details.get("packages", []):
+                record(
+                    session,
+                    "package.loaded",
+                    ACTOR,
+                    {**summary, "lake_version": version.number},
+                )
+                n += 1
+    if n:
+        durable.step("package.loaded recorded")
+    return n
+
+
+def sweep_loaded(folder: Path) -> None:
+    """Finish deleting what a killed run was deleting in `folder`: only a package whose load is
+    committed and recorded is ever renamed so (see `_remove`), and the lake must be its only
+    copy."""
+    for loaded in folder.glob(".*.loaded-*"):
+        shutil.rmtree(loaded, ignore_errors=True)
 
 
 def _remove(folder: Path) -> None:
@@ -174,35 +237,71 @@ def _record_refusals(engine: sa.Engine, refused: list[Refused]) -> None:
             )
 
 
-def _record_loads(engine: sa.Engine, result: Collection) -> None:
-    with Session(engine) as session, session.begin():
-        for loaded in result.loaded:
-            if loaded.already_in is not None:
-                continue
-            details = loaded.summary()
-            details["lake_version"] = result.version.number if result.version else None
-            record(session, "package.loaded", ACTOR, details)
-
-
 @dataclass
 class Cycle:
     erasure: Erasure
     receipts: int
+    compaction: Compaction | None = None
 
 
 def erase_cycle(central: Central, workers: int = 4) -> Cycle:
-    """Erase everyone with an active Type 1 opt-out and give each new one a receipt."""
-    lake = central.lake()
-    registry = Registry(central.engine())
-    awaiting = registry.awaiting_receipt()
-    erasure = erase(lake, registry.active_type1(), vacuum=bool(awaiting), workers=workers)
-    if awaiting and erasure.version is None:
-        raise UserError("the erasure cycle committed no lake version; nothing was receipted")
-    if awaiting:
-        assert erasure.version is not None
-        answers = [
-            (pseudonym, dict(erasure.by_person.get(pseudonym, {})), event_id)
-            for pseudonym, event_id in awaiting.items()
-        ]
-        registry.record_receipts(answers, erasure.version.number)
-    return Cycle(erasure, len(awaiting))
+    """The daily cycle's lake work: compact the small files the day's loads added, then erase
+    everyone with an active Type 1 opt-out and give each new one a receipt (the receipts of a
+    cycle killed before making them too). Compaction first, so the erasure's vacuum deletes the
+    files it retired."""
+    with durable.disk_errors("the erasure cycle", ERASE_ADVICE):
+        lake = central.lake()
+        engine = central.engine()
+        registry = Registry(engine)
+        compaction = compact(lake, workers=workers)  # also finishes a clean-up cut short
+        earlier = receipt_committed(engine, registry, lake)
+        awaiting = registry.awaiting_receipt()
+        erasure = erase(lake, registry.active_type1(), awaiting, workers)
+        if awaiting and erasure.version is None:
+            raise UserError("the erasure cycle committed no lake version; nothing was receipted")
+        receipts = earlier + receipt_committed(engine, registry, lake)
+        return Cycle(erasure, receipts, compaction)
+
+
+ERASE_ADVICE = (
+    "The lake is as before the cycle or erased, and every receipt recorded is exact; free space "
+    "(or fix the permissions) and run `gpdpr erase` again to finish"
+)
+COLLECT_ADVICE = (
+    "The lake is as before this run or holds its packages whole, and no package was deleted "
+    "before its record was made; free space (or fix the permissions) and run `gpdpr collect` "
+    "again with the packages still waiting"
+)
+
+
+def receipt_committed(engine: sa.Engine, registry: Registry, lake: Lake) -> int:
+    """Record a receipt for each opt-out an erase version answered whose vacuum has finished,
+    with the rows that version removed, in that vacuum's version; the number recorded."""
+    awaiting = {event: person for person, event in registry.awaiting_receipt().items()}
+    if not awaiting:
+        return 0
+    with Session(engine) as session:
+        last = session.scalar(sa.select(sa.func.max(DeletionReceipt.lake_version))) or 0
+    finished = lake.vacuumed()
+    pending: dict[int, dict[str, int]] = {}
+    done: set[int] = set()
+    batches: list[tuple[int, list[tuple[str, dict[str, int], int]]]] = []
+    for version in lake.versions(last):
+        if version.operation == "erase":
+            for event, tables in version.details.get(ANSWERS, {}).items():
+                answered = int(event)
+                if answered in awaiting and answered not in done:
+                    pending.setdefault(answered, {str(t): int(n) for t, n in tables.items()})
+        elif version.operation == "vacuum" and version.readable_from == version.number:
+            if finished is not None and version.number > finished:
+                break  # its files are not all deleted yet: no receipt says they are
+            if pending:
+                batches.append(
+                    (version.number, [(awaiting[e], t, e) for e, t in sorted(pending.items())])
+                )
+                done |= pending.keys()
+                pending = {}
+    for number, answers in batches:
+        registry.record_receipts(answers, number)
+        durable.step("receipts recorded")
+    return sum(len(answers) for _, answers in batches)

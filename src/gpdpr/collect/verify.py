@@ -6,7 +6,10 @@ A package is accepted only if every one of these holds, checked in this order:
   - the manifest's signature verifies with that key, and every file matches its SHA-256;
   - it was made under a specification version the centre accepts, with that version's content;
   - each table file has exactly the rows the manifest says, and the columns the specification
-    says, with the right types.
+    says, with the right types;
+  - every page of every file decodes. A signature proves who made a file, not that its pages
+    are sound (a practice's disk or writer can damage them before signing), and one bad page
+    found during the load would stop the whole batch; found here, only its package is refused.
 The first that fails is the reason it is refused.
 """
 
@@ -191,6 +194,27 @@ def _check_file(package: str, path: Path, expected: pa.Schema, rows: int) -> Non
             f"package {package}: {path.name} does not have the specification's columns "
             f"(differs at {', '.join(wrong)}); refuse it"
         )
+    _decode_whole(package, path)
+
+
+def _decode_whole(package: str, path: Path) -> None:
+    """Decompress and decode every page of every column, one row group at a time (so memory
+    stays one row group's); PackageError naming the first that does not decode."""
+    try:
+        with pq.ParquetFile(path) as parquet:
+            for group in range(parquet.num_row_groups):
+                try:
+                    parquet.read_row_group(group, use_threads=False)
+                except (OSError, pa.ArrowException) as exc:
+                    raise PackageError(
+                        f"package {package}: {path.name} is damaged: row group {group + 1} of "
+                        f"{parquet.num_row_groups} does not decode ({exc}); nothing of the "
+                        "package was loaded. Ask the practice to extract again"
+                    ) from None
+    except (OSError, pa.ArrowException) as exc:
+        raise PackageError(
+            f"package {package}: {path.name} is not a readable Parquet file ({exc}); refuse it"
+        ) from None
 
 
 def _plain(kind: pa.DataType) -> pa.DataType:

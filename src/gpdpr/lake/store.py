@@ -14,6 +14,13 @@ only what a lake version names. A writer that dies part-way leaves Delta version
 version names; the next writer restores each such table to the version the lake names before it
 starts, so the lake is always exactly as before a load or exactly as after it.
 
+Erasure's clean-up is written ahead: the version that declares older versions unreadable
+(`readable_from`) is committed before a file is deleted, and `_lake/vacuumed` records the last
+such version whose files are all gone. A writer that finds an erasure committed but not yet
+vacuumed (killed between the two, or part-way through deleting) finishes it before anything else,
+so a reader of an older version is told it is gone, never handed a missing file, and no copy of
+an erased person outlives the next command that writes.
+
 Nothing in the Delta logs names a person: file statistics are row counts only (a minimum or
 maximum pseudonym would otherwise outlive the file it described) and no commit records a
 predicate.
@@ -22,7 +29,6 @@ predicate.
 from __future__ import annotations
 
 import fcntl
-import os
 import threading
 import time
 import uuid
@@ -39,6 +45,7 @@ import pyarrow.parquet as pq
 from deltalake import DeltaTable
 from deltalake.transaction import AddAction, RemoveAction
 
+from gpdpr import durable
 from gpdpr import spec as specification
 from gpdpr.errors import UserError
 from gpdpr.lake.tables import (
@@ -53,6 +60,7 @@ from gpdpr.lake.tables import (
 
 META = "_lake"
 VERSIONS = "versions"
+VACUUMED = "vacuumed"  # the last vacuum version whose files are all deleted
 NO_STATS = {"delta.dataSkippingNumIndexedCols": "0"}
 
 
@@ -124,6 +132,7 @@ class Lake:
                 name=name,
                 configuration=NO_STATS,
             )
+        durable.write_file(self._meta / VACUUMED, b"0\n")
         self._write_version(
             LakeVersion(0, _now(), "create", self._delta_versions(), 0, {}),
         )
@@ -154,6 +163,22 @@ class Lake:
     def snapshot(self, number: int | None = None) -> Snapshot:
         return Snapshot(self, self.version(number))
 
+    def versions(self, after: int = -1) -> list[LakeVersion]:
+        """Every version numbered above `after`, oldest first."""
+        return [_read_version(path) for path in self._version_files() if int(path.stem) > after]
+
+    def vacuumed(self) -> int | None:
+        """The last vacuum version whose deleting finished (None: a lake made before this was
+        recorded, whose clean-ups all count as finished)."""
+        marker = self._meta / VACUUMED
+        return int(marker.read_text()) if marker.exists() else None
+
+    def cleaned_up(self, latest: LakeVersion) -> bool:
+        """Whether every file older versions lost to an erasure is deleted. A lake made before
+        the clean-up was recorded has no record: its clean-ups ran to the end or were lost."""
+        done = self.vacuumed()
+        return latest.operation != "erase" and (done is None or done >= latest.readable_from)
+
     def _write_version(self, version: LakeVersion) -> None:
         """Publish a lake version: written aside, flushed, then linked into place in one step."""
         body = orjson.dumps(
@@ -167,18 +192,11 @@ class Lake:
             },
             option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS,
         )
-        folder = self._meta / VERSIONS
-        final = folder / _version_name(version.number)
-        tmp = self._meta / f".version-{uuid.uuid4().hex}.tmp"
-        with tmp.open("wb") as f:
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, final)
-        finally:
-            tmp.unlink()
-        _fsync_dir(folder)
+        durable.step(f"lake version {version.number} {version.operation}")
+        durable.write_file(
+            self._meta / VERSIONS / _version_name(version.number), body, replace=False
+        )
+        durable.step(f"lake version {version.number} committed")
 
     def _delta_versions(self) -> dict[str, int]:
         return {name: DeltaTable(str(self.path(name))).version() for name in self.schemas}
@@ -208,10 +226,15 @@ class Lake:
         with self._locked():
             base = self.latest()
             self._recover(base)
-            yield Transaction(self, base)
+            tx = Transaction(self, base)
+            if not self.cleaned_up(base):
+                tx.vacuum({"finishes": base.number})
+            yield tx
 
     def _recover(self, base: LakeVersion) -> None:
         for leftover in self._meta.glob(".version-*.tmp"):
+            leftover.unlink()
+        for leftover in (self._meta / VERSIONS).glob(".*.partial"):
             leftover.unlink()
         for name, pinned in base.tables.items():
             table = DeltaTable(str(self.path(name)))
@@ -293,7 +316,6 @@ class Transaction:
     _adds: dict[str, list[AddAction]] = field(default_factory=dict)
     _removes: dict[str, list[RemoveAction]] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
-    _vacuumed: bool = False
 
     @property
     def snapshot(self) -> Snapshot:
@@ -345,7 +367,7 @@ class Transaction:
 
     @property
     def changed(self) -> bool:
-        return bool(self._adds or self._removes or self._vacuumed)
+        return bool(self._adds or self._removes)
 
     def commit(self, operation: str, details: dict[str, Any]) -> LakeVersion:
         """Commit each changed table, then publish the lake version that names them all."""
@@ -362,27 +384,38 @@ class Transaction:
                 schema=lake.schemas[name],
                 partition_by=lake.partition_by(name) or None,
             )
+            durable.step(f"lake table {name} committed")
+        return self._publish(operation, details, self.base.readable_from)
+
+    def _publish(self, operation: str, details: dict[str, Any], readable_from: int) -> LakeVersion:
         version = LakeVersion(
             self.base.number + 1,
             _now(),
             operation,
-            lake._delta_versions(),
-            self.base.number + 1 if self._vacuumed else self.base.readable_from,
+            self.lake._delta_versions(),
+            readable_from,
             details,
         )
-        lake._write_version(version)
+        self.lake._write_version(version)
         self.base = version
-        self._adds, self._removes, self._vacuumed = {}, {}, False
+        self._adds, self._removes = {}, {}
         return version
 
-    def vacuum(self) -> int:
-        """Physically remove every file the committed state does not use. Versions before the
-        next commit can no longer be read."""
+    def vacuum(self, details: dict[str, Any] | None = None) -> tuple[LakeVersion, int]:
+        """Physically remove every file the committed state does not use: first commit the
+        version from which on older versions are unreadable, then delete, then record that the
+        deleting finished (see the module's docstring). The version, and the files deleted."""
         if self._adds or self._removes:
             raise RuntimeError("commit before vacuuming")
-        self._vacuumed = True
+        base = self.base
+        if base.operation == "vacuum" and base.readable_from == base.number:
+            version = base  # committed by a clean-up that was cut short: finish it
+        else:
+            version = self._publish("vacuum", details or {}, self.base.number + 1)
         removed: int = self.lake.vacuum()
-        return removed
+        durable.step("lake vacuumed")
+        durable.write_file(self.lake._meta / VACUUMED, f"{version.number}\n".encode())
+        return version, removed
 
 
 def _now() -> str:
@@ -403,11 +436,3 @@ def _read_version(path: Path) -> LakeVersion:
         int(document.get("readable_from", 0)),
         document.get("details", {}),
     )
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

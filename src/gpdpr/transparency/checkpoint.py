@@ -24,6 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from gpdpr import durable
 from gpdpr.errors import UserError
 
 LOG_NAME = "gpdpr transparency log"
@@ -130,7 +131,9 @@ def load_or_create_key(keys: Path) -> Ed25519PrivateKey:
     """The log's signing key from KEYS/log/log.key, made (owner-only) the first time."""
     folder = keys / KEY_FOLDER
     path = folder / PRIVATE_KEY
-    if not path.exists():
+    if path.exists():
+        durable.sweep(path)
+    else:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             os.chmod(folder, 0o700)
@@ -140,13 +143,17 @@ def load_or_create_key(keys: Path) -> Ed25519PrivateKey:
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             )
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(pem)
-                f.flush()
-                os.fsync(f.fileno())
+            # Whole or not at all: a key cut short by a crash or a full disk would stop every
+            # command. Never over another process's key made meanwhile.
+            durable.write_file(path, pem, mode=0o600, replace=False)
+        except FileExistsError:
+            pass
         except OSError as exc:
-            raise UserError(f"cannot create the log's key in {folder}: {exc}") from None
+            problem = durable.disk_problem(exc) or exc
+            raise UserError(
+                f"cannot create the log's key in {folder}: {problem}. Nothing was written; "
+                "fix that and run the command again"
+            ) from None
     try:
         loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError) as exc:

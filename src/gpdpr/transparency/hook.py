@@ -43,17 +43,18 @@ def check_at_start(home: Path) -> None:
 
 
 def publish_after(home: Path) -> None:
-    from gpdpr import db
-    from gpdpr.transparency.publish import publish
+    from gpdpr import db, durable
+    from gpdpr.transparency.publish import PUBLISH_ADVICE, publish
 
     url = db.url_for_home(home)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         return  # nothing central was ever recorded here
     try:
-        engine = db.connect(url)
-        try:
-            publish(home, engine)
-        finally:
-            engine.dispose()
+        with durable.disk_errors("publishing to the transparency log", PUBLISH_ADVICE):
+            engine = db.connect(url)
+            try:
+                publish(home, engine)
+            finally:
+                engine.dispose()
     except UserError as exc:
         fail(f"the command's events were kept but not published to the transparency log: {exc}")

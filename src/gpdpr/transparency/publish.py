@@ -43,7 +43,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from gpdpr import spec
+from gpdpr import durable, spec
 from gpdpr.db.events import record
 from gpdpr.db.models import Event, as_utc, core, now
 from gpdpr.transparency import store
@@ -209,7 +209,17 @@ def publish(
     home: Path, engine: sa.Engine, at: datetime | None = None, keys: Path | None = None
 ) -> Published:
     """Append every unpublished event to the log and sign it (see the module's docstring)."""
-    when = as_utc(at or now())
+    with durable.disk_errors("publishing to the transparency log", PUBLISH_ADVICE):
+        return _publish(home, engine, as_utc(at or now()), keys)
+
+
+PUBLISH_ADVICE = (
+    "The events are kept and the log is as it was or signed to a later point; free space (or "
+    "fix the permissions) and run `gpdpr log publish`"
+)
+
+
+def _publish(home: Path, engine: sa.Engine, when: datetime, keys: Path | None) -> Published:
     with locked(home):
         writer = store.open_verified(log_folder(home), keys or home / "keys")
         note_spec(engine, when)
@@ -234,6 +244,7 @@ def publish(
                     .values(log_seq=sa.bindparam("seq")),
                     numbered,
                 )
+        durable.step("log events numbered")
         writer.append(entries)
         signed = writer.contents.checkpoint
         if entries or signed is None or signed.size != writer.size:

@@ -6,12 +6,21 @@
     checkpoints/N.json     every checkpoint signed, by size
     log.pub                the log's Ed25519 public key (PEM)
 
-Durability. Entries are appended in one write and fsync'd before anything that depends on them;
-a checkpoint is written beside its final name, fsync'd and renamed into place, so a reader sees
-the old checkpoint or the new one, never half of one. The file is line-framed: a crash part-way
-through an append leaves a last line without its newline, which `open_verified` recognises as a
-torn tail and cuts off, but only when no signed checkpoint covers it (an entry the log has
-signed is never repaired away: its loss is damage, reported).
+Durability. A log is created whole: its public key, an empty entries file and a signed checkpoint
+of size 0 are written in a folder aside and renamed into place in one step, so a log always has a
+checkpoint and a crash during the first publish leaves entries after it, like any other. Entries
+are appended in one write and fsync'd before anything that depends on them; a checkpoint is
+written beside its final name, fsync'd and renamed into place (gpdpr.durable), so a reader sees
+the old checkpoint or the new one, never half of one. Entries after the signed checkpoint are
+signed by the next publish. The file is line-framed: a crash part-way through an append leaves a
+last line without its newline, which `open_verified` recognises as a torn tail and cuts off, but
+only when no signed checkpoint covers it (an entry the log has signed is never repaired away: its
+loss is damage, reported).
+
+Logs made before creation was atomic may hold entries and no checkpoint at all (no
+checkpoint.json, nothing in checkpoints/): their first publish died before signing. Nothing was
+ever signed, so nothing signed was lost: such a log is read as unsigned and the next publish signs
+it.
 
 Verification reads every entry, checks that each is canonical JSON numbered in order, recomputes
 the tree and checks the signed checkpoint's root against it: any rewrite, deletion, reordering or
@@ -21,6 +30,7 @@ insertion before the checkpoint changes the root (or the numbering) and is repor
 from __future__ import annotations
 
 import os
+import shutil
 from array import array
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,6 +40,7 @@ from typing import Any
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from gpdpr import durable
 from gpdpr.errors import UserError
 from gpdpr.transparency import checkpoint as cp
 from gpdpr.transparency.merkle import Tree, leaf_hash
@@ -113,13 +124,21 @@ def read(folder: Path) -> Contents:
     # The checkpoint before the entries: a publish appends entries before it signs, so entries
     # read after a checkpoint always cover it, even while a publish is running.
     signed, public = get(CHECKPOINT), get(PUBLIC_KEY)
-    return parse(folder, get(ENTRIES) or b"", signed, public, str(folder))
+    never_signed = signed is None and not any((folder / CHECKPOINTS).glob("*.json"))
+    return parse(folder, get(ENTRIES) or b"", signed, public, str(folder), never_signed)
 
 
 def parse(
-    folder: Path, data: bytes, checkpoint: bytes | None, public_pem: bytes | None, where: str
+    folder: Path,
+    data: bytes,
+    checkpoint: bytes | None,
+    public_pem: bytes | None,
+    where: str,
+    never_signed: bool = False,
 ) -> Contents:
-    """Verify a log from its files' bytes (wherever they were read or fetched from)."""
+    """Verify a log from its files' bytes (wherever they were read or fetched from).
+    `never_signed`: the folder shows no checkpoint was ever signed (see the module's docstring),
+    so entries without one are an interrupted first publish, not a deleted checkpoint."""
     offsets, tree, torn = split_entries(data, f"{where}/{ENTRIES}")
     public = None
     if public_pem is not None:
@@ -130,12 +149,18 @@ def parse(
         if public is None:
             raise LogDamaged(f"{where} has a checkpoint but no {PUBLIC_KEY} to check it with")
         check_against(signed, tree, public, f"{where}/{CHECKPOINT}")
-    elif tree.size:
+    elif tree.size and not never_signed:
         raise LogDamaged(
             f"{where} holds {tree.size} entries but no signed {CHECKPOINT}: the checkpoint "
             "was deleted"
         )
-    return Contents(folder, data[: len(data) - torn], offsets, tree, signed, public, torn)
+    contents = Contents(folder, data[: len(data) - torn], offsets, tree, signed, public, torn)
+    if signed is None and tree.size:
+        contents.notes.append(
+            f"{tree.size} entries were never signed (a first publish was interrupted before "
+            "its checkpoint); the next publish signs them"
+        )
+    return contents
 
 
 def check_against(signed: cp.Checkpoint, tree: Tree, public: Ed25519PublicKey, where: str) -> None:
@@ -181,6 +206,7 @@ class Writer:
             f.write(b"".join(line + b"\n" for line in lines))
             f.flush()
             os.fsync(f.fileno())
+        durable.step("log entries appended")
         for line in lines:
             self.contents.tree.append(leaf_hash(line))
         return lines
@@ -190,8 +216,8 @@ class Writer:
         signed = cp.sign(self.key, self.size, self.contents.tree.root(), at)
         folder = self.contents.folder
         (folder / CHECKPOINTS).mkdir(exist_ok=True)
-        _write_atomically(folder / CHECKPOINTS / f"{signed.size}.json", signed.to_json())
-        _write_atomically(folder / CHECKPOINT, signed.to_json())
+        durable.write_file(folder / CHECKPOINTS / f"{signed.size}.json", signed.to_json())
+        durable.write_file(folder / CHECKPOINT, signed.to_json())
         self.contents.checkpoint = signed
         return signed
 
@@ -200,13 +226,14 @@ def open_verified(folder: Path, keys: Path) -> Writer:
     """The service's log, verified, for appending: made (with its key) if there is none yet.
     Refuses a log that does not verify, or whose published key is not the service's."""
     key = cp.load_or_create_key(keys)
-    folder.mkdir(parents=True, exist_ok=True)
     pem = cp.public_pem(key.public_key())
     published = folder / PUBLIC_KEY
-    if not published.exists():
+    if _unstarted(folder):
+        _create(folder, key)
+    elif not published.exists():
         if (folder / CHECKPOINT).exists():
             raise LogDamaged(f"{folder} has a checkpoint but its {PUBLIC_KEY} was deleted")
-        _write_atomically(published, pem)
+        durable.write_file(published, pem)
     elif published.read_bytes() != pem:
         raise LogDamaged(
             f"{published} is not the public half of the service's log key "
@@ -233,15 +260,37 @@ def _cut_torn_tail(path: Path, contents: Contents) -> None:
     contents.torn = 0
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    with open(partial, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    partial.replace(path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _unstarted(folder: Path) -> bool:
+    """No log here yet: no folder, or one an older version made and never wrote an entry or a
+    checkpoint to (its public key alone, or nothing)."""
+    if not folder.exists():
+        return True
+    entries = folder / ENTRIES
+    return not (
+        (folder / CHECKPOINT).exists()
+        or any((folder / CHECKPOINTS).glob("*.json"))
+        or (entries.exists() and entries.stat().st_size > 0)
+    )
+
+
+def _create(folder: Path, key: Ed25519PrivateKey) -> None:
+    """Make a log whole in a folder aside (its key, no entries, a signed checkpoint of size 0)
+    and rename it into place in one step: there is never a log without a checkpoint."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    aside = folder.with_name(f".{folder.name}.new-{os.getpid()}")
+    if aside.exists():
+        shutil.rmtree(aside)
+    (aside / CHECKPOINTS).mkdir(parents=True)
+    empty = cp.sign(key, 0, Tree().root())
+    durable.write_file(aside / PUBLIC_KEY, cp.public_pem(key.public_key()))
+    durable.write_file(aside / ENTRIES, b"")
+    durable.write_file(aside / CHECKPOINTS / "0.json", empty.to_json())
+    durable.write_file(aside / CHECKPOINT, empty.to_json())
+    if folder.exists():
+        # An unstarted folder from an older version: nothing in it is needed.
+        shutil.rmtree(folder)
+    durable.step("log created aside")
+    aside.rename(folder)
+    durable.fsync_dir(folder.parent)
+    for leftover in folder.parent.glob(f".{folder.name}.new-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
