@@ -320,25 +320,41 @@ def statistics(request: Request) -> Response:
     figures = portal.read(lambda s: statistics_of(s, portal.home))
     coverage = figures["coverage"]
     drawn = {
-        "regions": charts.bars(
-            "Patients covered, by region",
-            [region_names().get(r, r) for r, _ in coverage["regions"]] if coverage else [],
-            [charts.Series("Patients", [n for _, n in coverage["regions"]] if coverage else [])],
+        "regions": charts.both(
+            lambda width: charts.bars(
+                "Patients covered, by region",
+                [region_names().get(r, r) for r, _ in coverage["regions"]] if coverage else [],
+                [
+                    charts.Series(
+                        "Patients", [n for _, n in coverage["regions"]] if coverage else []
+                    )
+                ],
+                width=width,
+            )
         ),
-        "optouts": charts.bars(
-            "Opt-outs set and withdrawn, by month",
-            figures["optouts"]["months"],
-            figures["optouts"]["series"],
+        "optouts": charts.both(
+            lambda width: charts.bars(
+                "Opt-outs set and withdrawn, by month",
+                figures["optouts"]["months"],
+                figures["optouts"]["series"],
+                width=width,
+            )
         ),
-        "applications": charts.bars(
-            "Applications by outcome",
-            figures["applications"]["labels"],
-            [charts.Series("Applications", figures["applications"]["values"])],
+        "applications": charts.both(
+            lambda width: charts.bars(
+                "Applications by outcome",
+                figures["applications"]["labels"],
+                [charts.Series("Applications", figures["applications"]["values"])],
+                width=width,
+            )
         ),
-        "releases": charts.bars(
-            "Releases of results, by month",
-            figures["releases"]["months"],
-            [charts.Series("Releases", figures["releases"]["values"])],
+        "releases": charts.both(
+            lambda width: charts.bars(
+                "Releases of results, by month",
+                figures["releases"]["months"],
+                [charts.Series("Releases", figures["releases"]["values"])],
+                width=width,
+            )
         ),
     }
     regions = [(region_names().get(r, r), n) for r, n in coverage["regions"]] if coverage else []
