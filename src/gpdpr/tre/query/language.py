@@ -55,7 +55,10 @@ __all__ = [
     "years",
 ]
 
-_PACKAGE = str(Path(__file__).resolve().parents[1])
+# The language's own modules: a frame outside them is the researcher's, even a study shipped inside
+# gpdpr (the demo's, under gpdpr/tre/examples), which a wider prefix would skip to name a frame of
+# whatever ran it (typer's).
+_PACKAGE = str(Path(__file__).resolve().parent)
 
 
 def _at() -> str | None:

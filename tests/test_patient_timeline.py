@@ -1,0 +1,160 @@
+"""A patient's whole record in the portal: the timeline shows the practice that sent their data,
+the approved run that read it with its question in words, their opt-out, and the erasure with its
+receipt; every card's wording follows the state they are in; and "we hold nothing about you" is
+told apart from "held, and nobody used it", to that person alone."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+
+from governing import LEAD
+from gpdpr.identifiers import nhs_check_digit
+from gpdpr.portal.app import create_app
+from gpdpr.portal.idp import IdentityProvider
+from gpdpr.portal.security import RateLimit
+from gpdpr.tre import runs
+from portal_home import FAST, PASSWORD, STUDY, Home, build, database
+
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+NEVER_HELD = "nobody@example.org"
+
+
+@dataclass
+class Site:
+    built: Home
+    client: TestClient
+    run: str
+    practice: str
+
+
+def never_held_number(held: set[str]) -> str:
+    """A valid test-range NHS number that no practice sent."""
+    body = 999_123_456
+    while True:
+        check = nhs_check_digit(body)
+        number = f"{body}{check}"
+        if check is not None and number not in held:
+            return number
+        body += 1
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    with database("sqlite"):
+        built = build(tmp_path_factory.mktemp("timeline"))
+        practices = sorted(p for p in (built.home / "practices").iterdir() if p.is_dir())
+        held = {
+            str(n)
+            for p in practices
+            for n in pq.read_table(p / "patients.parquet", columns=["nhs_number"])[
+                "nhs_number"
+            ].to_pylist()
+        }
+        IdentityProvider(built.home / "idp", FAST).add_account(
+            NEVER_HELD, PASSWORD, never_held_number(held), "Never held"
+        )
+        folder = tmp_path_factory.mktemp("study")
+        (folder / "study.py").write_text(STUDY)
+        made = runs.submit(
+            built.home, LEAD, built.agreement, runs.compile_file(folder / "study.py")
+        )
+        app = create_app(built.home, passwords=FAST, rate_limit=RateLimit(), dummy_patients=400)
+        try:
+            yield Site(built, TestClient(app), made.reference, practices[0].name)
+        finally:
+            app.state.portal.close()
+            built.engine.dispose()
+
+
+def signed_in(site: Site, email: str) -> TestClient:
+    browser = TestClient(site.client.app, follow_redirects=False)
+    start = browser.get("/patient/sign-in")
+    login = browser.get(start.headers["location"])
+    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', login.text))
+    back = browser.post("/idp/authorize", data={**fields, "email": email, "password": PASSWORD})
+    done = browser.get(back.headers["location"])
+    assert done.headers["location"] == "/patient", done.text
+    return browser
+
+
+def words(page: str) -> str:
+    return " ".join(re.sub(r"<[^>]+>", " ", page).split())
+
+
+def adult_read_by_the_run(site: Site) -> str:
+    """The email of a patient with an account whose record the run read."""
+    for n in range(1, len(site.built.nhs_numbers) + 1):
+        browser = signed_in(site, f"patient{n}@example.org")
+        if site.run in browser.get("/patient/record").text:
+            return f"patient{n}@example.org"
+    raise AssertionError("the run read none of the patients with accounts")
+
+
+def test_the_timeline_shows_collection_use_opt_out_and_erasure_with_its_receipt(
+    site: Site,
+) -> None:
+    from gpdpr.collect.service import Central, erase_cycle
+
+    email = adult_read_by_the_run(site)
+    browser = signed_in(site, email)
+    before = words(browser.get("/patient/record").text)
+    assert "We hold your GP record, as sent by 1 GP practice; 1 approved project used it." in before
+    assert f"Practice {site.practice} sent data about you" in before
+    assert "Used by an approved project" in before and f"Run {site.run}" in before
+    # the question in words, not only its hash
+    assert "It counts how many people are in each group of sex (adults_by_sex)" in before
+    card = words(browser.get("/patient").text)
+    assert "Your practice sends your GP record, pseudonymised" in card  # not set: what happens now
+
+    page = browser.get("/patient").text
+    browser.post(
+        "/patient/opt-out",
+        data={"kind": "type1", "action": "set", "csrf_token": CSRF.findall(page)[0]},
+    )
+    card = words(browser.get("/patient").text)
+    assert "erased at the next erasure cycle" in card and "receipt" in card
+
+    cycle = erase_cycle(Central(site.built.home))
+    assert cycle.receipts >= 1
+    card = words(browser.get("/patient").text)
+    receipt = re.search(r"was erased on \d\d \w+ \d{4}: deletion receipt (\d+)", card)
+    assert receipt is not None, card  # the state it is in now: done, with its receipt
+    assert "next erasure cycle" not in card
+
+    after = words(browser.get("/patient/record").text)
+    assert "We hold nothing about you now: what we held was erased on" in after
+    assert f"(receipt {receipt.group(1)})" in after
+    assert f"Your record was erased: receipt {receipt.group(1)}" in after
+    assert "Type 1 opt-out set You did this online." in after
+    assert f"Run {site.run}" in after  # a use before the opt-out stays on the record
+    assert f"Practice {site.practice} sent data about you" not in after  # nothing held now
+    # newest first: the erasure, then the opt-out
+    assert after.index("Your record was erased") < after.index("Type 1 opt-out set")
+
+
+def test_nothing_held_is_told_apart_from_held_and_unused(site: Site) -> None:
+    nobody = words(signed_in(site, NEVER_HELD).get("/patient/record").text)
+    assert "We hold nothing about you: no GP practice has sent a record for you" in nobody
+    assert "sent data about you" not in nobody
+    # someone held but whom no run read (a child: the study counts adults)
+    unused = None
+    for n in range(1, len(site.built.nhs_numbers) + 1):
+        shown = words(signed_in(site, f"patient{n}@example.org").get("/patient/record").text)
+        if "no approved project has used it" in shown:
+            unused = shown
+            break
+    assert unused is not None
+    assert re.search(
+        r"We hold your GP record, as sent by \d GP practices?; no approved project has used it",
+        unused,
+    )
+    # the public pages say neither: what is held about whom is for that person alone
+    for path in ("/", "/register", "/statistics", "/log"):
+        public = site.client.get(path).text
+        assert "We hold nothing about you" not in public and "We hold your GP record" not in public
