@@ -248,6 +248,13 @@ def test_two_checkers_release_a_file_and_the_register_publishes_it(page: Page, s
     with page.expect_download() as download:
         entry.first.click()
     assert download.value.suggested_filename == "table_adults_by_sex.csv"
+    # the question in words beside it, and the definition written out as the language
+    question = page.locator(".question").first
+    assert "how many people are in each group of sex (adults_by_sex)" in question.inner_text()
+    question.get_by_role("link", name="Read it as the query language").click()
+    text = page.locator("body").inner_text()
+    assert "dataset.add_table('adults_by_sex', by=['sex'])  # study.py:" in text
+    assert "from gpdpr.tre.language import *" in text
 
 
 # ---- keyboard and accessibility ----------------------------------------------------------------
@@ -470,8 +477,11 @@ def test_the_accessibility_audit_finds_what_it_looks_for(page: Page) -> None:
 # read from the installed package, never fetched at run time.
 AXE = Path(importlib.util.find_spec("axe_playwright_python").origin).parent / "axe.min.js"  # type: ignore[arg-type, union-attr]
 PHONE = 390
-# Where a crawl never goes: what changes state, downloads, and the identity provider's own pages.
-NOT_PAGES = re.compile(r"^/(sign-out|log/files/|register/releases/|idp/|static/)")
+# Where a crawl never goes: what changes state, downloads (files, the register as CSV or JSON),
+# and the identity provider's own pages.
+NOT_PAGES = re.compile(
+    r"/(sign-out|log/files/|register/releases/|idp/|static/)|.*\.(csv|json|txt)$"
+)
 
 
 def pattern(path: str) -> str:

@@ -95,6 +95,13 @@ def title_of(kind: str) -> str:
     return TITLES.get(kind, kind.replace(".", " ").replace("_", " ").capitalize())
 
 
+def entry_title(state: LogState, kind: str, seq: int) -> str:
+    """An entry's title; the first specification entry publishes it, it changes nothing."""
+    if kind == "spec.version" and state.by_type.get(kind, [seq])[0] == seq:
+        return "Specification published"
+    return title_of(kind)
+
+
 def meaning_of(kind: str) -> str:
     if kind in KINDS:
         return KINDS[kind].meaning
@@ -103,6 +110,12 @@ def meaning_of(kind: str) -> str:
 
 def label_of(key: str) -> str:
     return LABELS.get(key, key.replace("_", " ").capitalize())
+
+
+def _key_of(key: str) -> str:
+    """A key inside a detail's value: a file name (it has a dot) exactly as it is, underscores
+    and all; any other key in words."""
+    return key if "." in key else label_of(key).lower()
 
 
 def readable(value: Any) -> str:
@@ -117,9 +130,7 @@ def readable(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(readable(v) for v in value) or "none"
     if isinstance(value, dict):
-        return "; ".join(f"{label_of(str(k)).lower()} {readable(v)}" for k, v in value.items()) or (
-            "none"
-        )
+        return "; ".join(f"{_key_of(str(k))} {readable(v)}" for k, v in value.items()) or "none"
     return str(value)
 
 
@@ -261,7 +272,7 @@ def activity_log(request: Request, page: int = 1, kind: str = Query("", alias="t
                     "seq": seq,
                     "time": entry.get("time", ""),
                     "type": str(entry.get("type")),
-                    "title": title_of(str(entry.get("type"))),
+                    "title": entry_title(state, str(entry.get("type")), seq),
                     "actor": actor_of(entry),
                     "details": details_of(entry),
                     "signed": seq < signed,
@@ -308,8 +319,8 @@ def log_entry(request: Request, seq: str) -> Response:
         state=state,
         seq=number,
         entry=entry,
-        title=f"Entry {number}: {title_of(kind)}" if entry else f"Entry {number}",
-        kind_title=title_of(kind),
+        title=f"Entry {number}: {entry_title(state, kind, number)}" if entry else f"Entry {number}",
+        kind_title=entry_title(state, kind, number),
         meaning=meaning_of(kind),
         actor=actor_of(entry) if entry else "",
         details=details_of(entry) if entry else [],

@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -137,9 +138,17 @@ def data_uses_register(
         and (not purpose_name or r["purpose"] == purpose_name)
         and (not commercial or r["commercial"] == (commercial == "yes"))
     ]
+    spec = shipped()
+    items = {
+        f"{name}.{f.name}": f"{table.title}: {f.description}"
+        for name, table in spec.tables.items()
+        for f in table.fields
+    }
     return render(
         request,
         "register.html.j2",
+        items=items,
+        questions=_questions(portal_of(request)),
         register=built,
         agreements=agreements,
         refused=refused if status in ("", "refused") else [],
@@ -150,6 +159,63 @@ def data_uses_register(
         purposes=PURPOSES,
         statuses=STATUSES,
     )
+
+
+def _questions(portal: Any) -> dict[str, str]:
+    """Each released definition's question in words, by its SHA-256."""
+    from gpdpr.tre.query.text import question_of
+
+    found = portal.read(
+        lambda s: s.execute(
+            sa.select(Release.code_sha256, Release.definition).where(
+                Release.definition.is_not(None)
+            )
+        ).all()
+    )
+    return {sha: words for sha, text in found if (words := question_of(text))}
+
+
+@router.get("/register.csv")
+@allow(PUBLIC)
+def register_csv(request: Request) -> Response:
+    """The whole register, one row per agreement: the same records the page shows."""
+    built = portal_of(request).read(lambda s: register.build(s))
+    return Response(
+        register.to_csv(built),
+        media_type="text/csv; charset=utf-8",
+        headers={"content-disposition": 'attachment; filename="data-uses-register.csv"'},
+    )
+
+
+@router.get("/register.json")
+@allow(PUBLIC)
+def register_json(request: Request) -> Response:
+    built = portal_of(request).read(lambda s: register.build(s))
+    return Response(
+        orjson.dumps(built, option=orjson.OPT_INDENT_2),
+        media_type="application/json",
+        headers={"content-disposition": 'attachment; filename="data-uses-register.json"'},
+    )
+
+
+@router.get("/register/releases/{release_id}/definition.txt")
+@allow(PUBLIC)
+def definition_as_text(request: Request, release_id: int) -> Response:
+    """A release's definition written as the query language, for reading: made from the
+    definition.json published beside it (never from anything the researcher sent as text)."""
+    from gpdpr.tre.query.serial import from_json
+    from gpdpr.tre.query.text import definition_text, summary
+
+    if not 1 <= release_id < 2**31:
+        return not_found(request)
+    found = portal_of(request).read(
+        lambda s: s.scalar(sa.select(Release.definition).where(Release.id == release_id))
+    )
+    if found is None:
+        return not_found(request)
+    definition = from_json(found)
+    body = f"# {summary(definition)}\n\nfrom gpdpr.tre.language import *\n\n"
+    return Response(body + definition_text(definition), media_type="text/plain; charset=utf-8")
 
 
 @router.get("/register/releases/{release_id}/{name}")

@@ -1,7 +1,9 @@
-"""A patient's whole record in the portal: the timeline shows the practice that sent their data,
-the approved run that read it with its question in words, their opt-out, and the erasure with its
-receipt; every card's wording follows the state they are in; and "we hold nothing about you" is
-told apart from "held, and nobody used it", to that person alone."""
+"""What the portal tells people, whole. A patient's record: the timeline shows the practice that
+sent their data, the approved run that read it with its question in words, their opt-out, and the
+erasure with its receipt; every card's wording follows the state they are in; and "we hold
+nothing about you" is told apart from "held, and nobody used it", to that person alone. The
+register downloads as CSV and JSON from the records the page shows. The application form offers
+only the data items a research run can read."""
 
 from __future__ import annotations
 
@@ -158,3 +160,49 @@ def test_nothing_held_is_told_apart_from_held_and_unused(site: Site) -> None:
     for path in ("/", "/register", "/statistics", "/log"):
         public = site.client.get(path).text
         assert "We hold nothing about you" not in public and "We hold your GP record" not in public
+
+
+def test_the_register_downloads_are_the_records_the_page_shows(site: Site) -> None:
+    from gpdpr.governance import register
+    from gpdpr.spec import shipped
+
+    page = site.client.get("/register").text
+    assert 'href="/register.csv"' in page and 'href="/register.json"' in page
+    shown = site.client.get("/register.json")
+    assert shown.status_code == 200 and shown.headers["content-type"] == "application/json"
+    agreements = shown.json()["agreements"]
+    assert [a["agreement"] for a in agreements] == [site.built.agreement]
+    table = site.client.get("/register.csv")
+    header, *rows = table.text.splitlines()
+    assert tuple(header.split(",")) == register.CSV_COLUMNS and len(rows) == 1
+    assert rows[0].startswith(site.built.agreement)
+    # data items in words, and the words the page uses explained on it
+    events = shipped().tables["clinical_events"]
+    code = next(f for f in events.fields if f.name == "code")
+    assert f"{events.title}: {code.description} clinical_events.code" in words(page)
+    assert 'id="word-lake-version"' in page and 'id="word-legal-basis"' in page
+
+
+def test_the_application_form_offers_only_items_a_run_can_read(site: Site) -> None:
+    browser = TestClient(site.client.app, follow_redirects=False)
+    page = browser.get("/sign-in").text
+    browser.post(
+        "/sign-in",
+        data={"handle": LEAD, "password": PASSWORD, "csrf_token": CSRF.findall(page)[0]},
+    )
+    form = browser.get("/applications/new").text
+    offered = set(re.findall(r'name="items" value="([^"]+)"', form))
+    assert "clinical_events.code" in offered and "patients.sex" in offered
+    assert not {i for i in offered if i.endswith((".record_id", ".last_modified"))}
+    # and one sent anyway (a hand-made request) is refused, with nothing saved
+    before = browser.get("/applications").text
+    refused = browser.post(
+        "/applications/new",
+        data={
+            "csrf_token": CSRF.findall(form)[0],
+            "title": "Record ids",
+            "items": "clinical_events.record_id",
+        },
+    )
+    assert refused.status_code == 400 and "no research run can read it" in refused.text
+    assert browser.get("/applications").text.count("Record ids") == before.count("Record ids")
