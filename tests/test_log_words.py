@@ -18,3 +18,16 @@ def test_the_first_specification_entry_is_its_publication_and_later_ones_changes
     state = LogState(None, None, {"spec.version": array("q", [0, 7])})
     assert entry_title(state, "spec.version", 0) == "Specification published"
     assert entry_title(state, "spec.version", 7) == "Specification changed"
+
+
+def test_an_erasure_entry_says_why_people_can_outnumber_rows() -> None:
+    from gpdpr.portal.log import details_of
+
+    shown = details_of(
+        {"type": "erasure", "details": {"people": 1249, "rows_removed": 195, "lake_version": 3}}
+    )
+    text = {d.label: d.text for d in shown}
+    assert text["People"] == "1,249" and text["Rows removed"] == "195"
+    assert "never reached the centre" in text["What the figures mean"]
+    other = details_of({"type": "release.published", "details": {"title": "x"}})
+    assert all(d.label != "What the figures mean" for d in other)

@@ -206,3 +206,14 @@ def test_the_application_form_offers_only_items_a_run_can_read(site: Site) -> No
     )
     assert refused.status_code == 400 and "no research run can read it" in refused.text
     assert browser.get("/applications").text.count("Record ids") == before.count("Record ids")
+
+
+def test_statistics_give_shares_and_rates_against_the_population_covered(site: Site) -> None:
+    shown = words(site.client.get("/statistics").text)
+    shares = [float(x) for x in re.findall(r"(\d+\.\d)% ", shown.split("Opt-outs over time")[0])]
+    assert shares and abs(sum(shares) - 100) < 0.5  # the regions' shares add up
+    assert re.search(
+        r"For scale: [\d,]+ patients are covered\. Type 1 set: [\d,]+ in these months "
+        r"\(\d+\.\d\d% of patients covered\)",
+        shown,
+    )

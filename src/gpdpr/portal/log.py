@@ -141,14 +141,29 @@ class Detail:
     hash: bool  # a long hash: shown in a narrow monospace
 
 
+# What a reader needs to read an entry's figures right, by type.
+EXPLAINED = {
+    "erasure": (
+        "What the figures mean",
+        "People counts everyone whose Type 1 opt-out this cycle carried out, each with a "
+        "deletion receipt. Most are usually people whose practice recorded the opt-out before "
+        "their record was ever sent: their rows never reached the centre, so nothing had to be "
+        "removed for them. Rows removed counts what was deleted from the pooled records (and "
+        "every older copy of them, from disk).",
+    ),
+}
+
+
 def details_of(entry: dict[str, Any]) -> list[Detail]:
     found = entry.get("details")
     if not isinstance(found, dict):
         return []
-    return [
+    shown = [
         Detail(label_of(key), readable(value), isinstance(value, str) and bool(_HASH.match(value)))
         for key, value in found.items()
     ]
+    explained = EXPLAINED.get(str(entry.get("type")))
+    return [*shown, Detail(*explained, False)] if explained else shown
 
 
 def actor_of(entry: dict[str, Any]) -> str:
