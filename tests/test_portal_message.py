@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -217,3 +218,55 @@ def test_statistics_give_shares_and_rates_against_the_population_covered(site: S
         r"\(\d+\.\d\d% of patients covered\)",
         shown,
     )
+
+
+def test_the_verifier_the_log_page_offers_runs_as_written_and_catches_a_changed_entry(
+    site: Site, tmp_path: Path
+) -> None:
+    import ast
+    import hashlib
+    import shutil
+    import subprocess
+    import sys
+
+    from gpdpr.portal.serve import publish_now, running
+    from gpdpr.transparency.publish import log_folder
+
+    publish_now(site.client.app)
+    page = words(site.client.get("/log/verify").text)
+    served = site.client.get("/log/verify.py")
+    assert served.status_code == 200
+    assert f"Its SHA-256 is {hashlib.sha256(served.content).hexdigest()}" in page
+    assert "pip install gpdpr" not in page
+    script = tmp_path / "verify.py"
+    script.write_bytes(served.content)
+    # it stands alone: the standard library and cryptography, nothing of gpdpr's
+    imported = {
+        (node.module or "") if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(ast.parse(served.text))
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    assert all(
+        name.split(".")[0] in sys.stdlib_module_names or name.startswith("cryptography")
+        for name in imported
+    ), imported
+
+    def check(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-I", str(script), *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    with running(site.client.app) as url:
+        done = check("--url", f"{url}/log/files")
+    assert done.returncode == 0 and "the log verifies" in done.stdout, done.stderr
+    copy = Path(shutil.copytree(log_folder(site.built.home), tmp_path / "copy"))
+    assert check("--dir", str(copy)).returncode == 0
+    entries = copy / "entries.jsonl"
+    entries.write_bytes(entries.read_bytes().replace(b'"seq":0', b'"seq":0 ', 1))
+    changed = check("--dir", str(copy))
+    assert changed.returncode == 1 and "does NOT verify" in changed.stderr

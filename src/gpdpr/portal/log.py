@@ -12,6 +12,7 @@ so anyone can see the damage for themselves.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import threading
@@ -358,6 +359,22 @@ def verify_yourself(request: Request) -> Response:
         checkpoint=contents.checkpoint if contents else None,
         files=files_url(request),
         example=max(0, contents.checkpoint.size - 1) if contents and contents.checkpoint else 0,
+        verifier_sha256=hashlib.sha256(VERIFIER.read_bytes()).hexdigest(),
+        site=str(request.base_url).rstrip("/"),
+    )
+
+
+# The standalone checker the verify page offers: this one file, served as it is in the package.
+VERIFIER = Path(__file__).with_name("verifier.py")
+
+
+@router.get("/log/verify.py")
+@allow(PUBLIC)
+def verifier_file(request: Request) -> Response:
+    return Response(
+        VERIFIER.read_bytes(),
+        media_type="text/x-python; charset=utf-8",
+        headers={"content-disposition": 'attachment; filename="verify.py"'},
     )
 
 
