@@ -477,10 +477,10 @@ def test_the_accessibility_audit_finds_what_it_looks_for(page: Page) -> None:
 # read from the installed package, never fetched at run time.
 AXE = Path(importlib.util.find_spec("axe_playwright_python").origin).parent / "axe.min.js"  # type: ignore[arg-type, union-attr]
 PHONE = 390
-# Where a crawl never goes: what changes state, downloads (files, the register as CSV or JSON),
-# and the identity provider's own pages.
+# Where a crawl never goes: what changes state, downloads (files, the register as CSV or JSON,
+# the log's checker) and the identity provider's own pages.
 NOT_PAGES = re.compile(
-    r"/(sign-out|log/files/|register/releases/|idp/|static/)|.*\.(csv|json|txt)$"
+    r"/(sign-out|log/files/|register/releases/|idp/|static/)|.*\.(csv|json|txt|py)$"
 )
 
 
