@@ -270,3 +270,53 @@ def test_the_verifier_the_log_page_offers_runs_as_written_and_catches_a_changed_
     entries.write_bytes(entries.read_bytes().replace(b'"seq":0', b'"seq":0 ', 1))
     changed = check("--dir", str(copy))
     assert changed.returncode == 1 and "does NOT verify" in changed.stderr
+
+
+def test_a_released_measure_is_drawn_on_the_register_as_its_rate_over_time(
+    site: Site, tmp_path: Path
+) -> None:
+    import hashlib
+
+    from typer.testing import CliRunner
+
+    from governing import CHECKERS, act
+    from gpdpr.cli import app
+    from gpdpr.tre.release import checking
+    from portal_home import MEASURED
+
+    (tmp_path / "study.py").write_text(MEASURED.replace("over_30s_by_sex", "over_30s_drawn"))
+    made = runs.submit(
+        site.built.home, LEAD, site.built.agreement, runs.compile_file(tmp_path / "study.py")
+    )
+    name = "measure_any_event.csv"
+    body = (made.folder / runs.OUTPUTS / name).read_bytes()
+    files = {name: (hashlib.sha256(body).hexdigest(), len(body))}
+    cells = runs.cells_of(site.built.home, made.reference, set(files))
+    request = act(
+        site.built.engine,
+        lambda s: (
+            checking.request_release(
+                s, LEAD, made.reference, files, "Any event", "For the register's chart.", cells
+            ).reference
+        ),
+    )
+    for checker in CHECKERS:
+        done = CliRunner().invoke(
+            app,
+            [
+                "tre",
+                "review",
+                "approve",
+                request,
+                name,
+                "--as",
+                checker,
+                "--home",
+                str(site.built.home),
+            ],
+        )
+        assert done.exit_code == 0, done.output
+    page = site.client.get("/register").text
+    drawn = re.findall(r'<svg[^>]*class="chart (?:wide|narrow)"', page)
+    assert len(drawn) == 2  # the measure, drawn for a wide screen and for a phone
+    assert f"{name}: rate per interval" in page

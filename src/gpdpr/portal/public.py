@@ -149,6 +149,7 @@ def data_uses_register(
         "register.html.j2",
         items=items,
         questions=_questions(portal_of(request)),
+        measure_charts=_measure_charts(portal_of(request), built),
         register=built,
         agreements=agreements,
         refused=refused if status in ("", "refused") else [],
@@ -159,6 +160,33 @@ def data_uses_register(
         purposes=PURPOSES,
         statuses=STATUSES,
     )
+
+
+def _measure_charts(portal: Any, built: dict[str, Any]) -> dict[str, str]:
+    """Each released measure file drawn as its rate per interval, by the file's link: read
+    from the register's folder only under a name the release lists and that passes the same
+    check as a download, and only with the SHA-256 it was released with."""
+    from gpdpr.portal.outputs import file_view
+
+    drawn: dict[str, str] = {}
+    for agreement in built["agreements"]:
+        for release in agreement["releases"]:
+            for published in release["published"]:
+                name = str(published["name"])
+                if not name.startswith("measure_") or not _FILE.match(name):
+                    continue
+                folder = str(published["href"]).rsplit("/", 1)[0]
+                path = portal.home / "register" / folder / name
+                try:
+                    body = path.read_bytes()
+                except OSError:
+                    continue
+                if hashlib.sha256(body).hexdigest() != published["sha256"]:
+                    continue
+                chart = file_view(name, body, None).chart
+                if chart:
+                    drawn[str(published["href"])] = chart
+    return drawn
 
 
 def _questions(portal: Any) -> dict[str, str]:
