@@ -320,3 +320,11 @@ def test_a_released_measure_is_drawn_on_the_register_as_its_rate_over_time(
     drawn = re.findall(r'<svg[^>]*class="chart (?:wide|narrow)"', page)
     assert len(drawn) == 2  # the measure, drawn for a wide screen and for a phone
     assert f"{name}: rate per interval" in page
+
+
+def test_the_register_draws_when_each_agreement_runs(site: Site) -> None:
+    page = site.client.get("/register").text
+    drawing = page.split('class="timeline-chart"')[1].split("</svg>")[0]
+    assert f"{site.built.agreement} (active)" in drawing and ">today<" in drawing
+    bars = re.findall(r'<rect x="([\d.]+)%" y="\d+" width="([\d.]+)%"', drawing)
+    assert len(bars) == 1 and all(float(x) >= 0 and float(x) + float(w) <= 100 for x, w in bars)

@@ -150,6 +150,7 @@ def data_uses_register(
         items=items,
         questions=_questions(portal_of(request)),
         measure_charts=_measure_charts(portal_of(request), built),
+        over_time=_agreements_over_time(built),
         register=built,
         agreements=agreements,
         refused=refused if status in ("", "refused") else [],
@@ -160,6 +161,28 @@ def data_uses_register(
         purposes=PURPOSES,
         statuses=STATUSES,
     )
+
+
+def _agreements_over_time(built: dict[str, Any]) -> dict[str, Any] | None:
+    """Each agreement from its start to its end (or revocation) on one scale of years, as
+    percentages of the width, so the drawing stretches to any screen while its text keeps its
+    size: the register's own timeline (governance.register.timeline), rescaled."""
+    drawn = register.timeline(built, width=1150)  # 150 for labels, then 1000: tenths of a percent
+    if not drawn["bars"]:
+        return None
+
+    def percent(x: float) -> float:
+        return round((x - 150) / 10, 2)
+
+    return {
+        "bars": [
+            {**bar, "x": percent(bar["x"]), "width": round(bar["width"] / 10, 2), "y": 20 + n * 40}
+            for n, bar in enumerate(drawn["bars"])
+        ],
+        "years": [{**y, "x": percent(y["x"])} for y in drawn["years"]],
+        "today": percent(drawn["today"]),
+        "height": 28 + len(drawn["bars"]) * 40,
+    }
 
 
 def _measure_charts(portal: Any, built: dict[str, Any]) -> dict[str, str]:
