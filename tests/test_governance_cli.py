@@ -93,6 +93,7 @@ def person(home: Path, handle: str, org: str | None, *roles: str, by: str = "adm
 def populate(home: Path) -> None:
     """The example's organisations, two applicants from Leeds, an administrator, four
     independent panel members and one from Leeds."""
+    home.mkdir(parents=True, exist_ok=True)  # central commands refuse a home that is not there
     person(home, "admin", None, "administrator", by="")  # the first: added by no one
     for name, kind in ((LEEDS, "university"), (ICB, "nhs_body"), (TRUST, "charity")):
         added = ok(gpdpr(home, "org", "add", name, "--kind", kind, "--as", "admin"))

@@ -199,7 +199,7 @@ def test_the_register_is_searched_and_filtered(portal: Portal) -> None:
 def test_statistics_count_the_lake_and_draw_charts(portal: Portal) -> None:
     page = client(portal).get("/statistics").text
     assert "patients from 2 GP practices" in page and "Patients covered, by region" in page
-    assert page.count("<svg") == 4 and "<title" in page
+    assert page.count("<svg") == 8 and "<title" in page  # each chart drawn wide and narrow
 
 
 def test_an_unknown_page_is_a_page_not_a_stack_trace(portal: Portal) -> None:
@@ -893,7 +893,7 @@ def test_checkers_see_each_file_as_a_table_with_every_cells_status_and_a_measure
     for number, line in enumerate(body, 1):
         for column, value in zip(header, line, strict=True):
             assert tables["table_over_30s_by_sex.csv"][(number, column)][0] == value
-    assert page.count("<svg") == 1 and "measure_any_event.csv: rate per interval" in page
+    assert page.count("<svg") == 2 and "measure_any_event.csv: rate per interval" in page
     assert 'class="scroll" role="region" tabindex="0"' in page  # scrolls inside, on a phone too
 
     # a long file is shown a page at a time, each file paged on its own

@@ -14,6 +14,8 @@ works.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ import pytest
 from fastapi import FastAPI
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from governing import ADMIN, CHECKERS, LEAD, PANEL, act
+from governing import ADMIN, CHECKERS, LEAD, PANEL, act, form
 from gpdpr.portal.app import create_app
 from gpdpr.portal.security import RateLimit
 from gpdpr.portal.serve import publish_now, running
@@ -246,6 +248,13 @@ def test_two_checkers_release_a_file_and_the_register_publishes_it(page: Page, s
     with page.expect_download() as download:
         entry.first.click()
     assert download.value.suggested_filename == "table_adults_by_sex.csv"
+    # the question in words beside it, and the definition written out as the language
+    question = page.locator(".question").first
+    assert "how many people are in each group of sex (adults_by_sex)" in question.inner_text()
+    question.get_by_role("link", name="Read it as the query language").click()
+    text = page.locator("body").inner_text()
+    assert "dataset.add_table('adults_by_sex', by=['sex'])  # study.py:" in text
+    assert "from gpdpr.tre.language import *" in text
 
 
 # ---- keyboard and accessibility ----------------------------------------------------------------
@@ -379,7 +388,7 @@ def test_a_checker_reads_a_request_on_a_phone_each_file_a_table_and_the_measure_
         assert sideways <= 0, f"{name}: the page scrolls sideways by {sideways}px"
         regions = page.get_by_role("region")
         assert regions.count() == 2  # one per file
-        chart = page.locator("svg.chart")
+        chart = page.locator("svg.chart").locator("visible=true")
         assert chart.count() == 1 and "rate per interval" in (
             chart.locator("title").first.text_content() or ""
         )
@@ -455,7 +464,142 @@ def test_the_accessibility_audit_finds_what_it_looks_for(page: Page) -> None:
         "<p style='color:#999;background:#fff'>pale grey on white</p>"
     )
     found = " | ".join(page.evaluate(AUDIT))
+    assert "label:" in " | ".join(axe(page))  # and axe-core, the same way
     assert "unlabelled has no label" in found
     assert "2 h1 elements" in found
     assert "heading level skipped" in found
     assert "pale grey on white" in found
+
+
+# ---- every page of every role on a phone: reflow and axe-core -----------------------------------
+
+# axe-core (MPL-2.0, Deque Systems) as the axe-playwright-python wheel ships it: a dev dependency,
+# read from the installed package, never fetched at run time.
+AXE = Path(importlib.util.find_spec("axe_playwright_python").origin).parent / "axe.min.js"  # type: ignore[arg-type, union-attr]
+PHONE = 390
+# Where a crawl never goes: what changes state, downloads (files, the register as CSV or JSON,
+# the log's checker) and the identity provider's own pages.
+NOT_PAGES = re.compile(
+    r"/(sign-out|log/files/|register/releases/|idp/|static/)|.*\.(csv|json|txt|py)$"
+)
+
+
+def pattern(path: str) -> str:
+    """A page's kind: its path with every reference, number and hash made one placeholder, so
+    the crawl reads one log entry, one application, one run, not all of them."""
+    return re.sub(r"/(?=[^/]*\d)[^/]+", "/*", path)
+
+
+def axe(page: Page) -> list[str]:
+    """axe-core's violations on the page as it is, one line each with up to three places."""
+    page.add_script_tag(path=str(AXE))
+    found: list[str] = page.evaluate(
+        "async () => (await axe.run(document, {resultTypes: ['violations']})).violations"
+        ".map(v => v.id + ': ' + v.nodes.map(n => n.target.join(' ')).slice(0, 3).join(', '))"
+    )
+    return found
+
+
+def sideways(page: Page) -> int:
+    scrolled: int = page.evaluate(
+        "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    return scrolled
+
+
+# Kinds of page whose every instance is read for overflow (each log entry says different
+# things: a file map, an erasure, a specification); axe reads one of each kind.
+EVERY_ONE = re.compile(r"^/log/entries/")
+
+
+def crawl(page: Page, starts: list[str], seen: set[str]) -> list[str]:
+    """Every page reachable by links from `starts` that is of a kind not in `seen`; for each, the
+    overflow at phone width and axe-core's violations, as lines to show."""
+    problems: list[str] = []
+    queue = list(starts)
+    while queue:
+        path = queue.pop(0)
+        kind = pattern(path)
+        if path in seen or NOT_PAGES.match(path) or (kind in seen and not EVERY_ONE.match(path)):
+            continue
+        first = kind not in seen
+        seen.update({path, kind})
+        response = page.goto(path)
+        assert response is not None and response.ok, f"{path}: {response and response.status}"
+        if (wider := sideways(page)) > 0:
+            problems.append(f"{path}: the page scrolls sideways by {wider}px")
+        if first:
+            problems += [f"{path}: axe {v}" for v in axe(page)]
+            shot(
+                page,
+                "phone" + (kind.replace("/", "-").replace("*", "x") if kind != "/" else "-home"),
+            )
+        links = page.evaluate(
+            "[...document.querySelectorAll('a[href^=\"/\"]')].map(a => a.getAttribute('href'))"
+        )
+        queue += [link.split("#")[0].split("?")[0] for link in links]
+    return problems
+
+
+def test_every_page_of_every_role_fits_a_phone_and_passes_axe(site: Site, tmp_path: Path) -> None:
+    """One browser context at 390 px: the public pages, then each role's, found by following
+    links; no page may scroll sideways (WCAG 1.4.10) and axe-core may find nothing."""
+    # bypass_csp: the portal's policy forbids inline scripts, axe's among them
+    context = site.browser.new_context(
+        base_url=site.url, viewport={"width": PHONE, "height": 800}, bypass_csp=True
+    )
+    page = context.new_page()
+    seen: set[str] = set()
+    problems = crawl(page, [*PUBLIC_PAGES, "/sign-in", "/patient/sign-in"], seen)
+    from gpdpr.governance import applications
+
+    draft = act(site.built.engine, lambda s: applications.create_draft(s, LEAD, form()).reference)
+    sign_in(page, LEAD)
+    page.goto("/research")
+    study = tmp_path / "study.py"
+    study.write_text(STUDY)
+    page.get_by_label("Definition file (JSON)").set_input_files(
+        files=[
+            {
+                "name": "study.json",
+                "mimeType": "application/json",
+                "buffer": runs.compile_file(study),
+            }
+        ]
+    )
+    page.get_by_role("button", name="Upload and check").click()
+    page.wait_for_load_state()
+    problems += crawl(page, [page.url.removeprefix(site.url), f"/applications/{draft}/edit"], seen)
+    sign_out(page)
+    for handle, starts in {
+        LEAD: ["/applications", "/applications/new", "/research"],
+        ADMIN: ["/panel", "/admin", f"/applications/{site.built.application}"],
+        CHECKERS[0]: ["/checking"],
+    }.items():
+        sign_in(page, handle)
+        problems += crawl(page, starts, seen)
+        sign_out(page)
+    page.goto("/patient/sign-in")
+    page.get_by_label("Email address").fill(patient_email(2))
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Continue").click()
+    page.wait_for_url("**/patient")
+    problems += crawl(page, ["/patient", "/patient/record"], seen)
+    context.close()
+    must = {
+        "/",
+        "/register",
+        "/log",
+        "/log/entries/*",
+        "/applications/new",
+        "/applications/*",
+        "/panel",
+        "/checking/*",
+        "/research/runs/*",
+        "/patient/record",
+        "/admin",
+        "/research/definitions/*",
+        "/applications/*/edit",
+    }
+    assert must <= seen, f"the crawl missed {sorted(must - seen)}"
+    assert problems == [], "\n".join(problems)

@@ -208,7 +208,7 @@ def test_verify_it_yourself_explains_honestly_with_the_commands_for_this_site(si
     assert page.status_code == 200
     text = texts(page.text)
     files = "http://testserver/log/files"
-    assert "pip install gpdpr" in text
+    assert f"python3 verify.py --url {files}" in text and "pip install gpdpr" not in text
     assert f"gpdpr log verify --url {files}" in text
     assert f"gpdpr log verify --url {files} --checkpoint checkpoint.json" in text
     assert re.search(rf"gpdpr log prove \d+ --url {re.escape(files)}", text)

@@ -7,21 +7,76 @@ import signal
 import sys
 from datetime import date
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from typer.core import TyperGroup
 
 from gpdpr.errors import UserError
 from gpdpr.progress import bar
 from gpdpr.terminal import console, fail
 
+# The commands in the order a service is run, not the order they happen to be defined in.
+WORKFLOW = [
+    "init",
+    "custodian",
+    "practice",
+    "collect",
+    "optout",
+    "erase",
+    "lake",
+    "governance",
+    "tre",
+    "portal",
+    "log",
+    "demo",
+    "synth",
+]
+
+
+class _InWorkflowOrder(TyperGroup):
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = super().list_commands(ctx)  # typer.Context: its click is its own
+        return sorted(names, key=lambda n: WORKFLOW.index(n) if n in WORKFLOW else len(WORKFLOW))
+
+
 app = typer.Typer(
-    help="gpdpr: a national GP data service built to be trusted.",
+    rich_markup_mode=None,
+    cls=_InWorkflowOrder,
+    help="gpdpr: a national GP data service built to be trusted.\n\n"
+    "The commands below are in the order a service is run: `init` a home, the `custodian`'s "
+    "keys, each `practice`'s extract, `collect` into the lake, `optout` and `erase`, "
+    "`governance` of applications, the research environment (`tre`), the `portal`, and the "
+    "public `log` of it all. `demo` runs the whole of it on synthetic data.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _version(shown: bool) -> None:
+    if shown:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            console.print(f"gpdpr {version('gpdpr')}", highlight=False)
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            console.print("gpdpr (not installed: version unknown)", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and stop."
+        ),
+    ] = False,
+) -> None:
+    """The options of `gpdpr` itself, before any command."""
+
 
 DEMO_PRACTICES = 20
 DEMO_PATIENTS = 60_000
@@ -82,7 +137,8 @@ def synth(
     patients: Annotated[int, typer.Option(help="Patient records across all practices.")] = 10_000,
     seed: Annotated[int, typer.Option(help="The same seed gives the same nation.")] = 1,
     format: Annotated[
-        str, typer.Option("--format", help="fhir (NDJSON) or columnar (Parquet).")
+        Literal["fhir", "columnar"],
+        typer.Option("--format", help="fhir (NDJSON) or columnar (Parquet)."),
     ] = "fhir",
     as_of: Annotated[
         str, typer.Option(help="Extract date: records run up to this day.")
@@ -283,11 +339,14 @@ def _demo_governance(home: Path) -> None:
 
 
 practice_app = typer.Typer(
+    rich_markup_mode=None,
     help="The practice side: extract what the specification allows, pseudonymised and signed.",
     no_args_is_help=True,
 )
 custodian_app = typer.Typer(
-    help="The key custodian: collection key and practice signing keys.", no_args_is_help=True
+    rich_markup_mode=None,
+    help="The key custodian: collection key and practice signing keys.",
+    no_args_is_help=True,
 )
 app.add_typer(practice_app, name="practice")
 app.add_typer(custodian_app, name="custodian")
@@ -328,18 +387,9 @@ def _demo_research(home: Path) -> None:
 
 
 def _check_port_free(host: str, port: int) -> None:
-    """Before any of the work, not after it: the portal's address must be free to listen on."""
-    import socket
+    from gpdpr.portal.cli import check_port_free
 
-    try:
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
-    except OSError as exc:
-        fail(
-            f"cannot serve the portal on {host}:{port} ({exc.strerror or exc}): pass another "
-            "--port, or --no-serve to end without serving"
-        )
+    check_port_free(host, port, "pass another --port, or --no-serve to end without serving")
 
 
 def _demo_serve(home: Path, host: str, port: int) -> None:
@@ -362,6 +412,31 @@ def _demo_log(home: Path) -> None:
 
 def _say(text: str) -> None:
     console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command("init")
+def init_home(
+    home: Annotated[
+        Path, typer.Option(envvar="GPDPR_HOME", help="The service home folder to create.")
+    ] = Path("gpdpr-home"),
+) -> None:
+    """Start a new central service: its home folder and, in keys/, the collection key that every
+    pseudonym is made with. Every other central command refuses a home that is not there."""
+    from gpdpr.custodian.keys import init
+
+    if home.exists() and any(home.iterdir()):
+        fail(f"{home} already exists and is not empty: a new service needs a folder of its own")
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        collection = init(home / "keys")
+    except UserError as exc:
+        fail(str(exc))
+    console.print(
+        f"service home {home} created, with collection key [bold]{collection.id}[/] in "
+        f"{home / 'keys'}. Next: issue each practice its key kit "
+        f"(gpdpr custodian issue-practice ODS --keys {home / 'keys'})",
+        highlight=False,
+    )
 
 
 @custodian_app.command("init")

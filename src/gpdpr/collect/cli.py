@@ -19,14 +19,19 @@ if TYPE_CHECKING:
     from gpdpr.collect.service import Central, Collection, Cycle
 
 lake_app = typer.Typer(
-    help="The pseudonymised lake: its versions and tables.", no_args_is_help=True
+    rich_markup_mode=None,
+    help="The pseudonymised lake: its versions and tables.",
+    no_args_is_help=True,
 )
 
 
 def collect_command(
     packages: Annotated[
         list[Path] | None,
-        typer.Argument(help="Package folders. Default: every package in HOME/inbox."),
+        typer.Argument(
+            metavar="[PACKAGE_FOLDER]...",
+            help="Package folders. Default: every package in HOME/inbox.",
+        ),
     ] = None,
     home: Home = DEFAULT_HOME,
 ) -> None:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from gpdpr.custodian.central import Custodian
 
 reid_app = typer.Typer(
+    rich_markup_mode=None,
     help="Re-identification: named people -> their project pseudonyms, with a legal basis and "
     "two approvers.",
     no_args_is_help=True,

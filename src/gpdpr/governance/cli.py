@@ -41,24 +41,37 @@ if TYPE_CHECKING:
     from gpdpr.governance.models import Agreement, Application
 
 governance_app = typer.Typer(
+    rich_markup_mode=None,
     help="Governance: applications for data, the independent panel, data sharing agreements "
     "and the public register.",
     no_args_is_help=True,
 )
-org_app = typer.Typer(help="Organisations that apply, collaborate or fund.", no_args_is_help=True)
-person_app = typer.Typer(help="People who take part, with their roles.", no_args_is_help=True)
+org_app = typer.Typer(
+    rich_markup_mode=None,
+    help="Organisations that apply, collaborate or fund.",
+    no_args_is_help=True,
+)
+person_app = typer.Typer(
+    rich_markup_mode=None, help="People who take part, with their roles.", no_args_is_help=True
+)
 review_app = typer.Typer(
-    help="The independent review panel: start, conflicts, votes, decision.", no_args_is_help=True
+    rich_markup_mode=None,
+    help="The independent review panel: start, conflicts, votes, decision.",
+    no_args_is_help=True,
 )
 agreement_app = typer.Typer(
-    help="Data sharing agreements: issue, revoke, and check access.", no_args_is_help=True
+    rich_markup_mode=None,
+    help="Data sharing agreements: issue, revoke, and check access.",
+    no_args_is_help=True,
 )
 governance_app.add_typer(org_app, name="org")
 governance_app.add_typer(person_app, name="person")
 governance_app.add_typer(review_app, name="review")
 governance_app.add_typer(agreement_app, name="agreement")
 
-Actor = Annotated[str, typer.Option("--as", help="Your handle: the person doing this.")]
+Actor = Annotated[
+    str, typer.Option("--as", metavar="HANDLE", help="Your handle: the person doing this.")
+]
 Reference = Annotated[str, typer.Argument(help="The application's reference, e.g. APP-2026-0001.")]
 AgreementRef = Annotated[str, typer.Argument(help="The agreement's reference, e.g. DSA-2026-0001.")]
 FormFile = Annotated[
@@ -177,7 +190,8 @@ def person_add(
     name: Annotated[str, typer.Option(help="Their full name.")],
     email: Annotated[str, typer.Option(help="Their contact email (never published).")],
     role: Annotated[
-        list[str], typer.Option("--role", help=f"Repeat for each: {', '.join(ROLES)}.")
+        list[str],
+        typer.Option("--role", metavar="ROLE", help=f"Repeat for each: {', '.join(ROLES)}."),
     ],
     org: Annotated[
         str | None, typer.Option(help="Their organisation (an applicant needs one).")
@@ -430,7 +444,9 @@ def review_decide(
     ] = None,
     condition: Annotated[
         list[str] | None,
-        typer.Option("--condition", help="A condition of approval; repeat for each."),
+        typer.Option(
+            "--condition", metavar="TEXT", help="A condition of approval; repeat for each."
+        ),
     ] = None,
     quorum: Annotated[
         int,
@@ -518,10 +534,12 @@ def agreement_revoke(
 @agreement_app.command("check")
 def agreement_check(
     reference: AgreementRef,
-    actor: Annotated[str, typer.Option("--as", help="The handle of the person wanting access.")],
+    actor: Annotated[
+        str, typer.Option("--as", metavar="HANDLE", help="The handle of the person wanting access.")
+    ],
     item: Annotated[
         list[str] | None,
-        typer.Option("--item", help="TABLE.FIELD wanted; repeat for each."),
+        typer.Option("--item", metavar="TABLE.FIELD", help="TABLE.FIELD wanted; repeat for each."),
     ] = None,
     home: Home = DEFAULT_HOME,
 ) -> None:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from gpdpr.optout.registry import Registry
 
 optout_app = typer.Typer(
+    rich_markup_mode=None,
     help="Opt-outs: Type 1 and the National Data Opt-out, set or withdrawn at any time.",
     no_args_is_help=True,
 )
@@ -26,8 +27,14 @@ NAMES = {"type1": "Type 1 opt-out", "ndoo": "National Data Opt-out"}
 CLI_SOURCES = ("online", "proxy")
 
 NhsNumber = Annotated[str, typer.Option("--nhs-number", help="The person's NHS number.")]
-Kind = Annotated[str, typer.Option("--type", help="1 (Type 1) or ndoo (National Data Opt-out).")]
-Source = Annotated[str, typer.Option(help="online, or proxy (someone acting for the person).")]
+Kind = Annotated[
+    str,
+    typer.Option("--type", metavar="1|ndoo", help="1 (Type 1) or ndoo (National Data Opt-out)."),
+]
+Source = Annotated[
+    str,
+    typer.Option(metavar="online|proxy", help="online, or proxy (someone acting for the person)."),
+]
 
 
 def _kind(value: str) -> str:

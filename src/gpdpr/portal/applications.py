@@ -10,6 +10,7 @@ is submitted. Anyone else gets the same "nothing here" as for a reference that d
 from __future__ import annotations
 
 from datetime import date
+from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -97,6 +98,11 @@ def form_from(data: FormData) -> ApplicationForm:
 
     items = []
     for chosen in data.getlist("items"):
+        if str(chosen) not in readable_items():
+            raise UserError(
+                f"data item {str(chosen)!r}: no research run can read it, so it cannot be asked "
+                "for; choose from the items the form lists"
+            )
         table, _, field = str(chosen).partition(".")
         items.append(Item(table, field, text(f"why.{chosen}")))
     exemption = text("ndoo_exemption") or None
@@ -159,6 +165,10 @@ def _form_page(
         values=values,
         action=action,
         spec=shipped(),
+        offered={
+            name: [f for f in table.fields if f"{name}.{f.name}" in readable_items()]
+            for name, table in shipped().tables.items()
+        },
         categories=CATEGORIES,
         purposes=PURPOSES,
         legal_bases=LEGAL_BASES,
@@ -200,6 +210,19 @@ def _values_from_post(data: FormData) -> dict[str, Any]:
 
 
 # ---- applicants --------------------------------------------------------------------------------
+
+
+@cache
+def readable_items() -> frozenset[str]:
+    """The data items ("table.field") a research run can read: the fields behind every column of
+    the research environment's views, with the patient and period fields each view needs. Any
+    other field of the specification (a record's id, its last-modified time) no run reads, so the
+    form does not offer it."""
+    from gpdpr.tre.query.schema import TABLES
+    from gpdpr.tre.views import required_fields
+
+    wanted = required_fields({name: list(table.columns) for name, table in TABLES.items()})
+    return frozenset(f"{table}.{field}" for table, fields in wanted.items() for field in fields)
 
 
 @router.get("/applications")

@@ -8,6 +8,18 @@ from dataclasses import dataclass
 from html import escape
 
 PALETTE = ("#005eb8", "#7c2855", "#007f3b", "#8a4b00")  # each at least 4.5:1 on white
+LONGEST = 24  # characters of an axis label shown whole
+# The width a chart is drawn at for a phone: text of 11 units stays about 11 px on a 360 px
+# screen, where the desktop drawing (640) would shrink it to 6.
+NARROW = 340
+
+
+def both(draw: Callable[[int], str]) -> str:
+    """A chart drawn twice, for a wide screen and for a phone; the stylesheet shows one (and a
+    chart not displayed is not read out either)."""
+    return draw(640).replace('class="chart"', 'class="chart wide"', 1) + draw(NARROW).replace(
+        'class="chart"', 'class="chart narrow"', 1
+    )
 
 
 @dataclass(frozen=True)
@@ -26,7 +38,15 @@ def bars(
     """A grouped vertical bar chart: one group per label, one bar per series."""
     left, right, bottom = 48, 12, 48
     top = 16 + 18 * len(series)  # the legend, one line per series, above the plot
-    height += top
+    every = max(1, len(labels) // 12)
+    room = (width - left - right) / max(1, len(labels)) * every
+    # labels too long for their room are turned, never cut short (up to LONGEST characters)
+    longest = min(LONGEST, max([0, *(len(label) for label in labels)]))
+    turned = longest * 6.5 > room
+    if turned:  # room below for the turned text, and on the left for the first label's start
+        bottom = 24 + int(longest * 6.5 * 0.6)
+        left = max(left, int(longest * 6.5 * 0.82 - room / every / 2) + 4)
+    height += top + (bottom - 48)
     plot_w, plot_h = width - left - right, height - top - bottom
     top_value = max([1, *(v for s in series for v in s.values)])
     scale = max(4, _nice(top_value))
@@ -36,7 +56,6 @@ def bars(
     if labels:
         group = plot_w / len(labels)
         bar = max(2.0, group * 0.8 / max(1, len(series)))
-        every = max(1, len(labels) // 12)
         for i, label in enumerate(labels):
             x0 = left + group * i + group * 0.1
             for j, s in enumerate(series):
@@ -48,11 +67,13 @@ def bars(
                     f"<title>{escape(s.name)}, {escape(label)}: {value:,}</title></rect>"
                 )
             if i % every == 0:
-                fits = max(3, int(group * every / 6.5))  # characters of 11px text in the space
-                shown = label if len(label) <= fits else label[: fits - 1] + "…"
+                shown = label if len(label) <= LONGEST else label[: LONGEST - 1] + "…"
+                x, y = left + group * (i + 0.5), height - bottom + 16
+                turn = f' transform="rotate(-35 {x:.1f} {y})"' if turned else ""
+                anchor = "end" if turned else "middle"
                 parts.append(
-                    f'<text x="{left + group * (i + 0.5):.1f}" y="{height - bottom + 16}" '
-                    f'text-anchor="middle" font-size="11" fill="#212b32">{escape(shown)}</text>'
+                    f'<text x="{x:.1f}" y="{y}" text-anchor="{anchor}"{turn} font-size="11" '
+                    f'fill="#212b32">{escape(shown)}</text>'
                 )
     for j, s in enumerate(series):
         y = 6 + 18 * j
@@ -114,7 +135,7 @@ def lines(title: str, labels: list[str], series: list[Rates], width: int = 640) 
     parts = _opened(title, _describe_rates(labels, series), width, height)
     parts += _grid(scale, ticks, (left, top, width - right, plot_h), _percent)
     step_x = plot_w / max(1, len(labels) - 1)
-    every = max(1, len(labels) // 8)
+    every = max(1, len(labels) // (8 if width > NARROW else 4))
     for i, label in enumerate(labels):
         if i % every == 0:
             parts.append(
@@ -181,11 +202,12 @@ def _describe_rates(labels: list[str], series: list[Rates]) -> str:
 
 def _opened(title: str, description: str, width: int, height: int) -> list[str]:
     """A chart's opening: the SVG element, labelled by its title and its figures as text."""
+    key = f"{_id(title)}-{width}"  # each drawing of a chart has ids of its own
     return [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
-        f'role="img" aria-labelledby="t-{_id(title)} d-{_id(title)}" class="chart">',
-        f'<title id="t-{_id(title)}">{escape(title)}</title>',
-        f'<desc id="d-{_id(title)}">{escape(description)}</desc>',
+        f'role="img" aria-labelledby="t-{key} d-{key}" class="chart">',
+        f'<title id="t-{key}">{escape(title)}</title>',
+        f'<desc id="d-{key}">{escape(description)}</desc>',
     ]
 
 

@@ -11,9 +11,23 @@ from gpdpr.home import DEFAULT_HOME, Home
 from gpdpr.terminal import console, fail
 
 portal_app = typer.Typer(
+    rich_markup_mode=None,
     help="The portal: public pages, patients' opt-outs, applications, the panel, output checking.",
     no_args_is_help=True,
 )
+
+
+def check_port_free(host: str, port: int, what_to_do: str) -> None:
+    """Before anything is printed or started: the address must be free to listen on, or the
+    command ends with one line, not the server's traceback after it had announced itself."""
+    import socket
+
+    try:
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        fail(f"cannot serve the portal on {host}:{port} ({exc.strerror or exc}): {what_to_do}")
 
 
 @portal_app.command("serve")
@@ -26,8 +40,7 @@ def serve_command(
     from gpdpr.errors import UserError
     from gpdpr.portal.serve import serve
 
-    if not home.is_dir():
-        fail(f"no service home at {home}: pass --home (the folder gpdpr collect and demo use)")
+    check_port_free(host, port, "pass another --port, or stop what is using it")
     console.print(f"gpdpr portal at http://{host}:{port}/ (Ctrl-C to stop)", markup=False)
     try:
         serve(home, host, port)

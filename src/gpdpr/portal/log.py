@@ -12,6 +12,7 @@ so anyone can see the damage for themselves.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import threading
@@ -95,6 +96,13 @@ def title_of(kind: str) -> str:
     return TITLES.get(kind, kind.replace(".", " ").replace("_", " ").capitalize())
 
 
+def entry_title(state: LogState, kind: str, seq: int) -> str:
+    """An entry's title; the first specification entry publishes it, it changes nothing."""
+    if kind == "spec.version" and state.by_type.get(kind, [seq])[0] == seq:
+        return "Specification published"
+    return title_of(kind)
+
+
 def meaning_of(kind: str) -> str:
     if kind in KINDS:
         return KINDS[kind].meaning
@@ -103,6 +111,12 @@ def meaning_of(kind: str) -> str:
 
 def label_of(key: str) -> str:
     return LABELS.get(key, key.replace("_", " ").capitalize())
+
+
+def _key_of(key: str) -> str:
+    """A key inside a detail's value: a file name (it has a dot) exactly as it is, underscores
+    and all; any other key in words."""
+    return key if "." in key else label_of(key).lower()
 
 
 def readable(value: Any) -> str:
@@ -117,9 +131,7 @@ def readable(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(readable(v) for v in value) or "none"
     if isinstance(value, dict):
-        return "; ".join(f"{label_of(str(k)).lower()} {readable(v)}" for k, v in value.items()) or (
-            "none"
-        )
+        return "; ".join(f"{_key_of(str(k))} {readable(v)}" for k, v in value.items()) or "none"
     return str(value)
 
 
@@ -130,14 +142,29 @@ class Detail:
     hash: bool  # a long hash: shown in a narrow monospace
 
 
+# What a reader needs to read an entry's figures right, by type.
+EXPLAINED = {
+    "erasure": (
+        "What the figures mean",
+        "People counts everyone whose Type 1 opt-out this cycle carried out, each with a "
+        "deletion receipt. Most are usually people whose practice recorded the opt-out before "
+        "their record was ever sent: their rows never reached the centre, so nothing had to be "
+        "removed for them. Rows removed counts what was deleted from the pooled records (and "
+        "every older copy of them, from disk).",
+    ),
+}
+
+
 def details_of(entry: dict[str, Any]) -> list[Detail]:
     found = entry.get("details")
     if not isinstance(found, dict):
         return []
-    return [
+    shown = [
         Detail(label_of(key), readable(value), isinstance(value, str) and bool(_HASH.match(value)))
         for key, value in found.items()
     ]
+    explained = EXPLAINED.get(str(entry.get("type")))
+    return [*shown, Detail(*explained, False)] if explained else shown
 
 
 def actor_of(entry: dict[str, Any]) -> str:
@@ -261,7 +288,7 @@ def activity_log(request: Request, page: int = 1, kind: str = Query("", alias="t
                     "seq": seq,
                     "time": entry.get("time", ""),
                     "type": str(entry.get("type")),
-                    "title": title_of(str(entry.get("type"))),
+                    "title": entry_title(state, str(entry.get("type")), seq),
                     "actor": actor_of(entry),
                     "details": details_of(entry),
                     "signed": seq < signed,
@@ -308,8 +335,8 @@ def log_entry(request: Request, seq: str) -> Response:
         state=state,
         seq=number,
         entry=entry,
-        title=f"Entry {number}: {title_of(kind)}" if entry else f"Entry {number}",
-        kind_title=title_of(kind),
+        title=f"Entry {number}: {entry_title(state, kind, number)}" if entry else f"Entry {number}",
+        kind_title=entry_title(state, kind, number),
         meaning=meaning_of(kind),
         actor=actor_of(entry) if entry else "",
         details=details_of(entry) if entry else [],
@@ -332,6 +359,22 @@ def verify_yourself(request: Request) -> Response:
         checkpoint=contents.checkpoint if contents else None,
         files=files_url(request),
         example=max(0, contents.checkpoint.size - 1) if contents and contents.checkpoint else 0,
+        verifier_sha256=hashlib.sha256(VERIFIER.read_bytes()).hexdigest(),
+        site=str(request.base_url).rstrip("/"),
+    )
+
+
+# The standalone checker the verify page offers: this one file, served as it is in the package.
+VERIFIER = Path(__file__).with_name("verifier.py")
+
+
+@router.get("/log/verify.py")
+@allow(PUBLIC)
+def verifier_file(request: Request) -> Response:
+    return Response(
+        VERIFIER.read_bytes(),
+        media_type="text/x-python; charset=utf-8",
+        headers={"content-disposition": 'attachment; filename="verify.py"'},
     )
 
 

@@ -152,10 +152,9 @@ class _RateChart:
         if len(self.at) < 2:
             return None
         labels = sorted(self.intervals)
-        return charts.lines(
-            f"{name}: rate per interval",
-            labels,
-            [charts.Rates(g, [by.get(i) for i in labels]) for g, by in self.series.items()],
+        rates = [charts.Rates(g, [by.get(i) for i in labels]) for g, by in self.series.items()]
+        return charts.both(
+            lambda width: charts.lines(f"{name}: rate per interval", labels, rates, width=width)
         )
 
     def note(self) -> str:

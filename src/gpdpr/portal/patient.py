@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request
@@ -113,9 +114,17 @@ def patient_callback(request: Request, code: str = "", state: str = "") -> Respo
 def patient_home(request: Request) -> Response:
     session = current(request)
     assert session is not None and session.pseudonym is not None
-    status = portal_of(request).registry.status(session.pseudonym)
+    from gpdpr.portal.timeline import erasures_of
+
+    portal = portal_of(request)
+    status = portal.registry.status(session.pseudonym)
     return render(
-        request, "patient.html.j2", status=status, names=NAMES, request_id=new_request_id()
+        request,
+        "patient.html.j2",
+        status=status,
+        names=NAMES,
+        erased=_erased_since(status, erasures_of(portal.engine, session.pseudonym)),
+        request_id=new_request_id(),
     )
 
 
@@ -125,18 +134,58 @@ def new_request_id() -> str:
     return secrets.token_urlsafe(24)
 
 
+def _erased_since(status: dict[str, Any], erasures: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The receipt of the erasure that carried out the Type 1 opt-out now set, if one has run."""
+    type1 = status["type1"]
+    if type1["state"] != "set" or not erasures:
+        return None
+    from gpdpr.db.models import as_utc
+
+    since = as_utc(type1["since"])
+    done = [e for e in erasures if e["erased_at"] >= since]
+    return done[-1] if done else None
+
+
 @router.get("/patient/record")
 @allow(PATIENT)
 def patient_record(request: Request) -> Response:
     """The approved projects whose runs read this patient's record, each with its register
     entry. Worked out on request from the person's pseudonym (the custodian's tokens), so
     nothing anyone else can read links a project to them."""
+    from gpdpr.portal.timeline import timeline
     from gpdpr.transparency.patient import record_uses
 
     session = current(request)
     assert session is not None and session.pseudonym is not None
-    uses = record_uses(portal_of(request).custodian, session.pseudonym)
-    return render(request, "patient_record.html.j2", uses=uses, names=NAMES)
+    portal = portal_of(request)
+    uses = record_uses(portal.custodian, session.pseudonym)
+    asked = questions(portal, uses)
+    told = timeline(portal.home, portal.engine, session.pseudonym, uses, asked)
+    return render(
+        request, "patient_record.html.j2", uses=uses, names=NAMES, timeline=told, questions=asked
+    )
+
+
+def questions(portal: Any, uses: Any) -> dict[str, str]:
+    """Each definition the person's runs used, as its question in words (where it can be read)."""
+    import sqlalchemy as sa
+
+    from gpdpr.tre.models import Run
+    from gpdpr.tre.query.text import question_of
+
+    shas = {run.definition_sha256 for p in uses.projects for run in p.runs}
+    if not shas:
+        return {}
+    found = portal.read(
+        lambda s: dict(
+            s.execute(
+                sa.select(Run.definition_sha256, Run.definition)
+                .where(Run.definition_sha256.in_(shas))
+                .distinct()
+            ).all()
+        )
+    )
+    return {sha: words for sha, text in found.items() if (words := question_of(text))}
 
 
 @router.post("/patient/opt-out")

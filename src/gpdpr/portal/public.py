@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -137,9 +138,19 @@ def data_uses_register(
         and (not purpose_name or r["purpose"] == purpose_name)
         and (not commercial or r["commercial"] == (commercial == "yes"))
     ]
+    spec = shipped()
+    items = {
+        f"{name}.{f.name}": f"{table.title}: {f.description}"
+        for name, table in spec.tables.items()
+        for f in table.fields
+    }
     return render(
         request,
         "register.html.j2",
+        items=items,
+        questions=_questions(portal_of(request)),
+        measure_charts=_measure_charts(portal_of(request), built),
+        over_time=_agreements_over_time(built),
         register=built,
         agreements=agreements,
         refused=refused if status in ("", "refused") else [],
@@ -150,6 +161,112 @@ def data_uses_register(
         purposes=PURPOSES,
         statuses=STATUSES,
     )
+
+
+def _agreements_over_time(built: dict[str, Any]) -> dict[str, Any] | None:
+    """Each agreement from its start to its end (or revocation) on one scale of years, as
+    percentages of the width, so the drawing stretches to any screen while its text keeps its
+    size: the register's own timeline (governance.register.timeline), rescaled."""
+    drawn = register.timeline(built, width=1150)  # 150 for labels, then 1000: tenths of a percent
+    if not drawn["bars"]:
+        return None
+
+    def percent(x: float) -> float:
+        return round((x - 150) / 10, 2)
+
+    return {
+        "bars": [
+            {**bar, "x": percent(bar["x"]), "width": round(bar["width"] / 10, 2), "y": 20 + n * 40}
+            for n, bar in enumerate(drawn["bars"])
+        ],
+        "years": [{**y, "x": percent(y["x"])} for y in drawn["years"]],
+        "today": percent(drawn["today"]),
+        "height": 28 + len(drawn["bars"]) * 40,
+    }
+
+
+def _measure_charts(portal: Any, built: dict[str, Any]) -> dict[str, str]:
+    """Each released measure file drawn as its rate per interval, by the file's link: read
+    from the register's folder only under a name the release lists and that passes the same
+    check as a download, and only with the SHA-256 it was released with."""
+    from gpdpr.portal.outputs import file_view
+
+    drawn: dict[str, str] = {}
+    for agreement in built["agreements"]:
+        for release in agreement["releases"]:
+            for published in release["published"]:
+                name = str(published["name"])
+                if not name.startswith("measure_") or not _FILE.match(name):
+                    continue
+                folder = str(published["href"]).rsplit("/", 1)[0]
+                path = portal.home / "register" / folder / name
+                try:
+                    body = path.read_bytes()
+                except OSError:
+                    continue
+                if hashlib.sha256(body).hexdigest() != published["sha256"]:
+                    continue
+                chart = file_view(name, body, None).chart
+                if chart:
+                    drawn[str(published["href"])] = chart
+    return drawn
+
+
+def _questions(portal: Any) -> dict[str, str]:
+    """Each released definition's question in words, by its SHA-256."""
+    from gpdpr.tre.query.text import question_of
+
+    found = portal.read(
+        lambda s: s.execute(
+            sa.select(Release.code_sha256, Release.definition).where(
+                Release.definition.is_not(None)
+            )
+        ).all()
+    )
+    return {sha: words for sha, text in found if (words := question_of(text))}
+
+
+@router.get("/register.csv")
+@allow(PUBLIC)
+def register_csv(request: Request) -> Response:
+    """The whole register, one row per agreement: the same records the page shows."""
+    built = portal_of(request).read(lambda s: register.build(s))
+    return Response(
+        register.to_csv(built),
+        media_type="text/csv; charset=utf-8",
+        headers={"content-disposition": 'attachment; filename="data-uses-register.csv"'},
+    )
+
+
+@router.get("/register.json")
+@allow(PUBLIC)
+def register_json(request: Request) -> Response:
+    built = portal_of(request).read(lambda s: register.build(s))
+    return Response(
+        orjson.dumps(built, option=orjson.OPT_INDENT_2),
+        media_type="application/json",
+        headers={"content-disposition": 'attachment; filename="data-uses-register.json"'},
+    )
+
+
+@router.get("/register/releases/{release_id}/definition.txt")
+@allow(PUBLIC)
+def definition_as_text(request: Request, release_id: int) -> Response:
+    """A release's definition written as the query language, for reading: made from the
+    definition.json published beside it (never from anything the researcher sent as text)."""
+    from gpdpr.tre.query.serial import from_json
+    from gpdpr.tre.query.text import definition_text, summary
+
+    if not 1 <= release_id < 2**31:
+        return not_found(request)
+    found = portal_of(request).read(
+        lambda s: s.scalar(sa.select(Release.definition).where(Release.id == release_id))
+    )
+    if found is None:
+        return not_found(request)
+    definition = from_json(found)
+    body = f"# {summary(definition)}\n\nfrom gpdpr.tre.language import *\n\n"
+    return Response(body + definition_text(definition), media_type="text/plain; charset=utf-8")
 
 
 @router.get("/register/releases/{release_id}/{name}")
@@ -320,25 +437,41 @@ def statistics(request: Request) -> Response:
     figures = portal.read(lambda s: statistics_of(s, portal.home))
     coverage = figures["coverage"]
     drawn = {
-        "regions": charts.bars(
-            "Patients covered, by region",
-            [region_names().get(r, r) for r, _ in coverage["regions"]] if coverage else [],
-            [charts.Series("Patients", [n for _, n in coverage["regions"]] if coverage else [])],
+        "regions": charts.both(
+            lambda width: charts.bars(
+                "Patients covered, by region",
+                [region_names().get(r, r) for r, _ in coverage["regions"]] if coverage else [],
+                [
+                    charts.Series(
+                        "Patients", [n for _, n in coverage["regions"]] if coverage else []
+                    )
+                ],
+                width=width,
+            )
         ),
-        "optouts": charts.bars(
-            "Opt-outs set and withdrawn, by month",
-            figures["optouts"]["months"],
-            figures["optouts"]["series"],
+        "optouts": charts.both(
+            lambda width: charts.bars(
+                "Opt-outs set and withdrawn, by month",
+                figures["optouts"]["months"],
+                figures["optouts"]["series"],
+                width=width,
+            )
         ),
-        "applications": charts.bars(
-            "Applications by outcome",
-            figures["applications"]["labels"],
-            [charts.Series("Applications", figures["applications"]["values"])],
+        "applications": charts.both(
+            lambda width: charts.bars(
+                "Applications by outcome",
+                figures["applications"]["labels"],
+                [charts.Series("Applications", figures["applications"]["values"])],
+                width=width,
+            )
         ),
-        "releases": charts.bars(
-            "Releases of results, by month",
-            figures["releases"]["months"],
-            [charts.Series("Releases", figures["releases"]["values"])],
+        "releases": charts.both(
+            lambda width: charts.bars(
+                "Releases of results, by month",
+                figures["releases"]["months"],
+                [charts.Series("Releases", figures["releases"]["values"])],
+                width=width,
+            )
         ),
     }
     regions = [(region_names().get(r, r), n) for r, n in coverage["regions"]] if coverage else []

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from gpdpr.transparency.verify import Source
 
 log_app = typer.Typer(
+    rich_markup_mode=None,
     help="The transparency log: every use of the data, publicly verifiable.",
     no_args_is_help=True,
 )

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from gpdpr.tre.runs import Outputs
 
 tre_app = typer.Typer(
+    rich_markup_mode=None,
     help="The trusted research environment: questions in, checked answers out.",
     no_args_is_help=True,
 )
@@ -39,9 +40,12 @@ DefinitionFile = Annotated[
     Path, typer.Argument(help="The definition: a Python file (.py) or its compiled JSON (.json).")
 ]
 EngineName = Annotated[
-    str, typer.Option("--engine", help="duckdb (embedded, the default) or spark (local mode).")
+    Literal["duckdb", "spark"],
+    typer.Option("--engine", help="duckdb (embedded) or spark (local mode)."),
 ]
-Actor = Annotated[str, typer.Option("--as", help="Your handle: a member of the project's team.")]
+Actor = Annotated[
+    str, typer.Option("--as", metavar="HANDLE", help="Your handle: a member of the project's team.")
+]
 
 
 def engine_named(name: str) -> Engine:
@@ -315,7 +319,9 @@ def runs_command(actor: Actor, home: Home = DEFAULT_HOME) -> None:
 @tre_app.command("request")
 def request_command(
     run: Annotated[str, typer.Argument(help="The run, e.g. RUN-000001.")],
-    files: Annotated[list[str], typer.Option("--file", help="An output file to release.")],
+    files: Annotated[
+        list[str], typer.Option("--file", metavar="NAME", help="An output file to release.")
+    ],
     title: Annotated[str, typer.Option(help="What the files show: published on the register.")],
     actor: Actor,
     description: Annotated[str, typer.Option(help="More about them, for the checkers.")] = "",

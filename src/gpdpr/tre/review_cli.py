@@ -26,11 +26,14 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
 review_app = typer.Typer(
+    rich_markup_mode=None,
     help="Output checking: release requests, and two independent checkers' reviews.",
     no_args_is_help=True,
 )
 
-Actor = Annotated[str, typer.Option("--as", help="Your handle: the output checker doing this.")]
+Actor = Annotated[
+    str, typer.Option("--as", metavar="HANDLE", help="Your handle: the output checker doing this.")
+]
 RequestRef = Annotated[str, typer.Argument(help="The release request, e.g. REQ-000001.")]
 FileName = Annotated[str, typer.Argument(help="One file of the request, e.g. table.csv.")]
 Comment = Annotated[
@@ -99,7 +102,8 @@ def requests(
         bool, typer.Option("--awaiting", help="Only the files you may still review (with --as).")
     ] = False,
     actor: Annotated[
-        str | None, typer.Option("--as", help="Your handle, as an output checker.")
+        str | None,
+        typer.Option("--as", metavar="HANDLE", help="Your handle, as an output checker."),
     ] = None,
     home: Home = DEFAULT_HOME,
 ) -> None:

@@ -55,7 +55,10 @@ __all__ = [
     "years",
 ]
 
-_PACKAGE = str(Path(__file__).resolve().parents[1])
+# The language's own modules: a frame outside them is the researcher's, even a study shipped inside
+# gpdpr (the demo's, under gpdpr/tre/examples), which a wider prefix would skip to name a frame of
+# whatever ran it (typer's).
+_PACKAGE = str(Path(__file__).resolve().parent)
 
 
 def _at() -> str | None:
@@ -119,10 +122,12 @@ class Duration:
 
 
 def days(count: int) -> Duration:
+    """A duration of `count` days."""
     return Duration("days", count)
 
 
 def weeks(count: int) -> Duration:
+    """A duration of `count` weeks."""
     return Duration("weeks", count)
 
 
@@ -137,6 +142,7 @@ def months(count: int) -> Duration:
 
 
 def years(count: int) -> Duration:
+    """A duration of `count` calendar years."""
     return Duration("years", count)
 
 
@@ -219,15 +225,20 @@ class Series:
     __hash__ = None  # type: ignore[assignment]
 
     def is_null(self) -> Series:
+        """True where the value is missing."""
         return self._op("is_null")
 
     def is_not_null(self) -> Series:
+        """True where there is a value."""
         return self._op("is_not_null")
 
     def when_null_then(self, other: Any) -> Series:
+        """The value, or `other` where it is missing."""
         return self._op("coalesce", other)
 
     def is_in(self, codes: Codelist | Sequence[str]) -> Series:
+        """True where the code is in the codelist (or list of codes); a codelist's system must
+        match the column's."""
         at = _at()
         codelist = codes if isinstance(codes, Codelist) else Codelist.of(codes)
         if self.node.type in CODE_TYPES:
@@ -240,22 +251,28 @@ class Series:
     # dates
     @property
     def year(self) -> Series:
+        """The year of a date, as a whole number."""
         return self._op("year")
 
     @property
     def month(self) -> Series:
+        """The month of a date, 1 to 12."""
         return self._op("month")
 
     def is_before(self, other: Any) -> Series:
+        """True where the date is before `other` (a date, or another date value)."""
         return self._op("lt", other)
 
     def is_on_or_before(self, other: Any) -> Series:
+        """True where the date is `other` or before it."""
         return self._op("le", other)
 
     def is_after(self, other: Any) -> Series:
+        """True where the date is after `other`."""
         return self._op("gt", other)
 
     def is_on_or_after(self, other: Any) -> Series:
+        """True where the date is `other` or after it."""
         return self._op("ge", other)
 
     def is_on_or_between(self, first: Any, last: Any) -> Series:
@@ -267,12 +284,15 @@ class Series:
         return self.is_on_or_between(interval.start_date, interval.end_date)
 
     def days_until(self, other: Any) -> Series:
+        """Whole days from this date to `other`."""
         return self._op("days_between", other)
 
     def months_until(self, other: Any) -> Series:
+        """Whole calendar months from this date to `other`."""
         return self._op("months_between", other)
 
     def years_until(self, other: Any) -> Series:
+        """Whole years from this date to `other` (an age, from a date of birth)."""
         return self._op("years_between", other)
 
     # per-patient aggregates of a column with many rows per patient
@@ -280,18 +300,23 @@ class Series:
         return Series(n.Aggregate(op, self.node, at=_at()))
 
     def minimum_for_patient(self) -> Series:
+        """Each patient's smallest value (of a table with many rows per patient)."""
         return self._aggregate("minimum")
 
     def maximum_for_patient(self) -> Series:
+        """Each patient's largest value."""
         return self._aggregate("maximum")
 
     def sum_for_patient(self) -> Series:
+        """The sum of each patient's values."""
         return self._aggregate("sum")
 
     def mean_for_patient(self) -> Series:
+        """The mean of each patient's values."""
         return self._aggregate("mean")
 
     def count_distinct_for_patient(self) -> Series:
+        """How many different values each patient has."""
         return self._aggregate("count_distinct")
 
 
@@ -330,10 +355,12 @@ class Frame:
         return f"<frame of {n.table_of(self._node)}>"
 
     def where(self, condition: Series | bool) -> Frame:
+        """Only the rows where `condition` holds."""
         at = _at()
         return Frame(n.Where(self._node, _literal(condition, None, at), at=at))
 
     def except_where(self, condition: Series) -> Frame:
+        """The rows where `condition` is false or unknown: `where`'s opposite, keeping nulls."""
         at = _at()
         keep = n.Apply(
             "or",
@@ -346,18 +373,23 @@ class Frame:
         return Frame(n.Where(self._node, keep, at=at))
 
     def sort_by(self, *keys: Series) -> Frame:
+        """The rows in order of `keys`, for `first_for_patient` and `last_for_patient`."""
         return Frame(n.SortBy(self._node, tuple(k.node for k in keys), at=_at()))
 
     def first_for_patient(self) -> Frame:
+        """Each patient's first row in the sort order: one row per patient."""
         return Frame(n.PickOne(self._node, "first", at=_at()))
 
     def last_for_patient(self) -> Frame:
+        """Each patient's last row in the sort order: one row per patient."""
         return Frame(n.PickOne(self._node, "last", at=_at()))
 
     def exists_for_patient(self) -> Series:
+        """True for each patient with at least one row."""
         return Series(n.Aggregate("exists", self._node, at=_at()))
 
     def count_for_patient(self) -> Series:
+        """How many rows each patient has (0 for none)."""
         return Series(n.Aggregate("count", self._node, at=_at()))
 
 
@@ -431,6 +463,7 @@ class _When:
 
 
 def when(condition: Series) -> _When:
+    """A condition for `case`, given its value with `.then(value)`."""
     return _When(condition, at=_at())
 
 
@@ -463,6 +496,7 @@ class Dataset:
         object.__setattr__(self, "disclosure", None)
 
     def define_population(self, condition: Series) -> None:
+        """Who is in the dataset: the patients for whom `condition` is true."""
         object.__setattr__(self, "population", condition.node)
 
     def configure_disclosure_control(self, rule: str) -> None:
@@ -511,6 +545,8 @@ class Measures:
         self._defaults: dict[str, Any] = {}
 
     def define_defaults(self, **defaults: Any) -> None:
+        """Defaults (numerator, denominator, group_by, intervals) for every measure defined
+        after."""
         unknown = set(defaults) - {"numerator", "denominator", "group_by", "intervals"}
         if unknown:
             raise n.problem(_at(), f"unknown measure defaults: {', '.join(sorted(unknown))}")
@@ -528,6 +564,8 @@ class Measures:
         group_by: Mapping[str, Series] | None = None,
         intervals: n.Intervals | None = None,
     ) -> None:
+        """A rate, numerator / denominator, for each interval and each group of `group_by`; the
+        numerator counts patients also in the denominator."""
         at = _at()
         check_name(name, "a measure", at)
         numerator = numerator if numerator is not None else self._defaults.get("numerator")

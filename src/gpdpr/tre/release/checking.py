@@ -349,7 +349,7 @@ def _check_name(name: str) -> None:
 def request_of(session: Session, reference: str) -> ReleaseRequest:
     found = session.scalar(sa.select(ReleaseRequest).where(ReleaseRequest.reference == reference))
     if found is None:
-        raise UserError(f"no release request {reference!r}: `gpdpr tre requests` lists them")
+        raise UserError(f"no release request {reference!r}: `gpdpr tre review requests` lists them")
     return found
 
 
@@ -440,7 +440,7 @@ def _take(session: Session, reference: str) -> ReleaseRequest:
         .execution_options(populate_existing=True)
     )
     if found is None:
-        raise UserError(f"no release request {reference!r}: `gpdpr tre requests` lists them")
+        raise UserError(f"no release request {reference!r}: `gpdpr tre review requests` lists them")
     if taken.rowcount != 1:  # type: ignore[attr-defined]
         raise NotAllowed(
             f"{reference} is {STATE_WORDS[found.state]}: there is nothing more to review "

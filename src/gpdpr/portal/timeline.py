@@ -1,0 +1,209 @@
+"""One patient's whole story with the service, for their eyes only: which practices sent data
+about them and when (the packages their rows in the lake came in), every change to their
+opt-outs, each erasure with its date and receipt, and every approved project run that read their
+record. Worked out on request from the pseudonym the custodian gave their sign-in; nothing here
+is stored, and nothing public links any of it to them.
+
+What it tells apart: "we hold nothing about you" (no row in the lake: never sent, or erased)
+from "we hold your record and nobody has used it". Only the signed-in person sees which is theirs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from gpdpr.db import pseudonym_hash
+from gpdpr.db.models import DeletionReceipt, as_utc
+from gpdpr.errors import UserError
+from gpdpr.lake.tables import EXTRACTED_AT, PACKAGE_ID, PRACTICE
+from gpdpr.transparency.patient import RecordUses
+
+NAMES = {"type1": "Type 1 opt-out", "ndoo": "National Data Opt-out"}
+SOURCE_WORDS = {
+    "online": "You did this online.",
+    "proxy": "Someone acting for you did this.",
+    "central": "Recorded by the service.",
+    "practice": "Your GP practice recorded this, and sent it with its extract.",
+}
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One package from one practice that held rows about the person."""
+
+    practice: str
+    package_id: str
+    kind: str  # historic or incremental
+    extracted_at: datetime
+    rows: int  # of this person's, still in the lake
+
+
+@dataclass(frozen=True)
+class Moment:
+    """One line of the timeline."""
+
+    at: datetime
+    kind: str  # collected, opt-out, erased, used
+    title: str
+    detail: str
+    link: str | None = None
+    link_text: str | None = None
+
+
+@dataclass
+class Timeline:
+    sent: list[Sent]  # what the lake holds about the person, by package
+    erasures: list[dict[str, Any]]  # their deletion receipts, oldest first
+    uses: RecordUses
+    moments: list[Moment] = field(default_factory=list)
+
+    @property
+    def held(self) -> bool:
+        return bool(self.sent)
+
+    @property
+    def used(self) -> bool:
+        return bool(self.uses.projects)
+
+    @property
+    def summary(self) -> str:
+        """The one sentence that answers "what do you have about me, and who used it"."""
+        practices = sorted({s.practice for s in self.sent})
+        if self.held:
+            where = f"{len(practices)} GP practice{'s' if len(practices) != 1 else ''}"
+            used = (
+                f"{len(self.uses.projects)} approved project"
+                f"{'s' if len(self.uses.projects) != 1 else ''} used it"
+                if self.used
+                else "no approved project has used it"
+            )
+            return f"We hold your GP record, as sent by {where}; {used}."
+        if self.erasures:
+            last = self.erasures[-1]
+            return (
+                f"We hold nothing about you now: what we held was erased on "
+                f"{last['erased_at']:%d %B %Y} (receipt {last['receipt']})."
+            )
+        return (
+            "We hold nothing about you: no GP practice has sent a record for you, so there is "
+            "nothing of yours for anyone to use."
+        )
+
+
+def sent_to_lake(home: Path, pseudonym: str) -> list[Sent]:
+    """The packages whose rows about `pseudonym` are in the latest lake version, oldest first.
+    Table and column names come from the lake's own schema; the pseudonym is a bound parameter."""
+    from gpdpr.lake.query import connect
+    from gpdpr.lake.store import Lake
+
+    folder = home / "lake"
+    if not folder.exists():
+        return []
+    try:
+        snapshot = Lake.open(folder).snapshot()
+    except UserError:
+        return []
+    con = connect(snapshot)
+    parts = [
+        f'select "{PRACTICE}", "{PACKAGE_ID}", count(*) as n from "{name}" '
+        f'where "{table.patient}" = $p group by all'
+        for name, table in snapshot.lake.data.items()
+        if table.patient
+    ]
+    if not parts:
+        return []
+    rows = con.execute(
+        f"""select mine.{PRACTICE}, mine.{PACKAGE_ID}, p.kind, p.{EXTRACTED_AT}, sum(mine.n)
+        from ({" union all ".join(parts)}) mine
+        join packages p using ({PACKAGE_ID})
+        group by all order by p.{EXTRACTED_AT}, mine.{PACKAGE_ID}""",
+        {"p": pseudonym},
+    ).fetchall()
+    return [Sent(r[0], r[1], r[2], as_utc(r[3]), int(r[4])) for r in rows]
+
+
+def erasures_of(engine: sa.Engine, pseudonym: str) -> list[dict[str, Any]]:
+    """The person's deletion receipts (found by their pseudonym's hash, as the log knows them)."""
+    with Session(engine) as session:
+        found = session.scalars(
+            sa.select(DeletionReceipt)
+            .where(DeletionReceipt.pseudonym_hash == pseudonym_hash(pseudonym))
+            .order_by(DeletionReceipt.id)
+        ).all()
+        return [
+            {
+                "receipt": r.id,
+                "erased_at": as_utc(r.erased_at),
+                "rows_removed": r.rows_removed,
+                "tables": dict(r.tables),
+                "lake_version": r.lake_version,
+            }
+            for r in found
+        ]
+
+
+def timeline(
+    home: Path, engine: sa.Engine, pseudonym: str, uses: RecordUses, questions: dict[str, str]
+) -> Timeline:
+    """The whole timeline, newest first. `questions`: each definition's SHA-256 to the question
+    it asks, in words, where known."""
+    made = Timeline(sent_to_lake(home, pseudonym), erasures_of(engine, pseudonym), uses)
+    moments: list[Moment] = []
+    for sent in made.sent:
+        moments.append(
+            Moment(
+                sent.extracted_at,
+                "collected",
+                f"Practice {sent.practice} sent data about you",
+                f"In its {sent.kind} extract: {sent.rows:,} entr"
+                f"{'y' if sent.rows == 1 else 'ies'} about you, pseudonymised before it left "
+                "the practice.",
+            )
+        )
+    for kind, state in uses.opt_outs.items():
+        for change in state.get("history", []):
+            action = "set" if change["action"] == "set" else "withdrawn"
+            moments.append(
+                Moment(
+                    as_utc(change["effective_at"]),
+                    "opt-out",
+                    f"{NAMES[kind]} {action}",
+                    SOURCE_WORDS.get(change["source"], f"Recorded ({change['source']})."),
+                )
+            )
+    for receipt in made.erasures:
+        tables = ", ".join(f"{n:,} from {t}" for t, n in sorted(receipt["tables"].items()) if n)
+        moments.append(
+            Moment(
+                receipt["erased_at"],
+                "erased",
+                f"Your record was erased: receipt {receipt['receipt']}",
+                f"{receipt['rows_removed']:,} entries removed ({tables or 'none were held'}) "
+                f"in lake version {receipt['lake_version']}, and every older copy deleted from "
+                "disk. The receipt is in the public log as an erasure entry.",
+                "/log?type=erasure",
+                "Erasures in the public log",
+            )
+        )
+    for project in uses.projects:
+        for run in project.runs:
+            asked = questions.get(run.definition_sha256)
+            moments.append(
+                Moment(
+                    datetime.combine(run.ran_on, datetime.min.time(), tzinfo=UTC),
+                    "used",
+                    f"Used by an approved project: {project.title}",
+                    f"Run {run.reference} under agreement {project.agreement} read your record"
+                    + (f". The question it asked: {asked}" if asked else "."),
+                    f"/register?q={project.agreement}#{project.agreement}",
+                    f"{project.agreement} in the Data Uses Register",
+                )
+            )
+    made.moments = sorted(moments, key=lambda m: m.at, reverse=True)
+    return made

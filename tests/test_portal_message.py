@@ -1,0 +1,330 @@
+"""What the portal tells people, whole. A patient's record: the timeline shows the practice that
+sent their data, the approved run that read it with its question in words, their opt-out, and the
+erasure with its receipt; every card's wording follows the state they are in; and "we hold
+nothing about you" is told apart from "held, and nobody used it", to that person alone. The
+register downloads as CSV and JSON from the records the page shows. The application form offers
+only the data items a research run can read."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+
+from governing import LEAD
+from gpdpr.identifiers import nhs_check_digit
+from gpdpr.portal.app import create_app
+from gpdpr.portal.idp import IdentityProvider
+from gpdpr.portal.security import RateLimit
+from gpdpr.tre import runs
+from portal_home import FAST, PASSWORD, STUDY, Home, build, database
+
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+NEVER_HELD = "nobody@example.org"
+
+
+@dataclass
+class Site:
+    built: Home
+    client: TestClient
+    run: str
+    practice: str
+
+
+def never_held_number(held: set[str]) -> str:
+    """A valid test-range NHS number that no practice sent."""
+    body = 999_123_456
+    while True:
+        check = nhs_check_digit(body)
+        number = f"{body}{check}"
+        if check is not None and number not in held:
+            return number
+        body += 1
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    with database("sqlite"):
+        built = build(tmp_path_factory.mktemp("timeline"))
+        practices = sorted(p for p in (built.home / "practices").iterdir() if p.is_dir())
+        held = {
+            str(n)
+            for p in practices
+            for n in pq.read_table(p / "patients.parquet", columns=["nhs_number"])[
+                "nhs_number"
+            ].to_pylist()
+        }
+        IdentityProvider(built.home / "idp", FAST).add_account(
+            NEVER_HELD, PASSWORD, never_held_number(held), "Never held"
+        )
+        folder = tmp_path_factory.mktemp("study")
+        (folder / "study.py").write_text(STUDY)
+        made = runs.submit(
+            built.home, LEAD, built.agreement, runs.compile_file(folder / "study.py")
+        )
+        app = create_app(built.home, passwords=FAST, rate_limit=RateLimit(), dummy_patients=400)
+        try:
+            yield Site(built, TestClient(app), made.reference, practices[0].name)
+        finally:
+            app.state.portal.close()
+            built.engine.dispose()
+
+
+def signed_in(site: Site, email: str) -> TestClient:
+    browser = TestClient(site.client.app, follow_redirects=False)
+    start = browser.get("/patient/sign-in")
+    login = browser.get(start.headers["location"])
+    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', login.text))
+    back = browser.post("/idp/authorize", data={**fields, "email": email, "password": PASSWORD})
+    done = browser.get(back.headers["location"])
+    assert done.headers["location"] == "/patient", done.text
+    return browser
+
+
+def words(page: str) -> str:
+    return " ".join(re.sub(r"<[^>]+>", " ", page).split())
+
+
+def adult_read_by_the_run(site: Site) -> str:
+    """The email of a patient with an account whose record the run read."""
+    for n in range(1, len(site.built.nhs_numbers) + 1):
+        browser = signed_in(site, f"patient{n}@example.org")
+        if site.run in browser.get("/patient/record").text:
+            return f"patient{n}@example.org"
+    raise AssertionError("the run read none of the patients with accounts")
+
+
+def test_the_timeline_shows_collection_use_opt_out_and_erasure_with_its_receipt(
+    site: Site,
+) -> None:
+    from gpdpr.collect.service import Central, erase_cycle
+
+    email = adult_read_by_the_run(site)
+    browser = signed_in(site, email)
+    before = words(browser.get("/patient/record").text)
+    assert "We hold your GP record, as sent by 1 GP practice; 1 approved project used it." in before
+    assert f"Practice {site.practice} sent data about you" in before
+    assert "Used by an approved project" in before and f"Run {site.run}" in before
+    # the question in words, not only its hash
+    assert "It counts how many people are in each group of sex (adults_by_sex)" in before
+    card = words(browser.get("/patient").text)
+    assert "Your practice sends your GP record, pseudonymised" in card  # not set: what happens now
+
+    page = browser.get("/patient").text
+    browser.post(
+        "/patient/opt-out",
+        data={"kind": "type1", "action": "set", "csrf_token": CSRF.findall(page)[0]},
+    )
+    card = words(browser.get("/patient").text)
+    assert "erased at the next erasure cycle" in card and "receipt" in card
+
+    cycle = erase_cycle(Central(site.built.home))
+    assert cycle.receipts >= 1
+    card = words(browser.get("/patient").text)
+    receipt = re.search(r"was erased on \d\d \w+ \d{4}: deletion receipt (\d+)", card)
+    assert receipt is not None, card  # the state it is in now: done, with its receipt
+    assert "next erasure cycle" not in card
+
+    after = words(browser.get("/patient/record").text)
+    assert "We hold nothing about you now: what we held was erased on" in after
+    assert f"(receipt {receipt.group(1)})" in after
+    assert f"Your record was erased: receipt {receipt.group(1)}" in after
+    assert "Type 1 opt-out set You did this online." in after
+    assert f"Run {site.run}" in after  # a use before the opt-out stays on the record
+    assert f"Practice {site.practice} sent data about you" not in after  # nothing held now
+    # newest first: the erasure, then the opt-out
+    assert after.index("Your record was erased") < after.index("Type 1 opt-out set")
+
+
+def test_nothing_held_is_told_apart_from_held_and_unused(site: Site) -> None:
+    nobody = words(signed_in(site, NEVER_HELD).get("/patient/record").text)
+    assert "We hold nothing about you: no GP practice has sent a record for you" in nobody
+    assert "sent data about you" not in nobody
+    # someone held but whom no run read (a child: the study counts adults)
+    unused = None
+    for n in range(1, len(site.built.nhs_numbers) + 1):
+        shown = words(signed_in(site, f"patient{n}@example.org").get("/patient/record").text)
+        if "no approved project has used it" in shown:
+            unused = shown
+            break
+    assert unused is not None
+    assert re.search(
+        r"We hold your GP record, as sent by \d GP practices?; no approved project has used it",
+        unused,
+    )
+    # the public pages say neither: what is held about whom is for that person alone
+    for path in ("/", "/register", "/statistics", "/log"):
+        public = site.client.get(path).text
+        assert "We hold nothing about you" not in public and "We hold your GP record" not in public
+
+
+def test_the_register_downloads_are_the_records_the_page_shows(site: Site) -> None:
+    from gpdpr.governance import register
+    from gpdpr.spec import shipped
+
+    page = site.client.get("/register").text
+    assert 'href="/register.csv"' in page and 'href="/register.json"' in page
+    shown = site.client.get("/register.json")
+    assert shown.status_code == 200 and shown.headers["content-type"] == "application/json"
+    agreements = shown.json()["agreements"]
+    assert [a["agreement"] for a in agreements] == [site.built.agreement]
+    table = site.client.get("/register.csv")
+    header, *rows = table.text.splitlines()
+    assert tuple(header.split(",")) == register.CSV_COLUMNS and len(rows) == 1
+    assert rows[0].startswith(site.built.agreement)
+    # data items in words, and the words the page uses explained on it
+    events = shipped().tables["clinical_events"]
+    code = next(f for f in events.fields if f.name == "code")
+    assert f"{events.title}: {code.description} clinical_events.code" in words(page)
+    assert 'id="word-lake-version"' in page and 'id="word-legal-basis"' in page
+
+
+def test_the_application_form_offers_only_items_a_run_can_read(site: Site) -> None:
+    browser = TestClient(site.client.app, follow_redirects=False)
+    page = browser.get("/sign-in").text
+    browser.post(
+        "/sign-in",
+        data={"handle": LEAD, "password": PASSWORD, "csrf_token": CSRF.findall(page)[0]},
+    )
+    form = browser.get("/applications/new").text
+    offered = set(re.findall(r'name="items" value="([^"]+)"', form))
+    assert "clinical_events.code" in offered and "patients.sex" in offered
+    assert not {i for i in offered if i.endswith((".record_id", ".last_modified"))}
+    # and one sent anyway (a hand-made request) is refused, with nothing saved
+    before = browser.get("/applications").text
+    refused = browser.post(
+        "/applications/new",
+        data={
+            "csrf_token": CSRF.findall(form)[0],
+            "title": "Record ids",
+            "items": "clinical_events.record_id",
+        },
+    )
+    assert refused.status_code == 400 and "no research run can read it" in refused.text
+    assert browser.get("/applications").text.count("Record ids") == before.count("Record ids")
+
+
+def test_statistics_give_shares_and_rates_against_the_population_covered(site: Site) -> None:
+    shown = words(site.client.get("/statistics").text)
+    shares = [float(x) for x in re.findall(r"(\d+\.\d)% ", shown.split("Opt-outs over time")[0])]
+    assert shares and abs(sum(shares) - 100) < 0.5  # the regions' shares add up
+    assert re.search(
+        r"For scale: [\d,]+ patients are covered\. Type 1 set: [\d,]+ in these months "
+        r"\(\d+\.\d\d% of patients covered\)",
+        shown,
+    )
+
+
+def test_the_verifier_the_log_page_offers_runs_as_written_and_catches_a_changed_entry(
+    site: Site, tmp_path: Path
+) -> None:
+    import ast
+    import hashlib
+    import shutil
+    import subprocess
+    import sys
+
+    from gpdpr.portal.serve import publish_now, running
+    from gpdpr.transparency.publish import log_folder
+
+    publish_now(site.client.app)
+    page = words(site.client.get("/log/verify").text)
+    served = site.client.get("/log/verify.py")
+    assert served.status_code == 200
+    assert f"Its SHA-256 is {hashlib.sha256(served.content).hexdigest()}" in page
+    assert "pip install gpdpr" not in page
+    script = tmp_path / "verify.py"
+    script.write_bytes(served.content)
+    # it stands alone: the standard library and cryptography, nothing of gpdpr's
+    imported = {
+        (node.module or "") if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(ast.parse(served.text))
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    assert all(
+        name.split(".")[0] in sys.stdlib_module_names or name.startswith("cryptography")
+        for name in imported
+    ), imported
+
+    def check(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-I", str(script), *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    with running(site.client.app) as url:
+        done = check("--url", f"{url}/log/files")
+    assert done.returncode == 0 and "the log verifies" in done.stdout, done.stderr
+    copy = Path(shutil.copytree(log_folder(site.built.home), tmp_path / "copy"))
+    assert check("--dir", str(copy)).returncode == 0
+    entries = copy / "entries.jsonl"
+    entries.write_bytes(entries.read_bytes().replace(b'"seq":0', b'"seq":0 ', 1))
+    changed = check("--dir", str(copy))
+    assert changed.returncode == 1 and "does NOT verify" in changed.stderr
+
+
+def test_a_released_measure_is_drawn_on_the_register_as_its_rate_over_time(
+    site: Site, tmp_path: Path
+) -> None:
+    import hashlib
+
+    from typer.testing import CliRunner
+
+    from governing import CHECKERS, act
+    from gpdpr.cli import app
+    from gpdpr.tre.release import checking
+    from portal_home import MEASURED
+
+    (tmp_path / "study.py").write_text(MEASURED.replace("over_30s_by_sex", "over_30s_drawn"))
+    made = runs.submit(
+        site.built.home, LEAD, site.built.agreement, runs.compile_file(tmp_path / "study.py")
+    )
+    name = "measure_any_event.csv"
+    body = (made.folder / runs.OUTPUTS / name).read_bytes()
+    files = {name: (hashlib.sha256(body).hexdigest(), len(body))}
+    cells = runs.cells_of(site.built.home, made.reference, set(files))
+    request = act(
+        site.built.engine,
+        lambda s: (
+            checking.request_release(
+                s, LEAD, made.reference, files, "Any event", "For the register's chart.", cells
+            ).reference
+        ),
+    )
+    for checker in CHECKERS:
+        done = CliRunner().invoke(
+            app,
+            [
+                "tre",
+                "review",
+                "approve",
+                request,
+                name,
+                "--as",
+                checker,
+                "--home",
+                str(site.built.home),
+            ],
+        )
+        assert done.exit_code == 0, done.output
+    page = site.client.get("/register").text
+    drawn = re.findall(r'<svg[^>]*class="chart (?:wide|narrow)"', page)
+    assert len(drawn) == 2  # the measure, drawn for a wide screen and for a phone
+    assert f"{name}: rate per interval" in page
+
+
+def test_the_register_draws_when_each_agreement_runs(site: Site) -> None:
+    page = site.client.get("/register").text
+    drawing = page.split('class="timeline-chart"')[1].split("</svg>")[0]
+    assert f"{site.built.agreement} (active)" in drawing and ">today<" in drawing
+    bars = re.findall(r'<rect x="([\d.]+)%" y="\d+" width="([\d.]+)%"', drawing)
+    assert len(bars) == 1 and all(float(x) >= 0 and float(x) + float(w) <= 100 for x, w in bars)
