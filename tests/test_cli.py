@@ -223,6 +223,7 @@ def test_demo_ends_serving_the_portal_with_its_accounts_until_stopped(tmp_path: 
     number = json.loads((home / "idp" / "accounts.json").read_text())["patient1@example.org"]
     mine = run("log", "my-record", "--nhs-number", number["nhs_number"], "--home", str(home))
     assert mine.returncode == 0 and "RUN-000001" in mine.stdout, mine.stdout + mine.stderr
+    assert "We hold your GP record, as sent by 1 GP practice" in mine.stdout
     verified = run("log", "verify", "--log-dir", str(home / "log"))
     assert verified.returncode == 0 and "verified" in verified.stdout, verified.stderr
 

@@ -324,6 +324,13 @@ def test_my_record_shows_a_patient_their_projects(demo: Demo, tmp_path: Path) ->
         cli.app, ["log", "my-record", "--nhs-number", "123", "--home", str(home)]
     )
     assert result.exit_code == 2 and "not a valid NHS number" in result.output
+    # A valid number the service never held: told so, not told "nobody used it" alone.
+    never = "9434765919"
+    result = runner.invoke(
+        cli.app, ["log", "my-record", "--nhs-number", never, "--home", str(home)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "We hold nothing about you: no GP practice has sent a record" in result.output
 
 
 # What is not the central service's: the GP systems' own data, the key custodian's keys (kept

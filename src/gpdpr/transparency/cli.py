@@ -172,12 +172,15 @@ def my_record_command(
     """Which approved projects' runs used your record, and your opt-out history (the number
     goes only to the custodian)."""
     from gpdpr.custodian.cli import open_custodian
+    from gpdpr.portal.timeline import timeline
     from gpdpr.transparency.patient import record_uses
 
     try:
         custodian = open_custodian(home)
         pseudonym = custodian.pseudonym_for(nhs_number, "patient", "patient view")
         uses = record_uses(custodian, pseudonym)
+        # First what is held at all: "nothing about you" is not the same as "nobody used it".
+        console.print(timeline(home, custodian.engine, pseudonym, uses, {}).summary)
     except UserError as exc:
         fail(str(exc))
     if not uses.projects:
