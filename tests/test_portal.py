@@ -507,7 +507,7 @@ def test_a_conflicted_member_cannot_vote_and_is_told_why(portal: Portal) -> None
         ({"duration_months": "ten"}, "is not a whole number"),
         ({"duration_months": "99"}, "duration_months"),
         ({"purpose_category": "espionage"}, "purpose_category"),
-        ({"items": ["patients.name"], "why.patients.name": "x"}, "does not collect 'name'"),
+        ({"items": ["patients.name"], "why.patients.name": "x"}, "'patients.name': no research"),
         ({"min_age": "70", "max_age": "20"}, "no one fits"),
         ({"title": ""}, "needs a title"),
         ({"team": "nobody.known"}, "nobody.known"),

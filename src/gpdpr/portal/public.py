@@ -144,13 +144,14 @@ def data_uses_register(
         for name, table in spec.tables.items()
         for f in table.fields
     }
+    shown = {**built, "agreements": agreements}  # the drawings show what the search found
     return render(
         request,
         "register.html.j2",
         items=items,
         questions=_questions(portal_of(request)),
-        measure_charts=_measure_charts(portal_of(request), built),
-        over_time=_agreements_over_time(built),
+        measure_charts=_measure_charts(portal_of(request), shown),
+        over_time=_agreements_over_time(shown),
         register=built,
         agreements=agreements,
         refused=refused if status in ("", "refused") else [],
