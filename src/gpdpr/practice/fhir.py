@@ -53,7 +53,7 @@ TABLE_OF = {
     "Appointment": "appointments",
     "ServiceRequest": "referrals",
 }
-SUPPORT_TYPES = {"Organization", "Practitioner", "PractitionerRole", "Patient"}
+SUPPORT_TYPES = {"Organization", "Practitioner", "PractitionerRole", "Patient", "Medication"}
 CLINICAL_FILES = ("Condition", "Observation", "Procedure")
 FHIR_ID = re.compile(rb'"id":"([A-Za-z0-9\-.]{1,64})"')
 _DATE_SHAPE = r"^\d{4}-\d{2}-\d{2}(T.*)?$"

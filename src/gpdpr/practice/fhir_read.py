@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from gpdpr.practice.rules import ENTERED_IN_ERROR, NOT_A_FACT_STATUS
@@ -41,7 +42,7 @@ class Shape(Exception):
         self.path = path
 
 
-@dataclass(frozen=True)
+@dataclass
 class Context:
     """What reading one resource needs beyond the resource."""
 
@@ -49,6 +50,10 @@ class Context:
     dmd: frozenset[str]  # and dm+d
     facts: dict[str, dict[str, frozenset[str]]]  # the specification's [facts]
     extracted_on: str  # ISO date of the extract: later period ends are still current
+
+    @cached_property
+    def fact_elements(self) -> dict[str, tuple[tuple[str, frozenset[str]], ...]]:
+        return {kind: tuple(elements.items()) for kind, elements in self.facts.items()}
 
 
 # ---- shape-checked access -----------------------------------------------------------------------
@@ -76,6 +81,10 @@ def text(value: Any, path: str) -> str | None:
 
 def local_id(reference: str, kind: str | None) -> str | None:
     """The id a reference points at, if it points at a resource of `kind` (any kind if None)."""
+    if kind is not None:  # the common form first: "Patient/123"
+        prefix = _PREFIX.get(kind) or f"{kind}/"
+        if reference.startswith(prefix) and "/" not in reference[len(prefix) :]:
+            return reference[len(prefix) :] or None
     if reference.startswith("urn:uuid:"):
         return reference[9:] or None
     parts = reference.split("/")
@@ -86,12 +95,20 @@ def local_id(reference: str, kind: str | None) -> str | None:
     return parts[-1]
 
 
+_PREFIX = {k: f"{k}/" for k in ("Patient", "Practitioner", "Medication")}
+
+
 def ref(value: Any, path: str, kind: str | None = "Patient") -> str | None:
-    reference = obj(value, path)
-    if reference is None:
+    if value is None:
         return None
-    target = text(reference.get("reference"), f"{path}.reference")
-    return None if target is None else local_id(target, kind)
+    if type(value) is not dict:
+        raise Shape(path)
+    target = value.get("reference")
+    if target is None:
+        return None
+    if type(target) is not str:
+        raise Shape(f"{path}.reference")
+    return local_id(target, kind)
 
 
 def codings(concept: Any, path: str) -> Iterable[dict[str, Any]]:
@@ -142,15 +159,14 @@ def _raise(path: str) -> str:
 def status(kind: str, r: Row, ctx: Context) -> str:
     """FACT, entered-in-error, or not-a-fact, by the specification's [facts] for this type. An
     element left out counts as a fact; a value outside the declared facts does not."""
-    for element, facts in ctx.facts.get(kind, {}).items():
+    for element, facts in ctx.fact_elements.get(kind, ()):
         value = r.get(element)
         if value is None:
             continue
         given = value if type(value) is str else first_code(value, f"{kind}.{element}")
-        if given == ENTERED_IN_ERROR:
-            return ENTERED_IN_ERROR
-        if given not in facts:
-            return NOT_A_FACT_STATUS
+        if given in facts:
+            continue
+        return ENTERED_IN_ERROR if given == ENTERED_IN_ERROR else NOT_A_FACT_STATUS
     return FACT
 
 
@@ -296,8 +312,11 @@ def appointment(r: Row, ctx: Context) -> Row:
         target = text(actor.get("reference"), "Appointment.participant.actor.reference")
         if target is None:
             continue
-        patient = patient or local_id(target, "Patient")
-        staff = staff or local_id(target, "Practitioner")
+        found = local_id(target, "Patient")
+        if found is not None:
+            patient = patient or found
+        elif staff is None:
+            staff = local_id(target, "Practitioner")
     kind = obj(r.get("appointmentType"), "Appointment.appointmentType") or {}
     mode = kind.get("text")
     return {
