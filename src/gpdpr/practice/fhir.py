@@ -329,9 +329,11 @@ class FhirReader:
         with self._open(path) as f:
             n = 0
             try:
-                for number, line in enumerate(f, start=1):
-                    if number == 1:
-                        line = line.removeprefix(BOM)
+                first = f.readline().removeprefix(BOM)  # a byte-order mark is not part of line 1
+                if first.strip():
+                    n += 1
+                    yield 1, first
+                for number, line in enumerate(f, start=2):
                     if line.strip():
                         n += 1
                         yield number, line

@@ -13,7 +13,6 @@ A `[x]` choice is read from every form the field can come from.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -108,23 +107,32 @@ def ref(value: Any, path: str, kind: str | None = "Patient") -> str | None:
         return None
     if type(target) is not str:
         raise Shape(f"{path}.reference")
+    prefix = _PREFIX.get(kind) if kind is not None else None
+    if prefix is not None and target.startswith(prefix):  # the common form, "Patient/123"
+        rest = target[len(prefix) :]
+        if rest and "/" not in rest:
+            return rest
     return local_id(target, kind)
 
 
-def codings(concept: Any, path: str) -> Iterable[dict[str, Any]]:
-    c = obj(concept, path)
-    if c is None:
-        return ()
-    found = seq(c.get("coding"), f"{path}.coding")
-    for coding in found:
-        if type(coding) is not dict:
-            raise Shape(f"{path}.coding")
+def codings(concept: Any, path: str) -> list[Any]:
+    if concept is None:
+        return []
+    if type(concept) is not dict:
+        raise Shape(path)
+    found = concept.get("coding")
+    if found is None:
+        return []
+    if type(found) is not list:
+        raise Shape(f"{path}.coding")
     return found
 
 
 def code(concept: Any, systems: frozenset[str], path: str) -> str | None:
     """The first code of one of `systems`, in whatever position its coding is."""
     for coding in codings(concept, path):
+        if type(coding) is not dict:
+            raise Shape(f"{path}.coding")
         if coding.get("system") in systems:
             value = coding.get("code")
             if type(value) is str:
@@ -134,22 +142,32 @@ def code(concept: Any, systems: frozenset[str], path: str) -> str | None:
 
 def first_code(concept: Any, path: str) -> str | None:
     for coding in codings(concept, path):
+        if type(coding) is not dict:
+            raise Shape(f"{path}.coding")
         value = coding.get("code")
         if type(value) is str:
             return value
     return None
 
 
+_CHOICES: dict[str, tuple[str, str, str]] = {}
+
+
 def when(r: Row, base: str, kind: str) -> str | None:
     """A date from a `[x]` choice: its dateTime, instant or the start of its period."""
-    for suffix in ("DateTime", "Instant"):
-        value = r.get(base + suffix)
+    keys = _CHOICES.get(base)
+    if keys is None:
+        keys = _CHOICES[base] = (f"{base}DateTime", f"{base}Instant", f"{base}Period")
+    for key in keys[:2]:
+        value = r.get(key)
         if value is not None:
-            return value if type(value) is str else _raise(f"{kind}.{base}{suffix}")
-    period = obj(r.get(base + "Period"), f"{kind}.{base}Period")
-    if period is not None:
-        return text(period.get("start"), f"{kind}.{base}Period.start")
-    return None
+            return value if type(value) is str else _raise(f"{kind}.{key}")
+    period = r.get(keys[2])
+    if period is None:
+        return None
+    if type(period) is not dict:
+        raise Shape(f"{kind}.{keys[2]}")
+    return text(period.get("start"), f"{kind}.{keys[2]}.start")
 
 
 def _raise(path: str) -> str:
