@@ -309,7 +309,7 @@ class FhirReader:
         with an ODS code is not necessarily the practice."""
         codes: list[str] = []
         for _, _, _, resource in self._resources("Organization", quiet=True):
-            for identifier in resource.get("identifier") or ():
+            for identifier in _list(resource.get("identifier")):
                 if (
                     isinstance(identifier, dict)
                     and identifier.get("system") == ODS_SYSTEM
@@ -411,7 +411,7 @@ class FhirReader:
         for _, _, rid, practitioner in self._resources("Practitioner"):
             refs.append(rid)
             found = None
-            for i in practitioner.get("identifier") or ():
+            for i in _list(practitioner.get("identifier")):
                 if isinstance(i, dict) and i.get("system") == SDS_USER_SYSTEM:
                     value = i.get("value")
                     found = value if isinstance(value, str) else None
@@ -424,7 +424,7 @@ class FhirReader:
         if self._merged is None:
             merged: dict[str, str] = {}
             for _, _, rid, p in self._resources("Patient", keep=lambda line: b'"link"' in line):
-                for link in p.get("link") or ():
+                for link in _list(p.get("link")):
                     if isinstance(link, dict) and link.get("type") == "replaced-by":
                         try:
                             other = read.ref(link.get("other"), "link", "Patient")
@@ -640,3 +640,9 @@ def _opt_out_day(value: Any, latest: bool) -> tuple[date | None, bool]:
         return date.fromisoformat(value[:10]), False
     except ValueError:
         return None, True
+
+
+def _list(value: Any) -> list[Any]:
+    """A list element of a support resource, or nothing when it has another shape: a staff
+    member or an organisation of the wrong shape is not one the records can name."""
+    return value if isinstance(value, list) else []

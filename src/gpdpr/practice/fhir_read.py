@@ -133,7 +133,8 @@ def code(concept: Any, systems: frozenset[str], path: str) -> str | None:
     for coding in codings(concept, path):
         if type(coding) is not dict:
             raise Shape(f"{path}.coding")
-        if coding.get("system") in systems:
+        system = coding.get("system")
+        if type(system) is str and system in systems:
             value = coding.get("code")
             if type(value) is str:
                 return value
@@ -364,7 +365,9 @@ def episode_of_care(r: Row, ctx: Context) -> Row:
     label = ""
     for t in types:
         concept = obj(t, "EpisodeOfCare.type") or {}
-        words = [concept.get("text")] + [c.get("display") for c in codings(t, "EpisodeOfCare.type")]
+        words = [concept.get("text")] + [
+            c.get("display") if type(c) is dict else None for c in codings(t, "EpisodeOfCare.type")
+        ]
         label = " ".join(w for w in words if type(w) is str).lower()
         if label:
             break
