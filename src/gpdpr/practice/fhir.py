@@ -475,34 +475,39 @@ class FhirReader:
     ) -> Iterator[Batch]:
         ctx = self.context
         merged = self.merged()
+        canonical_row = read.canonical_row
         for kind in kinds:
             rows: list[Row] = []
             positions: list[int] = []
             ids: list[str] = []
             source = ""
+            patients = kind == "Patient"
+            registrations = kind == "EpisodeOfCare"
+            medicines = kind in ("MedicationRequest", "MedicationStatement")
+            remap = bool(merged) and not patients
             for file, number, rid, resource in self._resources(kind):
                 if file != source and rows:
                     yield self._batch(rows, positions, ids, columns, kind, source)
                     rows, positions, ids = [], [], []
                 source = file
                 try:
-                    row = read.canonical_row(kind, resource, ctx)
+                    row = canonical_row(kind, resource, ctx)
                 except read.Shape as shape:
                     self._fault(file, number, rid, WRONG_SHAPE, kind, shape.path)
                     continue
                 except Exception:
                     self._fault(file, number, rid, UNREADABLE, kind)
                     continue
-                if kind == "Patient" and rid in merged:
+                if patients and rid in merged:
                     continue  # the person is the record that replaced this one
-                if kind == "EpisodeOfCare" and not row["_gp"]:
+                if registrations and not row["_gp"]:
                     self.practice.not_read[NOT_GP_REGISTRATION] = (
                         self.practice.not_read.get(NOT_GP_REGISTRATION, 0) + 1
                     )
                     continue
-                if merged and kind != "Patient":
+                if remap:
                     row["patient_ref"] = self._survivor(row["patient_ref"])
-                if row.get("_medication") is not None:
+                if medicines and row["_medication"] is not None:
                     row["code"] = self._medication(row["_medication"])
                 rows.append(row)
                 positions.append(number)
