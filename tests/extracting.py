@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import re
+import hmac
+from collections.abc import Iterable
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gpdpr.custodian.keys import init, issue_practice
 from gpdpr.practice.extract import ExtractRequest, extract
+from gpdpr.practice.kit import read_collection_key
 
 
 class Keys:
@@ -25,6 +30,15 @@ class Keys:
         return kit if kit.exists() else issue_practice(self.folder, ods)
 
 
+def record_pseudonyms(keys: Keys, ods: str, table: str, ids: Iterable[object]) -> set[str]:
+    """The keyed codes record ids leave as, derived here from the documented method (HMAC-SHA256
+    of "<ods>:<table>:<id>" under the HKDF-derived record key), not from the extractor's code."""
+    key = read_collection_key(keys.folder / "collection.key").key
+    info = b"gpdpr pseudonym v1: record"
+    subkey = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(key)
+    return {hmac.new(subkey, f"{ods}:{table}:{i}".encode(), sha256).hexdigest() for i in ids}
+
+
 def run(practice: Path, out: Path, keys: Keys, **kwargs: Any) -> dict[str, Any]:
     return extract(ExtractRequest(practice, out, keys.kit(practice.name), **kwargs))
 
@@ -33,9 +47,9 @@ def tables(package: Path) -> dict[str, pa.Table]:
     return {p.stem: pq.read_table(p) for p in sorted(package.glob("*.parquet"))}
 
 
-_FHIR_ID_PREFIX = re.compile(r"^[a-z0-9]+-[a-z]+")
-
-
-def local_record_id(record_id: str) -> str:
-    """'z10001-c123' (a synthetic FHIR id) -> '123', the supplier's own number for it."""
-    return _FHIR_ID_PREFIX.sub("", record_id)
+def patient_pseudonym(keys: Keys, nhs_number: str) -> str:
+    """A patient's keyed code from their NHS number, by the documented method."""
+    key = read_collection_key(keys.folder / "collection.key").key
+    info = b"gpdpr pseudonym v1: patient"
+    subkey = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(key)
+    return hmac.new(subkey, f"nhs:{nhs_number}".encode(), sha256).hexdigest()

@@ -16,7 +16,7 @@ import pytest
 
 from collecting import central, copies, resign, state
 from conftest import Extracted, Made
-from extracting import Keys, run
+from extracting import Keys, record_pseudonyms, run
 from gpdpr.collect.service import REFUSED_NOTE, Central, collect, erase_cycle
 from gpdpr.errors import UserError
 from gpdpr.lake.query import connect
@@ -257,10 +257,12 @@ def test_corrections_and_deletions_land_the_same_whatever_order_packages_arrive_
         erase_cycle(home)  # the incremental brings a new dissent: erase them in every order
         results[name] = state(home)[1]
         con = connect(Lake.open(home.lake_folder).snapshot())
-        ids = ", ".join(f"'{i}'" for i in changed["corrected"])
+        corrected = record_pseudonyms(keys, "Z10003", "clinical_events", changed["corrected"])
+        ids = ", ".join(f"'{i}'" for i in corrected)
         values = con.sql(f"select distinct value from clinical_events where record_id in ({ids})")
         assert values.fetchall() == [(42.0,)]
-        gone = ", ".join(f"'{i}'" for i in changed["in_error"])
+        in_error = record_pseudonyms(keys, "Z10003", "clinical_events", changed["in_error"])
+        gone = ", ".join(f"'{i}'" for i in in_error)
         left = con.sql(f"select count(*) from clinical_events where record_id in ({gone})")
         assert left.fetchall() == [(0,)]
     assert results["in order"] == results["out of order"] == results["one batch"]
@@ -332,7 +334,7 @@ def test_a_new_historic_extract_supersedes_everything_extracted_before_it(
     collect(home, [tmp_path / "snapshot" / "Z10003"])
 
     con = connect(Lake.open(home.lake_folder).snapshot())
-    ids = ", ".join(f"'{i}'" for i in gone)
+    ids = ", ".join(f"'{i}'" for i in record_pseudonyms(keys, "Z10003", "clinical_events", gone))
     assert con.sql(
         f"select count(*) from clinical_events where record_id in ({ids})"
     ).fetchall() == [(0,)]

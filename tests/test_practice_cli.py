@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pytest
 
 from conftest import Made
-from extracting import Keys, run, tables
+from extracting import Keys, record_pseudonyms, run, tables
 from gpdpr.practice.extract import quarantine_path
 from gpdpr.practice.kit import read_public_key
 from gpdpr.practice.package import PackageError, verify
@@ -207,6 +207,11 @@ def test_lines_that_are_not_records_are_quarantined_by_position(
         ),
     ]
     observations.write_bytes(b"\n".join([*lines, *extra]) + b"\n")
+    about = orjson.loads((fhir_practice / "export.json").read_bytes())
+    for entry in about["output"]:  # as the server would have listed the file
+        if entry["type"] == "Observation":
+            entry["count"] = len(lines) + len(extra) - 1
+    (fhir_practice / "export.json").write_bytes(orjson.dumps(about))
     out = tmp_path / "package"
     manifest = run(fhir_practice, out, keys)
     found = {
@@ -217,7 +222,7 @@ def test_lines_that_are_not_records_are_quarantined_by_position(
     n = len(lines)
     assert found == {
         (n + 1, "not a FHIR resource (not a JSON object)"),
-        (n + 2, "resource type 'Patient' in the file for Observation"),
+        (n + 2, "a resource of another type than its file holds"),
         (n + 3, "resource has no id"),
         (n + 4, "no patient (subject) given"),
         (n + 5, "patient not registered at this practice"),
@@ -226,7 +231,8 @@ def test_lines_that_are_not_records_are_quarantined_by_position(
     assert manifest["quarantined"]["rows"] == 6
     events = tables(out)["clinical_events"]
     assert events.num_rows > 1000
-    odd = events.filter(pc.equal(events["record_id"], "odd-types")).to_pylist()
+    (odd_id,) = record_pseudonyms(keys, fhir_practice.name, "clinical_events", ["odd-types"])
+    odd = events.filter(pc.equal(events["record_id"], odd_id)).to_pylist()
     assert [(r["value"], r["unit"]) for r in odd] == [(None, None)]  # kept, odd values dropped
 
 
@@ -297,6 +303,9 @@ def test_records_without_a_known_recorder_keep_the_record_without_saying_who(
 ) -> None:
     (fhir_practice / "Practitioner.ndjson").unlink()
     (fhir_practice / "PractitionerRole.ndjson").unlink()
+    about = orjson.loads((fhir_practice / "export.json").read_bytes())
+    about["output"] = [o for o in about["output"] if not o["type"].startswith("Practitioner")]
+    (fhir_practice / "export.json").write_bytes(orjson.dumps(about))
     out = tmp_path / "package"
     manifest = run(fhir_practice, out, keys)
     written = tables(out)

@@ -25,6 +25,7 @@ import pytest
 
 from conftest import Made
 from extracting import Keys, run, tables
+from fhir_exports import relist
 from gpdpr.collect.service import Central, collect
 from gpdpr.practice.extract import quarantine_path
 from gpdpr.practice.kit import SIGNING_KEY, read_collection_key
@@ -247,6 +248,7 @@ def fhir_canaries(
     practice = tmp_path_factory.mktemp("canary") / source.name
     shutil.copytree(source, practice)
     held = _plant_fhir(practice)
+    relist(practice)
     package = practice.parent / "package"
     manifest = run(practice, package, keys)
     return package, held, manifest
@@ -269,7 +271,10 @@ def test_fhir_canaries_reached_the_extractor(
         '"record_id":"canary-unknown-code","reason":"code missing or not in the terminology'
         in quarantine
     )
-    assert "unknown resource type 'Flag'" in quarantine
+    assert (
+        '"reason":"a resource type the specification does not collect","resource_type":"Flag"'
+        in quarantine
+    )
     events = tables(package)["clinical_events"]
     assert events.num_rows > 1000
 

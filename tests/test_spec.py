@@ -89,7 +89,7 @@ def test_the_hash_ignores_comments_and_layout() -> None:
     text = shipped_text()
     tidied_lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
     tidied = "\n".join(line for line in tidied_lines if line.strip()) + "\n"
-    tidied = edit(tidied, 'version = "1.0.0"', 'version   =   "1.0.0"   # a trailing comment')
+    tidied = edit(tidied, 'version = "1.1.0"', 'version   =   "1.1.0"   # a trailing comment')
     assert tidied != text
     assert parse(tidied, source="tidied.toml").sha256 == shipped().sha256
 
@@ -121,12 +121,13 @@ def test_the_hash_of_a_copy_is_the_same_wherever_it_is_read_from(tmp_path: Path)
         # a field's type
         (
             '[tables.patients.fields.birth_month]\ntype = "int"',
-            '[tables.patients.fields.birth_month]\ntype = "string"',
+            '[tables.patients.fields.birth_month]\ntype = "float"',
         ),
         # a field removed
         (
             '[tables.referrals.fields.priority]\ntype = "string"\n'
-            'description = "routine, urgent or two-week-wait (suspected cancer)."\n',
+            'description = "routine, urgent or two-week-wait (suspected cancer)."\n'
+            'values = ["routine", "urgent", "two-week-wait"]\n',
             "",
         ),
         # a sensitive set switched on
@@ -384,12 +385,12 @@ SENSITIVE_STI = 'rule = "sensitive"\ncollect = false\nreason = "Often'
     ("old", "new", "message"),
     [
         (
-            'version = "1.0.0"',
-            'version = "1.0.0',
+            'version = "1.1.0"',
+            'version = "1.1.0',
             "bad.toml: not valid TOML",
         ),
         (
-            'version = "1.0.0"\n',
+            'version = "1.1.0"\n',
             "",
             "bad.toml: [specification] is missing `version`",
         ),
@@ -466,7 +467,7 @@ def test_a_bad_specification_is_refused_naming_the_exact_key(
 
 def test_a_bad_specification_file_is_named_by_its_path(tmp_path: Path) -> None:
     bad = tmp_path / "mine.toml"
-    bad.write_text(edit(shipped_text(), 'version = "1.0.0"\n', ""), encoding="utf-8")
+    bad.write_text(edit(shipped_text(), 'version = "1.1.0"\n', ""), encoding="utf-8")
     with pytest.raises(UserError, match=re.escape(f"{bad}: [specification] is missing")):
         load(bad)
     with pytest.raises(UserError, match="cannot read the specification"):
@@ -480,7 +481,7 @@ def test_the_extractor_supports_the_shipped_specification() -> None:
 def test_the_extractor_refuses_a_field_it_cannot_make() -> None:
     text = shipped_text() + (
         "\n[tables.patients.fields.nhs_number]\n"
-        'type = "string"\n'
+        'type = "pseudonym"\n'
         'description = "The NHS number in clear."\n'
     )
     spec = parse(text, source="wider.toml")  # a well-formed file: only the extractor says no

@@ -60,13 +60,15 @@ def quarantine_path(out: Path) -> Path:
     return out.parent / f"{out.name}{QUARANTINE_SUFFIX}"
 
 
-def open_reader(folder: Path, spec: specification.Specification) -> Reader:
+def open_reader(
+    folder: Path, spec: specification.Specification, ods_code: str | None = None
+) -> Reader:
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder: give the practice's extract folder")
     if columnar.is_columnar(folder):
         return columnar.ColumnarReader(folder)
     if fhir.is_fhir(folder):
-        return fhir.FhirReader(folder, spec.never_read_resource_types())
+        return fhir.FhirReader(folder, spec, ods_code)
     raise UserError(
         f"{folder} holds no records: expected a FHIR Bulk Data export (export.json and *.ndjson) "
         "or a supplier's columnar extract (extract.json and *.parquet)"
@@ -100,7 +102,7 @@ def extract(request: ExtractRequest, on_progress: Progress | None = None) -> dic
     check_supported(spec)
     _check_places(request)
     kit = read_kit(request.keys)
-    reader = open_reader(request.practice, spec)
+    reader = open_reader(request.practice, spec, kit.ods_code)
     practice = reader.practice
     if kit.ods_code != practice.ods_code:
         raise UserError(
@@ -153,7 +155,7 @@ def _build(
     try:
         staff = StaffIndex.build(reader.staff(), pseudonymiser)
         if "staff" in writers:
-            writers["staff"].write(staff.table(spec.tables["staff"]))
+            writers["staff"].write(staff.table(spec.tables["staff"], tally.replaced))
         patient_batches = list(reader.patients())
         index, patients, active, withdrawn = rules.patients(
             patient_batches, opt, Geography.load(spec)
@@ -170,11 +172,23 @@ def _build(
                 _progress(on_progress, table, batch.table.num_rows)
             rules.table_done(table)
         for fault in reader.faults():
+            name = None
+            if fault.record_id is not None:
+                table = fhir.table_of(fault.resource_type)
+                name = pseudonymiser.records(table, [fault.record_id])[0]
             quarantined.append(
-                Quarantined(fault.source, fault.position, fault.record_id, fault.reason)
+                Quarantined(
+                    fault.source,
+                    fault.position,
+                    fault.record_id,
+                    fault.reason,
+                    fault.resource_type,
+                    name,
+                    fault.path,
+                )
             )
         if rules.deletions:
-            tables, ids = zip(*rules.deletions, strict=True)
+            tables, ids = zip(*rules.deletions, strict=True)  # ids already keyed pseudonyms
             deletions.write(
                 pa.table({"table": list(tables), "record_id": list(ids)}, schema=DELETIONS_SCHEMA)
             )
@@ -215,6 +229,7 @@ def _build(
         if window.since is not None
         else {},
         "quarantined": {"rows": len(quarantined), "by_reason": dict(sorted(by_reason.items()))},
+        "replaced_outside_allowlist": dict(sorted(tally.replaced.items())),
         "not_read": dict(sorted(practice.not_read.items())),
         "type1_opt_out": {"active": active, "withdrawn": withdrawn},
         "resent_on_request": rules.resent_on_request,
@@ -232,7 +247,9 @@ def _progress(on_progress: Progress | None, table: str, rows: int) -> None:
 
 
 def _write_quarantine(path: Path, rows: list[Quarantined]) -> None:
-    """One JSON line per quarantined record: file, position, record id and reason only."""
+    """One JSON line per quarantined record: where it is (file, line, resource type, the FHIR
+    element at fault), its id in the practice's system and as the keyed code the centre would
+    know it by, and why; never its content. This file stays at the practice."""
     lines = [
         orjson.dumps(
             {
@@ -240,6 +257,9 @@ def _write_quarantine(path: Path, rows: list[Quarantined]) -> None:
                 "position": q.position,
                 "record_id": q.record_id,
                 "reason": q.reason,
+                "resource_type": q.resource_type,
+                "id_pseudonym": q.id_pseudonym,
+                "path": q.path,
             }
         )
         for q in sorted(rows, key=lambda q: (q.source, q.position))

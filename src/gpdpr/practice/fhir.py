@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gpdpr.errors import UserError
+from gpdpr.practice import fhir_read as read
+from gpdpr.practice.rules import ENTERED_IN_ERROR
 from gpdpr.practice.source import (
     DATE,
     PATIENT_COLUMNS,
@@ -33,15 +35,8 @@ from gpdpr.practice.source import (
     Staff,
     utc_naive,
 )
-from gpdpr.terminology import (
-    DMD_SYSTEM,
-    NHS_NUMBER_SYSTEM,
-    ODS_SYSTEM,
-    REGISTRATION_END_EXT,
-    SDS_USER_SYSTEM,
-    SNOMED_SYSTEM,
-    VACCINATION_PROCEDURE_EXT,
-)
+from gpdpr.spec import Specification
+from gpdpr.terminology import ODS_SYSTEM, SDS_USER_SYSTEM
 
 MANIFEST = "export.json"
 BATCH_LINES = 20_000
@@ -58,229 +53,58 @@ TABLE_OF = {
     "Appointment": "appointments",
     "ServiceRequest": "referrals",
 }
-SUPPORT_TYPES = {"Organization", "Practitioner", "PractitionerRole", "Patient"}
+SUPPORT_TYPES = {"Organization", "Practitioner", "PractitionerRole", "Patient", "Medication"}
 CLINICAL_FILES = ("Condition", "Observation", "Procedure")
-SEX = {"female": "F", "male": "M"}
-PRIORITY = {"routine": "routine", "urgent": "urgent", "asap": "two-week-wait", "stat": "urgent"}
 FHIR_ID = re.compile(rb'"id":"([A-Za-z0-9\-.]{1,64})"')
 _DATE_SHAPE = r"^\d{4}-\d{2}-\d{2}(T.*)?$"
 
 Row = dict[str, Any]
+BOM = b"\xef\xbb\xbf"
+# Bulk Data file names: `Patient.ndjson`, or several files of a type, `Patient.000.ndjson`, ...
+EXPORT_FILE = re.compile(r"^([A-Z][A-Za-z]{0,63})(\.[0-9]{1,6})?\.ndjson$")
+RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{0,63}$")
+NOT_GP_REGISTRATION = "EpisodeOfCare (not a GP registration)"
+
+# Reasons a line is not read at all: a closed set (they are counted in the manifest).
+NOT_JSON = "not valid JSON (a truncated or damaged line)"
+NOT_OBJECT = "not a FHIR resource (not a JSON object)"
+WRONG_TYPE = "a resource of another type than its file holds"
+NO_ID = "resource has no id"
+UNKNOWN_TYPE = "a resource type the specification does not collect"
+WRONG_SHAPE = "an element of the wrong shape"
+UNREADABLE = "a resource that cannot be read"
+FAULT_REASONS = (NOT_JSON, NOT_OBJECT, WRONG_TYPE, NO_ID, UNKNOWN_TYPE, WRONG_SHAPE, UNREADABLE)
+# Where each canonical date column comes from, to name the element of an unreadable date.
+DATE_PATHS = {
+    ("Condition", "effective_date"): "Condition.onset[x]",
+    ("Condition", "recorded_at"): "Condition.recordedDate",
+    ("Observation", "effective_date"): "Observation.effective[x]",
+    ("Observation", "recorded_at"): "Observation.issued",
+    ("Procedure", "effective_date"): "Procedure.performed[x]",
+    ("MedicationRequest", "issue_date"): "MedicationRequest.authoredOn",
+    ("MedicationStatement", "issue_date"): "MedicationStatement.effective[x]",
+    ("Immunization", "date"): "Immunization.occurrence[x]",
+    ("AllergyIntolerance", "onset_date"): "AllergyIntolerance.onset[x]",
+    ("AllergyIntolerance", "recorded_at"): "AllergyIntolerance.recordedDate",
+    ("Appointment", "start"): "Appointment.start",
+    ("Appointment", "booked_at"): "Appointment.created",
+    ("ServiceRequest", "referral_date"): "ServiceRequest.authoredOn",
+    ("EpisodeOfCare", "start_date"): "EpisodeOfCare.period.start",
+    ("EpisodeOfCare", "end_date"): "EpisodeOfCare.period.end",
+    ("Patient", "date_of_birth"): "Patient.birthDate",
+    ("Patient", "date_of_death"): "Patient.deceasedDateTime",
+}
 
 
 def is_fhir(folder: Path) -> bool:
     return (folder / MANIFEST).exists() or any(folder.glob("*.ndjson"))
 
 
-def _tail(reference: dict[str, Any] | None) -> str | None:
-    """'Patient/z10001-p1' -> 'z10001-p1' (the local id a reference points at)."""
-    if not reference:
-        return None
-    text = reference.get("reference")
-    if not isinstance(text, str):
-        return None
-    return text.rsplit("/", 1)[-1]
-
-
-def _code(concept: dict[str, Any] | None, system: str) -> str | None:
-    if not concept:
-        return None
-    for coding in concept.get("coding", ()):
-        if coding.get("system") == system:
-            code = coding.get("code")
-            return code if isinstance(code, str) else None
-    return None
-
-
-def _first_code(concept: dict[str, Any] | None) -> str | None:
-    if not concept:
-        return None
-    for coding in concept.get("coding", ()):
-        return coding.get("code")  # type: ignore[no-any-return]
-    return None
-
-
-def _status(value: str | None) -> str:
-    return "entered-in-error" if value == "entered-in-error" else "active"
-
-
-# ---- one function per resource type: resource -> canonical row ------------------------------
-
-
-def _condition(r: Row) -> Row:
-    category = _first_code((r.get("category") or [None])[0])
-    return {
-        "staff_ref": _tail(r.get("recorder")),
-        "category": "symptom" if category == "encounter-diagnosis" else "condition",
-        "code": _code(r.get("code"), SNOMED_SYSTEM),
-        "effective_date": r.get("onsetDateTime"),
-        "recorded_at": r.get("recordedDate"),
-        "status": _status(_first_code(r.get("verificationStatus"))),
-    }
-
-
-def _observation(r: Row) -> Row:
-    quantity = r.get("valueQuantity") or {}
-    performers = r.get("performer") or [None]
-    return {
-        "staff_ref": _tail(performers[0]),
-        "category": "observation",
-        "code": _code(r.get("code"), SNOMED_SYSTEM),
-        "effective_date": r.get("effectiveDateTime"),
-        "recorded_at": r.get("issued"),
-        "value": quantity.get("value"),
-        "unit": quantity.get("code") or quantity.get("unit"),
-        "status": _status(r.get("status")),
-    }
-
-
-def _procedure(r: Row) -> Row:
-    return {
-        "staff_ref": _tail(r.get("recorder")),
-        "category": "procedure",
-        "code": _code(r.get("code"), SNOMED_SYSTEM),
-        "effective_date": r.get("performedDateTime"),
-        "status": _status(r.get("status")),
-    }
-
-
-def _medication_request(r: Row) -> Row:
-    quantity = (r.get("dispenseRequest") or {}).get("quantity") or {}
-    course = _first_code(r.get("courseOfTherapyType"))
-    return {
-        "staff_ref": _tail(r.get("requester")),
-        "code": _code(r.get("medicationCodeableConcept"), DMD_SYSTEM),
-        "issue_date": r.get("authoredOn"),
-        "quantity": quantity.get("value"),
-        "quantity_unit": quantity.get("unit"),
-        "course": "acute" if course == "acute" else "repeat",
-        "source": "issued",
-        "status": _status(r.get("status")),
-    }
-
-
-def _medication_statement(r: Row) -> Row:
-    return {
-        "staff_ref": _tail(r.get("informationSource")),
-        "code": _code(r.get("medicationCodeableConcept"), DMD_SYSTEM),
-        "issue_date": r.get("effectiveDateTime"),
-        "source": "elsewhere",
-        "status": _status(r.get("status")),
-    }
-
-
-def _immunization(r: Row) -> Row:
-    procedure = None
-    for extension in r.get("extension", ()):
-        if extension.get("url") == VACCINATION_PROCEDURE_EXT:
-            procedure = _code(extension.get("valueCodeableConcept"), SNOMED_SYSTEM)
-    performers = r.get("performer") or [{}]
-    return {
-        "patient_ref": _tail(r.get("patient")),
-        "staff_ref": _tail(performers[0].get("actor")),
-        "procedure_code": procedure,
-        "vaccine_code": _code(r.get("vaccineCode"), DMD_SYSTEM),
-        "date": r.get("occurrenceDateTime"),
-        "status": _status(r.get("status")),
-    }
-
-
-def _allergy(r: Row) -> Row:
-    return {
-        "patient_ref": _tail(r.get("patient")),
-        "staff_ref": _tail(r.get("recorder")),
-        "code": _code(r.get("code"), SNOMED_SYSTEM),
-        "onset_date": r.get("onsetDateTime"),
-        "recorded_at": r.get("recordedDate"),
-        "status": _status(_first_code(r.get("verificationStatus"))),
-    }
-
-
-def _appointment(r: Row) -> Row:
-    patient = staff = None
-    for participant in r.get("participant", ()):
-        reference = (participant.get("actor") or {}).get("reference") or ""
-        if reference.startswith("Patient/"):
-            patient = reference[8:]
-        elif reference.startswith("Practitioner/") and staff is None:
-            staff = reference[13:]
-    return {
-        "patient_ref": patient,
-        "staff_ref": staff,
-        "start": r.get("start"),
-        "duration_minutes": r.get("minutesDuration"),
-        "mode": (r.get("appointmentType") or {}).get("text"),
-        "status": r.get("status"),
-        "booked_at": r.get("created"),
-    }
-
-
-def _service_request(r: Row) -> Row:
-    return {
-        "staff_ref": _tail(r.get("requester")),
-        "code": _code(r.get("code"), SNOMED_SYSTEM),
-        "referral_date": r.get("authoredOn"),
-        "priority": PRIORITY.get(r.get("priority") or "routine"),
-        "status": _status(r.get("status")),
-    }
-
-
-def _episode_of_care(r: Row) -> Row:
-    period = r.get("period") or {}
-    kind = ((r.get("type") or [{}])[0].get("text") or "").split(" ", 1)[0].lower()
-    end_reason = None
-    for extension in r.get("extension", ()):
-        if extension.get("url") == REGISTRATION_END_EXT:
-            end_reason = extension.get("valueString")
-    return {
-        "patient_ref": _tail(r.get("patient")),
-        "start_date": period.get("start"),
-        "end_date": period.get("end"),
-        "registration_type": kind or None,
-        "end_reason": end_reason,
-        "status": _status(r.get("status")),
-    }
-
-
-def _patient(r: Row) -> Row:
-    nhs_number = None
-    for identifier in r.get("identifier", ()):
-        if identifier.get("system") == NHS_NUMBER_SYSTEM:
-            nhs_number = identifier.get("value")
-    address = (r.get("address") or [{}])[0]
-    return {
-        "patient_ref": r.get("id"),
-        "nhs_number": nhs_number,
-        "date_of_birth": r.get("birthDate"),
-        "sex": SEX.get(r.get("gender") or "", "U"),
-        "date_of_death": r.get("deceasedDateTime"),
-        "postcode": address.get("postalCode"),
-    }
-
-
-BUILDERS: dict[str, Callable[[Row], Row]] = {
-    "Condition": _condition,
-    "Observation": _observation,
-    "Procedure": _procedure,
-    "MedicationRequest": _medication_request,
-    "MedicationStatement": _medication_statement,
-    "Immunization": _immunization,
-    "AllergyIntolerance": _allergy,
-    "Appointment": _appointment,
-    "ServiceRequest": _service_request,
-    "EpisodeOfCare": _episode_of_care,
-    "Patient": _patient,
-}
-
-
-def _canonical_row(kind: str, resource: Row) -> Row:
-    """A resource as a canonical row: its type's own fields, the patient it is about (most
-    types say so in `subject`) and when it last changed."""
-    row = BUILDERS[kind](resource)
-    if "patient_ref" not in row:
-        row["patient_ref"] = _tail(resource.get("subject"))
-    row["last_modified"] = (resource.get("meta") or {}).get("lastUpdated")
-    return row
+def table_of(resource_type: str | None) -> str:
+    """The table a resource type's rows go to (for its record pseudonym)."""
+    if resource_type == "Patient":
+        return "patients"
+    return TABLE_OF.get(resource_type or "", "unknown")
 
 
 # ---- columns -> typed Arrow arrays ------------------------------------------------------------
@@ -297,9 +121,16 @@ def _strict_strptime(text: pa.Array, layout: str) -> pa.Array:
 
 
 def _dates(values: list[Any]) -> tuple[pa.Array, pa.Array]:
-    """(date32 array, bad flags). A FHIR date or dateTime; a value that is present but not a
-    full date is bad (partial dates and day-first dates included)."""
+    """(date32 array, bad flags). A FHIR date or dateTime, at any of its precisions: a year or a
+    year and month stands for its first day (the patients table keeps only the parts given); a
+    value that is present but not a FHIR date (a day-first date, 30 February) is bad."""
     text = pa.array([v if isinstance(v, str) else None for v in values], pa.string())
+    length = pc.utf8_length(text)
+    text = pc.if_else(
+        pc.equal(length, 4),
+        pc.binary_join_element_wise(text, "01-01", "-"),
+        pc.if_else(pc.equal(length, 7), pc.binary_join_element_wise(text, "01", "-"), text),
+    )
     shaped = pc.match_substring_regex(text, _DATE_SHAPE)
     day = pc.utf8_slice_codeunits(text, 0, 10)
     parsed = _strict_strptime(day, "%Y-%m-%d")
@@ -326,6 +157,8 @@ def _times(values: list[Any]) -> tuple[pa.Array, pa.Array]:
 
 
 def _one_time(text: str) -> tuple[datetime | None, bool]:
+    if len(text) in (4, 7):  # a dateTime given only to the year or month: its first moment
+        text = f"{text}-01-01"[:10]
     try:
         value = datetime.fromisoformat(text)
     except ValueError:
@@ -355,25 +188,100 @@ def _typed(column: list[Any], kind: pa.DataType) -> tuple[pa.Array, pa.Array | N
 
 
 class FhirReader:
-    def __init__(self, folder: Path, never_read: set[str]) -> None:
+    """A Bulk Data export folder: export.json and its NDJSON files, one or several per type."""
+
+    def __init__(self, folder: Path, spec: Specification, ods_code: str | None = None) -> None:
         self.folder = folder
+        self.spec = spec
         self._faults: list[ReaderFault] = []
-        files = sorted(folder.glob("*.ndjson"))
-        if not any(f.stem == "Patient" for f in files):
+        self._lines_read: dict[Path, int] = {}
+        about = self._manifest()
+        self.files = self._export_files(about)
+        if "Patient" not in self.files:
             raise UserError(
-                f"{folder} holds no Patient.ndjson: there are no records to extract "
-                "(is this the practice's FHIR export folder?)"
+                f"{folder} holds no Patient file (Patient.ndjson or Patient.000.ndjson): there "
+                "are no records to extract (is this the practice's FHIR export folder?)"
             )
-        self.files = {f.stem: f for f in files}
-        self.never_read = never_read
-        extracted_at = self._transaction_time()
-        ods = self._ods_code()
+        self.never_read = spec.never_read_resource_types()
+        extracted_at = self._transaction_time(about)
+        self.context = read.Context(
+            snomed=frozenset(spec.code_systems["snomed"]),
+            dmd=frozenset(spec.code_systems["dmd"]),
+            facts=spec.facts,
+            extracted_on=extracted_at.date().isoformat(),
+        )
+        ods = self._practice(ods_code)
         not_read = {
-            name: self._count_lines(path) for name, path in self.files.items() if name in never_read
+            name: sum(self._count_lines(p) for p in paths)
+            for name, paths in self.files.items()
+            if name in self.never_read
         }
         self.practice = Practice(ods, "fhir", extracted_at, not_read)
+        self._medication_codes: dict[str, str | None] | None = None
+        self._merged: dict[str, str] | None = None
 
-    # ---- files --------------------------------------------------------------------------------
+    # ---- the export's files ---------------------------------------------------------------------
+
+    def _manifest(self) -> dict[str, Any]:
+        path = self.folder / MANIFEST
+        try:
+            about = orjson.loads(path.read_bytes().removeprefix(BOM))
+        except FileNotFoundError:
+            raise UserError(
+                f"{self.folder} has no {MANIFEST}: the export manifest says when the extract was "
+                "taken, which bounds its time window; ask the supplier for the whole export"
+            ) from None
+        except (OSError, orjson.JSONDecodeError):
+            raise UserError(f"{path} is not a readable Bulk Data export manifest") from None
+        if not isinstance(about, dict):
+            raise UserError(f"{path} is not a Bulk Data export manifest (not a JSON object)")
+        return about
+
+    def _export_files(self, about: dict[str, Any]) -> dict[str, list[Path]]:
+        """The files of each type, checked against the manifest's `output` list: a file it lists
+        that is missing, or one of another type than listed, means the export is not the one the
+        server finished, and nothing is extracted from it (the line counts are checked as the
+        files are read). Files it does not list are read all the same: nothing is left out."""
+        where = self.folder / MANIFEST
+        found: dict[str, list[Path]] = {}
+        for path in sorted(self.folder.glob("*.ndjson")):
+            named = EXPORT_FILE.match(path.name)
+            if named is None:
+                raise UserError(
+                    f"{path} is not named as a Bulk Data export file (Type.ndjson or "
+                    "Type.000.ndjson); rename it or remove it from the export folder"
+                )
+            found.setdefault(named.group(1), []).append(path)
+        output = about.get("output")
+        if output is None:
+            return found
+        if not isinstance(output, list):
+            raise UserError(f"{where}: `output` is not a list of the export's files")
+        self._expected: dict[Path, int] = {}
+        listed: set[Path] = set()
+        for n, entry in enumerate(output, start=1):
+            url = entry.get("url") if isinstance(entry, dict) else None
+            kind = entry.get("type") if isinstance(entry, dict) else None
+            if not isinstance(url, str) or not isinstance(kind, str):
+                raise UserError(f"{where}: output entry {n} does not give a type and a url")
+            name = url.rstrip("/").rsplit("/", 1)[-1]
+            path = self.folder / name
+            named = EXPORT_FILE.match(name)
+            if named is None or not path.exists():
+                raise UserError(
+                    f"{where}: output entry {n} lists a file that is not in {self.folder}; "
+                    "the export is incomplete: ask the supplier for the whole export"
+                )
+            if named.group(1) != kind:
+                raise UserError(
+                    f"{where}: output entry {n} says its file holds another resource type than "
+                    "its name does; ask the supplier for the export again"
+                )
+            listed.add(path)
+            count = entry.get("count")
+            if isinstance(count, int) and not isinstance(count, bool):
+                self._expected[path] = count
+        return found
 
     def _open(self, path: Path) -> Any:
         try:
@@ -385,107 +293,154 @@ class FhirReader:
         with self._open(path) as f:
             return sum(1 for line in f if line.strip())
 
-    def _transaction_time(self) -> datetime:
-        path = self.folder / MANIFEST
+    def _transaction_time(self, about: dict[str, Any]) -> datetime:
         try:
-            about = orjson.loads(path.read_bytes())
             value = datetime.fromisoformat(str(about["transactionTime"]))
-        except FileNotFoundError:
+        except (KeyError, TypeError, ValueError):
             raise UserError(
-                f"{self.folder} has no {MANIFEST}: the export manifest says when the extract was "
-                "taken, which bounds its time window; ask the supplier for the whole export"
-            ) from None
-        except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            raise UserError(
-                f"{path} is not a Bulk Data export manifest with a transactionTime"
+                f"{self.folder / MANIFEST} is not a Bulk Data export manifest with a "
+                "transactionTime"
             ) from None
         return utc_naive(value)
 
-    def _ods_code(self) -> str:
-        for _, _, resource in self._resources("Organization"):
-            for identifier in resource.get("identifier", ()):
-                if identifier.get("system") == ODS_SYSTEM and identifier.get("value"):
-                    return str(identifier["value"])
+    def _practice(self, ods_code: str | None) -> str:
+        """The practice is the one the key kit was issued to, and the export must say it is
+        theirs: an export holds many organisations (hospitals, pharmacies), so the first one
+        with an ODS code is not necessarily the practice."""
+        codes: list[str] = []
+        for _, _, _, resource in self._resources("Organization", quiet=True):
+            for identifier in _list(resource.get("identifier")):
+                if (
+                    isinstance(identifier, dict)
+                    and identifier.get("system") == ODS_SYSTEM
+                    and isinstance(identifier.get("value"), str)
+                ):
+                    codes.append(identifier["value"].strip().upper())
+        if ods_code is None and codes:
+            return codes[0]
+        if ods_code is not None and ods_code.upper() in codes:
+            return ods_code
         raise UserError(
-            f"{self.folder}: Organization.ndjson does not give the practice's ODS code; "
-            "the export is incomplete"
+            f"{self.folder}: no Organization in the export has the ODS code "
+            f"{ods_code or '(any)'}; the export is incomplete, or is another practice's"
         )
 
-    def _lines(self, name: str) -> Iterator[tuple[int, bytes]]:
-        path = self.files.get(name)
-        if path is None:
-            return
+    def _lines(self, path: Path) -> Iterator[tuple[int, bytes]]:
         with self._open(path) as f:
+            n = 0
             try:
-                for number, line in enumerate(f, start=1):
+                first = f.readline().removeprefix(BOM)  # a byte-order mark is not part of line 1
+                if first.strip():
+                    n += 1
+                    yield 1, first
+                for number, line in enumerate(f, start=2):
                     if line.strip():
+                        n += 1
                         yield number, line
             except OSError as exc:
                 raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+            self._lines_read[path] = n
 
-    def _fault(self, source: str, line: int, record_id: str | None, reason: str) -> None:
-        self._faults.append(ReaderFault(source, line, record_id, reason))
+    def _fault(
+        self,
+        source: str,
+        line: int,
+        record_id: str | None,
+        reason: str,
+        kind: str | None = None,
+        path: str | None = None,
+    ) -> None:
+        self._faults.append(ReaderFault(source, line, record_id, reason, kind, path))
 
     def _resources(
-        self, name: str, keep: Callable[[bytes], bool] | None = None
-    ) -> Iterator[tuple[int, str, dict[str, Any]]]:
-        """(line number, id, resource) for each well-formed resource of type `name` in its
-        file; faults for the rest (recorded only on the main pass, keep=None)."""
-        source = f"{name}.ndjson"
-        for number, line in self._lines(name):
-            if keep is not None and not keep(line):
-                continue
-            try:
-                resource = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                if keep is None:
-                    found = FHIR_ID.search(line)
-                    rid = found.group(1).decode() if found else None
-                    self._fault(source, number, rid, "not valid JSON (a truncated or damaged line)")
-                continue
-            if not isinstance(resource, dict):
-                if keep is None:
-                    self._fault(source, number, None, "not a FHIR resource (not a JSON object)")
-                continue
-            rid = resource.get("id")
-            rid = rid if isinstance(rid, str) else None
-            kind = resource.get("resourceType")
-            if kind != name:
-                if keep is None:
-                    self._fault(
-                        source, number, rid, f"resource type {kind!r} in the file for {name}"
-                    )
-                continue
-            if rid is None:
-                if keep is None:
-                    self._fault(source, number, None, "resource has no id")
-                continue
-            yield number, rid, resource
+        self, name: str, keep: Callable[[bytes], bool] | None = None, quiet: bool = False
+    ) -> Iterator[tuple[str, int, str, dict[str, Any]]]:
+        """(file name, line number, id, resource) for each well-formed resource of type `name`
+        in its files; faults for the rest (recorded only on the main pass)."""
+        report = keep is None and not quiet
+        for file in self.files.get(name, ()):
+            source = file.name
+            for number, line in self._lines(file):
+                if keep is not None and not keep(line):
+                    continue
+                try:
+                    resource = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    if report:
+                        found = FHIR_ID.search(line)
+                        rid = found.group(1).decode() if found else None
+                        self._fault(source, number, rid, NOT_JSON, name)
+                    continue
+                if not isinstance(resource, dict):
+                    if report:
+                        self._fault(source, number, None, NOT_OBJECT, name)
+                    continue
+                rid = resource.get("id")
+                rid = rid if isinstance(rid, str) and rid else None
+                kind = resource.get("resourceType")
+                if kind != name:
+                    if report:
+                        named = (
+                            kind if isinstance(kind, str) and RESOURCE_TYPE.match(kind) else None
+                        )
+                        self._fault(source, number, rid, WRONG_TYPE, named, "resourceType")
+                    continue
+                if rid is None:
+                    if report:
+                        self._fault(source, number, None, NO_ID, name, f"{name}.id")
+                    continue
+                yield source, number, rid, resource
 
     # ---- the Reader interface -----------------------------------------------------------------
 
     def staff(self) -> Staff:
         roles: dict[str, str] = {}
-        for _, _, role in self._resources("PractitionerRole"):
-            ref = _tail(role.get("practitioner"))
-            text = [c.get("text") for c in role.get("code", ()) if c.get("text")]
-            if ref and text:
-                roles[ref] = text[0]
+        for _, _, _, role in self._resources("PractitionerRole"):
+            try:
+                who = read.ref(role.get("practitioner"), "practitioner", "Practitioner")
+                names = [
+                    c.get("text") for c in read.seq(role.get("code"), "code") if isinstance(c, dict)
+                ]
+            except read.Shape:
+                continue
+            text = [t for t in names if isinstance(t, str)]
+            if who and text:
+                roles[who] = text[0]
         refs: list[object] = []
         sds: list[str | None] = []
-        for _, rid, practitioner in self._resources("Practitioner"):
+        for _, _, rid, practitioner in self._resources("Practitioner"):
             refs.append(rid)
-            sds.append(
-                next(
-                    (
-                        i.get("value")
-                        for i in practitioner.get("identifier", ())
-                        if i.get("system") == SDS_USER_SYSTEM
-                    ),
-                    None,
-                )
-            )
+            found = None
+            for i in _list(practitioner.get("identifier")):
+                if isinstance(i, dict) and i.get("system") == SDS_USER_SYSTEM:
+                    value = i.get("value")
+                    found = value if isinstance(value, str) else None
+            sds.append(found)
         return Staff(refs, sds, [roles.get(str(r)) for r in refs])
+
+    def merged(self) -> dict[str, str]:
+        """Patient records merged into another (`link` of type replaced-by): old id -> the
+        id of the record that replaced it, so a merged person is one person."""
+        if self._merged is None:
+            merged: dict[str, str] = {}
+            for _, _, rid, p in self._resources("Patient", keep=lambda line: b'"link"' in line):
+                for link in _list(p.get("link")):
+                    if isinstance(link, dict) and link.get("type") == "replaced-by":
+                        try:
+                            other = read.ref(link.get("other"), "link", "Patient")
+                        except read.Shape:
+                            other = None
+                        if other and other != rid:
+                            merged[rid] = other
+            self._merged = merged
+        return self._merged
+
+    def _survivor(self, ref: str | None) -> str | None:
+        merged = self.merged()
+        seen = 0
+        while ref in merged and seen < 10:  # a chain of merges, never a loop
+            ref, seen = merged[ref], seen + 1
+        return ref
 
     def patients(self) -> Iterator[Batch]:
         yield from self._batches(["Patient"], PATIENT_COLUMNS, "patients")
@@ -499,27 +454,69 @@ class FhirReader:
     def _unknown_files(self) -> None:
         known = set(TABLE_OF) | SUPPORT_TYPES | self.never_read
         for name in sorted(set(self.files) - known):
-            for number, line in self._lines(name):
-                found = FHIR_ID.search(line)
-                rid = found.group(1).decode() if found else None
-                self._fault(f"{name}.ndjson", number, rid, f"unknown resource type {name!r}")
+            for path in self.files[name]:
+                for number, line in self._lines(path):
+                    found = FHIR_ID.search(line)
+                    rid = found.group(1).decode() if found else None
+                    self._fault(path.name, number, rid, UNKNOWN_TYPE, name)
+
+    def _medication(self, medication: str) -> str | None:
+        if self._medication_codes is None:
+            self._medication_codes = {}
+            for _, _, rid, m in self._resources("Medication", quiet=True):
+                try:
+                    self._medication_codes[rid] = read.code(m.get("code"), self.context.dmd, "code")
+                except read.Shape:
+                    self._medication_codes[rid] = None
+        return self._medication_codes.get(medication)
 
     def _batches(
         self, kinds: list[str], columns: dict[str, pa.DataType], table: str
     ) -> Iterator[Batch]:
+        ctx = self.context
+        merged = self.merged()
+        canonical_row = read.canonical_row
         for kind in kinds:
             rows: list[Row] = []
             positions: list[int] = []
             ids: list[str] = []
-            for number, rid, resource in self._resources(kind):
-                rows.append(_canonical_row(kind, resource))
+            source = ""
+            patients = kind == "Patient"
+            registrations = kind == "EpisodeOfCare"
+            medicines = kind in ("MedicationRequest", "MedicationStatement")
+            remap = bool(merged) and not patients
+            for file, number, rid, resource in self._resources(kind):
+                if file != source and rows:
+                    yield self._batch(rows, positions, ids, columns, kind, source)
+                    rows, positions, ids = [], [], []
+                source = file
+                try:
+                    row = canonical_row(kind, resource, ctx)
+                except read.Shape as shape:
+                    self._fault(file, number, rid, WRONG_SHAPE, kind, shape.path)
+                    continue
+                except Exception:
+                    self._fault(file, number, rid, UNREADABLE, kind)
+                    continue
+                if patients and rid in merged:
+                    continue  # the person is the record that replaced this one
+                if registrations and not row["_gp"]:
+                    self.practice.not_read[NOT_GP_REGISTRATION] = (
+                        self.practice.not_read.get(NOT_GP_REGISTRATION, 0) + 1
+                    )
+                    continue
+                if remap:
+                    row["patient_ref"] = self._survivor(row["patient_ref"])
+                if medicines and row["_medication"] is not None:
+                    row["code"] = self._medication(row["_medication"])
+                rows.append(row)
                 positions.append(number)
                 ids.append(rid)
                 if len(rows) == BATCH_LINES:
-                    yield self._batch(rows, positions, ids, columns, kind, table)
+                    yield self._batch(rows, positions, ids, columns, kind, source)
                     rows, positions, ids = [], [], []
             if rows:
-                yield self._batch(rows, positions, ids, columns, kind, table)
+                yield self._batch(rows, positions, ids, columns, kind, source)
 
     def _batch(
         self,
@@ -528,52 +525,129 @@ class FhirReader:
         ids: list[str],
         columns: dict[str, pa.DataType],
         kind: str,
-        table: str,
+        source: str,
     ) -> Batch:
+        patients = kind == "Patient"
         out: dict[str, pa.Array] = {
             "_row": pa.array(positions, pa.int64()),
             "_key": pa.array([hash(i) for i in ids], pa.int64()),
             "record_id": pa.array(ids, pa.string()),
             "patient_ref": pa.array([r.get("patient_ref") for r in rows], pa.string()),
         }
-        if table != "patients":
+        if not patients:
             out["staff_ref"] = pa.array([r.get("staff_ref") for r in rows], pa.string())
         bad = pa.array([False] * len(rows), pa.bool_())
+        path: pa.Array | None = None
         for name, kind_type in columns.items():
             array, flags = _typed([r.get(name) for r in rows], kind_type)
             out[name] = array
-            if flags is not None:
+            if flags is not None and pc.any(flags).as_py():
+                where = DATE_PATHS.get((kind, name), f"{kind}.meta.lastUpdated")
+                here = pa.scalar(where, pa.string())
+                if path is None:
+                    path = pa.nulls(len(rows), pa.string())
+                path = pc.if_else(pc.and_(flags, pc.is_null(path)), here, path)
                 bad = pc.or_(bad, flags)
         out["_bad_date"] = bad
-        return Batch(pa.table(out), f"{kind}.ndjson")
+        out["_path"] = path if path is not None else pa.nulls(len(rows), pa.string())
+        if patients:
+            for name in ("_date_of_birth_precision", "_date_of_death_precision"):
+                out[name] = pa.array([r.get(name) for r in rows], pa.int8())
+        return Batch(pa.table(out), source, kind)
 
     def opt_out_events(self, codes: set[str]) -> pa.Table:
+        """Every entry with an opt-out code, as an Observation, Condition, Procedure, Consent or
+        Flag, in any coding position and under any spelling of SNOMED CT. A dissent whose date
+        is given only to the year or month counts from the end of that period, a withdrawal
+        from its start, so that where it is unclear which came last, the dissent stands."""
         needles = [c.encode() for c in codes]
+        wanted = frozenset(codes)
+        dissent = self.spec.dissent_codes()
 
         def mentions(line: bytes) -> bool:
             return any(n in line for n in needles)
 
         rows: list[Row] = []
-        for kind in CLINICAL_FILES:
-            for _, _, resource in self._resources(kind, keep=mentions):
-                row = _canonical_row(kind, resource)
-                if row.get("code") in codes:
-                    rows.append(row)
-        effective, bad_effective = _dates([r.get("effective_date") for r in rows])
-        recorded, bad_recorded = _times([r.get("recorded_at") for r in rows])
-        modified, bad_modified = _times([r.get("last_modified") for r in rows])
+        for kind in read.OPT_OUT_TYPES:
+            for _, _, _, resource in self._resources(kind, keep=mentions):
+                found = read.opt_out_codes(resource, wanted, self.context.snomed)
+                if not found:
+                    continue
+                subject = self._survivor(read.opt_out_subject(kind, resource))
+                effective, recorded = read.opt_out_date(kind, resource)
+                entered_in_error = resource.get("status") == ENTERED_IN_ERROR
+                meta = resource.get("meta")
+                for code in sorted(found):
+                    is_dissent = code in dissent
+                    day, unclear = _opt_out_day(effective, latest=is_dissent)
+                    rows.append(
+                        {
+                            "patient_ref": subject,
+                            "code": code,
+                            "effective_date": day,
+                            "recorded_at": recorded if isinstance(recorded, str) else None,
+                            "status": ENTERED_IN_ERROR if entered_in_error else "active",
+                            "last_modified": meta.get("lastUpdated")
+                            if isinstance(meta, dict)
+                            else None,
+                            "_unclear": unclear,
+                        }
+                    )
+        recorded_at, bad_recorded = _times([r["recorded_at"] for r in rows])
+        modified, bad_modified = _times([r["last_modified"] for r in rows])
+        unclear = pa.array([r["_unclear"] for r in rows], pa.bool_())
         return pa.table(
             {
                 "patient_ref": pa.array([r["patient_ref"] for r in rows], pa.string()),
                 "code": pa.array([r["code"] for r in rows], pa.string()),
-                "effective_date": effective,
-                "recorded_at": recorded,
+                "effective_date": pa.array([r["effective_date"] for r in rows], DATE),
+                "recorded_at": recorded_at,
                 "status": pa.array([r["status"] for r in rows], pa.string()),
                 "last_modified": modified,
-                "_bad_date": pc.or_(pc.or_(bad_effective, bad_recorded), bad_modified),
+                "_bad_date": pc.or_(pc.or_(unclear, bad_recorded), bad_modified),
             }
         )
 
     def faults(self) -> list[ReaderFault]:
+        self._check_counts()
         out, self._faults = self._faults, []
         return out
+
+    def _check_counts(self) -> None:
+        """The manifest's count of each file against the lines read from it: a file cut short
+        (or added to) after the export finished is refused, not half read."""
+        for path, count in getattr(self, "_expected", {}).items():
+            read_here = self._lines_read.get(path)
+            if read_here is None:
+                read_here = self._count_lines(path)
+            if read_here != count:
+                raise UserError(
+                    f"{path} holds {read_here:,} resources but {MANIFEST} says {count:,}: the "
+                    "file changed after the export; ask the supplier for the export again"
+                )
+
+
+def _opt_out_day(value: Any, latest: bool) -> tuple[date | None, bool]:
+    """(the day an opt-out entry counts from, whether it is unclear). A partial date counts
+    from the last day of its period for a dissent and the first for a withdrawal."""
+    if not isinstance(value, str) or len(value) < 4:
+        return None, True
+    try:
+        if len(value) == 4:
+            year = int(value)
+            return (date(year, 12, 31) if latest else date(year, 1, 1)), False
+        if len(value) == 7:
+            year, month = int(value[:4]), int(value[5:7])
+            if latest:
+                following = date(year + month // 12, month % 12 + 1, 1)
+                return date.fromordinal(following.toordinal() - 1), False
+            return date(year, month, 1), False
+        return date.fromisoformat(value[:10]), False
+    except ValueError:
+        return None, True
+
+
+def _list(value: Any) -> list[Any]:
+    """A list element of a support resource, or nothing when it has another shape: a staff
+    member or an organisation of the wrong shape is not one the records can name."""
+    return value if isinstance(value, list) else []

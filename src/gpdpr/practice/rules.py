@@ -8,9 +8,14 @@ applies wins):
   excluded    the patient has an active Type 1 opt-out (their faulty records are not reported
               either: a Type 1 patient contributes nothing, not even problems)
   quarantine  unknown code, missing or implausible date
-  excluded    entered in error, an opt-out code itself, a restricted or uncollected sensitive
-              code, older than the retention cut-off
-  kept        everything else, projected onto exactly the specification's fields
+  excluded    entered in error or otherwise not a fact (refuted, not done, cancelled, a draft or
+              a proposal: the specification's [facts]), an opt-out code itself, a restricted or
+              uncollected sensitive code, older than the retention cut-off
+  kept        everything else, projected onto exactly the specification's fields, each field
+              held to its allowlist (a value outside it becomes `other` or null, and is counted)
+
+Record ids leave as keyed pseudonyms; only the quarantine file, which stays at the practice, names
+a record by the id the practice's system gave it.
 
 In an incremental extract only rows changed since the watermark are considered (plus every row of
 a patient whose opt-out was withdrawn since: the centre erased them and needs them again); a
@@ -45,7 +50,10 @@ KEPT = 0
 BAD_DATE, NO_SUBJECT, UNKNOWN_SUBJECT, DUPLICATE = 1, 2, 3, 4
 TYPE1 = 5
 UNKNOWN_CODE, MISSING_DATE, IMPLAUSIBLE_DATE = 6, 7, 8
-IN_ERROR, OPT_OUT_CODE, CODE_SET, RETENTION = 9, 10, 11, 12
+IN_ERROR, OPT_OUT_CODE, CODE_SET, RETENTION, NOT_A_FACT = 9, 10, 11, 12, 13
+NOT_A_FACT_STATUS = (
+    "not-a-fact"  # the status a reader gives an entry its record says did not happen
+)
 QUARANTINE = {BAD_DATE, NO_SUBJECT, UNKNOWN_SUBJECT, DUPLICATE, UNKNOWN_CODE, MISSING_DATE}
 QUARANTINE |= {IMPLAUSIBLE_DATE}
 REASONS = {
@@ -62,8 +70,11 @@ EXCLUSIONS = {
     IN_ERROR: "entered_in_error",
     OPT_OUT_CODE: "opt_out_code",
     RETENTION: "older_than_retention",
+    NOT_A_FACT: "not_a_fact",
 }
-DELETE_WHEN_CHANGED = {IN_ERROR, OPT_OUT_CODE, CODE_SET, RETENTION}
+DELETE_WHEN_CHANGED = {IN_ERROR, OPT_OUT_CODE, CODE_SET, RETENTION, NOT_A_FACT}
+PSEUDONYM_SHAPE = r"^[0-9a-f]{64}$"
+CODE_SHAPE = r"^[0-9]{6,18}$"  # a SNOMED CT (and so dm+d) identifier
 BoolArray = npt.NDArray[np.bool_]
 
 
@@ -100,6 +111,9 @@ class Tally:
     excluded: Counter[str] = field(default_factory=Counter)
     excluded_by_table: dict[str, Counter[str]] = field(default_factory=dict)
     unchanged: Counter[str] = field(default_factory=Counter)
+    replaced: Counter[str] = field(
+        default_factory=Counter
+    )  # "table.field" -> values outside its allowlist
 
     def exclude(self, table: str, reason: str, n: int) -> None:
         if n:
@@ -109,10 +123,16 @@ class Tally:
 
 @dataclass
 class Quarantined:
+    """One record held back, for the practice's quarantine file. `reason` is one of a closed set
+    (only reasons reach the manifest); the rest says where, and stays at the practice."""
+
     source: str
     position: int
     record_id: str | None
     reason: str
+    resource_type: str | None = None
+    id_pseudonym: str | None = None
+    path: str | None = None
 
 
 class SeenIds:
@@ -251,12 +271,12 @@ def opt_outs(events: pa.Table, spec: Specification, since: datetime | None) -> O
     Where the record is unclear, the dissent stands: a dissent whose date cannot be read counts
     as the latest, a withdrawal whose date cannot be read does not count, and a dissent and a
     withdrawal at the same moment leave the patient opted out."""
-    dissent = spec.dissent.code
+    dissent = spec.dissent_codes()
     latest: dict[object, tuple[tuple[date, datetime, bool], str, datetime | None]] = {}
     for e in events.to_pylist():
         if e["status"] == ENTERED_IN_ERROR or e["patient_ref"] is None:
             continue
-        is_dissent = e["code"] == dissent
+        is_dissent = e["code"] in dissent
         unclear = e["_bad_date"] or e["effective_date"] is None
         if unclear and not is_dissent:
             continue
@@ -265,7 +285,7 @@ def opt_outs(events: pa.Table, spec: Specification, since: datetime | None) -> O
         ref = e["patient_ref"]
         if ref not in latest or order > latest[ref][0]:
             latest[ref] = (order, e["code"], e["last_modified"])
-    active = {ref for ref, (_, code, _) in latest.items() if code == dissent}
+    active = {ref for ref, (_, code, _) in latest.items() if code in dissent}
     withdrawn = set(latest) - active
     restored: set[object] = set()
     if since is not None:
@@ -309,8 +329,9 @@ class StaffIndex:
         ]
         return cls(pa.array(staff.refs), pa.array(pseudonyms, pa.string()), pa.array(staff.roles))
 
-    def table(self, spec_table: Table) -> pa.Table:
-        return project(spec_table, {"staff": self.pseudonyms, "role": self.roles.cast(pa.string())})
+    def table(self, spec_table: Table, replaced: Counter[str]) -> pa.Table:
+        columns = {"staff": self.pseudonyms, "role": self.roles.cast(pa.string())}
+        return project(spec_table, columns, replaced)
 
 
 # ---- the rules --------------------------------------------------------------------------------
@@ -365,7 +386,7 @@ class Rules:
             _first(outcome, t["_bad_date"].to_numpy(zero_copy_only=False), BAD_DATE)
             _first(outcome, repeat, DUPLICATE)
             _first(outcome, _np(pc.or_(too_late, too_early)), IMPLAUSIBLE_DATE)
-            self._report(batch, outcome, np.ones(n, bool))
+            self._report("patients", batch, outcome, np.ones(n, bool))
             good.append(t.filter(pa.array(outcome == KEPT)))
         people = pa.concat_tables(good) if good else None
         if people is None or people.num_rows == 0:
@@ -412,9 +433,9 @@ class Rules:
             "linkable": pa.array(linkable[keep]),
             "sex": kept["sex"],
             "birth_year": pc.year(birth),
-            "birth_month": pc.month(birth),
+            "birth_month": _month(kept, "date_of_birth"),
             "death_year": pc.year(death),
-            "death_month": pc.month(death),
+            "death_month": _month(kept, "date_of_death"),
             "lsoa_code": pa.array([a[0] if a else None for a in areas], pa.string()),
             "region_code": pa.array([a[1] if a else None for a in areas], pa.string()),
             "imd_decile": pa.array([a[2] if a else None for a in areas], pa.int32()),
@@ -447,11 +468,18 @@ class Rules:
         set_hit = np.zeros(n, bool)
         set_which = np.zeros(n, np.int64)
         opt_out_code = np.zeros(n, bool)
-        for (owner, column), system in CODE_SYSTEMS.items():
-            if owner != table:
-                continue
+        # A code given must be known; a table with two code columns (a vaccination's procedure
+        # and product) needs one of them, as real records often carry only the product.
+        any_code = np.zeros(n, bool)
+        coded = [(c, s) for (owner, c), s in CODE_SYSTEMS.items() if owner == table]
+        for column, _ in coded:
+            any_code |= _np(pc.is_valid(t[column]))
+        if coded:
+            _first(outcome, ~any_code, UNKNOWN_CODE)
+        for column, system in coded:
             codes = t[column]
-            _first(outcome, ~_np(pc.is_in(codes, value_set=self.known_codes[system])), UNKNOWN_CODE)
+            known = _np(pc.is_in(codes, value_set=self.known_codes[system]))
+            _first(outcome, _np(pc.is_valid(codes)) & ~known, UNKNOWN_CODE)
             opt_out_code |= _np(pc.is_in(codes, value_set=self.opt_out_codes))
             found = pc.index_in(codes, value_set=self.set_codes)
             hit = _np(pc.is_valid(found))
@@ -469,6 +497,7 @@ class Rules:
             )
 
         _first(outcome, _np(pc.equal(t["status"], ENTERED_IN_ERROR)), IN_ERROR)
+        _first(outcome, _np(pc.equal(t["status"], NOT_A_FACT_STATUS)), NOT_A_FACT)
         _first(outcome, opt_out_code, OPT_OUT_CODE)
         _first(outcome, set_hit, CODE_SET)
         if table in self.spec.retention_tables and spec_table.date is not None:
@@ -476,17 +505,20 @@ class Rules:
             _first(outcome, old, RETENTION)
 
         considered = self._changed(t["last_modified"], registered & index.resend[where])
-        self._report(batch, outcome, considered)
+        self._report(table, batch, outcome, considered)
         self._count(table, outcome, considered, set_which)
         if self.window.since is not None:
             gone = considered & np.isin(outcome, list(DELETE_WHEN_CHANGED))
-            ids = [str(i) for i in t["record_id"].filter(pa.array(gone)).to_pylist()]
-            self.deletions.extend((table, i) for i in ids)
+            ids = t["record_id"].filter(pa.array(gone)).to_pylist()
+            self.deletions.extend((table, i) for i in self.pseudonymiser.records(table, ids))
         keep = pa.array(considered & (outcome == KEPT))
         kept = t.filter(keep)
         columns: dict[str, pa.Array | pa.ChunkedArray] = {
             name: kept[name] for name in kept.column_names if not name.startswith("_")
         }
+        columns["record_id"] = pa.array(
+            self.pseudonymiser.records(table, kept["record_id"].to_pylist()), pa.string()
+        )
         columns["patient"] = _encode(index.pseudonyms, position.filter(keep))
         if "staff_ref" in kept.column_names:
             columns["staff"] = _encode(staff.pseudonyms, staff_positions(staff, kept["staff_ref"]))
@@ -526,14 +558,27 @@ class Rules:
         )
         return _np(newer) | resend
 
-    def _report(self, batch: Batch, outcome: npt.NDArray[np.int8], considered: BoolArray) -> None:
+    def _report(
+        self, table: str, batch: Batch, outcome: npt.NDArray[np.int8], considered: BoolArray
+    ) -> None:
         bad = np.flatnonzero(considered & np.isin(outcome, list(QUARANTINE)))
         if not bad.size:
             return
-        rows = batch.table["_row"].to_numpy()[bad]
-        ids = [str(i) for i in batch.table["record_id"].take(pa.array(bad)).to_pylist()]
-        for row, rid, code in zip(rows.tolist(), ids, outcome[bad].tolist(), strict=True):
-            self.quarantine.append(Quarantined(batch.source, row, rid, REASONS[code]))
+        t = batch.table
+        rows = t["_row"].to_numpy()[bad]
+        picked = pa.array(bad)
+        ids = t["record_id"].take(picked).to_pylist()
+        names = self.pseudonymiser.records(table, ids)
+        paths = (
+            t["_path"].take(picked).to_pylist() if "_path" in t.column_names else [None] * len(ids)
+        )
+        for row, rid, name, path, code in zip(
+            rows.tolist(), ids, names, paths, outcome[bad].tolist(), strict=True
+        ):
+            reason = REASONS[code]
+            self.quarantine.append(
+                Quarantined(batch.source, row, str(rid), reason, batch.kind, name, path)
+            )
 
     def _count(
         self,
@@ -553,13 +598,56 @@ class Rules:
                 self.tally.exclude(table, f"{self.set_rules[name]}_code:{name}", count)
 
     def _project(self, table: str, columns: dict[str, pa.Array | pa.ChunkedArray]) -> pa.Table:
-        return project(self.spec.tables[table], columns)
+        return project(self.spec.tables[table], columns, self.tally.replaced)
 
 
-def project(spec_table: Table, columns: dict[str, pa.Array | pa.ChunkedArray]) -> pa.Table:
-    """Exactly the specification's fields, in its order and types: nothing else can leave."""
+def project(
+    spec_table: Table, columns: dict[str, pa.Array | pa.ChunkedArray], replaced: Counter[str]
+) -> pa.Table:
+    """Exactly the specification's fields, in its order and types, each held to its allowlist:
+    nothing else can leave. Dates, times, numbers and flags are held by their Arrow types; text
+    fields by `allowed`."""
     schema = writing_schema(spec_table)
-    return pa.table({f.name: _cast(columns[f.name], f.type) for f in schema}, schema=schema)
+    out = {}
+    for spec_field, arrow_field in zip(spec_table.fields, schema, strict=True):
+        values = columns[spec_field.name]
+        if pa.types.is_string(values.type) or pa.types.is_dictionary(values.type):
+            values, n = allowed(spec_field, values)
+            if n:
+                replaced[f"{spec_table.name}.{spec_field.name}"] += n
+        out[spec_field.name] = _cast(values, arrow_field.type)
+    return pa.table(out, schema=schema)
+
+
+def allowed(
+    spec_field: Field, values: pa.Array | pa.ChunkedArray
+) -> tuple[pa.Array | pa.ChunkedArray, int]:
+    """A text column held to its field's kind: (the values, how many were replaced). A value
+    outside the kind becomes the vocabulary's `other`, or null; it is never copied."""
+    if spec_field.lookup is not None:  # drawn from the shipped postcode lookup, nothing else
+        return values, 0
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks() if values.num_chunks else pa.array([], values.type)
+    plain = values.dictionary if isinstance(values, pa.DictionaryArray) else values
+    if spec_field.kind == "vocabulary":
+        ok = pc.is_in(plain, value_set=pa.array(spec_field.values, pa.string()))
+    elif spec_field.kind == "pseudonym":
+        ok = pc.match_substring_regex(plain, PSEUDONYM_SHAPE)
+    elif spec_field.type == "code":
+        # Membership of the system's release is checked before (unknown codes are quarantined);
+        # here only the shape of an identifier may pass.
+        ok = pc.match_substring_regex(plain, CODE_SHAPE)
+    else:
+        raise UserError(f"field {spec_field.name!r} of type {spec_field.type} holds text")
+    ok = pc.or_kleene(pc.is_null(plain), pc.fill_null(ok, False))  # null stays null
+    if pc.all(ok).as_py():
+        return values, 0
+    if isinstance(values, pa.DictionaryArray):
+        ok = ok.take(values.indices)
+        ok = pc.fill_null(ok, True)
+        values = values.cast(pa.string())
+    bad = int(pc.sum(pc.invert(ok)).as_py() or 0)
+    return pc.if_else(ok, values, pa.scalar(spec_field.otherwise, pa.string())), bad
 
 
 def staff_positions(staff: StaffIndex, refs: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -589,6 +677,17 @@ def _days(values: pa.Array | pa.ChunkedArray) -> npt.NDArray[np.int32]:
 
 def _day_number(day: date) -> int:
     return (day - date(1970, 1, 1)).days
+
+
+def _month(people: pa.Table, column: str) -> pa.Array | pa.ChunkedArray:
+    """The month of a date, or null where the source gave only its year (a reader says how
+    much of a date it was given in `_<column>_precision`: 4, 7 or 10 characters)."""
+    month = pc.month(people[column])
+    precision = f"_{column}_precision"
+    if precision not in people.column_names:
+        return month
+    known = pc.fill_null(pc.greater_equal(people[precision], 7), True)
+    return pc.if_else(known, month, pa.scalar(None, month.type))
 
 
 def _first(outcome: npt.NDArray[np.int8], mask: BoolArray, code: int) -> None:

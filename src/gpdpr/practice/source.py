@@ -123,6 +123,7 @@ class Batch:
 
     table: pa.Table
     source: str  # the file name, for the quarantine file
+    kind: str | None = None  # the FHIR resource type, for the quarantine file
 
 
 @dataclass
@@ -139,7 +140,9 @@ class ReaderFault:
     source: str
     position: int
     record_id: str | None
-    reason: str
+    reason: str  # one of a closed set: it is counted in the manifest
+    resource_type: str | None = None
+    path: str | None = None  # the FHIR element at fault
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from gpdpr.errors import UserError
+from gpdpr.terminology import DMD_SYSTEM, SNOMED_SYSTEM
 
 FIELD_TYPES = {"pseudonym", "string", "code", "date", "timestamp", "int", "float", "bool"}
 RULES = {"restricted", "sensitive"}
@@ -33,7 +34,11 @@ SECTIONS = {
     "planned",
     "never_collected",
     "code_sets",
+    "code_systems",
+    "facts",
 }
+OTHER = "other"  # the vocabulary entry a value outside its vocabulary becomes, where listed
+LOOKUP_COLUMNS = {"lsoa_code", "region_code"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,26 @@ class Field:
     name: str
     type: str
     description: str
+    values: tuple[str, ...] = ()  # a string's closed vocabulary
+    system: str | None = None  # a code's system: snomed or dmd
+    lookup: str | None = None  # a string taken from this column of the postcode lookup
+
+    @property
+    def kind(self) -> str:
+        """What the field may carry, as the allowlist the extractor enforces: one of
+        pseudonym, code:<system>, vocabulary, lookup:<column>, date, timestamp, number, bool."""
+        if self.type == "code":
+            return f"code:{self.system}"
+        if self.type == "string":
+            return "vocabulary" if self.values else f"lookup:{self.lookup}"
+        if self.type in ("int", "float"):
+            return "number"
+        return self.type
+
+    @property
+    def otherwise(self) -> str | None:
+        """What a value outside the vocabulary becomes."""
+        return OTHER if OTHER in self.values else None
 
 
 @dataclass(frozen=True)
@@ -98,6 +123,10 @@ class Specification:
     dissent_withdrawn: Code
     retention_years: int
     retention_tables: tuple[str, ...]
+    code_systems: dict[str, tuple[str, ...]]  # snomed | dmd -> the system URIs that mean it
+    facts: dict[
+        str, dict[str, frozenset[str]]
+    ]  # resource type -> element -> statuses that are facts
     raw: dict[str, Any]  # the parsed file, for renderers that show every part of it
 
     def excluded_codes(self) -> dict[str, str]:
@@ -109,6 +138,15 @@ class Specification:
                 for c in code_set.codes:
                     out[c.code] = code_set.name
         return out
+
+    def dissent_codes(self) -> frozenset[str]:
+        """The codes that record a Type 1 dissent. Hook for a loaded SNOMED CT release (the
+        terminology work): their descendants belong here too, expanded by the caller that
+        holds the release; without one, the specification's own code."""
+        return frozenset({self.dissent.code})
+
+    def withdrawal_codes(self) -> frozenset[str]:
+        return frozenset({self.dissent_withdrawn.code})
 
     def never_read_resource_types(self) -> set[str]:
         return {t for item in self.never_collected.values() for t in item.fhir_resource_types}
@@ -219,8 +257,38 @@ class _Reader:
             dissent_withdrawn=self.code(opt_out.get("withdrawn"), "type1_opt_out.withdrawn"),
             retention_years=self._years(retention),
             retention_tables=retention_tables,
+            code_systems=self._code_systems(raw.get("code_systems", {})),
+            facts=self._facts(raw.get("facts", {})),
             raw=raw,
         )
+
+    def _code_systems(self, body: Any) -> dict[str, tuple[str, ...]]:
+        if not body:  # a specification that names no spellings: each system's own URI
+            return {"snomed": (SNOMED_SYSTEM,), "dmd": (DMD_SYSTEM,)}
+        out = {}
+        for system in ("snomed", "dmd"):
+            uris = self.get(body, system, "code_systems", list)
+            if not uris or not all(isinstance(u, str) and u for u in uris):
+                raise self.fail("code_systems", f"`{system}` should list its system URIs")
+            out[system] = tuple(uris)
+        return out
+
+    def _facts(self, body: Any) -> dict[str, dict[str, frozenset[str]]]:
+        out: dict[str, dict[str, frozenset[str]]] = {}
+        for kind, elements in self.get({"facts": body}, "facts", "facts", dict).items():
+            if kind == "description":
+                continue
+            where = f"facts.{kind}"
+            if not isinstance(elements, dict) or not elements:
+                raise self.fail(
+                    where, "should list, for a status element, its statuses that are facts"
+                )
+            out[kind] = {}
+            for element, statuses in elements.items():
+                if not isinstance(statuses, list) or not all(isinstance(v, str) for v in statuses):
+                    raise self.fail(where, f"`{element}` should be a list of statuses")
+                out[kind][element] = frozenset(statuses)
+        return out
 
     def _years(self, retention: dict[str, Any]) -> int:
         years: int = self.get(retention, "years", "retention", int)
@@ -236,7 +304,7 @@ class _Reader:
             kind = self.get(field, "type", fwhere)
             if kind not in FIELD_TYPES:
                 raise self.fail(fwhere, f"type {kind!r} is not one of {sorted(FIELD_TYPES)}")
-            fields.append(Field(field_name, kind, self.get(field, "description", fwhere)))
+            fields.append(self.field(field_name, kind, field, fwhere))
         date = body.get("date")
         if date is not None and date not in {f.name for f in fields}:
             raise self.fail(where, f"`date = {date!r}` is not one of its fields")
@@ -248,6 +316,34 @@ class _Reader:
             fields=tuple(fields),
             date=date,
         )
+
+    def field(self, name: str, kind: str, body: dict[str, Any], where: str) -> Field:
+        """A field and its allowlist: a string without a closed vocabulary, or a code without
+        its system, is refused, so that no field can carry whatever the source held."""
+        description = self.get(body, "description", where)
+        values = body.get("values", [])
+        system, lookup = body.get("system"), body.get("lookup")
+        if kind == "string":
+            if values and lookup is None:
+                if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                    raise self.fail(where, "`values` should be a list of strings")
+                return Field(name, kind, description, values=tuple(values))
+            if lookup in LOOKUP_COLUMNS and not values:
+                return Field(name, kind, description, lookup=lookup)
+            raise self.fail(
+                where,
+                "a string field needs its closed vocabulary (`values = [...]`) or a postcode "
+                f"`lookup` column ({sorted(LOOKUP_COLUMNS)}), and not both",
+            )
+        if values or lookup is not None:
+            raise self.fail(where, f"a {kind} field takes no `values` or `lookup`")
+        if kind == "code":
+            if system not in ("snomed", "dmd"):
+                raise self.fail(where, 'a code field needs `system = "snomed"` or "dmd"')
+            return Field(name, kind, description, system=system)
+        if system is not None:
+            raise self.fail(where, f"a {kind} field takes no `system`")
+        return Field(name, kind, description)
 
     def never(self, name: str, body: dict[str, Any]) -> NeverCollected:
         where = f"never_collected.{name}"
