@@ -230,10 +230,9 @@ class Grouping:
     ):
         """`rows`: how many rows there are, needed when there are no group columns to tell
         (by default one)."""
-        first = {h: i for i, h in reversed(list(enumerate(series)))}  # a repeat counts once
-        self.series = sorted(first)
+        self.series, order = group_order(series)
         self.values = value_halves(
-            [columns[first[h]] for h in self.series], _length(columns) if rows is None else rows
+            [columns[i] for i in order], _length(columns) if rows is None else rows
         )
         self._what: dict[str, str] = {}
 
@@ -247,6 +246,14 @@ class Grouping:
     def keys(self, what: Sequence[str]) -> list[str]:
         """The key of each row, counting `what` (from `count` or `statistic`)."""
         return [self.what_half(w) + v for w, v in zip(what, self.values, strict=True)]
+
+
+def group_order(series: Sequence[str]) -> tuple[list[str], tuple[int, ...]]:
+    """The series grouped by as a key has them (sorted by hash, a series given twice once), and
+    the position in `series` of each: the order its group columns' values are hashed in."""
+    first = {h: i for i, h in reversed(list(enumerate(series)))}
+    grouped = sorted(first)
+    return grouped, tuple(first[h] for h in grouped)
 
 
 def what_half(what: str, series: Sequence[str]) -> str:

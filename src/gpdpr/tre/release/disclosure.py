@@ -340,10 +340,7 @@ def _measure_keys(raw: pa.Table, measure: n.Measure) -> tuple[Keys, Keys]:
             raw.column("interval_end")[first].as_py(),
         )
         canon = canonical.Canon(interval, shared)
-        series = [canon.of(s) for _, s in measure.group_by]
-        position = {h: p for p, h in reversed(list(enumerate(series)))}  # a repeat counts once
-        grouped = sorted(position)
-        order = tuple(position[h] for h in grouped)
+        grouped, order = canonical.group_order([canon.of(s) for _, s in measure.group_by])
         if order not in values:
             columns = [raw.column(measure.group_by[p][0]) for p in order]
             values[order] = np.array(canonical.value_halves(columns, count), dtype=object)
