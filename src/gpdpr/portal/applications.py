@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, UploadFile
 
 from gpdpr.errors import UserError
 from gpdpr.governance import agreements, applications, panel, people
@@ -150,12 +150,146 @@ def _values(form: ApplicationForm | None) -> dict[str, Any]:
     }
 
 
+# The task list's sections, in order, and the form fields each one owns: a step posts only its
+# own fields, and the rest of the draft is carried over as it was saved.
+SECTIONS = {
+    "about": "About the project",
+    "purpose": "Purpose and legal basis",
+    "team": "The team and organisations",
+    "items": "The data items asked for",
+    "population": "The population and period",
+}
+FIELDS = {
+    "about": ("title", "purpose_category", "lay_summary", "technical_summary", "expected_benefit"),
+    "purpose": (
+        "legal_basis",
+        "duration_months",
+        "commercial",
+        "commercial_benefit",
+        "uses_for_marketing",
+        "uses_for_insurance",
+        "ndoo_exemption",
+        "ndoo_exemption_reason",
+    ),
+    "team": ("team", "collaborators", "funders"),
+    "items": ("items",),
+    "population": ("data_from", "data_to", "min_age", "max_age", "sexes", "regions"),
+}
+
+
+def _owned(section: str, name: str) -> bool:
+    return name in FIELDS[section] or (section == "items" and name.startswith("why."))
+
+
+def _fields(form: ApplicationForm) -> list[tuple[str, str]]:
+    """A saved form as the fields the one-page form would post, so `form_from` reads it back."""
+    values = _values(form)
+    fields = [(k, str(values[k] or "")) for k in FIELDS["about"]]
+    fields += [(k, str(values[k] or "")) for k in ("legal_basis", "commercial_benefit")]
+    fields += [(k, str(values[k] or "")) for k in ("ndoo_exemption", "ndoo_exemption_reason")]
+    fields += [("duration_months", str(form.duration_months))]
+    flags = ("commercial", "uses_for_marketing", "uses_for_insurance")
+    fields += [(k, "yes") for k in flags if values[k]]
+    fields += [("team", values["team"])]
+    fields += [("collaborators", o) for o in form.collaborators]
+    fields += [("funders", o) for o in form.funders]
+    for key, why in values["items"].items():
+        fields += [("items", key), (f"why.{key}", why)]
+    fields += [(k, day.isoformat()) for k in ("data_from", "data_to") if (day := values[k])]
+    fields += [(k, str(values[k])) for k in ("min_age", "max_age") if values[k] is not None]
+    fields += [("sexes", x) for x in form.population.sexes]
+    fields += [("regions", values["regions"])]
+    return fields
+
+
+def merged(saved: ApplicationForm, section: str, posted: FormData) -> FormData:
+    """The whole form: the saved draft with one section replaced by what was posted."""
+    fields: list[tuple[str, str | UploadFile]] = [
+        (k, v) for k, v in _fields(saved) if not _owned(section, k)
+    ]
+    fields += [(k, str(v)) for k, v in posted.multi_items() if _owned(section, k)]
+    return FormData(fields)
+
+
+def status(form: ApplicationForm, section: str) -> str:
+    """Not started, in progress or completed, from what the draft holds: a section is completed
+    when everything the automatic checks need from it is there."""
+    if section == "about":
+        parts = [form.title, form.lay_summary, form.technical_summary, form.expected_benefit]
+    elif section == "purpose":
+        parts = [form.legal_basis]
+        if form.commercial:
+            parts.append(form.commercial_benefit)
+        if form.ndoo_exemption:
+            parts.append(form.ndoo_exemption_reason)
+    elif section == "team":  # nobody else on the team is a complete answer, once given
+        given = form.team or form.collaborators or form.funders
+        return "completed" if given else "not started"
+    elif section == "items":  # an item without its reason is begun, not done
+        if not form.items:
+            return "not started"
+        return "completed" if all(i.justification for i in form.items) else "in progress"
+    else:
+        parts = [str(form.data_from or ""), str(form.data_to or "")]
+    filled = sum(1 for p in parts if p)
+    return "completed" if filled == len(parts) else "in progress" if filled else "not started"
+
+
+def _answers(form: ApplicationForm) -> list[tuple[str, str, list[tuple[str, str]], str]]:
+    """What the check-your-answers page lists, section by section."""
+    yes_no = {True: "Yes", False: "No"}
+    pop = form.population
+    rows = {
+        "about": [
+            ("Title", form.title),
+            ("Purpose", PURPOSES.get(form.purpose_category, form.purpose_category)),
+            ("Summary in plain words", form.lay_summary),
+            ("Technical summary", form.technical_summary),
+            ("Expected benefit", form.expected_benefit),
+        ],
+        "purpose": [
+            ("Legal basis", LEGAL_BASES.get(form.legal_basis, form.legal_basis)),
+            ("Access needed for", f"{form.duration_months} months"),
+            ("Commercial interest", yes_no[form.commercial] + f" {form.commercial_benefit}"),
+            ("Used for marketing", yes_no[form.uses_for_marketing]),
+            ("Used for insurance", yes_no[form.uses_for_insurance]),
+            (
+                "National Data Opt-out exemption",
+                "None: the opt-out applies"
+                if form.ndoo_exemption is None
+                else f"{NDOO_EXEMPTIONS.get(form.ndoo_exemption, form.ndoo_exemption)}: "
+                f"{form.ndoo_exemption_reason}",
+            ),
+        ],
+        "team": [
+            ("Other named researchers", ", ".join(form.team) or "None"),
+            ("Collaborating organisations", "; ".join(form.collaborators) or "None"),
+            ("Funders", "; ".join(form.funders) or "None"),
+        ],
+        "items": [(f"{i.table}.{i.field}", i.justification) for i in form.items],
+        "population": [
+            ("Records from", str(form.data_from or "")),
+            ("Records to", str(form.data_to or "")),
+            (
+                "Ages",
+                f"{pop.min_age if pop.min_age is not None else 'any'} to "
+                f"{pop.max_age if pop.max_age is not None else 'any'}",
+            ),
+            ("Sexes", ", ".join(pop.sexes) or "Everyone"),
+            ("Regions", " ".join(pop.regions) or "Everywhere"),
+        ],
+    }
+    return [(key, SECTIONS[key], rows[key], status(form, key)) for key in SECTIONS]
+
+
 def _form_page(
     request: Request,
     values: dict[str, Any],
     action: str,
     status_code: int = 200,
     errors: list[str] | None = None,
+    sections: tuple[str, ...] = tuple(SECTIONS),
+    reference: str | None = None,
 ) -> Response:
     organisations = portal_of(request).read(lambda s: [o.name for o in people.organisations(s)])
     return render(
@@ -176,6 +310,8 @@ def _form_page(
         sexes=SEXES,
         organisations=organisations,
         errors=errors or [],
+        sections=[(key, SECTIONS[key]) for key in sections],
+        reference=reference,
     )
 
 
@@ -242,7 +378,7 @@ def list_applications(request: Request) -> Response:
 @router.get("/applications/new")
 @allow("applicant")
 def new_application(request: Request) -> Response:
-    return _form_page(request, _values(None), "/applications/new")
+    return _form_page(request, _values(None), "/applications/new", sections=("about",))
 
 
 @router.post("/applications/new")
@@ -258,11 +394,16 @@ async def create_application(request: Request) -> Response:
             lambda s: applications.create_draft(s, handle, form).reference,
         )
     except UserError as exc:
-        return _form_page(request, _values_from_post(data), "/applications/new", 400, [str(exc)])
+        step = ("about",) if data.get("step") == "about" else tuple(SECTIONS)
+        values = _values_from_post(data)
+        return _form_page(request, values, "/applications/new", 400, [str(exc)], step)
     staff_session(request).flash.append(
         f"{reference} is saved as a draft. Submit it when it is complete."
     )
-    return RedirectResponse(f"/applications/{reference}", status_code=303)
+    # A person filling in the steps goes on to the task list; a script's one-page post, to the
+    # application.
+    after = "/edit" if data.get("step") == "about" else ""
+    return RedirectResponse(f"/applications/{reference}{after}", status_code=303)
 
 
 @router.get("/applications/{reference}")
@@ -316,9 +457,8 @@ def request_quorum() -> int:
     return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_QUORUM
 
 
-@router.get("/applications/{reference}/edit")
-@allow("applicant")
-def edit_application(request: Request, reference: str) -> Response:
+def _own_draft(request: Request, reference: str) -> ApplicationForm | None:
+    """The draft's content if the signed-in person leads it and it is still a draft."""
     who = staff_session(request)
 
     def find(s: Session) -> ApplicationForm | None:
@@ -327,10 +467,66 @@ def edit_application(request: Request, reference: str) -> Response:
             return None
         return applications.form_of(app)
 
-    form = portal_of(request).read(find)
+    return portal_of(request).read(find)
+
+
+@router.get("/applications/{reference}/edit")
+@allow("applicant")
+def task_list(request: Request, reference: str) -> Response:
+    form = _own_draft(request, reference)
     if form is None:
         return not_found(request)
-    return _form_page(request, _values(form), f"/applications/{reference}/edit")
+    tasks = [(key, heading, status(form, key)) for key, heading in SECTIONS.items()]
+    done = sum(1 for t in tasks if t[2] == "completed")
+    return render(
+        request,
+        "application_tasks.html.j2",
+        form=form,
+        reference=reference,
+        tasks=tasks,
+        done=done,
+    )
+
+
+@router.get("/applications/{reference}/edit/{section}")
+@allow("applicant")
+def edit_step(request: Request, reference: str, section: str) -> Response:
+    form = _own_draft(request, reference) if section in SECTIONS else None
+    if form is None:
+        return not_found(request)
+    action = f"/applications/{reference}/edit/{section}"
+    return _form_page(request, _values(form), action, sections=(section,), reference=reference)
+
+
+@router.post("/applications/{reference}/edit/{section}")
+@allow("applicant")
+async def save_step(request: Request, reference: str, section: str) -> Response:
+    form = _own_draft(request, reference) if section in SECTIONS else None
+    if form is None:
+        return not_found(request)
+    whole = merged(form, section, await request.form())
+    handle = staff_session(request).handle
+    assert handle is not None
+    try:
+        await run_in_threadpool(
+            portal_of(request).act,
+            lambda s: applications.edit_draft(s, handle, reference, form_from(whole)),
+        )
+    except UserError as exc:
+        action = f"/applications/{reference}/edit/{section}"
+        values = _values_from_post(whole)
+        return _form_page(request, values, action, 400, [str(exc)], (section,), reference)
+    staff_session(request).flash.append(f"{SECTIONS[section]}: saved.")
+    return RedirectResponse(f"/applications/{reference}/edit", status_code=303)
+
+
+@router.get("/applications/{reference}/check")
+@allow("applicant")
+def check_answers(request: Request, reference: str) -> Response:
+    form = _own_draft(request, reference)
+    if form is None:
+        return not_found(request)
+    return render(request, "application_check.html.j2", reference=reference, answers=_answers(form))
 
 
 @router.post("/applications/{reference}/edit")
