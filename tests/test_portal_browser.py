@@ -26,6 +26,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from governing import ADMIN, CHECKERS, LEAD, PANEL, act, form
 from gpdpr.portal.app import create_app
+from gpdpr.portal.applications import SECTIONS
 from gpdpr.portal.security import RateLimit
 from gpdpr.portal.serve import publish_now, running
 from gpdpr.tre import runs
@@ -186,16 +187,27 @@ def test_an_applicant_fills_in_and_submits_an_application(page: Page) -> None:
     )
     page.get_by_label("Technical summary, for the panel").fill("Counts by region and year.")
     page.get_by_label("Expected benefit to health and care").fill("Better planned home visits.")
+    save = page.get_by_role("button", name="Save and return to the task list")
+    save.click()
+    page.wait_for_load_state()
+    assert "is saved as a draft" in page.content()
+    page.get_by_role("link", name="Purpose and legal basis").click()
     page.get_by_label("Legal basis").select_option("public_task_health_care")
+    save.click()
+    page.get_by_role("link", name="The population and period").click()
     page.get_by_label("Records from (date)").fill("2016-01-01")
     page.get_by_label("Records to (date)").fill("2025-12-31")
+    save.click()
+    page.get_by_role("link", name="The data items asked for").click()
     page.locator("#item-patients\\.patient").check()
     page.get_by_label("Why patient is needed").first.fill("to count people once")
     page.locator("#item-patients\\.region_code").check()
     page.locator("#why-patients\\.region_code").fill("planning is by region")
-    page.get_by_role("button", name="Save draft").click()
+    save.click()
     page.wait_for_load_state()
-    assert "is saved as a draft" in page.content()
+    assert page.locator("#status-items").inner_text() == "Completed"
+    page.get_by_role("link", name="Check your answers and submit").click()
+    assert "planning is by region" in page.locator("main").inner_text()
     page.get_by_role("button", name="Submit to the panel").click()
     page.wait_for_load_state()
     assert "is submitted. The panel will review it." in page.content()
@@ -600,6 +612,8 @@ def test_every_page_of_every_role_fits_a_phone_and_passes_axe(site: Site, tmp_pa
         "/admin",
         "/research/definitions/*",
         "/applications/*/edit",
+        *(f"/applications/*/edit/{step}" for step in SECTIONS),
+        "/applications/*/check",
     }
     assert must <= seen, f"the crawl missed {sorted(must - seen)}"
     assert problems == [], "\n".join(problems)
