@@ -129,3 +129,17 @@ def test_only_the_lead_sees_the_steps_of_a_draft(portal: Portal) -> None:
     before = snapshot(portal.built.engine)
     assert post(other, f"{app}/edit/about", "/applications", **ABOUT).status_code == 404
     assert snapshot(portal.built.engine) == before
+
+
+def test_what_an_applicant_types_is_escaped_on_the_task_list_and_check_pages(
+    portal: Portal,
+) -> None:
+    lead = staff(portal, LEAD)
+    canary = '<script>alert("canary")</script>'
+    made = post(
+        lead, "/applications/new", "/applications/new", step="about", **{**ABOUT, "title": canary}
+    )
+    app = made.headers["location"].removesuffix("/edit")  # type: ignore[attr-defined]
+    for path in ("/edit", "/check", "/edit/about"):
+        page = lead.get(f"{app}{path}").text
+        assert canary not in page and "&lt;script&gt;" in page, path
