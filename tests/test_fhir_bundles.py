@@ -10,12 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from extracting import Keys, patient_pseudonym, run, tables
 from fhir_exports import ODS, coded, nhs_number, patient, practice, records, support, write
 from fhir_scan import hits
 from gpdpr import spec as specification
 from gpdpr.practice.extract import quarantine_path
+from gpdpr.practice.fhir_bundle import unpack
+from gpdpr.practice.fhir_read import Shape
 
 SPEC = specification.shipped()
 CANARY = "Canary Jane Smith 943 476 5919"
@@ -210,3 +214,48 @@ def test_a_type1_dissent_recorded_in_a_bundle_is_honoured(tmp_path: Path, keys: 
     assert manifest["type1_opt_out"]["active"] == [pseudonym(keys, 2)]
     for name, rows in sent(tmp_path / "package").items():
         assert set(rows) == {pseudonym(keys, 1), pseudonym(keys, 3)}, name
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.sampled_from(["urn:uuid:a", "Patient/a", "x"]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["reference", "subject", "id", "mode"]), inner, max_size=3
+        )
+    ),
+    max_leaves=8,
+)
+RESOURCE = st.fixed_dictionaries(
+    {"resourceType": st.sampled_from(["Patient", "Condition", "OperationOutcome", "Bundle"])},
+    optional={"id": JSON, "subject": JSON, "type": st.just("collection"), "entry": JSON},
+)
+ENTRY = st.fixed_dictionaries(
+    {},
+    optional={
+        "fullUrl": st.sampled_from(["urn:uuid:a", f"{BASE}/Patient/a", "x"]) | JSON,
+        "resource": RESOURCE | JSON,
+        "request": st.fixed_dictionaries({"method": st.sampled_from(["POST", "DELETE"]) | JSON}),
+        "search": st.fixed_dictionaries(
+            {"mode": st.sampled_from(["match", "include", "outcome"]) | JSON}
+        ),
+    },
+)
+BUNDLE = st.fixed_dictionaries(
+    {"type": st.sampled_from(["collection", "transaction", "searchset", "batch"]) | JSON},
+    optional={"entry": st.lists(ENTRY | JSON, max_size=4) | JSON},
+)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(BUNDLE)
+def test_any_bundle_is_unpacked_or_refused_naming_a_path(bundle: dict[str, Any]) -> None:
+    bundle = bundle | {"resourceType": "Bundle"}
+    try:
+        unpacked = unpack(bundle)
+    except Shape as shape:
+        assert shape.path.startswith("Bundle.")
+    else:
+        for entry in unpacked.entries:
+            resource = orjson.loads(entry.line)
+            assert resource["resourceType"] == entry.kind not in ("OperationOutcome", "Bundle")
