@@ -7,6 +7,10 @@ addresses and telecoms are never copied. Dates are checked and converted a batch
 
 Lines that are not records at all (bad JSON, a resource of another or unknown type) are reported
 as faults with their file and line number, never their content.
+
+Bundles (in `Bundle.ndjson`, a Bundle a line, or a `*.json` file that is one Bundle) are unpacked
+when the export is opened; their resources are then read as if they were lines of their own type,
+each named in a fault by its Bundle's file and line and its entry's FHIR path.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import pyarrow.compute as pc
 
 from gpdpr.errors import UserError
 from gpdpr.practice import fhir_read as read
+from gpdpr.practice.fhir_bundle import FHIR_ID as ID_FORM
+from gpdpr.practice.fhir_bundle import REPEATED, Entry, unpack
 from gpdpr.practice.rules import ENTERED_IN_ERROR
 from gpdpr.practice.source import (
     DATE,
@@ -197,7 +203,10 @@ class FhirReader:
         self._lines_read: dict[Path, int] = {}
         about = self._manifest()
         self.files = self._export_files(about)
-        if "Patient" not in self.files:
+        self._entry_paths: dict[tuple[str, int, str | None], str] = {}
+        self._skipped: dict[str, int] = {}
+        self.unpacked = self._bundles(self.files.pop("Bundle", []))
+        if "Patient" not in self.files and "Patient" not in self.unpacked:
             raise UserError(
                 f"{folder} holds no Patient file (Patient.ndjson or Patient.000.ndjson): there "
                 "are no records to extract (is this the practice's FHIR export folder?)"
@@ -216,6 +225,10 @@ class FhirReader:
             for name, paths in self.files.items()
             if name in self.never_read
         }
+        for name, entries in self.unpacked.items():
+            if name in self.never_read:
+                not_read[name] = not_read.get(name, 0) + len(entries)
+        not_read.update(self._skipped)
         self.practice = Practice(ods, "fhir", extracted_at, not_read)
         self._medication_codes: dict[str, str | None] | None = None
         self._merged: dict[str, str] | None = None
@@ -350,6 +363,10 @@ class FhirReader:
         kind: str | None = None,
         path: str | None = None,
     ) -> None:
+        entry = self._entry_paths.get((source, line, record_id)) if self._entry_paths else None
+        if entry is not None and kind is not None:  # "Condition.subject" in a Bundle's entry 3:
+            rest = path[len(kind) :] if path and path.startswith(kind) else ""
+            path = f"{entry}.resource{rest}"  # "Bundle.entry[3].resource.subject"
         self._faults.append(ReaderFault(source, line, record_id, reason, kind, path))
 
     def _resources(
@@ -358,38 +375,89 @@ class FhirReader:
         """(file name, line number, id, resource) for each well-formed resource of type `name`
         in its files; faults for the rest (recorded only on the main pass)."""
         report = keep is None and not quiet
+        for source, number, line in self._lines_of(name):
+            if keep is not None and not keep(line):
+                continue
+            try:
+                resource = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                if report:
+                    found = FHIR_ID.search(line)
+                    rid = found.group(1).decode() if found else None
+                    self._fault(source, number, rid, NOT_JSON, name)
+                continue
+            if not isinstance(resource, dict):
+                if report:
+                    self._fault(source, number, None, NOT_OBJECT, name)
+                continue
+            rid = resource.get("id")
+            rid = rid if isinstance(rid, str) and rid else None
+            kind = resource.get("resourceType")
+            if kind != name:
+                if report:
+                    named = kind if isinstance(kind, str) and RESOURCE_TYPE.match(kind) else None
+                    self._fault(source, number, rid, WRONG_TYPE, named, "resourceType")
+                continue
+            if rid is None:
+                if report:
+                    self._fault(source, number, None, NO_ID, name, f"{name}.id")
+                continue
+            yield source, number, rid, resource
+
+    def _lines_of(self, name: str) -> Iterator[tuple[str, int, bytes]]:
+        """(file name, line number, line) of each resource of type `name`: its files' lines,
+        then the resources of that type Bundles hold."""
         for file in self.files.get(name, ()):
             source = file.name
             for number, line in self._lines(file):
-                if keep is not None and not keep(line):
-                    continue
+                yield source, number, line
+        for source, number, entry in self.unpacked.get(name, ()):
+            yield source, number, entry.line
+
+    def _bundles(self, files: list[Path]) -> dict[str, list[tuple[str, int, Entry]]]:
+        """The resources every Bundle of the export holds, by type. A Bundle of the wrong shape is
+        quarantined whole, named by file, line and the FHIR path at fault."""
+        found: dict[str, list[tuple[str, int, Entry]]] = {}
+        seen: set[tuple[str, str]] = set()
+        lines: list[tuple[str, int, bytes]] = [
+            (file.name, number, line) for file in files for number, line in self._lines(file)
+        ]
+        for path in sorted(self.folder.glob("*.json")):
+            if path.name != MANIFEST:
                 try:
-                    resource = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    if report:
-                        found = FHIR_ID.search(line)
-                        rid = found.group(1).decode() if found else None
-                        self._fault(source, number, rid, NOT_JSON, name)
-                    continue
-                if not isinstance(resource, dict):
-                    if report:
-                        self._fault(source, number, None, NOT_OBJECT, name)
-                    continue
-                rid = resource.get("id")
-                rid = rid if isinstance(rid, str) and rid else None
-                kind = resource.get("resourceType")
-                if kind != name:
-                    if report:
-                        named = (
-                            kind if isinstance(kind, str) and RESOURCE_TYPE.match(kind) else None
-                        )
-                        self._fault(source, number, rid, WRONG_TYPE, named, "resourceType")
-                    continue
-                if rid is None:
-                    if report:
-                        self._fault(source, number, None, NO_ID, name, f"{name}.id")
-                    continue
-                yield source, number, rid, resource
+                    lines.append((path.name, 1, path.read_bytes().removeprefix(BOM)))
+                except OSError as exc:
+                    raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+        for source, number, line in lines:
+            try:
+                bundle = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                self._fault(source, number, None, NOT_JSON, "Bundle")
+                continue
+            if not isinstance(bundle, dict):
+                self._fault(source, number, None, NOT_OBJECT, "Bundle")
+                continue
+            bid = bundle.get("id")
+            bid = bid if isinstance(bid, str) and ID_FORM.match(bid) else None
+            if bundle.get("resourceType") != "Bundle":
+                self._fault(source, number, bid, WRONG_TYPE, None, "resourceType")
+                continue
+            try:
+                unpacked = unpack(bundle)
+            except read.Shape as shape:
+                self._fault(source, number, bid, WRONG_SHAPE, "Bundle", shape.path)
+                continue
+            for why, n in unpacked.skipped.items():
+                self._skipped[why] = self._skipped.get(why, 0) + n
+            for entry in unpacked.entries:
+                if entry.rid is not None:
+                    if (entry.kind, entry.rid) in seen:  # a searchset's include, page on page
+                        self._skipped[REPEATED] = self._skipped.get(REPEATED, 0) + 1
+                        continue
+                    seen.add((entry.kind, entry.rid))
+                self._entry_paths[(source, number, entry.rid)] = entry.path
+                found.setdefault(entry.kind, []).append((source, number, entry))
+        return found
 
     # ---- the Reader interface -----------------------------------------------------------------
 
@@ -453,12 +521,11 @@ class FhirReader:
 
     def _unknown_files(self) -> None:
         known = set(TABLE_OF) | SUPPORT_TYPES | self.never_read
-        for name in sorted(set(self.files) - known):
-            for path in self.files[name]:
-                for number, line in self._lines(path):
-                    found = FHIR_ID.search(line)
-                    rid = found.group(1).decode() if found else None
-                    self._fault(path.name, number, rid, UNKNOWN_TYPE, name)
+        for name in sorted((set(self.files) | set(self.unpacked)) - known):
+            for source, number, line in self._lines_of(name):
+                found = FHIR_ID.search(line)
+                rid = found.group(1).decode() if found else None
+                self._fault(source, number, rid, UNKNOWN_TYPE, name)
 
     def _medication(self, medication: str) -> str | None:
         if self._medication_codes is None:
