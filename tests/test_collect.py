@@ -117,8 +117,12 @@ def _lying_counts(p: Path, keys: Keys) -> None:
     resign(p, _kit(keys, "Z10001"), {"tables/clinical_events/rows": rows + 1})
 
 
+UNKNOWN = "Z99990"  # a practice no test issues a kit to (the key folder is the session's)
+
+
 def _unknown_practice(p: Path, keys: Keys) -> None:
-    resign(p, _kit(keys, "Z10001"), {"practice/ods_code": "Z99999"})
+    assert not (keys.folder / "practices" / UNKNOWN).exists()
+    resign(p, _kit(keys, "Z10001"), {"practice/ods_code": UNKNOWN})
 
 
 def _old_specification(p: Path, keys: Keys) -> None:
@@ -158,7 +162,7 @@ TAMPERING = {
     "truncated": (_truncated, "does not match its SHA-256"),
     "altered": (_altered, "does not match its SHA-256"),
     "manifest lies about counts": (_lying_counts, "but the manifest says"),
-    "unknown practice": (_unknown_practice, "Z99999, which has no key registered"),
+    "unknown practice": (_unknown_practice, f"{UNKNOWN}, which has no key registered"),
     "old specification version": (_old_specification, "which the centre does not accept"),
     "specification content differs": (_other_specification_content, "different content"),
     "file not in the manifest": (_extra_file, "notes.txt are not in the manifest"),
