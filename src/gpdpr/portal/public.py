@@ -431,6 +431,11 @@ def region_names() -> dict[str, str]:
     return {str(r["code"]): str(r["name"]) for r in tomllib.loads(text)["region"]}
 
 
+def _bars(title: str, labels: list[str], series: list[charts.Series]) -> str:
+    """A bar chart drawn wide and narrow (charts.both)."""
+    return charts.both(lambda width: charts.bars(title, labels, series, width=width))
+
+
 @router.get("/statistics")
 @allow(PUBLIC)
 def statistics(request: Request) -> Response:
@@ -438,41 +443,25 @@ def statistics(request: Request) -> Response:
     figures = portal.read(lambda s: statistics_of(s, portal.home))
     coverage = figures["coverage"]
     drawn = {
-        "regions": charts.both(
-            lambda width: charts.bars(
-                "Patients covered, by region",
-                [region_names().get(r, r) for r, _ in coverage["regions"]] if coverage else [],
-                [
-                    charts.Series(
-                        "Patients", [n for _, n in coverage["regions"]] if coverage else []
-                    )
-                ],
-                width=width,
-            )
+        "regions": _bars(
+            "Patients covered, by region",
+            [region_names().get(r, r) for r, _ in coverage["regions"]] if coverage else [],
+            [charts.Series("Patients", [n for _, n in coverage["regions"]] if coverage else [])],
         ),
-        "optouts": charts.both(
-            lambda width: charts.bars(
-                "Opt-outs set and withdrawn, by month",
-                figures["optouts"]["months"],
-                figures["optouts"]["series"],
-                width=width,
-            )
+        "optouts": _bars(
+            "Opt-outs set and withdrawn, by month",
+            figures["optouts"]["months"],
+            figures["optouts"]["series"],
         ),
-        "applications": charts.both(
-            lambda width: charts.bars(
-                "Applications by outcome",
-                figures["applications"]["labels"],
-                [charts.Series("Applications", figures["applications"]["values"])],
-                width=width,
-            )
+        "applications": _bars(
+            "Applications by outcome",
+            figures["applications"]["labels"],
+            [charts.Series("Applications", figures["applications"]["values"])],
         ),
-        "releases": charts.both(
-            lambda width: charts.bars(
-                "Releases of results, by month",
-                figures["releases"]["months"],
-                [charts.Series("Releases", figures["releases"]["values"])],
-                width=width,
-            )
+        "releases": _bars(
+            "Releases of results, by month",
+            figures["releases"]["months"],
+            [charts.Series("Releases", figures["releases"]["values"])],
         ),
     }
     regions = [(region_names().get(r, r), n) for r, n in coverage["regions"]] if coverage else []
