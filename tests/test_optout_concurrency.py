@@ -140,8 +140,26 @@ WRITER = textwrap.dedent(
 )
 
 
+class Writes:
+    """How many writes the second process has made; `after(n)` waits for the n-th, so a test
+    can spread its changes across the other process's writes however busy the machine is."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.changed = threading.Condition()
+
+    def one_more(self) -> None:
+        with self.changed:
+            self.count += 1
+            self.changed.notify_all()
+
+    def after(self, n: int) -> None:
+        with self.changed:
+            assert self.changed.wait_for(lambda: self.count >= n, timeout=120), "writer stuck"
+
+
 @contextmanager
-def second_writer(url: str) -> Iterator[None]:
+def second_writer(url: str) -> Iterator[Writes]:
     """Another process writing to the database at `url`, one short write transaction after
     another, for the block."""
     writer = subprocess.Popen(
@@ -152,28 +170,28 @@ def second_writer(url: str) -> Iterator[None]:
     )
     assert writer.stdin is not None and writer.stdout is not None
     stop = threading.Event()
-    written = []
+    writes = Writes()
 
     def keep_writing() -> None:
         assert writer.stdin is not None and writer.stdout is not None
         while not stop.is_set():
             writer.stdin.write("go\n")
             writer.stdin.flush()
-            written.append(writer.stdout.readline())
+            if writer.stdout.readline():
+                writes.one_more()
 
     try:
         assert writer.stdout.readline().strip() == "ready"
         pacer = threading.Thread(target=keep_writing)
         pacer.start()
         try:
-            yield
+            yield writes
         finally:
             stop.set()
             pacer.join(timeout=120)
         writer.stdin.write("stop\n")
         writer.stdin.flush()
         assert writer.wait(timeout=120) == 0
-        assert len(written) > 5  # it did write, all along
     finally:
         if writer.poll() is None:
             writer.kill()
@@ -187,15 +205,16 @@ def test_a_second_writing_process_makes_no_change_fail(tmp_path: Path) -> None:
         people = [pseudonym(f"busy {n}") for n in range(60)]
         failures: list[BaseException] = []
 
-        def change(who: str) -> None:
+        def change(n: int, who: str) -> None:
             try:
+                writes.after(n // 10)  # six people to each of the other process's writes
                 registry.set(who, "type1", "online", request_id=f"busy-{who[:40]}")
                 registry.set(who, "ndoo", "online")
             except BaseException as error:  # every failure is what is counted
                 failures.append(error)
 
-        with second_writer(url), ThreadPoolExecutor(8) as pool:
-            list(pool.map(change, people))
+        with second_writer(url) as writes, ThreadPoolExecutor(8) as pool:
+            list(pool.map(change, range(len(people)), people))
     finally:
         engine.dispose()
     assert failures == []
@@ -227,6 +246,7 @@ def test_patients_opt_outs_through_the_portal_all_succeed_beside_a_second_writer
             def changes(client: httpx.Client) -> None:
                 # type1 set, type1 withdraw, ndoo set, ndoo withdraw, ...: each one a change
                 for j in range(PER_PATIENT):
+                    writes.after(j // 2)  # each pair beside another of the writer's writes
                     page = client.get("/patient").text
                     answers.append(
                         client.post(
@@ -240,7 +260,8 @@ def test_patients_opt_outs_through_the_portal_all_succeed_beside_a_second_writer
                         ).status_code
                     )
 
-            with second_writer(f"sqlite:///{home / 'central.db'}"), ThreadPoolExecutor(2) as pool:
+            central = f"sqlite:///{home / 'central.db'}"
+            with second_writer(central) as writes, ThreadPoolExecutor(2) as pool:
                 list(pool.map(changes, browsers))
             for client in browsers:
                 client.close()

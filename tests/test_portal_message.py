@@ -192,10 +192,24 @@ def test_the_application_form_offers_only_items_a_run_can_read(site: Site) -> No
         data={"handle": LEAD, "password": PASSWORD, "csrf_token": CSRF.findall(page)[0]},
     )
     form = browser.get("/applications/new").text
-    offered = set(re.findall(r'name="items" value="([^"]+)"', form))
+    started = browser.post(
+        "/applications/new",
+        data={
+            "csrf_token": CSRF.findall(form)[0],
+            "step": "about",
+            "title": "Offered items",
+            "purpose_category": "research",
+            "lay_summary": "Which items may a run read?",
+            "technical_summary": "The items step.",
+            "expected_benefit": "A form that offers only what can be used.",
+        },
+    )
+    assert started.status_code == 303, started.text
+    items_step = browser.get(started.headers["location"] + "/items").text
+    offered = set(re.findall(r'name="items" value="([^"]+)"', items_step))
     assert "clinical_events.code" in offered and "patients.sex" in offered
     assert not {i for i in offered if i.endswith((".record_id", ".last_modified"))}
-    # and one sent anyway (a hand-made request) is refused, with nothing saved
+    # and one sent anyway (a hand-made one-page request) is refused, with nothing saved
     before = browser.get("/applications").text
     refused = browser.post(
         "/applications/new",
