@@ -41,6 +41,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
 from deltalake.transaction import AddAction, RemoveAction
@@ -286,6 +287,25 @@ class Snapshot:
                 strict=True,
             )
         ]
+
+    def dataset(self, table: str) -> ds.Dataset:
+        """The table's files at this version as a dataset read by Arrow's own file system (a
+        query engine reading it from many threads then never waits on Python), its partition
+        column read from the files' folders."""
+        root = self.lake.path(table)
+        schema = self.delta(table).to_pyarrow_dataset().schema
+        partitioned = PRACTICE in self.lake.partition_by(table)
+        return ds.dataset(
+            [str(root / f.path) for f in self.files(table)],
+            schema=schema,
+            format="parquet",
+            partitioning=(
+                ds.partitioning(pa.schema([schema.field(PRACTICE)]), flavor="hive")
+                if partitioned
+                else None
+            ),
+            partition_base_dir=str(root),
+        )
 
     def read(self, table: str, columns: list[str] | None = None) -> pa.Table:
         return self.delta(table).to_pyarrow_dataset().to_table(columns=columns)

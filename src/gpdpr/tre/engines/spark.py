@@ -45,12 +45,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from gpdpr.errors import UserError
+from gpdpr.lake.tables import PRACTICE as PARTITION
 from gpdpr.tre.engines import guard, sql
 from gpdpr.tre.engines.base import (
+    LakeViews,
+    Pseudonyms,
     Results,
+    Views,
     arrow_type,
     conform,
     dataset_schema,
@@ -65,6 +70,7 @@ from gpdpr.tre.engines.base import (
 from gpdpr.tre.query import limits
 from gpdpr.tre.query import nodes as n
 from gpdpr.tre.query.schema import TABLES, view_name
+from gpdpr.tre.views import KEY, PEOPLE, source
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -257,7 +263,7 @@ class SparkEngine:
         self.settings = dict(settings or {})
         self.seconds = run_seconds(seconds)
 
-    def run(self, definition: n.Definition, views: Mapping[str, pa.Table]) -> Results:
+    def run(self, definition: n.Definition, views: Views) -> Results:
         spark = session(self.master, self.memory).newSession()
         limits.check(definition)
         for key, value in {**self.settings, **CONFINED}.items():
@@ -265,21 +271,26 @@ class SparkEngine:
         with tempfile.TemporaryDirectory(prefix="gpdpr-spark-run-") as folder:
             box = Sandbox(spark, Path(folder), self.seconds)
             try:
-                # The views the definition reads (the others would only cost time to load).
-                wanted = {"patients", *n.columns_used(definition)}
-                by_key, by_pseudonym = keyed({k: v for k, v in views.items() if k in wanted})
-                for name, table in by_key.items():
-                    box.register(view_name(name), _typed(name, table))
+                read = None
+                if isinstance(views, LakeViews):
+                    ids = box.install(views)
+                    pseudonyms, read = Pseudonyms(ids, None), ids
+                else:
+                    # The views the definition reads (the others would only cost time to load).
+                    wanted = {"patients", *n.columns_used(definition)}
+                    by_key, pseudonyms = keyed({k: v for k, v in views.items() if k in wanted})
+                    for name, table in by_key.items():
+                        box.register(view_name(name), _typed(name, table))
                 dataset = None
                 if definition.population is not None:
                     found = box.query(sql.dataset_query(definition, DIALECT))
-                    dataset = conform(shown(found, by_pseudonym), dataset_schema(definition))
+                    dataset = conform(shown(found, pseudonyms), dataset_schema(definition))
                 measures: dict[str, pa.Table] = {}
                 for measure in definition.measures:
                     box.register(sql.INTERVALS, intervals_table(measure.intervals))
                     found = box.query(sql.measure_query(definition, measure, DIALECT))
                     measures[measure.name] = conform(found, measure_schema(measure))
-                return Results(dataset, measures)
+                return Results(dataset, measures, read)
             finally:
                 box.close()
 
@@ -294,7 +305,9 @@ class Sandbox:
         self.spark = spark
         self.folder = folder.resolve()
         self.seconds = seconds
-        self.relations: set[str] = set()
+        self.relations: set[str] = set()  # what compiled queries may read
+        self.defined: set[str] = set()  # every temporary view made, to drop after
+        self.lake_files: set[Path] = set()  # the lake's files its views read
         self.kept: list[DataFrame] = []
         self.files = itertools.count()
         self.group = f"gpdpr-run-{uuid.uuid4().hex}"
@@ -308,13 +321,61 @@ class Sandbox:
         self.watchdog = threading.Timer(seconds, stop)
         self.watchdog.start()
 
-    def register(self, name: str, table: pa.Table) -> None:
+    def register(self, name: str, table: pa.Table, shown: bool = True) -> None:
+        """Make `table` readable as `name`: by compiled queries if `shown`, else only by the
+        views `install` defines."""
         path = self.folder / f"{next(self.files)}.parquet"  # a new file, even for a new intervals
         pq.write_table(table, path)
         # Giving the schema spares Spark a job to read it back from the file.
         schema = _spark_schema(table.schema)
         self.spark.read.schema(schema).parquet(str(path)).createOrReplaceTempView(name)
-        self.relations.add(name)
+        self.defined.add(name)
+        if shown:
+            self.relations.add(name)
+
+    def install(self, lake: LakeViews) -> pa.ChunkedArray:
+        """Make `lake`'s views, Spark reading the lake version's own Parquet files where they
+        are (on a cluster, wherever the lake is: a shared folder or object storage), and give
+        the project pseudonym of each person by key. The views are defined here, not by any
+        compiled query, and may be the only names a compiled query reads."""
+        for name, files in lake.sources.items():
+            self._read_lake(source(name), files)
+        self.register(source("excluded"), lake.excluded, shown=False)
+        people = self.spark.sql(
+            f"select *, row_number() over (order by patient) - 1 as {KEY} from ({lake.people})"
+        ).cache()  # made once: every view joins it
+        self.kept.append(people)
+        people.createOrReplaceTempView(PEOPLE)
+        self.defined.add(PEOPLE)
+        for column, tables in lake.mapped.items():
+            values = " union ".join(
+                f"select distinct {column} as lake from {source(t)} where {column} is not null"
+                for t in tables
+            )
+            found = self._collect(self.spark.sql(values)).column(0)
+            mapping = pa.table({"lake": found, "project": lake.project(found)})
+            self.register(source(f"map_{column}"), mapping, shown=False)
+        for name, text in lake.views.items():
+            self.spark.sql(text).createOrReplaceTempView(view_name(name))
+            self.defined.add(view_name(name))
+            self.relations.add(view_name(name))
+        ordered = self._collect(people.orderBy(KEY).select("patient")).column(0)
+        ids = lake.project(ordered)
+        return ids if isinstance(ids, pa.ChunkedArray) else pa.chunked_array([ids])
+
+    def _read_lake(self, name: str, files: ds.Dataset) -> None:
+        """One lake table's files at the run's lake version, its partition column (the practice)
+        read from their folders' names."""
+        paths = sorted(str(Path(f).resolve()) for f in files.files)
+        if not paths:  # an empty table is a file with no rows
+            self.register(name, files.schema.empty_table(), shown=False)
+            return
+        partitioned = Path(paths[0]).parent.name.startswith(f"{PARTITION}=")
+        base = Path(paths[0]).parent.parent if partitioned else Path(paths[0]).parent
+        reader = self.spark.read.schema(_spark_schema(files.schema)).option("basePath", str(base))
+        reader.parquet(*paths).createOrReplaceTempView(name)
+        self.defined.add(name)
+        self.lake_files.update(Path(p) for p in paths)
 
     def frame(self, text: str) -> DataFrame:
         """A query as a DataFrame, checked by the guard and by its plan, not yet run."""
@@ -323,7 +384,7 @@ class Sandbox:
             frame = self.spark.sql(text)
         except Exception as error:
             raise failed("Spark", error) from error
-        _check_plan(frame, self.folder)
+        _check_plan(frame, self.folder, self.lake_files)
         return frame
 
     def query(self, query: sql.Query) -> pa.Table:
@@ -364,29 +425,30 @@ class Sandbox:
         self.watchdog.cancel()
         for frame in self.kept:
             frame.unpersist()
-        for name in self.relations:
+        for name in self.defined | self.relations:
             self.spark.catalog.dropTempView(name)
 
 
-def _check_plan(frame: DataFrame, folder: Path) -> None:
+def _check_plan(frame: DataFrame, folder: Path, lake_files: set[Path]) -> None:
     """Refuse a query whose analysed plan reads anything but the run's own Parquet files (the
-    views registered for it) and the table expressions it defines."""
+    views registered for it), the lake files its views were made from, and the table
+    expressions it defines."""
     leaves = frame._jdf.queryExecution().analyzed().collectLeaves().iterator()
     while leaves.hasNext():
         leaf = leaves.next()
         kind = leaf.getClass().getSimpleName()
         if kind in ("OneRowRelation", "CTERelationRef"):
             continue
-        if kind == "LogicalRelation" and _within(leaf, folder):
+        if kind == "LogicalRelation" and _within(leaf, folder, lake_files):
             continue
         raise guard.Refused(f"Spark would read a {kind} that is not a view of this run")
 
 
-def _within(relation: Any, folder: Path) -> bool:
-    """Whether a relation reads only files in `folder`."""
+def _within(relation: Any, folder: Path, lake_files: set[Path]) -> bool:
+    """Whether a relation reads only files in `folder` or the lake files named."""
     try:
         paths = relation.relation().location().rootPaths()
     except Exception:  # not files at all
         return False
     found = [Path(paths.apply(i).toUri().getPath()).resolve() for i in range(paths.length())]
-    return bool(found) and all(folder in p.parents for p in found)
+    return bool(found) and all(folder in p.parents or p in lake_files for p in found)
