@@ -188,7 +188,7 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 RUN_SECONDS = "GPDPR_TRE_RUN_SECONDS"  # how long one run may compute (each engine)
 MEMORY = "GPDPR_TRE_MEMORY"  # how much memory DuckDB may use for one run
 DEFAULT_SECONDS = 1800.0
-DEFAULT_MEMORY = "8GB"
+DEFAULT_MEMORY = "2GB"  # beyond it DuckDB spills to the run's own folder
 _MEMORY = re.compile(r"[0-9]{1,6}(\.[0-9]{1,3})?\s?(KB|MB|GB|TB|KiB|MiB|GiB|TiB)")
 
 
