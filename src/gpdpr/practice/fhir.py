@@ -29,7 +29,6 @@ from gpdpr.errors import UserError
 from gpdpr.practice import fhir_read as read
 from gpdpr.practice.fhir_bundle import FHIR_ID as ID_FORM
 from gpdpr.practice.fhir_bundle import REPEATED, Entry, unpack
-from gpdpr.practice.rules import ENTERED_IN_ERROR
 from gpdpr.practice.source import (
     DATE,
     PATIENT_COLUMNS,
@@ -642,7 +641,7 @@ class FhirReader:
                     continue
                 subject = self._survivor(read.opt_out_subject(kind, resource))
                 effective, recorded = read.opt_out_date(kind, resource)
-                entered_in_error = resource.get("status") == ENTERED_IN_ERROR
+                in_force = read.opt_out_status(kind, resource, self.context.extracted_on)
                 meta = resource.get("meta")
                 for code in sorted(found):
                     is_dissent = code in dissent
@@ -653,7 +652,7 @@ class FhirReader:
                             "code": code,
                             "effective_date": day,
                             "recorded_at": recorded if isinstance(recorded, str) else None,
-                            "status": ENTERED_IN_ERROR if entered_in_error else "active",
+                            "status": in_force,
                             "last_modified": meta.get("lastUpdated")
                             if isinstance(meta, dict)
                             else None,

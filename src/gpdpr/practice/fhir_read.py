@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from gpdpr.practice.rules import ENTERED_IN_ERROR, NOT_A_FACT_STATUS
+from gpdpr.practice.rules import ENTERED_IN_ERROR, NOT_A_FACT_STATUS, NOT_IN_FORCE
 from gpdpr.terminology import (
     NHS_NUMBER_SYSTEM,
     REGISTRATION_END_EXT,
@@ -500,6 +500,46 @@ def opt_out_date(kind: str, r: Row) -> tuple[Any, Any]:
         except Shape:
             value = object()  # unreadable: the caller treats it as undated
     return value, r.get(recorded) if recorded else None
+
+
+# Statuses that say a Consent or Flag is no longer (or never was) in force. Only these release a
+# patient: any other status, or none, leaves the entry counting, since where the record is unclear
+# the dissent stands.
+NOT_IN_FORCE_STATUSES = {
+    "Consent": frozenset({"inactive", "rejected", ENTERED_IN_ERROR}),
+    "Flag": frozenset({"inactive", ENTERED_IN_ERROR}),
+}
+
+
+def opt_out_status(kind: str, r: Row, today: str) -> str:
+    """FACT, entered-in-error, or NOT_IN_FORCE (a Consent or Flag made inactive, rejected, or
+    whose period ended before the extract: it no longer records a decision)."""
+    given = r.get("status")
+    if given == ENTERED_IN_ERROR:
+        return ENTERED_IN_ERROR
+    if given in NOT_IN_FORCE_STATUSES.get(kind, ()):
+        return NOT_IN_FORCE
+    if kind == "Consent":
+        provision = r.get("provision")
+        period = provision.get("period") if type(provision) is dict else None
+    elif kind == "Flag":
+        period = r.get("period")
+    else:
+        return FACT
+    end = period.get("end") if type(period) is dict else None
+    if type(end) is str and len(end) >= 4 and _last_day(end) < today:
+        return NOT_IN_FORCE
+    return FACT
+
+
+def _last_day(value: str) -> str:
+    """The last day a partial date may mean, as text that sorts with ISO dates ("2023" is in
+    force until 2023-12-31): an end known only to its year or month has not passed before then."""
+    if len(value) == 4:
+        return f"{value}-12-31"
+    if len(value) == 7:
+        return f"{value}-31"
+    return value[:10]
 
 
 def opt_out_subject(kind: str, r: Row) -> str | None:

@@ -44,6 +44,9 @@ from gpdpr.terminology import load_catalogue
 
 EARLIEST = date(1900, 1, 2)  # 1900-01-01 is a common "date unknown" placeholder
 ENTERED_IN_ERROR = "entered-in-error"
+# The status a reader gives an opt-out entry that no longer records a decision (an inactive
+# Consent or Flag): it is not counted, as an entry in error is not.
+NOT_IN_FORCE = "not-in-force"
 
 # Outcomes, in the order they are decided.
 KEPT = 0
@@ -270,11 +273,12 @@ def opt_outs(events: pa.Table, spec: Specification, since: datetime | None) -> O
     """The latest opt-out code per patient decides. An entry entered in error does not count.
     Where the record is unclear, the dissent stands: a dissent whose date cannot be read counts
     as the latest, a withdrawal whose date cannot be read does not count, and a dissent and a
-    withdrawal at the same moment leave the patient opted out."""
+    withdrawal at the same moment leave the patient opted out. An entry no longer in force (an
+    inactive Consent or Flag) does not count either."""
     dissent = spec.dissent_codes()
     latest: dict[object, tuple[tuple[date, datetime, bool], str, datetime | None]] = {}
     for e in events.to_pylist():
-        if e["status"] == ENTERED_IN_ERROR or e["patient_ref"] is None:
+        if e["status"] in (ENTERED_IN_ERROR, NOT_IN_FORCE) or e["patient_ref"] is None:
             continue
         is_dissent = e["code"] in dissent
         unclear = e["_bad_date"] or e["effective_date"] is None
