@@ -78,7 +78,17 @@ NO_ID = "resource has no id"
 UNKNOWN_TYPE = "a resource type the specification does not collect"
 WRONG_SHAPE = "an element of the wrong shape"
 UNREADABLE = "a resource that cannot be read"
-FAULT_REASONS = (NOT_JSON, NOT_OBJECT, WRONG_TYPE, NO_ID, UNKNOWN_TYPE, WRONG_SHAPE, UNREADABLE)
+UNRESOLVED = "a reference by identifier that names no one patient of the export by NHS number"
+FAULT_REASONS = (
+    NOT_JSON,
+    NOT_OBJECT,
+    WRONG_TYPE,
+    NO_ID,
+    UNKNOWN_TYPE,
+    WRONG_SHAPE,
+    UNREADABLE,
+    UNRESOLVED,
+)
 # Where each canonical date column comes from, to name the element of an unreadable date.
 DATE_PATHS = {
     ("Condition", "effective_date"): "Condition.onset[x]",
@@ -143,6 +153,14 @@ def _dates(values: list[Any]) -> tuple[pa.Array, pa.Array]:
     present = pa.array([v is not None for v in values], pa.bool_())
     bad = pc.and_(present, pc.is_null(parsed))
     return parsed.cast(DATE), bad
+
+
+def _precision(values: list[Any], parsed: pa.Array) -> pa.Array:
+    """How much of each date was given: year, month or day (null where there is no date)."""
+    text = pa.array([v if isinstance(v, str) else None for v in values], pa.string())
+    length = pc.utf8_length(text)
+    named = pc.if_else(pc.equal(length, 4), "year", pc.if_else(pc.equal(length, 7), "month", "day"))
+    return pc.if_else(pc.is_valid(parsed), named, pa.scalar(None, pa.string()))
 
 
 def _times(values: list[Any]) -> tuple[pa.Array, pa.Array]:
@@ -217,6 +235,7 @@ class FhirReader:
             dmd=frozenset(spec.code_systems["dmd"]),
             facts=spec.facts,
             extracted_on=extracted_at.date().isoformat(),
+            verified=spec.nhs_number_verified,
         )
         ods = self._practice(ods_code)
         not_read = {
@@ -231,6 +250,7 @@ class FhirReader:
         self.practice = Practice(ods, "fhir", extracted_at, not_read)
         self._medication_codes: dict[str, str | None] | None = None
         self._merged: dict[str, str] | None = None
+        self._identified: dict[str, str | None] | None = None
 
     # ---- the export's files ---------------------------------------------------------------------
 
@@ -502,6 +522,30 @@ class FhirReader:
             self._merged = merged
         return self._merged
 
+    def _identified_patient(self, ref: read.ByIdentifier) -> str | None:
+        """The id of the one patient of the export that has the identifier a reference names,
+        or None (no such patient, two of them, or a system a patient may not be named by)."""
+        if self._identified is None:
+            found: dict[str, str | None] = {}
+            for _, _, rid, p in self._resources("Patient", quiet=True):
+                for i in _list(p.get("identifier")):
+                    if not isinstance(i, dict) or not isinstance(i.get("value"), str):
+                        continue
+                    key = read.ByIdentifier.of(i.get("system"), i["value"], "")
+                    if key:
+                        mine = self._survivor(rid)
+                        found[key] = mine if found.get(key, mine) == mine else None
+            self._identified = found
+        return self._identified.get(ref) if ref else None
+
+    def _resolved(self, ref: str | None) -> str | read.ByIdentifier | None:
+        """A patient reference as the id of the record it names: a merged record's survivor, and
+        the patient a reference by identifier names (or the reference, when it names no one)."""
+        if type(ref) is read.ByIdentifier:
+            found = self._identified_patient(ref)
+            return ref if found is None else found
+        return self._survivor(ref)
+
     def _survivor(self, ref: str | None) -> str | None:
         merged = self.merged()
         seen = 0
@@ -571,8 +615,15 @@ class FhirReader:
                         self.practice.not_read.get(NOT_GP_REGISTRATION, 0) + 1
                     )
                     continue
-                if remap:
-                    row["patient_ref"] = self._survivor(row["patient_ref"])
+                subject = row["patient_ref"]
+                if type(subject) is read.ByIdentifier:
+                    found = self._identified_patient(subject)
+                    if found is None:
+                        self._fault(file, number, rid, UNRESOLVED, kind, subject.path)
+                        continue
+                    row["patient_ref"] = found
+                elif remap:
+                    row["patient_ref"] = self._survivor(subject)
                 if medicines and row["_medication"] is not None:
                     row["code"] = self._medication(row["_medication"])
                 rows.append(row)
@@ -605,8 +656,11 @@ class FhirReader:
         bad = pa.array([False] * len(rows), pa.bool_())
         path: pa.Array | None = None
         for name, kind_type in columns.items():
-            array, flags = _typed([r.get(name) for r in rows], kind_type)
+            given = [r.get(name) for r in rows]
+            array, flags = _typed(given, kind_type)
             out[name] = array
+            if kind_type == DATE and not patients:
+                out[f"{name}_precision"] = _precision(given, array)
             if flags is not None and pc.any(flags).as_py():
                 where = DATE_PATHS.get((kind, name), f"{kind}.meta.lastUpdated")
                 here = pa.scalar(where, pa.string())
@@ -619,6 +673,10 @@ class FhirReader:
         if patients:
             for name in ("_date_of_birth_precision", "_date_of_death_precision"):
                 out[name] = pa.array([r.get(name) for r in rows], pa.int8())
+            ethnic = [r.get("ethnic_category") for r in rows]
+            out["ethnic_category"] = pa.array(
+                [e if isinstance(e, str) else None for e in ethnic], pa.string()
+            )
         return Batch(pa.table(out), source, kind)
 
     def opt_out_events(self, codes: set[str]) -> pa.Table:
@@ -635,11 +693,15 @@ class FhirReader:
 
         rows: list[Row] = []
         for kind in read.OPT_OUT_TYPES:
-            for _, _, _, resource in self._resources(kind, keep=mentions):
+            for source, number, rid, resource in self._resources(kind, keep=mentions):
                 found = read.opt_out_codes(resource, wanted, self.context.snomed)
                 if not found:
                     continue
-                subject = self._survivor(read.opt_out_subject(kind, resource))
+                subject = self._resolved(read.opt_out_subject(kind, resource))
+                if type(subject) is read.ByIdentifier:
+                    if kind in ("Consent", "Flag"):  # the others are quarantined when read
+                        self._fault(source, number, rid, UNRESOLVED, kind, subject.path)
+                    continue
                 effective, recorded = read.opt_out_date(kind, resource)
                 in_force = read.opt_out_status(kind, resource, self.context.extracted_on)
                 meta = resource.get("meta")
