@@ -14,9 +14,10 @@ import pyarrow.compute as pc
 import pytest
 
 from extracting import Keys, patient_pseudonym, run, tables
-from fhir_exports import ODS, coded, nhs_number, patient, records, subject, support, write
+from fhir_exports import ODS, SNOMED, coded, nhs_number, patient, records, subject, support, write
 from fhir_scan import hits
 from gpdpr import spec as specification
+from gpdpr.errors import UserError
 from gpdpr.lake.tables import data_tables
 from gpdpr.practice import fhir
 from gpdpr.practice.extract import quarantine_path
@@ -314,3 +315,76 @@ def test_every_precision_field_is_in_the_lake_and_the_research_environment() -> 
             field.name
         )
     assert TRE_TABLES["patients"].columns["ethnic_category"].needs == ("ethnic_category",)
+
+
+# ---- 5. Bundles as exports list them, and history, document and message Bundles -----------------
+
+
+def bundle(kind: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "id": f"b-{kind}", "type": kind, "entry": entries}
+
+
+def test_a_bundle_file_listed_in_the_export_manifest_is_read(tmp_path: Path, keys: Keys) -> None:
+    resources = people(2)
+    held = [r for r in resources if r.get("id", "").startswith("p2")]
+    folder = write(tmp_path / "export" / ODS, [r for r in resources if r not in held])
+    (folder / "Bundle.json").write_bytes(
+        orjson.dumps(bundle("collection", [{"resource": r} for r in held]))
+    )
+    about = orjson.loads((folder / "export.json").read_bytes())
+    about["output"].append({"type": "Bundle", "url": "https://s.example/Bundle.json", "count": 1})
+    (folder / "export.json").write_bytes(orjson.dumps(about))
+    manifest = run(folder, tmp_path / "package", keys)
+    assert manifest["quarantined"]["rows"] == 0
+    assert manifest["tables"]["clinical_events"]["rows"] == 6
+    assert manifest["tables"]["patients"]["rows"] == 2
+    # Listed but absent, or counted as more than the one Bundle it is: refused whole.
+    for damage, message in (("missing", "lists a file that is not in"), ("count", "one Bundle")):
+        listed = next(o for o in about["output"] if o["type"] == "Bundle")
+        if damage == "missing":
+            listed["url"] = "https://s.example/Other.json"
+        else:
+            listed |= {"url": "Bundle.json", "count": 3}
+        (folder / "export.json").write_bytes(orjson.dumps(about))
+        with pytest.raises(UserError, match=message):
+            run(folder, tmp_path / f"package-{damage}", keys)
+
+
+def test_history_document_and_message_bundles(tmp_path: Path, keys: Keys) -> None:
+    resources = people(3)
+    mine = {r["id"]: r for r in resources if r.get("id")}
+    newer = {**mine["p1-c"], "code": coded(SNOMED[6])}
+    history = bundle(
+        "history",
+        [  # newest first, as a server writes a history
+            {"resource": newer, "request": {"method": "PUT", "url": "Condition/p1-c"}},
+            {"resource": mine["p1-c"], "request": {"method": "POST", "url": "Condition"}},
+            {"request": {"method": "DELETE", "url": "Observation/p1-o"}},
+            {"resource": mine["p1-o"], "request": {"method": "POST", "url": "Observation"}},
+        ],
+    )
+    composition = {"resourceType": "Composition", "id": "doc", "title": CANARY}
+    document = bundle(
+        "document",
+        [{"resource": composition}, {"resource": mine["p2-c"]}, {"resource": mine["p2-o"]}],
+    )
+    header = {"resourceType": "MessageHeader", "id": "mh", "eventCoding": {"code": CANARY}}
+    message = bundle("message", [{"resource": header}, {"resource": mine["p3-c"]}])
+    bundled = {"p1-c", "p1-o", "p2-c", "p2-o", "p3-c"}
+    rest = [r for r in resources if r.get("id") not in bundled]
+    manifest = extract(tmp_path, keys, [*rest, history, document, message])
+    assert manifest["quarantined"]["rows"] == 0
+    events = tables(tmp_path / "package")["clinical_events"].to_pylist()
+    by_patient: dict[str, list[tuple[str, str]]] = {}
+    for e in events:
+        by_patient.setdefault(e["patient"], []).append((e["category"], e["code"]))
+    # p1: the condition's newest version; the observation's newest is its deletion.
+    assert sorted(by_patient[pseudonym(keys, 1)]) == [
+        ("condition", SNOMED[6]),
+        ("procedure", SNOMED[2]),
+    ]
+    every = [("condition", SNOMED[0]), ("observation", SNOMED[1]), ("procedure", SNOMED[2])]
+    assert sorted(by_patient[pseudonym(keys, 2)]) == every
+    assert sorted(by_patient[pseudonym(keys, 3)]) == every
+    assert manifest["not_read"]["Composition"] == 1
+    assert hits(tmp_path / "package", ["canary"]) == []

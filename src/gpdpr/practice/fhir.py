@@ -68,6 +68,8 @@ BOM = b"\xef\xbb\xbf"
 # Bulk Data file names: `Patient.ndjson`, or several files of a type, `Patient.000.ndjson`, ...
 EXPORT_FILE = re.compile(r"^([A-Z][A-Za-z]{0,63})(\.[0-9]{1,6})?\.ndjson$")
 RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{0,63}$")
+# A file that is one Bundle, as some servers list a Bundle in the export's output.
+BUNDLE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.json$")
 NOT_GP_REGISTRATION = "EpisodeOfCare (not a GP registration)"
 
 # Reasons a line is not read at all: a closed set (they are counted in the manifest).
@@ -298,6 +300,19 @@ class FhirReader:
                 raise UserError(f"{where}: output entry {n} does not give a type and a url")
             name = url.rstrip("/").rsplit("/", 1)[-1]
             path = self.folder / name
+            if kind == "Bundle" and name != MANIFEST and BUNDLE_FILE.match(name):
+                if not path.is_file():
+                    raise UserError(
+                        f"{where}: output entry {n} lists a file that is not in {self.folder}; "
+                        "the export is incomplete: ask the supplier for the whole export"
+                    )
+                count = entry.get("count")
+                if count not in (None, 1):  # a .json file is one resource: the Bundle
+                    raise UserError(
+                        f"{where}: output entry {n} counts other than one resource in a file "
+                        "that holds one Bundle; ask the supplier for the export again"
+                    )
+                continue
             named = EXPORT_FILE.match(name)
             if named is None or not path.exists():
                 raise UserError(
