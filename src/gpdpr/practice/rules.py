@@ -38,12 +38,17 @@ import pyarrow.compute as pc
 
 from gpdpr.errors import UserError
 from gpdpr.practice.pseudonyms import Pseudonymiser, normalise_postcode
-from gpdpr.practice.source import CODE_SYSTEMS, RECORD_COLUMNS, Batch, Staff
+from gpdpr.practice.source import CODE_SYSTEMS, DATE, RECORD_COLUMNS, Batch, Staff
 from gpdpr.spec import Field, Specification, Table
 from gpdpr.terminology import load_catalogue
 
 EARLIEST = date(1900, 1, 2)  # 1900-01-01 is a common "date unknown" placeholder
 ENTERED_IN_ERROR = "entered-in-error"
+# The status a reader gives an opt-out entry that no longer records a decision (an inactive
+# Consent or Flag): it is not counted, as an entry in error is not.
+NOT_IN_FORCE = "not-in-force"
+# A date field's companion saying how much of it was recorded: year, month or day.
+PRECISION = "_precision"
 
 # Outcomes, in the order they are decided.
 KEPT = 0
@@ -173,6 +178,7 @@ PATIENT_FIELDS = {
     "patient",
     "linkable",
     "sex",
+    "ethnic_category",
     "birth_year",
     "birth_month",
     "death_year",
@@ -217,7 +223,9 @@ def check_supported(spec: Specification) -> None:
         elif name == "staff":
             makeable = {"staff", "role"}
         elif name in RECORD_COLUMNS:
-            makeable = {"record_id", "patient", "staff", *RECORD_COLUMNS[name]}
+            columns = RECORD_COLUMNS[name]
+            dates = {f"{c}{PRECISION}" for c, kind in columns.items() if kind == DATE}
+            makeable = {"record_id", "patient", "staff", *columns, *dates}
         else:
             raise UserError(f"{spec.source}: the extractor has no source for table {name!r}")
         unknown = [f for f in table.field_names if f not in makeable]
@@ -270,11 +278,12 @@ def opt_outs(events: pa.Table, spec: Specification, since: datetime | None) -> O
     """The latest opt-out code per patient decides. An entry entered in error does not count.
     Where the record is unclear, the dissent stands: a dissent whose date cannot be read counts
     as the latest, a withdrawal whose date cannot be read does not count, and a dissent and a
-    withdrawal at the same moment leave the patient opted out."""
+    withdrawal at the same moment leave the patient opted out. An entry no longer in force (an
+    inactive Consent or Flag) does not count either."""
     dissent = spec.dissent_codes()
     latest: dict[object, tuple[tuple[date, datetime, bool], str, datetime | None]] = {}
     for e in events.to_pylist():
-        if e["status"] == ENTERED_IN_ERROR or e["patient_ref"] is None:
+        if e["status"] in (ENTERED_IN_ERROR, NOT_IN_FORCE) or e["patient_ref"] is None:
             continue
         is_dissent = e["code"] in dissent
         unclear = e["_bad_date"] or e["effective_date"] is None
@@ -366,6 +375,10 @@ class Rules:
         self.opt_out_codes = pa.array([spec.dissent.code, spec.dissent_withdrawn.code])
         self.deletions: list[tuple[str, str]] = []
         self._seen: dict[str, SeenIds] = {}
+        self._precisions = {
+            name: [f.name for f in t.fields if f.name.endswith(PRECISION)]
+            for name, t in spec.tables.items()
+        }
 
     # ---- patients ------------------------------------------------------------------------------
 
@@ -432,6 +445,9 @@ class Rules:
             "patient": pseudonyms.filter(mask),
             "linkable": pa.array(linkable[keep]),
             "sex": kept["sex"],
+            "ethnic_category": kept["ethnic_category"]
+            if "ethnic_category" in kept.column_names
+            else pa.nulls(kept.num_rows, pa.string()),
             "birth_year": pc.year(birth),
             "birth_month": _month(kept, "date_of_birth"),
             "death_year": pc.year(death),
@@ -520,6 +536,10 @@ class Rules:
             self.pseudonymiser.records(table, kept["record_id"].to_pylist()), pa.string()
         )
         columns["patient"] = _encode(index.pseudonyms, position.filter(keep))
+        for name in self._precisions.get(table, ()):
+            if name not in columns:  # a reader that gives whole dates only: the day, if any
+                day = columns[name.removesuffix(PRECISION)]
+                columns[name] = pc.if_else(pc.is_valid(day), "day", pa.scalar(None, pa.string()))
         if "staff_ref" in kept.column_names:
             columns["staff"] = _encode(staff.pseudonyms, staff_positions(staff, kept["staff_ref"]))
         return self._project(table, columns)

@@ -128,6 +128,8 @@ class Specification:
         str, dict[str, frozenset[str]]
     ]  # resource type -> element -> statuses that are facts
     raw: dict[str, Any]  # the parsed file, for renderers that show every part of it
+    # UK Core NHS number verification statuses under which a number is used; None: any.
+    nhs_number_verified: frozenset[str] | None = None
 
     def excluded_codes(self) -> dict[str, str]:
         """Code -> the name of the set that keeps it out (restricted sets, and sensitive sets
@@ -260,7 +262,19 @@ class _Reader:
             code_systems=self._code_systems(raw.get("code_systems", {})),
             facts=self._facts(raw.get("facts", {})),
             raw=raw,
+            nhs_number_verified=self._verified(raw.get("pseudonymisation", {})),
         )
+
+    def _verified(self, body: Any) -> frozenset[str] | None:
+        if not isinstance(body, dict) or "nhs_number_verified" not in body:
+            return None
+        codes = body["nhs_number_verified"]
+        if not isinstance(codes, list) or not codes or not all(isinstance(c, str) for c in codes):
+            raise self.fail(
+                "pseudonymisation",
+                '`nhs_number_verified` should list the verification status codes (e.g. "01")',
+            )
+        return frozenset(codes)
 
     def _code_systems(self, body: Any) -> dict[str, tuple[str, ...]]:
         if not body:  # a specification that names no spellings: each system's own URI
