@@ -520,6 +520,30 @@ def sideways(page: Page) -> int:
     return scrolled
 
 
+# The elements whose right edge is past the screen's and whose children's are not: what to fix.
+STICKING_OUT = """
+() => {
+  const edge = document.documentElement.clientWidth;
+  const out = [...document.querySelectorAll('body *')].filter(
+    e => e.getBoundingClientRect().right > edge + 0.5);
+  return out.filter(e => !out.some(o => o !== e && e.contains(o))).slice(0, 3).map(
+    e => e.tagName.toLowerCase() + (e.className && e.className.baseVal === undefined
+      ? '.' + e.className.trim().split(/\\s+/).join('.') : '')
+      + ' "' + (e.textContent || '').trim().slice(0, 30) + '"');
+}
+"""
+
+
+def overflow(page: Page, path: str, width: int) -> list[str]:
+    """The page at `width` (resized in place: layout follows the viewport), and what sticks
+    out if it scrolls sideways."""
+    page.set_viewport_size({"width": width, "height": 800})
+    wider = sideways(page)
+    if wider <= 0:
+        return []
+    return [f"{path}: scrolls sideways by {wider}px at {width}px: {page.evaluate(STICKING_OUT)}"]
+
+
 # Kinds of page whose every instance is read for overflow (each log entry says different
 # things: a file map, an erasure, a specification); axe reads one of each kind.
 EVERY_ONE = re.compile(r"^/log/entries/")
@@ -539,13 +563,7 @@ def crawl(page: Page, starts: list[str], seen: set[str]) -> list[str]:
         seen.update({path, kind})
         response = page.goto(path)
         assert response is not None and response.ok, f"{path}: {response and response.status}"
-        if (wider := sideways(page)) > 0:
-            problems.append(f"{path}: the page scrolls sideways by {wider}px at {PHONE}px")
-        # the same page made narrower in place (no second visit): layout follows the viewport
-        page.set_viewport_size({"width": NARROWEST, "height": 800})
-        if (wider := sideways(page)) > 0:
-            problems.append(f"{path}: the page scrolls sideways by {wider}px at {NARROWEST}px")
-        page.set_viewport_size({"width": PHONE, "height": 800})
+        problems += overflow(page, path, NARROWEST) + overflow(page, path, PHONE)
         if first:
             problems += [f"{path}: axe {v}" for v in axe(page)]
             shot(
