@@ -104,7 +104,8 @@ def page(site: Site) -> Iterator[Page]:
 
 
 def shot(page: Page, name: str) -> None:
-    page.screenshot(path=str(ARTEFACTS / f"{name}.png"), full_page=True)
+    # generous: on a loaded machine a long page's full screenshot has taken over 30 s
+    page.screenshot(path=str(ARTEFACTS / f"{name}.png"), full_page=True, timeout=180_000)
 
 
 def sign_in(page: Page, handle: str) -> None:

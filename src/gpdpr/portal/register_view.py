@@ -80,8 +80,8 @@ def question(document: str) -> Question | None:
     try:
         definition = from_json(document)
         return Question(summary(definition), readable(definition))
-    except (UserError, TypeError, ValueError):
-        return None
+    except (UserError, TypeError, ValueError, KeyError, AttributeError):
+        return None  # an unreadable definition must not keep the register from being written
 
 
 def readable(definition: Definition) -> str:
