@@ -314,11 +314,20 @@ class Sandbox:
         self.expired = threading.Event()
         context = spark.sparkContext
 
+        self.closed = threading.Event()
+
         def stop() -> None:
+            # Cancelled again and again until the run is closed: a job submitted just after a
+            # cancel (on a busy machine, the query was between its check of `expired` and its
+            # first job) would otherwise run on unstopped.
             self.expired.set()
-            context.cancelJobGroup(self.group)
+            while True:
+                context.cancelJobGroup(self.group)
+                if self.closed.wait(0.5):
+                    return
 
         self.watchdog = threading.Timer(seconds, stop)
+        self.watchdog.daemon = True  # never what keeps the process alive
         self.watchdog.start()
 
     def register(self, name: str, table: pa.Table, shown: bool = True) -> None:
@@ -422,6 +431,7 @@ class Sandbox:
             raise failed("Spark", error) from error
 
     def close(self) -> None:
+        self.closed.set()
         self.watchdog.cancel()
         for frame in self.kept:
             frame.unpersist()
