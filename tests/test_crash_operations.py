@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from crashes import Operation, Report, hammer, squeeze
 from extracting import Keys, run
 from gpdpr import db
-from gpdpr.collect.service import Central, collect
+from gpdpr.collect.service import REFUSED_NOTE, Central, collect
 from gpdpr.custodian.keys import CUSTODIAN_FILE
 from gpdpr.db.models import Event
 from gpdpr.errors import UserError
@@ -115,8 +115,9 @@ def _events(home: Path) -> list[str]:
 
 
 def _timeless(details: dict[str, Any]) -> dict[str, Any]:
-    """An event's details without when it was recorded (a receipt's `erased_at`)."""
-    return {k: v for k, v in details.items() if k != "erased_at"}
+    """An event's details without when it was recorded (a receipt's `erased_at`) or the random
+    token a refusal is recorded under (unpublished; it keeps a re-run from recording it twice)."""
+    return {k: v for k, v in details.items() if k not in ("erased_at", "refusal")}
 
 
 def _log(home: Path) -> list[str]:
@@ -153,7 +154,10 @@ def _central(home: Path) -> dict[str, Any]:
         "packages waiting (or half deleted)": sorted(
             p.name for p in (home / "inbox").iterdir() if p.is_dir()
         ),
-        "packages refused": sorted(p.name for p in (home / "rejected").glob("*")),
+        "packages refused": sorted(
+            f"{p.name}: {(p / REFUSED_NOTE).read_text().strip() if p.is_dir() else ''}"
+            for p in (home / "rejected").glob("*")
+        ),
     }
 
 
@@ -236,6 +240,27 @@ def _collect_op(tiny: Path, work: Path) -> Operation:
     collect(Central(clean / "home"), _packages(clean / "home"))
     ends.append(digest(Lake.open(clean / "home" / "lake").snapshot()))
     return op
+
+
+def _refuse_op(tiny: Path, work: Path) -> Operation:
+    """`gpdpr collect` of a package that is refused (a file its signed manifest does not name):
+    moved aside to rejected/ with its reason, and `package.refused` recorded, then published."""
+    template = work / "refuse-template"
+    home = _home(tiny, template)
+    keep, drop = _packages(home)
+    shutil.rmtree(drop)
+    (keep / "notes.txt").write_text("not in the manifest\n")
+    return Operation(
+        "collect, a package refused",
+        template,
+        lambda at: ["collect", "--home", str(at / "home")],
+        lambda at: _central(at / "home"),
+        ok=(1,),  # a refusal is a failure the operator must see
+        # 1: the package was still waiting and is refused again; 2: none is left waiting (the
+        # re-run first completed the refusal that the kill cut short).
+        again_ok=(1, 2),
+        until=PUBLISHING,
+    )
 
 
 def _publish_op(tiny: Path, work: Path) -> Operation:
@@ -401,6 +426,16 @@ def test_the_first_collect_cut_anywhere_ends_as_if_never_cut(tiny: Path, tmp_pat
     for step in ("lake version 2 load", "package.loaded recorded", "package removed"):
         assert step in report.steps
     assert "log entries appended" in report.steps
+
+
+def test_a_refusal_cut_anywhere_ends_as_if_never_cut(tiny: Path, tmp_path: Path) -> None:
+    report = _hammered(_refuse_op(tiny, tmp_path), tmp_path)
+    assert {
+        "refusal staged",
+        "refused package staged",
+        "package.refused recorded",
+        "refused package moved aside",
+    } <= set(report.steps)
 
 
 def test_the_first_log_publish_cut_anywhere_ends_as_if_never_cut(
