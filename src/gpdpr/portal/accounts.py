@@ -34,6 +34,7 @@ from gpdpr.portal.security import (
     STAFF_ROLES,
     GuardedRoute,
     Passwords,
+    PortalSession,
     allow,
     client_address,
     current,
@@ -160,6 +161,8 @@ def organisation_callback(request: Request, code: str = "", state: str = "") -> 
     if factor:
         session.pending = {"second_factor": handle, "next": target}
         return RedirectResponse("/sign-in/code", status_code=303)
+    if second_factors.must_enrol(staff, factor):
+        return _to_enrol(session, handle, target)
     _signed_in(request, handle, staff)
     return RedirectResponse(target or _landing(staff), status_code=303)
 
@@ -216,7 +219,80 @@ async def sign_in(request: Request) -> Response:
         # Half signed in: the password was right; the code from their app is asked next.
         session.pending = {"second_factor": handle, "next": target}
         return RedirectResponse("/sign-in/code", status_code=303)
+    if second_factors.must_enrol(staff, False):
+        return _to_enrol(session, handle, target)
     _signed_in(request, handle, staff)
+    return RedirectResponse(target or _landing(staff), status_code=303)
+
+
+def _to_enrol(session: PortalSession, handle: str, target: str) -> Response:
+    """Half signed in: the person's role needs a second factor and they have none, so they set
+    one up before anything else (nothing else is theirs until they have)."""
+    session.pending = {"enrol": handle, "next": target}
+    return RedirectResponse("/sign-in/second-factor", status_code=303)
+
+
+@router.get("/sign-in/second-factor")
+@allow(PUBLIC)
+def required_enrol_form(request: Request) -> Response:
+    session = current(request)
+    handle = session.pending.get("enrol") if session else None
+    if session is None or handle is None:
+        return RedirectResponse("/sign-in", status_code=303)
+    secret = second_factors.new_secret()
+    session.pending = {**session.pending, "totp_secret": secret}
+    return render(
+        request,
+        "second_factor.html.j2",
+        secret=secret,
+        uri=second_factors.uri(secret, handle),
+        action="/sign-in/second-factor",
+        required=True,
+    )
+
+
+@router.post("/sign-in/second-factor")
+@allow(PUBLIC)
+async def required_enrol(request: Request) -> Response:
+    """The enrolment a role requires, finished: the code made with the new key, counted against
+    the sign-in limits; then the person is signed in."""
+    form = await request.form()
+    code = str(form.get("code", "")).strip().replace(" ", "")
+    session = current(request)
+    handle = session.pending.get("enrol") if session else None
+    secret = session.pending.get("totp_secret") if session else None
+    if session is None or handle is None:
+        return RedirectResponse("/sign-in", status_code=303)
+    if secret is None:
+        return RedirectResponse("/sign-in/second-factor", status_code=303)
+    portal = portal_of(request)
+    keys = [("account", handle), ("address", client_address(request))]
+    wait = await run_in_threadpool(portal.rate_limit.attempt, portal.engine, keys)
+    if wait:
+        session.pending = {}
+        return _too_many(request, handle, "", wait)
+    done = await run_in_threadpool(
+        portal.act, lambda s: second_factors.enrol(s, handle, secret, code)
+    )
+    if not done:
+        return render(
+            request,
+            "second_factor.html.j2",
+            status_code=400,
+            secret=secret,
+            uri=second_factors.uri(secret, handle),
+            action="/sign-in/second-factor",
+            required=True,
+            errors=["That code is not right: enter the code the app shows for this key now."],
+        )
+    await run_in_threadpool(portal.rate_limit.succeeded, portal.engine, keys)
+    target = session.pending.get("next", "")
+    stored = await run_in_threadpool(portal.read, lambda s: _stored(s, handle))
+    staff = stored.roles & frozenset(STAFF_ROLES)
+    _signed_in(request, handle, staff)
+    fresh = current(request)
+    if fresh is not None:
+        fresh.flash.append("Your second factor is set up: sign-ins now ask for its code.")
     return RedirectResponse(target or _landing(staff), status_code=303)
 
 
