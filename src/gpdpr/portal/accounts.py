@@ -10,6 +10,7 @@ as long. A password reset ends every session of that person.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -19,9 +20,10 @@ from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from gpdpr.db.events import record
 from gpdpr.errors import UserError
 from gpdpr.governance import people
-from gpdpr.governance.models import Person
+from gpdpr.governance.models import Person, PersonRole
 from gpdpr.governance.vocabulary import ORGANISATION_KINDS, ROLES
 from gpdpr.portal import second_factors
 from gpdpr.portal.idp import s256
@@ -69,6 +71,55 @@ def end_sessions(session: Session, handle: str) -> None:
     """End every portal session of `handle`, in the caller's transaction (a password reset, a
     change of roles)."""
     session.execute(sa.delete(SessionRow).where(SessionRow.handle == handle))
+
+
+def change_roles(
+    session: Session, by: str, handle: str, add: Iterable[str], remove: Iterable[str]
+) -> list[str]:
+    """Give `handle` the roles in `add` and take those in `remove`, as administrator `by`; their
+    sessions end (a session carries the roles it was signed in with), and the change is recorded
+    as roles given (`governance.person`, published without who). The new roles."""
+    people.acting(session, by, "administrator", "change people's roles")
+    who = people.person(session, handle)
+    adding, removing = set(add), set(remove)
+    unknown = sorted((adding | removing) - set(ROLES))
+    if unknown:
+        raise UserError(f"{', '.join(unknown)}: not a role; the roles are {', '.join(ROLES)}")
+    if adding & removing:
+        raise UserError(f"{', '.join(sorted(adding & removing))}: both added and removed")
+    before = set(who.roles)
+    after = sorted((before | adding) - removing)
+    if set(after) == before:
+        raise UserError(
+            f"{handle} already has roles {', '.join(sorted(before))}: nothing to change"
+        )
+    if "administrator" in before - set(after):
+        others = session.scalar(
+            sa.select(sa.func.count())
+            .select_from(PersonRole)
+            .where(PersonRole.role == "administrator", PersonRole.person_id != who.id)
+        )
+        if not others:
+            raise UserError(f"{handle} is the only administrator: make another one first")
+    if not after:
+        raise UserError(f"{handle} would have no role left; give them another first")
+    if "applicant" in after and who.organisation is None:
+        raise UserError(f"{handle}: an applicant applies for an organisation, and they have none")
+    who.role_rows = [PersonRole(role=r) for r in after]
+    end_sessions(session, handle)
+    record(
+        session,
+        "governance.person",
+        by,
+        {
+            "handle": handle,
+            "organisation": who.organisation.name if who.organisation else None,
+            "roles": after,
+            "added": sorted(set(after) - before),
+            "removed": sorted(before - set(after)),
+        },
+    )
+    return after
 
 
 @dataclass(frozen=True)
