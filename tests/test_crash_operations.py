@@ -438,7 +438,7 @@ def database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
 
 # On PostgreSQL a seeded sample of the kill points: the code cut is the same as on SQLite, and
 # what differs (the database's own transactions) is met at every kind of step.
-POSTGRES_NAMED = 2
+POSTGRES_NAMED = 1
 
 
 def _hammered(op: Operation, work: Path, database: Postgres | None = None) -> Report:
