@@ -211,6 +211,10 @@ def _build(
             "retention_tables": list(spec.retention_tables),
         },
         "specification": {"version": spec.version, "sha256": spec.sha256},
+        "terminology": {
+            **rules.release.label,
+            "not_in_loaded_release": dict(sorted(rules.tally.not_in_release.items())),
+        },
         "sensitive_sets_collected": sorted(
             n for n, s in spec.code_sets.items() if s.rule == "sensitive" and s.collect
         ),
