@@ -373,6 +373,9 @@ app.add_typer(portal_app, name="portal")
 from gpdpr.transparency.cli import log_app  # noqa: E402
 
 app.add_typer(log_app, name="log")
+from gpdpr.terminology.cli import terminology_app  # noqa: E402
+
+app.add_typer(terminology_app, name="terminology")
 
 
 def _demo_research(home: Path) -> None:

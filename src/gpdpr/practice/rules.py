@@ -362,7 +362,9 @@ class Rules:
         self.set_codes = pa.array(list(excluded), pa.string())
         self.set_names = np.array(list(excluded.values()) or [""], dtype=object)
         self.set_rules = {n: s.rule for n, s in spec.code_sets.items()}
-        self.opt_out_codes = pa.array([spec.dissent.code, spec.dissent_withdrawn.code])
+        self.opt_out_codes = pa.array(
+            sorted(spec.dissent_codes() | spec.withdrawal_codes()), pa.string()
+        )
         self.deletions: list[tuple[str, str]] = []
         self._seen: dict[str, SeenIds] = {}
 

@@ -50,6 +50,7 @@ class Release:
     refsets: pa.Table  # refset, member
     associations: pa.Table  # refset, source, target
     _members: dict[int, IdArray] = field(default_factory=dict)
+    expansions: dict[str, frozenset[str]] = field(default_factory=dict)  # ECL -> codes
 
     @classmethod
     def of(cls, rf2: Rf2, name: str, embedded: bool = False) -> Release:
@@ -175,6 +176,20 @@ class Release:
                     break
         return np.unique(np.array(out, np.int64))
 
+    def replaced_into(self, codes: IdArray) -> IdArray:
+        """The inactive concepts a historical association maps into `codes`."""
+        a = self.associations
+        rows = a.filter(
+            pc.and_(
+                pc.is_in(a["target"], value_set=pa.array(codes, pa.int64())),
+                pc.is_in(a["refset"], value_set=pa.array(REPLACEMENTS, pa.int64())),
+            )
+        )
+        sources = np.unique(rows["source"].to_numpy())
+        at = self.positions(sources)
+        inactive: IdArray = sources[(at >= 0) & ~self.active[np.maximum(at, 0)]]
+        return inactive
+
     # ---- terms ---------------------------------------------------------------------------------
 
     @cached_property
@@ -269,6 +284,11 @@ def embedded() -> Release:
 @cache
 def _stored(folder: str) -> Release:
     return open_store(Path(folder))
+
+
+def location() -> str | None:
+    """The store folder in use, or None for the embedded release."""
+    return os.environ.get(ENV) or None
 
 
 def active() -> Release:
