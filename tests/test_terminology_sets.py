@@ -212,3 +212,19 @@ def test_the_embedded_release_is_what_its_sources_make(tmp_path: Path) -> None:
     assert release.knows(np.array(sorted(named, key=int), np.int64)).all()
     assert "8098009" not in spec.excluded_codes()  # the grouping concept itself is not listed
     assert {"105629000", "266113007"} <= set(spec.excluded_codes())
+
+
+def test_a_national_edition_is_found_by_its_file_names(tmp_path: Path) -> None:
+    """The UK edition names its files sct2_Concept_UKCLSnapshot_GB1000000_<date>.txt, under
+    Snapshot/Terminology/ beside Full/ and Delta/ folders that must not be read."""
+    folder = write_release(tmp_path / "international")
+    uk = tmp_path / "SnomedCT_UKClinicalRF2" / "Snapshot" / "Terminology"
+    uk.mkdir(parents=True)
+    for path in folder.iterdir():
+        name = path.name.replace("Snapshot", "UKCLSnapshot").replace("_TEST_", "_GB1000000_")
+        path.rename(uk / name)
+    full = tmp_path / "SnomedCT_UKClinicalRF2" / "Full" / "sct2_Concept_Full_GB1000000_20260101.txt"
+    full.parent.mkdir()
+    full.write_text("not read\r\n")
+    release = store.load(tmp_path / "SnomedCT_UKClinicalRF2")
+    assert release.name == "SNOMED CT GB1000000" and release.ids.size == 10

@@ -49,9 +49,15 @@ COMMON = ["id", "effectiveTime", "active", "moduleId"]
 
 @dataclass(frozen=True)
 class Kind:
-    pattern: str  # how the file's name starts
+    pattern: str  # how the file's name starts, in the International Edition
     columns: list[str]  # its header, exactly
     keep: dict[str, pa.DataType]  # the columns read, and as what
+
+    def matches(self, name: str) -> bool:
+        # National editions put a content subtype before "Snapshot" (the UK's UKCLSnapshot,
+        # UKDGSnapshot, MONOSnapshot); Full and Delta files never match.
+        head, _, _ = self.pattern.partition("Snapshot")
+        return re.match(re.escape(head) + r"[A-Za-z]*Snapshot", name) is not None
 
 
 KINDS = {
@@ -120,7 +126,7 @@ def files_of(root: Path) -> dict[str, list[Path]]:
     found: dict[str, list[Path]] = {kind: [] for kind in KINDS}
     for path in sorted(root.rglob("*.txt")):
         for kind, spec in KINDS.items():
-            if path.name.startswith(spec.pattern):
+            if spec.matches(path.name):
                 found[kind].append(path)
     return found
 
