@@ -70,7 +70,8 @@ def sctids(items: np.ndarray, partition: int) -> np.ndarray:
         live = (rest > 0) | (i == 0)
         c = np.where(live, _D[c, _PERM[(i + 1) % 8, digit]], c)
         rest //= 10
-    return body * 10 + _INV[c]
+    out: np.ndarray = body * 10 + _INV[c]
+    return out
 
 
 def write_release(folder: Path, n: int, rng: np.random.Generator) -> dict[str, int]:
