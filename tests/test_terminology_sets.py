@@ -180,6 +180,11 @@ def test_a_store_reads_back_as_it_was_written(loaded: store.Release, tmp_path: P
     assert again.active.tolist() == loaded.active.tolist()
     assert again.isa.num_rows == loaded.isa.num_rows == 8  # the inactive is-a left out
     assert loaded.term(int(IVF)) == f'term {IVF} "quoted"'
+    # The opened store uses the hierarchy index it was saved with; it agrees with one rebuilt.
+    assert "_down" in loaded.__dict__ and "_down" not in again.__dict__
+    top = np.array([int(ROOT)], np.int64)
+    assert loaded.descendants(top).tolist() == again.descendants(top).tolist()
+    assert len(loaded.descendants(top)) == 8
 
 
 def test_a_damaged_release_is_refused_naming_the_file(tmp_path: Path) -> None:

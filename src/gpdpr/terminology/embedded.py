@@ -13,6 +13,7 @@ nothing reads them but the loader.
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -68,19 +69,19 @@ def concepts() -> list[Row]:
     return sorted(rows.values(), key=lambda r: int(r.code))
 
 
-def _ids(partition: str) -> list[str]:
-    out = []
-    for item in range(1, 100000):
+def _ids(partition: str) -> Iterator[str]:
+    item = 0
+    while True:
+        item += 1
         body = f"{item}{NAMESPACE}{partition}"
-        out.append(body + check_digit(body))
-    return out
+        yield body + check_digit(body)
 
 
 def write(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     rows = concepts()
-    description_ids = iter(_ids("11"))
-    relationship_ids = iter(_ids("12"))
+    description_ids = _ids("11")
+    relationship_ids = _ids("12")
     head = [VERSION, "1", str(CORE_MODULE)]
 
     def file(kind: str, suffix: str, lines: list[list[str]]) -> None:

@@ -122,9 +122,11 @@ class Release:
             # Every slice lo[k]:hi[k] laid end to end, without a Python loop.
             offsets = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(total)
             found = targets[offsets]
-            found = np.unique(found[~seen[found]])
-            seen[found] = True
-            frontier = found
+            # Marking, not sorting, removes repeats: a pass over a bit per concept per level.
+            level = np.zeros(self.ids.size, bool)
+            level[found[~seen[found]]] = True
+            seen |= level
+            frontier = np.flatnonzero(level)
         if self_too:
             seen[at] = True
         return self.ids[seen]
@@ -227,6 +229,10 @@ class Release:
                 "refsets": self.refsets,
                 "associations": self.associations,
             }
+            # The hierarchy index too, so that opening a store costs no sorting.
+            start, targets = self._down
+            tables["down_start"] = pa.table({"start": start})
+            tables["down_targets"] = pa.table({"target": targets})
             for name, table in tables.items():
                 pq.write_table(table, side / f"{name}.parquet", compression="zstd")
             meta = {"name": self.name, "version": self.version, "source": source}
@@ -255,7 +261,7 @@ def open_store(folder: Path) -> Release:
             "`gpdpr terminology load RELEASE --into FOLDER`"
         ) from None
     concepts = tables["concepts"]
-    return Release(
+    release = Release(
         name=str(meta["name"]),
         version=str(meta["version"]),
         embedded=False,
@@ -266,6 +272,11 @@ def open_store(folder: Path) -> Release:
         refsets=tables["refsets"],
         associations=tables["associations"],
     )
+    index = [folder / "down_start.parquet", folder / "down_targets.parquet"]
+    if all(path.exists() for path in index):
+        start, targets = (pq.read_table(path).column(0).to_numpy() for path in index)
+        release.__dict__["_down"] = (start, targets)  # what the cached property would build
+    return release
 
 
 def load(path: Path, name: str | None = None) -> Release:
