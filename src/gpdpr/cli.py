@@ -20,6 +20,7 @@ from gpdpr.terminal import console, fail
 # The commands in the order a service is run, not the order they happen to be defined in.
 WORKFLOW = [
     "init",
+    "terminology",
     "custodian",
     "practice",
     "collect",
