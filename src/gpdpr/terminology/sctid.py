@@ -15,6 +15,7 @@ relationship identifier in a code's place is a mistake a user should be told of,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 CONCEPT, DESCRIPTION, RELATIONSHIP = "concept", "description", "relationship"
 KINDS = {"0": CONCEPT, "1": DESCRIPTION, "2": RELATIONSHIP}
@@ -89,8 +90,10 @@ def parse(text: str) -> Sctid | str:
     return Sctid(text, KINDS[kind], LONG if form == "1" else SHORT, namespace)
 
 
+@lru_cache(maxsize=1 << 16)
 def concept_problem(text: str) -> str | None:
-    """None when `text` is a concept identifier; otherwise why it is not."""
+    """None when `text` is a concept identifier; otherwise why it is not. (Remembered: a
+    practice's records repeat the same few thousand codes batch after batch.)"""
     parsed = parse(text)
     if isinstance(parsed, str):
         return parsed
