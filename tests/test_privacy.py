@@ -268,7 +268,7 @@ def test_fhir_canaries_reached_the_extractor(
     quarantine = quarantine_path(package).read_text()
     assert '"record_id":"canary-truncated"' in quarantine
     assert (
-        '"record_id":"canary-unknown-code","reason":"code missing or not in the terminology'
+        '"record_id":"canary-unknown-code","reason":"code missing or not a valid SNOMED CT'
         in quarantine
     )
     assert (

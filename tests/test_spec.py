@@ -115,7 +115,7 @@ def test_the_hash_of_a_copy_is_the_same_wherever_it_is_read_from(tmp_path: Path)
             'description = "Coded allergies and intolerances."',
         ),
         # a code in a restricted set
-        ('code = "58533008"', 'code = "58533009"'),
+        ('code = "58533008"', 'code = "58534002"'),
         # a code's term
         ('term = "Syphilis"', 'term = "Syphilis (disorder)"'),
         # a field's type
@@ -423,6 +423,18 @@ SENSITIVE_STI = 'rule = "sensitive"\ncollect = false\nreason = "Often'
             SENSITIVE_STI,
             'rule = "sensitive"\nreason = "Often',
             "bad.toml: [code_sets.sexually_transmitted_infection] is missing `collect`",
+        ),
+        (
+            'dissent = { system = "snomed", code = "827241000000103",',
+            'dissent = { system = "snomed", code = "827241000000104",',
+            "bad.toml: [type1_opt_out.dissent] code '827241000000104' is not a SNOMED CT concept "
+            "identifier: its check digit is wrong",
+        ),
+        (
+            'law = "Human Fertilisation',
+            'ecl = "<< 52637005 :"\nlaw = "Human Fertilisation',
+            "bad.toml: [code_sets.assisted_conception] `ecl`: ECL '<< 52637005 :', at character "
+            "13: refinements",
         ),
         (
             'dissent = { system = "snomed", code = "827241000000103",',

@@ -22,6 +22,7 @@ from gpdpr.terminal import console, fail
 # The commands in the order a service is run, not the order they happen to be defined in.
 WORKFLOW = [
     "init",
+    "terminology",
     "custodian",
     "practice",
     "collect",
@@ -391,6 +392,9 @@ app.add_typer(portal_app, name="portal")
 from gpdpr.transparency.cli import log_app  # noqa: E402
 
 app.add_typer(log_app, name="log")
+from gpdpr.terminology.cli import terminology_app  # noqa: E402
+
+app.add_typer(terminology_app, name="terminology")
 
 
 def _demo_research(home: Path) -> None:

@@ -7,7 +7,7 @@ applies wins):
   quarantine  unreadable date, no subject, subject not registered here, duplicate record id
   excluded    the patient has an active Type 1 opt-out (their faulty records are not reported
               either: a Type 1 patient contributes nothing, not even problems)
-  quarantine  unknown code, missing or implausible date
+  quarantine  invalid code, missing or implausible date
   excluded    entered in error or otherwise not a fact (refuted, not done, cancelled, a draft or
               a proposal: the specification's [facts]), an opt-out code itself, a restricted or
               uncollected sensitive code, older than the retention cut-off
@@ -40,7 +40,7 @@ from gpdpr.errors import UserError
 from gpdpr.practice.pseudonyms import Pseudonymiser, normalise_postcode
 from gpdpr.practice.source import CODE_SYSTEMS, DATE, RECORD_COLUMNS, Batch, Staff
 from gpdpr.spec import Field, Specification, Table
-from gpdpr.terminology import load_catalogue
+from gpdpr.terminology import Status, classify_all, store
 
 EARLIEST = date(1900, 1, 2)  # 1900-01-01 is a common "date unknown" placeholder
 ENTERED_IN_ERROR = "entered-in-error"
@@ -66,7 +66,7 @@ REASONS = {
     NO_SUBJECT: "no patient (subject) given",
     UNKNOWN_SUBJECT: "patient not registered at this practice",
     DUPLICATE: "duplicate record id (the first is kept)",
-    UNKNOWN_CODE: "code missing or not in the terminology release",
+    UNKNOWN_CODE: "code missing or not a valid SNOMED CT identifier",
     MISSING_DATE: "no date",
     IMPLAUSIBLE_DATE: "implausible date (before birth, before 1900 or after the extract)",
 }
@@ -119,6 +119,9 @@ class Tally:
     replaced: Counter[str] = field(
         default_factory=Counter
     )  # "table.field" -> values outside its allowlist
+    not_in_release: Counter[str] = field(
+        default_factory=Counter
+    )  # table -> rows sent with a valid code the loaded terminology release does not know
 
     def exclude(self, table: str, reason: str, n: int) -> None:
         if n:
@@ -363,16 +366,14 @@ class Rules:
         self.pseudonymiser = pseudonymiser
         self.tally = tally
         self.quarantine = quarantine
-        catalogue = load_catalogue()
-        self.known_codes = {
-            system: pa.array(sorted({c.code for c in catalogue.concepts if c.system == system}))
-            for system in ("snomed", "dmd")
-        }
+        self.release = store.active()
         excluded = spec.excluded_codes()
         self.set_codes = pa.array(list(excluded), pa.string())
         self.set_names = np.array(list(excluded.values()) or [""], dtype=object)
         self.set_rules = {n: s.rule for n, s in spec.code_sets.items()}
-        self.opt_out_codes = pa.array([spec.dissent.code, spec.dissent_withdrawn.code])
+        self.opt_out_codes = pa.array(
+            sorted(spec.dissent_codes() | spec.withdrawal_codes()), pa.string()
+        )
         self.deletions: list[tuple[str, str]] = []
         self._seen: dict[str, SeenIds] = {}
         self._precisions = {
@@ -484,7 +485,9 @@ class Rules:
         set_hit = np.zeros(n, bool)
         set_which = np.zeros(n, np.int64)
         opt_out_code = np.zeros(n, bool)
-        # A code given must be known; a table with two code columns (a vaccination's procedure
+        not_in_release = np.zeros(n, bool)
+        # A code given must be a valid identifier (one the release does not know is still sent,
+        # and counted); a table with two code columns (a vaccination's procedure
         # and product) needs one of them, as real records often carry only the product.
         any_code = np.zeros(n, bool)
         coded = [(c, s) for (owner, c), s in CODE_SYSTEMS.items() if owner == table]
@@ -494,8 +497,9 @@ class Rules:
             _first(outcome, ~any_code, UNKNOWN_CODE)
         for column, system in coded:
             codes = t[column]
-            known = _np(pc.is_in(codes, value_set=self.known_codes[system]))
-            _first(outcome, _np(pc.is_valid(codes)) & ~known, UNKNOWN_CODE)
+            status = classify_all(system, codes)
+            _first(outcome, status == Status.INVALID, UNKNOWN_CODE)
+            not_in_release |= status == Status.NOT_IN_RELEASE
             opt_out_code |= _np(pc.is_in(codes, value_set=self.opt_out_codes))
             found = pc.index_in(codes, value_set=self.set_codes)
             hit = _np(pc.is_valid(found))
@@ -523,6 +527,9 @@ class Rules:
         considered = self._changed(t["last_modified"], registered & index.resend[where])
         self._report(table, batch, outcome, considered)
         self._count(table, outcome, considered, set_which)
+        sent_unknown = int((considered & (outcome == KEPT) & not_in_release).sum())
+        if sent_unknown:
+            self.tally.not_in_release[table] += sent_unknown
         if self.window.since is not None:
             gone = considered & np.isin(outcome, list(DELETE_WHEN_CHANGED))
             ids = t["record_id"].filter(pa.array(gone)).to_pylist()
