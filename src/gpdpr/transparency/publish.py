@@ -46,7 +46,7 @@ from sqlalchemy.orm import Session
 from gpdpr import durable, spec
 from gpdpr.db.events import record
 from gpdpr.db.models import Event, as_utc, core, now
-from gpdpr.transparency import store
+from gpdpr.transparency import cosigning, store
 from gpdpr.transparency.checkpoint import Checkpoint
 
 LOG_FOLDER = "log"
@@ -247,8 +247,20 @@ def _publish(home: Path, engine: sa.Engine, when: datetime, keys: Path | None) -
         durable.step("log events numbered")
         writer.append(entries)
         signed = writer.contents.checkpoint
-        if entries or signed is None or signed.size != writer.size:
-            signed = writer.sign(when)
+        keys = keys or home / "keys"
+        witnessed = bool(cosigning.enrolled(keys))
+        moment = int(when.timestamp())
+        if (
+            entries
+            or signed is None
+            or signed.size != writer.size
+            or (witnessed and cosigning.stale(signed, moment))
+        ):
+            signed = writer.sign()
+            if witnessed:
+                gathered = cosigning.gather(writer, keys, signed, moment)
+                signed = writer.publish(gathered.checkpoint)
+                writer.contents.notes.extend(gathered.notes)
         held = len(pending) - sum(len(ids) for ids in members)
         return Published(len(entries), held, signed, writer.contents.notes)
 
