@@ -270,3 +270,67 @@ def test_the_cli_runs_a_witness_and_verifies_with_a_pinned_policy(tmp_path: Path
     assert ok.exit_code == 0 and "co-signed by 1 of 1" in ok.output, ok.output
     nothing_pinned = runner.invoke(cli.app, ["log", "verify", "--log-dir", folder])
     assert nothing_pinned.exit_code == 2 and "no trust policy is pinned" in nothing_pinned.output
+
+
+# ---- the service's kept tree ------------------------------------------------------------------
+
+
+def test_the_service_extends_its_kept_tree_and_gets_the_root_a_recomputation_gets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, keys = tmp_path / "log", tmp_path / "keys"
+    writer = store.open_verified(folder, keys)
+    for batch in range(5):  # sizes that leave the tree complete and incomplete
+        writer.append(entries(3 + 4 * batch, writer.size))
+        writer.sign()
+    recomputed = store.read(folder).tree  # every entry hashed again
+    assert writer.contents.tree.root() == recomputed.root() and recomputed.size == 55
+    hashed: list[bytes] = []
+    counting = lambda line: hashed.append(line) or leaf_hash(line)  # noqa: E731
+    monkeypatch.setattr(store, "leaf_hash", counting)
+    reopened = store.open_verified(folder, keys)
+    assert hashed == [] and reopened.contents.tree.root() == recomputed.root()
+    reopened.append(entries(2, 55))
+    reopened.sign()
+    assert len(hashed) == 2
+    again = store.open_verified(folder, keys)
+    assert len(hashed) == 2 and again.contents.tree.levels() == store.read(folder).tree.levels()
+
+
+def test_a_damaged_or_foreign_kept_tree_is_thrown_away_and_the_log_hashed_again(
+    tmp_path: Path,
+) -> None:
+    folder, keys = tmp_path / "log", tmp_path / "keys"
+    writer = store.open_verified(folder, keys)
+    writer.append(entries(9))
+    writer.sign()
+    kept = folder.with_name(".log-tree")
+    leaves = bytearray((kept / "0").read_bytes())
+    leaves[40] ^= 1
+    (kept / "0").write_bytes(bytes(leaves))
+    (kept / "0").open("ab").write(b"\x00" * 64)  # and hashes a crash left beyond `covered`
+    reopened = store.open_verified(folder, keys)
+    assert reopened.contents.tree.root() == store.read(folder).tree.root()
+    reopened.append(entries(1, 9))
+    reopened.sign()
+    assert store.open_verified(folder, keys).contents.tree.root() == store.read(folder).tree.root()
+
+
+def test_the_portal_extends_the_log_it_holds_after_a_publish(tmp_path: Path) -> None:
+    from gpdpr.portal.log import state_of
+
+    folder = tmp_path / "log"
+    writer = store.open_verified(folder, tmp_path / "keys")
+    writer.append(entries(5))
+    writer.sign()
+    first = state_of(folder)
+    assert first.contents is not None and first.contents.size == 5
+    writer.append(entries(6, 5))
+    writer.sign()
+    grown = state_of(folder)
+    assert grown.contents is not None and grown.checked == first.checked  # extended, not redone
+    whole = store.read(folder)
+    assert grown.contents.tree.root() == whole.tree.root() and grown.contents.size == 11
+    assert [grown.contents.line(s) for s in range(11)] == [whole.line(s) for s in range(11)]
+    assert list(grown.by_type["tre.run"]) == list(range(11))
+    assert first.contents.size == 5  # the state pages already hold is left as it was

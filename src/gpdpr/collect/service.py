@@ -30,6 +30,8 @@ from gpdpr import db, durable
 from gpdpr import spec as specification
 from gpdpr.collect.erase import ANSWERS, Erasure, erase
 from gpdpr.collect.load import Loaded, Progress, load
+from gpdpr.collect.refused import REFUSED_NOTE as REFUSED_NOTE
+from gpdpr.collect.refused import keep_reason
 from gpdpr.collect.verify import Package, check
 from gpdpr.db.events import record
 from gpdpr.db.models import DeletionReceipt, Event
@@ -40,7 +42,6 @@ from gpdpr.optout.registry import Registry
 from gpdpr.practice.package import PackageError
 
 ACTOR = "collector"
-REFUSED_NOTE = "REFUSED.txt"
 
 
 @dataclass(frozen=True)
@@ -212,8 +213,9 @@ def _remove(folder: Path) -> None:
 
 
 def _reject(central: Central, refused: Refused) -> Path | None:
-    """Move a refused package aside with its reason; nothing of it is loaded."""
-    if not refused.folder.exists():
+    """Keep a refused package's reason and manifest summary, never its rows (see
+    gpdpr.collect.refused); nothing of it is loaded."""
+    if not refused.folder.exists() and not refused.folder.is_symlink():
         return None
     central.rejected.mkdir(parents=True, exist_ok=True)
     target = central.rejected / refused.folder.name
@@ -221,9 +223,7 @@ def _reject(central: Central, refused: Refused) -> Path | None:
     while target.exists():
         n += 1
         target = central.rejected / f"{refused.folder.name}-{n}"
-    shutil.move(str(refused.folder), target)
-    note = target / REFUSED_NOTE if target.is_dir() else target.with_name(target.name + ".txt")
-    note.write_text(refused.reason + "\n", encoding="utf-8")
+    keep_reason(refused.folder, target, refused.reason)
     return target
 
 

@@ -30,7 +30,7 @@ from gpdpr.errors import UserError
 from gpdpr.portal.pages import not_found, page_error, render
 from gpdpr.portal.security import PUBLIC, GuardedRoute, allow
 from gpdpr.transparency import cosigning, store
-from gpdpr.transparency.merkle import leaf_hash
+from gpdpr.transparency.merkle import Tree, leaf_hash
 from gpdpr.transparency.policy import Policy, accept
 from gpdpr.transparency.publish import AGGREGATES, KINDS, log_folder
 from gpdpr.transparency.verify import Inclusion, Source, inclusion
@@ -152,7 +152,8 @@ EXPLAINED = {
         "deletion receipt. Most are usually people whose practice recorded the opt-out before "
         "their record was ever sent: their rows never reached the centre, so nothing had to be "
         "removed for them. Rows removed counts what was deleted from the pooled records (and "
-        "every older copy of them, from disk).",
+        "every older copy of them, from disk), across all tables. When fewer than ten people "
+        "were erased in a cycle, only that is said: smaller counts could single someone out.",
     ),
 }
 
@@ -221,7 +222,8 @@ def state_of(folder: Path) -> LogState:
         fresh = kept is not None and time.monotonic() - kept[1].checked < RECHECK_SECONDS
         if kept is not None and fresh and kept[0] == signature:
             return kept[1]
-        state = _verified(folder)
+        grown = _extended(folder, kept[1]) if kept is not None and fresh else None
+        state = grown or _verified(folder)
         _kept[folder] = (signature, state)
         return state
 
@@ -244,6 +246,38 @@ def _verified(folder: Path) -> LogState:
         by_type.setdefault(str(contents.entry(seq).get("type")), array("q")).append(seq)
     witnessed, unwitnessed = _witnessed(folder, contents)
     return LogState(contents, None, by_type, checked, witnessed, unwitnessed)
+
+
+def _extended(folder: Path, before: LogState) -> LogState | None:
+    """The state after a publish, from the one before: only the entries appended since are
+    read and hashed into the tree (a copy), and the new checkpoint checked against it. None when
+    that is not possible (the file shrank, nothing kept): the whole log is verified again. The
+    entries before are not read again until the next full check, RECHECK_SECONDS after the
+    last."""
+    old = before.contents
+    if old is None or before.problem is not None:
+        return None
+    try:
+        with open(folder / store.ENTRIES, "rb") as f:
+            f.seek(len(old.data))
+            tail = f.read()
+        signed = (folder / store.CHECKPOINT).read_bytes()
+        public = (folder / store.PUBLIC_KEY).read_bytes()
+        tree = Tree.restore(old.tree.levels())
+        more = store.parse(folder, tail, signed, public, str(folder), tree=tree)
+    except (OSError, ValueError, UserError):
+        return None
+    start = len(old.data)
+    offsets = array("q", old.offsets)
+    offsets.extend(start + o for o in more.offsets[1:])
+    contents = store.Contents(
+        folder, old.data + more.data, offsets, tree, more.checkpoint, more.public_key, more.torn
+    )
+    by_type = {kind: array("q", seqs) for kind, seqs in before.by_type.items()}
+    for seq in range(old.size, contents.size):
+        by_type.setdefault(str(contents.entry(seq).get("type")), array("q")).append(seq)
+    witnessed, unwitnessed = _witnessed(folder, contents)
+    return LogState(contents, None, by_type, before.checked, witnessed, unwitnessed)
 
 
 def pinned_policy(folder: Path) -> Policy | None:
@@ -469,7 +503,7 @@ def log_file(request: Request, name: str) -> Response:
 @router.get("/log/files/checkpoints/{name}")
 @allow(PUBLIC)
 def signed_checkpoint(request: Request, name: str) -> Response:
-    """Every checkpoint the log has signed, by its size (checkpoints/N.json)."""
+    """Every checkpoint the log has signed, by its size (checkpoints/N)."""
     if not _SIGNED.match(name):
         return not_found(request)
     folder = log_folder(request.app.state.portal.home) / store.CHECKPOINTS

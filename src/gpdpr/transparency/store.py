@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gpdpr import durable
 from gpdpr.errors import UserError
 from gpdpr.transparency import checkpoint as cp
+from gpdpr.transparency import kept_tree
 from gpdpr.transparency.merkle import Tree, leaf_hash
 from gpdpr.transparency.note import Verifier
 
@@ -86,10 +87,14 @@ class Contents:
         return value
 
 
-def split_entries(data: bytes, where: str) -> tuple[array[int], Tree, int]:
-    """Check every complete line of an entries file and hash it into the tree; where each line
-    starts, the tree, and the length of a torn tail (bytes after the last newline)."""
-    offsets, tree, start, seq = array("q", [0]), Tree(), 0, 0
+def split_entries(
+    data: bytes, where: str, tree: Tree | None = None
+) -> tuple[array[int], Tree, int]:
+    """Check every complete line of an entries file and hash it into the tree (continuing
+    `tree`, if given, with `data` the bytes after the entries it holds); where each line starts,
+    the tree, and the length of a torn tail (bytes after the last newline)."""
+    tree = tree if tree is not None else Tree()
+    offsets, start, seq = array("q", [0]), 0, tree.size
     while (end := data.find(b"\n", start)) >= 0:
         line = data[start:end]
         check_entry(line, seq, where)
@@ -139,11 +144,12 @@ def parse(
     public_pem: bytes | None,
     where: str,
     never_signed: bool = False,
+    tree: Tree | None = None,
 ) -> Contents:
     """Verify a log from its files' bytes (wherever they were read or fetched from).
     `never_signed`: the folder shows no checkpoint was ever signed (see the module's docstring),
     so entries without one are an interrupted first publish, not a deleted checkpoint."""
-    offsets, tree, torn = split_entries(data, f"{where}/{ENTRIES}")
+    offsets, tree, torn = split_entries(data, f"{where}/{ENTRIES}", tree)
     public = None
     if public_pem is not None:
         public = cp.read_public_key(public_pem, f"{where}/{PUBLIC_KEY}")
@@ -165,6 +171,41 @@ def parse(
             "its checkpoint); the next publish signs them"
         )
     return contents
+
+
+def read_kept(folder: Path) -> tuple[Contents, int]:
+    """`read` for the service itself: its kept copy of the tree (gpdpr.transparency.kept_tree)
+    extended by the entries after it, checked against the signed checkpoint; the whole log
+    hashed again if there is no usable copy. The contents hold the tree only (no entries'
+    bytes); with the length of entries.jsonl they cover."""
+    cache = kept_tree.folder_for(folder)
+    kept = kept_tree.load(cache)
+    entries = folder / ENTRIES
+    length = entries.stat().st_size if entries.exists() else 0
+    if kept is not None and kept[1] <= length:
+        tree, end = kept
+        signed, public = _get(folder, CHECKPOINT), _get(folder, PUBLIC_KEY)
+        with open(entries, "rb") as f:
+            f.seek(end)
+            tail = f.read()
+        try:
+            never_signed = signed is None and not _any_signed(folder)
+            contents = parse(folder, tail, signed, public, str(folder), never_signed, tree)
+        except UserError:
+            contents = None  # the whole log decides, below
+        if contents is not None:
+            contents.data, contents.offsets = b"", array("q")
+            return contents, end + len(tail) - contents.torn
+    kept_tree.forget(cache)
+    contents = read(folder)
+    covered = len(contents.data)
+    contents.data, contents.offsets = b"", array("q")
+    return contents, covered
+
+
+def _get(folder: Path, name: str) -> bytes | None:
+    path = folder / name
+    return path.read_bytes() if path.exists() else None
 
 
 def check_against(signed: cp.Checkpoint, tree: Tree, public: Verifier, where: str) -> None:
@@ -189,6 +230,7 @@ class Writer:
 
     contents: Contents
     key: Ed25519PrivateKey
+    end: int = 0  # the bytes of entries.jsonl the tree covers
 
     @property
     def size(self) -> int:
@@ -213,6 +255,8 @@ class Writer:
         durable.step("log entries appended")
         for line in lines:
             self.contents.tree.append(leaf_hash(line))
+        self.end += sum(len(line) + 1 for line in lines)
+        kept_tree.save(kept_tree.folder_for(folder), self.contents.tree, self.end)
         return lines
 
     def sign(self) -> cp.Checkpoint:
@@ -246,11 +290,11 @@ def open_verified(folder: Path, keys: Path) -> Writer:
             f"{published} is not the public half of the service's log key "
             f"{keys / cp.KEY_FOLDER / cp.PRIVATE_KEY}: one of them was replaced"
         )
-    contents = read(folder)
+    contents, end = read_kept(folder)
     if contents.torn:
         _cut_torn_tail(folder / ENTRIES, contents)
-    contents.data, contents.offsets = b"", array("q")
-    return Writer(contents, key)
+    kept_tree.save(kept_tree.folder_for(folder), contents.tree, end)
+    return Writer(contents, key, end)
 
 
 def _cut_torn_tail(path: Path, contents: Contents) -> None:
