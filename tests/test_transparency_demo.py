@@ -378,3 +378,33 @@ def test_nothing_the_centre_stores_or_publishes_identifies_a_patient(demo: Demo)
         if path.suffix == ".parquet":
             found = _found(automaton, _as_text(pq.read_table(path)))
             assert not found, f"decoded {path.relative_to(demo.home)} holds {found[:5]}"
+
+
+def test_no_erased_person_survives_anywhere_in_the_home(demo: Demo) -> None:
+    """The three who opted out online were erased: their lake pseudonyms are in no file the
+    centre keeps (lake and its old versions, refused packages, runs, releases, the log, caches),
+    byte for byte and every Parquet file decoded. Not walked: the database, whose opt-out
+    register must name who opted out to keep their future records out (their dissent, not their
+    record), and what NOT_CENTRAL lists."""
+    from test_privacy import _as_text, _automaton, _found
+
+    custodian = Custodian(demo.home / "keys", demo.engine)
+    erased = {custodian.pseudonym_for(n, "patient", "erasure check") for n in demo.opted_out}
+    lake = Lake.open(demo.home / "lake").snapshot()
+    held = set(lake.read("patients", ["patient"]).column("patient").to_pylist())
+    assert len(erased) == 3 and not erased & held
+    automaton = _automaton(erased)
+    files = [
+        p
+        for p in demo.home.rglob("*")
+        if p.is_file()
+        and p.relative_to(demo.home).parts[0] not in NOT_CENTRAL
+        and not p.name.startswith("central.db")
+    ]
+    assert len(files) > 20
+    for path in files:
+        found = _found(automaton, path.read_bytes())
+        assert not found, f"{path.relative_to(demo.home)} holds an erased pseudonym"
+        if path.suffix == ".parquet":
+            found = _found(automaton, _as_text(pq.read_table(path)))
+            assert not found, f"decoded {path.relative_to(demo.home)} holds an erased pseudonym"

@@ -255,13 +255,19 @@ def _extended(folder: Path, before: LogState) -> LogState | None:
     entries before are not read again until the next full check, RECHECK_SECONDS after the
     last."""
     old = before.contents
-    if old is None or before.problem is not None:
+    if old is None or before.problem is not None or old.checkpoint is None:
         return None
     try:
-        with open(folder / store.ENTRIES, "rb") as f:
-            f.seek(len(old.data))
-            tail = f.read()
         signed = (folder / store.CHECKPOINT).read_bytes()
+        with open(folder / store.ENTRIES, "rb") as f:
+            # A publish appends and signs anew; anything else (a file cut, rewritten in place,
+            # a checkpoint replaced by an older one) is checked whole, at once.
+            edge = max(0, len(old.data) - 4096)
+            f.seek(edge)
+            seam = f.read(len(old.data) - edge)
+            tail = f.read()
+        if seam != old.data[edge:] or not tail or signed == old.checkpoint.to_bytes():
+            return None
         public = (folder / store.PUBLIC_KEY).read_bytes()
         tree = Tree.restore(old.tree.levels())
         more = store.parse(folder, tail, signed, public, str(folder), tree=tree)
