@@ -499,7 +499,7 @@ def _served(request: Request, folder: Path, name: str, media_type: str) -> Respo
 @router.get("/log/files/{name}")
 @allow(PUBLIC)
 def log_file(request: Request, name: str) -> Response:
-    """entries.jsonl, checkpoint.json or log.pub, as they are on disk."""
+    """entries.jsonl, checkpoint, log.pub or policy, as they are on disk."""
     if name not in FILES:
         return not_found(request)
     folder = log_folder(request.app.state.portal.home)

@@ -16,14 +16,20 @@ from gpdpr.transparency.verify import Source, verify
 
 
 def demo_witness(home: Path) -> Path:
-    """The demo's own witness: its folder beside the home (a witness is never the service's),
-    made and enrolled the first time, with a policy of quorum 1."""
-    folder = home.with_name(f"{home.name}-witness")
+    """The demo's own witness, made and enrolled the first time, with a policy of quorum 1. Its
+    folder is HOME/witness only because the demo is one machine: a real witness is run by
+    someone else, elsewhere. A witness left by an earlier demo, watching another log key, is
+    made again."""
+    folder = home / "witness"
     keys = home / "keys"
+    log_key = cp.log_verifier(cp.load_or_create_key(keys))
+    if (folder / witness.KEY).exists():
+        watching = witness.watched(witness.open_witness(folder)).get(log_key.name)
+        if watching != log_key:
+            shutil.rmtree(folder)
+    if not (folder / witness.KEY).exists():
+        witness.create(folder, "gpdpr.example/demo-witness", [log_key.vkey])
     if folder.resolve() not in [p.resolve() for p in cosigning.enrolled(keys)]:
-        if not (folder / witness.KEY).exists():
-            log_key = cp.log_verifier(cp.load_or_create_key(keys)).vkey
-            witness.create(folder, "gpdpr.example/demo-witness", [log_key])
         cosigning.enrol(keys, folder, quorum=1)
     return folder
 
@@ -44,7 +50,7 @@ def publish_and_verify(home: Path, say: Callable[[str], None]) -> None:
     checked = verify(Source(folder=folder), pinned, kept.read_bytes(), str(kept))
     kinds = Counter(contents.entry(seq)["type"] for seq in range(contents.size))
     say(
-        f"{done.appended} entries published to {folder} (entries.jsonl, checkpoint.json, "
+        f"{done.appended} entries published to {folder} (entries.jsonl, checkpoint, "
         f"log.pub): " + ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
     )
     if done.held:

@@ -21,7 +21,7 @@ only when no signed checkpoint covers it (an entry the log has signed is never r
 loss is damage, reported).
 
 Logs made before creation was atomic may hold entries and no checkpoint at all (no
-checkpoint.json, nothing in checkpoints/): their first publish died before signing. Nothing was
+checkpoint, nothing in checkpoints/): their first publish died before signing. Nothing was
 ever signed, so nothing signed was lost: such a log is read as unsigned and the next publish signs
 it.
 
