@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
@@ -405,6 +406,14 @@ def test_no_erased_person_survives_anywhere_in_the_home(demo: Demo) -> None:
     for path in files:
         found = _found(automaton, path.read_bytes())
         assert not found, f"{path.relative_to(demo.home)} holds an erased pseudonym"
-        if path.suffix == ".parquet":
-            found = _found(automaton, _as_text(pq.read_table(path)))
+        if path.suffix == ".parquet":  # a pseudonym is text: only text columns are decoded
+            schema = pq.read_schema(path)
+            text = [
+                f.name
+                for f in schema
+                if pa.types.is_string(f.type)
+                or pa.types.is_large_string(f.type)
+                or pa.types.is_dictionary(f.type)
+            ]
+            found = _found(automaton, _as_text(pq.read_table(path, columns=text)))
             assert not found, f"decoded {path.relative_to(demo.home)} holds an erased pseudonym"
