@@ -251,8 +251,10 @@ def test_the_verifier_the_log_page_offers_runs_as_written_and_catches_a_changed_
     import sys
 
     from gpdpr.portal.serve import publish_now, running
+    from gpdpr.transparency.demo import demo_witness
     from gpdpr.transparency.publish import log_folder
 
+    demo_witness(site.built.home)  # a witness co-signs: the policy verify.py carries needs one
     publish_now(site.client.app)
     page = words(site.client.get("/log/verify").text)
     served = site.client.get("/log/verify.py")

@@ -191,6 +191,8 @@ def _clear_demo_home(home: Path) -> None:
         home / "register",
         home / "tre",
         home / "log",
+        home / ".log-tree",
+        home / "witness",
         home / "idp",
         home / "portal",
     ]

@@ -7,8 +7,9 @@ A refusal is staged in a hidden folder of rejected/ (`.refusing-TOKEN/`): first 
 written inside. The staged item is the committed state: once it is whole, the refusal happened and
 is recorded, with TOKEN in the event's details (the log does not publish it), in a transaction
 that first looks for TOKEN, so a re-run never records it twice. Only then is `item/` renamed into
-rejected/ under the package's name, in one step. A stage without its whole item is discarded: the
-package never left where it was, and the next run checks it again.
+rejected/ under the package's name, in one step, as only its reason and its manifest's summary
+(gpdpr.collect.refused): the package itself is deleted. A stage without its whole item is
+discarded: the package never left where it was, and the next run checks it again.
 """
 
 from __future__ import annotations
@@ -27,14 +28,15 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from gpdpr import durable
+from gpdpr.collect.refused import REFUSED_NOTE, delete, keep_reason
 from gpdpr.db.events import record
 from gpdpr.db.models import Event
 
 ACTOR = "collector"
-REFUSED_NOTE = "REFUSED.txt"
 STAGE = ".refusing-"
 INTENT = "refusal.json"
 ITEM = "item"
+KEPT = "kept"  # what is kept of it: its reason and its manifest's summary
 PARTIAL = ".item.partial"
 
 
@@ -126,22 +128,29 @@ def _finish(rejected: Path, engine: sa.Engine) -> int:
 
 
 def _complete(rejected: Path, engine: sa.Engine, stage: Path) -> Path | None:
-    """Record a staged refusal (once) and move its item into `rejected`; None when the stage was
-    cut before its item was whole, and is discarded."""
+    """Record a staged refusal (once), keep its reason and manifest summary in `rejected` and
+    delete the package (gpdpr.collect.refused: its rows would outlive an erasure); None when
+    the stage was cut before its item was whole, and is discarded."""
     try:
         intent = orjson.loads((stage / INTENT).read_bytes())
     except (OSError, orjson.JSONDecodeError):
         intent = None
-    item = stage / ITEM
-    if intent is None or not item.exists():
+    item, kept = stage / ITEM, stage / KEPT
+    if intent is None or not (item.exists() or kept.exists()):
         # Cut before the package was staged whole: where it was, it still is (or the stage
         # holds a copy of it only).
         _discard(stage, intent)
         return None
-    _drop_source(stage, intent)
-    _record(engine, intent)
+    if item.exists():  # else the summary is whole and the package already gone
+        _drop_source(stage, intent)
+        _record(engine, intent)
+        shutil.rmtree(kept, ignore_errors=True)  # a summary cut part-way is made again
+        keep_reason(item, kept, str(intent["reason"]))
+        durable.fsync_dir(stage)
+        delete(item)
+        durable.step("refused package deleted")
     target = _free_name(rejected, str(intent["package"]))
-    os.rename(item, target)
+    os.rename(kept, target)
     durable.fsync_dir(rejected)
     durable.step("refused package moved aside")
     shutil.rmtree(stage)
