@@ -31,8 +31,8 @@ from gpdpr import db, durable
 from gpdpr import spec as specification
 from gpdpr.collect.erase import ANSWERS, Erasure, erase
 from gpdpr.collect.load import Loaded, Progress, load
-from gpdpr.collect.refused import REFUSED_NOTE as REFUSED_NOTE
 from gpdpr.collect.refusals import Refused, finish, refuse
+from gpdpr.collect.refused import REFUSED_NOTE as REFUSED_NOTE
 from gpdpr.collect.verify import Package, check
 from gpdpr.db.events import record
 from gpdpr.db.models import DeletionReceipt, Event
