@@ -9,6 +9,13 @@ custodian derives for the project. Two projects' views therefore share no identi
 person also has a whole-number key for this set of views only (`patient_key`, 0 .. people - 1),
 which the engines join by.
 
+A run's views are not copied out of the lake: `plan` describes them as SQL over the lake
+version's own Parquet files (the population, each view, the pseudonym maps), and the engine
+makes them where it runs, reading only the columns and rows they need (engines.duckdb.install,
+engines.spark.Sandbox.install). Python computes one project pseudonym per person read, to show
+a dataset's patients and make the run's use tokens; no row of a table passes through it.
+`made` makes the same views into Arrow tables, for dummy data and tests.
+
 What a definition needs granted to build its views (`required_fields`) covers every read: each
 column's fields, and for every table it touches (with or without columns) the patient field and
 the fields its period is checked on. Runs ask the agreement for exactly that before any data is

@@ -1,7 +1,8 @@
 """What every engine shares: the views in, the `Results` out, and the service's types for
-them. All engines take the same project views (Arrow tables, one per table the definition reads)
-and give the same `Results`, typed the same way, so that what a definition means does not depend
-on where it ran.
+them. All engines take the same project views (a `LakeViews` plan over the lake's files, which
+the engine makes itself; or Arrow tables made already, one per table the definition reads) and
+give the same `Results`, typed the same way, so that what a definition means does not depend on
+where it ran.
 
 DuckDB (`engines.duckdb`), embedded, is the default. Spark (`engines.spark`) is for more than
 one machine. Both run only SQL the compiler wrote (engines/sql.py; `engines.guard` checks it
