@@ -1,16 +1,19 @@
 """Spark: the engine for more than one machine, here run in local mode.
 
 The same compiled SQL as DuckDB (in Spark's dialect), on the same project views, giving the same
-`Results` in the same Arrow types. The views are written to Parquet in a folder of the run's own
-and read from there, so that Spark reads them lazily from disk instead of holding every view in
-the driver's memory; the answers come back through `DataFrame.toArrow()`.
+`Results` in the same Arrow types. A run's views are made by Spark from the lake version's own
+Parquet files, read where they are (`Sandbox.install`: on a cluster, the executors must see the
+lake at the same path, a shared file system; object storage is not supported yet); views handed
+over already made are written to Parquet in a folder of the run's own and read from there. The
+answers come back through `DataFrame.toArrow()`.
 
 What confines a run (`Sandbox`, and `CONFINED` set on its session whatever else is asked):
   - SQL: only what `engines.guard` passes (one query, the compiler's functions only: never
     `reflect` or `java_method`, which would call into Java; only this run's tables by plain
     name: never `parquet.`/path``, a qualified name or a table function);
   - files: running SQL on files is off (`spark.sql.runSQLOnFiles`), and each query's analysed
-    plan is checked to read nothing but this run's Parquet files;
+    plan is checked to read nothing but this run's Parquet files and the lake files its views
+    are made from (which no query may name: the guard allows the views' names only);
   - text: ${...} substitution is off (it would replace text even inside quotes with settings
     or environment variables);
   - time: every job of the run is in one job group, cancelled by a watchdog at the time limit;
@@ -296,9 +299,9 @@ class SparkEngine:
 
 
 class Sandbox:
-    """One run's confinement in its Spark session: only the views registered here (Parquet
-    files in the run's own folder) are read, which the analysed plan of every query is checked
-    for; only SQL the guard passes runs; and every job of the run is in one job group, which a
+    """One run's confinement in its Spark session: only the views made here (from Parquet
+    files in the run's own folder, or from the lake's files) are read, which the analysed plan
+    of every query is checked for; only SQL the guard passes runs; and every job of the run is in one job group, which a
     watchdog cancels at the time limit."""
 
     def __init__(self, spark: SparkSession, folder: Path, seconds: float) -> None:
