@@ -260,7 +260,12 @@ def witness_init(
     state: StateDir,
     name: Annotated[str, typer.Option(help="The witness's name, a schema-less URL.")],
     log_key: Annotated[
-        list[str], typer.Option("--log-key", help="A log's verifier key (log.pub) to watch.")
+        list[str],
+        typer.Option(
+            "--log-key",
+            metavar="VKEY",
+            help="A log's verifier key (the text of its log.pub) to watch; repeat for more logs.",
+        ),
     ],
 ) -> None:
     """Make a witness: its key and an empty state; prints its verifier key for policies."""

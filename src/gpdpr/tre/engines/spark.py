@@ -301,8 +301,8 @@ class SparkEngine:
 class Sandbox:
     """One run's confinement in its Spark session: only the views made here (from Parquet
     files in the run's own folder, or from the lake's files) are read, which the analysed plan
-    of every query is checked for; only SQL the guard passes runs; and every job of the run is in one job group, which a
-    watchdog cancels at the time limit."""
+    of every query is checked for; only SQL the guard passes runs; and every job of the run is
+    in one job group, which a watchdog cancels at the time limit."""
 
     def __init__(self, spark: SparkSession, folder: Path, seconds: float) -> None:
         self.spark = spark
