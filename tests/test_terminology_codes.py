@@ -4,22 +4,18 @@ quarantined with that reason."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
-from typing import Any
 
-import orjson
 import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extracting import Keys, run
-from fhir_exports import relist
+from extracting import Keys
+from fhir_exports import ukcore_with
 from gpdpr.practice.extract import quarantine_path
 from gpdpr.terminology import Status, classify, classify_all, load_catalogue
 from gpdpr.terminology.sctid import check_digit, concept_problem, parse
 
-EXPORT = Path(__file__).parent / "fixtures" / "ukcore" / "export"
 FIXED = settings(max_examples=200, derandomize=True, deadline=None)
 
 
@@ -113,25 +109,12 @@ def test_classify_knows_the_release_and_the_rules() -> None:
 def test_the_extractor_sends_a_valid_unknown_code_and_quarantines_an_invalid_one(
     tmp_path: Path, keys: Keys
 ) -> None:
-    folder = tmp_path / "GP5"
-    shutil.copytree(EXPORT, folder)
-    (folder / "export.json").write_bytes(
-        orjson.dumps({"transactionTime": "2026-11-01T00:00:00Z", "output": []})
-    )
-    path = folder / "Observation.000.ndjson"
-    observations = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-    dated = next(o for o in observations if o.get("effectiveDateTime") and o.get("subject"))
-    valid, invalid = dict(dated), dict(dated)
-    valid["id"], invalid["id"] = "valid-unknown", "invalid-code"
     code = "765432100"  # item 7654321, partition 00: a concept id no release here has
     right = check_digit(code)
     wrong = str((int(right) + 1) % 10)
-    valid["code"] = {"coding": [{"system": "http://snomed.info/sct", "code": code + right}]}
-    invalid["code"] = {"coding": [{"system": "http://snomed.info/sct", "code": code + wrong}]}
-    path.write_bytes(b"".join(orjson.dumps(o) + b"\n" for o in [*observations, valid, invalid]))
-    relist(folder)
-    before = outcome(EXPORT, tmp_path / "before", keys)
-    manifest = run(folder, tmp_path / "package", keys)
+    before = ukcore_with(tmp_path / "before", keys, [])
+    planted = [(code + right, "valid-unknown"), (code + wrong, "invalid-code")]
+    manifest = ukcore_with(tmp_path, keys, planted)
 
     sent = {n: t["rows"] for n, t in manifest["tables"].items()}
     assert sent["clinical_events"] == before["tables"]["clinical_events"]["rows"] + 1
@@ -143,14 +126,3 @@ def test_the_extractor_sends_a_valid_unknown_code_and_quarantines_an_invalid_one
     quarantine = quarantine_path(tmp_path / "package").read_text()
     assert f'"record_id":"invalid-code","reason":"{reason}"' in quarantine
     assert '"valid-unknown"' not in quarantine
-
-
-def outcome(export: Path, into: Path, keys: Keys) -> dict[str, Any]:
-    """The manifest of the unchanged examples, to compare with."""
-    folder = into / "GP5"
-    shutil.copytree(export, folder)
-    (folder / "export.json").write_bytes(
-        orjson.dumps({"transactionTime": "2026-11-01T00:00:00Z", "output": []})
-    )
-    relist(folder)
-    return run(folder, into / "package", keys)

@@ -4,17 +4,14 @@ replacement is honoured, by the extractor itself."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import orjson
 import pytest
 from typer.testing import CliRunner
 
-from extracting import Keys, run
-from fhir_exports import relist
+from extracting import Keys
+from fhir_exports import ukcore_with
 from gpdpr.cli import app
 from gpdpr.errors import UserError
 from gpdpr.spec import shipped
@@ -22,7 +19,6 @@ from gpdpr.terminology import ecl, embedded, sets, store
 from gpdpr.terminology.rf2 import KINDS, REPLACED_BY
 from gpdpr.terminology.sctid import check_digit
 
-EXPORT = Path(__file__).parent / "fixtures" / "ukcore" / "export"
 ROOT, FINDING, PROCEDURE = "138875005", "404684003", "71388002"
 IVF, DISSENT, WITHDRAWN = "52637005", "827241000000103", "827261000000102"
 
@@ -139,9 +135,9 @@ def test_code_sets_follow_the_hierarchy_and_the_history(loaded: store.Release) -
 def test_the_extractor_removes_by_meaning(
     loaded: store.Release, tmp_path: Path, keys: Keys
 ) -> None:
-    before = _extract(tmp_path / "before", keys, [])
+    before = ukcore_with(tmp_path / "before", keys, [])
     assert before["type1_opt_out"]["active"] == []
-    restricted = _extract(tmp_path / "restricted", keys, [(IVF_CHILD, "ivf-child")])
+    restricted = ukcore_with(tmp_path / "restricted", keys, [(IVF_CHILD, "ivf-child")])
     events = restricted["tables"]["clinical_events"]["rows"]
     assert events == before["tables"]["clinical_events"]["rows"]
     by_table = restricted["excluded_by_table"]["clinical_events"]
@@ -151,27 +147,9 @@ def test_the_extractor_removes_by_meaning(
     # IVF, its child, and Artificial insemination: named, so kept out though this release lacks it
     assert code_set["concepts"] == 3 and code_set["ecl"].startswith(f"<< {IVF}")
 
-    dissent = _extract(tmp_path / "dissent", keys, [(OLD_DISSENT, "old-dissent")])
+    dissent = ukcore_with(tmp_path / "dissent", keys, [(OLD_DISSENT, "old-dissent")])
     assert len(dissent["type1_opt_out"]["active"]) == 1
     assert dissent["terminology"]["code_sets"]["type1_dissent"]["concepts"] == 2
-
-
-def _extract(into: Path, keys: Keys, planted: list[tuple[str, str]]) -> dict[str, Any]:
-    """The UK Core examples, with an Observation for each (code, id) planted, extracted."""
-    folder = into / "GP5"
-    shutil.copytree(EXPORT, folder)
-    (folder / "export.json").write_bytes(
-        orjson.dumps({"transactionTime": "2026-11-01T00:00:00Z", "output": []})
-    )
-    path = folder / "Observation.000.ndjson"
-    observations = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-    dated = next(o for o in observations if o.get("effectiveDateTime") and o.get("subject"))
-    for code, record_id in planted:
-        coding = [{"system": "http://snomed.info/sct", "code": code}]
-        observations.append({**dated, "id": record_id, "code": {"coding": coding}})
-    path.write_bytes(b"".join(orjson.dumps(o) + b"\n" for o in observations))
-    relist(folder)
-    return run(folder, into / "package", keys)
 
 
 def test_a_store_reads_back_as_it_was_written(loaded: store.Release, tmp_path: Path) -> None:
