@@ -326,16 +326,7 @@ async def required_enrol(request: Request) -> Response:
         portal.act, lambda s: second_factors.enrol(s, handle, secret, code)
     )
     if not done:
-        return render(
-            request,
-            "second_factor.html.j2",
-            status_code=400,
-            secret=secret,
-            uri=second_factors.uri(secret, handle),
-            action="/sign-in/second-factor",
-            required=True,
-            errors=["That code is not right: enter the code the app shows for this key now."],
-        )
+        return _wrong_code(request, secret, handle, action="/sign-in/second-factor", required=True)
     await run_in_threadpool(portal.rate_limit.succeeded, portal.engine, keys)
     target = session.pending.get("next", "")
     stored = await run_in_threadpool(portal.read, lambda s: _stored(s, handle))
@@ -427,6 +418,19 @@ def enrol_form(request: Request) -> Response:
     )
 
 
+def _wrong_code(request: Request, secret: str, handle: str, **page: object) -> Response:
+    """The enrolment page again, saying the code was wrong (at sign-in, or from the account)."""
+    return render(
+        request,
+        "second_factor.html.j2",
+        status_code=400,
+        secret=secret,
+        uri=second_factors.uri(secret, handle),
+        errors=["That code is not right: enter the code the app shows for this key now."],
+        **page,
+    )
+
+
 @router.post("/account/second-factor")
 @allow(*STAFF_ROLES)
 async def enrol(request: Request) -> Response:
@@ -442,14 +446,7 @@ async def enrol(request: Request) -> Response:
         portal.act, lambda s: second_factors.enrol(s, handle, secret, code)
     )
     if not done:
-        return render(
-            request,
-            "second_factor.html.j2",
-            status_code=400,
-            secret=secret,
-            uri=second_factors.uri(secret, handle),
-            errors=["That code is not right: enter the code the app shows for this key now."],
-        )
+        return _wrong_code(request, secret, handle)
     session.pending = {}
     session.flash.append("Your second factor is set up: sign-ins now ask for its code.")
     return RedirectResponse("/", status_code=303)
