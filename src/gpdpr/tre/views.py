@@ -227,6 +227,29 @@ def source(name: str) -> str:
 
 
 # The people in the population, each with their whole-number key: an engine makes this table
-# from `LakeViews.people` before any view is read.
+# (`keyed_people_sql`) before any view is read.
 PEOPLE = source("people")
 KEY = PATIENT_KEY
+
+
+def keyed_people_sql(lake: LakeViews) -> str:
+    """The population, each person with their whole-number key in pseudonym order: the same
+    people get the same keys on every engine."""
+    return (
+        f"select *, cast(row_number() over (order by patient) - 1 as bigint) as {KEY} "
+        f"from ({lake.people})"
+    )
+
+
+def distinct_values_sql(column: str, tables: Iterable[str]) -> str:
+    """Every lake pseudonym of a pseudonym column (staff, postcode) in the lake tables read."""
+    return " union ".join(
+        f"select distinct {column} as lake from {source(t)} where {column} is not null"
+        for t in tables
+    )
+
+
+def project_ids(lake: LakeViews, lake_ids: pa.ChunkedArray) -> pa.ChunkedArray:
+    """The people's project pseudonyms, in the order of their lake pseudonyms given."""
+    ids = lake.project(lake_ids)
+    return ids if isinstance(ids, pa.ChunkedArray) else pa.chunked_array([ids])

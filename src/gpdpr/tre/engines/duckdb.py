@@ -41,7 +41,14 @@ from gpdpr.tre.engines.base import memory as memory_limit
 from gpdpr.tre.query import limits
 from gpdpr.tre.query import nodes as n
 from gpdpr.tre.query.schema import view_name
-from gpdpr.tre.views import KEY, PEOPLE, source
+from gpdpr.tre.views import (
+    KEY,
+    PEOPLE,
+    distinct_values_sql,
+    keyed_people_sql,
+    project_ids,
+    source,
+)
 
 DIALECT = sql.DIALECTS["duckdb"]
 
@@ -178,21 +185,12 @@ def install(
     for name, files in lake.sources.items():
         register(source(name), files)
     register(source("excluded"), lake.excluded)
-    # Keys in pseudonym order: the same people get the same keys on every engine.
-    con.execute(
-        f"create temp table {PEOPLE} as select *, "
-        f"cast(row_number() over (order by patient) - 1 as bigint) as {KEY} from ({lake.people})"
-    )
+    con.execute(f"create temp table {PEOPLE} as {keyed_people_sql(lake)}")
     for column, tables in lake.mapped.items():
-        values = " union ".join(
-            f"select distinct {column} as lake from {source(t)} where {column} is not null"
-            for t in tables
-        )
-        found = con.sql(values).to_arrow_table().column(0)
+        found = con.sql(distinct_values_sql(column, tables)).to_arrow_table().column(0)
         mapping = pa.table({"lake": found, "project": lake.project(found)}).combine_chunks()
         register(source(f"map_{column}"), mapping)
     for name, text in lake.views.items():
         con.execute(f"create temp view {view_name(name)} as {text}")
     people = con.sql(f"select patient from {PEOPLE} order by {KEY}").to_arrow_table()
-    ids = lake.project(people.column(0))
-    return ids if isinstance(ids, pa.ChunkedArray) else pa.chunked_array([ids])
+    return project_ids(lake, people.column(0))

@@ -73,7 +73,14 @@ from gpdpr.tre.engines.base import (
 from gpdpr.tre.query import limits
 from gpdpr.tre.query import nodes as n
 from gpdpr.tre.query.schema import TABLES, view_name
-from gpdpr.tre.views import KEY, PEOPLE, source
+from gpdpr.tre.views import (
+    KEY,
+    PEOPLE,
+    distinct_values_sql,
+    keyed_people_sql,
+    project_ids,
+    source,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -347,24 +354,18 @@ class Sandbox:
 
     def install(self, lake: LakeViews) -> pa.ChunkedArray:
         """Make `lake`'s views, Spark reading the lake version's own Parquet files where they
-        are (on a cluster, wherever the lake is: a shared folder or object storage), and give
+        are (on a cluster, the executors see the lake at the same path), and give
         the project pseudonym of each person by key. The views are defined here, not by any
         compiled query, and may be the only names a compiled query reads."""
         for name, files in lake.sources.items():
             self._read_lake(source(name), files)
         self.register(source("excluded"), lake.excluded, shown=False)
-        people = self.spark.sql(
-            f"select *, row_number() over (order by patient) - 1 as {KEY} from ({lake.people})"
-        ).cache()  # made once: every view joins it
+        people = self.spark.sql(keyed_people_sql(lake)).cache()  # made once: every view joins it
         self.kept.append(people)
         people.createOrReplaceTempView(PEOPLE)
         self.defined.add(PEOPLE)
         for column, tables in lake.mapped.items():
-            values = " union ".join(
-                f"select distinct {column} as lake from {source(t)} where {column} is not null"
-                for t in tables
-            )
-            found = self._collect(self.spark.sql(values)).column(0)
+            found = self._collect(self.spark.sql(distinct_values_sql(column, tables))).column(0)
             mapping = pa.table({"lake": found, "project": lake.project(found)})
             self.register(source(f"map_{column}"), mapping, shown=False)
         for name, text in lake.views.items():
@@ -372,8 +373,7 @@ class Sandbox:
             self.defined.add(view_name(name))
             self.relations.add(view_name(name))
         ordered = self._collect(people.orderBy(KEY).select("patient")).column(0)
-        ids = lake.project(ordered)
-        return ids if isinstance(ids, pa.ChunkedArray) else pa.chunked_array([ids])
+        return project_ids(lake, ordered)
 
     def _read_lake(self, name: str, files: ds.Dataset) -> None:
         """One lake table's files at the run's lake version, its partition column (the practice)
