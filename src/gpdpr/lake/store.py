@@ -270,8 +270,9 @@ class Snapshot:
     def delta(self, table: str) -> DeltaTable:
         return DeltaTable(str(self.lake.path(table)), version=self.version.tables[table])
 
-    def files(self, table: str) -> list[LiveFile]:
-        actions = pa.table(self.delta(table).get_add_actions(flatten=True))
+    def files(self, table: str, delta: DeltaTable | None = None) -> list[LiveFile]:
+        """The table's data files at this version (from `delta`, the table already open)."""
+        actions = pa.table((delta or self.delta(table)).get_add_actions(flatten=True))
         practice = (
             actions.column(f"partition.{PRACTICE}").to_pylist()
             if f"partition.{PRACTICE}" in actions.column_names
@@ -293,10 +294,11 @@ class Snapshot:
         query engine reading it from many threads then never waits on Python), its partition
         column read from the files' folders."""
         root = self.lake.path(table)
-        schema = self.delta(table).to_pyarrow_dataset().schema
+        delta = self.delta(table)
+        schema = delta.to_pyarrow_dataset().schema
         partitioned = PRACTICE in self.lake.partition_by(table)
         return ds.dataset(
-            [str(root / f.path) for f in self.files(table)],
+            [str(root / f.path) for f in self.files(table, delta)],
             schema=schema,
             format="parquet",
             partitioning=(
