@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from extracting import Keys
 from fhir_exports import ukcore_with
 from gpdpr.practice.extract import quarantine_path
-from gpdpr.terminology import Status, classify, classify_all, load_catalogue
+from gpdpr.terminology import Status, classify, classify_all, embedded, load_catalogue, store
 from gpdpr.terminology.sctid import check_digit, concept_problem, parse
 
 FIXED = settings(max_examples=200, derandomize=True, deadline=None)
@@ -116,6 +116,10 @@ def test_the_extractor_sends_a_valid_unknown_code_and_quarantines_an_invalid_one
     planted = [(code + right, "valid-unknown"), (code + wrong, "invalid-code")]
     manifest = ukcore_with(tmp_path, keys, planted)
 
+    # The release codes were read by, on the manifest: here the embedded one, and it says so.
+    assert manifest["terminology"]["name"] == store.EMBEDDED_NAME
+    assert manifest["terminology"]["version"] == embedded.VERSION
+    assert manifest["terminology"]["embedded"] is True
     sent = {n: t["rows"] for n, t in manifest["tables"].items()}
     assert sent["clinical_events"] == before["tables"]["clinical_events"]["rows"] + 1
     unknown = manifest["terminology"]["not_in_loaded_release"]["clinical_events"]

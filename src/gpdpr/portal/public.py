@@ -54,11 +54,16 @@ def home(request: Request) -> Response:
 @router.get("/what-we-collect")
 @allow(PUBLIC)
 def what_we_collect(request: Request) -> Response:
+    from gpdpr.terminology import store
+
     spec = shipped()
+    release = store.active()
     return render(
         request,
         "collect.html.j2",
         spec=spec,
+        release=release,
+        expanded={name: len(s.expand()) for name, s in spec.code_sets.items()},
         coarsening=spec.raw.get("coarsening", {}),
         retention=spec.raw.get("retention", {}),
         pseudonymisation=spec.raw.get("pseudonymisation", {}),
