@@ -89,7 +89,7 @@ def test_the_hash_ignores_comments_and_layout() -> None:
     text = shipped_text()
     tidied_lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
     tidied = "\n".join(line for line in tidied_lines if line.strip()) + "\n"
-    tidied = edit(tidied, 'version = "1.2.0"', 'version   =   "1.2.0"   # a trailing comment')
+    tidied = edit(tidied, 'version = "1.3.0"', 'version   =   "1.3.0"   # a trailing comment')
     assert tidied != text
     assert parse(tidied, source="tidied.toml").sha256 == shipped().sha256
 
@@ -115,9 +115,9 @@ def test_the_hash_of_a_copy_is_the_same_wherever_it_is_read_from(tmp_path: Path)
             'description = "Coded allergies and intolerances."',
         ),
         # a code in a restricted set
-        ('code = "58533008"', 'code = "58534002"'),
+        ("<< 58533008 |Artificial", "< 58533008 |Artificial"),
         # a code's term
-        ('term = "Syphilis"', 'term = "Syphilis (disorder)"'),
+        ("|Syphilis|", "|Syphilis (disorder)|"),
         # a field's type
         (
             '[tables.patients.fields.birth_month]\ntype = "int"',
@@ -385,12 +385,12 @@ SENSITIVE_STI = 'rule = "sensitive"\ncollect = false\nreason = "Often'
     ("old", "new", "message"),
     [
         (
-            'version = "1.2.0"',
-            'version = "1.2.0',
+            'version = "1.3.0"',
+            'version = "1.3.0',
             "bad.toml: not valid TOML",
         ),
         (
-            'version = "1.2.0"\n',
+            'version = "1.3.0"\n',
             "",
             "bad.toml: [specification] is missing `version`",
         ),
@@ -415,9 +415,34 @@ SENSITIVE_STI = 'rule = "sensitive"\ncollect = false\nreason = "Often'
             "bad.toml: [retention] table 'staff' is not a dated table",
         ),
         (
-            'code = "52637005"',
-            'code = "5263700X"',
-            "bad.toml: [code_sets.assisted_conception.codes] code '5263700X' is not a SNOMED CT",
+            "<< 52637005 |Test tube",
+            "<< 52637006 |Test tube",
+            "bad.toml: [code_sets.assisted_conception] `ecl`: ECL '<< 52637006 |Test tube ovum "
+            "fertilization| OR << 58533008 |Artificial insemination|', at character 4: 52637006 "
+            "is not a concept identifier: its check digit is wrong",
+        ),
+        (
+            "<< 58533008 |Artificial insemination|",
+            "<< 58533008",
+            "bad.toml: [code_sets.assisted_conception] `ecl`: write the term beside 58533008, as "
+            "58533008 |its term|",
+        ),
+        (
+            'ecl = """\n<< 52637005 |Test tube ovum fertilization|\nOR << 58533008 |Artificial '
+            'insemination|"""',
+            'codes = [{ system = "snomed", code = "52637005", term = "IVF" }]',
+            "bad.toml: [code_sets.assisted_conception] lists `codes`: since specification 1.3.0 "
+            "a code set is written as ECL",
+        ),
+        (
+            'withdrawn_ecl = "<< 827261000000102',
+            'withdrawn_ecl = "<< 827261000000102 AND',
+            "bad.toml: [type1_opt_out] `withdrawn_ecl`: ECL '<< 827261000000102 AND |Dissent",
+        ),
+        (
+            "dissent_ecl = ",
+            "dissent_ecl_ = ",
+            "bad.toml: [type1_opt_out] is missing `dissent_ecl`",
         ),
         (
             SENSITIVE_STI,
@@ -431,10 +456,11 @@ SENSITIVE_STI = 'rule = "sensitive"\ncollect = false\nreason = "Often'
             "identifier: its check digit is wrong",
         ),
         (
-            'law = "Human Fertilisation',
-            'ecl = "<< 52637005 :"\nlaw = "Human Fertilisation',
-            "bad.toml: [code_sets.assisted_conception] `ecl`: ECL '<< 52637005 :', at character "
-            "13: refinements",
+            "<< 58533008 |Artificial insemination|",
+            "<< 58533008 |Artificial insemination| : 363698007 = *",
+            "bad.toml: [code_sets.assisted_conception] `ecl`: ECL '<< 52637005 |Test tube ovum "
+            "fertilization| OR << 58533008 |Artificial insemination| : 363698007 = *', at "
+            "character 85: refinements",
         ),
         (
             'dissent = { system = "snomed", code = "827241000000103",',
@@ -450,9 +476,9 @@ SENSITIVE_STI = 'rule = "sensitive"\ncollect = false\nreason = "Often'
         ("years = 10", "years = true", "bad.toml: [retention] `years` should be"),
         ("years = 10", "years = 0", "bad.toml: [retention] `years = 0` must be at least 1"),
         (
-            'code = "52637005"',
-            'code = "\u0665\u0668\u0665\u0661\u0662\u0663"',
-            "bad.toml: [code_sets.assisted_conception.codes] code",
+            "<< 52637005 |Test tube",
+            "<< \u0665\u0668\u0665\u0661\u0662\u0663 |Test tube",
+            "bad.toml: [code_sets.assisted_conception] `ecl`: ECL '<< \u0665",
         ),
         (
             "[code_sets.assisted_conception]",
@@ -479,7 +505,7 @@ def test_a_bad_specification_is_refused_naming_the_exact_key(
 
 def test_a_bad_specification_file_is_named_by_its_path(tmp_path: Path) -> None:
     bad = tmp_path / "mine.toml"
-    bad.write_text(edit(shipped_text(), 'version = "1.2.0"\n', ""), encoding="utf-8")
+    bad.write_text(edit(shipped_text(), 'version = "1.3.0"\n', ""), encoding="utf-8")
     with pytest.raises(UserError, match=re.escape(f"{bad}: [specification] is missing")):
         load(bad)
     with pytest.raises(UserError, match="cannot read the specification"):

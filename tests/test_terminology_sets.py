@@ -4,6 +4,7 @@ replacement is honoured, by the extractor itself."""
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from extracting import Keys
 from fhir_exports import ukcore_with
 from gpdpr.cli import app
 from gpdpr.errors import UserError
-from gpdpr.spec import shipped
+from gpdpr.spec import parse, shipped
 from gpdpr.terminology import ecl, embedded, sets, store
 from gpdpr.terminology.rf2 import KINDS
 from terminology_release import (
@@ -90,6 +91,31 @@ def test_code_sets_follow_the_hierarchy_and_the_history(loaded: store.Release) -
     assert sets.expand(f"<< {OLD_DISSENT}", loaded) == {OLD_DISSENT, DISSENT}
 
 
+def test_the_specification_says_each_set_in_ecl(loaded: store.Release) -> None:
+    """The sets are what the file's ECL says, over the release in use: a set widened in the file
+    widens in the extract; a dissent expression that would take in the withdrawal does not."""
+    text = resources.files("gpdpr.spec").joinpath("specification.toml").read_text("utf-8")
+    spec = parse(text, "spec.toml")
+    assert spec.code_sets["termination_of_pregnancy"].codes[0].term == (
+        "Induced termination of pregnancy"
+    )
+    assert HEADACHE not in spec.excluded_codes()
+    wider = text.replace(
+        "<< 714812005 |Induced termination of pregnancy|",
+        f"<< 714812005 |Induced termination of pregnancy| OR << {FINDING} |Clinical finding|",
+    )
+    excluded = parse(wider, "wider.toml").excluded_codes()
+    assert excluded[HEADACHE] == excluded[FINDING] == "termination_of_pregnancy"
+    careless = text.replace(
+        "MINUS << 827261000000102 |Dissent withdrawn for secondary use of general practitioner "
+        'patient identifiable data|"""',
+        'OR << 827261000000102 |Dissent withdrawn|"""',
+    )
+    assert careless != text
+    dissent = parse(careless, "careless.toml").dissent_codes()
+    assert dissent == {DISSENT, OLD_DISSENT} and WITHDRAWN not in dissent
+
+
 def test_the_extractor_removes_by_meaning(
     loaded: store.Release, tmp_path: Path, keys: Keys
 ) -> None:
@@ -103,11 +129,15 @@ def test_the_extractor_removes_by_meaning(
     assert restricted["terminology"]["name"] == "SNOMED CT TEST"
     code_set = restricted["terminology"]["code_sets"]["assisted_conception"]
     # IVF, its child, and Artificial insemination: named, so kept out though this release lacks it
-    assert code_set["concepts"] == 3 and code_set["ecl"].startswith(f"<< {IVF}")
+    assert code_set["ecl"] == shipped().code_sets["assisted_conception"].ecl
+    assert code_set["codes"] == sorted([IVF, IVF_CHILD, "58533008"], key=int)
+    assert code_set["concepts"] == 3
 
     dissent = ukcore_with(tmp_path / "dissent", keys, [(OLD_DISSENT, "old-dissent")])
     assert len(dissent["type1_opt_out"]["active"]) == 1
-    assert dissent["terminology"]["code_sets"]["type1_dissent"]["concepts"] == 2
+    assert dissent["terminology"]["code_sets"]["type1_dissent"]["codes"] == sorted(
+        [DISSENT, OLD_DISSENT], key=int
+    )
 
 
 def test_a_store_reads_back_as_it_was_written(loaded: store.Release, tmp_path: Path) -> None:

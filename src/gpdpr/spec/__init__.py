@@ -97,8 +97,8 @@ class CodeSet:
     rule: str  # restricted | sensitive
     collect: bool  # always False for restricted sets
     why: str  # the law (restricted) or the reason (sensitive)
-    codes: tuple[Code, ...]  # the concepts named, as the public page lists them
-    ecl: str  # what the set is: by default each named concept and all its descendants
+    ecl: str  # what the set is, by meaning: an ECL expression over the loaded release
+    codes: tuple[Code, ...]  # the concepts the expression names, with the terms written there
 
     def expand(self) -> frozenset[str]:
         """The set's codes in the loaded terminology release."""
@@ -125,8 +125,10 @@ class Specification:
     tables: dict[str, Table]
     never_collected: dict[str, NeverCollected]
     code_sets: dict[str, CodeSet]
-    dissent: Code
+    dissent: Code  # the concept a practice records (and synthetic practices write)
     dissent_withdrawn: Code
+    dissent_ecl: str  # what counts as each, by meaning
+    withdrawal_ecl: str
     retention_years: int
     retention_tables: tuple[str, ...]
     code_systems: dict[str, tuple[str, ...]]  # snomed | dmd -> the system URIs that mean it
@@ -147,15 +149,6 @@ class Specification:
                     out.setdefault(code, code_set.name)
         return out
 
-    @property
-    def dissent_ecl(self) -> str:
-        # A withdrawal is never read as a dissent, wherever a release places it.
-        return f"<< {self.dissent.code} MINUS << {self.dissent_withdrawn.code}"
-
-    @property
-    def withdrawal_ecl(self) -> str:
-        return f"<< {self.dissent_withdrawn.code}"
-
     def code_set_expressions(self) -> dict[str, str]:
         """Every code set the extractor holds records to, by name, as ECL."""
         out = {name: s.ecl for name, s in self.code_sets.items()}
@@ -165,8 +158,9 @@ class Specification:
 
     def dissent_codes(self) -> frozenset[str]:
         """The codes that record a Type 1 dissent: the specification's concept, its descendants
-        and the inactive concepts the release maps to them."""
-        return sets.expand(self.dissent_ecl)
+        and the inactive concepts the release maps to them. A withdrawal is never read as a
+        dissent, whatever the two expressions say and wherever a release places the concepts."""
+        return sets.expand(self.dissent_ecl) - self.withdrawal_codes()
 
     def withdrawal_codes(self) -> frozenset[str]:
         return sets.expand(self.withdrawal_ecl)
@@ -281,6 +275,8 @@ class _Reader:
             },
             dissent=self.code(opt_out.get("dissent"), "type1_opt_out.dissent"),
             dissent_withdrawn=self.code(opt_out.get("withdrawn"), "type1_opt_out.withdrawn"),
+            dissent_ecl=self.ecl(opt_out, "dissent_ecl", "type1_opt_out")[0],
+            withdrawal_ecl=self.ecl(opt_out, "withdrawn_ecl", "type1_opt_out")[0],
             retention_years=self._years(retention),
             retention_tables=retention_tables,
             code_systems=self._code_systems(raw.get("code_systems", {})),
@@ -404,17 +400,34 @@ class _Reader:
             collect, why = False, self.get(body, "law", where)
         else:
             collect, why = self.get(body, "collect", where, bool), self.get(body, "reason", where)
-        codes = tuple(self.code(c, f"{where}.codes") for c in self.get(body, "codes", where, list))
-        if not codes:
-            raise self.fail(where, "has no codes")
-        expression = body.get("ecl")
-        if expression is None:
-            expression = " OR ".join(f"<< {c.code} |{c.term.replace('|', ' ')}|" for c in codes)
-        elif not isinstance(expression, str):
-            raise self.fail(where, "`ecl` should be an ECL expression, as text")
-        try:
-            ecl.parse(expression)
-        except UserError as error:
-            raise self.fail(where, f"`ecl`: {error}") from None
+        if "codes" in body:
+            raise self.fail(
+                where,
+                "lists `codes`: since specification 1.3.0 a code set is written as ECL, by "
+                'meaning (e.g. ecl = "<< 52637005 |Test tube ovum fertilization|", the concept '
+                "and every kind of it); replace `codes` with `ecl`",
+            )
+        expression, named = self.ecl(body, "ecl", where)
         title = self.get(body, "title", where)
-        return CodeSet(name, title, rule, collect, why, codes, expression)
+        return CodeSet(name, title, rule, collect, why, expression, named)
+
+    def ecl(self, body: dict[str, Any], key: str, where: str) -> tuple[str, tuple[Code, ...]]:
+        """An ECL expression (on one line, as manifests and the public page show it) and the
+        concepts it names. Each concept carries its term, so a reader of the file knows what
+        it names without a terminology browser."""
+        text = self.get(body, key, where)
+        expression = " ".join(text.split())
+        try:
+            concepts = ecl.named(ecl.parse(expression))
+        except UserError as error:
+            raise self.fail(where, f"`{key}`: {error}") from None
+        if not concepts:
+            raise self.fail(where, f"`{key}` names no concept")
+        for concept in concepts:
+            if not concept.term:
+                raise self.fail(
+                    where,
+                    f"`{key}`: write the term beside {concept.id}, as {concept.id} |its term|, "
+                    "so a reader knows what it names",
+                )
+        return expression, tuple(Code("snomed", str(c.id), c.term or "") for c in concepts)

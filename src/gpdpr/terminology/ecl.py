@@ -17,7 +17,7 @@ cardinality are not understood, and are refused by name rather than ignored.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -64,6 +64,7 @@ class Token:
 @dataclass(frozen=True)
 class Concept:
     id: int
+    term: str | None = field(default=None, compare=False)  # the |term| written beside it
 
 
 @dataclass(frozen=True)
@@ -189,10 +190,11 @@ class Parser:
             problem = concept_problem(token.text)
             if problem:
                 raise self.back(f"{token.text} is not a concept identifier: {problem}")
-            focus = Concept(int(token.text))
             following = self.peek()
+            term = None
             if following is not None and following.kind == "term":
-                self.take()
+                term = self.take().text[1:-1].strip()
+            focus = Concept(int(token.text), term)
         elif token.kind == "open":
             focus = self.expression()
             if self.take().kind != "close":
@@ -205,6 +207,23 @@ class Parser:
 def parse(text: str) -> Node:
     """The expression's tree; a UserError says where it cannot be read."""
     return Parser(text).parse()
+
+
+def named(node: Node) -> list[Concept]:
+    """The concepts the expression names, in the order written (each once)."""
+    out: dict[int, Concept] = {}
+
+    def walk(part: Node | Concept | Wildcard) -> None:
+        if isinstance(part, Compound):
+            for sub in part.parts:
+                walk(sub)
+        elif isinstance(part, Sub):
+            walk(part.focus)
+        elif isinstance(part, Concept):
+            out.setdefault(part.id, part)
+
+    walk(node)
+    return list(out.values())
 
 
 def evaluate(node: Node, release: Release) -> IdArray:

@@ -57,8 +57,10 @@ def record(
     release: Release, expressions: dict[str, str], not_in_release: Mapping[str, int]
 ) -> dict[str, Any]:
     """What a package's manifest says of the terminology it was made with: the release, each
-    code set's expression and its expansion's size and fingerprint, and how many rows were sent
-    with a valid code the release does not know."""
+    code set's expression and its expansion (the codes themselves, their number and
+    fingerprint), and how many rows were sent with a valid code the release does not know.
+    The codes are listed so that what an extract held records to can be read back from the
+    package alone, without the release it was made with."""
     code_sets = {}
     for name, expression in sorted(expressions.items()):
         codes = expand(expression, release)
@@ -66,6 +68,7 @@ def record(
             "ecl": expression,
             "concepts": len(codes),
             "fingerprint": fingerprint(codes),
+            "codes": sorted(codes, key=int),
         }
     return {
         **release.label,
