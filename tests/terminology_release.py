@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from gpdpr.terminology.rf2 import KINDS, REPLACED_BY
 from gpdpr.terminology.sctid import check_digit
+from gpdpr.terminology.store import ENV, Release, active, load
 
 ROOT, FINDING, PROCEDURE = "138875005", "404684003", "71388002"
 IVF, DISSENT, WITHDRAWN = "52637005", "827241000000103", "827261000000102"
@@ -61,3 +64,11 @@ def write_release(folder: Path) -> Path:
         text = "\r\n".join(["\t".join(spec.columns)] + ["\t".join(line) for line in lines])
         (folder / f"{spec.pattern}_TEST_20260101.txt").write_text(text + "\r\n")
     return folder
+
+
+def use_release(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Release:
+    """The test release, stored under `folder` and made the one in use."""
+    into = folder / "store"
+    load(write_release(folder / "rf2")).save(into, source="test")
+    monkeypatch.setenv(ENV, str(into))
+    return active()

@@ -9,7 +9,29 @@ from pathlib import Path
 import pytest
 
 from gpdpr.errors import UserError
-from gpdpr.tre.query.codelists import UnknownCodesWarning, check_for_column, codelist_from_csv
+from gpdpr.tre.query import nodes as n
+from gpdpr.tre.query import serial
+from gpdpr.tre.query.codelists import (
+    NeverCollectedWarning,
+    UnknownCodesWarning,
+    check_for_column,
+    codelist_from_csv,
+    codelist_from_ecl,
+)
+from gpdpr.tre.query.text import definition_text
+from gpdpr.tre.runs import compile_file
+from terminology_release import (
+    DISSENT,
+    FINDING,
+    HEADACHE,
+    IVF,
+    OLD_DISSENT,
+    PROCEDURE,
+    WITHDRAWN,
+    made,
+    use_release,
+)
+from tre_data import column, engine, make_views
 
 # opensafely/asthma-diagnosis-snomed as OpenCodelists downloads it: code and term columns.
 ASTHMA = """code,term
@@ -67,3 +89,76 @@ def test_what_cannot_be_a_code_is_still_refused(tmp_path: Path, row: str, proble
     path.write_text(f"code,term\n195967001,Asthma\n{row}\n")
     with pytest.raises(UserError, match=problem):
         codelist_from_csv(path)
+
+
+# ---- codelists by meaning (ECL) --------------------------------------------------------------
+
+
+@pytest.fixture
+def release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    use_release(tmp_path, monkeypatch)
+
+
+def test_a_codelist_by_ecl_is_the_expansion_in_the_loaded_release(release: None) -> None:
+    codelist = codelist_from_ecl(f"<<  {FINDING}   |Clinical finding|")
+    # The retired dissent concept is in: the release says the current one replaced it.
+    assert codelist.codes == tuple(sorted([FINDING, DISSENT, WITHDRAWN, HEADACHE, OLD_DISSENT]))
+    assert codelist.system == "snomed"
+    assert codelist.source == f"ECL << {FINDING} |Clinical finding| in SNOMED CT TEST 20260101"
+
+
+def test_what_an_ecl_codelist_takes_in_that_is_never_collected_is_left_out_and_said(
+    release: None,
+) -> None:
+    with pytest.warns(NeverCollectedWarning, match=r"2 of its concepts .* \(assisted_conception"):
+        codelist = codelist_from_ecl(f"<< {PROCEDURE}")
+    assert codelist.codes == (PROCEDURE,)
+    with (
+        pytest.raises(UserError, match="stands for no concept that is collected"),
+        pytest.warns(NeverCollectedWarning),
+    ):
+        codelist_from_ecl(f"<< {IVF}")
+
+
+def test_an_ecl_codelist_is_checked_as_a_listed_one_is(release: None) -> None:
+    unknown = made(9100077)
+    with pytest.warns(UnknownCodesWarning, match=f"{unknown} is valid but not in the loaded"):
+        assert codelist_from_ecl(f"<< {unknown}").codes == (unknown,)
+    with pytest.raises(UserError, match="check digit is wrong"):
+        codelist_from_ecl("<< 404684004")
+    with pytest.raises(UserError, match=r"refinements \(:\) are not supported"):
+        codelist_from_ecl(f"<< {FINDING} : 363698007 = *")
+    with pytest.raises(UserError, match="these are snomed codes, not dmd"):
+        codelist_from_ecl(f"<< {FINDING}", system="dmd")
+
+
+def test_an_ecl_codelist_travels_with_the_definition_and_runs(
+    release: None, tmp_path: Path
+) -> None:
+    """Compiled once: the expansion is in the definition, and the run (DuckDB) matches those
+    codes; the definition's text shows the expression it came from."""
+    study = tmp_path / "study.py"
+    study.write_text(
+        "from gpdpr.tre.language import *\n\n"
+        f"findings = codelist_from_ecl('< {FINDING} |Clinical finding|')\n"
+        "dataset = Dataset()\n"
+        "dataset.define_population(patients.exists_for_patient())\n"
+        "dataset.found = clinical_events.where(clinical_events.code.is_in(findings))"
+        ".count_for_patient()\n"
+        "dataset.add_table('t', by=['found'])\n"
+    )
+    definition = serial.from_json(compile_file(study))
+    (is_in,) = [x for x in n.walk(*n.roots(definition)) if isinstance(x, n.IsIn)]
+    assert is_in.codes == tuple(sorted([DISSENT, WITHDRAWN, HEADACHE, OLD_DISSENT]))
+    assert f"codelist_from_ecl('< {FINDING} |Clinical finding|')" in definition_text(definition)
+    views = make_views(
+        patients=[{"patient_id": "p1"}, {"patient_id": "p2"}],
+        clinical_events=[
+            {"patient_id": "p1", "code": HEADACHE},
+            {"patient_id": "p1", "code": OLD_DISSENT},
+            {"patient_id": "p1", "code": FINDING},  # not < itself
+            {"patient_id": "p2", "code": PROCEDURE},
+        ],
+    )
+    results = engine("duckdb").run(definition, views)
+    assert column(results, "found") == {"p1": 2, "p2": 0}

@@ -1,4 +1,5 @@
-"""Codelists: sets of SNOMED CT concepts or dm+d products, from OpenCodelists-style CSV files.
+"""Codelists: sets of SNOMED CT concepts or dm+d products, from OpenCodelists-style CSV files or
+by meaning, as an ECL expression expanded against the loaded terminology release.
 
 Every code is checked as SNOMED CT defines an identifier (`gpdpr.terminology`) when the list is
 read, and again when the service receives a definition, so a mistyped code is caught before a run
@@ -12,13 +13,14 @@ from __future__ import annotations
 
 import csv
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from gpdpr.errors import UserError
 from gpdpr.spec import shipped
-from gpdpr.terminology import Status, classify, load_catalogue
+from gpdpr.terminology import Status, classify, ecl, load_catalogue, sets, store
 from gpdpr.terminology.sctid import concept_problem, parse
 
 DMD_NAMESPACE = "1000001"  # the UK drug extension's: its concepts are dm+d products
@@ -29,8 +31,16 @@ CODE_COLUMNS = ("code", "dmd_id", "snomedct_id", "id")
 COLUMN_SYSTEMS = {"dmd_id": "dmd", "snomedct_id": "snomed"}
 
 
+ECL_PREFIX = "ECL "
+ECL_RELEASE = " in "
+
+
 class UnknownCodesWarning(UserWarning):
     """Valid codes the loaded terminology release does not know: kept, and named."""
+
+
+class NeverCollectedWarning(UserWarning):
+    """Concepts an ECL expression takes in that the specification never collects: left out."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,53 @@ def codelist_from_csv(
     if system is not None and system != found:
         raise UserError(f"{path}: these are {found} codes, not {system}")
     return Codelist(tuple(sorted(lines)), found, path.name)
+
+
+def codelist_from_ecl(expression: str, system: str | None = None) -> Codelist:
+    """A codelist by meaning: the concepts an ECL expression stands for (say
+    "<< 195967001 |Asthma|", asthma and every kind of it), expanded now against the loaded
+    terminology release, with its history (a retired concept a member replaced is a member).
+    The expansion travels with the definition, named by the expression and the release, so a
+    run matches exactly these codes whatever release the service has loaded by then."""
+    if not isinstance(expression, str):
+        raise UserError("codelist_from_ecl takes an ECL expression as text, e.g. '<< 195967001'")
+    text = " ".join(expression.split())
+    release = store.active()
+    source = f"{ECL_PREFIX}{text}{ECL_RELEASE}{release.name} {release.version}"
+    named = [str(c.id) for c in ecl.named(ecl.parse(text))]  # each a valid concept id
+    excluded = shipped().excluded_codes()
+    # A concept the expression names that the release lacks is a warning naming it, as a listed
+    # one is. One never collected may be named to take it away (<< X MINUS << Y), so what the
+    # expansion holds of those sets is left out and said, not refused.
+    check_codes([c for c in named if c not in excluded], source)
+    expanded = sets.expand(text, release)
+    left_out = Counter(excluded[c] for c in expanded if c in excluded)
+    if left_out:
+        sets_named = ", ".join(f"{name} ({n:,})" for name, n in sorted(left_out.items()))
+        warnings.warn(
+            NeverCollectedWarning(
+                f"{source}: {sum(left_out.values()):,} of its concepts are in code sets never "
+                f"collected ({sets_named}) and are left out: no record carries them here"
+            ),
+            stacklevel=2,
+        )
+    codes = sorted(c for c in expanded if c not in excluded)
+    if not codes:
+        raise UserError(f"{source}: the expression stands for no concept that is collected")
+    systems = {s for s in (_system_hint(c) for c in codes) if s is not None}
+    if len(systems) > 1:
+        raise UserError(f"{source} takes in both SNOMED CT and dm+d codes: narrow it to one system")
+    found = systems.pop() if systems else None
+    if system is not None and found is not None and system != found:
+        raise UserError(f"{source}: these are {found} codes, not {system}")
+    return Codelist(tuple(codes), found or system, source)
+
+
+def ecl_of(source: str) -> str | None:
+    """The expression a codelist was expanded from, or None for one that was not."""
+    if not source.startswith(ECL_PREFIX) or ECL_RELEASE not in source:
+        return None
+    return source[len(ECL_PREFIX) :].rsplit(ECL_RELEASE, 1)[0]
 
 
 def _system_of(codes: Sequence[str], source: str, lines: dict[str, int]) -> str | None:

@@ -3,6 +3,8 @@
     from gpdpr.tre.language import *
 
     asthma = codelist_from_csv("codelists/asthma.csv", column="code")
+    # or by meaning, expanded against the loaded terminology release when the file is compiled:
+    asthma = codelist_from_ecl("<< 195967001 |Asthma|")
     dataset = Dataset()
     dataset.define_population(patients.age_on("2025-01-01") >= 18)
     dataset.sex = patients.sex
@@ -29,7 +31,12 @@ from typing import Any
 
 from gpdpr.errors import UserError
 from gpdpr.tre.query import nodes as n
-from gpdpr.tre.query.codelists import Codelist, check_for_column, codelist_from_csv
+from gpdpr.tre.query.codelists import (
+    Codelist,
+    check_for_column,
+    codelist_from_csv,
+    codelist_from_ecl,
+)
 from gpdpr.tre.query.names import check_name
 from gpdpr.tre.query.schema import CODE_TYPES, DATE, INT, TABLES
 
@@ -43,6 +50,7 @@ __all__ = [
     "case",
     "clinical_events",
     "codelist_from_csv",
+    "codelist_from_ecl",
     "days",
     "immunisations",
     "medications",

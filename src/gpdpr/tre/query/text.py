@@ -13,6 +13,7 @@ from __future__ import annotations
 from datetime import date
 
 from gpdpr.tre.query import nodes as n
+from gpdpr.tre.query.codelists import ecl_of
 
 INFIX = {
     "eq": "==",
@@ -104,9 +105,13 @@ class _Writer:
         if isinstance(node, n.IntervalDate):
             return f"INTERVAL.{node.which}_date"
         if isinstance(node, n.IsIn):
-            return (
-                f"{self.operand(node.series)}.is_in(codelist_from_csv({_literal(node.codelist)}))"
+            expression = ecl_of(node.codelist)
+            made = (
+                f"codelist_from_ecl({_literal(expression)})"
+                if expression is not None
+                else f"codelist_from_csv({_literal(node.codelist)})"
             )
+            return f"{self.operand(node.series)}.is_in({made})"
         if isinstance(node, n.Apply):
             return self._apply(node)
         if isinstance(node, n.Case):
