@@ -4,16 +4,21 @@ expand an ECL expression against it."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from gpdpr.terminal import console, fail
 
+if TYPE_CHECKING:
+    from gpdpr.terminology.store import Release
+
 terminology_app = typer.Typer(
     rich_markup_mode=None,
-    help="SNOMED CT and dm+d: load a release (RF2 Snapshot), show the one in use, expand ECL.",
+    help="SNOMED CT and dm+d: load releases (RF2 Snapshot, dm+d XML), show the one in use, "
+    "expand ECL.",
     no_args_is_help=True,
 )
 DEFAULT_STORE = Path("gpdpr-terminology")
@@ -21,7 +26,13 @@ DEFAULT_STORE = Path("gpdpr-terminology")
 
 @terminology_app.command("load")
 def load_command(
-    release: Annotated[Path, typer.Argument(help="The unpacked RF2 release folder.")],
+    releases: Annotated[
+        list[Path],
+        typer.Argument(
+            help="The unpacked release folders: SNOMED CT RF2 (International, UK clinical and "
+            "drug extensions) and the NHSBSA dm+d XML release, in any number."
+        ),
+    ],
     into: Annotated[
         Path, typer.Option(help="The store folder to write (replaced whole if there).")
     ] = DEFAULT_STORE,
@@ -29,22 +40,23 @@ def load_command(
         str | None, typer.Option(help="The release's name (default: from its file names).")
     ] = None,
 ) -> None:
-    """Read an RF2 Snapshot release and write it as a terminology store. Point gpdpr at it with
-    GPDPR_TERMINOLOGY=<store folder>."""
+    """Read SNOMED CT (RF2 Snapshot) and dm+d (XML) releases and write them as one terminology
+    store. Point gpdpr at it with GPDPR_TERMINOLOGY=<store folder>."""
     from gpdpr.errors import UserError
     from gpdpr.terminology import store
 
     started = time.perf_counter()
     try:
-        loaded = store.load(release, name)
-        loaded.save(into, source=str(release))
+        loaded = store.load(releases, name)
+        loaded.save(into, source=", ".join(str(r) for r in releases))
     except UserError as error:
         fail(str(error))
     console.print(
         f"[green]loaded[/] {loaded.name} {loaded.version}: {loaded.ids.size:,} concepts, "
         f"{loaded.descriptions.num_rows:,} descriptions, {loaded.isa.num_rows:,} is-a "
         f"relationships, {loaded.refsets.num_rows:,} refset members, "
-        f"{loaded.associations.num_rows:,} historical associations, into {into} in "
+        f"{loaded.associations.num_rows:,} historical associations, "
+        f"{loaded.products.num_rows:,} dm+d products{_by_kind(loaded)}, into {into} in "
         f"{time.perf_counter() - started:.1f} s. Use it with GPDPR_TERMINOLOGY={into}",
         highlight=False,
     )
@@ -62,7 +74,8 @@ def show_command() -> None:
         fail(str(error))
     where = "embedded in gpdpr" if release.embedded else f"the store {store.location()}"
     console.print(
-        f"{release.name} {release.version} ({where}): {release.ids.size:,} concepts",
+        f"{release.name} {release.version} ({where}): {release.ids.size:,} concepts, "
+        f"{release.products.num_rows:,} dm+d products{_by_kind(release)}",
         highlight=False,
     )
 
@@ -83,6 +96,17 @@ def expand_command(
         fail(str(error))
     console.print(f"{len(codes):,} concepts in {release.name} {release.version}", highlight=False)
     for code in codes[:limit]:
-        console.print(f"{code}\t{release.term(int(code)) or ''}", highlight=False, soft_wrap=True)
+        kind = release.product_kind(int(code))
+        shown = f"{code}\t{release.term(int(code)) or ''}" + (f"\t(dm+d {kind})" if kind else "")
+        console.print(shown, highlight=False, soft_wrap=True)
     if len(codes) > limit:
         console.print(f"... and {len(codes) - limit:,} more (--limit)", highlight=False)
+
+
+def _by_kind(release: Release) -> str:
+    if not release.products.num_rows:
+        return ""
+    counts = Counter(release.products["kind"].to_pylist())
+    return (
+        " (" + ", ".join(f"{counts[k]:,} {k}" for k in ("VTM", "VMP", "AMP") if k in counts) + ")"
+    )

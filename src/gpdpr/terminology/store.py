@@ -30,11 +30,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gpdpr.errors import UserError
-from gpdpr.terminology.rf2 import REPLACEMENTS, SYNONYM, Rf2, read_release
+from gpdpr.terminology import dmd
+from gpdpr.terminology.rf2 import REPLACEMENTS, SYNONYM, Rf2, files_of, read_release
 
 ENV = "GPDPR_TERMINOLOGY"
 EMBEDDED_NAME = "gpdpr embedded SNOMED CT subset"
 STORE_TABLES = ("concepts", "descriptions", "isa", "refsets", "associations")
+PRODUCTS_SCHEMA = pa.schema([("id", pa.int64()), ("kind", pa.string()), ("parent", pa.int64())])
 IdArray = npt.NDArray[np.int64]
 
 
@@ -49,11 +51,14 @@ class Release:
     descriptions: pa.Table  # concept, type, term
     refsets: pa.Table  # refset, member
     associations: pa.Table  # refset, source, target
+    products: pa.Table = field(default_factory=PRODUCTS_SCHEMA.empty_table)  # dm+d: id, kind
     _members: dict[int, IdArray] = field(default_factory=dict)
     expansions: dict[str, frozenset[str]] = field(default_factory=dict)  # ECL -> codes
 
     @classmethod
-    def of(cls, rf2: Rf2, name: str, embedded: bool = False) -> Release:
+    def of(
+        cls, rf2: Rf2, name: str, embedded: bool = False, products: pa.Table | None = None
+    ) -> Release:
         concepts = rf2.concepts.sort_by("id")
         ids = concepts["id"].to_numpy()
         if ids.size and np.any(ids[1:] == ids[:-1]):
@@ -68,6 +73,7 @@ class Release:
             descriptions=rf2.descriptions,
             refsets=rf2.refsets,
             associations=rf2.associations,
+            products=products if products is not None else PRODUCTS_SCHEMA.empty_table(),
         )
 
     # ---- identity ------------------------------------------------------------------------------
@@ -85,6 +91,11 @@ class Release:
 
     def knows(self, codes: IdArray) -> npt.NDArray[np.bool_]:
         return self.positions(codes) >= 0
+
+    def product_kind(self, code: int) -> str | None:
+        """VTM, VMP or AMP for a dm+d product of the loaded release, else None."""
+        hits = self.products.filter(pc.equal(self.products["id"], code))
+        return str(hits["kind"][0]) if hits.num_rows else None
 
     # ---- the hierarchy -------------------------------------------------------------------------
 
@@ -228,6 +239,7 @@ class Release:
                 "isa": self.isa,
                 "refsets": self.refsets,
                 "associations": self.associations,
+                "products": self.products,
             }
             # The hierarchy index too, so that opening a store costs no sorting.
             start, targets = self._down
@@ -272,6 +284,9 @@ def open_store(folder: Path) -> Release:
         refsets=tables["refsets"],
         associations=tables["associations"],
     )
+    products = folder / "products.parquet"
+    if products.exists():  # a store written before dm+d was read has none
+        release.products = pq.read_table(products)
     index = [folder / "down_start.parquet", folder / "down_targets.parquet"]
     if all(path.exists() for path in index):
         start, targets = (pq.read_table(path).column(0).to_numpy() for path in index)
@@ -279,10 +294,64 @@ def open_store(folder: Path) -> Release:
     return release
 
 
-def load(path: Path, name: str | None = None) -> Release:
-    """An RF2 release folder, read."""
-    rf2 = read_release(path)
-    return Release.of(rf2, name or f"SNOMED CT {'+'.join(rf2.editions) or path.name}")
+def load(path: Path | list[Path], name: str | None = None) -> Release:
+    """Release folders, read into one release: RF2 Snapshot (SNOMED CT, any editions) and dm+d
+    (XML), each folder holding either or both. A concept in both (the UK drug extension carries
+    the dm+d products) keeps its SNOMED CT row; the dm+d names and model are added to it."""
+    paths = path if isinstance(path, list) else [path]
+    snomed: list[Rf2] = []
+    products: list[dmd.Products] = []
+    dmd_versions: list[str] = []
+    for folder in paths:
+        if not folder.is_dir():
+            raise UserError(f"{folder} is not a folder: give the folder a release was unpacked to")
+        has_dmd, has_rf2 = dmd.is_dmd(folder), any(files_of(folder).values())
+        if not (has_dmd or has_rf2):
+            raise UserError(
+                f"{folder}: no release files under it: neither an RF2 Snapshot "
+                "(no sct2_Concept_Snapshot_*.txt; Full and Delta files are not read) nor dm+d "
+                "(f_vtm2_*.xml, f_vmp2_*.xml, f_amp2_*.xml); give the unpacked release's folder"
+            )
+        if has_rf2:
+            snomed.append(read_release(folder))
+        if has_dmd:
+            read, version = dmd.read_products(folder)
+            products.append(read)
+            dmd_versions.append(version)
+    parts = snomed + [dmd.as_rf2(p, v) for p, v in zip(products, dmd_versions, strict=True)]
+    rf2 = _merged(parts)
+    label = []
+    if snomed:
+        editions = sorted({e for r in snomed for e in r.editions})
+        label.append(f"SNOMED CT {'+'.join(editions) or paths[0].name}")
+    if products:
+        label.append("dm+d")
+    versions = [max(r.version for r in snomed)] if snomed else []
+    if products:
+        versions.append(f"dm+d {max(dmd_versions)}" if snomed else max(dmd_versions))
+    rf2.version = " ".join(versions)
+    table = pa.concat_tables(
+        [dmd.products_table(p) for p in products] or [PRODUCTS_SCHEMA.empty_table()]
+    )
+    return Release.of(rf2, name or " and ".join(label), products=table)
+
+
+def _merged(parts: list[Rf2]) -> Rf2:
+    if len(parts) == 1:
+        return parts[0]
+    concepts = pa.concat_tables([p.concepts for p in parts])
+    # The first row of each concept stands: SNOMED CT's, where a release has it.
+    ids = concepts["id"].to_numpy()
+    _, first = np.unique(ids, return_index=True)
+    return Rf2(
+        concepts=concepts.take(pa.array(np.sort(first))),
+        descriptions=pa.concat_tables([p.descriptions for p in parts]),
+        isa=pa.concat_tables([p.isa for p in parts]),
+        refsets=pa.concat_tables([p.refsets for p in parts]),
+        associations=pa.concat_tables([p.associations for p in parts]),
+        editions=sorted({e for p in parts for e in p.editions}),
+        version=max(p.version for p in parts),
+    )
 
 
 @cache
