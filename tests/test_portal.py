@@ -806,6 +806,31 @@ def test_a_bad_definition_upload_is_refused_and_kept_nowhere(
     assert "cannot be accepted" in answer.text
 
 
+def test_the_definition_page_shows_each_codelists_terms_beside_its_codes(
+    portal: Portal, tmp_path: Path
+) -> None:
+    """Terms from the release in use, beside each code a definition matches; a valid code the
+    release does not know is said to be so, and an ECL codelist names its expression."""
+    (tmp_path / "htn.csv").write_text("code\n38341003\n59621000\n7654321003\n")
+    study_text = STUDY.replace(
+        "dataset.sex = patients.sex\n",
+        'dataset.sex = patients.sex\nhtn = codelist_from_csv("htn.csv")\n'
+        "dataset.htn = clinical_events.where(clinical_events.code.is_in(htn))"
+        ".exists_for_patient()\n"
+        "dataset.t2 = clinical_events.where(clinical_events.code.is_in("
+        "codelist_from_ecl('<< 44054006 |Type 2 diabetes mellitus|'))).exists_for_patient()\n",
+    )
+    with pytest.warns(UserWarning, match="7654321003 is valid but not in the loaded"):
+        document = compiled(tmp_path, study_text)
+    lead = staff(portal, LEAD)
+    page = html.unescape(lead.get(upload(lead, document).headers["location"]).text)
+    assert "<h3>htn.csv</h3>" in page
+    assert "<td><code>38341003</code></td><td>Hypertensive disorder" in page
+    assert "<td><code>7654321003</code></td><td><em>not in the release in use</em>" in page
+    assert "Expanded from <code><< 44054006 |Type 2 diabetes mellitus|</code>" in page
+    assert "<td><code>44054006</code></td><td>Diabetes mellitus type 2" in page
+
+
 def test_a_run_outside_any_agreement_of_the_researcher_is_refused(
     portal: Portal, definition: bytes
 ) -> None:

@@ -40,9 +40,10 @@ from gpdpr.portal.outputs import FileView, chosen_page, file_view
 from gpdpr.portal.pages import not_found, render
 from gpdpr.portal.public import portal_of
 from gpdpr.portal.security import GuardedRoute, allow, staff_session
+from gpdpr.terminology import store
 from gpdpr.tre import runs, views
 from gpdpr.tre.models import ReleaseRequest, Run
-from gpdpr.tre.query import nodes, serial
+from gpdpr.tre.query import codelists, nodes, serial
 from gpdpr.tre.release import checking
 
 router = APIRouter(route_class=GuardedRoute)
@@ -273,6 +274,8 @@ def _definition_page(
         status_code=status_code,
         sha=sha,
         used={t: sorted(c) for t, c in sorted(nodes.columns_used(definition).items())},
+        codelists=codelists.shown(definition),
+        release=store.active(),
         job=job,
         agreements=overview["agreements"],
         refresh=job is not None and job.status not in ("done", "failed"),

@@ -22,6 +22,8 @@ from gpdpr.errors import UserError
 from gpdpr.spec import shipped
 from gpdpr.terminology import Status, classify, ecl, load_catalogue, sets, store
 from gpdpr.terminology.sctid import concept_problem, parse
+from gpdpr.tre.query import nodes as n
+from gpdpr.tre.query.schema import CODE_TYPES
 
 DMD_NAMESPACE = "1000001"  # the UK drug extension's: its concepts are dm+d products
 
@@ -126,6 +128,39 @@ def codelist_from_ecl(expression: str, system: str | None = None) -> Codelist:
     if system is not None and found is not None and system != found:
         raise UserError(f"{source}: these are {found} codes, not {system}")
     return Codelist(tuple(codes), found or system, source)
+
+
+@dataclass(frozen=True)
+class Shown:
+    """A codelist of a definition as its page shows it: each code with its term."""
+
+    name: str
+    ecl: str | None  # the expression it was expanded from, if any
+    codes: tuple[tuple[str, str | None], ...]  # the first SHOWN codes, each with its term
+    more: int  # how many codes are not shown
+
+
+SHOWN = 200
+
+
+def shown(definition: n.Definition) -> list[Shown]:
+    """Every codelist a definition matches codes against, with the terms of the loaded
+    release beside the codes (None for a code it does not know), for a researcher to check."""
+    release = store.active()
+    out: dict[tuple[str, tuple[str, ...]], Shown] = {}
+    for node in n.walk(*n.roots(definition)):
+        if not isinstance(node, n.IsIn) or node.series.type not in CODE_TYPES:
+            continue
+        key = (node.codelist, node.codes)
+        if key not in out:
+            first = node.codes[:SHOWN]
+            out[key] = Shown(
+                node.codelist,
+                ecl_of(node.codelist),
+                tuple((c, release.term(int(c))) for c in first),
+                len(node.codes) - len(first),
+            )
+    return list(out.values())
 
 
 def ecl_of(source: str) -> str | None:
