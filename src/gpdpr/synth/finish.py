@@ -38,7 +38,7 @@ from gpdpr.synth.records import (
     Vocabulary,
     vocabularies,
 )
-from gpdpr.terminology import load_catalogue
+from gpdpr.terminology import load_catalogue, store
 
 FAULT_COLUMN = "_fault"
 WORKDAY_START, WORKDAY_SECONDS = 8 * 3600, 10 * 3600 + 1800  # 08:00 to 18:30
@@ -119,8 +119,13 @@ def _choose(
     return labels, rng.choice(len(labels), size=n, p=_norm(shares))
 
 
-@cache
 def _code_arrays() -> tuple[pa.Array, pa.Array]:
+    return _code_arrays_at(store.location())
+
+
+@cache
+def _code_arrays_at(location: str | None) -> tuple[pa.Array, pa.Array]:
+    # By the terminology store in use, as the vocabularies are (see records.vocabularies).
     snomed, dmd = vocabularies()
     return pa.array(snomed.codes, type=pa.string()), pa.array(dmd.codes, type=pa.string())
 
@@ -133,15 +138,21 @@ def _dmd_text(codes: npt.NDArray[Any]) -> pa.Array:
     return _code_arrays()[1].take(pa.array(codes))
 
 
-@cache
 def dose_units() -> list[str]:
     """The unit a dm+d product is issued in, read from its name."""
+    return _dose_units(store.location())
+
+
+@cache
+def _dose_units(location: str | None) -> list[str]:
     _, dmd = vocabularies()
     catalogue = load_catalogue()
+    release = store.active() if location else None
     units = []
     for code in dmd.codes:
         concept = catalogue.lookup("dmd", str(code))
-        name = concept.term.lower() if concept else ""
+        term = concept.term if concept else release.term(int(code)) if release else None
+        name = (term or "").lower()
         if "capsule" in name:
             units.append("capsule")
         elif "tablet" in name:

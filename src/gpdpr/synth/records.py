@@ -34,7 +34,8 @@ from gpdpr.synth.nation import (
     to_days,
 )
 from gpdpr.synth.params import Measure, Params
-from gpdpr.terminology import load_catalogue
+from gpdpr.terminology import load_catalogue, store
+from gpdpr.terminology.store import Release
 
 FloatArray = npt.NDArray[np.float64]
 SECONDS_PER_DAY = 86_400
@@ -94,9 +95,16 @@ _UNKNOWN_SNOMED = ["999000011000230103", "1000511000000105", "44488211000001101"
 _UNKNOWN_DMD = ["40000011000001109", "37000511000001103", "30000911000001107"]
 
 
-@cache
 def vocabularies() -> tuple[Vocabulary, Vocabulary]:
+    """The codes records are drawn from: the catalogue's, and, when a terminology store is
+    loaded (GPDPR_TERMINOLOGY), the store's too (see `_widened`)."""
+    return _vocabularies(store.location())
+
+
+@cache
+def _vocabularies(location: str | None) -> tuple[Vocabulary, Vocabulary]:
     catalogue = load_catalogue()
+    release = store.active() if location else None
     result = []
     for system, unknown in (("snomed", _UNKNOWN_SNOMED), ("dmd", _UNKNOWN_DMD)):
         concepts = [c for c in catalogue.concepts if c.system == system]
@@ -104,7 +112,12 @@ def vocabularies() -> tuple[Vocabulary, Vocabulary]:
         keys: dict[str, list[int]] = {}
         for i, concept in enumerate(concepts):
             keys.setdefault(concept.key, []).append(i)
-        clashes = [u for u in unknown if (system, u) in catalogue]
+        if release is not None:
+            for positions in keys.values():
+                extra = _widened(release, [codes[i] for i in positions])
+                positions.extend(range(len(codes), len(codes) + len(extra)))
+                codes.extend(extra)
+        clashes = [u for u in unknown if (system, u) in catalogue or u in codes]
         if clashes:
             raise ValueError(f"planted unknown codes are in the catalogue: {clashes}")
         result.append(
@@ -115,6 +128,25 @@ def vocabularies() -> tuple[Vocabulary, Vocabulary]:
             )
         )
     return result[0], result[1]
+
+
+WIDENED = 50  # codes a loaded release adds to one catalogue key, at most
+
+
+def _widened(release: Release, named: list[str]) -> list[str]:
+    """What a loaded release adds to a key's codes: the active concepts below them, and the
+    inactive concepts its history says they replaced (as records made before the change
+    carry), so that synthetic practices use the hierarchy and the history the extractor must
+    honour by meaning (a restricted child concept, a retired dissent code). After the key's own
+    codes, so that the most common code stays first; the fewest-digit ids first, at most
+    WIDENED."""
+    ids = np.array([int(c) for c in named], np.int64)
+    below = release.descendants(ids)
+    at = release.positions(below)
+    below = below[release.active[at]]
+    older = release.replaced_into(np.union1d(ids, below))
+    extra = np.setdiff1d(np.union1d(below, older), ids)
+    return [str(c) for c in extra[:WIDENED]]
 
 
 @dataclass
@@ -330,7 +362,7 @@ class Generator:
             self.events.add(
                 row=rows,
                 category="observation",
-                code=self.snomed.first(key),
+                code=_pick(self.rng, self.snomed.of(key), len(rows)),
                 effective=eff,
                 recorded=rec,
             )
