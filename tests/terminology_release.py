@@ -27,10 +27,12 @@ REFSET = made(9100003)
 HEADACHE = made(9100004)
 
 
-def write_release(folder: Path) -> Path:
-    """A small RF2 Snapshot: a hierarchy, an inactive concept with its replacement, a refset."""
+def write_release(folder: Path, more: list[tuple[str, str]] | None = None) -> Path:
+    """A small RF2 Snapshot: a hierarchy, an inactive concept with its replacement, a refset;
+    and `more` (concept, parent) pairs."""
     folder.mkdir(parents=True)
     concepts = [
+        *(more or []),
         (ROOT, ""),
         (FINDING, ROOT),
         (PROCEDURE, ROOT),

@@ -59,6 +59,18 @@ def test_a_real_asthma_codelist_loads_and_names_what_the_release_lacks(tmp_path:
     assert "are valid but not in the loaded terminology release" in message
 
 
+def test_a_codelist_by_any_column_name_with_or_without_descriptions(tmp_path: Path) -> None:
+    bare = tmp_path / "bare.csv"
+    bare.write_text("ctv3_id,snomed_concept\nXaIP4,59621000\nG2...,38341003\n")
+    assert codelist_from_csv(bare, column="snomed_concept").codes == ("38341003", "59621000")
+    with pytest.raises(
+        UserError, match=r"bare.csv, line 1: no code or dmd_id or snomedct_id or id"
+    ):
+        codelist_from_csv(bare)
+    with pytest.raises(UserError, match="line 2: XaIP4 is not a SNOMED CT concept"):
+        codelist_from_csv(bare, column="ctv3_id")
+
+
 def test_a_dmd_codelist_by_its_column(tmp_path: Path) -> None:
     path = tmp_path / "salbutamol.csv"
     # A product the catalogue has, and a valid dm+d id (UK drug extension namespace) it lacks.

@@ -29,6 +29,7 @@ from terminology_release import (
     REFSET,
     ROOT,
     WITHDRAWN,
+    made,
     write_release,
 )
 
@@ -89,6 +90,26 @@ def test_code_sets_follow_the_hierarchy_and_the_history(loaded: store.Release) -
     assert spec.dissent_codes().isdisjoint(spec.withdrawal_codes())
     # An expression naming the inactive concept stands for its replacement too.
     assert sets.expand(f"<< {OLD_DISSENT}", loaded) == {OLD_DISSENT, DISSENT}
+
+
+def test_a_kind_of_dissent_is_a_dissent_and_a_kind_of_withdrawal_a_withdrawal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dissent and withdrawal are the concepts and every kind of each, in the release in use;
+    a kind of withdrawal placed under the dissent concept is still a withdrawal."""
+    dissent_child, withdrawn_child = made(9100011), made(9100012)
+    folder = write_release(
+        tmp_path / "rf2", more=[(dissent_child, DISSENT), (withdrawn_child, DISSENT)]
+    )
+    # The second is also a kind of withdrawal.
+    relationships = next(folder.glob("sct2_Relationship_*"))
+    line = f"r9\t20260101\t1\tx\t{withdrawn_child}\t{WITHDRAWN}\t0\t116680003\tx\tx\r\n"
+    relationships.write_text(relationships.read_text() + line)
+    store.load(folder).save(tmp_path / "store", source="test")
+    monkeypatch.setenv(store.ENV, str(tmp_path / "store"))
+    spec = shipped()
+    assert spec.dissent_codes() == {DISSENT, OLD_DISSENT, dissent_child}
+    assert spec.withdrawal_codes() == {WITHDRAWN, withdrawn_child}
 
 
 def test_the_specification_says_each_set_in_ecl(loaded: store.Release) -> None:
