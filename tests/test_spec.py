@@ -440,6 +440,12 @@ SENSITIVE_STI = 'rule = "sensitive"\ncollect = false\nreason = "Often'
             "bad.toml: [type1_opt_out] `withdrawn_ecl`: ECL '<< 827261000000102 AND |Dissent",
         ),
         (
+            'withdrawn_ecl = "<< 827261000000102 |',
+            'withdrawn_ecl = "<< 827241000000103 |',
+            "bad.toml: [type1_opt_out] `withdrawn_ecl` does not name the withdrawn concept "
+            "827261000000102",
+        ),
+        (
             "dissent_ecl = ",
             "dissent_ecl_ = ",
             "bad.toml: [type1_opt_out] is missing `dissent_ecl`",

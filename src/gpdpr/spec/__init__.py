@@ -275,8 +275,8 @@ class _Reader:
             },
             dissent=self.code(opt_out.get("dissent"), "type1_opt_out.dissent"),
             dissent_withdrawn=self.code(opt_out.get("withdrawn"), "type1_opt_out.withdrawn"),
-            dissent_ecl=self.ecl(opt_out, "dissent_ecl", "type1_opt_out")[0],
-            withdrawal_ecl=self.ecl(opt_out, "withdrawn_ecl", "type1_opt_out")[0],
+            dissent_ecl=self.opt_out_ecl(opt_out, "dissent"),
+            withdrawal_ecl=self.opt_out_ecl(opt_out, "withdrawn"),
             retention_years=self._years(retention),
             retention_tables=retention_tables,
             code_systems=self._code_systems(raw.get("code_systems", {})),
@@ -410,6 +410,17 @@ class _Reader:
         expression, named = self.ecl(body, "ecl", where)
         title = self.get(body, "title", where)
         return CodeSet(name, title, rule, collect, why, expression, named)
+
+    def opt_out_ecl(self, opt_out: dict[str, Any], which: str) -> str:
+        """The expression of what counts as a dissent (or withdrawal); it must name the concept
+        the section gives, which is the one practices (and synthetic practices) record."""
+        expression, named = self.ecl(opt_out, f"{which}_ecl", "type1_opt_out")
+        code = self.code(opt_out.get(which), f"type1_opt_out.{which}").code
+        if code not in {c.code for c in named}:
+            raise self.fail(
+                "type1_opt_out", f"`{which}_ecl` does not name the {which} concept {code}"
+            )
+        return expression
 
     def ecl(self, body: dict[str, Any], key: str, where: str) -> tuple[str, tuple[Code, ...]]:
         """An ECL expression (on one line, as manifests and the public page show it) and the
