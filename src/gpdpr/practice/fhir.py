@@ -137,11 +137,15 @@ def _strict_strptime(text: pa.Array, layout: str) -> pa.Array:
     return pc.if_else(pc.fill_null(same, False), parsed, pa.scalar(None, parsed.type))
 
 
-def _dates(values: list[Any]) -> tuple[pa.Array, pa.Array]:
+def _text(values: list[Any]) -> pa.Array:
+    return pa.array([v if type(v) is str else None for v in values], pa.string())
+
+
+def _dates(values: list[Any], text: pa.Array | None = None) -> tuple[pa.Array, pa.Array]:
     """(date32 array, bad flags). A FHIR date or dateTime, at any of its precisions: a year or a
     year and month stands for its first day (the patients table keeps only the parts given); a
     value that is present but not a FHIR date (a day-first date, 30 February) is bad."""
-    text = pa.array([v if isinstance(v, str) else None for v in values], pa.string())
+    text = _text(values) if text is None else text
     length = pc.utf8_length(text)
     text = pc.if_else(
         pc.equal(length, 4),
@@ -157,9 +161,8 @@ def _dates(values: list[Any]) -> tuple[pa.Array, pa.Array]:
     return parsed.cast(DATE), bad
 
 
-def _precision(values: list[Any], parsed: pa.Array) -> pa.Array:
+def _precision(text: pa.Array, parsed: pa.Array) -> pa.Array:
     """How much of each date was given: year, month or day (null where there is no date)."""
-    text = pa.array([v if isinstance(v, str) else None for v in values], pa.string())
     length = pc.utf8_length(text)
     named = pc.if_else(pc.equal(length, 4), "year", pc.if_else(pc.equal(length, 7), "month", "day"))
     return pc.if_else(pc.is_valid(parsed), named, pa.scalar(None, pa.string()))
@@ -381,7 +384,8 @@ class FhirReader:
                     n += 1
                     yield 1, first
                 for number, line in enumerate(f, start=2):
-                    if line.strip():
+                    # A resource's line is long; only a short one may be blank (CRLF, spaces).
+                    if len(line) > 8 or line.strip():
                         n += 1
                         yield number, line
             except OSError as exc:
@@ -672,10 +676,13 @@ class FhirReader:
         path: pa.Array | None = None
         for name, kind_type in columns.items():
             given = [r.get(name) for r in rows]
-            array, flags = _typed(given, kind_type)
-            out[name] = array
             if kind_type == DATE and not patients:
-                out[f"{name}_precision"] = _precision(given, array)
+                text = _text(given)
+                array, flags = _dates(given, text)
+                out[f"{name}_precision"] = _precision(text, array)
+            else:
+                array, flags = _typed(given, kind_type)
+            out[name] = array
             if flags is not None and pc.any(flags).as_py():
                 where = DATE_PATHS.get((kind, name), f"{kind}.meta.lastUpdated")
                 here = pa.scalar(where, pa.string())
