@@ -16,6 +16,8 @@ each named in a fault by its Bundle's file and line and its entry's FHIR path.
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from datetime import date, datetime
 from pathlib import Path
@@ -27,6 +29,7 @@ import pyarrow.compute as pc
 
 from gpdpr.errors import UserError
 from gpdpr.practice import fhir_read as read
+from gpdpr.practice import fhir_stream as stream
 from gpdpr.practice.fhir_bundle import FHIR_ID as ID_FORM
 from gpdpr.practice.fhir_bundle import REPEATED, Entry, unpack
 from gpdpr.practice.source import (
@@ -227,8 +230,22 @@ class FhirReader:
         self.files = self._export_files(about)
         self._entry_paths: dict[tuple[str, int, str | None], str] = {}
         self._skipped: dict[str, int] = {}
+        self._spill: tempfile.TemporaryDirectory[str] | None = None
+        self._streamed: dict[str, stream.Streamed] = {}
+        try:
+            self._open_export(about, ods_code)
+        except BaseException:
+            self.close()  # nothing spilled from a Bundle outlives a refusal
+            raise
+        self._medication_codes: dict[str, str | None] | None = None
+        self._merged: dict[str, str] | None = None
+        self._identified: dict[str, str | None] | None = None
+
+    def _open_export(self, about: dict[str, Any], ods_code: str | None) -> None:
+        spec, folder = self.spec, self.folder
         self.unpacked = self._bundles(self.files.pop("Bundle", []))
-        if "Patient" not in self.files and "Patient" not in self.unpacked:
+        self.streamed_types = {kind for s in self._streamed.values() for kind in s.files}
+        if "Patient" not in self.files.keys() | self.unpacked.keys() | self.streamed_types:
             raise UserError(
                 f"{folder} holds no Patient file (Patient.ndjson or Patient.000.ndjson): there "
                 "are no records to extract (is this the practice's FHIR export folder?)"
@@ -251,11 +268,12 @@ class FhirReader:
         for name, entries in self.unpacked.items():
             if name in self.never_read:
                 not_read[name] = not_read.get(name, 0) + len(entries)
+        for streamed in self._streamed.values():
+            for name, n in streamed.counts.items():
+                if name in self.never_read:
+                    not_read[name] = not_read.get(name, 0) + n
         not_read.update(self._skipped)
         self.practice = Practice(ods, "fhir", extracted_at, not_read)
-        self._medication_codes: dict[str, str | None] | None = None
-        self._merged: dict[str, str] | None = None
-        self._identified: dict[str, str | None] | None = None
 
     # ---- the export's files ---------------------------------------------------------------------
 
@@ -402,6 +420,9 @@ class FhirReader:
         path: str | None = None,
     ) -> None:
         entry = self._entry_paths.get((source, line, record_id)) if self._entry_paths else None
+        streamed = self._streamed.get(source) if self._streamed else None
+        if streamed is not None:  # a streamed Bundle's position is the index of its entry
+            entry = streamed.nested.get((line, record_id), f"Bundle.entry[{line}]")
         if entry is not None and kind is not None:  # "Condition.subject" in a Bundle's entry 3:
             rest = path[len(kind) :] if path and path.startswith(kind) else ""
             path = f"{entry}.resource{rest}"  # "Bundle.entry[3].resource.subject"
@@ -451,6 +472,10 @@ class FhirReader:
                 yield source, number, line
         for source, number, entry in self.unpacked.get(name, ()):
             yield source, number, entry.line
+        for source, streamed in self._streamed.items():
+            if name in streamed.files:
+                for index, line in stream.spilled_lines(streamed.files[name]):
+                    yield source, index, line
 
     def _bundles(self, files: list[Path]) -> dict[str, list[tuple[str, int, Entry]]]:
         """The resources every Bundle of the export holds, by type. A Bundle of the wrong shape is
@@ -461,11 +486,15 @@ class FhirReader:
             (file.name, number, line) for file in files for number, line in self._lines(file)
         ]
         for path in sorted(self.folder.glob("*.json")):
-            if path.name != MANIFEST:
-                try:
+            if path.name == MANIFEST:
+                continue
+            try:
+                if path.stat().st_size > stream.STREAM_BYTES:
+                    self._stream(path, seen)
+                else:
                     lines.append((path.name, 1, path.read_bytes().removeprefix(BOM)))
-                except OSError as exc:
-                    raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+            except OSError as exc:
+                raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
         for source, number, line in lines:
             try:
                 bundle = orjson.loads(line)
@@ -496,6 +525,33 @@ class FhirReader:
                 self._entry_paths[(source, number, entry.rid)] = entry.path
                 found.setdefault(entry.kind, []).append((source, number, entry))
         return found
+
+    def _stream(self, path: Path, seen: set[tuple[str, str]]) -> None:
+        """A Bundle file too large to parse whole: its resources are spilled to files of their
+        own, a type to a file, in a private folder removed with the reader (see fhir_stream)."""
+        if self._spill is None:
+            self._spill = tempfile.TemporaryDirectory(prefix="gpdpr-bundle-")
+        into = Path(self._spill.name) / str(len(self._streamed))
+        into.mkdir()
+        try:
+            done = stream.stream(path, into, seen, REPEATED)
+        except stream.BundleFault as fault:
+            reason = {"json": NOT_JSON, "object": NOT_OBJECT, "type": WRONG_TYPE}.get(
+                fault.kind, WRONG_SHAPE
+            )
+            kind = None if fault.kind == "type" else "Bundle"
+            self._fault(path.name, 1, None, reason, kind, fault.path)
+            shutil.rmtree(into, ignore_errors=True)
+            return
+        self._streamed[path.name] = done
+        for why, n in done.skipped.items():
+            self._skipped[why] = self._skipped.get(why, 0) + n
+
+    def close(self) -> None:
+        """Remove the resources spilled from streamed Bundles."""
+        if self._spill is not None:
+            self._spill.cleanup()
+            self._spill = None
 
     # ---- the Reader interface -----------------------------------------------------------------
 
@@ -583,7 +639,7 @@ class FhirReader:
 
     def _unknown_files(self) -> None:
         known = set(TABLE_OF) | SUPPORT_TYPES | self.never_read
-        for name in sorted((set(self.files) | set(self.unpacked)) - known):
+        for name in sorted((set(self.files) | set(self.unpacked) | self.streamed_types) - known):
             for source, number, line in self._lines_of(name):
                 found = FHIR_ID.search(line)
                 rid = found.group(1).decode() if found else None

@@ -1,0 +1,130 @@
+"""Reading a Bundle file too large to parse whole (hundreds of MB), in bounded memory.
+
+The file is parsed incrementally (ijson), one `entry` at a time, twice: the first pass checks the
+shape of every entry (a Bundle of the wrong shape is quarantined whole, as a small one is) and
+learns the names entries give resources (`fullUrl`); the second resolves each entry's references
+by those names and writes its resource as a line of a spill file of its type, in a private
+temporary folder the reader removes when it is done. The reader then reads those files as it reads
+the export's own NDJSON files.
+
+What is held in memory is one entry at a time, plus a few dozen bytes an entry for the names that
+other entries may refer to: never the content of the Bundle. A streamed entry's position, in the
+quarantine file, is its index in `Bundle.entry` (as in its FHIR path, `Bundle.entry[N]`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import ijson
+
+from gpdpr.practice.fhir_bundle import Walker, resolved
+from gpdpr.practice.fhir_read import Shape
+
+STREAM_BYTES = 32 * 1024 * 1024  # a Bundle file larger than this is streamed, not parsed whole
+BOM = b"\xef\xbb\xbf"
+
+
+class BundleFault(Exception):
+    """The file is not one well-formed Bundle: `kind` is "json" (not valid JSON), "object" (not
+    a JSON object), "type" (not a Bundle) or "shape" (an element of the wrong shape, at `path`)."""
+
+    def __init__(self, kind: str, path: str | None = None) -> None:
+        super().__init__(kind)
+        self.kind = kind
+        self.path = path
+
+
+@dataclass
+class Streamed:
+    """What one streamed Bundle holds: a spill file per resource type, and what was not read."""
+
+    bundle_id: str | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+    counts: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+    # The FHIR path of each resource of a Bundle held inside an entry: (entry index, id) -> path
+    nested: dict[tuple[int, str | None], str] = field(default_factory=dict)
+
+
+def _open(path: Path) -> IO[bytes]:
+    f = path.open("rb")
+    if f.read(len(BOM)) != BOM:  # a byte-order mark is not part of the JSON
+        f.seek(0)
+    return f
+
+
+def _top(path: Path, key: str) -> Any:
+    """A top-level element of the Bundle; servers write these before `entry`, so the parse
+    usually stops within the first few hundred bytes."""
+    with _open(path) as f:
+        return next(ijson.items(f, key, use_float=True), None)
+
+
+def _entries(path: Path) -> Iterator[tuple[int, Any]]:
+    with _open(path) as f:
+        yield from enumerate(ijson.items(f, "entry.item", use_float=True))
+
+
+def stream(path: Path, into: Path, seen: set[tuple[str, str]], repeated: str) -> Streamed:
+    """Spill the resources of the Bundle file `path` into the folder `into`, a file per type.
+    Raises BundleFault for a file that is not one well-formed Bundle: nothing of it is read."""
+    with _open(path) as f:
+        if not f.read(64).lstrip().startswith(b"{"):
+            raise BundleFault("object")
+    try:
+        if _top(path, "resourceType") != "Bundle":
+            raise BundleFault("type", "resourceType")
+        kind = _top(path, "type")
+        found = _top(path, "id")
+        walker = Walker(kind)
+        for i, value in _entries(path):  # the first pass: shapes, and the names entries give
+            walker.entry(i, value)
+        targets = walker.targets
+        out = Streamed(bundle_id=found if type(found) is str else None)
+        walker = Walker(kind)
+        handles: dict[str, IO[bytes]] = {}
+        try:
+            for i, value in _entries(path):
+                one, inner = walker.entry(i, value)
+                for entry in inner:
+                    out.nested[(i, entry.rid)] = entry.path
+                entries = [*inner, resolved(one, targets)] if one is not None else inner
+                search = value.get("search")
+                include = type(search) is dict and search.get("mode") == "include"
+                for entry in entries:
+                    if entry.rid is not None and (entry.kind, entry.rid) in seen:
+                        out.skipped[repeated] += 1
+                        continue
+                    if include and entry.rid is not None:
+                        # an include repeats on a searchset's pages; other entries are read as
+                        # given, and a resource given twice is quarantined as a duplicate
+                        seen.add((entry.kind, entry.rid))
+                    spill = handles.get(entry.kind)
+                    if spill is None:
+                        file = into / f"{len(out.files):03d}.ndjson"
+                        spill = handles[entry.kind] = file.open("xb")
+                        out.files[entry.kind] = file
+                    spill.write(b"%d\t%b\n" % (i, entry.line))
+                    out.counts[entry.kind] += 1
+        finally:
+            for handle in handles.values():
+                handle.close()
+    except (ijson.JSONError, UnicodeDecodeError):
+        raise BundleFault("json") from None
+    except Shape as shape:
+        raise BundleFault("shape", shape.path) from None
+    out.skipped.update(walker.skipped)
+    return out
+
+
+def spilled_lines(file: Path) -> Iterator[tuple[int, bytes]]:
+    """(entry index, resource line) of each resource a spill file holds."""
+    with file.open("rb") as f:
+        for raw in f:
+            index, _, line = raw.partition(b"\t")
+            yield int(index), line
