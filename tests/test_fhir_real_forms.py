@@ -4,7 +4,7 @@ and Bundles as a Bulk Data export lists them."""
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -274,29 +274,45 @@ def test_an_nhs_number_not_verified_is_not_used_to_link(tmp_path: Path, keys: Ke
 def test_a_partial_date_leaves_with_its_precision(tmp_path: Path, keys: Keys) -> None:
     resources = people(1)
     partial = {
-        "p1-c": {"onsetDateTime": "2019"},
-        "p1-o": {"effectiveDateTime": "2019-03"},
+        "p1-c": {"onsetDateTime": "2019", "recordedDate": "2019-04"},
+        "p1-o": {"effectiveDateTime": "2019-03", "issued": "2019-03-05T10:00:00+01:00"},
         "p1-i": {"occurrenceDateTime": "2020-05"},
-        "p1-reg": {"period": {"start": "2001"}},
+        "p1-a": {"recordedDate": "2011"},
+        "p1-reg": {"period": {"start": "2001", "end": "2024-06"}},
     }
     for r in resources:
         r.update(partial.get(r["id"], {}))
     extract(tmp_path, keys, resources)
     written = tables(tmp_path / "package")
     events = {
-        r["category"]: (r["effective_date"], r["effective_date_precision"])
+        r["category"]: (
+            r["effective_date"],
+            r["effective_date_precision"],
+            r["recorded_at"],
+            r["recorded_at_precision"],
+        )
         for r in written["clinical_events"].to_pylist()
     }
+    utc = UTC
     assert events == {
-        "condition": (date(2019, 1, 1), "year"),
-        "observation": (date(2019, 3, 1), "month"),
-        "procedure": (date(2019, 1, 2), "day"),
+        "condition": (date(2019, 1, 1), "year", datetime(2019, 4, 1, tzinfo=utc), "month"),
+        "observation": (date(2019, 3, 1), "month", datetime(2019, 3, 5, 9, tzinfo=utc), "day"),
+        "procedure": (date(2019, 1, 2), "day", None, None),
     }
+    allergy = written["allergies"].to_pylist()[0]
+    assert (allergy["recorded_at"], allergy["recorded_at_precision"]) == (
+        datetime(2011, 1, 1, tzinfo=utc),
+        "year",
+    )
     assert written["immunisations"].to_pylist()[0]["date_precision"] == "month"
     registration = written["registrations"].to_pylist()[0]
     assert (registration["start_date"], registration["start_date_precision"]) == (
         date(2001, 1, 1),
         "year",
+    )
+    assert (registration["end_date"], registration["end_date_precision"]) == (
+        date(2024, 6, 1),
+        "month",
     )
     assert written["medications"]["issue_date_precision"].to_pylist() == ["day"]
 
@@ -306,7 +322,12 @@ def test_every_precision_field_is_in_the_lake_and_the_research_environment() -> 
     precisions = [
         (t.name, f) for t in SPEC.tables.values() for f in t.fields if f.name.endswith("_precision")
     ]
-    assert len(precisions) == 6
+    assert {(t, f.name) for t, f in precisions} >= {
+        ("registrations", "end_date_precision"),
+        ("clinical_events", "recorded_at_precision"),
+        ("allergies", "recorded_at_precision"),
+    }
+    assert len(precisions) == 9
     for table, field in precisions:
         assert field.values == ("year", "month", "day")
         assert lake[table].data.field(field.name).type == pa.string()

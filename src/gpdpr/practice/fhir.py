@@ -32,6 +32,7 @@ from gpdpr.practice import fhir_read as read
 from gpdpr.practice import fhir_stream as stream
 from gpdpr.practice.fhir_bundle import FHIR_ID as ID_FORM
 from gpdpr.practice.fhir_bundle import REPEATED, Entry, unpack
+from gpdpr.practice.rules import PARTIAL_TIMES
 from gpdpr.practice.source import (
     DATE,
     PATIENT_COLUMNS,
@@ -736,6 +737,9 @@ class FhirReader:
                 text = _text(given)
                 array, flags = _dates(given, text)
                 out[f"{name}_precision"] = _precision(text, array)
+            elif name in PARTIAL_TIMES:
+                array, flags = _times(given)
+                out[f"{name}_precision"] = _precision(_text(given), array)
             else:
                 array, flags = _typed(given, kind_type)
             out[name] = array
