@@ -268,6 +268,42 @@ def test_an_nhs_number_not_verified_is_not_used_to_link(tmp_path: Path, keys: Ke
     assert SPEC.nhs_number_verified == frozenset({"01"})
 
 
+def test_an_nhs_number_not_verified_links_no_record_within_the_export(
+    tmp_path: Path, keys: Keys
+) -> None:
+    resources = people(4)
+    statuses = {"p1": "01", "p2": "03", "p4": "02"}  # p3's number gives no status: as held
+    for r in resources:
+        if r["id"] in statuses:
+            r["identifier"][0]["extension"] = [verification(statuses[r["id"]])]
+        if r["id"] in ("p1-c", "p2-c", "p3-c", "p4-c"):  # each diagnosis names its patient by
+            r["subject"] = by_identifier(NHS, nhs_number(int(r["id"][1])))  # NHS number only
+    # A dissent naming its patient by a number not verified is honoured all the same.
+    resources.append(flag("p4", subject=by_identifier(NHS, nhs_number(4))))
+    manifest = extract(tmp_path, keys, resources)
+
+    held = quarantine_path(tmp_path / "package").read_bytes().splitlines()
+    entries = {e["record_id"]: e for e in map(orjson.loads, held)}
+    assert set(entries) == {"p2-c", "p4-c"}
+    for entry in entries.values():
+        assert (entry["reason"], entry["path"]) == (fhir.UNVERIFIED, "Condition.subject.identifier")
+    written = tables(tmp_path / "package")
+    diagnoses = written["clinical_events"].filter(
+        pc.equal(written["clinical_events"]["category"], "condition")
+    )
+    assert sorted(diagnoses["patient"].to_pylist()) == sorted(
+        [pseudonym(keys, 1), pseudonym(keys, 3)]
+    )
+    people_sent = written["patients"].to_pylist()
+    assert len(people_sent) == 3 and len(manifest["type1_opt_out"]["active"]) == 1
+    p2 = [r for r in people_sent if r["patient"] not in {pseudonym(keys, 1), pseudonym(keys, 3)}]
+    assert [r["linkable"] for r in p2] == [False]  # p2 is sent, known by the practice's number
+    observations = written["clinical_events"].filter(
+        pc.equal(written["clinical_events"]["category"], "observation")
+    )
+    assert p2[0]["patient"] in observations["patient"].to_pylist()  # "Patient/p2" still links
+
+
 # ---- 4. partial dates kept at their precision ---------------------------------------------------
 
 

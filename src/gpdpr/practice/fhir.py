@@ -85,6 +85,7 @@ UNKNOWN_TYPE = "a resource type the specification does not collect"
 WRONG_SHAPE = "an element of the wrong shape"
 UNREADABLE = "a resource that cannot be read"
 UNRESOLVED = "a reference by identifier that names no one patient of the export by NHS number"
+UNVERIFIED = "a reference by an NHS number the patient's record marks as not verified"
 FAULT_REASONS = (
     NOT_JSON,
     NOT_OBJECT,
@@ -94,6 +95,7 @@ FAULT_REASONS = (
     WRONG_SHAPE,
     UNREADABLE,
     UNRESOLVED,
+    UNVERIFIED,
 )
 # Where each canonical date column comes from, to name the element of an unreadable date.
 DATE_PATHS = {
@@ -240,7 +242,7 @@ class FhirReader:
             raise
         self._medication_codes: dict[str, str | None] | None = None
         self._merged: dict[str, str] | None = None
-        self._identified: dict[str, str | None] | None = None
+        self._identified: dict[str, tuple[str | None, bool]] | None = None
 
     def _open_export(self, about: dict[str, Any], ods_code: str | None) -> None:
         spec, folder = self.spec, self.folder
@@ -598,11 +600,13 @@ class FhirReader:
             self._merged = merged
         return self._merged
 
-    def _identified_patient(self, ref: read.ByIdentifier) -> str | None:
-        """The id of the one patient of the export that has the identifier a reference names,
-        or None (no such patient, two of them, or a system a patient may not be named by)."""
+    def _identified_patient(self, ref: read.ByIdentifier) -> tuple[str | None, bool]:
+        """(the id of the one patient of the export that has the identifier a reference names,
+        whether they hold it verified), or (None, False): no such patient, two of them, or a
+        system a patient may not be named by. Every number a patient holds (old, unverified)
+        counts in telling whether it names one patient; only a verified one may link records."""
         if self._identified is None:
-            found: dict[str, str | None] = {}
+            found: dict[str, tuple[str | None, bool]] = {}
             for _, _, rid, p in self._resources("Patient", quiet=True):
                 for i in _list(p.get("identifier")):
                     if not isinstance(i, dict) or not isinstance(i.get("value"), str):
@@ -610,15 +614,18 @@ class FhirReader:
                     key = read.ByIdentifier.of(i.get("system"), i["value"], "")
                     if key:
                         mine = self._survivor(rid)
-                        found[key] = mine if found.get(key, mine) == mine else None
+                        verified = read.verified_number(i, self.context)
+                        held, known = found.get(key, (mine, False))
+                        found[key] = (mine, known or verified) if held == mine else (None, False)
             self._identified = found
-        return self._identified.get(ref) if ref else None
+        return self._identified.get(ref, (None, False)) if ref else (None, False)
 
     def _resolved(self, ref: str | None) -> str | read.ByIdentifier | None:
         """A patient reference as the id of the record it names: a merged record's survivor, and
         the patient a reference by identifier names (or the reference, when it names no one)."""
         if type(ref) is read.ByIdentifier:
-            found = self._identified_patient(ref)
+            # An opt-out holds even by a number not verified: where it is unclear, dissent wins.
+            found, _ = self._identified_patient(ref)
             return ref if found is None else found
         return self._survivor(ref)
 
@@ -693,9 +700,10 @@ class FhirReader:
                     continue
                 subject = row["patient_ref"]
                 if type(subject) is read.ByIdentifier:
-                    found = self._identified_patient(subject)
-                    if found is None:
-                        self._fault(file, number, rid, UNRESOLVED, kind, subject.path)
+                    found, verified = self._identified_patient(subject)
+                    if found is None or not verified:
+                        why = UNRESOLVED if found is None else UNVERIFIED
+                        self._fault(file, number, rid, why, kind, subject.path)
                         continue
                     row["patient_ref"] = found
                 elif remap:
