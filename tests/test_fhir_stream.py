@@ -15,9 +15,10 @@ import orjson
 import pytest
 
 from extracting import Keys, run, tables
-from fhir_exports import ODS, practice, write
+from fhir_exports import ODS, SNOMED, coded, practice, write
 from gpdpr.practice import fhir_stream
 from gpdpr.practice.extract import quarantine_path
+from gpdpr.practice.fhir_bundle import OLDER, REPEATED
 from test_fhir_bundles import transaction
 
 NOTE = "A long narrative the extractor never reads. " * 100  # ~4.5 kB an entry
@@ -187,3 +188,39 @@ def test_memory_streaming_a_bundle_takes_does_not_grow_with_its_content(tmp_path
     # The entries' names are held (for the references between them); their content is not.
     assert large_peak < 2 * small_peak
     assert large_peak < len(large) / 5
+
+
+def test_streamed_history_and_searchset_pages_read_as_small_ones_are(
+    tmp_path: Path, keys: Keys, streamed: list[Path]
+) -> None:
+    resources = practice(2)
+    mine = {r["id"]: r for r in resources}
+    newer = {**mine["p1-c"], "code": coded(SNOMED[6])}
+    history = [  # newest first, as a server writes a history
+        {"resource": newer, "request": {"method": "PUT", "url": "Condition/p1-c"}},
+        {"resource": mine["p1-c"], "request": {"method": "POST", "url": "Condition"}},
+    ]
+
+    def page(match: str) -> dict[str, Any]:  # each page includes the patient again
+        entries = [
+            {"resource": mine[match], "search": {"mode": "match"}},
+            {"resource": mine["p2"], "search": {"mode": "include"}},
+        ]
+        return {"resourceType": "Bundle", "type": "searchset", "entry": entries}
+
+    bundled = {"p1-c", "p2", "p2-c", "p2-o"}
+    folder = write(tmp_path / "export" / ODS, [r for r in resources if r["id"] not in bundled])
+    for name, bundle in (
+        ("history", {"resourceType": "Bundle", "type": "history", "entry": history}),
+        ("page1", page("p2-c")),
+        ("page2", page("p2-o")),
+    ):
+        (folder / f"{name}.json").write_bytes(orjson.dumps(bundle))
+    manifest = run(folder, tmp_path / "package", keys)
+
+    assert len(streamed) == 3
+    assert manifest["quarantined"]["rows"] == 0
+    assert manifest["tables"]["patients"]["rows"] == 2
+    assert manifest["not_read"][REPEATED] == manifest["not_read"][OLDER] == 1
+    codes = tables(tmp_path / "package")["clinical_events"]["code"].to_pylist()
+    assert SNOMED[6] in codes and codes.count(SNOMED[0]) == 1  # p2's; p1's is the newer version

@@ -136,7 +136,7 @@ class Walker:
 def resolved(held: Held, targets: dict[str, str]) -> Entry:
     """A held resource as an entry, its references to names the Bundle gives rewritten."""
     rtype, rid, resource, where = held
-    value = _resolve(resource, targets) if targets else resource
+    value = resolve_references(resource, targets) if targets else resource
     return Entry(rtype, rid, orjson.dumps(value), where)
 
 
@@ -175,7 +175,7 @@ def _id_from(full_url: str | None, rtype: str) -> str | None:
     return found if found is not None and FHIR_ID.match(found) else None
 
 
-def _resolve(value: Any, targets: dict[str, str]) -> Any:
+def resolve_references(value: Any, targets: dict[str, str]) -> Any:
     """`value` with every reference to a name the Bundle gives a resource rewritten to the
     `Type/id` form; unchanged parts are shared, not copied."""
     if type(value) is dict:
@@ -184,7 +184,7 @@ def _resolve(value: Any, targets: dict[str, str]) -> Any:
             if key == "reference" and type(item) is str and item in targets:
                 new: Any = targets[item]
             elif type(item) is dict or type(item) is list:
-                new = _resolve(item, targets)
+                new = resolve_references(item, targets)
             else:
                 continue
             if new is not item:
@@ -192,6 +192,6 @@ def _resolve(value: Any, targets: dict[str, str]) -> Any:
                 changed[key] = new
         return changed if changed is not None else value
     if type(value) is list:
-        items = [_resolve(item, targets) for item in value]
+        items = [resolve_references(item, targets) for item in value]
         return items if any(a is not b for a, b in zip(items, value, strict=True)) else value
     return value

@@ -1,14 +1,15 @@
 """Reading a Bundle file too large to parse whole (hundreds of MB), in bounded memory.
 
-The file is parsed incrementally (ijson), one `entry` at a time, twice: the first pass checks the
-shape of every entry (a Bundle of the wrong shape is quarantined whole, as a small one is) and
-learns the names entries give resources (`fullUrl`); the second resolves each entry's references
-by those names and writes its resource as a line of a spill file of its type, in a private
-temporary folder the reader removes when it is done. The reader then reads those files as it reads
-the export's own NDJSON files.
+The file is parsed incrementally (ijson), one `entry` at a time, in one pass: each entry's shape is
+checked and its resource written as a line of a spill file of its type, in a private temporary
+folder the reader removes when it is done. A Bundle of the wrong shape is quarantined whole, as a
+small one is, and what was spilled of it removed. When the pass is done, the names entries give
+resources (`fullUrl`) are all known, and the spilled resources' references to them are rewritten.
+The reader then reads those files as it reads the export's own NDJSON files.
 
-What is held in memory is one entry at a time, plus a few dozen bytes an entry for the names that
-other entries may refer to: never the content of the Bundle. A streamed entry's position, in the
+What is held in memory is one entry at a time, plus a few hundred bytes an entry for the names
+other entries may refer to it by (and, in a history, which versions were read): never the
+content of the Bundle. A streamed entry's position, in the
 quarantine file, is its index in `Bundle.entry` (as in its FHIR path, `Bundle.entry[N]`).
 """
 
@@ -21,8 +22,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import ijson
+import orjson
 
-from gpdpr.practice.fhir_bundle import Walker, resolved
+from gpdpr.practice.fhir_bundle import Walker, resolve_references, resolved
 from gpdpr.practice.fhir_read import Shape
 
 STREAM_BYTES = 32 * 1024 * 1024  # a Bundle file larger than this is streamed, not parsed whole
@@ -72,38 +74,37 @@ def _entries(path: Path) -> Iterator[tuple[int, Any]]:
 
 def stream(path: Path, into: Path, seen: set[tuple[str, str]], repeated: str) -> Streamed:
     """Spill the resources of the Bundle file `path` into the folder `into`, a file per type.
-    Raises BundleFault for a file that is not one well-formed Bundle: nothing of it is read."""
+    Raises BundleFault for a file that is not one well-formed Bundle; the caller then removes
+    what was spilled, and nothing of it is read."""
     with _open(path) as f:
         if not f.read(64).lstrip().startswith(b"{"):
             raise BundleFault("object")
+    included: set[tuple[str, str]] = set()  # joins `seen` once the whole Bundle has been read
     try:
         if _top(path, "resourceType") != "Bundle":
             raise BundleFault("type", "resourceType")
-        kind = _top(path, "type")
+        walker = Walker(_top(path, "type"))
         found = _top(path, "id")
-        walker = Walker(kind)
-        for i, value in _entries(path):  # the first pass: shapes, and the names entries give
-            walker.entry(i, value)
-        targets = walker.targets
         out = Streamed(bundle_id=found if type(found) is str else None)
-        walker = Walker(kind)
         handles: dict[str, IO[bytes]] = {}
         try:
             for i, value in _entries(path):
                 one, inner = walker.entry(i, value)
                 for entry in inner:
                     out.nested[(i, entry.rid)] = entry.path
-                entries = [*inner, resolved(one, targets)] if one is not None else inner
+                # References to names other entries give are resolved once all are known.
+                entries = [*inner, resolved(one, {})] if one is not None else inner
                 search = value.get("search")
                 include = type(search) is dict and search.get("mode") == "include"
                 for entry in entries:
-                    if entry.rid is not None and (entry.kind, entry.rid) in seen:
+                    named = (entry.kind, entry.rid) if entry.rid is not None else None
+                    if named is not None and (named in seen or named in included):
                         out.skipped[repeated] += 1
                         continue
-                    if include and entry.rid is not None:
+                    if include and named is not None:
                         # an include repeats on a searchset's pages; other entries are read as
                         # given, and a resource given twice is quarantined as a duplicate
-                        seen.add((entry.kind, entry.rid))
+                        included.add(named)
                     spill = handles.get(entry.kind)
                     if spill is None:
                         file = into / f"{len(out.files):03d}.ndjson"
@@ -118,8 +119,26 @@ def stream(path: Path, into: Path, seen: set[tuple[str, str]], repeated: str) ->
         raise BundleFault("json") from None
     except Shape as shape:
         raise BundleFault("shape", shape.path) from None
+    seen |= included
+    if walker.targets:
+        _resolve_spilled(out, walker.targets)
     out.skipped.update(walker.skipped)
     return out
+
+
+def _resolve_spilled(out: Streamed, targets: dict[str, str]) -> None:
+    """Rewrite the spilled resources' references to the names entries give (`fullUrl`), now that
+    all are known; a resource of a Bundle held in an entry was resolved within that Bundle."""
+    for file in out.files.values():
+        done = file.with_suffix(".resolved")
+        with file.open("rb") as source, done.open("xb") as sink:
+            for raw in source:
+                index, _, line = raw.partition(b"\t")
+                resource = orjson.loads(line)
+                if (int(index), resource.get("id")) not in out.nested:
+                    line = orjson.dumps(resolve_references(resource, targets)) + b"\n"
+                sink.write(index + b"\t" + line)
+        done.replace(file)
 
 
 def spilled_lines(file: Path) -> Iterator[tuple[int, bytes]]:
