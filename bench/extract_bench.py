@@ -11,14 +11,18 @@ Runs (KIND:PATIENTS):
              extracting the practices one after another, so the rate is per core.
   fhir-one   FHIR NDJSON, ONE practice holding every patient, on 1 core: compare the peak memory
              of a 100,000-patient practice with a 10,000-patient one.
+  fhir-bundle  ONE practice holding every patient, its resources all in ONE Bundle file
+             (`everything.json`, hundreds of MB), on 1 core: the Bundle is streamed an entry at a
+             time, so its peak memory should be that of fhir-one, not grow with the file.
 
 Each run has two fresh child processes. The first synthesises the practices (`gpdpr synth`, seed 1)
 into a temporary folder and issues each practice a key kit; none of that is timed. The second
 starts the worker pool, has every worker import the extractor, then times from the first practice
 handed out to the last package sealed. Source rows are the supplier tables' row counts in each
-extract.json; FHIR resources are the non-empty lines of the *.ndjson files. Peak MB is the largest
-ru_maxrss of any worker, each worker reporting its own after every practice; cores used is the
-workers' CPU seconds inside extract() over the wall-clock seconds. The source files were written
+extract.json; FHIR resources are the non-empty lines of the *.ndjson files (for fhir-bundle, the
+Bundle's entries). Peak MB is the largest ru_maxrss of any worker, each worker reporting its own
+after every practice; cores used is the workers' CPU seconds inside extract() over the wall-clock
+seconds. The source files were written
 just before, so they are read from the page cache, not the disk.
 """
 
@@ -46,6 +50,7 @@ class Kind:
     fmt: str
     workers: int
     one_practice: bool
+    one_bundle: bool = False
 
     def practices(self, patients: int) -> int:
         return 1 if self.one_practice else max(1, patients // LIST_SIZE)
@@ -55,6 +60,7 @@ KINDS = {
     "columnar": Kind("columnar", POOL_WORKERS, one_practice=False),
     "fhir": Kind("fhir", 1, one_practice=False),
     "fhir-one": Kind("fhir", 1, one_practice=True),
+    "fhir-bundle": Kind("fhir", 1, one_practice=True, one_bundle=True),
 }
 DEFAULT_RUNS = [
     ("columnar", 10_000),
@@ -64,15 +70,18 @@ DEFAULT_RUNS = [
     ("fhir", 100_000),
     ("fhir-one", 10_000),
     ("fhir-one", 100_000),
+    ("fhir-bundle", 10_000),
 ]
 
 # Synthesise the nation and issue the keys; report the practices and the size of the source.
 _SYNTH = r"""
 import json, sys
 from pathlib import Path
+import orjson
 from gpdpr.custodian.keys import init, issue_practice
 from gpdpr.synth.run import SynthRequest, synthesise
 fmt, patients, practices, root = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
+one_bundle = sys.argv[5] == "bundle"
 nation, keys = root / "nation", root / "keys"
 summary, _ = synthesise(SynthRequest(nation, practices, patients, 1, fmt))
 init(keys)
@@ -83,10 +92,28 @@ for p in summary.practices:
     if fmt == "columnar":
         about = json.loads((folder / "extract.json").read_text())
         records += sum(t["rows"] for t in about["tables"].values())
-    else:
+    elif not one_bundle:
         for path in folder.glob("*.ndjson"):
             with path.open("rb") as f:
                 records += sum(1 for line in f if line.strip())
+    else:  # every well-formed line becomes an entry of one collection Bundle
+        with (folder / "everything.json").open("wb") as out:
+            out.write(b'{"resourceType":"Bundle","id":"all","type":"collection","entry":[')
+            for path in sorted(folder.glob("*.ndjson")):
+                with path.open("rb") as f:
+                    for line in f:
+                        try:
+                            orjson.loads(line)
+                        except orjson.JSONDecodeError:
+                            continue  # a planted damaged line would spoil the whole Bundle
+                        comma = b"," if records else b""
+                        out.write(comma + b'{"resource":' + line.strip() + b"}")
+                        records += 1
+                path.unlink()
+            out.write(b"]}")
+        about = json.loads((folder / "export.json").read_text())
+        about["output"] = [{"type": "Bundle", "url": "https://x.example/everything.json"}]
+        (folder / "export.json").write_text(json.dumps(about))
 print(json.dumps({
     "records": records,
     "practices": [[p.ods_code, p.patients] for p in summary.practices],
@@ -149,7 +176,8 @@ def _child(script: str, *args: str) -> dict[str, Any]:
 def run_one(kind: Kind, patients: int) -> dict[str, float]:
     practices = kind.practices(patients)
     with tempfile.TemporaryDirectory(prefix="gpdpr-bench-") as tmp:
-        made = _child(_SYNTH, kind.fmt, str(patients), str(practices), tmp)
+        layout = "bundle" if kind.one_bundle else "files"
+        made = _child(_SYNTH, kind.fmt, str(patients), str(practices), tmp, layout)
         codes = [str(code) for code, _ in made["practices"]]
         timed = _child(_EXTRACT, tmp, str(kind.workers), *codes)
     return {
@@ -169,7 +197,7 @@ def main() -> None:
     console = Console(width=160)
     table = Table(
         title=f"gpdpr practice extract on {os.cpu_count()} cores "
-        "(columnar: rows = supplier table rows; fhir: rows = NDJSON resources)",
+        "(columnar: rows = supplier table rows; fhir: rows = NDJSON resources or Bundle entries)",
         header_style="bold",
     )
     for column in [

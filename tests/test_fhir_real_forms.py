@@ -4,7 +4,7 @@ and Bundles as a Bulk Data export lists them."""
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -268,35 +268,87 @@ def test_an_nhs_number_not_verified_is_not_used_to_link(tmp_path: Path, keys: Ke
     assert SPEC.nhs_number_verified == frozenset({"01"})
 
 
+def test_an_nhs_number_not_verified_links_no_record_within_the_export(
+    tmp_path: Path, keys: Keys
+) -> None:
+    resources = people(4)
+    statuses = {"p1": "01", "p2": "03", "p4": "02"}  # p3's number gives no status: as held
+    for r in resources:
+        if r["id"] in statuses:
+            r["identifier"][0]["extension"] = [verification(statuses[r["id"]])]
+        if r["id"] in ("p1-c", "p2-c", "p3-c", "p4-c"):  # each diagnosis names its patient by
+            r["subject"] = by_identifier(NHS, nhs_number(int(r["id"][1])))  # NHS number only
+    # A dissent naming its patient by a number not verified is honoured all the same.
+    resources.append(flag("p4", subject=by_identifier(NHS, nhs_number(4))))
+    manifest = extract(tmp_path, keys, resources)
+
+    held = quarantine_path(tmp_path / "package").read_bytes().splitlines()
+    entries = {e["record_id"]: e for e in map(orjson.loads, held)}
+    assert set(entries) == {"p2-c", "p4-c"}
+    for entry in entries.values():
+        assert (entry["reason"], entry["path"]) == (fhir.UNVERIFIED, "Condition.subject.identifier")
+    written = tables(tmp_path / "package")
+    diagnoses = written["clinical_events"].filter(
+        pc.equal(written["clinical_events"]["category"], "condition")
+    )
+    assert sorted(diagnoses["patient"].to_pylist()) == sorted(
+        [pseudonym(keys, 1), pseudonym(keys, 3)]
+    )
+    people_sent = written["patients"].to_pylist()
+    assert len(people_sent) == 3 and len(manifest["type1_opt_out"]["active"]) == 1
+    p2 = [r for r in people_sent if r["patient"] not in {pseudonym(keys, 1), pseudonym(keys, 3)}]
+    assert [r["linkable"] for r in p2] == [False]  # p2 is sent, known by the practice's number
+    observations = written["clinical_events"].filter(
+        pc.equal(written["clinical_events"]["category"], "observation")
+    )
+    assert p2[0]["patient"] in observations["patient"].to_pylist()  # "Patient/p2" still links
+
+
 # ---- 4. partial dates kept at their precision ---------------------------------------------------
 
 
 def test_a_partial_date_leaves_with_its_precision(tmp_path: Path, keys: Keys) -> None:
     resources = people(1)
     partial = {
-        "p1-c": {"onsetDateTime": "2019"},
-        "p1-o": {"effectiveDateTime": "2019-03"},
+        "p1-c": {"onsetDateTime": "2019", "recordedDate": "2019-04"},
+        "p1-o": {"effectiveDateTime": "2019-03", "issued": "2019-03-05T10:00:00+01:00"},
         "p1-i": {"occurrenceDateTime": "2020-05"},
-        "p1-reg": {"period": {"start": "2001"}},
+        "p1-a": {"recordedDate": "2011"},
+        "p1-reg": {"period": {"start": "2001", "end": "2024-06"}},
     }
     for r in resources:
         r.update(partial.get(r["id"], {}))
     extract(tmp_path, keys, resources)
     written = tables(tmp_path / "package")
     events = {
-        r["category"]: (r["effective_date"], r["effective_date_precision"])
+        r["category"]: (
+            r["effective_date"],
+            r["effective_date_precision"],
+            r["recorded_at"],
+            r["recorded_at_precision"],
+        )
         for r in written["clinical_events"].to_pylist()
     }
+    utc = UTC
     assert events == {
-        "condition": (date(2019, 1, 1), "year"),
-        "observation": (date(2019, 3, 1), "month"),
-        "procedure": (date(2019, 1, 2), "day"),
+        "condition": (date(2019, 1, 1), "year", datetime(2019, 4, 1, tzinfo=utc), "month"),
+        "observation": (date(2019, 3, 1), "month", datetime(2019, 3, 5, 9, tzinfo=utc), "day"),
+        "procedure": (date(2019, 1, 2), "day", None, None),
     }
+    allergy = written["allergies"].to_pylist()[0]
+    assert (allergy["recorded_at"], allergy["recorded_at_precision"]) == (
+        datetime(2011, 1, 1, tzinfo=utc),
+        "year",
+    )
     assert written["immunisations"].to_pylist()[0]["date_precision"] == "month"
     registration = written["registrations"].to_pylist()[0]
     assert (registration["start_date"], registration["start_date_precision"]) == (
         date(2001, 1, 1),
         "year",
+    )
+    assert (registration["end_date"], registration["end_date_precision"]) == (
+        date(2024, 6, 1),
+        "month",
     )
     assert written["medications"]["issue_date_precision"].to_pylist() == ["day"]
 
@@ -306,7 +358,12 @@ def test_every_precision_field_is_in_the_lake_and_the_research_environment() -> 
     precisions = [
         (t.name, f) for t in SPEC.tables.values() for f in t.fields if f.name.endswith("_precision")
     ]
-    assert len(precisions) == 6
+    assert {(t, f.name) for t, f in precisions} >= {
+        ("registrations", "end_date_precision"),
+        ("clinical_events", "recorded_at_precision"),
+        ("allergies", "recorded_at_precision"),
+    }
+    assert len(precisions) == 9
     for table, field in precisions:
         assert field.values == ("year", "month", "day")
         assert lake[table].data.field(field.name).type == pa.string()

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from extracting import Keys, record_pseudonyms, run, tables
 from fhir_exports import ODS, practice, write
+from fhir_scan import hits
 from gpdpr.practice import fhir
 from gpdpr.practice.extract import quarantine_path
 from gpdpr.practice.rules import REASONS
@@ -93,8 +94,13 @@ def test_every_wrong_shape_is_read_or_quarantined_with_its_path(tmp_path: Path, 
 
 # ---- fuzzing -------------------------------------------------------------------------------------
 
+FUZZ_CANARY = "FuzzCanary"  # every string the fuzzer plants carries it: none may be sent
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)  # what JSON writers (and orjson) can write
+    | st.floats()
+    | st.text(max_size=8).map(lambda t: f"{FUZZ_CANARY}{t}"),
     lambda inner: (
         st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
     ),
@@ -150,6 +156,7 @@ def test_fuzzed_resources_are_read_or_quarantined(
     folder = write(tmp / ODS, resources)
     manifest = run(folder, tmp / "package", keys)
     assert set(manifest["quarantined"]["by_reason"]) <= CLOSED_REASONS
+    assert hits(tmp / "package", [FUZZ_CANARY]) == []
     written = tables(tmp / "package")
     quarantined = quarantine_path(tmp / "package").read_bytes()
     # Each fuzzed resource is sent, quarantined, or counted as left out.
@@ -183,6 +190,7 @@ def fuzz_corpus(resources: int, seed: int = 1) -> None:
         "2020-13",
     ]
     leaves += ["Patient/p1", {"reference": 5}, {"coding": {}}, [{"coding": [1]}], "\ud7ff"]
+    leaves += [f"{FUZZ_CANARY} 943 476 5919", {"text": FUZZ_CANARY}, [{"code": FUZZ_CANARY}]]
     out: list[dict[str, Any]] = practice(20)
     base = [r for r in out if r["resourceType"] not in ("Organization", "Patient")]
     made = 0
@@ -205,6 +213,7 @@ def fuzz_corpus(resources: int, seed: int = 1) -> None:
         held = manifest["quarantined"]
         print(f"quarantined: {held['rows']:,} {held['by_reason']}")
         print(f"replaced outside the allowlist: {manifest['replaced_outside_allowlist']}")
+        print(f"canary hits in the package: {len(hits(Path(tmp) / 'package', [FUZZ_CANARY]))}")
 
 
 if __name__ == "__main__":

@@ -154,6 +154,9 @@ class ColumnarReader:
     def faults(self) -> list[ReaderFault]:
         return []  # a Parquet row is always a record; its faults are found by the rules
 
+    def close(self) -> None:
+        pass  # nothing is put aside
+
 
 def _as(values: pa.ChunkedArray, kind: pa.DataType) -> pa.ChunkedArray:
     """A column in its canonical type; dictionary-encoded text is left encoded."""

@@ -104,6 +104,19 @@ def extract(request: ExtractRequest, on_progress: Progress | None = None) -> dic
     _check_places(request)
     kit = read_kit(request.keys)
     reader = open_reader(request.practice, spec, kit.ods_code)
+    try:
+        return _extract(request, spec, kit, reader, on_progress)
+    finally:
+        reader.close()
+
+
+def _extract(
+    request: ExtractRequest,
+    spec: specification.Specification,
+    kit: PracticeKit,
+    reader: Reader,
+    on_progress: Progress | None,
+) -> dict[str, Any]:
     practice = reader.practice
     if kit.ods_code != practice.ods_code:
         raise UserError(

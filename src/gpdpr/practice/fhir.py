@@ -16,6 +16,8 @@ each named in a fault by its Bundle's file and line and its entry's FHIR path.
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from datetime import date, datetime
 from pathlib import Path
@@ -27,8 +29,10 @@ import pyarrow.compute as pc
 
 from gpdpr.errors import UserError
 from gpdpr.practice import fhir_read as read
+from gpdpr.practice import fhir_stream as stream
 from gpdpr.practice.fhir_bundle import FHIR_ID as ID_FORM
 from gpdpr.practice.fhir_bundle import REPEATED, Entry, unpack
+from gpdpr.practice.rules import PARTIAL_TIMES
 from gpdpr.practice.source import (
     DATE,
     PATIENT_COLUMNS,
@@ -81,6 +85,7 @@ UNKNOWN_TYPE = "a resource type the specification does not collect"
 WRONG_SHAPE = "an element of the wrong shape"
 UNREADABLE = "a resource that cannot be read"
 UNRESOLVED = "a reference by identifier that names no one patient of the export by NHS number"
+UNVERIFIED = "a reference by an NHS number the patient's record marks as not verified"
 FAULT_REASONS = (
     NOT_JSON,
     NOT_OBJECT,
@@ -90,6 +95,7 @@ FAULT_REASONS = (
     WRONG_SHAPE,
     UNREADABLE,
     UNRESOLVED,
+    UNVERIFIED,
 )
 # Where each canonical date column comes from, to name the element of an unreadable date.
 DATE_PATHS = {
@@ -137,11 +143,15 @@ def _strict_strptime(text: pa.Array, layout: str) -> pa.Array:
     return pc.if_else(pc.fill_null(same, False), parsed, pa.scalar(None, parsed.type))
 
 
-def _dates(values: list[Any]) -> tuple[pa.Array, pa.Array]:
+def _text(values: list[Any]) -> pa.Array:
+    return pa.array([v if type(v) is str else None for v in values], pa.string())
+
+
+def _dates(values: list[Any], text: pa.Array | None = None) -> tuple[pa.Array, pa.Array]:
     """(date32 array, bad flags). A FHIR date or dateTime, at any of its precisions: a year or a
     year and month stands for its first day (the patients table keeps only the parts given); a
     value that is present but not a FHIR date (a day-first date, 30 February) is bad."""
-    text = pa.array([v if isinstance(v, str) else None for v in values], pa.string())
+    text = _text(values) if text is None else text
     length = pc.utf8_length(text)
     text = pc.if_else(
         pc.equal(length, 4),
@@ -157,9 +167,8 @@ def _dates(values: list[Any]) -> tuple[pa.Array, pa.Array]:
     return parsed.cast(DATE), bad
 
 
-def _precision(values: list[Any], parsed: pa.Array) -> pa.Array:
+def _precision(text: pa.Array, parsed: pa.Array) -> pa.Array:
     """How much of each date was given: year, month or day (null where there is no date)."""
-    text = pa.array([v if isinstance(v, str) else None for v in values], pa.string())
     length = pc.utf8_length(text)
     named = pc.if_else(pc.equal(length, 4), "year", pc.if_else(pc.equal(length, 7), "month", "day"))
     return pc.if_else(pc.is_valid(parsed), named, pa.scalar(None, pa.string()))
@@ -224,8 +233,22 @@ class FhirReader:
         self.files = self._export_files(about)
         self._entry_paths: dict[tuple[str, int, str | None], str] = {}
         self._skipped: dict[str, int] = {}
+        self._spill: tempfile.TemporaryDirectory[str] | None = None
+        self._streamed: dict[str, stream.Streamed] = {}
+        try:
+            self._open_export(about, ods_code)
+        except BaseException:
+            self.close()  # nothing spilled from a Bundle outlives a refusal
+            raise
+        self._medication_codes: dict[str, str | None] | None = None
+        self._merged: dict[str, str] | None = None
+        self._identified: dict[str, tuple[str | None, bool]] | None = None
+
+    def _open_export(self, about: dict[str, Any], ods_code: str | None) -> None:
+        spec, folder = self.spec, self.folder
         self.unpacked = self._bundles(self.files.pop("Bundle", []))
-        if "Patient" not in self.files and "Patient" not in self.unpacked:
+        self.streamed_types = {kind for s in self._streamed.values() for kind in s.files}
+        if "Patient" not in self.files.keys() | self.unpacked.keys() | self.streamed_types:
             raise UserError(
                 f"{folder} holds no Patient file (Patient.ndjson or Patient.000.ndjson): there "
                 "are no records to extract (is this the practice's FHIR export folder?)"
@@ -248,11 +271,12 @@ class FhirReader:
         for name, entries in self.unpacked.items():
             if name in self.never_read:
                 not_read[name] = not_read.get(name, 0) + len(entries)
+        for streamed in self._streamed.values():
+            for name, n in streamed.counts.items():
+                if name in self.never_read:
+                    not_read[name] = not_read.get(name, 0) + n
         not_read.update(self._skipped)
         self.practice = Practice(ods, "fhir", extracted_at, not_read)
-        self._medication_codes: dict[str, str | None] | None = None
-        self._merged: dict[str, str] | None = None
-        self._identified: dict[str, str | None] | None = None
 
     # ---- the export's files ---------------------------------------------------------------------
 
@@ -381,7 +405,8 @@ class FhirReader:
                     n += 1
                     yield 1, first
                 for number, line in enumerate(f, start=2):
-                    if line.strip():
+                    # A resource's line is long; only a short one may be blank (CRLF, spaces).
+                    if len(line) > 8 or line.strip():
                         n += 1
                         yield number, line
             except OSError as exc:
@@ -398,6 +423,9 @@ class FhirReader:
         path: str | None = None,
     ) -> None:
         entry = self._entry_paths.get((source, line, record_id)) if self._entry_paths else None
+        streamed = self._streamed.get(source) if self._streamed else None
+        if streamed is not None:  # a streamed Bundle's position is the index of its entry
+            entry = streamed.nested.get((line, record_id), f"Bundle.entry[{line}]")
         if entry is not None and kind is not None:  # "Condition.subject" in a Bundle's entry 3:
             rest = path[len(kind) :] if path and path.startswith(kind) else ""
             path = f"{entry}.resource{rest}"  # "Bundle.entry[3].resource.subject"
@@ -447,6 +475,10 @@ class FhirReader:
                 yield source, number, line
         for source, number, entry in self.unpacked.get(name, ()):
             yield source, number, entry.line
+        for source, streamed in self._streamed.items():
+            if name in streamed.files:
+                for index, line in stream.spilled_lines(streamed.files[name]):
+                    yield source, index, line
 
     def _bundles(self, files: list[Path]) -> dict[str, list[tuple[str, int, Entry]]]:
         """The resources every Bundle of the export holds, by type. A Bundle of the wrong shape is
@@ -457,11 +489,15 @@ class FhirReader:
             (file.name, number, line) for file in files for number, line in self._lines(file)
         ]
         for path in sorted(self.folder.glob("*.json")):
-            if path.name != MANIFEST:
-                try:
+            if path.name == MANIFEST:
+                continue
+            try:
+                if path.stat().st_size > stream.STREAM_BYTES:
+                    self._stream(path, seen)
+                else:
                     lines.append((path.name, 1, path.read_bytes().removeprefix(BOM)))
-                except OSError as exc:
-                    raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+            except OSError as exc:
+                raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
         for source, number, line in lines:
             try:
                 bundle = orjson.loads(line)
@@ -492,6 +528,33 @@ class FhirReader:
                 self._entry_paths[(source, number, entry.rid)] = entry.path
                 found.setdefault(entry.kind, []).append((source, number, entry))
         return found
+
+    def _stream(self, path: Path, seen: set[tuple[str, str]]) -> None:
+        """A Bundle file too large to parse whole: its resources are spilled to files of their
+        own, a type to a file, in a private folder removed with the reader (see fhir_stream)."""
+        if self._spill is None:
+            self._spill = tempfile.TemporaryDirectory(prefix="gpdpr-bundle-")
+        into = Path(self._spill.name) / str(len(self._streamed))
+        into.mkdir()
+        try:
+            done = stream.stream(path, into, seen, REPEATED)
+        except stream.BundleFault as fault:
+            reason = {"json": NOT_JSON, "object": NOT_OBJECT, "type": WRONG_TYPE}.get(
+                fault.kind, WRONG_SHAPE
+            )
+            kind = None if fault.kind == "type" else "Bundle"
+            self._fault(path.name, 1, None, reason, kind, fault.path)
+            shutil.rmtree(into, ignore_errors=True)
+            return
+        self._streamed[path.name] = done
+        for why, n in done.skipped.items():
+            self._skipped[why] = self._skipped.get(why, 0) + n
+
+    def close(self) -> None:
+        """Remove the resources spilled from streamed Bundles."""
+        if self._spill is not None:
+            self._spill.cleanup()
+            self._spill = None
 
     # ---- the Reader interface -----------------------------------------------------------------
 
@@ -537,11 +600,13 @@ class FhirReader:
             self._merged = merged
         return self._merged
 
-    def _identified_patient(self, ref: read.ByIdentifier) -> str | None:
-        """The id of the one patient of the export that has the identifier a reference names,
-        or None (no such patient, two of them, or a system a patient may not be named by)."""
+    def _identified_patient(self, ref: read.ByIdentifier) -> tuple[str | None, bool]:
+        """(the id of the one patient of the export that has the identifier a reference names,
+        whether they hold it verified), or (None, False): no such patient, two of them, or a
+        system a patient may not be named by. Every number a patient holds (old, unverified)
+        counts in telling whether it names one patient; only a verified one may link records."""
         if self._identified is None:
-            found: dict[str, str | None] = {}
+            found: dict[str, tuple[str | None, bool]] = {}
             for _, _, rid, p in self._resources("Patient", quiet=True):
                 for i in _list(p.get("identifier")):
                     if not isinstance(i, dict) or not isinstance(i.get("value"), str):
@@ -549,15 +614,18 @@ class FhirReader:
                     key = read.ByIdentifier.of(i.get("system"), i["value"], "")
                     if key:
                         mine = self._survivor(rid)
-                        found[key] = mine if found.get(key, mine) == mine else None
+                        verified = read.verified_number(i, self.context)
+                        held, known = found.get(key, (mine, False))
+                        found[key] = (mine, known or verified) if held == mine else (None, False)
             self._identified = found
-        return self._identified.get(ref) if ref else None
+        return self._identified.get(ref, (None, False)) if ref else (None, False)
 
     def _resolved(self, ref: str | None) -> str | read.ByIdentifier | None:
         """A patient reference as the id of the record it names: a merged record's survivor, and
         the patient a reference by identifier names (or the reference, when it names no one)."""
         if type(ref) is read.ByIdentifier:
-            found = self._identified_patient(ref)
+            # An opt-out holds even by a number not verified: where it is unclear, dissent wins.
+            found, _ = self._identified_patient(ref)
             return ref if found is None else found
         return self._survivor(ref)
 
@@ -579,7 +647,7 @@ class FhirReader:
 
     def _unknown_files(self) -> None:
         known = set(TABLE_OF) | SUPPORT_TYPES | self.never_read
-        for name in sorted((set(self.files) | set(self.unpacked)) - known):
+        for name in sorted((set(self.files) | set(self.unpacked) | self.streamed_types) - known):
             for source, number, line in self._lines_of(name):
                 found = FHIR_ID.search(line)
                 rid = found.group(1).decode() if found else None
@@ -632,9 +700,10 @@ class FhirReader:
                     continue
                 subject = row["patient_ref"]
                 if type(subject) is read.ByIdentifier:
-                    found = self._identified_patient(subject)
-                    if found is None:
-                        self._fault(file, number, rid, UNRESOLVED, kind, subject.path)
+                    found, verified = self._identified_patient(subject)
+                    if found is None or not verified:
+                        why = UNRESOLVED if found is None else UNVERIFIED
+                        self._fault(file, number, rid, why, kind, subject.path)
                         continue
                     row["patient_ref"] = found
                 elif remap:
@@ -672,10 +741,16 @@ class FhirReader:
         path: pa.Array | None = None
         for name, kind_type in columns.items():
             given = [r.get(name) for r in rows]
-            array, flags = _typed(given, kind_type)
-            out[name] = array
             if kind_type == DATE and not patients:
-                out[f"{name}_precision"] = _precision(given, array)
+                text = _text(given)
+                array, flags = _dates(given, text)
+                out[f"{name}_precision"] = _precision(text, array)
+            elif name in PARTIAL_TIMES:
+                array, flags = _times(given)
+                out[f"{name}_precision"] = _precision(_text(given), array)
+            else:
+                array, flags = _typed(given, kind_type)
+            out[name] = array
             if flags is not None and pc.any(flags).as_py():
                 where = DATE_PATHS.get((kind, name), f"{kind}.meta.lastUpdated")
                 here = pa.scalar(where, pa.string())

@@ -57,18 +57,28 @@ class Unpacked:
     skipped: Counter[str] = field(default_factory=Counter)
 
 
-def unpack(bundle: dict[str, Any], path: str = "Bundle", depth: int = 0) -> Unpacked:
-    """The resources `bundle` holds as data, or `Shape` naming the first element out of shape."""
-    kind = bundle.get("type")
-    if type(kind) is not str or kind not in BUNDLE_TYPES:
-        raise Shape(f"{path}.type")
-    out = Unpacked()
-    history = kind == "history"
-    versions: set[tuple[str, str]] = set()  # in a history, the resources whose newest is read
-    held: list[tuple[str, str | None, dict[str, Any], str]] = []
-    targets: dict[str, str] = {}  # a name the Bundle gives a resource -> "Type/id"
-    for i, value in enumerate(seq(bundle.get("entry"), f"{path}.entry")):
-        where = f"{path}.entry[{i}]"
+Held = tuple[str, str | None, dict[str, Any], str]  # (type, id, resource, FHIR path)
+
+
+class Walker:
+    """The entries of one Bundle, taken one at a time (from a parsed Bundle, or streamed from a
+    file too large to parse whole), and what must be remembered between them: which resources a
+    history has already given its newest version of, and the names entries give resources."""
+
+    def __init__(self, kind: Any, path: str = "Bundle", depth: int = 0) -> None:
+        if type(kind) is not str or kind not in BUNDLE_TYPES:
+            raise Shape(f"{path}.type")
+        self.history = kind == "history"
+        self.path = path
+        self.depth = depth
+        self.versions: set[tuple[str, str]] = set()
+        self.targets: dict[str, str] = {}  # a name the Bundle gives a resource -> "Type/id"
+        self.skipped: Counter[str] = Counter()
+
+    def entry(self, i: int, value: Any) -> tuple[Held | None, list[Entry]]:
+        """Entry `i`: the resource it holds as data (its references not yet resolved), or none,
+        and the resources of a Bundle it holds (resolved within that Bundle)."""
+        where = f"{self.path}.entry[{i}]"
         entry = obj(value, where)
         if entry is None:
             raise Shape(where)
@@ -81,50 +91,66 @@ def unpack(bundle: dict[str, Any], path: str = "Bundle", depth: int = 0) -> Unpa
         if mode is not None and mode not in DATA_MODES and mode != "outcome":
             raise Shape(f"{where}.search.mode")
         if method == "DELETE":
-            if history:  # the resource's newest version is its deletion: read none of it
+            if self.history:  # the resource's newest version is its deletion: read none of it
                 deleted = _target(text(request.get("url"), f"{where}.request.url"))
-                if deleted is not None and deleted in versions:
-                    out.skipped[OLDER] += 1
-                    continue
+                if deleted is not None and deleted in self.versions:
+                    self.skipped[OLDER] += 1
+                    return None, []
                 if deleted is not None:
-                    versions.add(deleted)
-            out.skipped[DELETED] += 1
-            continue
+                    self.versions.add(deleted)
+            self.skipped[DELETED] += 1
+            return None, []
         if resource is None:
-            out.skipped[NO_RESOURCE] += 1
-            continue
+            self.skipped[NO_RESOURCE] += 1
+            return None, []
         rtype = resource.get("resourceType")
         if type(rtype) is not str or not RESOURCE_TYPE.match(rtype):
             raise Shape(f"{where}.resource.resourceType")
         if mode == "outcome" or rtype == "OperationOutcome":
-            out.skipped[OUTCOME] += 1
-            continue
+            self.skipped[OUTCOME] += 1
+            return None, []
         if rtype == "MessageHeader":
-            out.skipped[HEADER] += 1
-            continue
+            self.skipped[HEADER] += 1
+            return None, []
         if rtype == "Bundle":
-            if depth + 1 >= MAX_DEPTH:
+            if self.depth + 1 >= MAX_DEPTH:
                 raise Shape(f"{where}.resource")
-            inner = unpack(resource, f"{where}.resource", depth + 1)
-            out.entries.extend(inner.entries)
-            out.skipped.update(inner.skipped)
-            continue
+            inner = unpack(resource, f"{where}.resource", self.depth + 1)
+            self.skipped.update(inner.skipped)
+            return None, inner.entries
         rid = resource.get("id")
         if not (type(rid) is str and rid):
             rid = _id_from(full_url, rtype)
             if rid is not None:
                 resource = {**resource, "id": rid}
-        if history and type(rid) is str:
-            if (rtype, rid) in versions:
-                out.skipped[OLDER] += 1
-                continue
-            versions.add((rtype, rid))
+        if self.history and type(rid) is str:
+            if (rtype, rid) in self.versions:
+                self.skipped[OLDER] += 1
+                return None, []
+            self.versions.add((rtype, rid))
         if rid is not None and full_url is not None:
-            targets[full_url] = f"{rtype}/{rid}"
-        held.append((rtype, rid if type(rid) is str else None, resource, where))
-    for rtype, rid, resource, where in held:
-        resolved = _resolve(resource, targets) if targets else resource
-        out.entries.append(Entry(rtype, rid, orjson.dumps(resolved), where))
+            self.targets[full_url] = f"{rtype}/{rid}"
+        return (rtype, rid if type(rid) is str else None, resource, where), []
+
+
+def resolved(held: Held, targets: dict[str, str]) -> Entry:
+    """A held resource as an entry, its references to names the Bundle gives rewritten."""
+    rtype, rid, resource, where = held
+    value = resolve_references(resource, targets) if targets else resource
+    return Entry(rtype, rid, orjson.dumps(value), where)
+
+
+def unpack(bundle: dict[str, Any], path: str = "Bundle", depth: int = 0) -> Unpacked:
+    """The resources `bundle` holds as data, or `Shape` naming the first element out of shape."""
+    walker = Walker(bundle.get("type"), path, depth)
+    out = Unpacked(skipped=walker.skipped)
+    held: list[Held] = []
+    for i, value in enumerate(seq(bundle.get("entry"), f"{path}.entry")):
+        one, inner = walker.entry(i, value)
+        out.entries.extend(inner)
+        if one is not None:
+            held.append(one)
+    out.entries.extend(resolved(one, walker.targets) for one in held)
     return out
 
 
@@ -149,7 +175,7 @@ def _id_from(full_url: str | None, rtype: str) -> str | None:
     return found if found is not None and FHIR_ID.match(found) else None
 
 
-def _resolve(value: Any, targets: dict[str, str]) -> Any:
+def resolve_references(value: Any, targets: dict[str, str]) -> Any:
     """`value` with every reference to a name the Bundle gives a resource rewritten to the
     `Type/id` form; unchanged parts are shared, not copied."""
     if type(value) is dict:
@@ -158,7 +184,7 @@ def _resolve(value: Any, targets: dict[str, str]) -> Any:
             if key == "reference" and type(item) is str and item in targets:
                 new: Any = targets[item]
             elif type(item) is dict or type(item) is list:
-                new = _resolve(item, targets)
+                new = resolve_references(item, targets)
             else:
                 continue
             if new is not item:
@@ -166,6 +192,6 @@ def _resolve(value: Any, targets: dict[str, str]) -> Any:
                 changed[key] = new
         return changed if changed is not None else value
     if type(value) is list:
-        items = [_resolve(item, targets) for item in value]
+        items = [resolve_references(item, targets) for item in value]
         return items if any(a is not b for a, b in zip(items, value, strict=True)) else value
     return value

@@ -467,6 +467,15 @@ VERIFICATION_EXT = f"{UK_CORE}NHSNumberVerificationStatus"
 VERIFICATION_SYSTEM = "https://fhir.hl7.org.uk/CodeSystem/UKCore-NHSNumberVerificationStatusEngland"
 
 
+def verified_number(identifier: dict[str, Any], ctx: Context) -> bool:
+    """Whether an NHS number identifier may link records (see `_verified`); one whose status
+    is of the wrong shape may not."""
+    try:
+        return _verified(identifier, ctx)
+    except Shape:
+        return False
+
+
 def _verified(identifier: dict[str, Any], ctx: Context) -> bool:
     """Whether an NHS number may be used: its UK Core verification status is one the
     specification accepts, or it gives none (the practice system's number, as held)."""

@@ -49,6 +49,8 @@ ENTERED_IN_ERROR = "entered-in-error"
 NOT_IN_FORCE = "not-in-force"
 # A date field's companion saying how much of it was recorded: year, month or day.
 PRECISION = "_precision"
+# Times a source may give only to the year or month (a FHIR dateTime), so they have one too.
+PARTIAL_TIMES = frozenset({"recorded_at"})
 
 # Outcomes, in the order they are decided.
 KEPT = 0
@@ -227,7 +229,11 @@ def check_supported(spec: Specification) -> None:
             makeable = {"staff", "role"}
         elif name in RECORD_COLUMNS:
             columns = RECORD_COLUMNS[name]
-            dates = {f"{c}{PRECISION}" for c, kind in columns.items() if kind == DATE}
+            dates = {
+                f"{c}{PRECISION}"
+                for c, kind in columns.items()
+                if kind == DATE or c in PARTIAL_TIMES
+            }
             makeable = {"record_id", "patient", "staff", *columns, *dates}
         else:
             raise UserError(f"{spec.source}: the extractor has no source for table {name!r}")

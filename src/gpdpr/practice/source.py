@@ -170,3 +170,7 @@ class Reader(Protocol):
     def faults(self) -> list[ReaderFault]:
         """Faults found since the last call (lines that were not records at all)."""
         ...
+
+    def close(self) -> None:
+        """Remove anything the reader put aside while reading (e.g. a streamed Bundle's spill)."""
+        ...

@@ -104,6 +104,7 @@ TABLES: dict[str, Table] = {
                 _field("start_date", DATE, "date the registration began"),
                 _precision("start_date"),
                 _field("end_date", DATE, "its last day, if it has ended (that day included)"),
+                _precision("end_date"),
                 _field("registration_type", STR, "regular or temporary"),
                 _field("end_reason", STR, "moved, death or left"),
                 # Provenance, not a field of the specification: granted as the item
@@ -122,6 +123,7 @@ TABLES: dict[str, Table] = {
                 _field("effective_date", DATE, "the date the entry applies to"),
                 _precision("effective_date"),
                 _field("recorded_at", DATE, "the day it was entered"),
+                _precision("recorded_at"),
                 _field("value", FLOAT, "the value of a measurement or test result"),
                 _field("unit", STR, "the value's unit (UCUM)"),
                 _staff(),
@@ -166,6 +168,7 @@ TABLES: dict[str, Table] = {
                 _field("onset_date", DATE, "date of onset"),
                 _precision("onset_date"),
                 _field("recorded_at", DATE, "the day it was entered"),
+                _precision("recorded_at"),
                 _staff(),
             ),
             "onset_date",

@@ -1,0 +1,149 @@
+"""Reading a Bundle file too large to parse whole (hundreds of MB), in bounded memory.
+
+The file is parsed incrementally (ijson), one `entry` at a time, in one pass: each entry's shape is
+checked and its resource written as a line of a spill file of its type, in a private temporary
+folder the reader removes when it is done. A Bundle of the wrong shape is quarantined whole, as a
+small one is, and what was spilled of it removed. When the pass is done, the names entries give
+resources (`fullUrl`) are all known, and the spilled resources' references to them are rewritten.
+The reader then reads those files as it reads the export's own NDJSON files.
+
+What is held in memory is one entry at a time, plus a few hundred bytes an entry for the names
+other entries may refer to it by (and, in a history, which versions were read): never the
+content of the Bundle. A streamed entry's position, in the
+quarantine file, is its index in `Bundle.entry` (as in its FHIR path, `Bundle.entry[N]`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import ijson
+import orjson
+
+from gpdpr.practice.fhir_bundle import Walker, resolve_references, resolved
+from gpdpr.practice.fhir_read import Shape
+
+STREAM_BYTES = 32 * 1024 * 1024  # a Bundle file larger than this is streamed, not parsed whole
+BOM = b"\xef\xbb\xbf"
+
+
+class BundleFault(Exception):
+    """The file is not one well-formed Bundle: `kind` is "json" (not valid JSON), "object" (not
+    a JSON object), "type" (not a Bundle) or "shape" (an element of the wrong shape, at `path`)."""
+
+    def __init__(self, kind: str, path: str | None = None) -> None:
+        super().__init__(kind)
+        self.kind = kind
+        self.path = path
+
+
+@dataclass
+class Streamed:
+    """What one streamed Bundle holds: a spill file per resource type, and what was not read."""
+
+    bundle_id: str | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+    counts: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+    # The FHIR path of each resource of a Bundle held inside an entry: (entry index, id) -> path
+    nested: dict[tuple[int, str | None], str] = field(default_factory=dict)
+
+
+def _open(path: Path) -> IO[bytes]:
+    f = path.open("rb")
+    if f.read(len(BOM)) != BOM:  # a byte-order mark is not part of the JSON
+        f.seek(0)
+    return f
+
+
+def _top(path: Path, key: str) -> Any:
+    """A top-level element of the Bundle; servers write these before `entry`, so the parse
+    usually stops within the first few hundred bytes."""
+    with _open(path) as f:
+        return next(ijson.items(f, key, use_float=True), None)
+
+
+def _entries(path: Path) -> Iterator[tuple[int, Any]]:
+    with _open(path) as f:
+        yield from enumerate(ijson.items(f, "entry.item", use_float=True))
+
+
+def stream(path: Path, into: Path, seen: set[tuple[str, str]], repeated: str) -> Streamed:
+    """Spill the resources of the Bundle file `path` into the folder `into`, a file per type.
+    Raises BundleFault for a file that is not one well-formed Bundle; the caller then removes
+    what was spilled, and nothing of it is read."""
+    with _open(path) as f:
+        if not f.read(64).lstrip().startswith(b"{"):
+            raise BundleFault("object")
+    included: set[tuple[str, str]] = set()  # joins `seen` once the whole Bundle has been read
+    try:
+        if _top(path, "resourceType") != "Bundle":
+            raise BundleFault("type", "resourceType")
+        walker = Walker(_top(path, "type"))
+        found = _top(path, "id")
+        out = Streamed(bundle_id=found if type(found) is str else None)
+        handles: dict[str, IO[bytes]] = {}
+        try:
+            for i, value in _entries(path):
+                one, inner = walker.entry(i, value)
+                for entry in inner:
+                    out.nested[(i, entry.rid)] = entry.path
+                # References to names other entries give are resolved once all are known.
+                entries = [*inner, resolved(one, {})] if one is not None else inner
+                search = value.get("search")
+                include = type(search) is dict and search.get("mode") == "include"
+                for entry in entries:
+                    named = (entry.kind, entry.rid) if entry.rid is not None else None
+                    if named is not None and (named in seen or named in included):
+                        out.skipped[repeated] += 1
+                        continue
+                    if include and named is not None:
+                        # an include repeats on a searchset's pages; other entries are read as
+                        # given, and a resource given twice is quarantined as a duplicate
+                        included.add(named)
+                    spill = handles.get(entry.kind)
+                    if spill is None:
+                        file = into / f"{len(out.files):03d}.ndjson"
+                        spill = handles[entry.kind] = file.open("xb")
+                        out.files[entry.kind] = file
+                    spill.write(b"%d\t%b\n" % (i, entry.line))
+                    out.counts[entry.kind] += 1
+        finally:
+            for handle in handles.values():
+                handle.close()
+    except (ijson.JSONError, UnicodeDecodeError):
+        raise BundleFault("json") from None
+    except Shape as shape:
+        raise BundleFault("shape", shape.path) from None
+    seen |= included
+    if walker.targets:
+        _resolve_spilled(out, walker.targets)
+    out.skipped.update(walker.skipped)
+    return out
+
+
+def _resolve_spilled(out: Streamed, targets: dict[str, str]) -> None:
+    """Rewrite the spilled resources' references to the names entries give (`fullUrl`), now that
+    all are known; a resource of a Bundle held in an entry was resolved within that Bundle."""
+    for file in out.files.values():
+        done = file.with_suffix(".resolved")
+        with file.open("rb") as source, done.open("xb") as sink:
+            for raw in source:
+                index, _, line = raw.partition(b"\t")
+                resource = orjson.loads(line)
+                if (int(index), resource.get("id")) not in out.nested:
+                    line = orjson.dumps(resolve_references(resource, targets)) + b"\n"
+                sink.write(index + b"\t" + line)
+        done.replace(file)
+
+
+def spilled_lines(file: Path) -> Iterator[tuple[int, bytes]]:
+    """(entry index, resource line) of each resource a spill file holds."""
+    with file.open("rb") as f:
+        for raw in f:
+            index, _, line = raw.partition(b"\t")
+            yield int(index), line
