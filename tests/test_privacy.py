@@ -27,8 +27,8 @@ from conftest import Made
 from extracting import Keys, run, tables
 from fhir_exports import relist
 from gpdpr.collect.service import Central, collect
-from gpdpr.practice.extract import quarantine_path
 from gpdpr.custodian.keys import read_pseudonym_key
+from gpdpr.practice.extract import quarantine_path
 from gpdpr.practice.kit import SIGNING_KEY
 from gpdpr.spec import shipped
 from readers import practice_folders

@@ -167,6 +167,7 @@ def _clear_demo_home(home: Path) -> None:
     parts = [
         practices,
         home / "keys",
+        home / "custodian",
         home / "packages",
         home / "lake",
         home / "rejected",

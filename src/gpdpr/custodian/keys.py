@@ -104,7 +104,7 @@ def read_pseudonym_key(folder: Path) -> SecretKey:
         raise UserError(
             f"{folder} holds only the old collection key: pseudonyms are now made with an "
             "oblivious key at the custodian's service. Make a new key folder "
-            "(gpdpr custodian init) and re-collect under it; see gpdpr.custodian.migration"
+            "(gpdpr custodian init) and re-collect under it, as docs/operators.md describes"
         )
     return read_secret(folder / PSEUDONYM_KEY, "pseudonym key")
 
