@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from gpdpr import durable
+from gpdpr.custodian.register import REGISTER, REGISTER_SIG, register_key, revoke
 from gpdpr.errors import UserError
 from gpdpr.practice import oprf
 from gpdpr.practice.kit import (
@@ -118,7 +119,16 @@ def init(folder: Path) -> SecretKey:
     pseudonym key. Refuses a folder that already has one: replacing it would silently change
     every pseudonym. The pseudonym key is written last, whole: a folder with this module's other
     files but no pseudonym key is an init that was cut short, and is finished."""
-    ours = {LOG_KEY_FOLDER, CUSTODIAN_FILE, "practices", PROJECT_KEY, SERVICE_KEY, SERVICE_PUB}
+    ours = {
+        LOG_KEY_FOLDER,
+        CUSTODIAN_FILE,
+        "practices",
+        PROJECT_KEY,
+        SERVICE_KEY,
+        SERVICE_PUB,
+        REGISTER,
+        REGISTER_SIG,
+    }
     others = (
         [
             p
@@ -240,6 +250,7 @@ def issue_practice(folder: Path, ods: str, custodian_url: str = DEFAULT_URL) -> 
         durable.step("practice kit made aside")
         aside.rename(kit)
         durable.fsync_dir(kit.parent)
+        register_key(folder, ods, signing.public_key())
     except OSError as exc:
         shutil.rmtree(aside, ignore_errors=True)
         problem = durable.disk_problem(exc) or exc.strerror or exc
@@ -248,6 +259,21 @@ def issue_practice(folder: Path, ods: str, custodian_url: str = DEFAULT_URL) -> 
             "issue it again"
         ) from None
     return kit
+
+
+def revoke_practice(folder: Path, ods: str) -> int:
+    """A practice's kit is lost or stolen: revoke its keys in the register (no package they
+    signed is trusted from now on) and set its kit aside, so a new one can be issued. How many
+    keys were revoked."""
+    ods = ods.strip().upper()
+    if not ODS_PATTERN.match(ods):
+        raise UserError(f"{ods!r} is not an ODS code (a letter then 2 to 9 letters or digits)")
+    count = revoke(folder, ods)
+    kit = folder / "practices" / ods
+    if kit.exists():
+        kit.rename(kit.with_name(f".{ods}.revoked-{datetime.now(UTC):%Y%m%dT%H%M%S}"))
+        durable.fsync_dir(kit.parent)
+    return count
 
 
 def _partial(path: Path) -> bool:
