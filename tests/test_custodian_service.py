@@ -262,3 +262,48 @@ def _json_key(document: bytes) -> bytes:
     import orjson
 
     return base64.b64decode(orjson.loads(document)["key"])
+
+
+def test_gpdpr_custodian_serve_runs_the_service(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from gpdpr.portal.serve import free_port
+
+    GPDPR = [sys.executable, "-m", "gpdpr"]
+    home = tmp_path / "home"
+    assert (
+        subprocess.run(
+            [sys.executable, "-m", "gpdpr", "init", "--home", str(home)], capture_output=True
+        ).returncode
+        == 0
+    )
+    port = free_port()
+    kit = read_kit(issue_practice(home / "keys", "Z20009", f"http://127.0.0.1:{port}"))
+    server = subprocess.Popen(
+        [*GPDPR, "custodian", "serve", "--home", str(home), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                outputs = custodian_client.evaluate(kit, [nhs_input("9434765919")])
+                break
+            except UserError:
+                assert server.poll() is None and time.monotonic() < deadline, "it never answered"
+                time.sleep(0.5)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    assert outputs[0][:32].hex() == _lake_pseudonym(home, "9434765919")
+    assert _count(home / "keys", "Z20009") == 1
+
+
+def _lake_pseudonym(home: Path, number: str) -> str:
+    from gpdpr.custodian.central import lake_pseudonym
+    from gpdpr.custodian.keys import read_pseudonym_key
+
+    return lake_pseudonym(read_pseudonym_key(home / "keys"), number)

@@ -478,6 +478,25 @@ def custodian_issue_practice(
     console.print(f"key kit for [bold]{kit.name}[/] written to {kit}")
 
 
+@custodian_app.command("revoke-practice")
+def custodian_revoke_practice(
+    ods: Annotated[str, typer.Argument(help="The practice whose kit was lost or stolen.")],
+    keys: Annotated[Path, typer.Option(help="The custodian's key folder.")],
+) -> None:
+    """Revoke a practice's keys (no package they sign is trusted again) and set its kit aside,
+    so that a new one can be issued."""
+    from gpdpr.custodian.keys import revoke_practice
+
+    try:
+        count = revoke_practice(keys, ods)
+    except UserError as exc:
+        fail(str(exc))
+    console.print(
+        f"{count} key(s) of [bold]{ods.strip().upper()}[/] revoked in the practice register; "
+        f"issue a new kit with `gpdpr custodian issue-practice {ods.strip().upper()}`"
+    )
+
+
 @custodian_app.command("serve")
 def custodian_serve(
     home: Home = DEFAULT_HOME,
