@@ -3,13 +3,13 @@
     .venv/bin/python bench/log_bench.py
     .venv/bin/python bench/log_bench.py --only log:100000
 
-Runs (log:ENTRIES): in a fresh child process, in a temporary folder, ENTRIES entries shaped like
-the service's (a research run's entry, ~330 bytes of canonical JSON) appended by the service's
-writer in batches of 1,000, each batch fsync'd and a checkpoint signed after it, as a publish
-does ("append" columns). Then: the start-up check (`store.open_verified`: read, re-hash the whole
-tree, check the signed checkpoint); 1,000 inclusion proofs and 1,000 consistency proofs made and
-checked against the signed root, at random entries and sizes ("proof" column, per proof); and a
-verifier's full check from the public files alone (`verify.verify` with a kept checkpoint from
+Runs (log:ENTRIES): in a fresh child process, in a temporary folder, ENTRIES entries shaped like the
+service's (a research run's entry, ~330 bytes of canonical JSON) appended by the service's writer in
+batches of 1,000, each batch fsync'd and a checkpoint signed after it and co-signed by one witness,
+as a publish does ("append" columns). Then: the start-up check (`store.open_verified`: read, re-hash
+the whole tree, check the signed checkpoint); 1,000 inclusion proofs and 1,000 consistency proofs
+made and checked against the signed root, at random entries and sizes ("proof" column, per proof);
+and a verifier's full check from the public files alone (`verify.verify` with a kept checkpoint from
 half-way: read, recompute the tree, check the signature, prove consistency). Peak MB is the
 child's peak RSS.
 """
@@ -53,17 +53,23 @@ def entry(i: int) -> dict[str, Any]:
 
 
 def child(entries: int) -> dict[str, Any]:
-    from gpdpr.transparency import merkle, store
+    from gpdpr.transparency import checkpoint as cp
+    from gpdpr.transparency import cosigning, merkle, store, witness
     from gpdpr.transparency.verify import Source, verify
 
     folder = Path(tempfile.mkdtemp(prefix="gpdpr-log-bench-"))
     try:
         writer = store.open_verified(folder / "log", folder / "keys")
+        log_key = cp.log_verifier(writer.key).vkey
+        witness.create(folder / "w", "bench.example/w", [log_key])
+        pinned = cosigning.enrol(folder / "keys", folder / "w", 1)
         kept = b""
         started = time.perf_counter()
         for start in range(0, entries, BATCH):
             writer.append([entry(i) for i in range(start, min(entries, start + BATCH))])
-            writer.sign()
+            signed = writer.sign()  # and co-signed by a witness, as a publish does
+            gathered = cosigning.gather(writer, folder / "keys", signed, int(time.time()))
+            writer.publish(gathered.checkpoint)
             if not kept and writer.size >= entries // 2:
                 kept = (folder / "log" / store.CHECKPOINT).read_bytes()
         appended = time.perf_counter() - started
@@ -86,7 +92,7 @@ def child(entries: int) -> dict[str, Any]:
         per_proof = (time.perf_counter() - started) / 2_000
 
         started = time.perf_counter()
-        verify(Source(folder=folder / "log"), kept, "kept")
+        verify(Source(folder=folder / "log"), pinned, kept, "kept")
         verified = time.perf_counter() - started
     finally:
         shutil.rmtree(folder, ignore_errors=True)

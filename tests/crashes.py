@@ -32,7 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from gpdpr import durable
+from gpdpr.db import DATABASE_URL_ENV
 
 PRELOAD = [
     "gpdpr.cli",
@@ -117,6 +120,8 @@ class _FsSteps:
             path = args[0]
         if not isinstance(path, str | os.PathLike) or not os.fspath(path).startswith(self.root):
             return
+        if event == "os.mkdir" and os.path.isdir(path):
+            return  # changes nothing (and `exist_ok` would swallow a failure made up here)
         self.seen += 1
         if self.seen == self.kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -231,13 +236,72 @@ def run(argv: list[str], env: dict[str, str] | None = None, where: Path | None =
     code = _server.run(
         {
             "argv": argv,
-            "env": {"PYTHONDONTWRITEBYTECODE": "1", **(env or {})},
+            # No database named: the home's own SQLite (never one the server inherited).
+            "env": {"PYTHONDONTWRITEBYTECODE": "1", DATABASE_URL_ENV: "", **(env or {})},
             "output": str(output),
         }
     )
     text = output.read_text(errors="replace") if output.exists() else ""
     output.unlink(missing_ok=True)
     return Run(code, text)
+
+
+DATABASE_URL_FILE = "database-url"  # beside a run's home: the PostgreSQL database it uses
+
+
+def database_url(at: Path) -> str | None:
+    """The PostgreSQL database of the run in folder `at`; None: the home's own SQLite."""
+    named = at / DATABASE_URL_FILE
+    return named.read_text().strip() if named.exists() else None
+
+
+@dataclass
+class Postgres:
+    """Each run's own copy of a template database on a PostgreSQL server (CREATE DATABASE ...
+    TEMPLATE: a file copy, a fraction of a second), named in DATABASE_URL_FILE beside its home."""
+
+    server: str  # a URL of the server
+    template: str  # the database the operation's template state is in
+
+    def url(self, database: str) -> str:
+        return sa.make_url(self.server).set(database=database).render_as_string(False)
+
+    def _admin(self) -> sa.Engine:
+        return sa.create_engine(self.server, isolation_level="AUTOCOMMIT")
+
+    def create(self, database: str, template: str | None = None) -> str:
+        admin = self._admin()
+        try:
+            with admin.connect() as connection:
+                if template is not None:
+                    # A template must have no connections: end those the set-up left pooled.
+                    connection.exec_driver_sql(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = %s AND pid <> pg_backend_pid()",
+                        (template,),
+                    )
+                copy = f' TEMPLATE "{template}"' if template else ""
+                connection.exec_driver_sql(f'CREATE DATABASE "{database}"{copy}')
+        finally:
+            admin.dispose()
+        return self.url(database)
+
+    def copy_for(self, at: Path) -> None:
+        database = f"crash_{random.getrandbits(48):012x}"
+        (at / DATABASE_URL_FILE).write_text(self.create(database, self.template))
+
+    def drop(self, at: Path) -> None:
+        url = database_url(at)
+        if url is not None:
+            self.drop_database(str(sa.make_url(url).database))
+
+    def drop_database(self, database: str) -> None:
+        admin = self._admin()
+        try:
+            with admin.connect() as connection:
+                connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        finally:
+            admin.dispose()
 
 
 @dataclass
@@ -255,6 +319,7 @@ class Operation:
     # Named steps from this one on are another operation's, cut there (the log's publish,
     # which every central command ends with, is cut as `log publish`).
     until: str | None = None
+    database: Postgres | None = None  # None: each run's home has its own SQLite
 
 
 @dataclass
@@ -279,7 +344,21 @@ class Report:
 def _fresh(op: Operation, work: Path, name: str) -> Path:
     target = work / name
     shutil.copytree(op.template, target, symlinks=True)
+    if op.database is not None:
+        op.database.copy_for(target)
     return target
+
+
+def _env(at: Path, **more: str) -> dict[str, str]:
+    """A run's environment: its database, when not its home's own SQLite, and `more`."""
+    url = database_url(at)
+    return {**({DATABASE_URL_ENV: url} if url else {}), **more}
+
+
+def _discard(op: Operation, at: Path) -> None:
+    if op.database is not None:
+        op.database.drop(at)
+    shutil.rmtree(at)
 
 
 def _count(value: Any) -> int:
@@ -312,10 +391,16 @@ def _distinct(steps: list[str], until: str | None = None) -> list[int]:
 
 
 def hammer(
-    op: Operation, work: Path, sampled: int = 2, full: int = 1, seed: int = 20261206
+    op: Operation,
+    work: Path,
+    sampled: int = 2,
+    full: int = 1,
+    seed: int = 20261206,
+    named: int | None = None,
 ) -> Report:
-    """Cut `op` at its named steps (see _distinct) and at `sampled` seeded file system steps;
-    fail it as a full disk would at `full` seeded steps of either kind. After each, the state it
+    """Cut `op` at its named steps (see _distinct; a seeded sample of `named` of them when
+    given) and at `sampled` seeded file system steps; fail it as a full disk would at `full`
+    seeded steps of either kind. After each, the state it
     left is checked (`op.between`), the command is run again, and the result must equal the
     clean run's. Returns what was done, for the report."""
     work.mkdir(parents=True, exist_ok=True)
@@ -323,7 +408,7 @@ def hammer(
     trace, fs_trace = work / "steps.txt", work / "fs-steps.txt"
     done = run(
         op.command(clean),
-        {durable.TRACE: str(trace), FS_ROOT: str(clean), FS_TRACE: str(fs_trace)},
+        _env(clean, **{durable.TRACE: str(trace), FS_ROOT: str(clean), FS_TRACE: str(fs_trace)}),
         work,
     )
     assert done.code in op.ok, f"{op.name}: the clean run failed:\n{done.output}"
@@ -332,7 +417,10 @@ def hammer(
     fs_total = int(fs_trace.read_text())
     report = Report(op.name, steps, fs_total, compared={k: _count(v) for k, v in expected.items()})
     chance = random.Random(seed)
-    points = [(durable.CRASH_AT, n, steps[n - 1]) for n in _distinct(steps, op.until)]
+    cuts = _distinct(steps, op.until)
+    if named is not None:
+        cuts = sorted(chance.sample(cuts, min(named, len(cuts))))
+    points = [(durable.CRASH_AT, n, steps[n - 1]) for n in cuts]
     report.named = len(points)
     points += [
         (FS_KILL_AT, n, f"file system step {n}")
@@ -346,7 +434,7 @@ def hammer(
         kill = variable in (durable.CRASH_AT, FS_KILL_AT)
         label = f"{op.name}, {'killed' if kill else 'disk full'} at {what} ({variable}={n})"
         home = _fresh(op, work, f"{variable.lower()}-{n}")
-        cut = run(op.command(home), {variable: str(n), FS_ROOT: str(home)}, work)
+        cut = run(op.command(home), _env(home, **{variable: str(n), FS_ROOT: str(home)}), work)
         if kill:
             assert cut.code == KILLED, f"{label}: not killed ({cut.code}):\n{cut.output}"
             report.kills.append(what)
@@ -360,7 +448,7 @@ def hammer(
             report.full_disks.append(what)
         if op.between is not None:
             op.between(home)
-        again = run((op.again or op.command)(home), where=work)
+        again = run((op.again or op.command)(home), _env(home), work)
         assert "Traceback" not in again.output, f"{label}: the re-run crashed:\n{again.output}"
         assert again.code in op.again_ok, f"{label}: the re-run failed:\n{again.output}"
         got = op.observe(home)
@@ -368,7 +456,8 @@ def hammer(
             assert got[key] == expected[key], (
                 f"{label}: {key} differs after the re-run: {_difference(expected[key], got[key])}"
             )
-        shutil.rmtree(home)
+        _discard(op, home)
+    _discard(op, clean)
     return report
 
 

@@ -5,12 +5,14 @@ changes what it is about and leaves the rest valid."""
 from __future__ import annotations
 
 import copy
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from extracting import Keys, run
 from gpdpr.identifiers import format_nhs_number, nhs_check_digit
 from gpdpr.terminology import (
     DMD_SYSTEM,
@@ -265,3 +267,25 @@ def relist(folder: Path) -> None:
         for path in sorted(folder.glob("*.ndjson"))
     ]
     (folder / "export.json").write_bytes(orjson.dumps(about))
+
+
+UKCORE = Path(__file__).parent / "fixtures" / "ukcore" / "export"
+
+
+def ukcore_with(into: Path, keys: Keys, planted: list[tuple[str, str]]) -> dict[str, Any]:
+    """The UK Core examples, with an Observation for each (SNOMED CT code, record id) planted,
+    extracted; the package's manifest."""
+    folder = into / "GP5"
+    shutil.copytree(UKCORE, folder)
+    (folder / "export.json").write_bytes(
+        orjson.dumps({"transactionTime": "2026-11-01T00:00:00Z", "output": []})
+    )
+    path = folder / "Observation.000.ndjson"
+    observations = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+    dated = next(o for o in observations if o.get("effectiveDateTime") and o.get("subject"))
+    for code, record_id in planted:
+        coding = [{"system": SNOMED_SYSTEM, "code": code}]
+        observations.append({**dated, "id": record_id, "code": {"coding": coding}})
+    path.write_bytes(b"".join(orjson.dumps(o) + b"\n" for o in observations))
+    relist(folder)
+    return run(folder, into / "package", keys)

@@ -100,13 +100,15 @@ USED = {
     "clinical_events": {"code", "effective_date"},
 }
 # Where in HOME a run may leave files: its own folder, the database, the public transparency
-# log and the register's own pages (the command line publishes both after every change), and
-# (for the portal) the uploaded definitions and the dummy data made for them. Never a release's
+# log, the log's kept tree (hashes of the log's own entries) and the register's own pages (the
+# command line publishes both after every change), and (for the portal) the uploaded
+# definitions and the dummy data made for them. Never a release's
 # folder: only a release writes there.
 ALLOWED_NEW = (
     re.compile(r"^tre/runs/RUN-[^/]+(/|$)"),
     re.compile(r"^central\.db"),
     re.compile(r"^log/"),
+    re.compile(r"^\.log-tree/[^/]+$"),
     re.compile(r"^register/[^/]+$"),
     re.compile(r"^portal/definitions/"),
     re.compile(r"^portal/dummy/"),

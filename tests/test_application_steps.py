@@ -8,7 +8,7 @@ from __future__ import annotations
 import html
 import re
 
-from governing import LEAD, VENDOR, snapshot
+from governing import CHARITY, COLLEAGUE, LEAD, VENDOR, snapshot
 from gpdpr.portal.applications import readable_items
 from gpdpr.spec import shipped
 
@@ -50,7 +50,7 @@ def test_an_applicant_fills_the_sections_in_any_order_checks_and_submits(portal:
     assert statuses(tasks) == {
         "about": "Completed",
         "purpose": "Not started",
-        "team": "Not started",
+        "team": "Completed",  # the lead alone, until others are named (see the next test)
         "items": "Not started",
         "population": "Not started",
     }
@@ -66,7 +66,7 @@ def test_an_applicant_fills_the_sections_in_any_order_checks_and_submits(portal:
     assert statuses(lead.get(f"{app}/edit").text) == {
         "about": "Completed",
         "purpose": "Completed",
-        "team": "Not started",
+        "team": "Completed",
         "items": "In progress",  # an item without its reason
         "population": "Completed",
     }
@@ -81,6 +81,32 @@ def test_an_applicant_fills_the_sections_in_any_order_checks_and_submits(portal:
     assert submitted.status_code == 303
     assert "is submitted" in lead.get(app).text
     assert lead.get(f"{app}/edit").status_code == 404  # only a draft has a task list
+
+
+def team_hint(page: str) -> str:
+    found = re.search(r'<span id="hint-team" class="task-hint">([^<]+)</span>', page)
+    assert found is not None, "the task list says nothing of the team"
+    return html.unescape(found.group(1))
+
+
+def test_the_team_sections_status_says_which_team_the_draft_holds(portal: Portal) -> None:
+    """The lead alone is a whole answer (naming others is optional), so the team is never "not
+    started"; what is beside the status follows what was saved, both ways."""
+    lead = staff(portal, LEAD)
+    app = start(lead)
+    tasks = lead.get(f"{app}/edit").text
+    assert statuses(tasks)["team"] == "Completed"
+    assert team_hint(tasks).startswith("Only you")
+    assert 'aria-describedby="status-team hint-team"' in tasks  # read out with the link
+    team = {"team": COLLEAGUE, "collaborators": [], "funders": [CHARITY]}
+    assert post(lead, f"{app}/edit/team", f"{app}/edit/team", **team).status_code == 303
+    tasks = lead.get(f"{app}/edit").text
+    assert team_hint(tasks) == "You and 1 other named researcher, 1 funder"
+    assert statuses(tasks)["team"] == "Completed"
+    # emptied again on purpose: the draft holds the lead alone, and the list says so
+    assert post(lead, f"{app}/edit/team", f"{app}/edit/team", team="").status_code == 303
+    assert team_hint(lead.get(f"{app}/edit").text).startswith("Only you")
+    assert COLLEAGUE not in html.unescape(lead.get(f"{app}/check").text)
 
 
 def test_a_bad_step_is_refused_naming_the_field_keeps_what_was_typed_and_saves_nothing(

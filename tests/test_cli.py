@@ -159,7 +159,8 @@ def test_demo_runs_and_can_run_again(tmp_path: Path) -> None:
     assert "vacuum" in shown.stdout and "clinical_events" in shown.stdout
     # The demo ends with everything it did in the public log, verified from its files alone.
     assert "Verified from the public files alone" in result.stdout
-    verified = run("log", "verify", "--log-dir", str(tmp_path / "home" / "log"))
+    pinned = str(tmp_path / "home" / "keys" / "log" / "policy")
+    verified = run("log", "verify", "--log-dir", str(tmp_path / "home" / "log"), "--policy", pinned)
     assert verified.returncode == 0 and "verified" in verified.stdout, verified.stderr
 
 
@@ -232,7 +233,8 @@ def test_demo_ends_serving_the_portal_with_its_accounts_until_stopped(tmp_path: 
     mine = run("log", "my-record", "--nhs-number", number["nhs_number"], "--home", str(home))
     assert mine.returncode == 0 and "RUN-000001" in mine.stdout, mine.stdout + mine.stderr
     assert "We hold your GP record, as sent by 1 GP practice" in mine.stdout
-    verified = run("log", "verify", "--log-dir", str(home / "log"))
+    pinned = str(home / "keys" / "log" / "policy")
+    verified = run("log", "verify", "--log-dir", str(home / "log"), "--policy", pinned)
     assert verified.returncode == 0 and "verified" in verified.stdout, verified.stderr
 
 

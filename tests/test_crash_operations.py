@@ -6,7 +6,10 @@ kill point costs well under a second of work."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +21,13 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from crashes import Operation, Report, hammer, squeeze
+from crashes import Operation, Postgres, Report, database_url, hammer, squeeze
+from databases import BACKENDS, POSTGRES_ENV
 from extracting import Keys, run
 from gpdpr import db
-from gpdpr.collect.service import Central, collect
+from gpdpr.collect.service import REFUSED_NOTE, Central, collect
 from gpdpr.custodian.keys import CUSTODIAN_FILE, read_pseudonym_key
+from gpdpr.db import DATABASE_URL_ENV
 from gpdpr.db.models import Event
 from gpdpr.errors import UserError
 from gpdpr.lake.query import connect, digest
@@ -99,9 +104,14 @@ def _lake(home: Path) -> dict[str, Any]:
     return {"readable": readable, "rows": digest(lake.snapshot())}
 
 
+def _engine(home: Path) -> sa.Engine:
+    """The database of a run's home: its own SQLite, or the PostgreSQL copy named beside it."""
+    return db.connect(database_url(home.parent) or db.url_for_home(home))
+
+
 def _events(home: Path) -> list[str]:
     """Every event recorded (time left out), and whether it is published."""
-    engine = db.connect(db.url_for_home(home))
+    engine = _engine(home)
     try:
         with Session(engine) as session:
             rows = session.execute(sa.select(Event.kind, Event.details, Event.log_seq)).all()
@@ -115,8 +125,9 @@ def _events(home: Path) -> list[str]:
 
 
 def _timeless(details: dict[str, Any]) -> dict[str, Any]:
-    """An event's details without when it was recorded (a receipt's `erased_at`)."""
-    return {k: v for k, v in details.items() if k != "erased_at"}
+    """An event's details without when it was recorded (a receipt's `erased_at`) or the random
+    token a refusal is recorded under (unpublished; it keeps a re-run from recording it twice)."""
+    return {k: v for k, v in details.items() if k not in ("erased_at", "refusal")}
 
 
 def _log(home: Path) -> list[str]:
@@ -134,7 +145,7 @@ def _log(home: Path) -> list[str]:
 
 
 def _receipts(home: Path) -> list[dict[str, Any]]:
-    engine = db.connect(db.url_for_home(home))
+    engine = _engine(home)
     try:
         receipts = Registry(engine).receipts()
     finally:
@@ -153,7 +164,10 @@ def _central(home: Path) -> dict[str, Any]:
         "packages waiting (or half deleted)": sorted(
             p.name for p in (home / "inbox").iterdir() if p.is_dir()
         ),
-        "packages refused": sorted(p.name for p in (home / "rejected").glob("*")),
+        "packages refused": sorted(
+            f"{p.name}: {(p / REFUSED_NOTE).read_text().strip() if p.is_dir() else ''}"
+            for p in (home / "rejected").glob("*")
+        ),
     }
 
 
@@ -236,6 +250,27 @@ def _collect_op(tiny: Path, work: Path) -> Operation:
     collect(Central(clean / "home"), _packages(clean / "home"))
     ends.append(digest(Lake.open(clean / "home" / "lake").snapshot()))
     return op
+
+
+def _refuse_op(tiny: Path, work: Path) -> Operation:
+    """`gpdpr collect` of a package that is refused (a file its signed manifest does not name):
+    moved aside to rejected/ with its reason, and `package.refused` recorded, then published."""
+    template = work / "refuse-template"
+    home = _home(tiny, template)
+    keep, drop = _packages(home)
+    shutil.rmtree(drop)
+    (keep / "notes.txt").write_text("not in the manifest\n")
+    return Operation(
+        "collect, a package refused",
+        template,
+        lambda at: ["collect", "--home", str(at / "home")],
+        lambda at: _central(at / "home"),
+        ok=(1,),  # a refusal is a failure the operator must see
+        # 1: the package was still waiting and is refused again; 2: none is left waiting (the
+        # re-run first completed the refusal that the kill cut short).
+        again_ok=(1, 2),
+        until=PUBLISHING,
+    )
 
 
 def _publish_op(tiny: Path, work: Path) -> Operation:
@@ -384,7 +419,36 @@ def _issue_op(tiny: Path, work: Path) -> Operation:
 # ---- the tests -------------------------------------------------------------------------------
 
 
-def _hammered(op: Operation, work: Path) -> Report:
+@pytest.fixture(params=BACKENDS)
+def database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """None on SQLite (each home its own file); on PostgreSQL, a template database that the
+    operation's starting state is built in (GPDPR_DATABASE_URL names it meanwhile; `_apart`
+    unsets it), copied for each run."""
+    if request.param == "sqlite":
+        yield None
+        return
+    postgres = Postgres(os.environ[POSTGRES_ENV], f"crash_template_{uuid.uuid4().hex[:12]}")
+    monkeypatch.setenv(DATABASE_URL_ENV, postgres.create(postgres.template))
+    try:
+        yield postgres
+    finally:
+        monkeypatch.delenv(DATABASE_URL_ENV, raising=False)
+        postgres.drop_database(postgres.template)
+
+
+# On PostgreSQL a seeded sample of the kill points: the code cut is the same as on SQLite, and
+# what differs (the database's own transactions) is met at every kind of step.
+POSTGRES_NAMED = 1
+
+
+def _hammered(op: Operation, work: Path, database: Postgres | None = None) -> Report:
+    if database is not None:
+        os.environ.pop(DATABASE_URL_ENV, None)  # from here each run names its own copy
+        op.database = database
+        report = hammer(op, work / "runs", sampled=1, named=POSTGRES_NAMED)
+        print(f"{report.line()} (PostgreSQL)")
+        assert report.kills, f"{op.name}: nothing was cut"
+        return report
     report = hammer(op, work / "runs")
     print(report.line())
     assert report.steps, f"{op.name} took no named step: nothing was cut"
@@ -403,6 +467,20 @@ def test_the_first_collect_cut_anywhere_ends_as_if_never_cut(tiny: Path, tmp_pat
     assert "log entries appended" in report.steps
 
 
+def test_a_refusal_cut_anywhere_ends_as_if_never_cut(
+    tiny: Path, tmp_path: Path, database: Postgres | None
+) -> None:
+    report = _hammered(_refuse_op(tiny, tmp_path), tmp_path, database)
+    if database is not None:
+        return
+    assert {
+        "refusal staged",
+        "refused package staged",
+        "package.refused recorded",
+        "refused package moved aside",
+    } <= set(report.steps)
+
+
 def test_the_first_log_publish_cut_anywhere_ends_as_if_never_cut(
     tiny: Path, tmp_path: Path
 ) -> None:
@@ -410,8 +488,12 @@ def test_the_first_log_publish_cut_anywhere_ends_as_if_never_cut(
     assert {"write log.key", "log created aside", "log entries appended"} <= set(report.steps)
 
 
-def test_an_erasure_cut_anywhere_ends_as_if_never_cut(tiny: Path, tmp_path: Path) -> None:
-    report = _hammered(_erase_op(tiny, tmp_path), tmp_path)
+def test_an_erasure_cut_anywhere_ends_as_if_never_cut(
+    tiny: Path, tmp_path: Path, database: Postgres | None
+) -> None:
+    report = _hammered(_erase_op(tiny, tmp_path), tmp_path, database)
+    if database is not None:
+        return
     assert {"lake vacuumed", "receipts recorded"} <= set(report.steps)
     assert any(s.endswith(" erase") for s in report.steps)
 

@@ -96,7 +96,7 @@ def test_faults_are_quarantined_with_file_line_and_reason_and_the_rest_goes_thro
     # The rest lose only those that belong to Type 1 patients (excluded, never reported) or that
     # carry a second fault reported first.
     for reason, kind in [
-        ("code missing or not in the terminology release", "unknown_code"),
+        ("code missing or not a valid SNOMED CT identifier", "unknown_code"),
         ("duplicate record id (the first is kept)", "duplicate_id"),
         ("implausible date (before birth, before 1900 or after the extract)", "implausible_date"),
     ]:

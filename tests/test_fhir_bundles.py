@@ -165,7 +165,7 @@ def test_a_bundle_of_the_wrong_shape_is_quarantined_by_file_line_and_path(
     good = transaction(practice(1))
     condition = {"resourceType": "Condition", "id": "c-bad", "subject": CANARY}
     wrong = [
-        ({"type": "message", "id": "b1"}, "Bundle.type"),
+        ({"type": "batch-response", "id": "b1"}, "Bundle.type"),
         ({"type": "collection", "id": "b2", "entry": {"resource": {}}}, "Bundle.entry"),
         ({"type": "collection", "id": "b3", "entry": [{}, CANARY]}, "Bundle.entry[1]"),
         (
@@ -235,14 +235,22 @@ ENTRY = st.fixed_dictionaries(
     optional={
         "fullUrl": st.sampled_from(["urn:uuid:a", f"{BASE}/Patient/a", "x"]) | JSON,
         "resource": RESOURCE | JSON,
-        "request": st.fixed_dictionaries({"method": st.sampled_from(["POST", "DELETE"]) | JSON}),
+        "request": st.fixed_dictionaries(
+            {"method": st.sampled_from(["POST", "DELETE"]) | JSON},
+            optional={"url": st.sampled_from(["Patient/a", f"{BASE}/Patient/a/_history/2"]) | JSON},
+        ),
         "search": st.fixed_dictionaries(
             {"mode": st.sampled_from(["match", "include", "outcome"]) | JSON}
         ),
     },
 )
 BUNDLE = st.fixed_dictionaries(
-    {"type": st.sampled_from(["collection", "transaction", "searchset", "batch"]) | JSON},
+    {
+        "type": st.sampled_from(
+            ["collection", "transaction", "searchset", "batch", "history", "document", "message"]
+        )
+        | JSON
+    },
     optional={"entry": st.lists(ENTRY | JSON, max_size=4) | JSON},
 )
 

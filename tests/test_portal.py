@@ -745,7 +745,9 @@ def test_a_patient_sees_which_approved_projects_used_their_record(
     page = shown.text
     assert portal.built.agreement in page and run_reference in page
     entry = client(portal).get("/register").text
-    title = re.search(rf'id="{portal.built.agreement}">\s*<h3>([^<]+)</h3>', entry)
+    title = re.search(
+        rf'id="{portal.built.agreement}">\s*<h3>{portal.built.agreement}: ([^<]+)</h3>', entry
+    )
     assert title is not None and title.group(1) in page
     assert numbers[read[0] - 1] not in page
 

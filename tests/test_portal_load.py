@@ -24,6 +24,10 @@ from gpdpr.portal.security import RateLimit
 from gpdpr.portal.serve import running
 from portal_home import FAST, PASSWORD, Home, build, database, patient_email
 
+# Seconds a request may take: generous, so that a machine loaded by other work (a CPU hog
+# beside the suite, scripts/busy-suite) slows the test without failing it.
+LOADED = 600
+
 CLIENTS = 50
 PER_CLIENT = 40  # 50 x 40 = 2,000 opt-out requests
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -70,7 +74,7 @@ def plan(i: int) -> tuple[str, str]:
 
 
 def one_patient(url: str, n: int) -> list[int]:
-    with httpx.Client(base_url=url, timeout=60) as browser:
+    with httpx.Client(base_url=url, timeout=LOADED) as browser:
         start = browser.get("/patient/sign-in")
         login = browser.get(start.headers["location"])
         fields = dict(HIDDEN.findall(login.text))
@@ -98,7 +102,7 @@ def test_2000_concurrent_opt_outs_are_each_recorded_once_and_the_server_keeps_an
     reads: list[int] = []
 
     def keep_reading() -> None:
-        with httpx.Client(base_url=served.url, timeout=60) as reader:
+        with httpx.Client(base_url=served.url, timeout=LOADED) as reader:
             while not stop.is_set():
                 reads.append(reader.get("/").status_code)
                 reads.append(reader.get("/register").status_code)

@@ -15,8 +15,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
 
-from governing import LEAD
+from governing import LEAD, bring_to
+from gpdpr.governance import register
 from gpdpr.identifiers import nhs_check_digit
 from gpdpr.portal.app import create_app
 from gpdpr.portal.idp import IdentityProvider
@@ -137,6 +139,11 @@ def test_the_timeline_shows_collection_use_opt_out_and_erasure_with_its_receipt(
     assert "Type 1 opt-out set You did this online." in after
     assert f"Run {site.run}" in after  # a use before the opt-out stays on the record
     assert f"Practice {site.practice} sent data about you" not in after  # nothing held now
+    # nothing of what was erased is shown: not its practice, its extracts or its entries
+    raw = browser.get("/patient/record").text
+    for erased in (site.practice, "entries about you", "entry about you", "extract"):
+        assert erased not in raw, erased
+    assert "which practices had sent it, went with it: this receipt is all the service" in after
     # newest first: the erasure, then the opt-out
     assert after.index("Your record was erased") < after.index("Type 1 opt-out set")
 
@@ -244,8 +251,10 @@ def test_the_verifier_the_log_page_offers_runs_as_written_and_catches_a_changed_
     import sys
 
     from gpdpr.portal.serve import publish_now, running
+    from gpdpr.transparency.demo import demo_witness
     from gpdpr.transparency.publish import log_folder
 
+    demo_witness(site.built.home)  # a witness co-signs: the policy verify.py carries needs one
     publish_now(site.client.app)
     page = words(site.client.get("/log/verify").text)
     served = site.client.get("/log/verify.py")
@@ -334,6 +343,38 @@ def test_a_released_measure_is_drawn_on_the_register_as_its_rate_over_time(
     drawn = re.findall(r'<svg[^>]*class="chart (?:wide|narrow)"', page)
     assert len(drawn) == 2  # the measure, drawn for a wide screen and for a phone
     assert f"{name}: rate per interval" in page
+    # the static register the release wrote (index.html) shows the very same register
+    bring_to(site.built.engine, "refused")  # and a refusal, written and served alike
+    with Session(site.built.engine) as session:
+        register.write(session, site.built.home / "register")
+    static = (site.built.home / "register" / "index.html").read_text()
+    served = site.client.get("/register").text
+    assert the_register(static) == the_register(served, PORTAL_LINKS)
+    shown = the_register(static)
+    for seen in (f"{name}: rate per interval", "The question asked", "Refused applications (1)"):
+        assert seen in shown, seen
+    # and every link in it leads somewhere, from the folder and from the portal alike
+    for href in set(re.findall(r'href="([^"#]+)"', shown)):
+        assert (site.built.home / "register" / href).is_file(), href
+        served_at = "/" + href if href.startswith("register.") else "/register/" + href
+        assert site.client.get(served_at).status_code == 200, served_at
+
+
+# The portal's links to the register's files, as the static register (in that folder) writes them.
+PORTAL_LINKS = {'href="/register/': 'href="', 'href="/register.': 'href="register.'}
+
+
+def the_register(page: str, links: dict[str, str] | None = None) -> str:
+    """The register's own part of a page (register_view.body), with the moment it was made
+    taken out (the two were made seconds apart) and the portal's links made the folder's."""
+    found = re.search(
+        r"<div class=\"register\" id=\"register\">.*?<!-- the register ends -->", page, re.S
+    )
+    assert found is not None, "no register on the page"
+    shown = re.sub(r"as of [0-9T:+-]+", "as of (when)", found.group(0))
+    for portal, folder in (links or {}).items():
+        shown = shown.replace(portal, folder)
+    return shown
 
 
 def test_the_register_draws_when_each_agreement_runs(site: Site) -> None:

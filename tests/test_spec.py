@@ -89,7 +89,7 @@ def test_the_hash_ignores_comments_and_layout() -> None:
     text = shipped_text()
     tidied_lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
     tidied = "\n".join(line for line in tidied_lines if line.strip()) + "\n"
-    tidied = edit(tidied, 'version = "1.1.0"', 'version   =   "1.1.0"   # a trailing comment')
+    tidied = edit(tidied, 'version = "1.2.0"', 'version   =   "1.2.0"   # a trailing comment')
     assert tidied != text
     assert parse(tidied, source="tidied.toml").sha256 == shipped().sha256
 
@@ -115,7 +115,7 @@ def test_the_hash_of_a_copy_is_the_same_wherever_it_is_read_from(tmp_path: Path)
             'description = "Coded allergies and intolerances."',
         ),
         # a code in a restricted set
-        ('code = "58533008"', 'code = "58533009"'),
+        ('code = "58533008"', 'code = "58534002"'),
         # a code's term
         ('term = "Syphilis"', 'term = "Syphilis (disorder)"'),
         # a field's type
@@ -385,12 +385,12 @@ SENSITIVE_STI = 'rule = "sensitive"\ncollect = false\nreason = "Often'
     ("old", "new", "message"),
     [
         (
-            'version = "1.1.0"',
-            'version = "1.1.0',
+            'version = "1.2.0"',
+            'version = "1.2.0',
             "bad.toml: not valid TOML",
         ),
         (
-            'version = "1.1.0"\n',
+            'version = "1.2.0"\n',
             "",
             "bad.toml: [specification] is missing `version`",
         ),
@@ -423,6 +423,18 @@ SENSITIVE_STI = 'rule = "sensitive"\ncollect = false\nreason = "Often'
             SENSITIVE_STI,
             'rule = "sensitive"\nreason = "Often',
             "bad.toml: [code_sets.sexually_transmitted_infection] is missing `collect`",
+        ),
+        (
+            'dissent = { system = "snomed", code = "827241000000103",',
+            'dissent = { system = "snomed", code = "827241000000104",',
+            "bad.toml: [type1_opt_out.dissent] code '827241000000104' is not a SNOMED CT concept "
+            "identifier: its check digit is wrong",
+        ),
+        (
+            'law = "Human Fertilisation',
+            'ecl = "<< 52637005 :"\nlaw = "Human Fertilisation',
+            "bad.toml: [code_sets.assisted_conception] `ecl`: ECL '<< 52637005 :', at character "
+            "13: refinements",
         ),
         (
             'dissent = { system = "snomed", code = "827241000000103",',
@@ -467,7 +479,7 @@ def test_a_bad_specification_is_refused_naming_the_exact_key(
 
 def test_a_bad_specification_file_is_named_by_its_path(tmp_path: Path) -> None:
     bad = tmp_path / "mine.toml"
-    bad.write_text(edit(shipped_text(), 'version = "1.1.0"\n', ""), encoding="utf-8")
+    bad.write_text(edit(shipped_text(), 'version = "1.2.0"\n', ""), encoding="utf-8")
     with pytest.raises(UserError, match=re.escape(f"{bad}: [specification] is missing")):
         load(bad)
     with pytest.raises(UserError, match="cannot read the specification"):

@@ -18,11 +18,13 @@ from governing import ADMIN, CHECKERS, LEEDS, act
 from gpdpr.db.events import record
 from gpdpr.db.models import Event
 from gpdpr.optout.registry import Registry
-from gpdpr.transparency import merkle, store
+from gpdpr.transparency import checkpoint as cp
+from gpdpr.transparency import cosigning, merkle, store, witness
 from gpdpr.transparency.checkpoint import CheckpointError, load_or_create_key, sign
 from gpdpr.transparency.merkle import ProofError, Tree, leaf_hash
 from gpdpr.transparency.publish import KINDS, publish
-from gpdpr.transparency.verify import Source, prove, verify
+from gpdpr.transparency.verify import Source, Verified, prove
+from gpdpr.transparency.verify import verify as verify_pinned
 
 # ---- RFC 6962 test vectors -------------------------------------------------------------------
 # From the Certificate Transparency reference implementation's tests, as kept by
@@ -223,10 +225,31 @@ def entries(n: int, start: int = 0) -> list[dict[str, object]]:
     ]
 
 
+NOW = 1_800_000_000
+
+
+def witnessed(writer: store.Writer) -> None:
+    """Sign the log and have the witnesses enrolled beside it co-sign."""
+    keys = writer.contents.folder.parent / "keys"
+    gathered = cosigning.gather(writer, keys, writer.sign(), NOW)
+    writer.publish(gathered.checkpoint)
+
+
+def verify(source: Source, kept: bytes | None = None, name: str = "") -> Verified:
+    """Verify as a reader who pinned the policy of the log's one witness."""
+    assert source.folder is not None
+    pinned = cosigning.operator_policy(source.folder.parent / "keys")
+    assert pinned is not None
+    return verify_pinned(source, pinned, kept, name, NOW)
+
+
 def made_log(tmp_path: Path, n: int = 10) -> Path:
     writer = store.open_verified(tmp_path / "log", tmp_path / "keys")
+    log_key = cp.log_verifier(writer.key).vkey
+    witness.create(tmp_path / "witness", "witness.example/w1", [log_key])
+    cosigning.enrol(tmp_path / "keys", tmp_path / "witness", 1)
     writer.append(entries(n))
-    writer.sign()
+    witnessed(writer)
     return tmp_path / "log"
 
 
@@ -245,10 +268,11 @@ def canonical(entry: dict[str, object]) -> bytes:
 def test_a_log_verifies_from_its_public_files_and_proves_each_entry(tmp_path: Path) -> None:
     folder = made_log(tmp_path)
     assert sorted(p.name for p in folder.iterdir()) == [
-        "checkpoint.json",
+        "checkpoint",
         "checkpoints",
         "entries.jsonl",
         "log.pub",
+        "policy",
     ]
     checked = verify(Source(folder=folder))
     assert (checked.size, checked.entries) == (10, 10)
@@ -316,9 +340,8 @@ def test_a_truncated_log_and_an_edited_checkpoint_are_detected(tmp_path: Path) -
     with pytest.raises(store.LogDamaged, match="signs 10 entries but the log holds only 8"):
         verify(Source(folder=folder))
     folder = made_log(tmp_path / "second")
-    document = orjson.loads((folder / store.CHECKPOINT).read_bytes())
-    document["size"] = 9
-    (folder / store.CHECKPOINT).write_bytes(orjson.dumps(document))
+    document = (folder / store.CHECKPOINT).read_bytes()
+    (folder / store.CHECKPOINT).write_bytes(document.replace(b"\n10\n", b"\n9\n", 1))
     with pytest.raises(CheckpointError, match="altered after signing"):
         verify(Source(folder=folder))
     (folder / store.CHECKPOINT).unlink()
@@ -349,13 +372,23 @@ def test_a_rewrite_signed_again_by_the_service_is_caught_by_a_kept_checkpoint(
     rewrite(folder, changed)
     key = load_or_create_key(tmp_path / "keys")  # the insider signs the rewritten log
     forged = sign(key, 10, Tree(leaf_hash(line) for line in changed).root())
-    (folder / store.CHECKPOINT).write_bytes(forged.to_json())
+    (folder / store.CHECKPOINT).write_bytes(forged.to_bytes())
     writer = store.open_verified(folder, tmp_path / "keys")
     writer.append(entries(2, 10))
-    writer.sign()
-    assert verify(Source(folder=folder)).size == 12  # alone, the new log looks fine
+    signed = writer.sign()
+    # alone, the new log looks fine to anyone trusting the log's key
+    assert store.read(folder).checkpoint == signed
+    # the witness refuses it, so a reader who pinned the witness refuses it too
+    gathered = cosigning.gather(writer, tmp_path / "keys", signed, NOW)
+    assert any("not a prefix" in n for n in gathered.notes), gathered.notes
+    writer.publish(gathered.checkpoint)
+    with pytest.raises(CheckpointError, match="0 of the pinned witnesses"):
+        verify(Source(folder=folder))
+    # and anyone who kept an earlier checkpoint proves the rewrite themselves
     with pytest.raises(ProofError, match="not a prefix"):
-        verify(Source(folder=folder), kept, "kept.json")
+        since, now = cp.parse(kept, "kept"), store.read(folder)
+        proof = now.tree.consistency_proof(since.size)
+        merkle.verify_consistency(since.size, now.size, since.root, now.tree.root(), proof)
 
 
 def test_a_kept_checkpoint_proves_an_honest_log_only_grew(tmp_path: Path) -> None:
@@ -363,7 +396,7 @@ def test_a_kept_checkpoint_proves_an_honest_log_only_grew(tmp_path: Path) -> Non
     kept = (folder / store.CHECKPOINT).read_bytes()
     writer = store.open_verified(folder, tmp_path / "keys")
     writer.append(entries(5, 6))
-    writer.sign()
+    witnessed(writer)
     checked = verify(Source(folder=folder), kept, "kept.json")
     assert checked.since is not None and checked.since.size == 6 and checked.size == 11
     assert checked.proof  # a real proof was checked, not a shortcut
@@ -380,7 +413,7 @@ def test_a_crash_mid_append_leaves_a_valid_log(tmp_path: Path) -> None:
     assert writer.contents.notes and "unfinished" in writer.contents.notes[0]
     assert (folder / store.ENTRIES).read_bytes() == complete
     writer.append(entries(1, 5))
-    writer.sign()
+    witnessed(writer)
     assert verify(Source(folder=folder)).size == 6
 
 
@@ -487,7 +520,7 @@ def test_a_crash_mid_append_republishes_the_torn_entries_once(
     # as if the append had stopped half-way through its second line, before any checkpoint
     entries_file.write_bytes(data[: len(data) - len(last_two) + 30])
     (tmp_path / "log" / store.CHECKPOINT).write_bytes(
-        (tmp_path / "log" / store.CHECKPOINTS / f"{size}.json").read_bytes()
+        (tmp_path / "log" / store.CHECKPOINTS / str(size)).read_bytes()
     )
     publish(tmp_path, gov)
     runs = [e["details"]["run"] for e in published(tmp_path) if e["type"] == "tre.run"]  # type: ignore[index]

@@ -467,7 +467,7 @@ def test_spark_refuses_files_reflection_and_other_views(spark_box: Any, tmp_path
     # A view over a file outside the run's folder is refused by its plan, though it exists.
     session.read.parquet(str(tmp_path / "canary.parquet")).createOrReplaceTempView("other")
     with pytest.raises(guard.Refused, match="not a view of this run"):
-        spark._check_plan(session.sql("select * from other"), spark_box.folder)
+        spark._check_plan(session.sql("select * from other"), spark_box.folder, set())
     spark_box.relations.add("other")  # as if the guard were fooled: the plan check remains
     try:
         with pytest.raises(guard.Refused) as refused:

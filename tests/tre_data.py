@@ -36,9 +36,11 @@ from gpdpr.tre.query.schema import PATIENT_ID, TABLES
 
 ENGINES = ("duckdb", "spark")
 REQUIRE_SPARK = "GPDPR_REQUIRE_SPARK"
-# Spark in the tests: two cores, and little memory (each pytest-xdist worker has its own JVM).
+# Spark in the tests: two cores, and a modest heap (each pytest-xdist worker has its own JVM,
+# kept for the whole session: at 512m, a worker's heap ran out late in a full run, once views
+# read from a lake were tested too).
 SPARK_MASTER = os.environ.get("GPDPR_TEST_SPARK_MASTER", "local[2]")
-SPARK_MEMORY = os.environ.get("GPDPR_TEST_SPARK_MEMORY", "512m")
+SPARK_MEMORY = os.environ.get("GPDPR_TEST_SPARK_MEMORY", "1g")
 # Test data is a few rows: one partition after a shuffle, and no re-planning on the way
 # (adaptive execution) or compiling of whole stages, which cost more than they save here; and
 # the JVM's quick compiler only, since a test process is short (a quarter less time, measured).

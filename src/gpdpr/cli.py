@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import sys
@@ -13,6 +14,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from typer.core import TyperGroup
 
+from gpdpr import durable
 from gpdpr.errors import UserError
 from gpdpr.home import DEFAULT_HOME, Home
 from gpdpr.progress import bar
@@ -21,6 +23,7 @@ from gpdpr.terminal import console, fail
 # The commands in the order a service is run, not the order they happen to be defined in.
 WORKFLOW = [
     "init",
+    "terminology",
     "custodian",
     "practice",
     "collect",
@@ -40,6 +43,22 @@ class _InWorkflowOrder(TyperGroup):
     def list_commands(self, ctx: Any) -> list[str]:
         names = super().list_commands(ctx)  # typer.Context: its click is its own
         return sorted(names, key=lambda n: WORKFLOW.index(n) if n in WORKFLOW else len(WORKFLOW))
+
+    def invoke(self, ctx: Any) -> Any:
+        # Every command: a full disk or a refused permission is a message, not a traceback.
+        with durable.disk_messages(_command_name(self, ctx), fail):
+            return super().invoke(ctx)
+
+
+def _command_name(group: TyperGroup, ctx: Any) -> str:
+    """`gpdpr COMMAND` or `gpdpr GROUP COMMAND`, as typed (for a message)."""
+    words = [*getattr(ctx, "_protected_args", []), *ctx.args]
+    if not words:
+        return "gpdpr"
+    command = group.get_command(ctx, words[0])
+    if isinstance(command, TyperGroup) and len(words) > 1 and not words[1].startswith("-"):
+        return f"gpdpr {words[0]} {words[1]}"
+    return f"gpdpr {words[0]}"
 
 
 app = typer.Typer(
@@ -174,6 +193,8 @@ def _clear_demo_home(home: Path) -> None:
         home / "register",
         home / "tre",
         home / "log",
+        home / ".log-tree",
+        home / "witness",
         home / "idp",
         home / "portal",
     ]
@@ -378,6 +399,9 @@ app.add_typer(portal_app, name="portal")
 from gpdpr.transparency.cli import log_app  # noqa: E402
 
 app.add_typer(log_app, name="log")
+from gpdpr.terminology.cli import terminology_app  # noqa: E402
+
+app.add_typer(terminology_app, name="terminology")
 
 
 def _demo_research(home: Path) -> None:
@@ -432,11 +456,22 @@ def init_home(
 
     if home.exists() and any(home.iterdir()):
         fail(f"{home} already exists and is not empty: a new service needs a folder of its own")
+    # Made whole aside and renamed into place, so a run cut short (a kill, a full disk) leaves
+    # no half-made home that the next `init` must refuse.
+    home.parent.mkdir(parents=True, exist_ok=True)
+    for stale in home.parent.glob(f".{home.name}.init-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    aside = home.parent / f".{home.name}.init-{os.getpid()}"
     try:
-        home.mkdir(parents=True, exist_ok=True)
-        collection = init(home / "keys")
+        aside.mkdir()
+        collection = init(aside / "keys")
+        os.rename(aside, home)
+        durable.fsync_dir(home.parent)
     except UserError as exc:
-        fail(str(exc))
+        fail(str(exc).replace(str(aside), str(home)))
+    finally:
+        if aside.exists():
+            shutil.rmtree(aside, ignore_errors=True)
     console.print(
         f"service home {home} created, with pseudonym key [bold]{collection.id}[/] in "
         f"{home / 'keys'}. Next: issue each practice its key kit "

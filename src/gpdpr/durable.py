@@ -18,9 +18,10 @@ from __future__ import annotations
 import errno
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 from gpdpr.errors import UserError
 
@@ -129,3 +130,22 @@ def disk_errors(doing: str, advice: str) -> Iterator[None]:
         if problem is None:
             raise
         raise UserError(f"{doing} stopped: {problem}. {advice}") from None
+
+
+ANY_COMMAND_ADVICE = (
+    "Free space (or fix the permissions) and run the command again: what gpdpr writes that "
+    "matters is written whole or not at all, and database changes are undone"
+)
+
+
+@contextmanager
+def disk_messages(command: str, fail: Callable[[str], NoReturn]) -> Iterator[None]:
+    """Around a whole command: a full disk or a permission failure that no part of it worded
+    ends in `fail` with a message naming `command`, never a traceback; other errors pass."""
+    try:
+        yield
+    except Exception as exc:
+        problem = disk_problem(exc)
+        if problem is None:
+            raise
+        fail(f"{command} stopped: {problem}. {ANY_COMMAND_ADVICE}")

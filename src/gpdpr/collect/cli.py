@@ -37,11 +37,15 @@ def collect_command(
 ) -> None:
     """Verify packages and load the trusted ones into the lake in one atomic commit; refused
     packages go to HOME/rejected with the reason."""
-    from gpdpr.collect.service import Central, sweep_loaded
+    from gpdpr.collect.service import Central, finish_refusals, sweep_loaded
     from gpdpr.errors import UserError
 
     if (home / "inbox").is_dir():
         sweep_loaded(home / "inbox")
+    try:
+        finish_refusals(Central(home))
+    except UserError as exc:
+        fail(str(exc))
     folders = packages or sorted(
         p for p in (home / "inbox").glob("*") if p.is_dir() and not p.name.startswith(".")
     )

@@ -8,10 +8,11 @@ committed and its public record made, because the lake must be the only central 
 of packages would keep people who later opt out.
 
 Records are made from committed state, so a run killed at any point leaves them exact after the
-next: a load's `package.loaded` events from the lake version that loaded it (what it loaded is in
-that version's details), recorded under the lake's lock for every load version after the last
-one recorded; an erasure's deletion receipts from the erase version's answers, once the vacuum
-after it has finished (see gpdpr.collect.erase).
+next: a refusal's `package.refused` event from the refused package staged whole in rejected/
+(see gpdpr.collect.refusals); a load's `package.loaded` events from the lake version that loaded
+it (what it loaded is in that version's details), recorded under the lake's lock for every load
+version after the last one recorded; an erasure's deletion receipts from the erase version's
+answers, once the vacuum after it has finished (see gpdpr.collect.erase).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from gpdpr import spec as specification
 from gpdpr.collect.authority import authorise
 from gpdpr.collect.erase import ANSWERS, Erasure, erase
 from gpdpr.collect.load import Loaded, Progress, load
+from gpdpr.collect.refusals import Refused, finish, refuse
+from gpdpr.collect.refused import REFUSED_NOTE as REFUSED_NOTE
 from gpdpr.collect.verify import Package, check
 from gpdpr.db.events import record
 from gpdpr.db.models import DeletionReceipt, Event
@@ -41,7 +44,6 @@ from gpdpr.optout.registry import Registry
 from gpdpr.practice.package import PackageError
 
 ACTOR = "collector"
-REFUSED_NOTE = "REFUSED.txt"
 
 
 @dataclass(frozen=True)
@@ -69,13 +71,6 @@ class Central:
 
     def lake(self) -> Lake:
         return Lake.open(self.lake_folder)
-
-
-@dataclass
-class Refused:
-    folder: Path
-    reason: str
-    moved_to: Path | None
 
 
 @dataclass
@@ -136,9 +131,7 @@ def _collect(
         checked = list(pool.map(verify, folders))
     good = [c for c in checked if isinstance(c, Package)]
     result = Collection(None, refused=[c for c in checked if isinstance(c, Refused)])
-    for refused in result.refused:
-        refused.moved_to = _reject(central, refused)
-    _record_refusals(engine, result.refused)
+    refuse(central.rejected, engine, result.refused)
 
     # The practices' Type 1 lists first: a dissent in this very batch keeps its own rows out.
     for package in good:
@@ -164,6 +157,13 @@ def _collect(
             durable.step("package removed")
             _remove(package.folder)
     return result
+
+
+def finish_refusals(central: Central) -> int:
+    """Complete (or discard) the refusals a killed run left staged; how many were completed.
+    Run before the inbox is listed: a package staged whole has left it."""
+    with durable.disk_errors("collecting", COLLECT_ADVICE):
+        return finish(central.rejected, central.engine)
 
 
 def record_committed_loads(engine: sa.Engine, lake: Lake) -> int:
@@ -212,32 +212,6 @@ def _remove(folder: Path) -> None:
     except OSError:
         return
     shutil.rmtree(doomed, ignore_errors=True)
-
-
-def _reject(central: Central, refused: Refused) -> Path | None:
-    """Move a refused package aside with its reason; nothing of it is loaded."""
-    if not refused.folder.exists():
-        return None
-    central.rejected.mkdir(parents=True, exist_ok=True)
-    target = central.rejected / refused.folder.name
-    n = 1
-    while target.exists():
-        n += 1
-        target = central.rejected / f"{refused.folder.name}-{n}"
-    shutil.move(str(refused.folder), target)
-    note = target / REFUSED_NOTE if target.is_dir() else target.with_name(target.name + ".txt")
-    note.write_text(refused.reason + "\n", encoding="utf-8")
-    return target
-
-
-def _record_refusals(engine: sa.Engine, refused: list[Refused]) -> None:
-    if not refused:
-        return
-    with Session(engine) as session, session.begin():
-        for r in refused:
-            record(
-                session, "package.refused", ACTOR, {"package": r.folder.name, "reason": r.reason}
-            )
 
 
 @dataclass

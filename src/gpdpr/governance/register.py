@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-from collections import Counter
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ from urllib.parse import quote
 
 import orjson
 import sqlalchemy as sa
-from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy.orm import Session
 
 from gpdpr.db.models import now
@@ -104,7 +102,7 @@ def write(session: Session, out: Path, at: datetime | None = None) -> dict[str, 
     texts = {
         "json": orjson.dumps(register, option=orjson.OPT_INDENT_2).decode() + "\n",
         "csv": to_csv(register),
-        "html": to_html(register),
+        "html": to_html(register, session, out),
     }
     written = {}
     for kind, text in texts.items():
@@ -154,20 +152,15 @@ def to_csv(register: dict[str, Any]) -> str:
     return buffer.getvalue()
 
 
-def to_html(register: dict[str, Any]) -> str:
-    environment = Environment(
-        loader=PackageLoader("gpdpr.governance", "templates"),
-        autoescape=select_autoescape(default=True, default_for_string=True),
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    template = environment.get_template("register.html.j2")
-    return template.render(
-        register=register,
-        timeline=timeline(register),
-        purposes=Counter(a["purpose"] for a in register["agreements"]).most_common(),
-        files=FILES,
-    )
+def to_html(
+    register: dict[str, Any], session: Session | None = None, folder: Path | None = None
+) -> str:
+    """The register as a page of its own: the portal's register page, one template for both
+    (gpdpr.portal.register_view), with the questions in words when `session` is given and the
+    released measures drawn when `folder` (the register's folder) is."""
+    from gpdpr.portal import register_view  # the page is the portal's; the data is this module's
+
+    return register_view.standalone(register, session, folder)
 
 
 def timeline(register: dict[str, Any], width: int = 720, row: int = 22) -> dict[str, Any]:

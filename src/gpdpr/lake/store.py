@@ -41,6 +41,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
 from deltalake.transaction import AddAction, RemoveAction
@@ -269,8 +270,9 @@ class Snapshot:
     def delta(self, table: str) -> DeltaTable:
         return DeltaTable(str(self.lake.path(table)), version=self.version.tables[table])
 
-    def files(self, table: str) -> list[LiveFile]:
-        actions = pa.table(self.delta(table).get_add_actions(flatten=True))
+    def files(self, table: str, delta: DeltaTable | None = None) -> list[LiveFile]:
+        """The table's data files at this version (from `delta`, the table already open)."""
+        actions = pa.table((delta or self.delta(table)).get_add_actions(flatten=True))
         practice = (
             actions.column(f"partition.{PRACTICE}").to_pylist()
             if f"partition.{PRACTICE}" in actions.column_names
@@ -286,6 +288,26 @@ class Snapshot:
                 strict=True,
             )
         ]
+
+    def dataset(self, table: str) -> ds.Dataset:
+        """The table's files at this version as a dataset read by Arrow's own file system (a
+        query engine reading it from many threads then never waits on Python), its partition
+        column read from the files' folders."""
+        root = self.lake.path(table)
+        delta = self.delta(table)
+        schema = delta.to_pyarrow_dataset().schema
+        partitioned = PRACTICE in self.lake.partition_by(table)
+        return ds.dataset(
+            [str(root / f.path) for f in self.files(table, delta)],
+            schema=schema,
+            format="parquet",
+            partitioning=(
+                ds.partitioning(pa.schema([schema.field(PRACTICE)]), flavor="hive")
+                if partitioned
+                else None
+            ),
+            partition_base_dir=str(root),
+        )
 
     def read(self, table: str, columns: list[str] | None = None) -> pa.Table:
         return self.delta(table).to_pyarrow_dataset().to_table(columns=columns)

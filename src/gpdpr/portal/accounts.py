@@ -10,6 +10,7 @@ as long. A password reset ends every session of that person.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -19,9 +20,10 @@ from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from gpdpr.db.events import record
 from gpdpr.errors import UserError
 from gpdpr.governance import people
-from gpdpr.governance.models import Person
+from gpdpr.governance.models import Person, PersonRole
 from gpdpr.governance.vocabulary import ORGANISATION_KINDS, ROLES
 from gpdpr.portal import second_factors
 from gpdpr.portal.idp import s256
@@ -34,6 +36,7 @@ from gpdpr.portal.security import (
     STAFF_ROLES,
     GuardedRoute,
     Passwords,
+    PortalSession,
     allow,
     client_address,
     current,
@@ -68,6 +71,55 @@ def end_sessions(session: Session, handle: str) -> None:
     """End every portal session of `handle`, in the caller's transaction (a password reset, a
     change of roles)."""
     session.execute(sa.delete(SessionRow).where(SessionRow.handle == handle))
+
+
+def change_roles(
+    session: Session, by: str, handle: str, add: Iterable[str], remove: Iterable[str]
+) -> list[str]:
+    """Give `handle` the roles in `add` and take those in `remove`, as administrator `by`; their
+    sessions end (a session carries the roles it was signed in with), and the change is recorded
+    as roles given (`governance.person`, published without who). The new roles."""
+    people.acting(session, by, "administrator", "change people's roles")
+    who = people.person(session, handle)
+    adding, removing = set(add), set(remove)
+    unknown = sorted((adding | removing) - set(ROLES))
+    if unknown:
+        raise UserError(f"{', '.join(unknown)}: not a role; the roles are {', '.join(ROLES)}")
+    if adding & removing:
+        raise UserError(f"{', '.join(sorted(adding & removing))}: both added and removed")
+    before = set(who.roles)
+    after = sorted((before | adding) - removing)
+    if set(after) == before:
+        raise UserError(
+            f"{handle} already has roles {', '.join(sorted(before))}: nothing to change"
+        )
+    if "administrator" in before - set(after):
+        others = session.scalar(
+            sa.select(sa.func.count())
+            .select_from(PersonRole)
+            .where(PersonRole.role == "administrator", PersonRole.person_id != who.id)
+        )
+        if not others:
+            raise UserError(f"{handle} is the only administrator: make another one first")
+    if not after:
+        raise UserError(f"{handle} would have no role left; give them another first")
+    if "applicant" in after and who.organisation is None:
+        raise UserError(f"{handle}: an applicant applies for an organisation, and they have none")
+    who.role_rows = [PersonRole(role=r) for r in after]
+    end_sessions(session, handle)
+    record(
+        session,
+        "governance.person",
+        by,
+        {
+            "handle": handle,
+            "organisation": who.organisation.name if who.organisation else None,
+            "roles": after,
+            "added": sorted(set(after) - before),
+            "removed": sorted(before - set(after)),
+        },
+    )
+    return after
 
 
 @dataclass(frozen=True)
@@ -160,6 +212,8 @@ def organisation_callback(request: Request, code: str = "", state: str = "") -> 
     if factor:
         session.pending = {"second_factor": handle, "next": target}
         return RedirectResponse("/sign-in/code", status_code=303)
+    if second_factors.must_enrol(staff, factor):
+        return _to_enrol(session, handle, target)
     _signed_in(request, handle, staff)
     return RedirectResponse(target or _landing(staff), status_code=303)
 
@@ -216,7 +270,71 @@ async def sign_in(request: Request) -> Response:
         # Half signed in: the password was right; the code from their app is asked next.
         session.pending = {"second_factor": handle, "next": target}
         return RedirectResponse("/sign-in/code", status_code=303)
+    if second_factors.must_enrol(staff, False):
+        return _to_enrol(session, handle, target)
     _signed_in(request, handle, staff)
+    return RedirectResponse(target or _landing(staff), status_code=303)
+
+
+def _to_enrol(session: PortalSession, handle: str, target: str) -> Response:
+    """Half signed in: the person's role needs a second factor and they have none, so they set
+    one up before anything else (nothing else is theirs until they have)."""
+    session.pending = {"enrol": handle, "next": target}
+    return RedirectResponse("/sign-in/second-factor", status_code=303)
+
+
+@router.get("/sign-in/second-factor")
+@allow(PUBLIC)
+def required_enrol_form(request: Request) -> Response:
+    session = current(request)
+    handle = session.pending.get("enrol") if session else None
+    if session is None or handle is None:
+        return RedirectResponse("/sign-in", status_code=303)
+    secret = second_factors.new_secret()
+    session.pending = {**session.pending, "totp_secret": secret}
+    return render(
+        request,
+        "second_factor.html.j2",
+        secret=secret,
+        uri=second_factors.uri(secret, handle),
+        action="/sign-in/second-factor",
+        required=True,
+    )
+
+
+@router.post("/sign-in/second-factor")
+@allow(PUBLIC)
+async def required_enrol(request: Request) -> Response:
+    """The enrolment a role requires, finished: the code made with the new key, counted against
+    the sign-in limits; then the person is signed in."""
+    form = await request.form()
+    code = str(form.get("code", "")).strip().replace(" ", "")
+    session = current(request)
+    handle = session.pending.get("enrol") if session else None
+    secret = session.pending.get("totp_secret") if session else None
+    if session is None or handle is None:
+        return RedirectResponse("/sign-in", status_code=303)
+    if secret is None:
+        return RedirectResponse("/sign-in/second-factor", status_code=303)
+    portal = portal_of(request)
+    keys = [("account", handle), ("address", client_address(request))]
+    wait = await run_in_threadpool(portal.rate_limit.attempt, portal.engine, keys)
+    if wait:
+        session.pending = {}
+        return _too_many(request, handle, "", wait)
+    done = await run_in_threadpool(
+        portal.act, lambda s: second_factors.enrol(s, handle, secret, code)
+    )
+    if not done:
+        return _wrong_code(request, secret, handle, action="/sign-in/second-factor", required=True)
+    await run_in_threadpool(portal.rate_limit.succeeded, portal.engine, keys)
+    target = session.pending.get("next", "")
+    stored = await run_in_threadpool(portal.read, lambda s: _stored(s, handle))
+    staff = stored.roles & frozenset(STAFF_ROLES)
+    _signed_in(request, handle, staff)
+    fresh = current(request)
+    if fresh is not None:
+        fresh.flash.append("Your second factor is set up: sign-ins now ask for its code.")
     return RedirectResponse(target or _landing(staff), status_code=303)
 
 
@@ -300,6 +418,19 @@ def enrol_form(request: Request) -> Response:
     )
 
 
+def _wrong_code(request: Request, secret: str, handle: str, **page: object) -> Response:
+    """The enrolment page again, saying the code was wrong (at sign-in, or from the account)."""
+    return render(
+        request,
+        "second_factor.html.j2",
+        status_code=400,
+        secret=secret,
+        uri=second_factors.uri(secret, handle),
+        errors=["That code is not right: enter the code the app shows for this key now."],
+        **page,
+    )
+
+
 @router.post("/account/second-factor")
 @allow(*STAFF_ROLES)
 async def enrol(request: Request) -> Response:
@@ -315,14 +446,7 @@ async def enrol(request: Request) -> Response:
         portal.act, lambda s: second_factors.enrol(s, handle, secret, code)
     )
     if not done:
-        return render(
-            request,
-            "second_factor.html.j2",
-            status_code=400,
-            secret=secret,
-            uri=second_factors.uri(secret, handle),
-            errors=["That code is not right: enter the code the app shows for this key now."],
-        )
+        return _wrong_code(request, secret, handle)
     session.pending = {}
     session.flash.append("Your second factor is set up: sign-ins now ask for its code.")
     return RedirectResponse("/", status_code=303)

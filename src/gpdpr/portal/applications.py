@@ -222,9 +222,11 @@ def status(form: ApplicationForm, section: str) -> str:
             parts.append(form.commercial_benefit)
         if form.ndoo_exemption:
             parts.append(form.ndoo_exemption_reason)
-    elif section == "team":  # nobody else on the team is a complete answer, once given
-        given = form.team or form.collaborators or form.funders
-        return "completed" if given else "not started"
+    elif section == "team":
+        # The lead applicant and their organisation are the team until others are named, and
+        # naming others is optional: the team a draft holds is always a whole answer, and
+        # `team_summary` says beside the status which team that is.
+        return "completed"
     elif section == "items":  # an item without its reason is begun, not done
         if not form.items:
             return "not started"
@@ -233,6 +235,20 @@ def status(form: ApplicationForm, section: str) -> str:
         parts = [str(form.data_from or ""), str(form.data_to or "")]
     filled = sum(1 for p in parts if p)
     return "completed" if filled == len(parts) else "in progress" if filled else "not started"
+
+
+def team_summary(form: ApplicationForm) -> str:
+    """The team a draft holds, in a line for the task list (so "Completed" says which team)."""
+    if not (form.team or form.collaborators or form.funders):
+        return "Only you, at your organisation: nobody else named"
+    parts = [
+        f"{n} other named researcher{'s' if n != 1 else ''}" if (n := len(form.team)) else "",
+        f"{n} collaborating organisation{'s' if n != 1 else ''}"
+        if (n := len(form.collaborators))
+        else "",
+        f"{n} funder{'s' if n != 1 else ''}" if (n := len(form.funders)) else "",
+    ]
+    return "You and " + ", ".join(p for p in parts if p)
 
 
 def _answers(form: ApplicationForm) -> list[tuple[str, str, list[tuple[str, str]], str]]:
@@ -485,6 +501,7 @@ def task_list(request: Request, reference: str) -> Response:
         reference=reference,
         tasks=tasks,
         done=done,
+        hints={"team": team_summary(form)},
     )
 
 

@@ -12,6 +12,7 @@ LONGEST = 24  # characters of an axis label shown whole
 # The width a chart is drawn at for a phone: text of 11 units stays about 11 px on a 360 px
 # screen, where the desktop drawing (640) would shrink it to 6.
 NARROW = 340
+WIDEST = 56  # units: the widest a bar is drawn
 
 
 def both(draw: Callable[[int], str]) -> str:
@@ -55,9 +56,11 @@ def bars(
     parts += _grid(scale, ticks, (left, top, width - right, plot_h), lambda v: f"{v:,.0f}")
     if labels:
         group = plot_w / len(labels)
-        bar = max(2.0, group * 0.8 / max(1, len(series)))
+        # a bar no wider than WIDEST: one or two bars would otherwise fill the drawing as slabs
+        bar = min(WIDEST, max(2.0, group * 0.8 / max(1, len(series))))
+        alone = len(labels) == 1  # nothing to compare with: the figure is written on the bar
         for i, label in enumerate(labels):
-            x0 = left + group * i + group * 0.1
+            x0 = left + group * i + (group - bar * len(series)) / 2
             for j, s in enumerate(series):
                 value = s.values[i]
                 h = plot_h * value / scale
@@ -66,6 +69,11 @@ def bars(
                     f'height="{h:.1f}" fill="{PALETTE[j % len(PALETTE)]}">'
                     f"<title>{escape(s.name)}, {escape(label)}: {value:,}</title></rect>"
                 )
+                if alone:
+                    parts.append(
+                        f'<text x="{x0 + bar * (j + 0.5):.1f}" y="{top + plot_h - h - 4:.1f}" '
+                        f'text-anchor="middle" font-size="12" fill="#212b32">{value:,}</text>'
+                    )
             if i % every == 0:
                 shown = label if len(label) <= LONGEST else label[: LONGEST - 1] + "…"
                 x, y = left + group * (i + 0.5), height - bottom + 16
@@ -135,11 +143,17 @@ def lines(title: str, labels: list[str], series: list[Rates], width: int = 640) 
     parts = _opened(title, _describe_rates(labels, series), width, height)
     parts += _grid(scale, ticks, (left, top, width - right, plot_h), _percent)
     step_x = plot_w / max(1, len(labels) - 1)
+    alone = len(labels) == 1  # one interval: its point in the middle, its figure written by it
+    first_x = left + plot_w / 2 if alone else left
+
+    def x_of(i: int) -> float:
+        return first_x + step_x * i
+
     every = max(1, len(labels) // (8 if width > NARROW else 4))
     for i, label in enumerate(labels):
         if i % every == 0:
             parts.append(
-                f'<text x="{left + step_x * i:.1f}" y="{height - bottom + 16}" '
+                f'<text x="{x_of(i):.1f}" y="{height - bottom + 16}" '
                 f'text-anchor="middle" font-size="11" fill="#212b32">{escape(label)}</text>'
             )
     for j, s in enumerate(series):
@@ -147,13 +161,18 @@ def lines(title: str, labels: list[str], series: list[Rates], width: int = 640) 
         run: list[str] = []
         for i, rate in enumerate([*s.values, None]):
             if rate is not None:
-                px, py = left + step_x * i, top + plot_h - plot_h * rate * 100 / scale
+                px, py = x_of(i), top + plot_h - plot_h * rate * 100 / scale
                 run.append(f"{px:.1f},{py:.1f}")
                 parts.append(
-                    f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{colour}">'
+                    f'<circle cx="{px:.1f}" cy="{py:.1f}" r="{5 if alone else 3}" fill="{colour}">'
                     f"<title>{escape(s.name)}, {escape(labels[i])}: {_percent(rate * 100)}"
                     "</title></circle>"
                 )
+                if alone:
+                    parts.append(
+                        f'<text x="{px + 9:.1f}" y="{py + 4 - 14 * j:.1f}" font-size="12" '
+                        f'fill="{colour}">{_percent(rate * 100)}</text>'
+                    )
             elif run:
                 parts.append(
                     f'<polyline points="{" ".join(run)}" fill="none" stroke="{colour}" '

@@ -69,3 +69,40 @@ def password_command(
     except UserError as exc:
         fail(str(exc))
     console.print(f"{handle} can now sign in to the portal with that password.", markup=False)
+
+
+@portal_app.command("role")
+def role_command(
+    handle: Annotated[str, typer.Argument(help="The person's handle.")],
+    by: Annotated[
+        str, typer.Option("--as", metavar="HANDLE", help="Your handle: an administrator's.")
+    ],
+    add: Annotated[
+        list[str] | None,
+        typer.Option("--add", metavar="ROLE", help="A role to give (repeat for more)."),
+    ] = None,
+    remove: Annotated[
+        list[str] | None,
+        typer.Option("--remove", metavar="ROLE", help="A role to take (repeat for more)."),
+    ] = None,
+    home: Home = DEFAULT_HOME,
+) -> None:
+    """Change a person's roles (an administrator does): their portal sessions end, and the
+    change is recorded for the transparency log."""
+    from sqlalchemy.orm import Session
+
+    from gpdpr.db import connect, url_for_home
+    from gpdpr.errors import UserError
+    from gpdpr.portal.accounts import change_roles
+
+    try:
+        engine = connect(url_for_home(home))
+        with Session(engine) as session, session.begin():
+            roles = change_roles(session, by, handle, add or [], remove or [])
+    except UserError as exc:
+        fail(str(exc))
+    console.print(
+        f"{handle} now has roles {', '.join(roles)}; their portal sessions were ended.",
+        markup=False,
+        soft_wrap=True,
+    )

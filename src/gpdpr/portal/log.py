@@ -29,8 +29,9 @@ from fastapi.responses import Response, StreamingResponse
 from gpdpr.errors import UserError
 from gpdpr.portal.pages import not_found, page_error, render
 from gpdpr.portal.security import PUBLIC, GuardedRoute, allow
-from gpdpr.transparency import store
-from gpdpr.transparency.merkle import leaf_hash
+from gpdpr.transparency import cosigning, store
+from gpdpr.transparency.merkle import Tree, leaf_hash
+from gpdpr.transparency.policy import Policy, accept
 from gpdpr.transparency.publish import AGGREGATES, KINDS, log_folder
 from gpdpr.transparency.verify import Inclusion, Source, inclusion
 
@@ -41,10 +42,11 @@ RECHECK_SECONDS = 300.0
 # The only files served, and as what. Nothing else in HOME (keys, database, lake) is reachable.
 FILES = {
     store.ENTRIES: "application/x-ndjson",
-    store.CHECKPOINT: "application/json",
-    store.PUBLIC_KEY: "application/x-pem-file",
+    store.CHECKPOINT: "text/plain; charset=utf-8",
+    store.PUBLIC_KEY: "text/plain; charset=utf-8",
+    store.POLICY: "text/plain; charset=utf-8",
 }
-_SIGNED = re.compile(r"^[0-9]{1,20}\.json$")  # checkpoints/N.json
+_SIGNED = re.compile(r"^[0-9]{1,20}$")  # checkpoints/N
 _SEQ = re.compile(r"^[0-9]{1,18}$")
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 
@@ -150,7 +152,8 @@ EXPLAINED = {
         "deletion receipt. Most are usually people whose practice recorded the opt-out before "
         "their record was ever sent: their rows never reached the centre, so nothing had to be "
         "removed for them. Rows removed counts what was deleted from the pooled records (and "
-        "every older copy of them, from disk).",
+        "every older copy of them, from disk), across all tables. When fewer than ten people "
+        "were erased in a cycle, only that is said: smaller counts could single someone out.",
     ),
 }
 
@@ -187,6 +190,8 @@ class LogState:
     problem: str | None
     by_type: dict[str, array[int]] = field(default_factory=dict)  # each type's seqs, in order
     checked: float = 0.0
+    witnessed: dict[str, int] = field(default_factory=dict)  # pinned witnesses' cosignatures
+    unwitnessed: str | None = None  # why the pinned policy does not accept the checkpoint
 
     @property
     def empty(self) -> bool:
@@ -217,7 +222,8 @@ def state_of(folder: Path) -> LogState:
         fresh = kept is not None and time.monotonic() - kept[1].checked < RECHECK_SECONDS
         if kept is not None and fresh and kept[0] == signature:
             return kept[1]
-        state = _verified(folder)
+        grown = _extended(folder, kept[1]) if kept is not None and fresh else None
+        state = grown or _verified(folder)
         _kept[folder] = (signature, state)
         return state
 
@@ -238,7 +244,66 @@ def _verified(folder: Path) -> LogState:
     by_type: dict[str, array[int]] = {}
     for seq in range(contents.size):
         by_type.setdefault(str(contents.entry(seq).get("type")), array("q")).append(seq)
-    return LogState(contents, None, by_type, checked)
+    witnessed, unwitnessed = _witnessed(folder, contents)
+    return LogState(contents, None, by_type, checked, witnessed, unwitnessed)
+
+
+def _extended(folder: Path, before: LogState) -> LogState | None:
+    """The state after a publish, from the one before: only the entries appended since are
+    read and hashed into the tree (a copy), and the new checkpoint checked against it. None when
+    that is not possible (the file shrank, nothing kept): the whole log is verified again. The
+    entries before are not read again until the next full check, RECHECK_SECONDS after the
+    last."""
+    old = before.contents
+    if old is None or before.problem is not None or old.checkpoint is None:
+        return None
+    try:
+        signed = (folder / store.CHECKPOINT).read_bytes()
+        with open(folder / store.ENTRIES, "rb") as f:
+            # A publish appends and signs anew; anything else (a file cut, rewritten in place,
+            # a checkpoint replaced by an older one) is checked whole, at once.
+            edge = max(0, len(old.data) - 4096)
+            f.seek(edge)
+            seam = f.read(len(old.data) - edge)
+            tail = f.read()
+        if seam != old.data[edge:] or not tail or signed == old.checkpoint.to_bytes():
+            return None
+        public = (folder / store.PUBLIC_KEY).read_bytes()
+        tree = Tree.restore(old.tree.levels())
+        more = store.parse(folder, tail, signed, public, str(folder), tree=tree)
+    except (OSError, ValueError, UserError):
+        return None
+    start = len(old.data)
+    offsets = array("q", old.offsets)
+    offsets.extend(start + o for o in more.offsets[1:])
+    contents = store.Contents(
+        folder, old.data + more.data, offsets, tree, more.checkpoint, more.public_key, more.torn
+    )
+    by_type = {kind: array("q", seqs) for kind, seqs in before.by_type.items()}
+    for seq in range(old.size, contents.size):
+        by_type.setdefault(str(contents.entry(seq).get("type")), array("q")).append(seq)
+    witnessed, unwitnessed = _witnessed(folder, contents)
+    return LogState(contents, None, by_type, before.checked, witnessed, unwitnessed)
+
+
+def pinned_policy(folder: Path) -> Policy | None:
+    """The policy the portal pins: the operator's own (HOME/keys/log/policy), never the copy
+    published beside the log."""
+    try:
+        return cosigning.operator_policy(folder.parent / "keys")
+    except (OSError, UserError):
+        return None
+
+
+def _witnessed(folder: Path, contents: store.Contents) -> tuple[dict[str, int], str | None]:
+    pinned = pinned_policy(folder)
+    if pinned is None:
+        return {}, "no witness policy is pinned: the checkpoint is signed by the log alone"
+    assert contents.checkpoint is not None
+    try:
+        return accept(contents.checkpoint, pinned, int(time.time()), store.CHECKPOINT), None
+    except UserError as exc:
+        return {}, _public(str(exc), folder)
 
 
 def _published(folder: Path) -> bool:
@@ -251,6 +316,10 @@ def _public(message: str, folder: Path) -> str:
     """A verifier's message as the public sees it: the files by name, not where they are on
     the service's disks."""
     return message.replace(f"{folder}/", "").replace(str(folder), "the log")
+
+
+def _stamp(timestamp: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
 
 
 def files_url(request: Request) -> str:
@@ -299,6 +368,7 @@ def activity_log(request: Request, page: int = 1, kind: str = Query("", alias="t
         "log.html.j2",
         state=state,
         checkpoint=contents.checkpoint if contents else None,
+        cosigned=[(n, _stamp(t)) for n, t in sorted(state.witnessed.items())],
         waiting=contents.size - contents.checkpoint.size if contents and contents.checkpoint else 0,
         rows=rows,
         types=[(t, title_of(t), len(state.by_type[t])) for t in types],
@@ -350,7 +420,8 @@ def log_entry(request: Request, seq: str) -> Response:
 @router.get("/log/verify")
 @allow(PUBLIC)
 def verify_yourself(request: Request) -> Response:
-    state = state_of(log_folder(request.app.state.portal.home))
+    folder = log_folder(request.app.state.portal.home)
+    state, pinned = state_of(folder), pinned_policy(folder)
     contents = state.contents
     return render(
         request,
@@ -359,7 +430,8 @@ def verify_yourself(request: Request) -> Response:
         checkpoint=contents.checkpoint if contents else None,
         files=files_url(request),
         example=max(0, contents.checkpoint.size - 1) if contents and contents.checkpoint else 0,
-        verifier_sha256=hashlib.sha256(VERIFIER.read_bytes()).hexdigest(),
+        verifier_sha256=hashlib.sha256(verifier_bytes(folder)).hexdigest(),
+        policy=pinned.render() if pinned else None,
         site=str(request.base_url).rstrip("/"),
     )
 
@@ -368,11 +440,20 @@ def verify_yourself(request: Request) -> Response:
 VERIFIER = Path(__file__).with_name("verifier.py")
 
 
+def verifier_bytes(folder: Path) -> bytes:
+    """The checker with the portal's pinned policy written into it."""
+    pinned = pinned_policy(folder)
+    text = VERIFIER.read_text("utf-8")
+    if pinned is not None:
+        text = text.replace('POLICY = """"""', f"POLICY = {pinned.render()!r}", 1)
+    return text.encode()
+
+
 @router.get("/log/verify.py")
 @allow(PUBLIC)
 def verifier_file(request: Request) -> Response:
     return Response(
-        VERIFIER.read_bytes(),
+        verifier_bytes(log_folder(request.app.state.portal.home)),
         media_type="text/x-python; charset=utf-8",
         headers={"content-disposition": 'attachment; filename="verify.py"'},
     )
@@ -418,7 +499,7 @@ def _served(request: Request, folder: Path, name: str, media_type: str) -> Respo
 @router.get("/log/files/{name}")
 @allow(PUBLIC)
 def log_file(request: Request, name: str) -> Response:
-    """entries.jsonl, checkpoint.json or log.pub, as they are on disk."""
+    """entries.jsonl, checkpoint, log.pub or policy, as they are on disk."""
     if name not in FILES:
         return not_found(request)
     folder = log_folder(request.app.state.portal.home)
@@ -428,8 +509,8 @@ def log_file(request: Request, name: str) -> Response:
 @router.get("/log/files/checkpoints/{name}")
 @allow(PUBLIC)
 def signed_checkpoint(request: Request, name: str) -> Response:
-    """Every checkpoint the log has signed, by its size (checkpoints/N.json)."""
+    """Every checkpoint the log has signed, by its size (checkpoints/N)."""
     if not _SIGNED.match(name):
         return not_found(request)
     folder = log_folder(request.app.state.portal.home) / store.CHECKPOINTS
-    return _served(request, folder, name, "application/json")
+    return _served(request, folder, name, "text/plain; charset=utf-8")

@@ -148,11 +148,11 @@ def _erased_since(status: dict[str, Any], erasures: list[dict[str, Any]]) -> dic
 
 @router.get("/patient/record")
 @allow(PATIENT)
-def patient_record(request: Request) -> Response:
+def patient_record(request: Request, page: int = 1) -> Response:
     """The approved projects whose runs read this patient's record, each with its register
     entry. Worked out on request from the person's pseudonym (the custodian's tokens), so
     nothing anyone else can read links a project to them."""
-    from gpdpr.portal.timeline import timeline
+    from gpdpr.portal.timeline import page_of, timeline
     from gpdpr.transparency.patient import record_uses
 
     session = current(request)
@@ -162,7 +162,13 @@ def patient_record(request: Request) -> Response:
     asked = questions(portal, uses)
     told = timeline(portal.home, portal.engine, session.pseudonym, uses, asked)
     return render(
-        request, "patient_record.html.j2", uses=uses, names=NAMES, timeline=told, questions=asked
+        request,
+        "patient_record.html.j2",
+        uses=uses,
+        names=NAMES,
+        timeline=told,
+        shown=page_of(told.moments, page),
+        questions=asked,
     )
 
 

@@ -30,7 +30,7 @@ from gpdpr.governance.vocabulary import (
     NDOO_EXEMPTIONS,
     PURPOSES,
 )
-from gpdpr.portal import charts
+from gpdpr.portal import charts, register_view
 from gpdpr.portal.pages import not_found, render
 from gpdpr.portal.security import PUBLIC, GuardedRoute, allow
 from gpdpr.portal.service import Portal
@@ -138,23 +138,19 @@ def data_uses_register(
         and (not purpose_name or r["purpose"] == purpose_name)
         and (not commercial or r["commercial"] == (commercial == "yes"))
     ]
-    spec = shipped()
-    items = {
-        f"{name}.{f.name}": f"{table.title}: {f.description}"
-        for name, table in spec.tables.items()
-        for f in table.fields
-    }
-    shown = {**built, "agreements": agreements}  # the drawings show what the search found
+    portal = portal_of(request)
+    content = register_view.body(
+        built,
+        register_view.PORTAL,
+        portal.read(register_view.questions),
+        register_view.measure_charts(portal.home / "register", built),
+        agreements=agreements,
+        refused=refused if status in ("", "refused") else [],
+    )
     return render(
         request,
         "register.html.j2",
-        items=items,
-        questions=_questions(portal_of(request)),
-        measure_charts=_measure_charts(portal_of(request), shown),
-        over_time=_agreements_over_time(shown),
-        register=built,
-        agreements=agreements,
-        refused=refused if status in ("", "refused") else [],
+        content=content,
         q=q,
         purpose=purpose,
         status=status,
@@ -162,69 +158,6 @@ def data_uses_register(
         purposes=PURPOSES,
         statuses=STATUSES,
     )
-
-
-def _agreements_over_time(built: dict[str, Any]) -> dict[str, Any] | None:
-    """Each agreement from its start to its end (or revocation) on one scale of years, as
-    percentages of the width, so the drawing stretches to any screen while its text keeps its
-    size: the register's own timeline (governance.register.timeline), rescaled."""
-    drawn = register.timeline(built, width=1150)  # 150 for labels, then 1000: tenths of a percent
-    if not drawn["bars"]:
-        return None
-
-    def percent(x: float) -> float:
-        return round((x - 150) / 10, 2)
-
-    return {
-        "bars": [
-            {**bar, "x": percent(bar["x"]), "width": round(bar["width"] / 10, 2), "y": 20 + n * 40}
-            for n, bar in enumerate(drawn["bars"])
-        ],
-        "years": [{**y, "x": percent(y["x"])} for y in drawn["years"]],
-        "today": percent(drawn["today"]),
-        "height": 28 + len(drawn["bars"]) * 40,
-    }
-
-
-def _measure_charts(portal: Any, built: dict[str, Any]) -> dict[str, str]:
-    """Each released measure file drawn as its rate per interval, by the file's link: read
-    from the register's folder only under a name the release lists and that passes the same
-    check as a download, and only with the SHA-256 it was released with."""
-    from gpdpr.portal.outputs import file_view
-
-    drawn: dict[str, str] = {}
-    for agreement in built["agreements"]:
-        for release in agreement["releases"]:
-            for published in release["published"]:
-                name = str(published["name"])
-                if not name.startswith("measure_") or not _FILE.match(name):
-                    continue
-                folder = str(published["href"]).rsplit("/", 1)[0]
-                path = portal.home / "register" / folder / name
-                try:
-                    body = path.read_bytes()
-                except OSError:
-                    continue
-                if hashlib.sha256(body).hexdigest() != published["sha256"]:
-                    continue
-                chart = file_view(name, body, None).chart
-                if chart:
-                    drawn[str(published["href"])] = chart
-    return drawn
-
-
-def _questions(portal: Any) -> dict[str, str]:
-    """Each released definition's question in words, by its SHA-256."""
-    from gpdpr.tre.query.text import question_of
-
-    found = portal.read(
-        lambda s: s.execute(
-            sa.select(Release.code_sha256, Release.definition).where(
-                Release.definition.is_not(None)
-            )
-        ).all()
-    )
-    return {sha: words for sha, text in found if (words := question_of(text))}
 
 
 @router.get("/register.csv")
@@ -256,7 +189,6 @@ def definition_as_text(request: Request, release_id: int) -> Response:
     """A release's definition written as the query language, for reading: made from the
     definition.json published beside it (never from anything the researcher sent as text)."""
     from gpdpr.tre.query.serial import from_json
-    from gpdpr.tre.query.text import definition_text, summary
 
     if not 1 <= release_id < 2**31:
         return not_found(request)
@@ -265,9 +197,8 @@ def definition_as_text(request: Request, release_id: int) -> Response:
     )
     if found is None:
         return not_found(request)
-    definition = from_json(found)
-    body = f"# {summary(definition)}\n\nfrom gpdpr.tre.language import *\n\n"
-    return Response(body + definition_text(definition), media_type="text/plain; charset=utf-8")
+    text = register_view.readable(from_json(found))
+    return Response(text, media_type="text/plain; charset=utf-8")
 
 
 @router.get("/register/releases/{release_id}/{name}")

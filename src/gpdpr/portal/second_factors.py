@@ -6,12 +6,14 @@ now for a phone's clock drift."""
 from __future__ import annotations
 
 import hmac
+import os
 import time
 
 import pyotp
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from gpdpr.errors import UserError
 from gpdpr.governance.models import Person
 from gpdpr.portal.models import Credential
 
@@ -69,3 +71,29 @@ def accept(session: Session, handle: str, code: str) -> bool:
         return False
     found.totp_last_step = step
     return True
+
+
+REQUIRED_ENV = "GPDPR_SECOND_FACTOR_ROLES"
+
+
+def required_roles(configured: str | None = None) -> frozenset[str]:
+    """The staff roles whose members must have a second factor: `configured` or
+    GPDPR_SECOND_FACTOR_ROLES, comma-separated (e.g. "administrator,output_checker"); none when
+    unset. A name that is not a staff role is refused, so a typo never leaves a role unguarded."""
+    from gpdpr.portal.security import STAFF_ROLES
+
+    text = os.environ.get(REQUIRED_ENV, "") if configured is None else configured
+    named = {part.strip() for part in text.split(",") if part.strip()}
+    unknown = sorted(named - set(STAFF_ROLES))
+    if unknown:
+        raise UserError(
+            f"{REQUIRED_ENV} names {', '.join(unknown)}, which is not a staff role; the staff "
+            f"roles are {', '.join(STAFF_ROLES)}"
+        )
+    return frozenset(named)
+
+
+def must_enrol(roles: frozenset[str], enrolled: bool) -> bool:
+    """Whether a person with these roles, without a second factor, must set one up before
+    anything else."""
+    return not enrolled and bool(roles & required_roles())

@@ -209,7 +209,16 @@ def running(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
     port = free_port(host)
     server = uvicorn.Server(
         uvicorn.Config(
-            app, host=host, port=port, log_level="warning", backlog=2048, proxy_headers=False
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            backlog=2048,
+            proxy_headers=False,
+            # Longer than any pause of a client on a loaded machine: at uvicorn's 5 s, a client
+            # thread starved that long sent its next request on a connection the server had
+            # just closed ("connection reset by peer", seen in the load test under load).
+            timeout_keep_alive=120,
         )
     )
     thread = threading.Thread(target=server.run, daemon=True)

@@ -148,25 +148,25 @@ def erasures_of(engine: sa.Engine, pseudonym: str) -> list[dict[str, Any]]:
         ]
 
 
+# Moments shown on one page of the timeline, newest first; older ones are a link away.
+PAGE = 50
+
+
 def timeline(
     home: Path, engine: sa.Engine, pseudonym: str, uses: RecordUses, questions: dict[str, str]
 ) -> Timeline:
     """The whole timeline, newest first. `questions`: each definition's SHA-256 to the question
     it asks, in words, where known."""
     made = Timeline(sent_to_lake(home, pseudonym), erasures_of(engine, pseudonym), uses)
-    moments: list[Moment] = []
-    for sent in made.sent:
-        moments.append(
-            Moment(
-                sent.extracted_at,
-                "collected",
-                f"Practice {sent.practice} sent data about you",
-                f"In its {sent.kind} extract: {sent.rows:,} entr"
-                f"{'y' if sent.rows == 1 else 'ies'} about you, pseudonymised before it left "
-                "the practice.",
-            )
-        )
-    for kind, state in uses.opt_outs.items():
+    made.moments = moments_of(made, questions)
+    return made
+
+
+def moments_of(made: Timeline, questions: dict[str, str]) -> list[Moment]:
+    """Every moment of the timeline, newest first. A practice that sends a package a day would
+    fill a page a week, so its packages are one moment a month (each still counted)."""
+    moments = collected(made.sent)
+    for kind, state in made.uses.opt_outs.items():
         for change in state.get("history", []):
             action = "set" if change["action"] == "set" else "withdrawn"
             moments.append(
@@ -186,12 +186,13 @@ def timeline(
                 f"Your record was erased: receipt {receipt['receipt']}",
                 f"{receipt['rows_removed']:,} entries removed ({tables or 'none were held'}) "
                 f"in lake version {receipt['lake_version']}, and every older copy deleted from "
-                "disk. The receipt is in the public log as an erasure entry.",
+                "disk. What was erased, and which practices had sent it, went with it: this "
+                "receipt is all the service keeps. It is in the public log as an erasure entry.",
                 "/log?type=erasure",
                 "Erasures in the public log",
             )
         )
-    for project in uses.projects:
+    for project in made.uses.projects:
         for run in project.runs:
             asked = questions.get(run.definition_sha256)
             moments.append(
@@ -205,5 +206,51 @@ def timeline(
                     f"{project.agreement} in the Data Uses Register",
                 )
             )
-    made.moments = sorted(moments, key=lambda m: m.at, reverse=True)
-    return made
+    return sorted(moments, key=lambda m: m.at, reverse=True)
+
+
+def collected(sent: list[Sent]) -> list[Moment]:
+    """The packages that held the person's rows: one moment per practice and month (dated by
+    the month's last package), saying how many extracts and entries it covers."""
+    months: dict[tuple[str, str], list[Sent]] = {}
+    for one in sent:
+        months.setdefault((one.practice, f"{one.extracted_at:%Y-%m}"), []).append(one)
+    moments = []
+    for (practice, _), packages in months.items():
+        rows = sum(p.rows for p in packages)
+        entries = f"{rows:,} entr{'y' if rows == 1 else 'ies'} about you"
+        kinds = sorted({p.kind for p in packages})
+        if len(packages) == 1:
+            detail = f"In its {kinds[0]} extract: {entries}"
+        else:
+            first, last = packages[0].extracted_at, packages[-1].extracted_at
+            detail = (
+                f"In {len(packages)} {' and '.join(kinds)} extracts from {first:%d %B} to "
+                f"{last:%d %B %Y}: {entries} in all"
+            )
+        moments.append(
+            Moment(
+                packages[-1].extracted_at,
+                "collected",
+                f"Practice {practice} sent data about you",
+                f"{detail}, pseudonymised before it left the practice.",
+            )
+        )
+    return moments
+
+
+@dataclass(frozen=True)
+class Page:
+    moments: list[Moment]
+    number: int  # from 1
+    pages: int
+    first: int  # the position of the page's first moment, from 1
+    total: int
+
+
+def page_of(moments: list[Moment], number: int) -> Page:
+    """One page of PAGE moments (a number past the last gives the last page)."""
+    pages = max(1, -(-len(moments) // PAGE))
+    number = min(max(1, number), pages)
+    start = (number - 1) * PAGE
+    return Page(moments[start : start + PAGE], number, pages, start + 1, len(moments))

@@ -47,6 +47,7 @@ from gpdpr.practice.rules import (
     writing_schema,
 )
 from gpdpr.practice.source import RECORD_TABLES, Batch, Reader, Staff, utc_naive
+from gpdpr.terminology import sets
 
 QUARANTINE_SUFFIX = ".quarantine.ndjson"
 Progress = Callable[[str, int], None]
@@ -157,7 +158,7 @@ def _build(
     tally = Tally()
     quarantined: list[Quarantined] = []
     rules = Rules(spec, window, pseudonymiser, tally, quarantined, resend)
-    codes = {spec.dissent.code, spec.dissent_withdrawn.code}
+    codes = set(spec.dissent_codes() | spec.withdrawal_codes())
     opt = opt_outs(reader.opt_out_events(codes), spec, window.since)
 
     writers = {
@@ -226,6 +227,9 @@ def _build(
             "retention_tables": list(spec.retention_tables),
         },
         "specification": {"version": spec.version, "sha256": spec.sha256},
+        "terminology": sets.record(
+            rules.release, spec.code_set_expressions(), tally.not_in_release
+        ),
         "sensitive_sets_collected": sorted(
             n for n, s in spec.code_sets.items() if s.rule == "sensitive" and s.collect
         ),

@@ -29,7 +29,6 @@ from gpdpr.errors import UserError
 from gpdpr.practice import fhir_read as read
 from gpdpr.practice.fhir_bundle import FHIR_ID as ID_FORM
 from gpdpr.practice.fhir_bundle import REPEATED, Entry, unpack
-from gpdpr.practice.rules import ENTERED_IN_ERROR
 from gpdpr.practice.source import (
     DATE,
     PATIENT_COLUMNS,
@@ -69,6 +68,8 @@ BOM = b"\xef\xbb\xbf"
 # Bulk Data file names: `Patient.ndjson`, or several files of a type, `Patient.000.ndjson`, ...
 EXPORT_FILE = re.compile(r"^([A-Z][A-Za-z]{0,63})(\.[0-9]{1,6})?\.ndjson$")
 RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{0,63}$")
+# A file that is one Bundle, as some servers list a Bundle in the export's output.
+BUNDLE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.json$")
 NOT_GP_REGISTRATION = "EpisodeOfCare (not a GP registration)"
 
 # Reasons a line is not read at all: a closed set (they are counted in the manifest).
@@ -79,7 +80,17 @@ NO_ID = "resource has no id"
 UNKNOWN_TYPE = "a resource type the specification does not collect"
 WRONG_SHAPE = "an element of the wrong shape"
 UNREADABLE = "a resource that cannot be read"
-FAULT_REASONS = (NOT_JSON, NOT_OBJECT, WRONG_TYPE, NO_ID, UNKNOWN_TYPE, WRONG_SHAPE, UNREADABLE)
+UNRESOLVED = "a reference by identifier that names no one patient of the export by NHS number"
+FAULT_REASONS = (
+    NOT_JSON,
+    NOT_OBJECT,
+    WRONG_TYPE,
+    NO_ID,
+    UNKNOWN_TYPE,
+    WRONG_SHAPE,
+    UNREADABLE,
+    UNRESOLVED,
+)
 # Where each canonical date column comes from, to name the element of an unreadable date.
 DATE_PATHS = {
     ("Condition", "effective_date"): "Condition.onset[x]",
@@ -144,6 +155,14 @@ def _dates(values: list[Any]) -> tuple[pa.Array, pa.Array]:
     present = pa.array([v is not None for v in values], pa.bool_())
     bad = pc.and_(present, pc.is_null(parsed))
     return parsed.cast(DATE), bad
+
+
+def _precision(values: list[Any], parsed: pa.Array) -> pa.Array:
+    """How much of each date was given: year, month or day (null where there is no date)."""
+    text = pa.array([v if isinstance(v, str) else None for v in values], pa.string())
+    length = pc.utf8_length(text)
+    named = pc.if_else(pc.equal(length, 4), "year", pc.if_else(pc.equal(length, 7), "month", "day"))
+    return pc.if_else(pc.is_valid(parsed), named, pa.scalar(None, pa.string()))
 
 
 def _times(values: list[Any]) -> tuple[pa.Array, pa.Array]:
@@ -218,6 +237,7 @@ class FhirReader:
             dmd=frozenset(spec.code_systems["dmd"]),
             facts=spec.facts,
             extracted_on=extracted_at.date().isoformat(),
+            verified=spec.nhs_number_verified,
         )
         ods = self._practice(ods_code)
         not_read = {
@@ -232,6 +252,7 @@ class FhirReader:
         self.practice = Practice(ods, "fhir", extracted_at, not_read)
         self._medication_codes: dict[str, str | None] | None = None
         self._merged: dict[str, str] | None = None
+        self._identified: dict[str, str | None] | None = None
 
     # ---- the export's files ---------------------------------------------------------------------
 
@@ -279,6 +300,19 @@ class FhirReader:
                 raise UserError(f"{where}: output entry {n} does not give a type and a url")
             name = url.rstrip("/").rsplit("/", 1)[-1]
             path = self.folder / name
+            if kind == "Bundle" and name != MANIFEST and BUNDLE_FILE.match(name):
+                if not path.is_file():
+                    raise UserError(
+                        f"{where}: output entry {n} lists a file that is not in {self.folder}; "
+                        "the export is incomplete: ask the supplier for the whole export"
+                    )
+                count = entry.get("count")
+                if count not in (None, 1):  # a .json file is one resource: the Bundle
+                    raise UserError(
+                        f"{where}: output entry {n} counts other than one resource in a file "
+                        "that holds one Bundle; ask the supplier for the export again"
+                    )
+                continue
             named = EXPORT_FILE.match(name)
             if named is None or not path.exists():
                 raise UserError(
@@ -503,6 +537,30 @@ class FhirReader:
             self._merged = merged
         return self._merged
 
+    def _identified_patient(self, ref: read.ByIdentifier) -> str | None:
+        """The id of the one patient of the export that has the identifier a reference names,
+        or None (no such patient, two of them, or a system a patient may not be named by)."""
+        if self._identified is None:
+            found: dict[str, str | None] = {}
+            for _, _, rid, p in self._resources("Patient", quiet=True):
+                for i in _list(p.get("identifier")):
+                    if not isinstance(i, dict) or not isinstance(i.get("value"), str):
+                        continue
+                    key = read.ByIdentifier.of(i.get("system"), i["value"], "")
+                    if key:
+                        mine = self._survivor(rid)
+                        found[key] = mine if found.get(key, mine) == mine else None
+            self._identified = found
+        return self._identified.get(ref) if ref else None
+
+    def _resolved(self, ref: str | None) -> str | read.ByIdentifier | None:
+        """A patient reference as the id of the record it names: a merged record's survivor, and
+        the patient a reference by identifier names (or the reference, when it names no one)."""
+        if type(ref) is read.ByIdentifier:
+            found = self._identified_patient(ref)
+            return ref if found is None else found
+        return self._survivor(ref)
+
     def _survivor(self, ref: str | None) -> str | None:
         merged = self.merged()
         seen = 0
@@ -572,8 +630,15 @@ class FhirReader:
                         self.practice.not_read.get(NOT_GP_REGISTRATION, 0) + 1
                     )
                     continue
-                if remap:
-                    row["patient_ref"] = self._survivor(row["patient_ref"])
+                subject = row["patient_ref"]
+                if type(subject) is read.ByIdentifier:
+                    found = self._identified_patient(subject)
+                    if found is None:
+                        self._fault(file, number, rid, UNRESOLVED, kind, subject.path)
+                        continue
+                    row["patient_ref"] = found
+                elif remap:
+                    row["patient_ref"] = self._survivor(subject)
                 if medicines and row["_medication"] is not None:
                     row["code"] = self._medication(row["_medication"])
                 rows.append(row)
@@ -606,8 +671,11 @@ class FhirReader:
         bad = pa.array([False] * len(rows), pa.bool_())
         path: pa.Array | None = None
         for name, kind_type in columns.items():
-            array, flags = _typed([r.get(name) for r in rows], kind_type)
+            given = [r.get(name) for r in rows]
+            array, flags = _typed(given, kind_type)
             out[name] = array
+            if kind_type == DATE and not patients:
+                out[f"{name}_precision"] = _precision(given, array)
             if flags is not None and pc.any(flags).as_py():
                 where = DATE_PATHS.get((kind, name), f"{kind}.meta.lastUpdated")
                 here = pa.scalar(where, pa.string())
@@ -620,6 +688,10 @@ class FhirReader:
         if patients:
             for name in ("_date_of_birth_precision", "_date_of_death_precision"):
                 out[name] = pa.array([r.get(name) for r in rows], pa.int8())
+            ethnic = [r.get("ethnic_category") for r in rows]
+            out["ethnic_category"] = pa.array(
+                [e if isinstance(e, str) else None for e in ethnic], pa.string()
+            )
         return Batch(pa.table(out), source, kind)
 
     def opt_out_events(self, codes: set[str]) -> pa.Table:
@@ -636,13 +708,17 @@ class FhirReader:
 
         rows: list[Row] = []
         for kind in read.OPT_OUT_TYPES:
-            for _, _, _, resource in self._resources(kind, keep=mentions):
+            for source, number, rid, resource in self._resources(kind, keep=mentions):
                 found = read.opt_out_codes(resource, wanted, self.context.snomed)
                 if not found:
                     continue
-                subject = self._survivor(read.opt_out_subject(kind, resource))
+                subject = self._resolved(read.opt_out_subject(kind, resource))
+                if type(subject) is read.ByIdentifier:
+                    if kind in ("Consent", "Flag"):  # the others are quarantined when read
+                        self._fault(source, number, rid, UNRESOLVED, kind, subject.path)
+                    continue
                 effective, recorded = read.opt_out_date(kind, resource)
-                entered_in_error = resource.get("status") == ENTERED_IN_ERROR
+                in_force = read.opt_out_status(kind, resource, self.context.extracted_on)
                 meta = resource.get("meta")
                 for code in sorted(found):
                     is_dissent = code in dissent
@@ -653,7 +729,7 @@ class FhirReader:
                             "code": code,
                             "effective_date": day,
                             "recorded_at": recorded if isinstance(recorded, str) else None,
-                            "status": ENTERED_IN_ERROR if entered_in_error else "active",
+                            "status": in_force,
                             "last_modified": meta.get("lastUpdated")
                             if isinstance(meta, dict)
                             else None,

@@ -22,8 +22,12 @@ import orjson
 
 from gpdpr.practice.fhir_read import Shape, local_id, obj, seq, text
 
-# The Bundle types that carry a practice's records; a message, document or history is not one.
-BUNDLE_TYPES = frozenset({"collection", "transaction", "searchset", "batch"})
+# The Bundle types whose entries are read as records. A document's Composition and a message's
+# header are never records (the one never collected, the other skipped); a history holds versions
+# of each resource, newest first, and only the newest is read (none, if it was deleted).
+BUNDLE_TYPES = frozenset(
+    {"collection", "transaction", "searchset", "batch", "history", "document", "message"}
+)
 DATA_MODES = frozenset({"match", "include"})  # search.mode of an entry that holds data
 RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{0,63}$")
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -33,6 +37,8 @@ NO_RESOURCE = "Bundle entry without a resource (a request alone)"
 DELETED = "Bundle entry deleting a resource"
 OUTCOME = "Bundle entry with an OperationOutcome (not a record)"
 REPEATED = "Bundle entry repeating a resource already read"
+OLDER = "Bundle entry of an older version of a resource (a history)"
+HEADER = "Bundle entry with a message header (not a record)"
 
 
 @dataclass
@@ -57,6 +63,8 @@ def unpack(bundle: dict[str, Any], path: str = "Bundle", depth: int = 0) -> Unpa
     if type(kind) is not str or kind not in BUNDLE_TYPES:
         raise Shape(f"{path}.type")
     out = Unpacked()
+    history = kind == "history"
+    versions: set[tuple[str, str]] = set()  # in a history, the resources whose newest is read
     held: list[tuple[str, str | None, dict[str, Any], str]] = []
     targets: dict[str, str] = {}  # a name the Bundle gives a resource -> "Type/id"
     for i, value in enumerate(seq(bundle.get("entry"), f"{path}.entry")):
@@ -73,6 +81,13 @@ def unpack(bundle: dict[str, Any], path: str = "Bundle", depth: int = 0) -> Unpa
         if mode is not None and mode not in DATA_MODES and mode != "outcome":
             raise Shape(f"{where}.search.mode")
         if method == "DELETE":
+            if history:  # the resource's newest version is its deletion: read none of it
+                deleted = _target(text(request.get("url"), f"{where}.request.url"))
+                if deleted is not None and deleted in versions:
+                    out.skipped[OLDER] += 1
+                    continue
+                if deleted is not None:
+                    versions.add(deleted)
             out.skipped[DELETED] += 1
             continue
         if resource is None:
@@ -83,6 +98,9 @@ def unpack(bundle: dict[str, Any], path: str = "Bundle", depth: int = 0) -> Unpa
             raise Shape(f"{where}.resource.resourceType")
         if mode == "outcome" or rtype == "OperationOutcome":
             out.skipped[OUTCOME] += 1
+            continue
+        if rtype == "MessageHeader":
+            out.skipped[HEADER] += 1
             continue
         if rtype == "Bundle":
             if depth + 1 >= MAX_DEPTH:
@@ -96,6 +114,11 @@ def unpack(bundle: dict[str, Any], path: str = "Bundle", depth: int = 0) -> Unpa
             rid = _id_from(full_url, rtype)
             if rid is not None:
                 resource = {**resource, "id": rid}
+        if history and type(rid) is str:
+            if (rtype, rid) in versions:
+                out.skipped[OLDER] += 1
+                continue
+            versions.add((rtype, rid))
         if rid is not None and full_url is not None:
             targets[full_url] = f"{rtype}/{rid}"
         held.append((rtype, rid if type(rid) is str else None, resource, where))
@@ -103,6 +126,18 @@ def unpack(bundle: dict[str, Any], path: str = "Bundle", depth: int = 0) -> Unpa
         resolved = _resolve(resource, targets) if targets else resource
         out.entries.append(Entry(rtype, rid, orjson.dumps(resolved), where))
     return out
+
+
+def _target(url: str | None) -> tuple[str, str] | None:
+    """(type, id) a history's DELETE names by its request url, `Type/id` or an absolute URL."""
+    if url is None:
+        return None
+    parts = url.split("?", 1)[0].rstrip("/").split("/")
+    if len(parts) >= 4 and parts[-2] == "_history":
+        del parts[-2:]
+    if len(parts) < 2 or not RESOURCE_TYPE.match(parts[-2]) or not FHIR_ID.match(parts[-1]):
+        return None
+    return parts[-2], parts[-1]
 
 
 def _id_from(full_url: str | None, rtype: str) -> str | None:

@@ -16,8 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
+from urllib.parse import parse_qsl
 
-from gpdpr.practice.rules import ENTERED_IN_ERROR, NOT_A_FACT_STATUS
+from gpdpr.practice.rules import ENTERED_IN_ERROR, NOT_A_FACT_STATUS, NOT_IN_FORCE
 from gpdpr.terminology import (
     NHS_NUMBER_SYSTEM,
     REGISTRATION_END_EXT,
@@ -49,6 +50,7 @@ class Context:
     dmd: frozenset[str]  # and dm+d
     facts: dict[str, dict[str, frozenset[str]]]  # the specification's [facts]
     extracted_on: str  # ISO date of the extract: later period ends are still current
+    verified: frozenset[str] | None = None  # NHS number verification statuses that may be used
 
     @cached_property
     def fact_elements(self) -> dict[str, tuple[tuple[str, frozenset[str]], ...]]:
@@ -97,6 +99,53 @@ def local_id(reference: str, kind: str | None) -> str | None:
 _PREFIX = {k: f"{k}/" for k in ("Patient", "Practitioner", "Medication")}
 
 
+class ByIdentifier(str):
+    """A reference to a patient that names them only by an identifier (`Reference.identifier`,
+    or a conditional reference `Patient?identifier=system|value`), until the reader resolves it
+    to the id of the patient the export holds with that identifier. Its text is the lookup key
+    (`system|value`, or empty when the identifier's system is not one a patient may be named
+    by): it is never written anywhere, only looked up, and `path` names the element."""
+
+    path: str
+
+    @classmethod
+    def of(cls, system: Any, value: Any, path: str) -> ByIdentifier:
+        allowed = type(system) is str and system in PATIENT_IDENTIFIER_SYSTEMS
+        key = f"{system}|{identifier_value(value)}" if allowed and type(value) is str else ""
+        made = cls(key)
+        made.path = path
+        return made
+
+
+# The identifier systems a reference may name a patient by: the NHS number alone. A practice's
+# own numbering, or any other system, cannot be told from another organisation's.
+PATIENT_IDENTIFIER_SYSTEMS = frozenset({NHS_NUMBER_SYSTEM})
+
+
+def identifier_value(value: str) -> str:
+    """An identifier's value as it is compared: NHS numbers are written with and without spaces."""
+    return value.replace(" ", "")
+
+
+def _by_identifier(value: dict[str, Any], path: str, kind: str | None) -> str | None:
+    identifier = obj(value.get("identifier"), f"{path}.identifier")
+    if identifier is None or kind != "Patient":
+        return None  # staff named only by an identifier are not known to the practice's staff
+    return ByIdentifier.of(identifier.get("system"), identifier.get("value"), f"{path}.identifier")
+
+
+def _conditional(target: str, path: str, kind: str | None) -> str | None:
+    """`Patient?identifier=system|value`, a reference a server resolves by searching."""
+    if kind != "Patient" or not target.startswith("Patient?"):
+        return None
+    query = parse_qsl(target[len("Patient?") :], keep_blank_values=True)
+    where = f"{path}.reference"
+    if len(query) != 1 or query[0][0] != "identifier" or "|" not in query[0][1]:
+        return ByIdentifier.of(None, None, where)
+    system, value = query[0][1].split("|", 1)
+    return ByIdentifier.of(system, value, where)
+
+
 def ref(value: Any, path: str, kind: str | None = "Patient") -> str | None:
     if value is None:
         return None
@@ -104,7 +153,7 @@ def ref(value: Any, path: str, kind: str | None = "Patient") -> str | None:
         raise Shape(path)
     target = value.get("reference")
     if target is None:
-        return None
+        return _by_identifier(value, path, kind) if "identifier" in value else None
     if type(target) is not str:
         raise Shape(f"{path}.reference")
     prefix = _PREFIX.get(kind) if kind is not None else None
@@ -112,6 +161,8 @@ def ref(value: Any, path: str, kind: str | None = "Patient") -> str | None:
         rest = target[len(prefix) :]
         if rest and "/" not in rest:
             return rest
+    if "?" in target:
+        return _conditional(target, path, kind)
     return local_id(target, kind)
 
 
@@ -329,7 +380,9 @@ def appointment(r: Row, ctx: Context) -> Row:
         p = obj(participant, "Appointment.participant") or {}
         actor = obj(p.get("actor"), "Appointment.participant.actor") or {}
         target = text(actor.get("reference"), "Appointment.participant.actor.reference")
-        if target is None:
+        if target is None or target.startswith("Patient?"):
+            if patient is None and _names_patient(actor):
+                patient = ref(actor, "Appointment.participant.actor")
             continue
         found = local_id(target, "Patient")
         if found is not None:
@@ -346,6 +399,16 @@ def appointment(r: Row, ctx: Context) -> Row:
         "mode": mode.lower() if type(mode) is str else None,
         "booked_at": r.get("created"),
     }
+
+
+def _names_patient(actor: dict[str, Any]) -> bool:
+    """Whether an appointment's participant without a plain reference is a patient: a
+    conditional reference to one, or an identifier of a system only patients have (a clinician
+    named by their smartcard id is not one)."""
+    if "reference" in actor:
+        return True
+    identifier = actor.get("identifier")
+    return type(identifier) is dict and identifier.get("system") in PATIENT_IDENTIFIER_SYSTEMS
 
 
 def service_request(r: Row, ctx: Context) -> Row:
@@ -397,12 +460,45 @@ def _current(entries: list[Any], path: str, today: str) -> list[dict[str, Any]]:
     return out
 
 
+UK_CORE = "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-"
+ETHNIC_CATEGORY_EXT = f"{UK_CORE}EthnicCategory"
+ETHNIC_CATEGORY_SYSTEM = "https://fhir.hl7.org.uk/CodeSystem/UKCore-EthnicCategoryEngland"
+VERIFICATION_EXT = f"{UK_CORE}NHSNumberVerificationStatus"
+VERIFICATION_SYSTEM = "https://fhir.hl7.org.uk/CodeSystem/UKCore-NHSNumberVerificationStatusEngland"
+
+
+def _verified(identifier: dict[str, Any], ctx: Context) -> bool:
+    """Whether an NHS number may be used: its UK Core verification status is one the
+    specification accepts, or it gives none (the practice system's number, as held)."""
+    if ctx.verified is None or "extension" not in identifier:
+        return True
+    path = "Patient.identifier.extension"
+    status = extension_value(identifier, VERIFICATION_EXT, "valueCodeableConcept", path)
+    if status is None:
+        return True
+    given = code(status, frozenset({VERIFICATION_SYSTEM}), f"{path}.valueCodeableConcept")
+    return given in ctx.verified
+
+
+def _ethnic_category(r: Row) -> str | None:
+    """The UK Core ethnic category's code, whatever it is: the specification's vocabulary is
+    applied where every column's is, and anything outside it leaves as `other`."""
+    concept = extension_value(r, ETHNIC_CATEGORY_EXT, "valueCodeableConcept", "Patient")
+    path = "Patient.extension.valueCodeableConcept"
+    return code(concept, frozenset({ETHNIC_CATEGORY_SYSTEM}), path)
+
+
 def patient(r: Row, ctx: Context) -> Row:
     identifiers = _current(
         seq(r.get("identifier"), "Patient.identifier"), "Patient.identifier", ctx.extracted_on
     )
     nhs_number = next(
-        (i.get("value") for i in identifiers if i.get("system") == NHS_NUMBER_SYSTEM), None
+        (
+            i.get("value")
+            for i in identifiers
+            if i.get("system") == NHS_NUMBER_SYSTEM and _verified(i, ctx)
+        ),
+        None,
     )
     addresses = _current(
         seq(r.get("address"), "Patient.address"), "Patient.address", ctx.extracted_on
@@ -421,6 +517,7 @@ def patient(r: Row, ctx: Context) -> Row:
         "date_of_death": death,
         "_date_of_death_precision": len(death) if type(death) is str else None,
         "postcode": address.get("postalCode"),
+        "ethnic_category": _ethnic_category(r) if "extension" in r else None,
     }
 
 
@@ -502,8 +599,49 @@ def opt_out_date(kind: str, r: Row) -> tuple[Any, Any]:
     return value, r.get(recorded) if recorded else None
 
 
+# Statuses that say a Consent or Flag is no longer (or never was) in force. Only these release a
+# patient: any other status, or none, leaves the entry counting, since where the record is unclear
+# the dissent stands.
+NOT_IN_FORCE_STATUSES = {
+    "Consent": frozenset({"inactive", "rejected", ENTERED_IN_ERROR}),
+    "Flag": frozenset({"inactive", ENTERED_IN_ERROR}),
+}
+
+
+def opt_out_status(kind: str, r: Row, today: str) -> str:
+    """FACT, entered-in-error, or NOT_IN_FORCE (a Consent or Flag made inactive, rejected, or
+    whose period ended before the extract: it no longer records a decision)."""
+    given = r.get("status")
+    if given == ENTERED_IN_ERROR:
+        return ENTERED_IN_ERROR
+    if given in NOT_IN_FORCE_STATUSES.get(kind, ()):
+        return NOT_IN_FORCE
+    if kind == "Consent":
+        provision = r.get("provision")
+        period = provision.get("period") if type(provision) is dict else None
+    elif kind == "Flag":
+        period = r.get("period")
+    else:
+        return FACT
+    end = period.get("end") if type(period) is dict else None
+    if type(end) is str and len(end) >= 4 and _last_day(end) < today:
+        return NOT_IN_FORCE
+    return FACT
+
+
+def _last_day(value: str) -> str:
+    """The last day a partial date may mean, as text that sorts with ISO dates ("2023" is in
+    force until 2023-12-31): an end known only to its year or month has not passed before then."""
+    if len(value) == 4:
+        return f"{value}-12-31"
+    if len(value) == 7:
+        return f"{value}-31"
+    return value[:10]
+
+
 def opt_out_subject(kind: str, r: Row) -> str | None:
+    element = OPT_OUT_SUBJECT.get(kind, "subject")
     try:
-        return ref(r.get(OPT_OUT_SUBJECT.get(kind, "subject")), kind)
+        return ref(r.get(element), f"{kind}.{element}")
     except Shape:
         return None

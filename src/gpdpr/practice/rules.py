@@ -7,7 +7,7 @@ applies wins):
   quarantine  unreadable date, no subject, subject not registered here, duplicate record id
   excluded    the patient has an active Type 1 opt-out (their faulty records are not reported
               either: a Type 1 patient contributes nothing, not even problems)
-  quarantine  unknown code, missing or implausible date
+  quarantine  invalid code, missing or implausible date
   excluded    entered in error or otherwise not a fact (refuted, not done, cancelled, a draft or
               a proposal: the specification's [facts]), an opt-out code itself, a restricted or
               uncollected sensitive code, older than the retention cut-off
@@ -38,12 +38,17 @@ import pyarrow.compute as pc
 
 from gpdpr.errors import UserError
 from gpdpr.practice.pseudonyms import Pseudonymiser, normalise_postcode
-from gpdpr.practice.source import CODE_SYSTEMS, RECORD_COLUMNS, Batch, Staff
+from gpdpr.practice.source import CODE_SYSTEMS, DATE, RECORD_COLUMNS, Batch, Staff
 from gpdpr.spec import Field, Specification, Table
-from gpdpr.terminology import load_catalogue
+from gpdpr.terminology import Status, classify_all, store
 
 EARLIEST = date(1900, 1, 2)  # 1900-01-01 is a common "date unknown" placeholder
 ENTERED_IN_ERROR = "entered-in-error"
+# The status a reader gives an opt-out entry that no longer records a decision (an inactive
+# Consent or Flag): it is not counted, as an entry in error is not.
+NOT_IN_FORCE = "not-in-force"
+# A date field's companion saying how much of it was recorded: year, month or day.
+PRECISION = "_precision"
 
 # Outcomes, in the order they are decided.
 KEPT = 0
@@ -61,7 +66,7 @@ REASONS = {
     NO_SUBJECT: "no patient (subject) given",
     UNKNOWN_SUBJECT: "patient not registered at this practice",
     DUPLICATE: "duplicate record id (the first is kept)",
-    UNKNOWN_CODE: "code missing or not in the terminology release",
+    UNKNOWN_CODE: "code missing or not a valid SNOMED CT identifier",
     MISSING_DATE: "no date",
     IMPLAUSIBLE_DATE: "implausible date (before birth, before 1900 or after the extract)",
 }
@@ -114,6 +119,9 @@ class Tally:
     replaced: Counter[str] = field(
         default_factory=Counter
     )  # "table.field" -> values outside its allowlist
+    not_in_release: Counter[str] = field(
+        default_factory=Counter
+    )  # table -> rows sent with a valid code the loaded terminology release does not know
 
     def exclude(self, table: str, reason: str, n: int) -> None:
         if n:
@@ -173,6 +181,7 @@ PATIENT_FIELDS = {
     "patient",
     "linkable",
     "sex",
+    "ethnic_category",
     "birth_year",
     "birth_month",
     "death_year",
@@ -217,7 +226,9 @@ def check_supported(spec: Specification) -> None:
         elif name == "staff":
             makeable = {"staff", "role"}
         elif name in RECORD_COLUMNS:
-            makeable = {"record_id", "patient", "staff", *RECORD_COLUMNS[name]}
+            columns = RECORD_COLUMNS[name]
+            dates = {f"{c}{PRECISION}" for c, kind in columns.items() if kind == DATE}
+            makeable = {"record_id", "patient", "staff", *columns, *dates}
         else:
             raise UserError(f"{spec.source}: the extractor has no source for table {name!r}")
         unknown = [f for f in table.field_names if f not in makeable]
@@ -270,11 +281,12 @@ def opt_outs(events: pa.Table, spec: Specification, since: datetime | None) -> O
     """The latest opt-out code per patient decides. An entry entered in error does not count.
     Where the record is unclear, the dissent stands: a dissent whose date cannot be read counts
     as the latest, a withdrawal whose date cannot be read does not count, and a dissent and a
-    withdrawal at the same moment leave the patient opted out."""
+    withdrawal at the same moment leave the patient opted out. An entry no longer in force (an
+    inactive Consent or Flag) does not count either."""
     dissent = spec.dissent_codes()
     latest: dict[object, tuple[tuple[date, datetime, bool], str, datetime | None]] = {}
     for e in events.to_pylist():
-        if e["status"] == ENTERED_IN_ERROR or e["patient_ref"] is None:
+        if e["status"] in (ENTERED_IN_ERROR, NOT_IN_FORCE) or e["patient_ref"] is None:
             continue
         is_dissent = e["code"] in dissent
         unclear = e["_bad_date"] or e["effective_date"] is None
@@ -354,18 +366,20 @@ class Rules:
         self.pseudonymiser = pseudonymiser
         self.tally = tally
         self.quarantine = quarantine
-        catalogue = load_catalogue()
-        self.known_codes = {
-            system: pa.array(sorted({c.code for c in catalogue.concepts if c.system == system}))
-            for system in ("snomed", "dmd")
-        }
+        self.release = store.active()
         excluded = spec.excluded_codes()
         self.set_codes = pa.array(list(excluded), pa.string())
         self.set_names = np.array(list(excluded.values()) or [""], dtype=object)
         self.set_rules = {n: s.rule for n, s in spec.code_sets.items()}
-        self.opt_out_codes = pa.array([spec.dissent.code, spec.dissent_withdrawn.code])
+        self.opt_out_codes = pa.array(
+            sorted(spec.dissent_codes() | spec.withdrawal_codes()), pa.string()
+        )
         self.deletions: list[tuple[str, str]] = []
         self._seen: dict[str, SeenIds] = {}
+        self._precisions = {
+            name: [f.name for f in t.fields if f.name.endswith(PRECISION)]
+            for name, t in spec.tables.items()
+        }
 
     # ---- patients ------------------------------------------------------------------------------
 
@@ -432,6 +446,9 @@ class Rules:
             "patient": pseudonyms.filter(mask),
             "linkable": pa.array(linkable[keep]),
             "sex": kept["sex"],
+            "ethnic_category": kept["ethnic_category"]
+            if "ethnic_category" in kept.column_names
+            else pa.nulls(kept.num_rows, pa.string()),
             "birth_year": pc.year(birth),
             "birth_month": _month(kept, "date_of_birth"),
             "death_year": pc.year(death),
@@ -468,7 +485,9 @@ class Rules:
         set_hit = np.zeros(n, bool)
         set_which = np.zeros(n, np.int64)
         opt_out_code = np.zeros(n, bool)
-        # A code given must be known; a table with two code columns (a vaccination's procedure
+        not_in_release = np.zeros(n, bool)
+        # A code given must be a valid identifier (one the release does not know is still sent,
+        # and counted); a table with two code columns (a vaccination's procedure
         # and product) needs one of them, as real records often carry only the product.
         any_code = np.zeros(n, bool)
         coded = [(c, s) for (owner, c), s in CODE_SYSTEMS.items() if owner == table]
@@ -478,8 +497,9 @@ class Rules:
             _first(outcome, ~any_code, UNKNOWN_CODE)
         for column, system in coded:
             codes = t[column]
-            known = _np(pc.is_in(codes, value_set=self.known_codes[system]))
-            _first(outcome, _np(pc.is_valid(codes)) & ~known, UNKNOWN_CODE)
+            status = classify_all(system, codes)
+            _first(outcome, status == Status.INVALID, UNKNOWN_CODE)
+            not_in_release |= status == Status.NOT_IN_RELEASE
             opt_out_code |= _np(pc.is_in(codes, value_set=self.opt_out_codes))
             found = pc.index_in(codes, value_set=self.set_codes)
             hit = _np(pc.is_valid(found))
@@ -507,6 +527,9 @@ class Rules:
         considered = self._changed(t["last_modified"], registered & index.resend[where])
         self._report(table, batch, outcome, considered)
         self._count(table, outcome, considered, set_which)
+        sent_unknown = int((considered & (outcome == KEPT) & not_in_release).sum())
+        if sent_unknown:
+            self.tally.not_in_release[table] += sent_unknown
         if self.window.since is not None:
             gone = considered & np.isin(outcome, list(DELETE_WHEN_CHANGED))
             ids = t["record_id"].filter(pa.array(gone)).to_pylist()
@@ -520,6 +543,10 @@ class Rules:
             self.pseudonymiser.records(table, kept["record_id"].to_pylist()), pa.string()
         )
         columns["patient"] = _encode(index.pseudonyms, position.filter(keep))
+        for name in self._precisions.get(table, ()):
+            if name not in columns:  # a reader that gives whole dates only: the day, if any
+                day = columns[name.removesuffix(PRECISION)]
+                columns[name] = pc.if_else(pc.is_valid(day), "day", pa.scalar(None, pa.string()))
         if "staff_ref" in kept.column_names:
             columns["staff"] = _encode(staff.pseudonyms, staff_positions(staff, kept["staff_ref"]))
         return self._project(table, columns)

@@ -18,7 +18,8 @@ from typing import Any
 import orjson
 
 from gpdpr.errors import UserError
-from gpdpr.terminology import DMD_SYSTEM, SNOMED_SYSTEM
+from gpdpr.terminology import DMD_SYSTEM, SNOMED_SYSTEM, ecl, sets
+from gpdpr.terminology.sctid import concept_problem
 
 FIELD_TYPES = {"pseudonym", "string", "code", "date", "timestamp", "int", "float", "bool"}
 RULES = {"restricted", "sensitive"}
@@ -96,7 +97,12 @@ class CodeSet:
     rule: str  # restricted | sensitive
     collect: bool  # always False for restricted sets
     why: str  # the law (restricted) or the reason (sensitive)
-    codes: tuple[Code, ...]
+    codes: tuple[Code, ...]  # the concepts named, as the public page lists them
+    ecl: str  # what the set is: by default each named concept and all its descendants
+
+    def expand(self) -> frozenset[str]:
+        """The set's codes in the loaded terminology release."""
+        return sets.expand(self.ecl)
 
 
 @dataclass(frozen=True)
@@ -128,25 +134,42 @@ class Specification:
         str, dict[str, frozenset[str]]
     ]  # resource type -> element -> statuses that are facts
     raw: dict[str, Any]  # the parsed file, for renderers that show every part of it
+    # UK Core NHS number verification statuses under which a number is used; None: any.
+    nhs_number_verified: frozenset[str] | None = None
 
     def excluded_codes(self) -> dict[str, str]:
         """Code -> the name of the set that keeps it out (restricted sets, and sensitive sets
-        this specification does not collect)."""
+        this specification does not collect), each set expanded in the loaded release."""
         out: dict[str, str] = {}
         for code_set in self.code_sets.values():
             if not code_set.collect:
-                for c in code_set.codes:
-                    out[c.code] = code_set.name
+                for code in code_set.expand():
+                    out.setdefault(code, code_set.name)
+        return out
+
+    @property
+    def dissent_ecl(self) -> str:
+        # A withdrawal is never read as a dissent, wherever a release places it.
+        return f"<< {self.dissent.code} MINUS << {self.dissent_withdrawn.code}"
+
+    @property
+    def withdrawal_ecl(self) -> str:
+        return f"<< {self.dissent_withdrawn.code}"
+
+    def code_set_expressions(self) -> dict[str, str]:
+        """Every code set the extractor holds records to, by name, as ECL."""
+        out = {name: s.ecl for name, s in self.code_sets.items()}
+        out["type1_dissent"] = self.dissent_ecl
+        out["type1_withdrawn"] = self.withdrawal_ecl
         return out
 
     def dissent_codes(self) -> frozenset[str]:
-        """The codes that record a Type 1 dissent. Hook for a loaded SNOMED CT release (the
-        terminology work): their descendants belong here too, expanded by the caller that
-        holds the release; without one, the specification's own code."""
-        return frozenset({self.dissent.code})
+        """The codes that record a Type 1 dissent: the specification's concept, its descendants
+        and the inactive concepts the release maps to them."""
+        return sets.expand(self.dissent_ecl)
 
     def withdrawal_codes(self) -> frozenset[str]:
-        return frozenset({self.dissent_withdrawn.code})
+        return sets.expand(self.withdrawal_ecl)
 
     def never_read_resource_types(self) -> set[str]:
         return {t for item in self.never_collected.values() for t in item.fhir_resource_types}
@@ -216,8 +239,11 @@ class _Reader:
         if system not in ("snomed", "dmd"):
             raise self.fail(where, f"code system {system!r} is not snomed or dmd")
         code = self.get(entry, "code", where)
-        if not (code.isascii() and code.isdigit() and 6 <= len(code) <= 18):
-            raise self.fail(where, f"code {code!r} is not a SNOMED CT identifier")
+        problem = concept_problem(code)
+        if problem:
+            raise self.fail(
+                where, f"code {code!r} is not a SNOMED CT concept identifier: {problem}"
+            )
         return Code(system, code, self.get(entry, "term", where))
 
     def specification(self) -> Specification:
@@ -260,7 +286,19 @@ class _Reader:
             code_systems=self._code_systems(raw.get("code_systems", {})),
             facts=self._facts(raw.get("facts", {})),
             raw=raw,
+            nhs_number_verified=self._verified(raw.get("pseudonymisation", {})),
         )
+
+    def _verified(self, body: Any) -> frozenset[str] | None:
+        if not isinstance(body, dict) or "nhs_number_verified" not in body:
+            return None
+        codes = body["nhs_number_verified"]
+        if not isinstance(codes, list) or not codes or not all(isinstance(c, str) for c in codes):
+            raise self.fail(
+                "pseudonymisation",
+                '`nhs_number_verified` should list the verification status codes (e.g. "01")',
+            )
+        return frozenset(codes)
 
     def _code_systems(self, body: Any) -> dict[str, tuple[str, ...]]:
         if not body:  # a specification that names no spellings: each system's own URI
@@ -369,4 +407,14 @@ class _Reader:
         codes = tuple(self.code(c, f"{where}.codes") for c in self.get(body, "codes", where, list))
         if not codes:
             raise self.fail(where, "has no codes")
-        return CodeSet(name, self.get(body, "title", where), rule, collect, why, codes)
+        expression = body.get("ecl")
+        if expression is None:
+            expression = " OR ".join(f"<< {c.code} |{c.term.replace('|', ' ')}|" for c in codes)
+        elif not isinstance(expression, str):
+            raise self.fail(where, "`ecl` should be an ECL expression, as text")
+        try:
+            ecl.parse(expression)
+        except UserError as error:
+            raise self.fail(where, f"`ecl`: {error}") from None
+        title = self.get(body, "title", where)
+        return CodeSet(name, title, rule, collect, why, codes, expression)

@@ -87,9 +87,10 @@ class Vocabulary:
         return int(self.of(key)[0])
 
 
-# Codes shaped like SNOMED CT / dm+d identifiers that are not in the catalogue: the kind of local or
-# retired code a real extract contains. Checked against the catalogue when the vocabulary is built.
-_UNKNOWN_SNOMED = ["999000011000230102", "1000511000000105", "44488211000001101", "285891000000107"]
+# Codes shaped like SNOMED CT / dm+d identifiers whose check digit is wrong (not codes at all: the
+# kind of mistyped code a real extract contains), which the extractor quarantines. Checked against
+# the catalogue when the vocabulary is built.
+_UNKNOWN_SNOMED = ["999000011000230103", "1000511000000105", "44488211000001101", "285891000000107"]
 _UNKNOWN_DMD = ["40000011000001109", "37000511000001103", "30000911000001107"]
 
 

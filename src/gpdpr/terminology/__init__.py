@@ -76,3 +76,9 @@ def load_catalogue() -> Catalogue:
         Concept(r["key"], r["system"], r["code"], r["term"], r["kind"]) for r in rows if r["key"]
     ]
     return Catalogue(concepts)
+
+
+# The seam every reader of records uses: what a code is, by the loaded release (see codes).
+from gpdpr.terminology.codes import Status, classify, classify_all  # noqa: E402
+
+__all__ = ["Status", "classify", "classify_all"]

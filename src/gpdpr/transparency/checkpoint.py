@@ -1,33 +1,40 @@
-"""Signed checkpoints: the log's size, its tree head and when, signed with the log's Ed25519 key.
+"""Signed checkpoints in the C2SP formats (c2sp.org/tlog-checkpoint, c2sp.org/signed-note), so
+any witness that speaks them can co-sign ours:
 
-A checkpoint is a small JSON document anyone can keep; a later checkpoint is trusted only if the
-tree it signs is provably an extension of the one kept (a consistency proof), so the service
-cannot quietly rewrite what it published. The signature covers the canonical JSON of every field
-but `signature` itself.
+    gpdpr.example/transparency-log          the log's origin
+    1234                                    its size (entries)
+    UMSp7MtSeMbgHIH7t8cQ+sBsYcsvxLwLdCxHR...   its root hash, base64
+
+    — gpdpr.example/transparency-log AbCd...   the log's Ed25519 signature (type 0x01)
+    — witness.example/w1 EfGh...               each witness's timestamped cosignature (0x04)
+
+A later checkpoint is trusted only if its tree is provably an extension of the one before (a
+consistency proof), which is what each witness checks before it co-signs, so the service cannot
+quietly rewrite, fork or roll back what it published without every witness refusing.
 
 The private key lives in HOME/keys/log/ (owner-only, beside the custodian's keys and apart from
-data); the public key is published beside the log as log.pub.
+data); its verifier key (vkey) is published beside the log as log.pub.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
+import binascii
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import orjson
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gpdpr import durable
 from gpdpr.errors import UserError
+from gpdpr.transparency import note
+from gpdpr.transparency.note import NoteError, Verifier
 
-LOG_NAME = "gpdpr transparency log"
+ORIGIN = "gpdpr.example/transparency-log"
 KEY_FOLDER = "log"  # inside HOME/keys
 PRIVATE_KEY = "log.key"
 
@@ -38,93 +45,112 @@ class CheckpointError(UserError):
 
 @dataclass(frozen=True)
 class Checkpoint:
+    origin: str
     size: int
     root: bytes
-    time: str
-    key: str  # the id of the key that signed it: SHA-256 of the raw public key, hex
-    signature: bytes
+    signed: note.Note  # the note: the body above as text, and every signature on it
 
-    def body(self) -> dict[str, Any]:
-        return {
-            "log": LOG_NAME,
-            "key": self.key,
-            "size": self.size,
-            "root": self.root.hex(),
-            "time": self.time,
-        }
+    @property
+    def text(self) -> str:
+        return self.signed.text
 
-    def document(self) -> dict[str, Any]:
-        return {**self.body(), "signature": base64.b64encode(self.signature).decode()}
+    @property
+    def key(self) -> str:
+        """The key ID(s) of the log's signature, hex (the witnesses' are cosignatures)."""
+        return ", ".join(s.id.hex() for s in self.signed.signatures if s.name == self.origin)
 
-    def to_json(self) -> bytes:
-        return orjson.dumps(self.document(), option=orjson.OPT_INDENT_2) + b"\n"
+    @property
+    def time(self) -> str:
+        """When a witness last co-signed it (the log's own signature carries no time)."""
+        stamps = [
+            int.from_bytes(s.data[:8], "big")
+            for s in self.signed.signatures
+            if s.name != self.origin and len(s.data) == 72
+        ]
+        if not stamps:
+            return "not yet witnessed"
+        return datetime.fromtimestamp(max(stamps), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def to_bytes(self) -> bytes:
+        return self.signed.render()
+
+    def with_signature(self, signature: note.Signature) -> Checkpoint:
+        return Checkpoint(self.origin, self.size, self.root, self.signed.with_signature(signature))
 
 
-def canonical(value: Any) -> bytes:
-    """The one byte form of a JSON value: keys sorted, no spaces, UTF-8."""
+def body(size: int, root: bytes, origin: str = ORIGIN) -> str:
+    return f"{origin}\n{size}\n{base64.b64encode(root).decode()}\n"
+
+
+def canonical(value: object) -> bytes:
+    """The one byte form of a JSON value: keys sorted, no spaces, UTF-8 (the log's entries)."""
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
-def key_id(public: Ed25519PublicKey) -> str:
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()
+def log_verifier(key: Ed25519PrivateKey, origin: str = ORIGIN) -> Verifier:
+    return note.verifier_for(origin, key.public_key())
 
 
-def sign(key: Ed25519PrivateKey, size: int, root: bytes, at: datetime | None = None) -> Checkpoint:
-    when = (at or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    unsigned = Checkpoint(size, root, when, key_id(key.public_key()), b"")
-    return Checkpoint(size, root, when, unsigned.key, key.sign(canonical(unsigned.body())))
+def sign(key: Ed25519PrivateKey, size: int, root: bytes, origin: str = ORIGIN) -> Checkpoint:
+    text = body(size, root, origin)
+    return Checkpoint(origin, size, root, note.Note(text, (note.sign(text, origin, key),)))
+
+
+def parse_body(text: str, where: str) -> tuple[str, int, bytes]:
+    """A checkpoint's origin, size and root from its text (extension lines are not used)."""
+    lines = text.split("\n")
+    if len(lines) != 4 or lines[3] != "":
+        raise CheckpointError(f"{where} is not a checkpoint: it must be origin, size and root")
+    origin, size, root = lines[:3]
+    if not size.isdigit() or (size != "0" and size.startswith("0")) or len(size) > 19:
+        raise CheckpointError(f"{where}: its size {size[:30]!r} is not a whole number")
+    try:
+        hashed = base64.b64decode(root, validate=True)
+    except binascii.Error:
+        raise CheckpointError(f"{where}: its root hash is not base64") from None
+    if len(hashed) != 32 or not origin:
+        raise CheckpointError(f"{where}: its root is not a SHA-256 hash, or it has no origin")
+    return origin, int(size), hashed
 
 
 def parse(data: bytes, where: str) -> Checkpoint:
-    """A checkpoint document, its shape checked (not yet its signature)."""
+    """A checkpoint note, its shape checked (not yet its signatures)."""
     try:
-        doc = orjson.loads(data)
-        if not isinstance(doc, dict) or doc.get("log") != LOG_NAME:
-            raise ValueError("not a gpdpr log checkpoint")
-        size, root, time, key = doc["size"], doc["root"], doc["time"], doc["key"]
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise ValueError("its size is not a whole number")
-        if not (isinstance(time, str) and isinstance(key, str) and isinstance(root, str)):
-            raise ValueError("its time, key and root must be text")
-        checkpoint = Checkpoint(
-            size, bytes.fromhex(root), time, key, base64.b64decode(doc["signature"], validate=True)
-        )
-        if len(checkpoint.root) != 32:
-            raise ValueError("its root is not a SHA-256 hash")
-    except (orjson.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"{where} is not a valid checkpoint: {exc}") from None
-    return checkpoint
+        signed = note.parse(data, where)
+    except NoteError as exc:
+        raise CheckpointError(str(exc)) from None
+    origin, size, root = parse_body(signed.text, where)
+    return Checkpoint(origin, size, root, signed)
 
 
-def check_signature(checkpoint: Checkpoint, public: Ed25519PublicKey, where: str) -> None:
-    if checkpoint.key != key_id(public):
+def check_signature(checkpoint: Checkpoint, verifier: Verifier, where: str) -> None:
+    """The log's own signature, by the pinned key, on a checkpoint of the pinned origin."""
+    if checkpoint.origin != verifier.name:
         raise CheckpointError(
-            f"{where} was signed by key {checkpoint.key[:16]}…, not by this log's key "
-            f"{key_id(public)[:16]}…"
+            f"{where} is a checkpoint of {checkpoint.origin!r}, not of this log ({verifier.name})"
         )
     try:
-        public.verify(checkpoint.signature, canonical(checkpoint.body()))
-    except InvalidSignature:
-        raise CheckpointError(
-            f"{where}: the signature does not match its contents: it was altered after signing"
-        ) from None
+        note.verify(checkpoint.signed, verifier, where)
+    except NoteError as exc:
+        raise CheckpointError(f"{exc}: it is not signed by this log's key") from None
 
 
-def read_public_key(data: bytes, where: str) -> Ed25519PublicKey:
+def read_public_key(data: bytes, where: str) -> Verifier:
     try:
-        key = serialization.load_pem_public_key(data)
-    except ValueError:
-        raise CheckpointError(f"{where} is not a PEM public key") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise CheckpointError(f"{where} is not an Ed25519 public key")
-    return key
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{where} is not a verifier key") from None
+    try:
+        found = note.parse_vkey(text, where)
+    except NoteError as exc:
+        raise CheckpointError(str(exc)) from None
+    if found.kind != note.ED25519:
+        raise CheckpointError(f"{where} is not a log's (type 0x01) key")
+    return found
 
 
-def public_pem(key: Ed25519PublicKey) -> bytes:
-    return key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+def public_file(key: Ed25519PrivateKey) -> bytes:
+    return log_verifier(key).vkey.encode() + b"\n"
 
 
 def load_or_create_key(keys: Path) -> Ed25519PrivateKey:

@@ -14,6 +14,7 @@ from gpdpr.errors import UserError
 from gpdpr.terminal import console, fail
 
 if TYPE_CHECKING:
+    from gpdpr.transparency.policy import Policy
     from gpdpr.transparency.verify import Source
 
 log_app = typer.Typer(
@@ -48,6 +49,35 @@ def _source(home: Path, log_dir: Path | None, url: str | None) -> Source:
     return Source(folder=log_dir if log_dir is not None else log_folder(home))
 
 
+PolicyFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--policy",
+        help="The trust policy you pinned (log key, witnesses, quorum); by default the one "
+        "shipped in this package. Never the log's own copy.",
+    ),
+]
+
+
+def _policy(path: Path | None) -> Policy:
+    from gpdpr.transparency import policy
+
+    try:
+        if path is not None:
+            return policy.parse(path.read_text("utf-8"), str(path))
+        found = policy.shipped()
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror or exc}")
+    except UserError as exc:
+        fail(str(exc))
+    if found is None:
+        fail(
+            "no trust policy is pinned in this package: give --policy FILE (the policy shown on "
+            "the portal's verify page, kept by you, never fetched from the log itself)"
+        )
+    return found
+
+
 @log_app.command("verify")
 def verify_command(
     checkpoint: Annotated[
@@ -56,24 +86,30 @@ def verify_command(
     ] = None,
     log_dir: LogDir = None,
     url: Url = None,
+    policy: PolicyFile = None,
     home: PlainHome = DEFAULT_HOME,
 ) -> None:
-    """Recompute the whole tree from the entries, check the signed checkpoint, and (with
-    --checkpoint) prove the current log extends the one you kept."""
+    """Recompute the whole tree from the entries, check the checkpoint is signed by the pinned
+    log key and freshly co-signed by a quorum of the pinned witnesses, and (with --checkpoint)
+    prove the current log extends the one you kept."""
     from gpdpr.transparency.verify import verify
 
+    pinned = _policy(policy)
     source = _source(home, log_dir, url)
     try:
         kept = checkpoint.read_bytes() if checkpoint is not None else None
     except OSError as exc:
         fail(f"cannot read {checkpoint}: {exc.strerror or exc}")
     try:
-        result = verify(source, kept, str(checkpoint or ""))
+        result = verify(source, pinned, kept, str(checkpoint or ""))
     except UserError as exc:
         fail(f"the log at {source.name} does NOT verify: {exc}")
     console.print(
         f"[green]verified[/]: {source.name}: {result.entries:,} entries, the tree recomputed; "
-        f"checkpoint of {result.size:,} entries signed {result.time}, root {result.root.hex()}"
+        f"checkpoint of {result.size:,} entries, root {result.root.hex()}, signed by the pinned "
+        f"log key and co-signed by {len(result.witnesses)} of {len(pinned.witnesses)} pinned "
+        f"witnesses ({pinned.quorum} required): "
+        + ", ".join(f"{name} at {_when(at)}" for name, at in sorted(result.witnesses.items()))
     )
     if result.since is not None:
         console.print(
@@ -85,6 +121,12 @@ def verify_command(
         console.print(f"{result.entries - result.size} newer entries await the next checkpoint.")
     if result.torn:
         console.print(f"an append of {result.torn} bytes is unfinished at the end (ignored).")
+
+
+def _when(timestamp: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @log_app.command("prove")
@@ -200,3 +242,92 @@ def my_record_command(
             console.print(
                 f"  {change['action']} {change['effective_at']:%Y-%m-%d} ({change['source']})"
             )
+
+
+witness_app = typer.Typer(
+    rich_markup_mode=None,
+    help="A witness of the log: co-signs a checkpoint only if the log grew consistently.",
+    no_args_is_help=True,
+)
+log_app.add_typer(witness_app, name="witness")
+StateDir = Annotated[
+    Path, typer.Option("--state", help="The witness's own folder (its key, state).")
+]
+
+
+@witness_app.command("init")
+def witness_init(
+    state: StateDir,
+    name: Annotated[str, typer.Option(help="The witness's name, a schema-less URL.")],
+    log_key: Annotated[
+        list[str],
+        typer.Option(
+            "--log-key",
+            metavar="VKEY",
+            help="A log's verifier key (the text of its log.pub) to watch; repeat for more logs.",
+        ),
+    ],
+) -> None:
+    """Make a witness: its key and an empty state; prints its verifier key for policies."""
+    from gpdpr.transparency.witness import create
+
+    try:
+        made = create(state, name, log_key)
+    except UserError as exc:
+        fail(str(exc))
+    console.print(made.verifier.vkey, soft_wrap=True)
+
+
+@witness_app.command("cosign")
+def witness_cosign(
+    state: StateDir,
+    log_dir: LogDir = None,
+    url: Url = None,
+    home: PlainHome = DEFAULT_HOME,
+) -> None:
+    """Fetch the log's public files, and co-sign its checkpoint if it extends the last one this
+    witness co-signed (the proof computed from the entries, then checked like any other)."""
+    import time
+
+    from gpdpr.transparency.witness import Conflict, add_checkpoint, open_witness, request_body
+
+    source = _source(home, log_dir, url)
+    try:
+        witness = open_witness(state)
+        contents = source.read()
+        assert contents.checkpoint is not None
+        signed, old = contents.checkpoint, 0
+        for _ in range(2):
+            if old > signed.size:
+                fail(
+                    f"REFUSED: this witness co-signed {old} entries; the log now signs only "
+                    f"{signed.size}: it was rolled back"
+                )
+            proof = contents.tree.consistency_proof(old, signed.size)
+            try:
+                line = add_checkpoint(
+                    witness, request_body(old, proof, signed.to_bytes()), int(time.time())
+                )
+                break
+            except Conflict as conflict:
+                old = conflict.size
+    except UserError as exc:
+        fail(f"REFUSED: {exc}")
+    console.print(line.line(), end="", soft_wrap=True)
+
+
+@witness_app.command("enrol")
+def witness_enrol(
+    state: StateDir,
+    quorum: Annotated[int, typer.Option(help="How many witnesses a verifier requires.")] = 1,
+    home: PlainHome = DEFAULT_HOME,
+) -> None:
+    """Have the service ask this witness to co-sign each checkpoint, and write the policy
+    verifiers pin (HOME/keys/log/policy; published as HOME/log/policy)."""
+    from gpdpr.transparency.cosigning import enrol
+
+    try:
+        pinned = enrol(home / "keys", state, quorum)
+    except UserError as exc:
+        fail(str(exc))
+    console.print(pinned.render(), end="", soft_wrap=True)

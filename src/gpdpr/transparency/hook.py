@@ -33,7 +33,7 @@ def check_at_start(home: Path) -> None:
     if not folder.exists():
         return
     try:
-        store.read(folder)
+        store.read_kept(folder)  # the tree kept, extended: not the whole log hashed again
     except UserError as exc:
         fail(
             f"the transparency log does not verify: {exc}. Nothing was done: the service "

@@ -64,6 +64,31 @@ class Tree:
             self._levels[level + 1] += node_hash(bytes(pair[:HASH_BYTES]), bytes(pair[HASH_BYTES:]))
             level += 1
 
+    def levels(self) -> list[bytes]:
+        """Every stored hash, one level per bytes (level 0 the leaves): what `restore` takes."""
+        return [bytes(level) for level in self._levels]
+
+    def level_tail(self, level: int, start: int) -> bytes:
+        """Level `level`'s bytes from byte `start` on (for appending them to a copy kept)."""
+        return bytes(self._levels[level][start:]) if level < len(self._levels) else b""
+
+    @property
+    def depth(self) -> int:
+        return len(self._levels)
+
+    @classmethod
+    def restore(cls, levels: list[bytes]) -> Tree:
+        """A tree from its stored levels, their lengths checked against each other."""
+        tree = cls()
+        tree._levels = [bytearray(level) for level in levels] or [bytearray()]
+        size = tree.size
+        for n, level in enumerate(tree._levels):
+            if len(level) != (size >> n) * HASH_BYTES:
+                raise ValueError(f"level {n} of a stored tree of {size} has the wrong length")
+        if size >> len(tree._levels):
+            raise ValueError(f"a stored tree of {size} is missing levels")
+        return tree
+
     def leaf(self, index: int) -> bytes:
         return self._stored(0, index)
 

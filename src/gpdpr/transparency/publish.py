@@ -18,7 +18,9 @@ published only as counts:
 
 - opt-outs set and withdrawn, and the custodian's pseudonym look-ups, as one entry per
   (UTC) day, published once the day is over, so no entry's time points at one person's act;
-- erasures as one entry per erasure cycle (lake version): people, rows removed per table.
+- erasures as one entry per erasure cycle (lake version): how many people and how many rows in
+  all, and only when at least ERASURE_THRESHOLD people were erased in the cycle ("fewer than 10"
+  otherwise, and no rows): a count per table, or of a handful of people, could single one out.
 
 Exactly once. Each event row records the `seq` of the entry that publishes it (`log_seq`, in the
 central database only). One publish: under a lock, open and verify the log (refusing a damaged
@@ -32,7 +34,8 @@ from __future__ import annotations
 
 import fcntl
 import re
-from collections import Counter, defaultdict
+import time
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,7 +49,7 @@ from sqlalchemy.orm import Session
 from gpdpr import durable, spec
 from gpdpr.db.events import record
 from gpdpr.db.models import Event, as_utc, core, now
-from gpdpr.transparency import store
+from gpdpr.transparency import cosigning, store
 from gpdpr.transparency.checkpoint import Checkpoint
 
 LOG_FOLDER = "log"
@@ -171,11 +174,13 @@ DAILY = {
     "custodian.pseudonym": "custodian.pseudonym.daily",
 }
 ERASURE = "erasure"
+ERASURE_THRESHOLD = 10
 # What the aggregate entries mean (documented with the rest in the README).
 AGGREGATES = {
     "optout.daily": "opt-outs set and withdrawn on one day, by type and by where they came from",
     "custodian.pseudonym.daily": "the custodian's look-ups of a pseudonym on one day, by purpose",
-    "erasure": "one erasure cycle: people erased, rows removed per table, the lake version",
+    "erasure": "one erasure cycle: people erased and rows removed in all (only when at least "
+    f"{ERASURE_THRESHOLD} people were), the lake version",
 }
 
 
@@ -247,8 +252,20 @@ def _publish(home: Path, engine: sa.Engine, when: datetime, keys: Path | None) -
         durable.step("log events numbered")
         writer.append(entries)
         signed = writer.contents.checkpoint
-        if entries or signed is None or signed.size != writer.size:
-            signed = writer.sign(when)
+        keys = keys or home / "keys"
+        witnessed = bool(cosigning.enrolled(keys))
+        moment = int(time.time())  # a witness's clock, not the publish's `at` (events' day)
+        if (
+            entries
+            or signed is None
+            or signed.size != writer.size
+            or (witnessed and cosigning.stale(signed, moment))
+        ):
+            signed = writer.sign()
+            if witnessed:
+                gathered = cosigning.gather(writer, keys, signed, moment)
+                signed = writer.publish(gathered.checkpoint)
+                writer.contents.notes.extend(gathered.notes)
         held = len(pending) - sum(len(ids) for ids in members)
         return Published(len(entries), held, signed, writer.contents.notes)
 
@@ -301,7 +318,20 @@ def build(
         index = groups[key]
         _aggregate_add(slots[index], event)
         members[index].append(event.id)
-    return slots, members
+    return [_coarsened(slot) for slot in slots], members
+
+
+def _coarsened(entry: dict[str, Any]) -> dict[str, Any]:
+    """An erasure entry as published: totals only, and none for a handful of people."""
+    if entry["type"] != ERASURE:
+        return entry
+    found = entry["details"]
+    details: dict[str, Any] = {"lake_version": found["lake_version"]}
+    if found["people"] >= ERASURE_THRESHOLD:
+        details |= {"people": found["people"], "rows_removed": found["rows_removed"]}
+    else:
+        details["people"] = f"fewer than {ERASURE_THRESHOLD}"
+    return {**entry, "details": details}
 
 
 def entry_for(event: Event, organisations: dict[str, str | None]) -> dict[str, Any]:
@@ -357,7 +387,6 @@ def _aggregate_start(kind: str, key: str) -> dict[str, Any]:
         "lake_version": None if key == "None" else int(key),
         "people": 0,
         "rows_removed": 0,
-        "tables": {},
     }
     return {"type": kind, "time": "", "actor": {**actor, "role": "collector"}, "details": details}
 
@@ -376,9 +405,6 @@ def _aggregate_add(entry: dict[str, Any], event: Event) -> None:
     else:
         details["people"] += 1
         details["rows_removed"] += int(found.get("rows_removed", 0))
-        tables = Counter(details["tables"])
-        tables.update({str(t): int(n) for t, n in dict(found.get("tables", {})).items()})
-        details["tables"] = dict(sorted(tables.items()))
         entry["time"] = max(entry["time"], _time(as_utc(event.at)))
 
 

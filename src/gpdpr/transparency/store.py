@@ -2,9 +2,12 @@
 
     entries.jsonl          one entry per line, canonical JSON (keys sorted, no spaces), each with
                            its `seq` (0, 1, 2, ...): the leaves of the Merkle tree, in order
-    checkpoint.json        the latest signed checkpoint (size, root, time, signature)
-    checkpoints/N.json     every checkpoint signed, by size
-    log.pub                the log's Ed25519 public key (PEM)
+    checkpoint             the latest signed checkpoint (C2SP tlog-checkpoint: origin, size, root;
+                           the log's signature and its witnesses' cosignatures)
+    checkpoints/N          every checkpoint signed, by size
+    log.pub                the log's Ed25519 verifier key (a C2SP vkey line)
+    policy                 the trust policy (log key, witnesses, quorum), for convenience only:
+                           a verifier pins its own copy (gpdpr.transparency.policy)
 
 Durability. A log is created whole: its public key, an empty entries file and a signed checkpoint
 of size 0 are written in a folder aside and renamed into place in one step, so a log always has a
@@ -18,7 +21,7 @@ only when no signed checkpoint covers it (an entry the log has signed is never r
 loss is damage, reported).
 
 Logs made before creation was atomic may hold entries and no checkpoint at all (no
-checkpoint.json, nothing in checkpoints/): their first publish died before signing. Nothing was
+checkpoint, nothing in checkpoints/): their first publish died before signing. Nothing was
 ever signed, so nothing signed was lost: such a log is read as unsigned and the next publish signs
 it.
 
@@ -33,22 +36,24 @@ import os
 import shutil
 from array import array
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gpdpr import durable
 from gpdpr.errors import UserError
 from gpdpr.transparency import checkpoint as cp
+from gpdpr.transparency import kept_tree
 from gpdpr.transparency.merkle import Tree, leaf_hash
+from gpdpr.transparency.note import Verifier
 
 ENTRIES = "entries.jsonl"
-CHECKPOINT = "checkpoint.json"
+CHECKPOINT = "checkpoint"
 CHECKPOINTS = "checkpoints"
 PUBLIC_KEY = "log.pub"
+POLICY = "policy"
 
 
 class LogDamaged(UserError):
@@ -65,7 +70,7 @@ class Contents:
     offsets: array[int]  # where entry i starts; the last value is the end of the last entry
     tree: Tree
     checkpoint: cp.Checkpoint | None
-    public_key: Ed25519PublicKey | None
+    public_key: Verifier | None
     torn: int = 0  # bytes of an unfinished last line (a crash mid-append), not yet cut off
     notes: list[str] = field(default_factory=list)
 
@@ -82,10 +87,14 @@ class Contents:
         return value
 
 
-def split_entries(data: bytes, where: str) -> tuple[array[int], Tree, int]:
-    """Check every complete line of an entries file and hash it into the tree; where each line
-    starts, the tree, and the length of a torn tail (bytes after the last newline)."""
-    offsets, tree, start, seq = array("q", [0]), Tree(), 0, 0
+def split_entries(
+    data: bytes, where: str, tree: Tree | None = None
+) -> tuple[array[int], Tree, int]:
+    """Check every complete line of an entries file and hash it into the tree (continuing
+    `tree`, if given, with `data` the bytes after the entries it holds); where each line starts,
+    the tree, and the length of a torn tail (bytes after the last newline)."""
+    tree = tree if tree is not None else Tree()
+    offsets, start, seq = array("q", [0]), 0, tree.size
     while (end := data.find(b"\n", start)) >= 0:
         line = data[start:end]
         check_entry(line, seq, where)
@@ -124,7 +133,7 @@ def read(folder: Path) -> Contents:
     # The checkpoint before the entries: a publish appends entries before it signs, so entries
     # read after a checkpoint always cover it, even while a publish is running.
     signed, public = get(CHECKPOINT), get(PUBLIC_KEY)
-    never_signed = signed is None and not any((folder / CHECKPOINTS).glob("*.json"))
+    never_signed = signed is None and not _any_signed(folder)
     return parse(folder, get(ENTRIES) or b"", signed, public, str(folder), never_signed)
 
 
@@ -135,11 +144,12 @@ def parse(
     public_pem: bytes | None,
     where: str,
     never_signed: bool = False,
+    tree: Tree | None = None,
 ) -> Contents:
     """Verify a log from its files' bytes (wherever they were read or fetched from).
     `never_signed`: the folder shows no checkpoint was ever signed (see the module's docstring),
     so entries without one are an interrupted first publish, not a deleted checkpoint."""
-    offsets, tree, torn = split_entries(data, f"{where}/{ENTRIES}")
+    offsets, tree, torn = split_entries(data, f"{where}/{ENTRIES}", tree)
     public = None
     if public_pem is not None:
         public = cp.read_public_key(public_pem, f"{where}/{PUBLIC_KEY}")
@@ -163,7 +173,42 @@ def parse(
     return contents
 
 
-def check_against(signed: cp.Checkpoint, tree: Tree, public: Ed25519PublicKey, where: str) -> None:
+def read_kept(folder: Path) -> tuple[Contents, int]:
+    """`read` for the service itself: its kept copy of the tree (gpdpr.transparency.kept_tree)
+    extended by the entries after it, checked against the signed checkpoint; the whole log
+    hashed again if there is no usable copy. The contents hold the tree only (no entries'
+    bytes); with the length of entries.jsonl they cover."""
+    cache = kept_tree.folder_for(folder)
+    kept = kept_tree.load(cache)
+    entries = folder / ENTRIES
+    length = entries.stat().st_size if entries.exists() else 0
+    if kept is not None and kept[1] <= length:
+        tree, end = kept
+        signed, public = _get(folder, CHECKPOINT), _get(folder, PUBLIC_KEY)
+        with open(entries, "rb") as f:
+            f.seek(end)
+            tail = f.read()
+        try:
+            never_signed = signed is None and not _any_signed(folder)
+            contents = parse(folder, tail, signed, public, str(folder), never_signed, tree)
+        except UserError:
+            contents = None  # the whole log decides, below
+        if contents is not None:
+            contents.data, contents.offsets = b"", array("q")
+            return contents, end + len(tail) - contents.torn
+    kept_tree.forget(cache)
+    contents = read(folder)
+    covered = len(contents.data)
+    contents.data, contents.offsets = b"", array("q")
+    return contents, covered
+
+
+def _get(folder: Path, name: str) -> bytes | None:
+    path = folder / name
+    return path.read_bytes() if path.exists() else None
+
+
+def check_against(signed: cp.Checkpoint, tree: Tree, public: Verifier, where: str) -> None:
     """A checkpoint's signature, and its root against the tree's first `size` entries."""
     cp.check_signature(signed, public, where)
     if signed.size > tree.size:
@@ -185,6 +230,7 @@ class Writer:
 
     contents: Contents
     key: Ed25519PrivateKey
+    end: int = 0  # the bytes of entries.jsonl the tree covers
 
     @property
     def size(self) -> int:
@@ -209,15 +255,20 @@ class Writer:
         durable.step("log entries appended")
         for line in lines:
             self.contents.tree.append(leaf_hash(line))
+        self.end += sum(len(line) + 1 for line in lines)
+        kept_tree.save(kept_tree.folder_for(folder), self.contents.tree, self.end)
         return lines
 
-    def sign(self, at: datetime | None = None) -> cp.Checkpoint:
+    def sign(self) -> cp.Checkpoint:
         """Sign the log as it stands and publish the checkpoint (atomically)."""
-        signed = cp.sign(self.key, self.size, self.contents.tree.root(), at)
+        return self.publish(cp.sign(self.key, self.size, self.contents.tree.root()))
+
+    def publish(self, signed: cp.Checkpoint) -> cp.Checkpoint:
+        """Write a checkpoint of this log (its cosignatures gathered) where readers find it."""
         folder = self.contents.folder
         (folder / CHECKPOINTS).mkdir(exist_ok=True)
-        durable.write_file(folder / CHECKPOINTS / f"{signed.size}.json", signed.to_json())
-        durable.write_file(folder / CHECKPOINT, signed.to_json())
+        durable.write_file(folder / CHECKPOINTS / str(signed.size), signed.to_bytes())
+        durable.write_file(folder / CHECKPOINT, signed.to_bytes())
         self.contents.checkpoint = signed
         return signed
 
@@ -226,7 +277,7 @@ def open_verified(folder: Path, keys: Path) -> Writer:
     """The service's log, verified, for appending: made (with its key) if there is none yet.
     Refuses a log that does not verify, or whose published key is not the service's."""
     key = cp.load_or_create_key(keys)
-    pem = cp.public_pem(key.public_key())
+    pem = cp.public_file(key)
     published = folder / PUBLIC_KEY
     if _unstarted(folder):
         _create(folder, key)
@@ -239,11 +290,11 @@ def open_verified(folder: Path, keys: Path) -> Writer:
             f"{published} is not the public half of the service's log key "
             f"{keys / cp.KEY_FOLDER / cp.PRIVATE_KEY}: one of them was replaced"
         )
-    contents = read(folder)
+    contents, end = read_kept(folder)
     if contents.torn:
         _cut_torn_tail(folder / ENTRIES, contents)
-    contents.data, contents.offsets = b"", array("q")
-    return Writer(contents, key)
+    kept_tree.save(kept_tree.folder_for(folder), contents.tree, end)
+    return Writer(contents, key, end)
 
 
 def _cut_torn_tail(path: Path, contents: Contents) -> None:
@@ -260,6 +311,11 @@ def _cut_torn_tail(path: Path, contents: Contents) -> None:
     contents.torn = 0
 
 
+def _any_signed(folder: Path) -> bool:
+    signed = folder / CHECKPOINTS
+    return signed.is_dir() and any(p.name.isdigit() for p in signed.iterdir())
+
+
 def _unstarted(folder: Path) -> bool:
     """No log here yet: no folder, or one an older version made and never wrote an entry or a
     checkpoint to (its public key alone, or nothing)."""
@@ -268,7 +324,7 @@ def _unstarted(folder: Path) -> bool:
     entries = folder / ENTRIES
     return not (
         (folder / CHECKPOINT).exists()
-        or any((folder / CHECKPOINTS).glob("*.json"))
+        or _any_signed(folder)
         or (entries.exists() and entries.stat().st_size > 0)
     )
 
@@ -282,10 +338,10 @@ def _create(folder: Path, key: Ed25519PrivateKey) -> None:
         shutil.rmtree(aside)
     (aside / CHECKPOINTS).mkdir(parents=True)
     empty = cp.sign(key, 0, Tree().root())
-    durable.write_file(aside / PUBLIC_KEY, cp.public_pem(key.public_key()))
+    durable.write_file(aside / PUBLIC_KEY, cp.public_file(key))
     durable.write_file(aside / ENTRIES, b"")
-    durable.write_file(aside / CHECKPOINTS / "0.json", empty.to_json())
-    durable.write_file(aside / CHECKPOINT, empty.to_json())
+    durable.write_file(aside / CHECKPOINTS / "0", empty.to_bytes())
+    durable.write_file(aside / CHECKPOINT, empty.to_bytes())
     if folder.exists():
         # An unstarted folder from an older version: nothing in it is needed.
         shutil.rmtree(folder)

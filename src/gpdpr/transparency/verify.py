@@ -2,7 +2,10 @@
 serving the same files. Nothing here reads the service's database or keys.
 
 - `verify`: every entry well-formed and numbered in order, the whole tree recomputed, the current
-  checkpoint's signature and root checked against it; and, given a checkpoint kept from before,
+  checkpoint's root checked against it, its signature by the pinned log key and a quorum of fresh
+  cosignatures by the pinned witnesses (gpdpr.transparency.policy): that is what refuses a
+  rolled-back, forked or re-keyed log to a verifier that kept nothing; and, given a checkpoint
+  kept from before,
   a consistency proof (RFC 9162 section 2.1.4) that the current tree extends the kept one, so a
   rewrite, deletion, reordering or insertion since then cannot go unnoticed.
 - `prove`: one entry's inclusion proof (RFC 9162 section 2.1.3) against the signed checkpoint.
@@ -10,6 +13,7 @@ serving the same files. Nothing here reads the service's database or keys.
 
 from __future__ import annotations
 
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -20,6 +24,7 @@ from gpdpr.errors import UserError
 from gpdpr.transparency import checkpoint as cp
 from gpdpr.transparency import store
 from gpdpr.transparency.merkle import leaf_hash, verify_consistency, verify_inclusion
+from gpdpr.transparency.policy import Policy, accept
 
 
 @dataclass(frozen=True)
@@ -71,23 +76,38 @@ class Verified:
     torn: int  # bytes of an unfinished append at the end (being written, or a crash)
     since: cp.Checkpoint | None  # the kept checkpoint proven a prefix
     proof: list[bytes]
+    witnesses: dict[str, int]  # the pinned witnesses whose fresh cosignatures counted, and when
 
 
-def verify(source: Source, kept: bytes | None = None, kept_name: str = "") -> Verified:
-    """Check the whole log; with `kept` (an earlier checkpoint's file), prove the log has only
-    grown since."""
-    return check(source.read(), kept, kept_name)
+def verify(
+    source: Source,
+    pinned: Policy,
+    kept: bytes | None = None,
+    kept_name: str = "",
+    now: int | None = None,
+) -> Verified:
+    """Check the whole log against the pinned policy; with `kept` (an earlier checkpoint's
+    file), prove the log has only grown since."""
+    return check(source.read(), pinned, kept, kept_name, now)
 
 
-def check(contents: store.Contents, kept: bytes | None = None, kept_name: str = "") -> Verified:
+def check(
+    contents: store.Contents,
+    pinned: Policy,
+    kept: bytes | None = None,
+    kept_name: str = "",
+    now: int | None = None,
+) -> Verified:
     """`verify` on contents already read (and so checked) from a source: the portal keeps them
     between page views rather than hashing the whole log for each."""
     current = contents.checkpoint
-    assert current is not None and contents.public_key is not None
+    assert current is not None
+    moment = int(time.time()) if now is None else now
+    witnesses = accept(current, pinned, moment, f"{store.CHECKPOINT} of {contents.size} entries")
     since, proof = None, []
     if kept is not None:
         since = cp.parse(kept, kept_name or "the kept checkpoint")
-        cp.check_signature(since, contents.public_key, kept_name or "the kept checkpoint")
+        cp.check_signature(since, pinned.log, kept_name or "the kept checkpoint")
         if since.size > current.size:
             raise store.LogDamaged(
                 f"the kept checkpoint signs {since.size} entries, the current one only "
@@ -103,6 +123,7 @@ def check(contents: store.Contents, kept: bytes | None = None, kept_name: str = 
         contents.torn,
         since,
         proof,
+        witnesses,
     )
 
 

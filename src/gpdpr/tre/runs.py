@@ -34,6 +34,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +50,11 @@ from gpdpr.governance.agreements import Scope, authorise, expire_due
 from gpdpr.lake.store import Lake
 from gpdpr.transparency.patient import keep_run_uses
 from gpdpr.tre import views
-from gpdpr.tre.engines.base import Engine, Results
+from gpdpr.tre.engines.base import Engine, LakeViews, Results
 from gpdpr.tre.engines.duckdb import DuckDBEngine
 from gpdpr.tre.query import nodes as n
 from gpdpr.tre.query import serial
 from gpdpr.tre.query.language import Dataset, Measures, definition_of
-from gpdpr.tre.query.schema import PATIENT_ID
 from gpdpr.tre.release import disclosure
 from gpdpr.tre.release.control import Outputs as Outputs
 from gpdpr.tre.release.control import control as control
@@ -224,11 +224,11 @@ def submit(
     except UserError as refusal:
         _record_refusal(record, refusal)
         raise
-    progress("building the project's views")
-    built, key = _views_and_key(home, database, scope, handle, used, version)
+    progress("planning the project's views")
+    planned, key = _views_and_key(home, database, scope, handle, used, version)
     progress(f"running on {engine.name}")
     try:
-        results = engine.run(definition, built)
+        results = engine.run(definition, planned)
     except Exception as error:  # the engine's words may carry data: kept, not shown
         reference = record("failed", f"{type(error).__name__}: {error}"[:2000], {})
         raise UserError(
@@ -238,7 +238,8 @@ def submit(
         ) from None
     progress("disclosure control")
     outputs = control(definition, results)
-    read = (key, built["patients"].column(PATIENT_ID))
+    assert results.read is not None  # an engine given a plan says whom it read
+    read = (key, results.read)
     return _keep(
         home,
         outputs,
@@ -256,10 +257,10 @@ def project_views(
     used: Mapping[str, Iterable[str]],
     lake_version: int,
 ) -> dict[str, pa.Table]:
-    """The views a run under `scope` sees: opt-outs applied as of now (a Type 1 awaiting
+    """The views a run under `scope` sees, made: opt-outs applied as of now (a Type 1 awaiting
     erasure always; the National Data Opt-out unless the agreement is exempt), pseudonyms under
     the project's key, which the custodian derives (the environment never holds the keys)."""
-    return _views_and_key(home, database, scope, handle, used, lake_version)[0]
+    return views.made(_views_and_key(home, database, scope, handle, used, lake_version)[0])
 
 
 def _views_and_key(
@@ -269,8 +270,8 @@ def _views_and_key(
     handle: str,
     used: Mapping[str, Iterable[str]],
     lake_version: int,
-) -> tuple[dict[str, pa.Table], bytes]:
-    from gpdpr.custodian.central import Custodian
+) -> tuple[LakeViews, bytes]:
+    from gpdpr.custodian.central import Custodian, project_pseudonyms
     from gpdpr.optout.registry import Registry
 
     registry = Registry(database)
@@ -282,7 +283,7 @@ def _views_and_key(
         scope.data_from, scope.data_to, scope.population, frozenset(excluded)
     )
     snapshot = Lake.open(home / "lake").snapshot(lake_version)
-    return views.build(snapshot, view_scope, used, key), key
+    return views.plan(snapshot, view_scope, used, partial(project_pseudonyms, key)), key
 
 
 def _record_refusal(

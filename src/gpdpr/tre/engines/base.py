@@ -1,7 +1,8 @@
 """What every engine shares: the views in, the `Results` out, and the service's types for
-them. All engines take the same project views (Arrow tables, one per table the definition reads)
-and give the same `Results`, typed the same way, so that what a definition means does not depend
-on where it ran.
+them. All engines take the same project views (a `LakeViews` plan over the lake's files, which
+the engine makes itself; or Arrow tables made already, one per table the definition reads) and
+give the same `Results`, typed the same way, so that what a definition means does not depend on
+where it ran.
 
 DuckDB (`engines.duckdb`), embedded, is the default. Spark (`engines.spark`) is for more than
 one machine. Both run only SQL the compiler wrote (engines/sql.py; `engines.guard` checks it
@@ -18,13 +19,14 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
 from gpdpr.errors import UserError
 from gpdpr.tre.engines import sql
@@ -39,17 +41,43 @@ def arrow_type(kind: str) -> pa.DataType:
 
 
 @dataclass(frozen=True)
+class LakeViews:
+    """A project's views as queries over one lake version's files, made inside the engine (see
+    `tre.views.plan`): nothing row-level is read into Python to make them.
+
+    Each engine reads `sources` under the names `source_<table>`, which no compiled query may
+    name (the guard allows the view names only); makes `people` (each person in the
+    population once, by lake pseudonym) into a table with each person's whole-number key; and
+    defines each view by its SQL over those. A pseudonym column (staff, postcode) is shown
+    through a table of its distinct values mapped by `project`, as is a dataset's patient."""
+
+    sources: Mapping[str, ds.Dataset]  # lake table -> its files at the run's lake version
+    excluded: pa.Table  # `patient`: lake pseudonyms never to be shown (opt-outs)
+    people: str  # SQL: `patient`, each person in the population once
+    views: Mapping[str, str]  # view table -> SQL: patient_id (the key), then its columns
+    mapped: Mapping[str, tuple[str, ...]]  # pseudonym column -> the lake tables it is read from
+    project: Callable[[pa.Array | pa.ChunkedArray], pa.Array | pa.ChunkedArray]  # lake -> project
+
+
+# What every engine runs on: views already made (tests, dummy data), or a plan to make them.
+Views: TypeAlias = Mapping[str, pa.Table] | LakeViews
+
+
+@dataclass(frozen=True)
 class Results:
     """What a run computed, before disclosure control: none of it leaves as it is."""
 
     dataset: pa.Table | None  # one row per patient (patient_id, each variable): stays inside
     measures: dict[str, pa.Table]  # measure name -> interval, groups, numerator, denominator
+    # The project pseudonyms of everyone whose record the run read (its use tokens are made
+    # from them); None when the views were handed over ready-made.
+    read: pa.Array | pa.ChunkedArray | None = None
 
 
 class Engine(Protocol):
     name: str
 
-    def run(self, definition: n.Definition, views: Mapping[str, pa.Table]) -> Results: ...
+    def run(self, definition: n.Definition, views: Views) -> Results: ...
 
 
 def intervals_table(intervals: n.Intervals) -> pa.Table:
@@ -161,7 +189,7 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 RUN_SECONDS = "GPDPR_TRE_RUN_SECONDS"  # how long one run may compute (each engine)
 MEMORY = "GPDPR_TRE_MEMORY"  # how much memory DuckDB may use for one run
 DEFAULT_SECONDS = 1800.0
-DEFAULT_MEMORY = "8GB"
+DEFAULT_MEMORY = "2GB"  # beyond it DuckDB spills to the run's own folder
 _MEMORY = re.compile(r"[0-9]{1,6}(\.[0-9]{1,3})?\s?(KB|MB|GB|TB|KiB|MiB|GiB|TiB)")
 
 

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 import duckdb
@@ -23,7 +23,10 @@ import pyarrow as pa
 
 from gpdpr.tre.engines import guard, sql
 from gpdpr.tre.engines.base import (
+    LakeViews,
+    Pseudonyms,
     Results,
+    Views,
     conform,
     dataset_schema,
     failed,
@@ -38,6 +41,14 @@ from gpdpr.tre.engines.base import memory as memory_limit
 from gpdpr.tre.query import limits
 from gpdpr.tre.query import nodes as n
 from gpdpr.tre.query.schema import view_name
+from gpdpr.tre.views import (
+    KEY,
+    PEOPLE,
+    distinct_values_sql,
+    keyed_people_sql,
+    project_ids,
+    source,
+)
 
 DIALECT = sql.DIALECTS["duckdb"]
 
@@ -136,15 +147,23 @@ class DuckDBEngine:
         finally:
             box.close()
 
-    def run(self, definition: n.Definition, views: Mapping[str, pa.Table]) -> Results:
+    def run(self, definition: n.Definition, views: Views) -> Results:
         limits.check(definition)
-        by_key, by_pseudonym = keyed(views)
-        with self.sandbox(by_key) as box:
+        with self.sandbox({}) as box:
             try:
+                if isinstance(views, LakeViews):
+                    ids = install(views, box.con, box.con.register)
+                    box.relations.update(view_name(name) for name in views.views)
+                    pseudonyms, read = Pseudonyms(ids, None), ids
+                else:
+                    by_key, pseudonyms = keyed(views)
+                    for name, table in by_key.items():
+                        box.register(view_name(name), table)
+                    read = None
                 dataset = None
                 if definition.population is not None:
                     found = box.query(sql.dataset_query(definition, DIALECT))
-                    dataset = conform(shown(found, by_pseudonym), dataset_schema(definition))
+                    dataset = conform(shown(found, pseudonyms), dataset_schema(definition))
                 measures: dict[str, pa.Table] = {}
                 for measure in definition.measures:
                     box.register(sql.INTERVALS, intervals_table(measure.intervals))
@@ -153,4 +172,25 @@ class DuckDBEngine:
                     box.unregister(sql.INTERVALS)
             except duckdb.Error as error:
                 raise failed(self.name, error) from error
-        return Results(dataset, measures)
+        return Results(dataset, measures, read)
+
+
+def install(
+    lake: LakeViews, con: duckdb.DuckDBPyConnection, register: Callable[[str, object], object]
+) -> pa.ChunkedArray:
+    """Make `lake`'s views on `con`, reading the lake's files in place (DuckDB pushes each
+    query's columns and filters down to them), and give the project pseudonym of each person
+    by key. Only this, the service's own code, names the sources: compiled queries may name
+    the views alone."""
+    for name, files in lake.sources.items():
+        register(source(name), files)
+    register(source("excluded"), lake.excluded)
+    con.execute(f"create temp table {PEOPLE} as {keyed_people_sql(lake)}")
+    for column, tables in lake.mapped.items():
+        found = con.sql(distinct_values_sql(column, tables)).to_arrow_table().column(0)
+        mapping = pa.table({"lake": found, "project": lake.project(found)}).combine_chunks()
+        register(source(f"map_{column}"), mapping)
+    for name, text in lake.views.items():
+        con.execute(f"create temp view {view_name(name)} as {text}")
+    people = con.sql(f"select patient from {PEOPLE} order by {KEY}").to_arrow_table()
+    return project_ids(lake, people.column(0))

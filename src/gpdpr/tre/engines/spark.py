@@ -1,16 +1,19 @@
 """Spark: the engine for more than one machine, here run in local mode.
 
 The same compiled SQL as DuckDB (in Spark's dialect), on the same project views, giving the same
-`Results` in the same Arrow types. The views are written to Parquet in a folder of the run's own
-and read from there, so that Spark reads them lazily from disk instead of holding every view in
-the driver's memory; the answers come back through `DataFrame.toArrow()`.
+`Results` in the same Arrow types. A run's views are made by Spark from the lake version's own
+Parquet files, read where they are (`Sandbox.install`: on a cluster, the executors must see the
+lake at the same path, a shared file system; object storage is not supported yet); views handed
+over already made are written to Parquet in a folder of the run's own and read from there. The
+answers come back through `DataFrame.toArrow()`.
 
 What confines a run (`Sandbox`, and `CONFINED` set on its session whatever else is asked):
   - SQL: only what `engines.guard` passes (one query, the compiler's functions only: never
     `reflect` or `java_method`, which would call into Java; only this run's tables by plain
     name: never `parquet.`/path``, a qualified name or a table function);
   - files: running SQL on files is off (`spark.sql.runSQLOnFiles`), and each query's analysed
-    plan is checked to read nothing but this run's Parquet files;
+    plan is checked to read nothing but this run's Parquet files and the lake files its views
+    are made from (which no query may name: the guard allows the views' names only);
   - text: ${...} substitution is off (it would replace text even inside quotes with settings
     or environment variables);
   - time: every job of the run is in one job group, cancelled by a watchdog at the time limit;
@@ -45,12 +48,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from gpdpr.errors import UserError
+from gpdpr.lake.tables import PRACTICE as PARTITION
 from gpdpr.tre.engines import guard, sql
 from gpdpr.tre.engines.base import (
+    LakeViews,
+    Pseudonyms,
     Results,
+    Views,
     arrow_type,
     conform,
     dataset_schema,
@@ -65,6 +73,14 @@ from gpdpr.tre.engines.base import (
 from gpdpr.tre.query import limits
 from gpdpr.tre.query import nodes as n
 from gpdpr.tre.query.schema import TABLES, view_name
+from gpdpr.tre.views import (
+    KEY,
+    PEOPLE,
+    distinct_values_sql,
+    keyed_people_sql,
+    project_ids,
+    source,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -257,7 +273,7 @@ class SparkEngine:
         self.settings = dict(settings or {})
         self.seconds = run_seconds(seconds)
 
-    def run(self, definition: n.Definition, views: Mapping[str, pa.Table]) -> Results:
+    def run(self, definition: n.Definition, views: Views) -> Results:
         spark = session(self.master, self.memory).newSession()
         limits.check(definition)
         for key, value in {**self.settings, **CONFINED}.items():
@@ -265,56 +281,113 @@ class SparkEngine:
         with tempfile.TemporaryDirectory(prefix="gpdpr-spark-run-") as folder:
             box = Sandbox(spark, Path(folder), self.seconds)
             try:
-                # The views the definition reads (the others would only cost time to load).
-                wanted = {"patients", *n.columns_used(definition)}
-                by_key, by_pseudonym = keyed({k: v for k, v in views.items() if k in wanted})
-                for name, table in by_key.items():
-                    box.register(view_name(name), _typed(name, table))
+                read = None
+                if isinstance(views, LakeViews):
+                    ids = box.install(views)
+                    pseudonyms, read = Pseudonyms(ids, None), ids
+                else:
+                    # The views the definition reads (the others would only cost time to load).
+                    wanted = {"patients", *n.columns_used(definition)}
+                    by_key, pseudonyms = keyed({k: v for k, v in views.items() if k in wanted})
+                    for name, table in by_key.items():
+                        box.register(view_name(name), _typed(name, table))
                 dataset = None
                 if definition.population is not None:
                     found = box.query(sql.dataset_query(definition, DIALECT))
-                    dataset = conform(shown(found, by_pseudonym), dataset_schema(definition))
+                    dataset = conform(shown(found, pseudonyms), dataset_schema(definition))
                 measures: dict[str, pa.Table] = {}
                 for measure in definition.measures:
                     box.register(sql.INTERVALS, intervals_table(measure.intervals))
                     found = box.query(sql.measure_query(definition, measure, DIALECT))
                     measures[measure.name] = conform(found, measure_schema(measure))
-                return Results(dataset, measures)
+                return Results(dataset, measures, read)
             finally:
                 box.close()
 
 
 class Sandbox:
-    """One run's confinement in its Spark session: only the views registered here (Parquet
-    files in the run's own folder) are read, which the analysed plan of every query is checked
-    for; only SQL the guard passes runs; and every job of the run is in one job group, which a
-    watchdog cancels at the time limit."""
+    """One run's confinement in its Spark session: only the views made here (from Parquet
+    files in the run's own folder, or from the lake's files) are read, which the analysed plan
+    of every query is checked for; only SQL the guard passes runs; and every job of the run is
+    in one job group, which a watchdog cancels at the time limit."""
 
     def __init__(self, spark: SparkSession, folder: Path, seconds: float) -> None:
         self.spark = spark
         self.folder = folder.resolve()
         self.seconds = seconds
-        self.relations: set[str] = set()
+        self.relations: set[str] = set()  # what compiled queries may read
+        self.defined: set[str] = set()  # every temporary view made, to drop after
+        self.lake_files: set[Path] = set()  # the lake's files its views read
         self.kept: list[DataFrame] = []
         self.files = itertools.count()
         self.group = f"gpdpr-run-{uuid.uuid4().hex}"
         self.expired = threading.Event()
         context = spark.sparkContext
 
+        self.closed = threading.Event()
+
         def stop() -> None:
+            # Cancelled again and again until the run is closed: a job submitted just after a
+            # cancel (on a busy machine, the query was between its check of `expired` and its
+            # first job) would otherwise run on unstopped.
             self.expired.set()
-            context.cancelJobGroup(self.group)
+            while True:
+                context.cancelJobGroup(self.group)
+                if self.closed.wait(0.5):
+                    return
 
         self.watchdog = threading.Timer(seconds, stop)
+        self.watchdog.daemon = True  # never what keeps the process alive
         self.watchdog.start()
 
-    def register(self, name: str, table: pa.Table) -> None:
+    def register(self, name: str, table: pa.Table, shown: bool = True) -> None:
+        """Make `table` readable as `name`: by compiled queries if `shown`, else only by the
+        views `install` defines."""
         path = self.folder / f"{next(self.files)}.parquet"  # a new file, even for a new intervals
         pq.write_table(table, path)
         # Giving the schema spares Spark a job to read it back from the file.
         schema = _spark_schema(table.schema)
         self.spark.read.schema(schema).parquet(str(path)).createOrReplaceTempView(name)
-        self.relations.add(name)
+        self.defined.add(name)
+        if shown:
+            self.relations.add(name)
+
+    def install(self, lake: LakeViews) -> pa.ChunkedArray:
+        """Make `lake`'s views, Spark reading the lake version's own Parquet files where they
+        are (on a cluster, the executors see the lake at the same path), and give
+        the project pseudonym of each person by key. The views are defined here, not by any
+        compiled query, and may be the only names a compiled query reads."""
+        for name, files in lake.sources.items():
+            self._read_lake(source(name), files)
+        self.register(source("excluded"), lake.excluded, shown=False)
+        people = self.spark.sql(keyed_people_sql(lake)).cache()  # made once: every view joins it
+        self.kept.append(people)
+        people.createOrReplaceTempView(PEOPLE)
+        self.defined.add(PEOPLE)
+        for column, tables in lake.mapped.items():
+            found = self._collect(self.spark.sql(distinct_values_sql(column, tables))).column(0)
+            mapping = pa.table({"lake": found, "project": lake.project(found)})
+            self.register(source(f"map_{column}"), mapping, shown=False)
+        for name, text in lake.views.items():
+            self.spark.sql(text).createOrReplaceTempView(view_name(name))
+            self.defined.add(view_name(name))
+            self.relations.add(view_name(name))
+        ordered = self._collect(people.orderBy(KEY).select("patient")).column(0)
+        return project_ids(lake, ordered)
+
+    def _read_lake(self, name: str, files: ds.Dataset) -> None:
+        """One lake table's files at the run's lake version, its partition column (the practice)
+        read from their folders' names."""
+        paths = sorted(str(Path(f).resolve()) for f in files.files)
+        if not paths:  # an empty table is a file with no rows
+            self.register(name, files.schema.empty_table(), shown=False)
+            return
+        partitioned = Path(paths[0]).parent.name.startswith(f"{PARTITION}=")
+        base = Path(paths[0]).parent.parent if partitioned else Path(paths[0]).parent
+        reader = self.spark.read.schema(_spark_schema(files.schema)).option("basePath", str(base))
+        reader.parquet(*paths).createOrReplaceTempView(name)
+        self.defined.add(name)
+        self.lake_files.update(Path(p) for p in paths)
 
     def frame(self, text: str) -> DataFrame:
         """A query as a DataFrame, checked by the guard and by its plan, not yet run."""
@@ -323,7 +396,7 @@ class Sandbox:
             frame = self.spark.sql(text)
         except Exception as error:
             raise failed("Spark", error) from error
-        _check_plan(frame, self.folder)
+        _check_plan(frame, self.folder, self.lake_files)
         return frame
 
     def query(self, query: sql.Query) -> pa.Table:
@@ -361,32 +434,34 @@ class Sandbox:
             raise failed("Spark", error) from error
 
     def close(self) -> None:
+        self.closed.set()
         self.watchdog.cancel()
         for frame in self.kept:
             frame.unpersist()
-        for name in self.relations:
+        for name in self.defined | self.relations:
             self.spark.catalog.dropTempView(name)
 
 
-def _check_plan(frame: DataFrame, folder: Path) -> None:
+def _check_plan(frame: DataFrame, folder: Path, lake_files: set[Path]) -> None:
     """Refuse a query whose analysed plan reads anything but the run's own Parquet files (the
-    views registered for it) and the table expressions it defines."""
+    views registered for it), the lake files its views were made from, and the table
+    expressions it defines."""
     leaves = frame._jdf.queryExecution().analyzed().collectLeaves().iterator()
     while leaves.hasNext():
         leaf = leaves.next()
         kind = leaf.getClass().getSimpleName()
         if kind in ("OneRowRelation", "CTERelationRef"):
             continue
-        if kind == "LogicalRelation" and _within(leaf, folder):
+        if kind == "LogicalRelation" and _within(leaf, folder, lake_files):
             continue
         raise guard.Refused(f"Spark would read a {kind} that is not a view of this run")
 
 
-def _within(relation: Any, folder: Path) -> bool:
-    """Whether a relation reads only files in `folder`."""
+def _within(relation: Any, folder: Path, lake_files: set[Path]) -> bool:
+    """Whether a relation reads only files in `folder` or the lake files named."""
     try:
         paths = relation.relation().location().rootPaths()
     except Exception:  # not files at all
         return False
     found = [Path(paths.apply(i).toUri().getPath()).resolve() for i in range(paths.length())]
-    return bool(found) and all(folder in p.parents for p in found)
+    return bool(found) and all(folder in p.parents or p in lake_files for p in found)

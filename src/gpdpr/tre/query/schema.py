@@ -58,6 +58,10 @@ def _field(name: str, kind: str, description: str) -> Column:
     return Column(name, kind, (name,), description)
 
 
+def _precision(field: str) -> Column:
+    return _field(f"{field}_precision", STR, f"year, month or day: how much of {field} is known")
+
+
 def _staff() -> Column:
     return _field("staff", STR, "the project's code for the member of staff who recorded it")
 
@@ -71,6 +75,7 @@ TABLES: dict[str, Table] = {
             True,
             _columns(
                 _field("sex", STR, "F, M or U"),
+                _field("ethnic_category", STR, "ethnic group, NHS Data Dictionary category A to Z"),
                 Column(
                     "date_of_birth",
                     DATE,
@@ -97,6 +102,7 @@ TABLES: dict[str, Table] = {
             False,
             _columns(
                 _field("start_date", DATE, "date the registration began"),
+                _precision("start_date"),
                 _field("end_date", DATE, "its last day, if it has ended (that day included)"),
                 _field("registration_type", STR, "regular or temporary"),
                 _field("end_reason", STR, "moved, death or left"),
@@ -114,6 +120,7 @@ TABLES: dict[str, Table] = {
                 _field("code", SNOMED, "the SNOMED CT concept"),
                 _field("category", STR, "condition, symptom, observation or procedure"),
                 _field("effective_date", DATE, "the date the entry applies to"),
+                _precision("effective_date"),
                 _field("recorded_at", DATE, "the day it was entered"),
                 _field("value", FLOAT, "the value of a measurement or test result"),
                 _field("unit", STR, "the value's unit (UCUM)"),
@@ -128,6 +135,7 @@ TABLES: dict[str, Table] = {
             _columns(
                 _field("code", DMD, "the dm+d product"),
                 _field("issue_date", DATE, "date of issue"),
+                _precision("issue_date"),
                 _field("quantity", FLOAT, "quantity issued"),
                 _field("quantity_unit", STR, "unit of the quantity"),
                 _field("course", STR, "acute or repeat"),
@@ -144,6 +152,7 @@ TABLES: dict[str, Table] = {
                 _field("procedure_code", SNOMED, "the SNOMED CT vaccination procedure"),
                 _field("vaccine_code", DMD, "the dm+d vaccine product"),
                 _field("date", DATE, "date given"),
+                _precision("date"),
                 _staff(),
             ),
             "date",
@@ -155,6 +164,7 @@ TABLES: dict[str, Table] = {
             _columns(
                 _field("code", SNOMED, "the SNOMED CT allergy or intolerance"),
                 _field("onset_date", DATE, "date of onset"),
+                _precision("onset_date"),
                 _field("recorded_at", DATE, "the day it was entered"),
                 _staff(),
             ),
@@ -181,6 +191,7 @@ TABLES: dict[str, Table] = {
             _columns(
                 _field("code", SNOMED, "the SNOMED CT referral procedure"),
                 _field("referral_date", DATE, "date of referral"),
+                _precision("referral_date"),
                 _field("priority", STR, "routine, urgent or two-week-wait"),
                 _staff(),
             ),

@@ -1,0 +1,145 @@
+"""Benchmark the research environment's whole run on a lake: from one lake version's files to
+the controlled outputs and the use tokens, as a researcher waits for it.
+
+    .venv/bin/python bench/tre_run_bench.py                     # 100k and 1M, DuckDB
+    .venv/bin/python bench/tre_run_bench.py --scales 100000 --engines duckdb spark
+    .venv/bin/python bench/tre_run_bench.py --scales 10000000 --workloads measure
+
+The lake of each scale is written once by bench/tre_lake.py (from the engine benchmark's
+seeded people) and cached. Each workload (the dataset and the 60-month measure of
+bench/tre_bench.py), engine and scale then runs in a fresh child process, which times, once:
+
+  plan      `views.plan`: the project's views as queries over the lake version's files (reads
+            the Delta logs, no data)
+  engine    `engine.run(definition, plan)`: the engine reads the lake's files in place (only the
+            columns and rows the views need), makes the population, the project's pseudonyms of
+            everyone it read (HMAC-SHA256 under the project's key, in Python: one per person),
+            and computes the dataset or measure
+  control   disclosure control (`release.control.control`)
+  tokens    a use token per person read, inserted into an SQLite database as a run records them
+            (`transparency.patient.keep_run_uses`)
+
+What is not timed: the agreement's authorisation and the run's record (a few small rows), which
+do not grow with the lake. Peak MB is the high-water mark of resident memory of the child and
+its descendants (Spark's JVM). DuckDB runs within its memory limit (GPDPR_TRE_MEMORY, default
+engines.base.DEFAULT_MEMORY), spilling beyond it to a folder of the run's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+import tre_bench
+import tre_lake
+
+CHILD = "--child"
+KEY = b"benchmark project key, 32 bytes!"
+
+
+def child(args: list[str]) -> None:
+    from gpdpr.custodian.central import project_pseudonyms
+    from gpdpr.lake.store import Lake
+    from gpdpr.transparency.models import RunUse
+    from gpdpr.transparency.patient import keep_run_uses
+    from gpdpr.tre import views
+    from gpdpr.tre.engines.base import Engine
+    from gpdpr.tre.engines.duckdb import DuckDBEngine
+    from gpdpr.tre.query import nodes as n
+    from gpdpr.tre.release.control import control
+
+    workload, engine_name, folder = args[0], args[1], Path(args[2])
+    definition = tre_bench._received(
+        tre_bench.dataset_definition() if workload == "dataset" else tre_bench.measure_definition()
+    )
+    engine: Engine = DuckDBEngine() if engine_name == "duckdb" else tre_bench._spark_engine()
+    figures: dict[str, Any] = {}
+    tre_bench.reset_peak()
+    started = time.perf_counter()
+    snapshot = Lake.open(folder / "lake").snapshot()
+    scope = views.ViewScope(date(2016, 1, 1), date(2026, 1, 1), {}, frozenset())
+    used = n.columns_used(definition)
+    lake = views.plan(snapshot, scope, used, partial(project_pseudonyms, KEY))
+    figures["plan"] = time.perf_counter() - started
+    mark = time.perf_counter()
+    results = engine.run(definition, lake)
+    figures["engine"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    control(definition, results)
+    figures["control"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    with tempfile.TemporaryDirectory() as db:
+        database = sa.create_engine(f"sqlite:///{db}/uses.db")
+        RunUse.metadata.create_all(database, tables=[RunUse.__table__])  # type: ignore[list-item]
+        assert results.read is not None
+        with Session(database) as session, session.begin():
+            figures["people"] = keep_run_uses(session, 1, "RUN-000001", KEY, results.read)
+        database.dispose()
+    figures["tokens"] = time.perf_counter() - mark
+    figures["whole"] = time.perf_counter() - started
+    figures["peak_mb"] = tre_bench.peak_mb()
+    print(json.dumps(figures))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--scales", nargs="*", type=int, default=[100_000, 1_000_000])
+    parser.add_argument("--engines", nargs="*", default=["duckdb"], choices=["duckdb", "spark"])
+    parser.add_argument(
+        "--workloads", nargs="*", default=["dataset", "measure"], choices=["dataset", "measure"]
+    )
+    args = parser.parse_args()
+    print(f"cores: {os.cpu_count()}; DuckDB memory limit: {_memory()}")
+    header = "| patients | workload | engine | plan s | engine s | control s | tokens s "
+    header += "| whole s | s per M patients | peak MB |"
+    rows = [header, "|" + "---|" * 10]
+    for patients in args.scales:
+        print(f"lake of {patients:,} patients …", flush=True)
+        folder = tre_lake.ensure(patients)
+        for workload in args.workloads:
+            for engine in args.engines:
+                done = subprocess.run(
+                    [sys.executable, __file__, CHILD, workload, engine, str(folder)],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                if done.returncode != 0:
+                    sys.exit(f"{workload} on {engine} at {patients:,} failed:\n{done.stderr}")
+                f = json.loads(done.stdout.strip().splitlines()[-1])
+                rows.append(
+                    f"| {patients:,} | {workload} | {engine} | {f['plan']:.2f} | {f['engine']:.2f} "
+                    f"| {f['control']:.2f} | {f['tokens']:.2f} | {f['whole']:.2f} "
+                    f"| {f['whole'] / patients * 1e6:.2f} | {f['peak_mb']:.0f} |"
+                )
+                print(rows[-1], flush=True)
+    print("\n".join(rows))
+
+
+def _memory() -> str:
+    from gpdpr.tre.engines.base import memory
+
+    return memory()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == CHILD:
+        child(sys.argv[2:])
+    else:
+        main()

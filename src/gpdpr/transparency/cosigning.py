@@ -1,0 +1,98 @@
+"""The log's side of witnessing: after each checkpoint is signed, every witness the service is
+enrolled with is asked to co-sign it (with a consistency proof from the last tree that witness
+co-signed), and the cosignatures are published in the checkpoint.
+
+The witnesses are listed, one folder a line, in HOME/keys/log/witnesses (`gpdpr log witness
+enrol`); the trust policy they make (log key, witnesses, quorum) is kept beside it as `policy`
+and published in HOME/log/policy for convenience: verifiers pin their own copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gpdpr import durable
+from gpdpr.errors import UserError
+from gpdpr.transparency import checkpoint as cp
+from gpdpr.transparency import policy, store
+from gpdpr.transparency.witness import Conflict, add_checkpoint, open_witness, request_body
+
+WITNESSES = "witnesses"  # in HOME/keys/log
+POLICY = "policy"  # in HOME/keys/log
+REWITNESS_SECONDS = 3_600  # a checkpoint is co-signed again once its cosignatures are this old
+
+
+@dataclass
+class Gathered:
+    checkpoint: cp.Checkpoint
+    notes: list[str] = field(default_factory=list)
+
+
+def enrolled(keys: Path) -> list[Path]:
+    path = keys / cp.KEY_FOLDER / WITNESSES
+    if not path.exists():
+        return []
+    return [Path(line.strip()) for line in path.read_text("utf-8").splitlines() if line.strip()]
+
+
+def enrol(keys: Path, folder: Path, quorum: int) -> policy.Policy:
+    """Add a witness (its state folder) to those the log asks, and write the policy anew."""
+    from gpdpr.transparency.witness import open_witness
+
+    witness = open_witness(folder)
+    known = [p for p in enrolled(keys) if p.resolve() != folder.resolve()]
+    folders = [*known, folder.resolve()]
+    log_key = cp.log_verifier(cp.load_or_create_key(keys))
+    witnesses = tuple(open_witness(f).verifier for f in folders)
+    pinned = policy.Policy(log_key, witnesses, quorum)
+    policy.parse(pinned.render(), "the new policy")  # the quorum fits the witnesses
+    base = keys / cp.KEY_FOLDER
+    durable.write_file(base / WITNESSES, "".join(f"{f}\n" for f in folders).encode())
+    durable.write_file(base / POLICY, pinned.render().encode())
+    del witness
+    return pinned
+
+
+def operator_policy(keys: Path) -> policy.Policy | None:
+    path = keys / cp.KEY_FOLDER / POLICY
+    return policy.parse(path.read_text("utf-8"), str(path)) if path.exists() else None
+
+
+def stale(signed: cp.Checkpoint, now: int) -> bool:
+    stamps = [
+        int.from_bytes(s.data[:8], "big")
+        for s in signed.signed.signatures
+        if s.name != signed.origin and len(s.data) == 72
+    ]
+    return not stamps or max(stamps) < now - REWITNESS_SECONDS
+
+
+def gather(writer: store.Writer, keys: Path, signed: cp.Checkpoint, now: int) -> Gathered:
+    """Ask every enrolled witness to co-sign `signed`; a witness that refuses or cannot be
+    reached is reported, never fatal: the checkpoint is published with what was gathered."""
+    done = Gathered(signed)
+    pinned = operator_policy(keys)
+    for folder in enrolled(keys):
+        try:
+            witness = open_witness(folder)
+            old = 0
+            for _ in range(2):  # the first answer may tell us the size it last co-signed
+                proof = writer.contents.tree.consistency_proof(min(old, signed.size), signed.size)
+                try:
+                    body = request_body(old, proof, signed.to_bytes())
+                    done.checkpoint = done.checkpoint.with_signature(
+                        add_checkpoint(witness, body, now)
+                    )
+                    break
+                except Conflict as conflict:
+                    old = conflict.size
+        except UserError as exc:
+            done.notes.append(f"witness {folder} did not co-sign: {exc}")
+    if pinned is not None:
+        try:
+            policy.accept(done.checkpoint, pinned, now, "the new checkpoint")
+        except UserError as exc:
+            done.notes.append(f"the checkpoint falls short of the log's own policy: {exc}")
+        durable.write_file(writer.contents.folder / store.POLICY, pinned.render().encode())
+    return done

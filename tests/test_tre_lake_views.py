@@ -1,0 +1,170 @@
+"""Views made inside the engine from the lake's own files (`views.plan`, issue 23): each engine
+gives the answers it gives on the same views made first, no compiled query can name what the
+views are made from, and nothing of the lake's pseudonyms reaches a result.
+
+Runs on the research service of test_tre_runs (two synthetic practices collected into a lake,
+agreements approved by the panel)."""
+
+# ruff: noqa: F811
+from __future__ import annotations
+
+from functools import partial
+
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+
+import tre_data
+from governing import LEAD
+from gpdpr.custodian.central import Custodian, project_pseudonyms
+from gpdpr.governance import agreements
+from gpdpr.lake.store import Lake
+from gpdpr.tre import views
+from gpdpr.tre.engines import guard
+from gpdpr.tre.engines.base import Engine, LakeViews
+from gpdpr.tre.engines.duckdb import DuckDBEngine, install
+from gpdpr.tre.query import nodes as n
+from gpdpr.tre.query import serial
+from gpdpr.tre.query.schema import PATIENT_ID
+
+# The research service fixture is shared with test_tre_runs: imported, so a test naming it
+# as an argument "redefines" it as far as ruff can tell.
+from test_tre_runs import Service, document, service  # noqa: F401
+
+
+def planned(service: Service, definition: n.Definition) -> tuple[LakeViews, bytes]:
+    used = n.columns_used(definition)
+    with sa.orm.Session(service.engine) as session:
+        scope = agreements.authorise(session, LEAD, service.applied, views.required_fields(used))
+    key = Custodian(service.home / "keys", service.engine).project_key(scope.application, LEAD)
+    snapshot = Lake.open(service.home / "lake").snapshot()
+    excluded: frozenset[str] = frozenset()
+    view_scope = views.ViewScope(scope.data_from, scope.data_to, scope.population, excluded)
+    return views.plan(snapshot, view_scope, used, partial(project_pseudonyms, key)), key
+
+
+def study(service: Service) -> n.Definition:
+    return serial.from_json(document(service))
+
+
+def staff_study(service: Service) -> n.Definition:
+    """A dataset showing a pseudonym column (who recorded the latest event) besides the
+    patient's."""
+    return serial.from_json(
+        document(
+            service,
+            """
+            from gpdpr.tre.language import *
+            dataset = Dataset()
+            dataset.define_population(patients.exists_for_patient())
+            dataset.sex = patients.sex
+            latest = clinical_events.sort_by(clinical_events.effective_date).last_for_patient()
+            dataset.by = latest.staff
+            dataset.when = latest.effective_date
+            dataset.add_table("by_sex", by=["sex"])
+            """,
+        )
+    )
+
+
+def answers(engine: Engine, definition: n.Definition, given: object) -> dict[str, pa.Table]:
+    results = engine.run(definition, given)  # type: ignore[arg-type]
+    found = {name: table for name, table in results.measures.items()}
+    if results.dataset is not None:
+        found["dataset"] = results.dataset.sort_by(PATIENT_ID)
+    return {
+        name: t.sort_by([(c, "ascending") for c in t.column_names]) for name, t in found.items()
+    }
+
+
+@pytest.mark.parametrize("name", ["duckdb", "spark"])
+def test_views_read_in_place_answer_as_the_same_views_made_first(
+    service: Service, name: str
+) -> None:
+    engine = tre_data.engine(name)
+    for definition in (study(service), staff_study(service)):
+        lake, _ = planned(service, definition)
+        made = views.made(lake)
+        in_place = answers(engine, definition, lake)
+        assert in_place == answers(DuckDBEngine(), definition, made)
+        assert in_place["dataset"].num_rows > 100  # people were counted, not nobody
+
+
+def test_a_run_says_whom_it_read_by_their_project_pseudonyms_only(service: Service) -> None:
+    definition = staff_study(service)
+    lake, key = planned(service, definition)
+    results = DuckDBEngine().run(definition, lake)
+    snapshot = Lake.open(service.home / "lake").snapshot()
+    lake_ids = set(snapshot.read("patients", ["patient"]).column("patient").to_pylist())
+    staff_ids = set(snapshot.read("staff", ["staff"]).column("staff").to_pylist())
+    assert results.read is not None and results.dataset is not None
+    read = set(results.read.to_pylist())
+    assert read == set(results.dataset.column(PATIENT_ID).to_pylist())
+    expected = set(project_pseudonyms(key, pa.array(sorted(lake_ids))).to_pylist())
+    assert read <= expected and len(read) > 100
+    # Byte by byte: no lake pseudonym (patient's or staff's) anywhere in what came back.
+    shown = (
+        b"".join(
+            str(v).encode()
+            for column in results.dataset.columns
+            for v in column.to_pylist()
+            if v is not None
+        )
+        + "".join(read).encode()
+    )
+    assert not [p for p in lake_ids | staff_ids if p.encode() in shown]
+    staff = {v for v in results.dataset.column("by").to_pylist() if v is not None}
+    assert staff and staff <= set(project_pseudonyms(key, pa.array(sorted(staff_ids))).to_pylist())
+
+
+SOURCES = [
+    "select * from source_people",
+    "select patient from source_clinical_events",
+    "select * from source_excluded",
+    "select lake, project from source_map_staff",
+    "select * from v_patients, source_patients",
+    "select * from (select 1) t where exists (select 1 from source_registrations)",
+]
+
+
+@pytest.mark.parametrize("text", SOURCES)
+def test_no_query_reads_what_the_views_are_made_from_on_duckdb(service: Service, text: str) -> None:
+    lake, _ = planned(service, staff_study(service))
+    with DuckDBEngine().sandbox({}) as box:
+        install(lake, box.con, box.con.register)
+        box.relations.update(views.view_name(t) for t in lake.views)
+        with pytest.raises(guard.Refused):
+            box.query(_Text(text))  # type: ignore[arg-type]
+        # and the views themselves are readable: the refusal is of the sources only
+        assert box.query(_Text("select count(*) from v_patients")).num_rows == 1  # type: ignore[arg-type]
+
+
+def test_no_query_reads_what_the_views_are_made_from_on_spark(service: Service) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from gpdpr.tre.engines import spark
+
+    tre_data.engine("spark")  # skips unless Spark runs here (or is required)
+    lake, _ = planned(service, staff_study(service))
+    session = spark.session().newSession()
+    with tempfile.TemporaryDirectory() as folder:
+        box = spark.Sandbox(session, Path(folder), 600)
+        try:
+            box.install(lake)
+            for text in SOURCES:
+                with pytest.raises(guard.Refused):
+                    box.frame(text)
+            assert box.frame("select count(*) from v_patients").count() == 1
+        finally:
+            box.close()
+
+
+class _Text:
+    """A query's text as the sandbox takes a compiled one."""
+
+    def __init__(self, text: str) -> None:
+        self.select = text
+
+    def text(self) -> str:
+        return self.select
