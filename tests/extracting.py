@@ -21,6 +21,10 @@ from gpdpr.practice.pseudonyms import nhs_input, record_key_input
 
 _SERVICES = ExitStack()
 atexit.register(_SERVICES.close)
+# One service serves the whole test session, and the suite extracts the same practices again and
+# again: under the real daily allowance a late test's extract was refused (HTTP 429). The
+# allowance itself is tested on a service of its own (tests/test_custodian_service.py).
+SESSION_ALLOWANCE = 100_000_000
 
 
 class Keys:
@@ -30,7 +34,7 @@ class Keys:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         init(folder)
-        self.url = _SERVICES.enter_context(running(folder))
+        self.url = _SERVICES.enter_context(running(folder, SESSION_ALLOWANCE))
 
     def kit(self, ods: str) -> Path:
         kit = self.folder / "practices" / ods

@@ -3,6 +3,8 @@ and the properties the custodian relies on."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -51,3 +53,29 @@ def test_random_blinds_give_the_same_output_and_hide_the_input() -> None:
 def test_the_custodian_refuses_what_is_not_an_element(element: bytes) -> None:
     with pytest.raises(oprf.OprfError):
         oprf.blind_evaluate(oprf.generate_key(), [element])
+
+
+def test_a_batch_split_across_threads_gives_what_one_input_at_a_time_gives() -> None:
+    key = oprf.generate_key()
+    data = [b"nhs:%010d" % i for i in range(600)]  # enough for a chunk per core
+    blinds = oprf.new_blinds(len(data))
+    outputs = oprf.finalize(data, blinds, oprf.blind_evaluate(key, oprf.blind(data, blinds)))
+    assert outputs == [oprf.evaluate(key, d) for d in data]
+
+
+def test_loading_libsodium_leaves_no_copy_of_it_behind() -> None:
+    """rbcl writes its libsodium to a temporary file at import; every extract imports it."""
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import importlib, gpdpr.practice.oprf; "
+            "print(importlib.import_module('rbcl._sodium').lib_path)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    written = Path(shown.stdout.strip())
+    assert written.name.endswith(".so") and not written.exists()
