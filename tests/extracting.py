@@ -19,8 +19,8 @@ from gpdpr.practice import oprf
 from gpdpr.practice.extract import ExtractRequest, extract
 from gpdpr.practice.pseudonyms import nhs_input, record_key_input
 
-_SERVICES = ExitStack()
-atexit.register(_SERVICES.close)
+SERVICES = ExitStack()
+atexit.register(SERVICES.close)
 # One service serves the whole test session, and the suite extracts the same practices again and
 # again: under the real daily allowance a late test's extract was refused (HTTP 429). The
 # allowance itself is tested on a service of its own (tests/test_custodian_service.py).
@@ -34,7 +34,7 @@ class Keys:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         init(folder)
-        self.url = _SERVICES.enter_context(running(folder, SESSION_ALLOWANCE))
+        self.url = SERVICES.enter_context(running(folder, SESSION_ALLOWANCE))
 
     def kit(self, ods: str) -> Path:
         kit = self.folder / "practices" / ods
