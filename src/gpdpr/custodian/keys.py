@@ -212,6 +212,7 @@ def issue_practice(folder: Path, ods: str, custodian_url: str = DEFAULT_URL) -> 
         raise UserError(f"{ods!r} is not an ODS code (a letter then 2 to 9 letters or digits)")
     pseudonym = read_pseudonym_key(folder)
     service = read_public_key(folder / SERVICE_PUB, "custodian service public key")
+    _sweep_register(folder)
     kit = folder / "practices" / ods
     if kit.exists():
         for leftover in kit.parent.glob(f".{ods}.new-*"):
@@ -268,12 +269,20 @@ def revoke_practice(folder: Path, ods: str) -> int:
     ods = ods.strip().upper()
     if not ODS_PATTERN.match(ods):
         raise UserError(f"{ods!r} is not an ODS code (a letter then 2 to 9 letters or digits)")
+    _sweep_register(folder)
     count = revoke(folder, ods)
     kit = folder / "practices" / ods
     if kit.exists():
         kit.rename(kit.with_name(f".{ods}.revoked-{datetime.now(UTC):%Y%m%dT%H%M%S}"))
         durable.fsync_dir(kit.parent)
     return count
+
+
+def _sweep_register(folder: Path) -> None:
+    """A register write killed after its copy was made leaves the copy; a re-run that stops
+    early (the kit was already in place) would otherwise never reach the write that sweeps it."""
+    durable.sweep(folder / REGISTER_SIG)
+    durable.sweep(folder / REGISTER)
 
 
 def _partial(path: Path) -> bool:
