@@ -295,6 +295,7 @@ def _peak_mb() -> float:
 def child_load_setup(args: list[str]) -> None:
     """Synthesise the nation, issue the keys, extract every practice into a package."""
     from gpdpr.custodian.keys import init, issue_practice
+    from gpdpr.custodian.service import running
     from gpdpr.practice.many import extract_many
     from gpdpr.synth.run import SynthRequest, synthesise
 
@@ -309,10 +310,11 @@ def child_load_setup(args: list[str]) -> None:
     )
     summary, _ = synthesise(request)
     init(keys)
-    for p in summary.practices:
-        issue_practice(keys, p.ods_code)
     folders = [nation / p.ods_code for p in summary.practices]
-    manifests = extract_many(folders, root / "packages", keys / "practices")
+    with running(keys) as url:
+        for p in summary.practices:
+            issue_practice(keys, p.ods_code, url)
+        manifests = extract_many(folders, root / "packages", keys / "practices")
     _figures(
         {
             "packages": len(manifests),

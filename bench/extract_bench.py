@@ -17,12 +17,14 @@ Runs (KIND:PATIENTS):
 
 Each run has two fresh child processes. The first synthesises the practices (`gpdpr synth`, seed 1)
 into a temporary folder and issues each practice a key kit; none of that is timed. The second
-starts the worker pool, has every worker import the extractor, then times from the first practice
-handed out to the last package sealed. Source rows are the supplier tables' row counts in each
-extract.json; FHIR resources are the non-empty lines of the *.ndjson files (for fhir-bundle, the
-Bundle's entries). Peak MB is the largest ru_maxrss of any worker, each worker reporting its own
-after every practice; cores used is the workers' CPU seconds inside extract() over the wall-clock
-seconds. The source files were written
+starts the custodian's pseudonym service (a real HTTP server, in that process, on the same cores)
+and the worker pool, has every worker import the extractor, then times from the first practice
+handed out to the last package sealed: each extract's one round trip to the service included.
+Source rows are the supplier tables' row counts in each extract.json; FHIR resources are the
+non-empty lines of the *.ndjson files (for fhir-bundle, the Bundle's entries). Peak MB is the
+largest ru_maxrss of any worker, each worker reporting its own after every practice; cores used
+is the workers' CPU seconds inside extract() over the wall-clock seconds (the service's own work
+is not in it). The source files were written
 just before, so they are read from the page cache, not the disk.
 """
 
@@ -135,22 +137,26 @@ def warm_up():
 def cpu(usage):
     return usage.ru_utime + usage.ru_stime
 
-def task(practice, out, kit):
+def task(practice, out, kit, url):
     from gpdpr.practice.extract import ExtractRequest, extract
     before = cpu(resource.getrusage(resource.RUSAGE_SELF))
-    extract(ExtractRequest(Path(practice), Path(out), Path(kit)))
+    extract(ExtractRequest(Path(practice), Path(out), Path(kit), custodian=url))
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return cpu(usage) - before, usage.ru_maxrss / 1024
 
 root, workers, codes = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 (root / "packages").mkdir()
+# The custodian's pseudonym service, for real, on the same cores: its work is in the timing.
+from gpdpr.custodian.service import running
+service = running(root / "keys")
+url = service.__enter__()
 with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
     for done in [pool.submit(warm_up) for _ in range(workers)]:
         done.result()
     started = time.perf_counter()
     futures = [
         pool.submit(task, str(root / "nation" / c), str(root / "packages" / c),
-                    str(root / "keys" / "practices" / c))
+                    str(root / "keys" / "practices" / c), url)
         for c in codes
     ]
     results = [f.result() for f in futures]

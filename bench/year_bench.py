@@ -43,6 +43,7 @@ from gpdpr.collect.erase import erase
 from gpdpr.collect.load import load
 from gpdpr.collect.verify import Package
 from gpdpr.custodian.keys import init, issue_practice
+from gpdpr.custodian.service import running
 from gpdpr.lake.compact import compact
 from gpdpr.lake.query import connect
 from gpdpr.lake.store import Lake
@@ -147,10 +148,13 @@ def _nation(work: Path, practices: int) -> dict[str, Package]:
     keys = work / "keys"
     init(keys)
     out: dict[str, Package] = {}
+    service = running(keys)
+    url = service.__enter__()  # the custodian's pseudonym service, for the whole run
     for folder in sorted(p for p in (work / "nation").iterdir() if p.is_dir()):
         package = work / "historic" / folder.name
         package.parent.mkdir(exist_ok=True)
-        manifest = extract(ExtractRequest(folder, package, issue_practice(keys, folder.name)))
+        kit = issue_practice(keys, folder.name, url)
+        manifest = extract(ExtractRequest(folder, package, kit))
         window = manifest["window"]
         out[folder.name] = Package(
             package,

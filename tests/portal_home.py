@@ -110,6 +110,7 @@ def build(folder: Path, patients: int = 60) -> Home:
     """Build the home in `folder` (on the database GPDPR_DATABASE_URL names, if set)."""
     from gpdpr.collect.service import Central, collect
     from gpdpr.custodian.keys import init, issue_practice
+    from gpdpr.custodian.service import running
     from gpdpr.practice.many import extract_many
     from gpdpr.synth.run import SynthRequest, synthesise
 
@@ -119,9 +120,10 @@ def build(folder: Path, patients: int = 60) -> Home:
     synthesise(request)
     practices = sorted(p for p in request.out.iterdir() if p.is_dir())
     init(home / "keys")
-    for practice in practices:
-        issue_practice(home / "keys", practice.name)
-    extract_many(practices, home / "packages", home / "keys" / "practices", workers=1)
+    with running(home / "keys") as url:
+        for practice in practices:
+            issue_practice(home / "keys", practice.name, url)
+        extract_many(practices, home / "packages", home / "keys" / "practices", workers=1)
     collect(Central(home), sorted(p for p in (home / "packages").iterdir()))
     engine = connect(url_for_home(home))
     cast(engine)

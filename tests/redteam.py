@@ -16,9 +16,10 @@ lake, the governance cast of governing.py with passwords), plus:
   - `colleague`: COLLEAGUE's own project (same organisation as LEAD, LEAD not on its team);
   - an output checker from the project's funder (`FUNDER_CHECKER`).
 
-Canaries: the collection key and the practices' signing keys (HOME/keys), a secret in a file in
-HOME and one in a folder under /tmp, a secret in an environment variable (set when this module is
-imported, so before any Spark JVM starts, for `${env:...}`), and the target's facts: their
+Canaries: the pseudonym and project keys and the practices' signing keys (HOME/keys), a secret
+in a file in HOME and one in a folder under /tmp, a secret in an environment variable (set when
+this module is imported, so before any Spark JVM starts, for `${env:...}`), and the target's
+facts: their
 pseudonyms in the lake and in each project, and the exact date of their first diagnosis with
 `target.code`.
 
@@ -377,11 +378,12 @@ def _publish_something(world: World, agreement: str) -> Path:
 
 def _plant(home: Path, secrets_folder: Path) -> dict[str, bytes]:
     canaries: dict[str, bytes] = {}
-    collection = orjson.loads((home / "keys" / "collection.key").read_bytes())
-    raw = base64.b64decode(collection["key"])
-    canaries["the collection key"] = collection["key"].encode()
-    canaries["the collection key's bytes"] = raw
-    canaries["the collection key in hex"] = raw.hex().encode()
+    for name in ("pseudonym", "project"):
+        document = orjson.loads((home / "keys" / f"{name}.key").read_bytes())
+        raw = base64.b64decode(document["key"])
+        canaries[f"the {name} key"] = document["key"].encode()
+        canaries[f"the {name} key's bytes"] = raw
+        canaries[f"the {name} key in hex"] = raw.hex().encode()
     for path in sorted((home / "keys" / "practices").glob("*/signing.key")):
         body = path.read_text().splitlines()[1]  # the PEM's base64 line
         canaries[f"the signing key of {path.parent.name}"] = body.encode()
@@ -701,7 +703,7 @@ def _names(world: World, where: str) -> dict[str, tuple[str, tuple[Path, ...]]]:
 
 def _file_list(world: World) -> str:
     paths = [
-        world.home / "keys" / "collection.key",
+        world.home / "keys" / "pseudonym.key",
         world.home / CANARY_FILE,
         world.secrets_folder / "secret.txt",
     ]
@@ -713,7 +715,7 @@ def _secrets_sql(world: World, engine: str) -> str:
     if engine == "duckdb":
         return f"select string_agg(content, '|') from read_text([{_file_list(world)}])"
     paths = [
-        world.home / "keys" / "collection.key",
+        world.home / "keys" / "pseudonym.key",
         world.home / CANARY_FILE,
         world.secrets_folder / "secret.txt",
     ]

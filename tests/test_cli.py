@@ -255,10 +255,10 @@ def test_demo_refuses_a_port_in_use_before_doing_anything(tmp_path: Path) -> Non
 def test_demo_will_not_delete_keys_it_did_not_make(tmp_path: Path) -> None:
     keys = tmp_path / "home" / "keys"
     keys.mkdir(parents=True)
-    (keys / "collection.key").write_text("somebody's real key")
+    (keys / "pseudonym.key").write_text("somebody's real key")
     result = run("demo", "--home", str(tmp_path / "home"))
     assert result.returncode == 2 and "the demo did not make" in result.stderr
-    assert (keys / "collection.key").read_text() == "somebody's real key"
+    assert (keys / "pseudonym.key").read_text() == "somebody's real key"
 
 
 def test_demo_will_not_delete_a_folder_it_did_not_make(tmp_path: Path) -> None:

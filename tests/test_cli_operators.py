@@ -34,7 +34,7 @@ def test_init_makes_a_home_the_central_commands_then_accept_and_will_not_make_it
     home = tmp_path / "service"
     made = runner.invoke(app, ["init", "--home", str(home)])
     assert made.exit_code == 0, made.output
-    assert (home / "keys" / "collection.key").exists()
+    assert (home / "keys" / "pseudonym.key").exists()
     erased = runner.invoke(app, ["erase", "--home", str(home)])
     assert erased.exit_code == 0, erased.output
     again = runner.invoke(app, ["init", "--home", str(home)])

@@ -26,7 +26,7 @@ from databases import BACKENDS, POSTGRES_ENV
 from extracting import Keys, run
 from gpdpr import db
 from gpdpr.collect.service import REFUSED_NOTE, Central, collect
-from gpdpr.custodian.keys import CUSTODIAN_FILE
+from gpdpr.custodian.keys import CUSTODIAN_FILE, read_pseudonym_key
 from gpdpr.db import DATABASE_URL_ENV
 from gpdpr.db.models import Event
 from gpdpr.errors import UserError
@@ -34,7 +34,7 @@ from gpdpr.lake.query import connect, digest
 from gpdpr.lake.store import Lake
 from gpdpr.optout.registry import Registry
 from gpdpr.practice.extract import ExtractRequest, extract
-from gpdpr.practice.kit import COLLECTION_KEY, read_collection_key, read_kit
+from gpdpr.practice.kit import read_kit
 from gpdpr.synth.run import SynthRequest, synthesise
 from gpdpr.transparency import store
 from gpdpr.transparency.publish import log_folder, publish
@@ -199,7 +199,7 @@ def _keys_state(folder: Path) -> dict[str, Any]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
-    read_collection_key(folder / COLLECTION_KEY)
+    read_pseudonym_key(folder)
     for kit in (folder / "practices").iterdir():
         read_kit(kit)
     return {"files": found}
@@ -391,8 +391,8 @@ def _init_op(work: Path) -> Operation:
     def observe(at: Path) -> dict[str, Any]:
         state = _keys_state(at / "keys")
         about = orjson.loads((at / "keys" / CUSTODIAN_FILE).read_bytes())
-        key = read_collection_key(at / "keys" / COLLECTION_KEY)
-        assert about["collection_key"] == key.id, "custodian.json names another key"
+        key = read_pseudonym_key(at / "keys")
+        assert about["pseudonym_key"] == key.id, "custodian.json names another key"
         return state
 
     return Operation(

@@ -18,16 +18,26 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gpdpr.custodian.keys import CUSTODIAN_FILE, init, issue_practice
+from gpdpr.custodian.keys import (
+    CUSTODIAN_FILE,
+    PROJECT_KEY,
+    PSEUDONYM_KEY,
+    SERVICE_KEY,
+    SERVICE_PUB,
+    init,
+    issue_practice,
+    pseudonym_key_id,
+    read_pseudonym_key,
+)
 from gpdpr.errors import UserError
 from gpdpr.practice.kit import (
-    COLLECTION_KEY,
+    CUSTODIAN_PUB,
     KEY_BYTES,
+    OLD_COLLECTION_KEY,
     PRACTICE_FILE,
     SIGNING_KEY,
     SIGNING_PUB,
-    key_id,
-    read_collection_key,
+    public_key_id,
     read_kit,
     read_public_key,
 )
@@ -66,21 +76,22 @@ def keys(tmp_path: Path) -> Path:
 # ---- gpdpr custodian init ----------------------------------------------------------------------
 
 
-def test_init_makes_a_collection_key_only_its_owner_can_read(tmp_path: Path) -> None:
+def test_init_makes_keys_only_their_owner_can_read(tmp_path: Path) -> None:
     folder = tmp_path / "keys"
     result = run("custodian", "init", "--keys", str(folder))
     assert result.returncode == 0, result.stderr
-    key_file = folder / COLLECTION_KEY
-    assert mode(key_file) == 0o600
     assert mode(folder) == 0o700
-    collection = read_collection_key(key_file)
-    assert len(collection.key) == KEY_BYTES
+    for secret in (PSEUDONYM_KEY, PROJECT_KEY, SERVICE_KEY):
+        assert mode(folder / secret) == 0o600, secret
+    pseudonym = read_pseudonym_key(folder)
+    assert len(pseudonym.key) == KEY_BYTES
     about = json.loads((folder / CUSTODIAN_FILE).read_text())
-    assert about["collection_key"] == collection.id
-    assert collection.id in result.stdout
+    assert about["pseudonym_key"] == pseudonym.id
+    assert about["service_key"] == public_key_id(read_public_key(folder / SERVICE_PUB))
+    assert pseudonym.id in result.stdout
 
 
-def test_init_refuses_a_folder_that_already_has_a_collection_key(tmp_path: Path) -> None:
+def test_init_refuses_a_folder_that_already_has_a_pseudonym_key(tmp_path: Path) -> None:
     folder = tmp_path / "keys"
     assert run("custodian", "init", "--keys", str(folder)).returncode == 0
     before = snapshot(folder)
@@ -89,7 +100,7 @@ def test_init_refuses_a_folder_that_already_has_a_collection_key(tmp_path: Path)
         "a new one would change every pseudonym",
     )
     assert snapshot(folder) == before
-    assert mode(folder / COLLECTION_KEY) == 0o600
+    assert mode(folder / PSEUDONYM_KEY) == 0o600
 
 
 def test_init_refuses_a_folder_that_holds_other_files(tmp_path: Path) -> None:
@@ -105,18 +116,21 @@ def test_two_inits_make_different_keys_and_an_id_does_not_give_the_key_away(
 ) -> None:
     first, second = init(tmp_path / "a"), init(tmp_path / "b")
     assert first.key != second.key and first.id != second.id
-    for collection in (first, second):
-        assert len(collection.key) == KEY_BYTES
-        assert len(set(collection.key)) > 8  # not a constant or a short pattern
-        assert len(collection.id) == 16
-        assert collection.id == key_id(collection.key)
-        assert collection.id not in (collection.key.hex(), collection.key.hex()[:16])
-        assert collection.id.encode() not in collection.key
+    for made in (first, second):
+        assert len(made.key) == KEY_BYTES
+        assert len(set(made.key)) > 8  # not a constant or a short pattern
+        assert len(made.id) == 16
+        assert made.id == pseudonym_key_id(made.key)
+        assert made.id not in (made.key.hex(), made.key.hex()[:16])
+        assert made.id.encode() not in made.key
     # The custodian's public description holds the id, never the key in any form.
     about = (tmp_path / "a" / CUSTODIAN_FILE).read_text()
     assert first.id in about
     assert first.key.hex() not in about
     assert base64.b64encode(first.key).decode() not in about
+    # The project key is a secret of its own, not derived from the pseudonym key.
+    projects = json.loads((tmp_path / "a" / PROJECT_KEY).read_text())["key"]
+    assert base64.b64decode(projects) not in (first.key, second.key)
 
 
 # ---- gpdpr custodian issue-practice ------------------------------------------------------------
@@ -125,30 +139,38 @@ def test_two_inits_make_different_keys_and_an_id_does_not_give_the_key_away(
 def test_issue_practice_makes_a_kit_the_extractor_accepts(tmp_path: Path) -> None:
     folder = tmp_path / "keys"
     assert run("custodian", "init", "--keys", str(folder)).returncode == 0
-    result = run("custodian", "issue-practice", "z10001", "--keys", str(folder))
+    url = "http://custodian.example:8471"
+    result = run("custodian", "issue-practice", "z10001", "--keys", str(folder), "--url", url)
     assert result.returncode == 0, result.stderr
     kit_folder = folder / "practices" / "Z10001"
     kit = read_kit(kit_folder)
-    assert kit.ods_code == "Z10001"
-    assert kit.collection == read_collection_key(folder / COLLECTION_KEY)
+    assert kit.ods_code == "Z10001" and kit.custodian_url == url
+    assert kit.pseudonym_key_id == read_pseudonym_key(folder).id
     public = read_public_key(kit_folder / SIGNING_PUB)
     raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
     assert kit.signing.public_key().public_bytes(*raw) == public.public_bytes(*raw)
+    service = read_public_key(folder / SERVICE_PUB)
+    assert kit.custodian.public_bytes(*raw) == service.public_bytes(*raw)
     about = json.loads((kit_folder / PRACTICE_FILE).read_text())
     assert about["signing_key"] == kit.signing_key_id
     assert mode(kit_folder) == 0o700
-    assert mode(kit_folder / COLLECTION_KEY) == 0o600
     assert mode(kit_folder / SIGNING_KEY) == 0o600
+    # The kit holds the practice's own key and the custodian's public key, nothing else.
+    assert sorted(p.name for p in kit_folder.iterdir()) == sorted(
+        [PRACTICE_FILE, SIGNING_KEY, SIGNING_PUB, CUSTODIAN_PUB]
+    )
+    secret = read_pseudonym_key(folder).key
+    for path in kit_folder.iterdir():
+        data = path.read_bytes()
+        assert secret not in data and base64.b64encode(secret) not in data
 
 
-def test_a_second_practice_gets_its_own_signing_key_and_the_same_collection_key(
-    keys: Path,
-) -> None:
+def test_a_second_practice_gets_its_own_signing_key(keys: Path) -> None:
     other = read_kit(issue_practice(keys, "Z10002"))
     first = read_kit(keys / "practices" / "Z10001")
     assert other.ods_code == "Z10002"
-    assert other.collection == first.collection
     assert other.signing_key_id != first.signing_key_id
+    assert other.pseudonym_key_id == first.pseudonym_key_id
 
 
 def test_issue_practice_refuses_a_second_issue_for_the_same_practice(keys: Path) -> None:
@@ -168,7 +190,7 @@ def test_issue_practice_refuses_a_malformed_ods_code(keys: Path, ods: str) -> No
     assert sorted(p.name for p in (keys / "practices").iterdir()) == ["Z10001"]
 
 
-def test_issue_practice_without_a_collection_key_points_at_init(tmp_path: Path) -> None:
+def test_issue_practice_without_a_pseudonym_key_points_at_init(tmp_path: Path) -> None:
     empty = tmp_path / "keys"
     empty.mkdir()
     refused(
@@ -196,42 +218,22 @@ def refuses(kit: Path, file: Path, message: str) -> None:
     assert str(file) in text and message in text, text
 
 
-def test_read_kit_refuses_a_collection_key_whose_base64_was_edited(keys: Path) -> None:
+def test_read_kit_refuses_an_old_kit_holding_the_collection_key(keys: Path) -> None:
     kit = kit_of(keys)
-    key_file = kit / COLLECTION_KEY
-    document = json.loads(key_file.read_text())
-    encoded = document["key"]
-    document["key"] = ("B" if encoded[0] == "A" else "A") + encoded[1:]  # still valid base64
-    rewrite(key_file, json.dumps(document).encode())
-    refuses(kit, key_file, "the key does not match its id")
+    rewrite(kit / OLD_COLLECTION_KEY, b'{"kind": "gpdpr collection key"}')
+    refuses(kit, kit, "Destroy it (every copy)")
 
 
-def test_read_kit_refuses_a_collection_key_that_is_not_base64(keys: Path) -> None:
+def test_read_kit_refuses_a_custodian_key_swapped_for_another(keys: Path) -> None:
     kit = kit_of(keys)
-    key_file = kit / COLLECTION_KEY
-    document = json.loads(key_file.read_text())
-    document["key"] = "not*base64!"
-    rewrite(key_file, json.dumps(document).encode())
-    refuses(kit, key_file, "is not a gpdpr collection key file")
-
-
-def test_read_kit_refuses_a_collection_key_whose_id_does_not_match(keys: Path) -> None:
-    kit = kit_of(keys)
-    key_file = kit / COLLECTION_KEY
-    document = json.loads(key_file.read_text())
-    document["id"] = "0" * 16
-    rewrite(key_file, json.dumps(document).encode())
-    refuses(kit, key_file, "the key does not match its id")
-
-
-def test_read_kit_refuses_another_schemes_collection_key(keys: Path, tmp_path: Path) -> None:
-    other = tmp_path / "other-scheme"
-    init(other)
-    kit = kit_of(keys)
-    rewrite(kit / COLLECTION_KEY, (other / COLLECTION_KEY).read_bytes())
-    read_collection_key(kit / COLLECTION_KEY)  # a sound key in itself ...
-    # ... but not the one the kit was issued with.
-    refuses(kit, kit / COLLECTION_KEY, "is not the collection key this kit was issued with")
+    other = Ed25519PrivateKey.generate().public_key()
+    rewrite(
+        kit / CUSTODIAN_PUB,
+        other.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+    )
+    refuses(kit, kit / CUSTODIAN_PUB, "is not the custodian key this kit was issued with")
 
 
 def test_read_kit_refuses_a_signing_key_swapped_for_another(keys: Path) -> None:

@@ -67,13 +67,19 @@ def approved(custodian: Custodian, numbers: list[str] = NUMBERS) -> int:
 def test_the_pseudonym_is_exactly_what_every_practice_makes(
     custodian: Custodian, key_folder: Path, engine: sa.Engine
 ) -> None:
-    from gpdpr.practice.kit import read_collection_key
+    from gpdpr.custodian.keys import issue_practice
+    from gpdpr.custodian.service import running
+    from gpdpr.practice.custodian_client import evaluate
+    from gpdpr.practice.kit import read_kit
 
-    collection = read_collection_key(key_folder / "collection.key")
-    for ods in ("Z10001", "Z10002"):  # the same person at two practices: one pseudonym
-        made, linkable = Pseudonymiser(collection, ods).patients(pa.array(NUMBERS), [1, 2, 3])
-        assert linkable.all()
-        assert [custodian.pseudonym_for(n, "test") for n in NUMBERS] == made
+    with running(key_folder) as url:
+        for ods in ("Z10001", "Z10002"):  # the same person at two practices: one pseudonym
+            kit = read_kit(issue_practice(key_folder, ods, url))
+            made, linkable = Pseudonymiser(lambda i, k=kit: evaluate(k, i), ods).patients(
+                pa.array(NUMBERS), [1, 2, 3]
+            )
+            assert linkable.all()
+            assert [custodian.pseudonym_for(n, "test") for n in NUMBERS] == made
     assert custodian.pseudonym_for("943 476 5919", "test") == made[0]  # spaces allowed
 
     events = published(engine)
@@ -143,16 +149,16 @@ def test_a_key_folder_others_can_read_is_refused(key_folder: Path, engine: sa.En
     with pytest.raises(UserError, match=f"run `chmod 700 {key_folder}`"):
         Custodian(key_folder, engine)
     os.chmod(key_folder, 0o700)
-    os.chmod(key_folder / "collection.key", 0o644)
+    os.chmod(key_folder / "pseudonym.key", 0o644)
     with pytest.raises(UserError, match="chmod 600"):
         Custodian(key_folder, engine)
 
 
-def test_a_folder_without_the_collection_key_is_refused(tmp_path: Path, engine: sa.Engine) -> None:
+def test_a_folder_without_the_pseudonym_key_is_refused(tmp_path: Path, engine: sa.Engine) -> None:
     with pytest.raises(UserError, match=r"no key folder .*gpdpr custodian init"):
         Custodian(tmp_path / "missing", engine)
     (tmp_path / "empty").mkdir(mode=0o700)
-    with pytest.raises(UserError, match=r"has no collection\.key"):
+    with pytest.raises(UserError, match=r"has no pseudonym\.key"):
         Custodian(tmp_path / "empty", engine)
 
 

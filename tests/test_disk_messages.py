@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from crashes import FS_FULL_AT, FS_ROOT, FS_TRACE, run
+from extracting import SERVICES, SESSION_ALLOWANCE
+from gpdpr.custodian.service import running
 from readers import practice_folders
 
 NHS_NUMBER = "9434765919"
@@ -40,7 +42,11 @@ def _nation(at: Path) -> None:
     assert made.code == 0, made.output
     assert run(["custodian", "init", "--keys", str(at / "keys")], where=at).code == 0
     [practice] = practice_folders(at / "nation")
-    issued = run(["custodian", "issue-practice", practice.name, "--keys", str(at / "keys")])
+    # The extract asks the custodian's pseudonym service, so one serves these keys (the copies
+    # of the kit each run gets hold the same practice key) for as long as the tests run.
+    url = SERVICES.enter_context(running(at / "keys", SESSION_ALLOWANCE))
+    issue = ["custodian", "issue-practice", practice.name, "--keys", str(at / "keys"), "--url", url]
+    issued = run(issue)
     assert issued.code == 0, issued.output
 
 

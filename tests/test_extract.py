@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import shutil
 from datetime import date, datetime
-from hashlib import sha256
 from pathlib import Path
 
 import duckdb
@@ -15,15 +13,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from conftest import Extracted, Made
-from extracting import Keys, record_pseudonyms, run, tables
+from extracting import Keys, patient_pseudonym, record_pseudonyms, run, tables
 from gpdpr import spec as specification
 from gpdpr.errors import UserError
 from gpdpr.practice.extract import parse_watermark, quarantine_path
-from gpdpr.practice.kit import read_collection_key
 from gpdpr.practice.rules import package_schema
 from readers import practice_folders
 
@@ -146,14 +141,12 @@ def _expected_opt_outs(practice: Path) -> tuple[set[int], set[int]]:
     return active, {p for p, _ in rows} - active
 
 
-def _pseudonym(key: bytes, nhs_number: str) -> str:
+def _pseudonym(key: Keys, nhs_number: str) -> str:
     """The patient pseudonym, derived here from the documented method, not the extractor's code."""
-    info = b"gpdpr pseudonym v1: patient"
-    subkey = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(key)
-    return hmac.new(subkey, f"nhs:{nhs_number}".encode(), sha256).hexdigest()
+    return patient_pseudonym(key, nhs_number)
 
 
-def _pseudonyms_of(practice: Path, ids: set[int], key: bytes) -> set[str]:
+def _pseudonyms_of(practice: Path, ids: set[int], key: Keys) -> set[str]:
     patients = pq.read_table(practice / "patients.parquet", columns=["patient_id", "nhs_number"])
     return {
         _pseudonym(key, nhs)
@@ -167,7 +160,7 @@ def _pseudonyms_of(practice: Path, ids: set[int], key: bytes) -> set[str]:
 def test_type1_patients_send_nothing_and_withdrawn_ones_are_back(
     clean_columnar: Made, clean_columnar_packages: Extracted, keys: Keys
 ) -> None:
-    key = read_collection_key(keys.folder / "collection.key").key
+    key = keys
     seen_active = seen_withdrawn = 0
     for practice in practice_folders(clean_columnar.root):
         active_ids, withdrawn_ids = _expected_opt_outs(practice)
@@ -264,7 +257,7 @@ def test_pseudonyms_are_stable_under_one_key_and_unrelated_under_another(
 def test_a_person_registered_at_two_practices_has_one_pseudonym(
     clean_columnar: Made, clean_columnar_packages: Extracted, keys: Keys
 ) -> None:
-    key = read_collection_key(keys.folder / "collection.key").key
+    key = keys
     movers = {
         nhs
         for (nhs,) in duckdb.sql(
@@ -294,7 +287,7 @@ def test_a_person_registered_at_two_practices_has_one_pseudonym(
 def test_coarsening_year_month_of_birth_and_small_area(
     clean_columnar: Made, clean_columnar_packages: Extracted, keys: Keys
 ) -> None:
-    key = read_collection_key(keys.folder / "collection.key").key
+    key = keys
     practice = practice_folders(clean_columnar.root)[0]
     source = pq.read_table(practice / "patients.parquet").to_pylist()
     written = {
@@ -405,7 +398,7 @@ def test_an_incremental_extract_sends_changes_deletions_and_opt_out_changes(
     ods = practice.name
     assert record_pseudonyms(keys, ods, "clinical_events", changed["in_error"]) <= deleted
 
-    key = read_collection_key(keys.folder / "collection.key").key
+    key = keys
     newly_out = _pseudonyms_of(practice, {int(p) for p in changed["newly_out"]}, key)
     restored = _pseudonyms_of(practice, {int(p) for p in changed["restored"]}, key)
     assert newly_out <= set(manifest["type1_opt_out"]["active"])

@@ -27,8 +27,9 @@ from conftest import Made
 from extracting import Keys, run, tables
 from fhir_exports import relist
 from gpdpr.collect.service import Central, collect
+from gpdpr.custodian.keys import read_pseudonym_key
 from gpdpr.practice.extract import quarantine_path
-from gpdpr.practice.kit import SIGNING_KEY, read_collection_key
+from gpdpr.practice.kit import SIGNING_KEY
 from gpdpr.spec import shipped
 from readers import practice_folders
 
@@ -108,7 +109,7 @@ def _as_text(table: pa.Table) -> bytes:
 
 
 def _secrets(keys: Keys, ods: str) -> set[bytes]:
-    key = read_collection_key(keys.folder / "collection.key").key
+    key = read_pseudonym_key(keys.folder).key
     signing = (keys.kit(ods) / SIGNING_KEY).read_bytes()
     pem_body = b"".join(signing.splitlines()[1:-1])
     return {key, key.hex().encode(), base64.b64encode(key), pem_body, base64.b64decode(pem_body)}

@@ -117,6 +117,7 @@ def approve(engine: sa.Engine, **changes: object) -> str:
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     from gpdpr.collect.service import Central, collect
     from gpdpr.custodian.keys import init, issue_practice
+    from gpdpr.custodian.service import running
     from gpdpr.practice.many import extract_many
     from gpdpr.synth.run import SynthRequest, synthesise
 
@@ -126,9 +127,10 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     synthesise(request)
     folders = sorted(p for p in request.out.iterdir() if p.is_dir())
     init(home / "keys")
-    for folder in folders:
-        issue_practice(home / "keys", folder.name)
-    extract_many(folders, home / "packages", home / "keys" / "practices")
+    with running(home / "keys") as url:  # the practices' pseudonyms come from its service
+        for folder in folders:
+            issue_practice(home / "keys", folder.name, url)
+        extract_many(folders, home / "packages", home / "keys" / "practices")
     collect(Central(home), sorted(p for p in (home / "packages").iterdir()))
     engine = connect(url_for_home(home))
     cast(engine)

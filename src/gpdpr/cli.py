@@ -16,6 +16,7 @@ from typer.core import TyperGroup
 
 from gpdpr import durable
 from gpdpr.errors import UserError
+from gpdpr.home import DEFAULT_HOME, Home
 from gpdpr.progress import bar
 from gpdpr.terminal import console, fail
 
@@ -185,6 +186,7 @@ def _clear_demo_home(home: Path) -> None:
     parts = [
         practices,
         home / "keys",
+        home / "custodian",
         home / "packages",
         home / "lake",
         home / "rejected",
@@ -263,27 +265,30 @@ def demo(
 
 def _demo_extract(home: Path, practices: Path) -> None:
     from gpdpr.custodian.keys import init, issue_practice
+    from gpdpr.custodian.service import running
     from gpdpr.practice import report
     from gpdpr.practice.many import extract_many
 
     keys = home / "keys"
     try:
-        collection = init(keys)
+        pseudonym = init(keys)
         folders = sorted(p for p in practices.iterdir() if p.is_dir())
-        for folder in folders:
-            issue_practice(keys, folder.name)
-        console.print(
-            f"Key custodian: collection key {collection.id} and {len(folders)} practice key kits "
-            f"in {keys}, apart from the data."
-        )
-        with bar(console) as progress:
-            task = progress.add_task("extracting practices", total=len(folders))
-            manifests = extract_many(
-                folders,
-                home / "packages",
-                keys / "practices",
-                on_done=lambda *_: progress.advance(task),
+        with running(keys) as url:
+            for folder in folders:
+                issue_practice(keys, folder.name, url)
+            console.print(
+                f"Key custodian: pseudonym key {pseudonym.id}, its service at {url}, and "
+                f"{len(folders)} practice key kits in {keys} (each: the practice's signing key "
+                "and the custodian's public key; no pseudonym key), apart from the data."
             )
+            with bar(console) as progress:
+                task = progress.add_task("extracting practices", total=len(folders))
+                manifests = extract_many(
+                    folders,
+                    home / "packages",
+                    keys / "practices",
+                    on_done=lambda *_: progress.advance(task),
+                )
     except UserError as exc:
         fail(str(exc))
     report.render_many(manifests, home / "packages", console)
@@ -366,7 +371,7 @@ practice_app = typer.Typer(
 )
 custodian_app = typer.Typer(
     rich_markup_mode=None,
-    help="The key custodian: collection key and practice signing keys.",
+    help="The key custodian: the pseudonym service, practice kits, re-identification.",
     no_args_is_help=True,
 )
 app.add_typer(practice_app, name="practice")
@@ -444,8 +449,9 @@ def init_home(
         Path, typer.Option(envvar="GPDPR_HOME", help="The service home folder to create.")
     ] = Path("gpdpr-home"),
 ) -> None:
-    """Start a new central service: its home folder and, in keys/, the collection key that every
-    pseudonym is made with. Every other central command refuses a home that is not there."""
+    """Start a new central service: its home folder and, in keys/, the custodian's keys (the
+    pseudonym key its service evaluates, the project key, the service's signing key). Every
+    other central command refuses a home that is not there."""
     from gpdpr.custodian.keys import init
 
     if home.exists() and any(home.iterdir()):
@@ -467,7 +473,7 @@ def init_home(
         if aside.exists():
             shutil.rmtree(aside, ignore_errors=True)
     console.print(
-        f"service home {home} created, with collection key [bold]{collection.id}[/] in "
+        f"service home {home} created, with pseudonym key [bold]{collection.id}[/] in "
         f"{home / 'keys'}. Next: issue each practice its key kit "
         f"(gpdpr custodian issue-practice ODS --keys {home / 'keys'})",
         highlight=False,
@@ -478,29 +484,71 @@ def init_home(
 def custodian_init(
     keys: Annotated[Path, typer.Option(help="Key folder to create, apart from any data.")],
 ) -> None:
-    """Create the collection key that every pseudonym is made with."""
+    """Create the custodian's keys: the pseudonym key (never leaves its service), the project
+    key and the service's signing key."""
     from gpdpr.custodian.keys import init
 
     try:
-        collection = init(keys)
+        pseudonym = init(keys)
     except UserError as exc:
         fail(str(exc))
-    console.print(f"collection key [bold]{collection.id}[/] created in {keys}")
+    console.print(f"pseudonym key [bold]{pseudonym.id}[/] created in {keys}")
 
 
 @custodian_app.command("issue-practice")
 def custodian_issue_practice(
     ods: Annotated[str, typer.Argument(help="The practice's ODS code, e.g. Z10001.")],
     keys: Annotated[Path, typer.Option(help="The custodian's key folder.")],
+    url: Annotated[
+        str, typer.Option(help="Where the practice reaches the custodian's pseudonym service.")
+    ] = "http://127.0.0.1:8471",
 ) -> None:
-    """Issue a practice its key kit: the collection key and a new signing key."""
+    """Issue a practice its key kit: a new signing key and the custodian's public key."""
     from gpdpr.custodian.keys import issue_practice
 
     try:
-        kit = issue_practice(keys, ods)
+        kit = issue_practice(keys, ods, url)
     except UserError as exc:
         fail(str(exc))
     console.print(f"key kit for [bold]{kit.name}[/] written to {kit}")
+
+
+@custodian_app.command("revoke-practice")
+def custodian_revoke_practice(
+    ods: Annotated[str, typer.Argument(help="The practice whose kit was lost or stolen.")],
+    keys: Annotated[Path, typer.Option(help="The custodian's key folder.")],
+) -> None:
+    """Revoke a practice's keys (no package they sign is trusted again) and set its kit aside,
+    so that a new one can be issued."""
+    from gpdpr.custodian.keys import revoke_practice
+
+    try:
+        count = revoke_practice(keys, ods)
+    except UserError as exc:
+        fail(str(exc))
+    console.print(
+        f"{count} key(s) of [bold]{ods.strip().upper()}[/] revoked in the practice register; "
+        f"issue a new kit with `gpdpr custodian issue-practice {ods.strip().upper()}`"
+    )
+
+
+@custodian_app.command("serve")
+def custodian_serve(
+    home: Home = DEFAULT_HOME,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8471,
+    daily_limit: Annotated[
+        int, typer.Option(help="Evaluations each practice may ask for per day (UTC).")
+    ] = 60_000,
+) -> None:
+    """Serve the pseudonym service practices extract with (HOME/keys), until stopped."""
+    from gpdpr.custodian.service import serve
+
+    try:
+        console.print(f"the custodian's pseudonym service: http://{host}:{port}/ (Ctrl-C stops)")
+        serve(home / "keys", host, port, daily_limit)
+    except UserError as exc:
+        fail(str(exc))
 
 
 def _run_extract(
@@ -511,13 +559,14 @@ def _run_extract(
     spec: Path | None,
     quiet: bool,
     resend: Path | None = None,
+    custodian: str | None = None,
 ) -> dict[str, object]:
     from gpdpr.practice.extract import ExtractRequest, extract, parse_watermark
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         request = ExtractRequest(
-            practice, out, keys, parse_watermark(since) if since else None, spec, resend
+            practice, out, keys, parse_watermark(since) if since else None, spec, resend, custodian
         )
         with Progress(
             TextColumn("[bold]{task.description}"),
@@ -565,11 +614,20 @@ def practice_extract(
         Path | None,
         typer.Option(help="The centre's resend list: these patients are sent in full again."),
     ] = None,
+    custodian: Annotated[
+        str | None,
+        typer.Option(
+            envvar="GPDPR_CUSTODIAN_URL",
+            help="The custodian's pseudonym service, if not at the address in the kit.",
+        ),
+    ] = None,
 ) -> None:
     """Extract one practice into a signed, pseudonymised package."""
     from gpdpr.practice import report
 
-    manifest = _run_extract(practice, out, keys, since, spec, quiet=False, resend=resend)
+    manifest = _run_extract(
+        practice, out, keys, since, spec, quiet=False, resend=resend, custodian=custodian
+    )
     report.render(manifest, out, console)
 
 

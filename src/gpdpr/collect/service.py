@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from gpdpr import db, durable
 from gpdpr import spec as specification
+from gpdpr.collect.authority import authorise
 from gpdpr.collect.erase import ANSWERS, Erasure, erase
 from gpdpr.collect.load import Loaded, Progress, load
 from gpdpr.collect.refusals import Refused, finish, refuse
@@ -117,7 +118,9 @@ def _collect(
 
     def verify(folder: Path) -> Package | Refused:
         try:
-            return check(folder, central.keys, accepted, lake.data)
+            package = check(folder, central.keys, accepted, lake.data)
+            authorise(package, central.keys)
+            return package
         except PackageError as exc:
             return Refused(folder, str(exc), None)
         finally:

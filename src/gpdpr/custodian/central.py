@@ -1,11 +1,13 @@
-"""The key custodian, central side: the only place an NHS number meets the collection key.
+"""The key custodian, central side: the only place an NHS number meets the pseudonym key.
 
 It does three things, each recorded as a public event (which never names the person):
 
-- finds the lake pseudonym for an NHS number, exactly as every practice makes it, so an opt-out
+- finds the lake pseudonym for an NHS number, as every practice gets it through the custodian's
+  service (the same OPRF, evaluated directly here), so an opt-out
   made online or by proxy reaches the right records without the registry ever seeing a number;
 - derives each project's key, so each approved project sees its own pseudonyms and two projects'
-  outputs cannot be joined;
+  outputs cannot be joined. Project keys come from their own secret (KEYS/project.key), not from
+  the pseudonym key: nothing a practice or the lake holds helps to make one;
 - re-identification, in one direction only: from named people (NHS numbers) to their pseudonyms
   in a project, under a recorded legal basis and two approvers other than the requester. There is
   deliberately no way here to turn a pseudonym back into a person.
@@ -26,14 +28,22 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy.orm import Session
 
+from gpdpr.custodian.keys import (
+    PROJECT_KEY,
+    PSEUDONYM_KEY,
+    SecretKey,
+    read_pseudonym_key,
+    read_secret,
+)
 from gpdpr.db.events import record
 from gpdpr.db.models import ReidApproval, ReidRequest, now
 from gpdpr.errors import UserError
 from gpdpr.identifiers import is_valid_nhs_number
-from gpdpr.practice.kit import COLLECTION_KEY, CollectionKey, read_collection_key
-from gpdpr.practice.pseudonyms import nhs_pseudonym, patient_key
+from gpdpr.practice import oprf
+from gpdpr.practice.kit import OLD_COLLECTION_KEY
+from gpdpr.practice.pseudonyms import as_pseudonym, nhs_input
 
-PROJECT_INFO = b"gpdpr project pseudonym v1: "
+PROJECT_INFO = b"gpdpr project pseudonym v2: "
 LEGAL_BASES = (
     "consent",
     "court_order_or_legal_requirement",
@@ -74,11 +84,16 @@ def _mac(key: bytes, text: str) -> str:
     return hmac.digest(key, text.encode(), "sha256").hex()
 
 
-def _project_key(collection: CollectionKey, project: str) -> bytes:
+def _project_key(master: SecretKey, project: str) -> bytes:
     hkdf = HKDF(
         algorithm=hashes.SHA256(), length=32, salt=None, info=PROJECT_INFO + project.encode()
     )
-    return hkdf.derive(collection.key)
+    return hkdf.derive(master.key)
+
+
+def lake_pseudonym(key: SecretKey, nhs_number: str) -> str:
+    """The lake pseudonym of a valid NHS number, as a practice gets it from the service."""
+    return as_pseudonym(oprf.evaluate(key.key, nhs_input(nhs_number)))
 
 
 def identities_sha256(numbers: Sequence[str]) -> str:
@@ -108,8 +123,8 @@ class Custodian:
 
     def __init__(self, keys_folder: Path, engine: sa.Engine) -> None:
         _check_key_folder(keys_folder)
-        self._collection = read_collection_key(keys_folder / COLLECTION_KEY)
-        self._patient_key = patient_key(self._collection)
+        self._pseudonym = read_pseudonym_key(keys_folder)
+        self._projects = read_secret(keys_folder / PROJECT_KEY, "project key")
         self.engine = engine
 
     # ---- pseudonyms ----------------------------------------------------------------------------
@@ -122,7 +137,7 @@ class Custodian:
                 "that is not a valid NHS number (ten digits, the last a modulus-11 check digit); "
                 "check it against the person's NHS letter or app"
             )
-        pseudonym = nhs_pseudonym(self._patient_key, number)
+        pseudonym = lake_pseudonym(self._pseudonym, number)
         with Session(self.engine) as session, session.begin():
             record(session, "custodian.pseudonym", _who(actor), {"purpose": purpose})
         return pseudonym
@@ -130,7 +145,7 @@ class Custodian:
     def project_key(self, project: str, actor: str) -> bytes:
         """The key a project's pseudonyms are made with (see `project_pseudonyms`)."""
         _required("project", project)
-        key = _project_key(self._collection, project)
+        key = _project_key(self._projects, project)
         with Session(self.engine) as session, session.begin():
             record(session, "custodian.project_key", _who(actor), {"project": project})
         return key
@@ -144,7 +159,7 @@ class Custodian:
         tokens = {}
         for project, run in runs:
             if project not in keys:
-                keys[project] = _project_key(self._collection, project)
+                keys[project] = _project_key(self._projects, project)
             tokens[run] = use_token(keys[project], run, _mac(keys[project], pseudonym))
         return tokens
 
@@ -243,8 +258,8 @@ class Custodian:
                     f"these NHS numbers are not the {request.identities} approved in request "
                     f"{request_id}: give exactly the list that was approved"
                 )
-            key = _project_key(self._collection, request.project)
-            mapping = {n: _mac(key, nhs_pseudonym(self._patient_key, n)) for n in sorted(numbers)}
+            key = _project_key(self._projects, request.project)
+            mapping = {n: _mac(key, lake_pseudonym(self._pseudonym, n)) for n in sorted(numbers)}
             request.status = "fulfilled"
             request.fulfilled_at = now()
             record(session, "reid.fulfilled", _who(actor), _public(request))
@@ -255,18 +270,24 @@ class Custodian:
 
 
 def _check_key_folder(folder: Path) -> None:
-    """The custodian's own folder: present, with its collection key, and private."""
+    """The custodian's own folder: present, with its pseudonym key, and private."""
     if not folder.is_dir():
         raise UserError(
             f"no key folder at {folder}: the custodian creates one with "
             f"`gpdpr custodian init --keys {folder}`"
         )
-    if not (folder / COLLECTION_KEY).is_file():
+    if not (folder / PSEUDONYM_KEY).is_file():
+        if (folder / OLD_COLLECTION_KEY).exists():
+            read_pseudonym_key(folder)  # names an old-scheme folder for what it is
         raise UserError(
-            f"{folder} has no {COLLECTION_KEY}: it is not the custodian's key folder "
+            f"{folder} has no {PSEUDONYM_KEY}: it is not the custodian's key folder "
             f"(`gpdpr custodian init --keys {folder}` makes one)"
         )
-    for path, fix in ((folder, "700"), (folder / COLLECTION_KEY, "600")):
+    for path, fix in (
+        (folder, "700"),
+        (folder / PSEUDONYM_KEY, "600"),
+        (folder / PROJECT_KEY, "600"),
+    ):
         if stat.S_IMODE(path.stat().st_mode) & 0o077:
             raise UserError(
                 f"{path} can be read by other users; keys must be private to the custodian: "

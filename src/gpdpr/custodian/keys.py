@@ -1,11 +1,17 @@
-"""The key custodian's keys: the collection key behind every pseudonym, and each practice's
-signing key. Keys live in a key folder of their own, never beside data, and are written readable
-by their owner only.
+"""The key custodian's keys. Keys live in a key folder of their own, never beside data, and are
+written readable by their owner only. None of the secret ones ever leaves this folder: practices
+get their pseudonyms from the custodian's service (gpdpr.custodian.service), obliviously.
 
     KEYS/
-      custodian.json            what this folder is; the collection key's id
-      collection.key            the collection key (32 random bytes)
+      custodian.json            what this folder is; the ids of its keys
+      pseudonym.key             the OPRF key behind every lake pseudonym (RFC 9497 ristretto255)
+      project.key               the secret every project's key is derived from: independent of
+                                the pseudonym key and of anything a practice or the lake holds
+      service.key, service.pub  the service's Ed25519 key: it signs every answer it gives
       practices/Z10001/         a practice's kit (see gpdpr.practice.kit for its files)
+
+Each secret key file is JSON: {"kind", "id", "created", "key": base64}. A pseudonym key's id is
+the fingerprint of its public key (skS * G), so it names the key without helping to guess it.
 """
 
 from __future__ import annotations
@@ -15,30 +21,46 @@ import os
 import re
 import secrets
 import shutil
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from gpdpr import durable
+from gpdpr.custodian.register import REGISTER, REGISTER_SIG, register_key, revoke
 from gpdpr.errors import UserError
+from gpdpr.practice import oprf
 from gpdpr.practice.kit import (
-    COLLECTION_KEY,
+    CUSTODIAN_PUB,
     KEY_BYTES,
+    OLD_COLLECTION_KEY,
     PRACTICE_FILE,
     SIGNING_KEY,
     SIGNING_PUB,
-    CollectionKey,
     key_id,
     public_key_id,
-    read_collection_key,
+    read_bytes,
+    read_private_key,
+    read_public_key,
 )
 
 CUSTODIAN_FILE = "custodian.json"
+PSEUDONYM_KEY = "pseudonym.key"
+PROJECT_KEY = "project.key"
+SERVICE_KEY = "service.key"
+SERVICE_PUB = "service.pub"
 LOG_KEY_FOLDER = "log"  # the transparency log's signing key (gpdpr.transparency.checkpoint)
 ODS_PATTERN = re.compile(r"^[A-Z][A-Z0-9]{2,9}$")
+DEFAULT_URL = "http://127.0.0.1:8471"  # `gpdpr custodian serve`'s address unless told another
+
+
+@dataclass(frozen=True)
+class SecretKey:
+    key: bytes
+    id: str
 
 
 def _now() -> str:
@@ -50,22 +72,63 @@ def _write_secret(path: Path, data: bytes) -> None:
     durable.write_file(path, data, mode=0o600, replace=False)
 
 
-def _collection_file(key: bytes, created: str) -> bytes:
+def _secret_file(kind: str, key: bytes, key_id_: str, created: str) -> bytes:
     document = {
-        "kind": "gpdpr collection key",
-        "id": key_id(key),
+        "kind": kind,
+        "id": key_id_,
         "created": created,
         "key": base64.b64encode(key).decode(),
     }
     return orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
 
 
-def init(folder: Path) -> CollectionKey:
-    """Create a key folder with a new collection key. Refuses a folder that already has one:
-    replacing the collection key would silently change every pseudonym. The key is written last,
-    whole: a folder with this module's other files but no key is an init that was cut short,
-    and is finished."""
-    ours = {LOG_KEY_FOLDER, CUSTODIAN_FILE, "practices"}
+def pseudonym_key_id(key: bytes) -> str:
+    return key_id(oprf.public_key(key))
+
+
+def read_secret(path: Path, kind: str) -> SecretKey:
+    """A secret key file of this folder, checked against its id."""
+    data = read_bytes(path, kind)
+    try:
+        document = orjson.loads(data)
+        key = base64.b64decode(document["key"], validate=True)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise UserError(f"{path} is not a gpdpr {kind} file; ask the custodian") from None
+    expected = pseudonym_key_id(key) if path.name == PSEUDONYM_KEY else key_id(key)
+    if len(key) != KEY_BYTES or document.get("id") != expected:
+        raise UserError(f"{path} is damaged: the key does not match its id; ask the custodian")
+    return SecretKey(key, expected)
+
+
+def read_pseudonym_key(folder: Path) -> SecretKey:
+    if not (folder / PSEUDONYM_KEY).exists() and (folder / OLD_COLLECTION_KEY).exists():
+        raise UserError(
+            f"{folder} holds only the old collection key: pseudonyms are now made with an "
+            "oblivious key at the custodian's service. Make a new key folder "
+            "(gpdpr custodian init) and re-collect under it, as docs/operators.md describes"
+        )
+    return read_secret(folder / PSEUDONYM_KEY, "pseudonym key")
+
+
+def read_service_key(folder: Path) -> Ed25519PrivateKey:
+    return read_private_key(folder / SERVICE_KEY, "custodian service key")
+
+
+def init(folder: Path) -> SecretKey:
+    """Create a key folder with a new pseudonym key, project key and service key; returns the
+    pseudonym key. Refuses a folder that already has one: replacing it would silently change
+    every pseudonym. The pseudonym key is written last, whole: a folder with this module's other
+    files but no pseudonym key is an init that was cut short, and is finished."""
+    ours = {
+        LOG_KEY_FOLDER,
+        CUSTODIAN_FILE,
+        "practices",
+        PROJECT_KEY,
+        SERVICE_KEY,
+        SERVICE_PUB,
+        REGISTER,
+        REGISTER_SIG,
+    }
     others = (
         [
             p
@@ -75,47 +138,81 @@ def init(folder: Path) -> CollectionKey:
         if folder.exists()
         else []
     )
-    if others and not (folder / COLLECTION_KEY).exists():
+    if others and not (folder / PSEUDONYM_KEY).exists():
         raise UserError(
             f"{folder} already holds other files: a key folder must be a folder of its own, "
             "apart from any data. Choose a new folder"
         )
-    if (folder / COLLECTION_KEY).exists():
-        durable.sweep(folder / COLLECTION_KEY)
+    if (folder / PSEUDONYM_KEY).exists():
+        durable.sweep(folder / PSEUDONYM_KEY)
         raise UserError(
-            f"{folder} already holds a collection key; a new one would change every pseudonym. "
+            f"{folder} already holds a pseudonym key; a new one would change every pseudonym. "
             "Use another folder for a new scheme"
         )
     try:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "practices").mkdir(exist_ok=True)
         os.chmod(folder, 0o700)
-        key = secrets.token_bytes(KEY_BYTES)
+        key = oprf.generate_key()
         created = _now()
+        if not (folder / SERVICE_KEY).exists():
+            service = Ed25519PrivateKey.generate()
+            _write_secret(folder / SERVICE_KEY, _pem(service))
+        service_public = read_service_key(folder).public_key()
+        durable.write_file(folder / SERVICE_PUB, _public_pem(service_public))
+        if not (folder / PROJECT_KEY).exists():
+            project = secrets.token_bytes(KEY_BYTES)
+            _write_secret(
+                folder / PROJECT_KEY,
+                _secret_file("gpdpr project key", project, key_id(project), created),
+            )
         durable.write_file(
             folder / CUSTODIAN_FILE,
             orjson.dumps(
-                {"kind": "gpdpr key custodian", "created": created, "collection_key": key_id(key)},
+                {
+                    "kind": "gpdpr key custodian",
+                    "created": created,
+                    "pseudonym_key": pseudonym_key_id(key),
+                    "service_key": public_key_id(service_public),
+                },
                 option=orjson.OPT_INDENT_2,
             )
             + b"\n",
         )
-        _write_secret(folder / COLLECTION_KEY, _collection_file(key, created))
+        _write_secret(
+            folder / PSEUDONYM_KEY,
+            _secret_file("gpdpr pseudonym key", key, pseudonym_key_id(key), created),
+        )
     except OSError as exc:
         problem = durable.disk_problem(exc) or exc.strerror or exc
         raise UserError(
             f"cannot create the key folder {folder}: {problem}. No key was made; fix that and "
             "run `gpdpr custodian init` again"
         ) from None
-    return CollectionKey(key, key_id(key))
+    return SecretKey(key, pseudonym_key_id(key))
 
 
-def issue_practice(folder: Path, ods: str) -> Path:
-    """Make a practice's kit: a copy of the collection key and a new Ed25519 signing key."""
+def _pem(key: Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _public_pem(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def issue_practice(folder: Path, ods: str, custodian_url: str = DEFAULT_URL) -> Path:
+    """Make a practice's kit: a new Ed25519 signing key and the custodian service's public key
+    and address. Nothing in it makes a pseudonym."""
     ods = ods.strip().upper()
     if not ODS_PATTERN.match(ods):
         raise UserError(f"{ods!r} is not an ODS code (a letter then 2 to 9 letters or digits)")
-    collection = read_collection_key(folder / COLLECTION_KEY)
+    pseudonym = read_pseudonym_key(folder)
+    service = read_public_key(folder / SERVICE_PUB, "custodian service public key")
+    _sweep_register(folder)
     kit = folder / "practices" / ods
     if kit.exists():
         for leftover in kit.parent.glob(f".{ods}.new-*"):
@@ -132,21 +229,9 @@ def issue_practice(folder: Path, ods: str) -> Path:
             shutil.rmtree(leftover)
         aside.mkdir(parents=True)
         os.chmod(aside, 0o700)
-        _write_secret(aside / COLLECTION_KEY, _collection_file(collection.key, _now()))
-        _write_secret(
-            aside / SIGNING_KEY,
-            signing.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ),
-        )
-        durable.write_file(
-            aside / SIGNING_PUB,
-            signing.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            ),
-        )
+        _write_secret(aside / SIGNING_KEY, _pem(signing))
+        durable.write_file(aside / SIGNING_PUB, _public_pem(signing.public_key()))
+        durable.write_file(aside / CUSTODIAN_PUB, _public_pem(service))
         durable.write_file(
             aside / PRACTICE_FILE,
             orjson.dumps(
@@ -154,7 +239,9 @@ def issue_practice(folder: Path, ods: str) -> Path:
                     "kind": "gpdpr practice key kit",
                     "ods_code": ods,
                     "issued": _now(),
-                    "collection_key": collection.id,
+                    "custodian_url": custodian_url,
+                    "custodian_key": public_key_id(service),
+                    "pseudonym_key": pseudonym.id,
                     "signing_key": public_key_id(signing.public_key()),
                 },
                 option=orjson.OPT_INDENT_2,
@@ -164,6 +251,7 @@ def issue_practice(folder: Path, ods: str) -> Path:
         durable.step("practice kit made aside")
         aside.rename(kit)
         durable.fsync_dir(kit.parent)
+        register_key(folder, ods, signing.public_key())
     except OSError as exc:
         shutil.rmtree(aside, ignore_errors=True)
         problem = durable.disk_problem(exc) or exc.strerror or exc
@@ -172,6 +260,29 @@ def issue_practice(folder: Path, ods: str) -> Path:
             "issue it again"
         ) from None
     return kit
+
+
+def revoke_practice(folder: Path, ods: str) -> int:
+    """A practice's kit is lost or stolen: revoke its keys in the register (no package they
+    signed is trusted from now on) and set its kit aside, so a new one can be issued. How many
+    keys were revoked."""
+    ods = ods.strip().upper()
+    if not ODS_PATTERN.match(ods):
+        raise UserError(f"{ods!r} is not an ODS code (a letter then 2 to 9 letters or digits)")
+    _sweep_register(folder)
+    count = revoke(folder, ods)
+    kit = folder / "practices" / ods
+    if kit.exists():
+        kit.rename(kit.with_name(f".{ods}.revoked-{datetime.now(UTC):%Y%m%dT%H%M%S}"))
+        durable.fsync_dir(kit.parent)
+    return count
+
+
+def _sweep_register(folder: Path) -> None:
+    """A register write killed after its copy was made leaves the copy; a re-run that stops
+    early (the kit was already in place) would otherwise never reach the write that sweeps it."""
+    durable.sweep(folder / REGISTER_SIG)
+    durable.sweep(folder / REGISTER)
 
 
 def _partial(path: Path) -> bool:

@@ -23,10 +23,16 @@ import pyarrow as pa
 
 from gpdpr import spec as specification
 from gpdpr.errors import UserError
-from gpdpr.practice import columnar, fhir
+from gpdpr.practice import columnar, custodian_client, fhir
 from gpdpr.practice.kit import PracticeKit, read_kit
 from gpdpr.practice.package import DELETIONS, DELETIONS_SCHEMA, FORMAT, TableWriter, seal
-from gpdpr.practice.pseudonyms import Pseudonymiser
+from gpdpr.practice.pseudonyms import (
+    METHOD,
+    Pseudonymiser,
+    postcode_input,
+    record_key_input,
+    staff_input,
+)
 from gpdpr.practice.resend import read_resend_list
 from gpdpr.practice.rules import (
     Geography,
@@ -40,7 +46,7 @@ from gpdpr.practice.rules import (
     window_for,
     writing_schema,
 )
-from gpdpr.practice.source import RECORD_TABLES, Reader, utc_naive
+from gpdpr.practice.source import RECORD_TABLES, Batch, Reader, Staff, utc_naive
 from gpdpr.terminology import sets
 
 QUARANTINE_SUFFIX = ".quarantine.ndjson"
@@ -55,6 +61,7 @@ class ExtractRequest:
     since: datetime | None = None
     spec: Path | None = None
     resend: Path | None = None  # the centre's resend list (see resend.py)
+    custodian: str | None = None  # the pseudonym service's address, if not the kit's
 
 
 def quarantine_path(out: Path) -> Path:
@@ -132,7 +139,13 @@ def _extract(
     except OSError as exc:
         raise UserError(f"cannot write beside {out}: {exc.strerror or exc}") from None
     try:
-        manifest, quarantined = _build(spec, kit, reader, window, staging, on_progress, resend)
+        pseudonymiser = Pseudonymiser(
+            lambda inputs: custodian_client.evaluate(kit, inputs, request.custodian),
+            practice.ods_code,
+        )
+        manifest, quarantined = _build(
+            spec, kit, reader, window, staging, on_progress, pseudonymiser, resend
+        )
         seal(staging, manifest, kit.signing)
         _write_quarantine(quarantine_path(out), quarantined)
         staging.rename(out)
@@ -151,10 +164,10 @@ def _build(
     window: Window,
     folder: Path,
     on_progress: Progress | None,
+    pseudonymiser: Pseudonymiser,
     resend: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, Any], list[Quarantined]]:
     practice = reader.practice
-    pseudonymiser = Pseudonymiser(kit.collection, practice.ods_code)
     tally = Tally()
     quarantined: list[Quarantined] = []
     rules = Rules(spec, window, pseudonymiser, tally, quarantined, resend)
@@ -167,10 +180,12 @@ def _build(
     }
     deletions = TableWriter(folder / f"{DELETIONS}.parquet", DELETIONS_SCHEMA)
     try:
-        staff = StaffIndex.build(reader.staff(), pseudonymiser)
+        staff_list = reader.staff()
+        patient_batches = list(reader.patients())
+        _prepare(pseudonymiser, staff_list, patient_batches)
+        staff = StaffIndex.build(staff_list, pseudonymiser)
         if "staff" in writers:
             writers["staff"].write(staff.table(spec.tables["staff"], tally.replaced))
-        patient_batches = list(reader.patients())
         index, patients, active, withdrawn = rules.patients(
             patient_batches, opt, Geography.load(spec)
         )
@@ -232,8 +247,9 @@ def _build(
             n for n, s in spec.code_sets.items() if s.rule == "sensitive" and s.collect
         ),
         "pseudonymisation": {
-            "method": "HMAC-SHA256, keys derived by HKDF-SHA256 from the collection key",
-            "collection_key_id": kit.collection.id,
+            "method": METHOD,
+            "pseudonym_key_id": kit.pseudonym_key_id,
+            "evaluations": pseudonymiser.evaluations,
         },
         "signing_key_id": kit.signing_key_id,
         "tables": {name: {"file": w.path.name, "rows": w.rows} for name, w in writers.items()},
@@ -252,6 +268,25 @@ def _build(
         "resent_on_request": rules.resent_on_request,
     }
     return manifest, quarantined
+
+
+def _prepare(pseudonymiser: Pseudonymiser, staff: Staff, batches: list[Batch]) -> None:
+    """Every input the extract will need a pseudonym for, to the custodian in one round trip:
+    the record key, the staff, and every patient row read and their postcodes (a row the rules
+    later set aside costs one evaluation it did not need, never a second round trip)."""
+    ods = pseudonymiser.ods
+    inputs = [record_key_input(ods)]
+    inputs += [
+        staff_input(ods, sds, ref) for ref, sds in zip(staff.refs, staff.sds_user_ids, strict=True)
+    ]
+    for batch in batches:
+        table = batch.table
+        made, _ = pseudonymiser.patient_inputs(
+            table["nhs_number"], table["patient_ref"].to_pylist()
+        )
+        inputs += made
+        inputs += [postcode_input(p) for p in table["postcode"].to_pylist() if p]
+    pseudonymiser.prepare(inputs)
 
 
 def _instant(value: datetime | None) -> str | None:

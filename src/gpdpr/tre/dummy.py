@@ -54,6 +54,7 @@ def ensure(
 def _make(home: Path, patients: int, seed: int) -> None:
     from gpdpr.collect.service import Central, collect
     from gpdpr.custodian.keys import init, issue_practice
+    from gpdpr.custodian.service import running
     from gpdpr.practice.many import extract_many
     from gpdpr.synth.run import SynthRequest, synthesise
 
@@ -66,9 +67,10 @@ def _make(home: Path, patients: int, seed: int) -> None:
     keys = home / "keys"
     init(keys)
     folders = sorted(p for p in request.out.iterdir() if p.is_dir())
-    for practice in folders:
-        issue_practice(keys, practice.name)
-    extract_many(folders, home / "packages", keys / "practices")
+    with running(keys) as url:  # the dummy centre's own pseudonym service, for these extracts
+        for practice in folders:
+            issue_practice(keys, practice.name, url)
+        extract_many(folders, home / "packages", keys / "practices")
     # The dummy centre keeps its own small database, whatever the real service is configured with.
     saved = os.environ.pop("GPDPR_DATABASE_URL", None)
     try:
