@@ -46,11 +46,15 @@ def ensure(patients: int, say: Callable[[str], None] = print) -> Path:
     with lake.writing() as tx:
         for view, table in LAKE_TABLE.items():
             say(f"  writing {table} of {patients:,} people")
-            rows = pq.read_table(views / f"{view}.parquet")
-            practice = home.take(rows.column("patient_key"))
-            data = _lake_rows(table, rows, lake.data[table].file_schema)
-            for code, part in _by_practice(data, practice):
-                tx.write(table, code, part)
+            # A row group at a time (the views are written a block of people at a time, who
+            # share few practices): at 10 million people a table would not fit in memory.
+            source = pq.ParquetFile(views / f"{view}.parquet")
+            for group in range(source.num_row_groups):
+                rows = source.read_row_group(group)
+                practice = home.take(rows.column("patient_key"))
+                data = _lake_rows(table, rows, lake.data[table].file_schema)
+                for code, part in _by_practice(data, practice):
+                    tx.write(table, code, part)
         tx.commit("load", {"benchmark": patients})
     (folder / "done").write_text("")
     return folder

@@ -12,12 +12,12 @@ bench/tre_bench.py), engine and scale then runs in a fresh child process, which 
   plan      `views.plan`: the project's views as queries over the lake version's files (reads
             the Delta logs, no data)
   engine    `engine.run(definition, plan)`: the engine reads the lake's files in place (only the
-            columns and rows the views need), makes the population, the project's pseudonyms of
-            everyone it read (HMAC-SHA256 under the project's key, in Python: one per person),
-            and computes the dataset or measure
+            columns and rows the views need), makes the population, the project's pseudonym of
+            everyone it read (HMAC-SHA256 under the project's key, in the engine's SQL),
+            computes the dataset or measure, and a use token per person read (another HMAC)
   control   disclosure control (`release.control.control`)
-  tokens    a use token per person read, inserted into an SQLite database as a run records them
-            (`transparency.patient.keep_run_uses`)
+  tokens    the use tokens written to the run's folder as a run records them
+            (`transparency.uses.keep`)
 
 What is not timed: the agreement's authorisation and the run's record (a few small rows), which
 do not grow with the lake. Peak MB is the high-water mark of resident memory of the child and
@@ -35,14 +35,11 @@ import sys
 import tempfile
 import time
 from datetime import date
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import sqlalchemy as sa
-from sqlalchemy.orm import Session
 
 import tre_bench
 import tre_lake
@@ -52,10 +49,8 @@ KEY = b"benchmark project key, 32 bytes!"
 
 
 def child(args: list[str]) -> None:
-    from gpdpr.custodian.central import project_pseudonyms
     from gpdpr.lake.store import Lake
-    from gpdpr.transparency.models import RunUse
-    from gpdpr.transparency.patient import keep_run_uses
+    from gpdpr.transparency import uses
     from gpdpr.tre import views
     from gpdpr.tre.engines.base import Engine
     from gpdpr.tre.engines.duckdb import DuckDBEngine
@@ -73,7 +68,7 @@ def child(args: list[str]) -> None:
     snapshot = Lake.open(folder / "lake").snapshot()
     scope = views.ViewScope(date(2016, 1, 1), date(2026, 1, 1), {}, frozenset())
     used = n.columns_used(definition)
-    lake = views.plan(snapshot, scope, used, partial(project_pseudonyms, KEY))
+    lake = views.plan(snapshot, scope, used, KEY)
     figures["plan"] = time.perf_counter() - started
     mark = time.perf_counter()
     results = engine.run(definition, lake)
@@ -82,13 +77,9 @@ def child(args: list[str]) -> None:
     control(definition, results)
     figures["control"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    with tempfile.TemporaryDirectory() as db:
-        database = sa.create_engine(f"sqlite:///{db}/uses.db")
-        RunUse.metadata.create_all(database, tables=[RunUse.__table__])  # type: ignore[list-item]
-        assert results.read is not None
-        with Session(database) as session, session.begin():
-            figures["people"] = keep_run_uses(session, 1, "RUN-000001", KEY, results.read)
-        database.dispose()
+    with tempfile.TemporaryDirectory() as run_folder:
+        assert results.uses is not None
+        figures["people"] = uses.keep(Path(run_folder), results.uses)
     figures["tokens"] = time.perf_counter() - mark
     figures["whole"] = time.perf_counter() - started
     figures["peak_mb"] = tre_bench.peak_mb()

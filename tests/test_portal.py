@@ -727,7 +727,7 @@ def test_a_patient_sees_which_approved_projects_used_their_record(
         if any(
             r.reference == run_reference
             for p in record_uses(
-                custodian, custodian.pseudonym_for(number, "test", "expect")
+                custodian, custodian.pseudonym_for(number, "test", "expect"), portal.built.home
             ).projects
             for r in p.runs
         )

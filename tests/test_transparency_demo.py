@@ -30,9 +30,8 @@ from gpdpr.governance import agreements
 from gpdpr.governance.models import Agreement
 from gpdpr.governance.sample import ADMIN, DIABETES, PEOPLE, WINTER
 from gpdpr.lake.store import Lake
-from gpdpr.transparency import store
+from gpdpr.transparency import store, uses
 from gpdpr.transparency.demo import demo_witness
-from gpdpr.transparency.models import RunUse
 from gpdpr.transparency.patient import record_uses
 from gpdpr.transparency.publish import log_folder, publish
 from gpdpr.tre import runs
@@ -203,7 +202,9 @@ def test_the_log_holds_no_person_and_no_patient(demo: Demo) -> None:
 def _included(demo: Demo) -> tuple[str, Any]:
     custodian = Custodian(demo.home / "keys", demo.engine)
     for number in demo.nhs_numbers[10:400]:
-        uses = record_uses(custodian, custodian.pseudonym_for(number, "portal", "patient view"))
+        uses = record_uses(
+            custodian, custodian.pseudonym_for(number, "portal", "patient view"), demo.home
+        )
         if uses.projects:
             return number, uses
     raise AssertionError("no patient's record was read by any run")
@@ -225,20 +226,29 @@ def test_a_patient_sees_the_projects_whose_runs_read_their_record(demo: Demo) ->
 def test_someone_who_opted_out_was_read_by_no_run_and_sees_their_opt_out(demo: Demo) -> None:
     custodian = Custodian(demo.home / "keys", demo.engine)
     for number in demo.opted_out:
-        uses = record_uses(custodian, custodian.pseudonym_for(number, "portal", "patient view"))
+        uses = record_uses(
+            custodian, custodian.pseudonym_for(number, "portal", "patient view"), demo.home
+        )
         assert uses.projects == []
         assert uses.opt_outs["type1"]["state"] == "set"
         assert [h["source"] for h in uses.opt_outs["type1"]["history"]] == ["online"]
 
 
-def test_the_run_uses_table_cannot_be_read_without_the_custodian(demo: Demo) -> None:
-    with Session(demo.engine) as session:
-        tokens = set(session.scalars(sa.select(RunUse.token)))
-        counted = session.scalar(sa.select(sa.func.count()).select_from(RunUse))
-    assert counted and len(tokens) == counted  # per-run tokens: no person repeats across runs
+def test_whom_runs_read_cannot_be_read_without_the_custodian(demo: Demo) -> None:
+    """Each run's folder keeps a token per person it read: none is a lake pseudonym or any part
+    of one, and no token repeats across runs (so runs cannot be linked person by person)."""
+    kept = sorted((demo.home / "tre" / "runs").glob(f"RUN-*/{uses.FILE}"))
+    assert kept, "the demo's runs kept whom they read"
+    tokens: list[bytes] = []
+    for path in kept:
+        body = path.read_bytes()[len(uses.HEADER) :]
+        tokens += [body[i : i + 16] for i in range(0, len(body), 16)]
+    assert tokens and len(set(tokens)) == len(tokens)
     lake = Lake.open(demo.home / "lake").snapshot()
     pseudonyms = set(lake.read("patients", ["patient"]).column("patient").to_pylist())
-    assert not tokens & pseudonyms
+    whole = b"".join(p.read_bytes() for p in kept)
+    for pseudonym in pseudonyms:
+        assert pseudonym.encode() not in whole and bytes.fromhex(pseudonym)[:8] not in whole
 
 
 def test_anyone_verifies_a_copy_of_the_published_log_and_proves_an_entry(

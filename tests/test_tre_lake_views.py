@@ -8,21 +8,26 @@ agreements approved by the panel)."""
 # ruff: noqa: F811
 from __future__ import annotations
 
-from functools import partial
+from pathlib import Path
 
+import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tre_data
 from governing import LEAD
-from gpdpr.custodian.central import Custodian, project_pseudonyms
+from gpdpr.custodian.central import Custodian, project_pseudonyms, use_token
 from gpdpr.governance import agreements
 from gpdpr.lake.store import Lake
 from gpdpr.tre import views
 from gpdpr.tre.engines import guard
 from gpdpr.tre.engines.base import Engine, LakeViews
-from gpdpr.tre.engines.duckdb import DuckDBEngine, install
+from gpdpr.tre.engines.duckdb import DIALECT as DUCKDB
+from gpdpr.tre.engines.duckdb import DuckDBEngine, install, lake_files
 from gpdpr.tre.query import nodes as n
 from gpdpr.tre.query import serial
 from gpdpr.tre.query.schema import PATIENT_ID
@@ -40,7 +45,7 @@ def planned(service: Service, definition: n.Definition) -> tuple[LakeViews, byte
     snapshot = Lake.open(service.home / "lake").snapshot()
     excluded: frozenset[str] = frozenset()
     view_scope = views.ViewScope(scope.data_from, scope.data_to, scope.population, excluded)
-    return views.plan(snapshot, view_scope, used, partial(project_pseudonyms, key)), key
+    return views.plan(snapshot, view_scope, used, key), key
 
 
 def study(service: Service) -> n.Definition:
@@ -90,29 +95,34 @@ def test_views_read_in_place_answer_as_the_same_views_made_first(
         assert in_place["dataset"].num_rows > 100  # people were counted, not nobody
 
 
-def test_a_run_says_whom_it_read_by_their_project_pseudonyms_only(service: Service) -> None:
+@pytest.mark.parametrize("name", ["duckdb", "spark"])
+def test_a_run_says_whom_it_read_by_tokens_only(service: Service, name: str) -> None:
+    """The engine's use tokens are exactly the custodian's tokens of the people the dataset
+    shows (under the run's salt); nothing of a lake pseudonym, a patient's or a member of
+    staff's, comes back in the dataset or the tokens."""
     definition = staff_study(service)
     lake, key = planned(service, definition)
-    results = DuckDBEngine().run(definition, lake)
+    results = tre_data.engine(name).run(definition, lake)
     snapshot = Lake.open(service.home / "lake").snapshot()
     lake_ids = set(snapshot.read("patients", ["patient"]).column("patient").to_pylist())
     staff_ids = set(snapshot.read("staff", ["staff"]).column("staff").to_pylist())
-    assert results.read is not None and results.dataset is not None
-    read = set(results.read.to_pylist())
-    assert read == set(results.dataset.column(PATIENT_ID).to_pylist())
-    expected = set(project_pseudonyms(key, pa.array(sorted(lake_ids))).to_pylist())
-    assert read <= expected and len(read) > 100
+    assert results.uses is not None and results.dataset is not None
+    assert results.uses.salt == lake.salt
+    shown_people = set(results.dataset.column(PATIENT_ID).to_pylist())
+    assert shown_people <= set(project_pseudonyms(key, pa.array(sorted(lake_ids))).to_pylist())
+    expected = sorted(bytes.fromhex(use_token(key, lake.salt, p))[:16] for p in shown_people)
+    tokens = results.uses.tokens.tobytes()
+    assert [tokens[i : i + 16] for i in range(0, len(tokens), 16)] == expected
+    assert len(expected) > 100
     # Byte by byte: no lake pseudonym (patient's or staff's) anywhere in what came back.
-    shown = (
-        b"".join(
-            str(v).encode()
-            for column in results.dataset.columns
-            for v in column.to_pylist()
-            if v is not None
-        )
-        + "".join(read).encode()
+    shown = tokens + b"".join(
+        str(v).encode()
+        for column in results.dataset.columns
+        for v in column.to_pylist()
+        if v is not None
     )
     assert not [p for p in lake_ids | staff_ids if p.encode() in shown]
+    assert not [p for p in lake_ids | staff_ids if bytes.fromhex(p)[:8] in tokens]
     staff = {v for v in results.dataset.column("by").to_pylist() if v is not None}
     assert staff and staff <= set(project_pseudonyms(key, pa.array(sorted(staff_ids))).to_pylist())
 
@@ -122,6 +132,7 @@ SOURCES = [
     "select patient from source_clinical_events",
     "select * from source_excluded",
     "select lake, project from source_map_staff",
+    "select inner, outer from source_key",
     "select * from v_patients, source_patients",
     "select * from (select 1) t where exists (select 1 from source_registrations)",
 ]
@@ -130,8 +141,8 @@ SOURCES = [
 @pytest.mark.parametrize("text", SOURCES)
 def test_no_query_reads_what_the_views_are_made_from_on_duckdb(service: Service, text: str) -> None:
     lake, _ = planned(service, staff_study(service))
-    with DuckDBEngine().sandbox({}) as box:
-        install(lake, box.con, box.con.register)
+    with DuckDBEngine().sandbox({}, lake_files(lake)) as box:
+        install(lake, box.con)
         box.relations.update(views.view_name(t) for t in lake.views)
         with pytest.raises(guard.Refused):
             box.query(_Text(text))  # type: ignore[arg-type]
@@ -168,3 +179,48 @@ class _Text:
 
     def text(self) -> str:
         return self.select
+
+
+_KEYING = duckdb.connect()  # one connection for every example: making one is slow
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(key=st.binary(max_size=100), texts=st.lists(st.text(), min_size=1, max_size=5))
+def test_the_engine_keys_a_pseudonym_as_the_custodian_does(key: bytes, texts: list[str]) -> None:
+    """The project pseudonyms an engine computes in SQL are the custodian's HMAC, for any key
+    (longer than a block too) and any text."""
+    con = _KEYING
+    con.register(views.KEYS, views.key_table(key))
+    con.register("texts", pa.table({"t": pa.array(texts, pa.string())}))
+    found = con.sql(
+        f"select {views.project_sql(DUCKDB, 't')} from texts cross join {views.KEYS}"
+    ).fetchall()
+    assert [row[0] for row in found] == project_pseudonyms(key, pa.array(texts)).to_pylist()
+
+
+def test_a_sandbox_reads_the_versions_own_files_and_no_other(service: Service) -> None:
+    """Past the guard (as if it failed), a run's connection still reads nothing but the files
+    of its lake version: not a file planted beside them, not the keys, not a wildcard."""
+    lake, _ = planned(service, study(service))
+    files = lake_files(lake)
+    beside = Path(files[0]).parent / "planted.parquet"
+    pq.write_table(pa.table({"patient": ["CANARY-beside"]}), beside)
+    try:
+        attempts = [
+            f"select * from read_parquet('{beside}')",
+            f"select * from read_parquet('{Path(files[0]).parent}/*.parquet')",
+            f"select * from read_parquet('{service.home}/lake/**/*.parquet')",
+            f"select * from read_text('{service.home}/keys/*')",
+            "select * from read_csv('/etc/passwd')",
+            f"copy (select 1) to '{Path(files[0]).parent}/out.csv'",
+        ]
+        with DuckDBEngine().sandbox({}, files) as box:
+            install(lake, box.con)
+            for text in attempts:
+                with pytest.raises(duckdb.Error):
+                    box.con.execute(text).fetchall()
+            # what it may read, it reads: the refusals above are of the files, not of reading
+            assert box.con.execute(f"select count(*) from read_parquet('{files[0]}')").fetchall()
+        assert not (Path(files[0]).parent / "out.csv").exists()
+    finally:
+        beside.unlink()

@@ -158,7 +158,7 @@ def patient_record(request: Request, page: int = 1) -> Response:
     session = current(request)
     assert session is not None and session.pseudonym is not None
     portal = portal_of(request)
-    uses = record_uses(portal.custodian, session.pseudonym)
+    uses = record_uses(portal.custodian, session.pseudonym, portal.home)
     asked = questions(portal, uses)
     told = timeline(portal.home, portal.engine, session.pseudonym, uses, asked)
     return render(

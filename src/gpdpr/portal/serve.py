@@ -157,7 +157,7 @@ def _first_used(home: Path, numbers: list[str]) -> str | None:
         custodian = Custodian(home / "keys", engine)
         for number in numbers:
             pseudonym = custodian.pseudonym_for(number, actor="demo", purpose="demo accounts")
-            if record_uses(custodian, pseudonym).projects:
+            if record_uses(custodian, pseudonym, home).projects:
                 return number
         return None
     finally:

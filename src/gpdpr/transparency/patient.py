@@ -2,11 +2,13 @@
 
 The portal signs the person in, has the custodian turn their NHS number into their lake
 pseudonym, and calls `record_uses`. Nothing public links a project to a person: the log holds
-only what each run was (project, definition, lake version), and the central table of run uses
-(`gpdpr.transparency.models.RunUse`) holds, per run, one token per person read, made with the
-run's project key from the person's project pseudonym (`gpdpr.custodian.central.use_token`).
-Without the custodian's key and the person's pseudonym, a token cannot be made or tested; with
-them, a run's uses of one person are found by one indexed look-up per run.
+only what each run was (project, definition, lake version), and each run's folder keeps one
+token per person read (`gpdpr.transparency.uses`), made with the run's project key from the
+person's project pseudonym (`gpdpr.custodian.central.use_token`). Without the custodian's key
+and the person's pseudonym, a token cannot be made or tested; with them, a run's uses of one
+person are found by one look-up per run. Runs recorded before the tokens were kept in files
+keep them in the central table of run uses (`gpdpr.transparency.models.RunUse`), which is
+still read for them.
 """
 
 from __future__ import annotations
@@ -14,18 +16,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from gpdpr.custodian.central import Custodian, use_token
-from gpdpr.db.models import as_utc, core
+from gpdpr.custodian.central import Custodian
+from gpdpr.db.models import as_utc
 from gpdpr.governance import register
 from gpdpr.governance.models import Agreement, Application
 from gpdpr.optout.registry import Registry
+from gpdpr.transparency import uses
 from gpdpr.transparency.models import RunUse
 from gpdpr.tre.models import Run
 
@@ -62,26 +64,12 @@ class RecordUses:
     opt_outs: dict[str, dict[str, Any]]  # per kind: state, since, source, history (registry)
 
 
-def keep_run_uses(
-    session: Session,
-    run_id: int,
-    run_reference: str,
-    project_key: bytes,
-    people: pa.Array | pa.ChunkedArray,
-) -> int:
-    """Keep, for one run, a token for each person whose record it read (`people`: their
-    project pseudonyms, as the run's views show them); how many. Called by the research
-    environment as it records the run, in the same transaction."""
-    distinct = pc.unique(people.drop_null()).to_pylist()
-    rows = [{"run_id": run_id, "token": use_token(project_key, run_reference, p)} for p in distinct]
-    if rows:
-        session.execute(sa.insert(core(RunUse)), rows)
-    return len(rows)
-
-
-def record_uses(custodian: Custodian, lake_pseudonym: str) -> RecordUses:
+def record_uses(custodian: Custodian, lake_pseudonym: str, home: Path) -> RecordUses:
     """The approved projects whose successful runs read this person's record (oldest first),
-    each with its register entry and the runs; and the person's opt-out history."""
+    each with its register entry and the runs; and the person's opt-out history. `home`: the
+    service's, whose run folders keep whom each run read."""
+    from gpdpr.tre.runs import run_folder
+
     engine = custodian.engine
     with Session(engine) as session:
         runs = session.execute(
@@ -91,10 +79,17 @@ def record_uses(custodian: Custodian, lake_pseudonym: str) -> RecordUses:
             .where(Run.status == "succeeded")
             .order_by(Run.id)
         ).all()
-        tokens = custodian.use_tokens(
-            lake_pseudonym, [(project, ref) for _, ref, project, _ in runs]
-        )
-        seen = _runs_with(session, ((run_id, tokens[ref]) for run_id, ref, _, _ in runs))
+        seen: set[int] = set()
+        in_database = []  # runs recorded before their tokens were kept in files
+        for run_id, ref, project, _ in runs:
+            folder = run_folder(home, ref)
+            salted = uses.salt(folder)
+            token = custodian.use_tokens(lake_pseudonym, [(project, salted or ref)])
+            if salted is None:
+                in_database.append((run_id, token[ref]))
+            elif uses.holds(folder, token[salted]):
+                seen.add(run_id)
+        seen |= _runs_with(session, in_database)
         by_agreement: dict[int, list[Run]] = {}
         for run in session.scalars(sa.select(Run).where(Run.id.in_(seen)).order_by(Run.id)):
             by_agreement.setdefault(run.agreement_id, []).append(run)

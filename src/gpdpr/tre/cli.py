@@ -41,14 +41,31 @@ DefinitionFile = Annotated[
 ]
 EngineName = Annotated[
     Literal["duckdb", "spark"],
-    typer.Option("--engine", help="duckdb (embedded) or spark (local mode)."),
+    typer.Option("--engine", help="duckdb (embedded) or spark (this machine, or --spark-master)."),
+]
+SparkMaster = Annotated[
+    str | None,
+    typer.Option(
+        "--spark-master",
+        envvar="GPDPR_SPARK_MASTER",
+        help=(
+            "With --engine spark: the cluster to run on (spark://host:7077, yarn, k8s://...), "
+            "whose executors see the lake at the same path [default: local[2], this machine]."
+        ),
+    ),
 ]
 Actor = Annotated[
     str, typer.Option("--as", metavar="HANDLE", help="Your handle: a member of the project's team.")
 ]
 
 
-def engine_named(name: str) -> Engine:
+def check_engine(name: str, spark_master: str | None) -> None:
+    """Refuse, before any work, options that would be ignored."""
+    if spark_master and name != "spark":
+        fail("--spark-master is for --engine spark")
+
+
+def engine_named(name: str, spark_master: str | None = None) -> Engine:
     from gpdpr.tre.engines.duckdb import DuckDBEngine
 
     if name == "duckdb":
@@ -56,7 +73,7 @@ def engine_named(name: str) -> Engine:
     if name == "spark":
         from gpdpr.tre.engines.spark import SparkEngine
 
-        return SparkEngine()
+        return SparkEngine(master=spark_master)
     fail(f"unknown engine {name!r}: duckdb or spark")
 
 
@@ -114,6 +131,7 @@ def run_command(
         Path | None, typer.Option(help="Folder for the outputs [default: output/ beside the file].")
     ] = None,
     engine: EngineName = "duckdb",
+    spark_master: SparkMaster = None,
 ) -> None:
     """Run a definition on dummy data, to develop it before (and while) applying. Shows each
     output as it would be released (after disclosure control) and writes the files."""
@@ -122,6 +140,7 @@ def run_command(
     from gpdpr.tre.query import nodes as n
     from gpdpr.tre.query.serial import from_json
 
+    check_engine(engine, spark_master)
     if not dummy:
         fail(
             "a run here is on dummy data: add --dummy. To run on the real data, under an "
@@ -133,7 +152,7 @@ def run_command(
     try:
         lake = dummy_data.ensure(data or folder / ".gpdpr-dummy", patients, seed, say=_say)
         views = dummy_data.dummy_views(lake, n.columns_used(parsed))
-        results = engine_named(engine).run(parsed, views)
+        results = engine_named(engine, spark_master).run(parsed, views)
         runs.refuse_empty(results)
         outputs = runs.control(parsed, results)
     except UserError as error:
@@ -222,6 +241,7 @@ def submit_command(
     actor: Actor,
     home: Home = DEFAULT_HOME,
     engine: EngineName = "duckdb",
+    spark_master: SparkMaster = None,
     lake_version: Annotated[
         int | None, typer.Option(help="Run on this lake version [default: the latest].")
     ] = None,
@@ -230,6 +250,7 @@ def submit_command(
     inside the environment until two output checkers release them."""
     from gpdpr.tre.runs import submit
 
+    check_engine(engine, spark_master)
     document = _compile(definition)
     try:
         made = submit(
@@ -237,7 +258,7 @@ def submit_command(
             actor,
             agreement,
             document,
-            engine_named(engine),
+            engine_named(engine, spark_master),
             lake_version,
             progress=lambda step: _say(f"… {step}"),
         )

@@ -10,7 +10,7 @@ A real run, in order, and nothing read before the step that needs it:
   5. disclosure control turns measures and tables into the files that may be asked for; the
      raw counts behind each published number stay inside, for the differencing check;
   6. the run is recorded, with its definition, lake version and files, and logged publicly;
-     centrally, a token per person it read, for their own view (gpdpr.transparency.patient).
+     in its folder, a token per person it read, for their own view (gpdpr.transparency.uses).
 Outputs wait in HOME/tre/runs/RUN-.../outputs until two checkers release them.
 
 No oracle before release. What a researcher learns of a real run before anything is released
@@ -34,7 +34,6 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,7 @@ from gpdpr.db.models import now
 from gpdpr.errors import UserError
 from gpdpr.governance.agreements import Scope, authorise, expire_due
 from gpdpr.lake.store import Lake
-from gpdpr.transparency.patient import keep_run_uses
+from gpdpr.transparency import uses
 from gpdpr.tre import views
 from gpdpr.tre.engines.base import Engine, LakeViews, Results
 from gpdpr.tre.engines.duckdb import DuckDBEngine
@@ -188,12 +187,10 @@ def submit(
         status: str,
         message: str,
         outputs: dict[str, dict[str, Any]],
-        read: tuple[bytes, pa.ChunkedArray] | None = None,
         then: Callable[[str], None] | None = None,
     ) -> str:
-        """Record the run; with `read` (the project key, the people's project pseudonyms),
-        also whose records it read, for their own view (gpdpr.transparency.patient); `then`,
-        given the run's reference, runs before the record commits (a failure undoes it)."""
+        """Record the run; `then`, given the run's reference, runs before the record commits
+        (a failure undoes it)."""
         with Session(database) as session, session.begin():
             made = record_run(
                 session,
@@ -210,8 +207,6 @@ def submit(
                 started,
                 now(),
             )
-            if read is not None:
-                keep_run_uses(session, made.id, made.reference, *read)
             if then is not None:
                 then(made.reference)
             return made.reference
@@ -225,7 +220,7 @@ def submit(
         _record_refusal(record, refusal)
         raise
     progress("planning the project's views")
-    planned, key = _views_and_key(home, database, scope, handle, used, version)
+    planned = _planned_views(home, database, scope, handle, used, version)
     progress(f"running on {engine.name}")
     try:
         results = engine.run(definition, planned)
@@ -238,14 +233,16 @@ def submit(
         ) from None
     progress("disclosure control")
     outputs = control(definition, results)
-    assert results.read is not None  # an engine given a plan says whom it read
-    read = (key, results.read)
+    read = results.uses
+    assert read is not None  # an engine given a plan says whom it read
+    progress("keeping whom the run read, for each person's own view")
     return _keep(
         home,
         outputs,
         text,
-        lambda about, then: record("succeeded", "", about, read, then),
+        lambda about, then: record("succeeded", "", about, then),
         version,
+        lambda folder: uses.keep(folder, read),
     )
 
 
@@ -260,18 +257,18 @@ def project_views(
     """The views a run under `scope` sees, made: opt-outs applied as of now (a Type 1 awaiting
     erasure always; the National Data Opt-out unless the agreement is exempt), pseudonyms under
     the project's key, which the custodian derives (the environment never holds the keys)."""
-    return views.made(_views_and_key(home, database, scope, handle, used, lake_version)[0])
+    return views.made(_planned_views(home, database, scope, handle, used, lake_version))
 
 
-def _views_and_key(
+def _planned_views(
     home: Path,
     database: sa.Engine,
     scope: Scope,
     handle: str,
     used: Mapping[str, Iterable[str]],
     lake_version: int,
-) -> tuple[LakeViews, bytes]:
-    from gpdpr.custodian.central import Custodian, project_pseudonyms
+) -> LakeViews:
+    from gpdpr.custodian.central import Custodian
     from gpdpr.optout.registry import Registry
 
     registry = Registry(database)
@@ -283,7 +280,7 @@ def _views_and_key(
         scope.data_from, scope.data_to, scope.population, frozenset(excluded)
     )
     snapshot = Lake.open(home / "lake").snapshot(lake_version)
-    return views.plan(snapshot, view_scope, used, partial(project_pseudonyms, key)), key
+    return views.plan(snapshot, view_scope, used, key)
 
 
 def _record_refusal(
@@ -301,8 +298,10 @@ def _keep(
     definition_text: str,
     record: Callable[[dict[str, dict[str, Any]], Callable[[str], None]], str],
     lake_version: int,
+    keep_uses: Callable[[Path], object],
 ) -> RunRecord:
-    """Write the outputs aside, then record the run, moving them to the run's folder before the
+    """Write the outputs aside, then record the run, writing whom it read (`keep_uses`, given
+    the folder) and moving them all to the run's folder before the
     record commits: a failure (the folder taken, a full disk) records no run and leaves no
     files; a crash leaves either no run or a complete one (and at worst a stray folder)."""
     runs = home / RUNS
@@ -332,6 +331,7 @@ def _keep(
                     f"{final} is already there, though no run {reference} was recorded: nothing "
                     "was run or kept; tell the service's staff, who will move it aside"
                 )
+            keep_uses(pending)
             pending.rename(final)
 
         reference = record(about, move)

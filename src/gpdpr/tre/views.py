@@ -12,8 +12,10 @@ which the engines join by.
 A run's views are not copied out of the lake: `plan` describes them as SQL over the lake
 version's own Parquet files (the population, each view, the pseudonym maps), and the engine
 makes them where it runs, reading only the columns and rows they need (engines.duckdb.install,
-engines.spark.Sandbox.install). Python computes one project pseudonym per person read, to show
-a dataset's patients and make the run's use tokens; no row of a table passes through it.
+engines.spark.Sandbox.install), and keys the people there too: each project pseudonym is an
+HMAC the engine computes (`keyed_people_sql`, `mapping_sql`) from the key's padded blocks, which
+it holds as a one-row table (`key_table`) that no compiled query may name. No row of a table
+passes through Python.
 `made` makes the same views into Arrow tables, for dummy data and tests.
 
 What a definition needs granted to build its views (`required_fields`) covers every read: each
@@ -24,19 +26,19 @@ read (runs.submit, governance.agreements.authorise).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
-from functools import partial
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
-from gpdpr.custodian.central import project_pseudonyms
 from gpdpr.lake.store import Snapshot
 from gpdpr.tre.engines.base import LakeViews
-from gpdpr.tre.engines.sql import DIALECTS
+from gpdpr.tre.engines.sql import DIALECTS, Dialect
 from gpdpr.tre.query.schema import (
     PATIENT_FIELD,
     PATIENT_ID,
@@ -90,11 +92,11 @@ def plan(
     snapshot: Snapshot,
     scope: ViewScope,
     used: Mapping[str, Iterable[str]],
-    project: Callable[[pa.Array | pa.ChunkedArray], pa.Array | pa.ChunkedArray],
+    project_key: bytes,
 ) -> LakeViews:
     """The views a definition reading `used` ({table: columns}) runs on, as queries over the
-    lake version's files for the engine to make: no data is read here. `project` shows a lake
-    pseudonym as the project sees it (the custodian's key, held by the caller)."""
+    lake version's files for the engine to make: no data is read here. `project_key` (the
+    custodian's, for this project) makes the pseudonyms the project sees."""
     tables = {"patients": set(used.get("patients", ()))} | {t: set(c) for t, c in used.items()}
     patients = TABLES["patients"]
     shown = {f for c in tables["patients"] for f in patients.columns[c].needs}
@@ -110,7 +112,7 @@ def plan(
         people=_people_sql(scope, shown),
         views={name: _view_sql(name, columns, scope) for name, columns in tables.items()},
         mapped={column: tuple(sorted(t)) for column, t in sorted(mapped.items())},
-        project=project,
+        project_key=project_key,
     )
 
 
@@ -121,7 +123,7 @@ def build(
     project_key: bytes,
 ) -> dict[str, pa.Table]:
     """The views `plan` gives, made (see `made`)."""
-    return made(plan(snapshot, scope, used, partial(project_pseudonyms, project_key)))
+    return made(plan(snapshot, scope, used, project_key))
 
 
 def made(lake: LakeViews) -> dict[str, pa.Table]:
@@ -134,7 +136,7 @@ def made(lake: LakeViews) -> dict[str, pa.Table]:
     con = duckdb.connect(config={"preserve_insertion_order": False})
     try:
         con.execute("set TimeZone = 'UTC'")
-        ids = install(lake, con, con.register)
+        ids = install(lake, con)
         tables = {}
         for name in lake.views:
             table = con.sql(f"select * from {view_name(name)}").to_arrow_table()
@@ -226,30 +228,68 @@ def source(name: str) -> str:
     return f"source_{name}"
 
 
-# The people in the population, each with their whole-number key: an engine makes this table
-# (`keyed_people_sql`) before any view is read.
+# The people in the population, each with their whole-number key and project pseudonym: an
+# engine makes this table (`keyed_people_sql`) before any view is read.
 PEOPLE = source("people")
 KEY = PATIENT_KEY
+# One row: the project key's padded blocks (`key_table`), which the engine keys people with.
+KEYS = source("key")
 
 
-def keyed_people_sql(lake: LakeViews) -> str:
-    """The population, each person with their whole-number key in pseudonym order: the same
-    people get the same keys on every engine."""
-    return (
-        f"select *, cast(row_number() over (order by patient) - 1 as bigint) as {KEY} "
-        f"from ({lake.people})"
+def key_table(key: bytes) -> pa.Table:
+    """The key as HMAC-SHA256 uses it (RFC 2104): one row of its inner and outer padded
+    blocks, so that SQL can key a pseudonym (`Dialect.hmac_sha256`) without the key ever being
+    written into a query's text (and so into an error message)."""
+    block = hashlib.sha256(key).digest() if len(key) > 64 else key
+    block = block.ljust(64, b"\0")
+    return pa.table(
+        {
+            "inner": pa.array([bytes(b ^ 0x36 for b in block)], pa.binary()),
+            "outer": pa.array([bytes(b ^ 0x5C for b in block)], pa.binary()),
+        }
     )
 
 
-def distinct_values_sql(column: str, tables: Iterable[str]) -> str:
-    """Every lake pseudonym of a pseudonym column (staff, postcode) in the lake tables read."""
-    return " union ".join(
+def project_sql(dialect: Dialect, column: str) -> str:
+    """A lake pseudonym in `column` as the project sees it: the same HMAC as
+    `custodian.central.project_pseudonyms`, computed by the engine (KEYS joined)."""
+    return dialect.hmac_sha256(column, f"{KEYS}.inner", f"{KEYS}.outer")
+
+
+def keyed_people_sql(lake: LakeViews, dialect: Dialect) -> str:
+    """The population, each person with their project pseudonym (`project`) and their
+    whole-number key in lake pseudonym order: the same people get the same keys on every
+    engine."""
+    return (
+        f"select p.*, {project_sql(dialect, 'p.patient')} as project, "
+        f"cast(row_number() over (order by p.patient) - 1 as bigint) as {KEY} "
+        f"from ({lake.people}) p cross join {KEYS}"
+    )
+
+
+def mapping_sql(column: str, tables: Iterable[str], dialect: Dialect) -> str:
+    """Every lake pseudonym of a pseudonym column (staff, postcode) in the lake tables read
+    (`lake`), with the project's (`project`)."""
+    values = " union ".join(
         f"select distinct {column} as lake from {source(t)} where {column} is not null"
         for t in tables
     )
+    return (
+        f"select v.lake, {project_sql(dialect, 'v.lake')} as project "
+        f"from ({values}) v cross join {KEYS}"
+    )
 
 
-def project_ids(lake: LakeViews, lake_ids: pa.ChunkedArray) -> pa.ChunkedArray:
-    """The people's project pseudonyms, in the order of their lake pseudonyms given."""
-    ids = lake.project(lake_ids)
-    return ids if isinstance(ids, pa.ChunkedArray) else pa.chunked_array([ids])
+# The people's project pseudonyms, by key: what a run shows a dataset's patients by.
+PROJECT_IDS = f"select project from {PEOPLE} order by {KEY}"
+
+
+def uses_sql(lake: LakeViews, dialect: Dialect) -> str:
+    """A use token for each person read (`engines.base.RunUses`): the first 16 bytes of
+    `custodian.central.use_token(project key, the run's salt, project pseudonym)`, made by the
+    engine."""
+    if not re.fullmatch(r"[0-9a-f]{32}", lake.salt):
+        raise ValueError("a run's salt is 32 hex digits")
+    message = f"'gpdpr run use v1' || chr(10) || '{lake.salt}' || chr(10) || p.project"
+    token = dialect.hmac_sha256(f"({message})", f"{KEYS}.inner", f"{KEYS}.outer")
+    return f"select unhex(substr({token}, 1, 32)) as token from {PEOPLE} p cross join {KEYS}"

@@ -19,8 +19,9 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol, TypeAlias
 
 import numpy as np
@@ -48,15 +49,17 @@ class LakeViews:
     Each engine reads `sources` under the names `source_<table>`, which no compiled query may
     name (the guard allows the view names only); makes `people` (each person in the
     population once, by lake pseudonym) into a table with each person's whole-number key; and
-    defines each view by its SQL over those. A pseudonym column (staff, postcode) is shown
-    through a table of its distinct values mapped by `project`, as is a dataset's patient."""
+    defines each view by its SQL over those. Every pseudonym the project sees (of a person, a
+    member of staff, a postcode) is made from the lake's by the engine, keyed by `project_key`
+    (see `tre.views.key_table`)."""
 
     sources: Mapping[str, ds.Dataset]  # lake table -> its files at the run's lake version
     excluded: pa.Table  # `patient`: lake pseudonyms never to be shown (opt-outs)
     people: str  # SQL: `patient`, each person in the population once
     views: Mapping[str, str]  # view table -> SQL: patient_id (the key), then its columns
     mapped: Mapping[str, tuple[str, ...]]  # pseudonym column -> the lake tables it is read from
-    project: Callable[[pa.Array | pa.ChunkedArray], pa.Array | pa.ChunkedArray]  # lake -> project
+    project_key: bytes = field(repr=False)  # makes the project's pseudonyms; never shown
+    salt: str = field(default_factory=lambda: secrets.token_hex(16))  # the run's, for its uses
 
 
 # What every engine runs on: views already made (tests, dummy data), or a plan to make them.
@@ -69,9 +72,36 @@ class Results:
 
     dataset: pa.Table | None  # one row per patient (patient_id, each variable): stays inside
     measures: dict[str, pa.Table]  # measure name -> interval, groups, numerator, denominator
-    # The project pseudonyms of everyone whose record the run read (its use tokens are made
-    # from them); None when the views were handed over ready-made.
-    read: pa.Array | pa.ChunkedArray | None = None
+    # A use token for everyone whose record the run read (see `RunUses`); None when the views
+    # were handed over ready-made.
+    uses: RunUses | None = None
+
+
+@dataclass(frozen=True)
+class RunUses:
+    """Whom a run read, as the engine gives it: a token per person, the custodian's
+    `use_token` of the person's project pseudonym under the run's `salt` (random, one per
+    run, so that two runs' tokens never match), of which the first 16 bytes are kept. `tokens`
+    are those bytes as rows of two big-endian whole numbers, in ascending order (see
+    `transparency.uses`)."""
+
+    salt: str  # 32 hex digits
+    tokens: np.ndarray  # shape (people, 2), dtype >u8, sorted
+
+
+def run_uses(salt: str, tokens: pa.Array | pa.ChunkedArray) -> RunUses:
+    """The engine's tokens (16 bytes each, in any order) as `RunUses`."""
+    if isinstance(tokens, pa.ChunkedArray):
+        tokens = tokens.combine_chunks() if tokens.num_chunks else pa.array([], pa.binary())
+    fixed = tokens.cast(pa.binary(16))  # refuses a token of any other length
+    if fixed.null_count:
+        raise ValueError("a run's use tokens have a null among them")
+    start = fixed.offset * 16
+    body = fixed.buffers()[1]
+    raw = b"" if body is None else body.to_pybytes()[start : start + 16 * len(fixed)]
+    matrix = np.frombuffer(raw, ">u8").reshape(-1, 2)
+    order = np.lexsort((matrix[:, 1], matrix[:, 0]))
+    return RunUses(salt, np.ascontiguousarray(matrix[order]))
 
 
 class Engine(Protocol):

@@ -1,9 +1,12 @@
 """DuckDB, embedded: the default engine, run in a sandbox.
 
 Each run has a connection of its own (`Sandbox`) that can read nothing but the Arrow tables
-handed to it: external access is off (no files, no network, no ATTACH, no COPY, no extensions
-installed or loaded), Python variables are not read by name (replacement scans off), and the
-configuration is locked once set up, so no query can turn any of this back on. It runs one
+handed to it and the lake version's own Parquet files (DuckDB's reader, which pushes each
+query's columns and filters down to the files, is several times faster than reading them
+through Arrow): external access is off but for exactly those files (no other file, no network,
+no ATTACH, no COPY, no extensions installed or loaded), Python variables are not read by name
+(replacement scans off), and the configuration is locked once set up, so no query can turn any
+of this back on. It runs one
 statement per call, a SELECT (checked with DuckDB's own parser, after `engines.guard` has
 checked the text), within a memory limit (spilling only to a folder of the run's own, removed
 after) and a time limit (a watchdog interrupts the query). Dummy runs use the same engine.
@@ -15,12 +18,15 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as ds
 
+from gpdpr.lake.tables import PRACTICE as PARTITION
 from gpdpr.tre.engines import guard, sql
 from gpdpr.tre.engines.base import (
     LakeViews,
@@ -34,6 +40,7 @@ from gpdpr.tre.engines.base import (
     keyed,
     measure_schema,
     run_seconds,
+    run_uses,
     shown,
     too_long,
 )
@@ -42,12 +49,14 @@ from gpdpr.tre.query import limits
 from gpdpr.tre.query import nodes as n
 from gpdpr.tre.query.schema import view_name
 from gpdpr.tre.views import (
-    KEY,
+    KEYS,
     PEOPLE,
-    distinct_values_sql,
+    PROJECT_IDS,
+    key_table,
     keyed_people_sql,
-    project_ids,
+    mapping_sql,
     source,
+    uses_sql,
 )
 
 DIALECT = sql.DIALECTS["duckdb"]
@@ -57,13 +66,19 @@ class Sandbox:
     """A DuckDB connection that reads only the tables registered with it, one SELECT at a
     time, within the memory limit, and stopped `seconds` after it was made."""
 
-    def __init__(self, seconds: float, memory_limit: str, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        seconds: float,
+        memory_limit: str,
+        threads: int | None = None,
+        files: Iterable[str] = (),
+    ) -> None:
+        """`files`: the only files it may read (absolute paths)."""
         self.seconds = seconds
         self.deadline = time.monotonic() + seconds
         self.folder = tempfile.mkdtemp(prefix="gpdpr-duckdb-")
-        # In this order: DuckDB refuses a temp_directory given before enable_external_access.
+        allowed = sorted(set(files))
         config: dict[str, str | bool | int | float | list[str]] = {
-            "enable_external_access": False,
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
             "allow_community_extensions": False,
@@ -79,6 +94,12 @@ class Sandbox:
             config["threads"] = int(threads)
         try:
             self.con = duckdb.connect(config=config)
+            # In this order: DuckDB takes the allowed files only while external access is on
+            # and once the database is started.
+            if allowed:
+                listed = ", ".join(DIALECT.string(path) for path in allowed)
+                self.con.execute(f"set allowed_paths = [{listed}]")
+            self.con.execute("set enable_external_access = false")
             self.con.execute("set TimeZone = 'UTC'")
             self.con.execute("set enable_progress_bar = false")
             self.con.execute("set lock_configuration = true")
@@ -137,9 +158,11 @@ class DuckDBEngine:
         self.memory = memory_limit(memory)
 
     @contextmanager
-    def sandbox(self, views: Mapping[str, pa.Table]) -> Iterator[Sandbox]:
-        """A sandbox with each view registered under its view name."""
-        box = Sandbox(self.seconds, self.memory, self.threads)
+    def sandbox(
+        self, views: Mapping[str, pa.Table], files: Iterable[str] = ()
+    ) -> Iterator[Sandbox]:
+        """A sandbox with each view registered under its view name, that may read `files`."""
+        box = Sandbox(self.seconds, self.memory, self.threads, files)
         try:
             for name, table in views.items():
                 box.register(view_name(name), table)
@@ -149,17 +172,20 @@ class DuckDBEngine:
 
     def run(self, definition: n.Definition, views: Views) -> Results:
         limits.check(definition)
-        with self.sandbox({}) as box:
+        files = lake_files(views) if isinstance(views, LakeViews) else ()
+        with self.sandbox({}, files) as box:
             try:
+                uses = None
                 if isinstance(views, LakeViews):
-                    ids = install(views, box.con, box.con.register)
+                    ids = install(views, box.con)
                     box.relations.update(view_name(name) for name in views.views)
-                    pseudonyms, read = Pseudonyms(ids, None), ids
+                    pseudonyms = Pseudonyms(ids, None)
+                    tokens = box.con.sql(uses_sql(views, DIALECT)).to_arrow_table().column(0)
+                    uses = run_uses(views.salt, tokens)
                 else:
                     by_key, pseudonyms = keyed(views)
                     for name, table in by_key.items():
                         box.register(view_name(name), table)
-                    read = None
                 dataset = None
                 if definition.population is not None:
                     found = box.query(sql.dataset_query(definition, DIALECT))
@@ -172,25 +198,57 @@ class DuckDBEngine:
                     box.unregister(sql.INTERVALS)
             except duckdb.Error as error:
                 raise failed(self.name, error) from error
-        return Results(dataset, measures, read)
+        return Results(dataset, measures, uses)
 
 
-def install(
-    lake: LakeViews, con: duckdb.DuckDBPyConnection, register: Callable[[str, object], object]
-) -> pa.ChunkedArray:
+def install(lake: LakeViews, con: duckdb.DuckDBPyConnection) -> pa.ChunkedArray:
     """Make `lake`'s views on `con`, reading the lake's files in place (DuckDB pushes each
     query's columns and filters down to them), and give the project pseudonym of each person
     by key. Only this, the service's own code, names the sources: compiled queries may name
     the views alone."""
     for name, files in lake.sources.items():
-        register(source(name), files)
-    register(source("excluded"), lake.excluded)
-    con.execute(f"create temp table {PEOPLE} as {keyed_people_sql(lake)}")
+        read = parquet_sql(con, files)
+        if read is None:  # no files: an empty table
+            con.register(source(name), files.schema.empty_table())
+        else:
+            con.execute(f"create temp view {source(name)} as {read}")
+    con.register(source("excluded"), lake.excluded)
+    con.register(KEYS, key_table(lake.project_key))
+    con.execute(f"create temp table {PEOPLE} as {keyed_people_sql(lake, DIALECT)}")
     for column, tables in lake.mapped.items():
-        found = con.sql(distinct_values_sql(column, tables)).to_arrow_table().column(0)
-        mapping = pa.table({"lake": found, "project": lake.project(found)}).combine_chunks()
-        register(source(f"map_{column}"), mapping)
+        mapping = mapping_sql(column, tables, DIALECT)
+        con.execute(f"create temp table {source('map_' + column)} as {mapping}")
     for name, text in lake.views.items():
         con.execute(f"create temp view {view_name(name)} as {text}")
-    people = con.sql(f"select patient from {PEOPLE} order by {KEY}").to_arrow_table()
-    return project_ids(lake, people.column(0))
+    return con.sql(PROJECT_IDS).to_arrow_table().column(0)
+
+
+def lake_files(lake: LakeViews) -> list[str]:
+    """Every file the views read, by absolute path."""
+    return sorted(str(Path(f).resolve()) for files in lake.sources.values() for f in files.files)
+
+
+def parquet_sql(con: duckdb.DuckDBPyConnection, files: ds.FileSystemDataset) -> str | None:
+    """A lake table's files at the run's version as DuckDB reads them, with the table's
+    columns whatever version of the specification each file was written under (a column no
+    file has is null): None if there are no files. The practice, which the lake keeps in the
+    folder's name (`practice=A81001`), is read from each file's path: DuckDB's own reading of
+    such names would also take any `name=value` folder above the lake, even over a column."""
+    paths = sorted(str(Path(f).resolve()) for f in files.files)
+    if not paths:
+        return None
+    listed = ", ".join(DIALECT.string(p) for p in paths)
+    read = f"read_parquet([{listed}], hive_partitioning = false, union_by_name = true)"
+    found = set(con.sql(f"select * from {read} limit 0").columns)
+    wanted = con.from_arrow(files.schema.empty_table())
+    columns = []
+    for name, kind in zip(wanted.columns, wanted.dtypes, strict=True):
+        quoted = DIALECT.identifier(name)
+        if name == PARTITION and name not in found:
+            pattern = DIALECT.string(f"/{PARTITION}=([^/]+)/[^/]+$")
+            columns.append(f"regexp_extract(filename, {pattern}, 1) as {quoted}")
+        elif name in found:
+            columns.append(quoted)
+        else:
+            columns.append(f"cast(null as {kind}) as {quoted}")
+    return f"select {', '.join(columns)} from {read}"

@@ -67,6 +67,7 @@ from gpdpr.tre.engines.base import (
     keyed,
     measure_schema,
     run_seconds,
+    run_uses,
     shown,
     too_long,
 )
@@ -74,12 +75,14 @@ from gpdpr.tre.query import limits
 from gpdpr.tre.query import nodes as n
 from gpdpr.tre.query.schema import TABLES, view_name
 from gpdpr.tre.views import (
-    KEY,
+    KEYS,
     PEOPLE,
-    distinct_values_sql,
+    PROJECT_IDS,
+    key_table,
     keyed_people_sql,
-    project_ids,
+    mapping_sql,
     source,
+    uses_sql,
 )
 
 if TYPE_CHECKING:
@@ -174,14 +177,18 @@ def session(
                 *java_options,
             ]
         )
-        # Bind to the loopback address, so that the local session needs no network at all.
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        os.environ.setdefault("SPARK_LOCAL_HOSTNAME", "localhost")
+        master = master or DEFAULT_MASTER
+        local = master.startswith("local")
+        if local:
+            # Bind to the loopback address, so that the local session needs no network at all
+            # (a cluster's executors must reach the driver: its own settings say where).
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+            os.environ.setdefault("SPARK_LOCAL_HOSTNAME", "localhost")
+        loopback = {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"}
         settings = {
             "spark.driver.memory": memory or DEFAULT_MEMORY,
             "spark.driver.extraJavaOptions": java_options,
-            "spark.driver.host": "127.0.0.1",
-            "spark.driver.bindAddress": "127.0.0.1",
+            **(loopback if local else {}),
             "spark.ui.enabled": "false",
             "spark.ui.showConsoleProgress": "false",
             # What Spark keeps of past queries for its web UI (off) would otherwise grow with
@@ -205,7 +212,7 @@ def session(
             "spark.sql.parquet.datetimeRebaseModeInRead": "CORRECTED",
             "spark.sql.parquet.int96RebaseModeInRead": "CORRECTED",
         }
-        builder = SparkSession.builder.master(master or DEFAULT_MASTER).appName("gpdpr")
+        builder = SparkSession.builder.master(master).appName("gpdpr")
         for key, value in settings.items():
             builder = builder.config(key, value)
         try:
@@ -281,10 +288,12 @@ class SparkEngine:
         with tempfile.TemporaryDirectory(prefix="gpdpr-spark-run-") as folder:
             box = Sandbox(spark, Path(folder), self.seconds)
             try:
-                read = None
+                uses = None
                 if isinstance(views, LakeViews):
                     ids = box.install(views)
-                    pseudonyms, read = Pseudonyms(ids, None), ids
+                    pseudonyms = Pseudonyms(ids, None)
+                    tokens = box._collect(box.spark.sql(uses_sql(views, DIALECT))).column(0)
+                    uses = run_uses(views.salt, tokens)
                 else:
                     # The views the definition reads (the others would only cost time to load).
                     wanted = {"patients", *n.columns_used(definition)}
@@ -300,7 +309,7 @@ class SparkEngine:
                     box.register(sql.INTERVALS, intervals_table(measure.intervals))
                     found = box.query(sql.measure_query(definition, measure, DIALECT))
                     measures[measure.name] = conform(found, measure_schema(measure))
-                return Results(dataset, measures, read)
+                return Results(dataset, measures, uses)
             finally:
                 box.close()
 
@@ -360,20 +369,23 @@ class Sandbox:
         for name, files in lake.sources.items():
             self._read_lake(source(name), files)
         self.register(source("excluded"), lake.excluded, shown=False)
-        people = self.spark.sql(keyed_people_sql(lake)).cache()  # made once: every view joins it
+        # The key's blocks as a file of the run's own (removed with its folder), not as text
+        # in SQL, which an error message could repeat.
+        self.register(KEYS, key_table(lake.project_key), shown=False)
+        people = self.spark.sql(keyed_people_sql(lake, DIALECT)).cache()  # every view joins it
         self.kept.append(people)
         people.createOrReplaceTempView(PEOPLE)
         self.defined.add(PEOPLE)
         for column, tables in lake.mapped.items():
-            found = self._collect(self.spark.sql(distinct_values_sql(column, tables))).column(0)
-            mapping = pa.table({"lake": found, "project": lake.project(found)})
-            self.register(source(f"map_{column}"), mapping, shown=False)
+            mapping = self.spark.sql(mapping_sql(column, tables, DIALECT)).cache()
+            self.kept.append(mapping)
+            mapping.createOrReplaceTempView(source(f"map_{column}"))
+            self.defined.add(source(f"map_{column}"))
         for name, text in lake.views.items():
             self.spark.sql(text).createOrReplaceTempView(view_name(name))
             self.defined.add(view_name(name))
             self.relations.add(view_name(name))
-        ordered = self._collect(people.orderBy(KEY).select("patient")).column(0)
-        return project_ids(lake, ordered)
+        return self._collect(self.spark.sql(PROJECT_IDS)).column(0)
 
     def _read_lake(self, name: str, files: ds.Dataset) -> None:
         """One lake table's files at the run's lake version, its partition column (the practice)

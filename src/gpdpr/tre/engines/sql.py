@@ -35,6 +35,7 @@ The definition -> SQL boundary is here, in three places, and nowhere else:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import date
 from typing import ClassVar
@@ -43,6 +44,9 @@ from gpdpr.tre.query import nodes as n
 from gpdpr.tre.query.schema import BOOL, DATE, FLOAT, INT, PATIENT_ID, STR, TABLES, view_name
 
 INTERVALS = "intervals"
+
+
+_LAKE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 class Dialect:
@@ -67,6 +71,13 @@ class Dialect:
             raise ValueError(f"{name!r} is not a column of the schema")
         return self._quoted(name)
 
+    def identifier(self, name: str) -> str:
+        """A column of the lake's own tables (the service's names, not a researcher's), quoted:
+        lower-case letters, digits and underscores only."""
+        if not _LAKE_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a lake column's name")
+        return self._quoted(name)
+
     def _quoted(self, name: str) -> str:
         return f'"{name}"'
 
@@ -81,6 +92,13 @@ class Dialect:
             FLOAT: "cast(0.0 as double)",
             DATE: "date '0001-01-01'",
         }.get(kind, "''")
+
+    def hmac_sha256(self, message: str, inner: str, outer: str) -> str:
+        """HMAC-SHA256 (RFC 2104) of the UTF-8 text `message`, as lowercase hex, where `inner`
+        and `outer` are the key's padded blocks (`views.key_table`): the engine keys people
+        itself, so no row passes through Python to be keyed, and no key is written into SQL."""
+        first = f"unhex(sha256({inner} || encode({message})))"
+        return f"sha256({outer} || {first})"
 
     def struct(self, fields: list[tuple[str, str]]) -> str:
         return "struct_pack(" + ", ".join(f"{name} := {sql}" for name, sql in fields) + ")"
@@ -186,6 +204,10 @@ class SparkDialect(Dialect):
 
     def _quoted(self, name: str) -> str:
         return f"`{name}`"
+
+    def hmac_sha256(self, message: str, inner: str, outer: str) -> str:
+        first = f"unhex(sha2(concat({inner}, encode({message}, 'UTF-8')), 256))"
+        return f"sha2(concat({outer}, {first}), 256)"
 
     def struct(self, fields: list[tuple[str, str]]) -> str:
         return (

@@ -1,0 +1,64 @@
+"""Whom one run read, kept as a file in the run's folder (`uses.bin`), for each person's own
+view of their record (`transparency.patient.record_uses`).
+
+The engine makes one token per person the run read (`engines.base.RunUses`): the custodian's
+`use_token`, an HMAC under the project's key of the run's salt (random, one per run) and the
+person's project pseudonym, of which the first 16 bytes are kept. Without the project's key and
+the person's pseudonym a token can be neither made nor tested, and no two runs' tokens of one
+person match; with them, whether a run read a person is one binary search in its file. A
+national run reads tens of millions of people: as rows of a database table their tokens were
+most of a run's time and most of the database; made by the engine and kept as a file, they
+cost 16 bytes each. Sixteen bytes (128 bits) make a false match between two people's tokens
+practically impossible at any number of runs and people.
+
+Layout: a 16-byte header (`HEADER`), the run's salt (16 bytes), then each token as two
+big-endian unsigned 64-bit numbers, in ascending order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from gpdpr.tre.engines.base import RunUses
+
+FILE = "uses.bin"
+HEADER = b"gpdpr uses v1\n\0\0"
+_START = len(HEADER) + 16  # where the tokens start
+
+
+def keep(folder: Path, uses: RunUses) -> int:
+    """Write `folder`/uses.bin; how many people the run read."""
+    with open(folder / FILE, "wb") as out:
+        out.write(HEADER + bytes.fromhex(uses.salt))
+        out.write(np.ascontiguousarray(uses.tokens, ">u8").tobytes())
+    return len(uses.tokens)
+
+
+def salt(folder: Path) -> str | None:
+    """The salt of the run whose folder this is (the custodian makes a person's token from it);
+    None if the run kept no file of uses (runs recorded before tokens were kept in files keep
+    them in the database)."""
+    path = folder / FILE
+    if not path.exists():
+        return None
+    with open(path, "rb") as f:
+        head = f.read(_START)
+    if len(head) != _START or not head.startswith(HEADER) or (path.stat().st_size - _START) % 16:
+        raise ValueError(f"{path} is not a file of run uses (see gpdpr.transparency.uses)")
+    return head[len(HEADER) :].hex()
+
+
+def holds(folder: Path, token: str) -> bool:
+    """Whether the run whose folder this is read the person whose token (hex, as `use_token`
+    makes it with the run's salt) is given."""
+    path = folder / FILE
+    people = (path.stat().st_size - _START) // 16
+    if people == 0:
+        return False
+    tokens = np.memmap(path, ">u8", "r", offset=_START, shape=(people, 2))
+    hi, lo = int(token[:16], 16), int(token[16:32], 16)
+    first = int(np.searchsorted(tokens[:, 0], hi, "left"))
+    last = int(np.searchsorted(tokens[:, 0], hi, "right"))
+    return bool((tokens[first:last, 1] == lo).any())

@@ -1,0 +1,98 @@
+"""Whom a run read, made by the engine and kept in the run's folder (`transparency.uses`): every
+person it read is found by their own token, nobody else is, the file holds nothing of anyone's
+pseudonym, and the engine's tokens are the custodian's."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpdpr.custodian.central import project_pseudonyms, use_token
+from gpdpr.transparency import uses
+from gpdpr.tre import views
+from gpdpr.tre.engines.base import LakeViews, RunUses, run_uses
+from gpdpr.tre.engines.duckdb import DIALECT
+
+KEY = b"a project key of thirty-two byte"
+OTHER_KEY = b"another project's key, 32 bytes!"
+SALT = "0123456789abcdef" * 2
+
+lake_pseudonyms = st.lists(
+    st.binary(min_size=8, max_size=8).map(lambda b: hashlib.sha256(b).hexdigest()),
+    max_size=40,
+    unique=True,
+)
+_CON = duckdb.connect()  # one connection for every example: making one is slow
+
+
+def engine_uses(key: bytes, salt: str, people: list[str]) -> RunUses:
+    """What an engine gives for a run that read `people` (lake pseudonyms): the people table
+    made as the engines make it, then `views.uses_sql` over it."""
+    plan = LakeViews({}, pa.table({"patient": []}), "select * from given", {}, {}, key, salt)
+    _CON.register("given", pa.table({"patient": pa.array(people, pa.string())}))
+    _CON.register(views.KEYS, views.key_table(key))
+    people_sql = views.keyed_people_sql(plan, DIALECT)
+    _CON.execute(f"create or replace temp table {views.PEOPLE} as {people_sql}")
+    tokens = _CON.sql(views.uses_sql(plan, DIALECT)).to_arrow_table().column(0)
+    return run_uses(salt, tokens)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(read=lake_pseudonyms, others=lake_pseudonyms)
+def test_a_run_is_found_for_everyone_it_read_and_no_one_else(
+    tmp_path_factory: pytest.TempPathFactory, read: list[str], others: list[str]
+) -> None:
+    folder = tmp_path_factory.mktemp("run")
+    assert uses.keep(folder, engine_uses(KEY, SALT, read)) == len(read)
+    assert uses.salt(folder) == SALT
+    mine = project_pseudonyms(KEY, pa.array(read, pa.string())).to_pylist()
+    for person in mine:  # the custodian's token of each person read is in the file
+        assert uses.holds(folder, use_token(KEY, SALT, person))
+        # the same person's token for another run (salt) or project is not
+        assert not uses.holds(folder, use_token(KEY, "f" * 32, person))
+        assert not uses.holds(folder, use_token(OTHER_KEY, SALT, person))
+    unread = [p for p in others if p not in read]
+    for person in project_pseudonyms(KEY, pa.array(unread, pa.string())).to_pylist():
+        assert not uses.holds(folder, use_token(KEY, SALT, person))
+
+
+def test_the_file_holds_nothing_of_anyones_pseudonym(tmp_path: Path) -> None:
+    people = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(500)]
+    uses.keep(tmp_path, engine_uses(KEY, SALT, people))
+    body = (tmp_path / uses.FILE).read_bytes()
+    assert len(body) == len(uses.HEADER) + 16 + 16 * 500
+    projected = project_pseudonyms(KEY, pa.array(people)).to_pylist()
+    for pseudonym in [*people, *projected]:  # as text, or 8 bytes of it
+        assert pseudonym.encode() not in body
+        assert bytes.fromhex(pseudonym)[:8] not in body
+
+
+def test_two_runs_of_one_project_share_no_token(tmp_path: Path) -> None:
+    people = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(200)]
+    first = engine_uses(KEY, SALT, people).tokens
+    second = engine_uses(KEY, "9" * 32, people).tokens
+    assert not {tuple(t) for t in first} & {tuple(t) for t in second}
+
+
+def test_a_run_without_the_file_says_so_and_a_damaged_one_is_refused(tmp_path: Path) -> None:
+    assert uses.salt(tmp_path) is None  # a run recorded before files: the database has them
+    (tmp_path / uses.FILE).write_bytes(b"not a uses file, at all, not one")
+    with pytest.raises(ValueError, match="not a file of run uses"):
+        uses.salt(tmp_path)
+
+
+def test_a_run_that_read_nobody_keeps_an_empty_file(tmp_path: Path) -> None:
+    assert uses.keep(tmp_path, engine_uses(KEY, SALT, [])) == 0
+    assert uses.salt(tmp_path) == SALT
+    assert not uses.holds(tmp_path, use_token(KEY, SALT, "0" * 64))
+
+
+def test_tokens_of_another_length_are_refused() -> None:
+    with pytest.raises(pa.ArrowInvalid):
+        run_uses(SALT, pa.array([b"short"]))
