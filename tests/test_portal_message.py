@@ -415,3 +415,17 @@ def test_the_register_draws_when_each_agreement_runs(site: Site) -> None:
     assert f"{site.built.agreement} (active)" in drawing and ">today<" in drawing
     bars = re.findall(r'<rect x="([\d.]+)%" y="\d+" width="([\d.]+)%"', drawing)
     assert len(bars) == 1 and all(float(x) >= 0 and float(x) + float(w) <= 100 for x, w in bars)
+
+
+def test_the_home_page_shows_the_data_flow_with_a_safeguard_at_each_step(site: Site) -> None:
+    page = site.client.get("/").text
+    flow = page.split('<ol class="flow"')[1].split("</ol>")[0]
+    steps = re.findall(r"<h3>\d\. ([^<]+)</h3>", flow)
+    assert steps == [
+        "Your GP practice",
+        "Pseudonymised at source",
+        "The centre",
+        "The research environment",
+        "Checked results",
+    ]
+    assert flow.count('class="guard">Safeguard:') == len(steps)
