@@ -7,9 +7,10 @@ Runs (KIND:PATIENTS):
 
   load    `collect` of every package of a synthetic nation: practices = patients // 9,000, each
           extracted into one historic package. Timed: one call of
-          `collect(Central(home), packages, workers=4)`, from the first package verified to the
-          lake version holding them all committed, and the packages deleted (which collect does
-          at its end). Rows are the rows it loaded (the sum of Loaded.total over the packages).
+          `collect(Central(home), packages, workers=4, remove_inputs=True)`, from the first
+          package verified to the lake version holding them all committed, its record and the
+          collections index made, and the packages deleted (which collect does at its end).
+          Rows are the rows it loaded (the sum of Loaded.total over the packages).
           Target: >= 2 million rows per second on 2 cores.
   erase   `erase(Lake.open(lake), opted_out, vacuum=True, workers=4)` on a lake of PATIENTS
           people, 1% of them opted out (10,000 of 1,000,000). Timed: that one call, from opening
@@ -335,7 +336,7 @@ def child_load(args: list[str]) -> None:
     central.lake()  # the empty lake made, untimed
     folders = sorted(p for p in (root / "packages").iterdir() if p.is_dir())
     watch = _Stopwatch()
-    result = collect(central, folders, workers=WORKERS)
+    result = collect(central, folders, workers=WORKERS, remove_inputs=True)
     timed = watch.stop()
     peak = _peak_mb()
     if result.refused or result.version is None:

@@ -33,12 +33,13 @@ def test_a_batch_is_loaded_whole_in_one_version_with_provenance_on_every_row(
     clean_columnar_packages: Extracted, keys: Keys, tmp_path: Path
 ) -> None:
     home = central(tmp_path, keys)
-    folders = copies(clean_columnar_packages.packages, tmp_path / "inbox")
+    folders = copies(clean_columnar_packages.packages, home.home / "inbox")
     result = collect(home, folders)
 
     assert result.version is not None and result.version.number == 1
-    assert not result.refused
-    assert not any(f.exists() for f in folders), "loaded packages are the lake's now"
+    assert not result.refused and not result.left
+    assert not any(f.exists() for f in folders), "the home's own copies go once loaded"
+    assert _index(home) == _lake_people(home), "the timeline's index is what the lake holds"
     con = connect(Lake.open(home.lake_folder).snapshot())
     active = Registry(home.engine()).active_type1()
     assert active, "the clean nation has practice-recorded Type 1 opt-outs"
@@ -190,6 +191,7 @@ def test_an_untrustworthy_package_is_refused_moved_aside_and_loads_nothing(
     tamper, reason = TAMPERING[how]
     [package] = copies(clean_columnar_packages.packages, tmp_path / "bad", ["Z10001"])
     tamper(package, keys)
+    given = _listing(package)
     before = state(home)
 
     result = collect(home, [package])
@@ -197,8 +199,9 @@ def test_an_untrustworthy_package_is_refused_moved_aside_and_loads_nothing(
     assert result.version is None and not result.loaded
     [refused] = result.refused
     assert reason in refused.reason
-    assert refused.moved_to is not None and not package.exists()
-    assert reason in (refused.moved_to / REFUSED_NOTE).read_text()
+    assert refused.moved_to is not None and reason in (refused.moved_to / REFUSED_NOTE).read_text()
+    assert refused.left and result.left == [package]
+    assert _listing(package) == given, "a package from outside the home is left untouched"
     assert state(home) == before
 
 
@@ -360,3 +363,87 @@ def test_without_the_practices_keys_nothing_is_judged_and_nothing_moved(
     with pytest.raises(UserError, match="no practice keys at"):
         collect(home, folders)
     assert folders[0].exists() and not home.rejected.exists()
+
+
+def _listing(folder: Path) -> dict[str, str]:
+    """Every file under `folder`, by path, with its content's hash."""
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _index(home: Central) -> dict[tuple[str, str], int]:
+    """The collections index: rows per (pseudonym hash, package)."""
+    import sqlalchemy as sa
+
+    from gpdpr.db.models import Collected
+
+    with home.engine().connect() as con:
+        found = con.execute(
+            sa.select(Collected.pseudonym_hash, Collected.package_id, Collected.rows)
+        )
+        return {(h, p): n for h, p, n in found}
+
+
+def _lake_people(home: Central) -> dict[tuple[str, str], int]:
+    """The same, counted over every lake table that names a patient."""
+    from gpdpr.db import pseudonym_hash
+
+    snapshot = Lake.open(home.lake_folder).snapshot()
+    con = connect(snapshot)
+    counted: dict[tuple[str, str], int] = {}
+    for name, table in snapshot.lake.data.items():
+        if table.patient:
+            rows = con.sql(
+                f'select "{table.patient}", package_id, count(*) from {name} group by all'
+            )
+            for person, package, n in rows.fetchall():
+                key = (pseudonym_hash(person), package)
+                counted[key] = counted.get(key, 0) + n
+    return counted
+
+
+def test_the_collections_index_is_made_with_the_load_record_even_after_a_kill_and_an_erasure(
+    clean_columnar_packages: Extracted,
+    keys: Keys,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run killed between its lake commit and its record leaves both to the next run, which
+    indexes what the lake holds then: not the people an erasure removed in between."""
+    from gpdpr.collect import service
+    from gpdpr.collect.received import rebuild
+    from gpdpr.db import pseudonym_hash
+
+    home = central(tmp_path, keys)
+    folders = copies(clean_columnar_packages.packages, tmp_path / "in", ["Z10001", "Z10002"])
+    monkeypatch.setattr(service, "record_committed_loads", lambda *_: 0)
+    assert collect(home, folders).version is not None
+    monkeypatch.undo()
+    assert _index(home) == {}, "the kill came before the record: nothing indexed yet"
+
+    people = {h for h, _ in _lake_people(home)}
+    registry = Registry(home.engine())
+    erased = sorted(_held(home))[0]
+    registry.set(erased, "type1", "online")
+    erase_cycle(home)
+
+    again = collect(home, folders)  # the operator's re-run: already loaded, now recorded
+    assert again.version is None and {r.already_in for r in again.loaded} == {1}
+    index = _index(home)
+    assert index and index == _lake_people(home)
+    assert pseudonym_hash(erased) not in {h for h, _ in index}
+    assert len({h for h, _ in index}) == len(people) - 1
+    # Made again from the whole lake (`gpdpr lake index`, after an upgrade): the same.
+    assert rebuild(home.engine(), Lake.open(home.lake_folder)) == len(index)
+    assert _index(home) == index
+
+
+def _held(home: Central) -> set[str]:
+    """The pseudonyms of the patients the lake holds."""
+    patients = Lake.open(home.lake_folder).snapshot().read("patients", ["patient"])
+    return {str(p) for p in patients["patient"].to_pylist()}

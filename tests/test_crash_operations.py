@@ -155,12 +155,26 @@ def _receipts(home: Path) -> list[dict[str, Any]]:
     return receipts
 
 
+def _collected(home: Path) -> list[tuple[Any, ...]]:
+    """The patients' collections index (gpdpr.collect.received), without its row ids."""
+    from gpdpr.db.models import Collected
+
+    engine = _engine(home)
+    try:
+        with engine.connect() as con:
+            columns = [c for c in Collected.__table__.c if c.name != "id"]
+            return sorted(tuple(r) for r in con.execute(sa.select(*columns)))
+    finally:
+        engine.dispose()
+
+
 def _central(home: Path) -> dict[str, Any]:
     return {
         "lake versions": _lake(home),
         "events": _events(home),
         "log entries": _log(home),
         "receipts": _receipts(home),
+        "collections index": _collected(home),
         "packages waiting (or half deleted)": sorted(
             p.name for p in (home / "inbox").iterdir() if p.is_dir()
         ),

@@ -37,7 +37,8 @@ def _damage_a_page(path: Path) -> None:
 def test_a_signed_package_with_a_damaged_page_is_refused_and_the_others_load(
     clean_columnar_packages: Extracted, keys: Keys, tmp_path: Path
 ) -> None:
-    folders = copies(clean_columnar_packages.packages, tmp_path / "inbox", [GOOD[0], BAD, GOOD[1]])
+    inbox = tmp_path / "home" / "inbox"  # the service's own: a refused one is deleted
+    folders = copies(clean_columnar_packages.packages, inbox, [GOOD[0], BAD, GOOD[1]])
     bad = folders[1]
     damaged = bad / "clinical_events.parquet"
     _damage_a_page(damaged)

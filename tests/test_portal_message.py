@@ -18,8 +18,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from governing import LEAD, bring_to
+from gpdpr.collect.received import collected_about
 from gpdpr.governance import register
 from gpdpr.identifiers import nhs_check_digit
+from gpdpr.optout.registry import Registry
 from gpdpr.portal.app import create_app
 from gpdpr.portal.idp import IdentityProvider
 from gpdpr.portal.security import RateLimit
@@ -125,8 +127,12 @@ def test_the_timeline_shows_collection_use_opt_out_and_erasure_with_its_receipt(
     card = words(browser.get("/patient").text)
     assert "erased at the next erasure cycle" in card and "receipt" in card
 
+    # Practice-recorded dissents await too, but their rows never arrived: the held are indexed.
+    held = {p for p in Registry(site.built.engine).awaiting_receipt() if indexed(site, p)}
+    assert held, "the person who opted out online is in the collections index"
     cycle = erase_cycle(Central(site.built.home))
     assert cycle.receipts >= 1
+    assert not any(indexed(site, p) for p in held), "erasure empties the index of them"
     card = words(browser.get("/patient").text)
     receipt = re.search(r"was erased on \d\d \w+ \d{4}: deletion receipt (\d+)", card)
     assert receipt is not None, card  # the state it is in now: done, with its receipt
@@ -146,6 +152,32 @@ def test_the_timeline_shows_collection_use_opt_out_and_erasure_with_its_receipt(
     assert "which practices had sent it, went with it: this receipt is all the service" in after
     # newest first: the erasure, then the opt-out
     assert after.index("Your record was erased") < after.index("Type 1 opt-out set")
+
+
+def indexed(site: Site, pseudonym: str) -> int:
+    """The collections index's rows about one person."""
+    with Session(site.built.engine) as session:
+        return len(collected_about(session, pseudonym))
+
+
+def test_a_patients_record_page_reads_no_lake_file(site: Site) -> None:
+    """What practices sent is the collections index, in the database: with the lake moved
+    away, the page still shows every package that held the person."""
+    lake = site.built.home / "lake"
+    away = lake.with_name("lake-away")
+    held = None
+    lake.rename(away)
+    try:
+        for n in range(1, len(site.built.nhs_numbers) + 1):
+            shown = words(signed_in(site, f"patient{n}@example.org").get("/patient/record").text)
+            if "We hold your GP record" in shown:
+                held = shown
+                break
+    finally:
+        away.rename(lake)
+    assert held is not None, "no held patient's record page rendered without the lake"
+    assert f"Practice {site.practice} sent data about you" in held or "sent data about you" in held
+    assert re.search(r"In its historic extract: [\d,]+ entr(y|ies) about you", held)
 
 
 def test_nothing_held_is_told_apart_from_held_and_unused(site: Site) -> None:
@@ -383,3 +415,17 @@ def test_the_register_draws_when_each_agreement_runs(site: Site) -> None:
     assert f"{site.built.agreement} (active)" in drawing and ">today<" in drawing
     bars = re.findall(r'<rect x="([\d.]+)%" y="\d+" width="([\d.]+)%"', drawing)
     assert len(bars) == 1 and all(float(x) >= 0 and float(x) + float(w) <= 100 for x, w in bars)
+
+
+def test_the_home_page_shows_the_data_flow_with_a_safeguard_at_each_step(site: Site) -> None:
+    page = site.client.get("/").text
+    flow = page.split('<ol class="flow"')[1].split("</ol>")[0]
+    steps = re.findall(r"<h3>\d\. ([^<]+)</h3>", flow)
+    assert steps == [
+        "Your GP practice",
+        "Pseudonymised at source",
+        "The centre",
+        "The research environment",
+        "Checked results",
+    ]
+    assert flow.count('class="guard">Safeguard:') == len(steps)

@@ -19,7 +19,7 @@ def test_a_refused_package_keeps_its_reason_and_a_summary_and_no_one_in_it(
     clean_columnar_packages: Extracted, keys: Keys, tmp_path: Path
 ) -> None:
     home = central(tmp_path, keys)
-    [package] = copies(clean_columnar_packages.packages, tmp_path / "bad", ["Z10001"])
+    [package] = copies(clean_columnar_packages.packages, home.home / "inbox", ["Z10001"])
     people = {str(p) for f in package.glob("*.parquet") for p in _pseudonyms(pq.read_table(f))}
     assert len(people) > 10
     manifest = orjson.loads((package / "manifest.json").read_bytes())

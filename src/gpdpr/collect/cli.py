@@ -34,9 +34,19 @@ def collect_command(
         ),
     ] = None,
     home: Home = DEFAULT_HOME,
+    remove_inputs: Annotated[
+        bool,
+        typer.Option(
+            "--remove-inputs",
+            help="Delete package folders given from outside HOME too, each once its load is "
+            "committed (or its refusal recorded). Without it they are left as they were.",
+        ),
+    ] = False,
 ) -> None:
-    """Verify packages and load the trusted ones into the lake in one atomic commit; refused
-    packages go to HOME/rejected with the reason."""
+    """Verify packages and load the trusted ones into the lake in one atomic commit; the reason
+    for each refused package is kept in HOME/rejected. Packages in HOME/inbox are deleted once
+    loaded; packages given from elsewhere are left where they are (see --remove-inputs), and a
+    package already loaded is never loaded twice."""
     from gpdpr.collect.service import Central, finish_refusals, sweep_loaded
     from gpdpr.errors import UserError
 
@@ -53,7 +63,7 @@ def collect_command(
         fail(f"no packages given and none in {home / 'inbox'}: name the package folders")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        result = run_collect(Central(home), folders, console)
+        result = run_collect(Central(home), folders, console, remove_inputs)
     except UserError as exc:
         fail(str(exc))
     render_collection(result, console)
@@ -61,7 +71,9 @@ def collect_command(
         raise typer.Exit(1)
 
 
-def run_collect(central: Central, folders: list[Path], out: Console) -> Collection:
+def run_collect(
+    central: Central, folders: list[Path], out: Console, remove_inputs: bool = False
+) -> Collection:
     """`collect`, showing its progress: packages verified, then rows loaded."""
     from gpdpr.collect.service import collect
 
@@ -73,7 +85,11 @@ def run_collect(central: Central, folders: list[Path], out: Console) -> Collecti
             progress.update(loading, visible=True, advance=rows, description=f"loading {table}")
 
         return collect(
-            central, folders, on_progress=loaded, on_checked=lambda _: progress.advance(checking)
+            central,
+            folders,
+            on_progress=loaded,
+            on_checked=lambda _: progress.advance(checking),
+            remove_inputs=remove_inputs,
         )
 
 
@@ -88,7 +104,7 @@ def render_collection(result: Collection, out: Console) -> None:
         table.add_column("outcome")
         for loaded in sorted(result.loaded, key=lambda x: (x.practice, x.package_id)):
             outcome = (
-                f"already in lake version {loaded.already_in}"
+                f"already loaded (lake version {loaded.already_in})"
                 if loaded.already_in is not None
                 else "[green]loaded[/]"
             )
@@ -103,7 +119,7 @@ def render_collection(result: Collection, out: Console) -> None:
             )
         out.print(table)
     for refused in result.refused:
-        where = f" (moved to {refused.moved_to})" if refused.moved_to else ""
+        where = f" (reason kept in {refused.moved_to})" if refused.moved_to else ""
         out.print(f"[bold red]refused[/] {refused.folder.name}{where}: {refused.reason}")
     if result.version is not None:
         out.print(
@@ -111,7 +127,24 @@ def render_collection(result: Collection, out: Console) -> None:
             f"practices: {result.type1_set:,} set, {result.type1_withdrawn:,} withdrawn"
         )
     elif result.loaded:
-        out.print("nothing new: every package was already in the lake")
+        out.print(
+            "nothing new: every package was already loaded; the lake and the log are unchanged"
+        )
+    if result.left:
+        out.print(left_behind(result.left), soft_wrap=True, markup=False, highlight=False)
+
+
+def left_behind(left: list[Path]) -> str:
+    """The one warning about packages `collect` was given from outside its home and kept."""
+    where = sorted({str(folder.parent) for folder in left})
+    count = f"{len(left):,} package folder{'s' if len(left) != 1 else ''}"
+    return (
+        f"Left as they were: {count} in {', '.join(where)}. They hold pseudonymised records "
+        "that the erasure cycle cannot reach, so someone who opts out stays in them. Delete "
+        "them once you no longer need them (collecting them again loads nothing twice), or "
+        "run `gpdpr collect --remove-inputs` to have each one deleted once its load is "
+        "committed."
+    )
 
 
 def erase_command(home: Home = DEFAULT_HOME) -> None:
@@ -179,6 +212,24 @@ def lake_show(
     except UserError as exc:
         fail(str(exc))
     console.print(table)
+
+
+@lake_app.command("index")
+def lake_index(home: Home = DEFAULT_HOME) -> None:
+    """Make the patients' collections index again from the whole lake (after upgrading a
+    service whose lake was loaded before the index existed, or after a restore)."""
+    from gpdpr.collect.received import rebuild
+    from gpdpr.collect.service import Central
+    from gpdpr.errors import UserError
+
+    central = Central(home)
+    if not central.lake_folder.exists():
+        fail(f"there is no lake at {central.lake_folder}: run `gpdpr collect` first")
+    try:
+        rows = rebuild(central.engine(), central.lake())
+    except UserError as exc:
+        fail(str(exc))
+    console.print(f"collections index made again: {rows:,} rows (person and package)")
 
 
 @lake_app.command("compact")

@@ -10,6 +10,10 @@ that first looks for TOKEN, so a re-run never records it twice. Only then is `it
 rejected/ under the package's name, in one step, as only its reason and its manifest's summary
 (gpdpr.collect.refused): the package itself is deleted. A stage without its whole item is
 discarded: the package never left where it was, and the next run checks it again.
+
+A package the service does not own (given from outside its home, see gpdpr.collect.service) is
+never moved nor deleted: its staged item is its summary and reason alone, made from it where it
+is, and the refusal goes on from there as for any other.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ PARTIAL = ".item.partial"
 class Refused:
     folder: Path
     reason: str
-    moved_to: Path | None
+    moved_to: Path | None  # where its reason is kept
+    left: bool = False  # not the service's: left where it was, untouched
 
 
 def refuse(rejected: Path, engine: sa.Engine, refused: list[Refused]) -> None:
@@ -98,11 +103,14 @@ def _stage(rejected: Path, refused: Refused) -> Path | None:
         "package": source.name,
         "reason": refused.reason,
         "source": str(source.absolute()),
+        "left": "yes" if refused.left else "",
     }
     durable.write_file(stage / INTENT, orjson.dumps(intent))
     durable.step("refusal staged")
     partial = stage / PARTIAL
-    if source.is_dir():
+    if refused.left:
+        keep_reason(source, partial, refused.reason)
+    elif source.is_dir():
         try:
             # The same file system: one rename, and the package has left the inbox whole.
             os.rename(source, partial)
@@ -111,7 +119,8 @@ def _stage(rejected: Path, refused: Refused) -> Path | None:
     else:
         partial.mkdir()
         shutil.copy2(source, partial / source.name)
-    durable.write_file(partial / REFUSED_NOTE, (refused.reason + "\n").encode())
+    if not refused.left:
+        durable.write_file(partial / REFUSED_NOTE, (refused.reason + "\n").encode())
     os.rename(partial, stage / ITEM)
     durable.fsync_dir(stage)
     durable.step("refused package staged")
@@ -160,7 +169,8 @@ def _complete(rejected: Path, engine: sa.Engine, stage: Path) -> Path | None:
 
 def _discard(stage: Path, intent: dict[str, str] | None) -> None:
     partial = stage / PARTIAL
-    if intent is not None and partial.is_dir() and not Path(intent["source"]).exists():
+    moved_in = intent is not None and not intent.get("left")
+    if intent is not None and moved_in and partial.is_dir() and not Path(intent["source"]).exists():
         # It was renamed in, not copied: put it back as it came, to be checked again.
         durable.sweep(partial / REFUSED_NOTE)
         (partial / REFUSED_NOTE).unlink(missing_ok=True)
@@ -171,9 +181,10 @@ def _discard(stage: Path, intent: dict[str, str] | None) -> None:
 
 def _drop_source(stage: Path, intent: dict[str, str]) -> None:
     """A package copied in (from another file system) is deleted where it was once its copy is
-    whole; only if it is still the very package staged (the same names and sizes)."""
+    whole; only if it is still the very package staged (the same names and sizes). One left
+    where it was is never deleted."""
     source = Path(intent["source"])
-    if not source.exists():
+    if intent.get("left") or not source.exists():
         return
     copy = stage / ITEM
     if _listing(source) == {k: v for k, v in _listing(copy).items() if k != REFUSED_NOTE}:

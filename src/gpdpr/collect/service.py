@@ -2,10 +2,15 @@
 The places it works in are the service's home folder (see gpdpr.home); of the custodian's key
 folder it reads practices' public keys only.
 
-A package handed to `collect` is the centre's from then on: refused, it is moved to rejected/ with
-its reason; loaded (or found already loaded), it is deleted once the lake version holding it is
-committed and its public record made, because the lake must be the only central copy: an archive
-of packages would keep people who later opt out.
+Whether `collect` may delete a package depends on whose copy it is. One inside the service's home
+(HOME/inbox, or any folder there) is the service's own: refused, only its reason is kept in
+rejected/; loaded (or found already loaded), it is deleted once the lake version holding it is
+committed and its public record made, because the erasure cycle must reach every copy the
+service keeps. One given from outside the home (an operator's transfer folder) is left exactly
+where and as it was, loaded or refused, unless the operator asks for it to be removed
+(`remove_inputs`, as the service's own would be); the command then says that those files hold
+pseudonymised records the erasure cycle cannot reach. A package is known by its id in the lake's
+ledger, so collecting the same folder again loads nothing twice.
 
 Records are made from committed state, so a run killed at any point leaves them exact after the
 next: a refusal's `package.refused` event from the refused package staged whole in rejected/
@@ -32,6 +37,7 @@ from gpdpr import spec as specification
 from gpdpr.collect.authority import authorise
 from gpdpr.collect.erase import ANSWERS, Erasure, erase
 from gpdpr.collect.load import Loaded, Progress, load
+from gpdpr.collect.received import forget, index_loads
 from gpdpr.collect.refusals import Refused, finish, refuse
 from gpdpr.collect.refused import REFUSED_NOTE as REFUSED_NOTE
 from gpdpr.collect.verify import Package, check
@@ -82,6 +88,7 @@ class Collection:
     refused: list[Refused] = field(default_factory=list)
     type1_set: int = 0
     type1_withdrawn: int = 0
+    left: list[Path] = field(default_factory=list)  # given from outside the home, left as they were
 
 
 def collect(
@@ -90,10 +97,18 @@ def collect(
     workers: int = 4,
     on_progress: Progress | None = None,
     on_checked: Callable[[Path], None] | None = None,
+    remove_inputs: bool = False,
 ) -> Collection:
-    """Verify every package, refuse the untrustworthy, load the rest in one lake version."""
+    """Verify every package, refuse the untrustworthy, load the rest in one lake version.
+    Packages inside the home are deleted once loaded or refused; those from outside it only
+    with `remove_inputs` (see the module's docstring)."""
     with durable.disk_errors("collecting", COLLECT_ADVICE):
-        return _collect(central, folders, workers, on_progress, on_checked)
+        return _collect(central, folders, workers, on_progress, on_checked, remove_inputs)
+
+
+def owned(central: Central, folder: Path) -> bool:
+    """Whether a package is the service's own copy: inside its home (links followed)."""
+    return folder.resolve().is_relative_to(central.home.resolve())
 
 
 def _collect(
@@ -102,6 +117,7 @@ def _collect(
     workers: int,
     on_progress: Progress | None,
     on_checked: Callable[[Path], None] | None,
+    remove_inputs: bool,
 ) -> Collection:
     if not (central.keys / "practices").is_dir():
         # The centre's own mistake, not the packages': refuse to judge them at all.
@@ -116,13 +132,15 @@ def _collect(
     for parent in {folder.parent for folder in folders}:
         sweep_loaded(parent)
 
+    removed = {folder for folder in folders if remove_inputs or owned(central, folder)}
+
     def verify(folder: Path) -> Package | Refused:
         try:
             package = check(folder, central.keys, accepted, lake.data)
             authorise(package, central.keys)
             return package
         except PackageError as exc:
-            return Refused(folder, str(exc), None)
+            return Refused(folder, str(exc), None, left=folder not in removed)
         finally:
             if on_checked is not None:
                 on_checked(folder)
@@ -154,8 +172,10 @@ def _collect(
             record=lambda: record_committed_loads(engine, lake),
         )
         for package in good:
-            durable.step("package removed")
-            _remove(package.folder)
+            if package.folder in removed:
+                durable.step("package removed")
+                _remove(package.folder)
+    result.left = [folder for folder in folders if folder not in removed]
     return result
 
 
@@ -168,8 +188,8 @@ def finish_refusals(central: Central) -> int:
 
 def record_committed_loads(engine: sa.Engine, lake: Lake) -> int:
     """Record `package.loaded` for every package of every load version committed after the
-    last one recorded (call with the lake's lock held, so no two runs record one version).
-    Returns how many were recorded."""
+    last one recorded, and index who each brought in (gpdpr.collect.received); call with the
+    lake's lock held, so no two runs record one version. Returns how many were recorded."""
     with Session(engine) as session, session.begin():
         last = session.scalar(
             sa.select(Event.details)
@@ -179,9 +199,8 @@ def record_committed_loads(engine: sa.Engine, lake: Lake) -> int:
         )
         after = int(last.get("lake_version") or 0) if isinstance(last, dict) else 0
         n = 0
-        for version in lake.versions(after):
-            if version.operation != "load":
-                continue
+        loads = [version for version in lake.versions(after) if version.operation == "load"]
+        for version in loads:
             for summary in version.details.get("packages", []):
                 record(
                     session,
@@ -190,6 +209,8 @@ def record_committed_loads(engine: sa.Engine, lake: Lake) -> int:
                     {**summary, "lake_version": version.number},
                 )
                 n += 1
+        # Who each package brought in, for the patients' timelines: with the record or not at all.
+        index_loads(session, lake, loads)
     if n:
         durable.step("package.loaded recorded")
     return n
@@ -231,11 +252,17 @@ def erase_cycle(central: Central, workers: int = 4) -> Cycle:
         engine = central.engine()
         registry = Registry(engine)
         compaction = compact(lake, workers=workers)  # also finishes a clean-up cut short
+        # Everyone not yet receipted, before a cycle killed earlier is receipted below: the
+        # collections index forgets them too, even if their rows went in that earlier cycle.
+        unreceipted = set(registry.awaiting_receipt())
         earlier = receipt_committed(engine, registry, lake)
         awaiting = registry.awaiting_receipt()
         erasure = erase(lake, registry.active_type1(), awaiting, workers)
         if awaiting and erasure.version is None:
             raise UserError("the erasure cycle committed no lake version; nothing was receipted")
+        with Session(engine) as session, session.begin():
+            forget(session, unreceipted | set(awaiting) | set(erasure.by_person))
+        durable.step("collections index erased")
         receipts = earlier + receipt_committed(engine, registry, lake)
         return Cycle(erasure, receipts, compaction)
 

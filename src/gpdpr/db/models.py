@@ -135,6 +135,26 @@ class DeletionReceipt(Base):
     opt_out_event_id: Mapped[int] = mapped_column(sa.ForeignKey("opt_out_events.id"), index=True)
 
 
+class Collected(Base):
+    """Which package brought rows about which person into the lake: the patient's timeline reads
+    this, never the lake. Written with the load's public record, from the committed lake; the
+    erasure cycle deletes a person's rows here with theirs in the lake (gpdpr.collect.received)."""
+
+    __tablename__ = "collected"
+    __table_args__ = (
+        sa.UniqueConstraint("pseudonym_hash", "package_id", name="uq_collected_person_package"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    pseudonym_hash: Mapped[str] = mapped_column(sa.String(64), index=True)
+    package_id: Mapped[str] = mapped_column(sa.String(100))
+    practice: Mapped[str] = mapped_column(sa.String(16))
+    kind: Mapped[str] = mapped_column(sa.String(16))
+    extracted_at: Mapped[datetime]
+    rows: Mapped[int]
+    lake_version: Mapped[int]
+
+
 class ReidRequest(Base):
     """A request to find project pseudonyms for named people. Holds no NHS number: only how many
     and a hash of the list, so the list handed over at fulfilment can be checked against it."""

@@ -160,7 +160,7 @@ def patient_record(request: Request, page: int = 1) -> Response:
     portal = portal_of(request)
     uses = record_uses(portal.custodian, session.pseudonym, portal.home)
     asked = questions(portal, uses)
-    told = timeline(portal.home, portal.engine, session.pseudonym, uses, asked)
+    told = timeline(portal.engine, session.pseudonym, uses, asked)
     return render(
         request,
         "patient_record.html.j2",

@@ -1,27 +1,28 @@
 """One patient's whole story with the service, for their eyes only: which practices sent data
 about them and when (the packages their rows in the lake came in), every change to their
 opt-outs, each erasure with its date and receipt, and every approved project run that read their
-record. Worked out on request from the pseudonym the custodian gave their sign-in; nothing here
-is stored, and nothing public links any of it to them.
+record. Worked out on request from the pseudonym the custodian gave their sign-in, from the
+central database alone: which packages held them is the collections index made at load time
+(gpdpr.collect.received), so a view reads no lake file. Nothing public links any of it to them.
 
-What it tells apart: "we hold nothing about you" (no row in the lake: never sent, or erased)
-from "we hold your record and nobody has used it". Only the signed-in person sees which is theirs.
+What it tells apart: "we hold nothing about you" (no package brought a row about them into the
+lake, or what did was erased) from "we hold your record and nobody has used it". Only the
+signed-in person sees which is theirs. (A record a practice later deleted, or stopped sending,
+still shows as sent: the index says what arrived, not what is left of it.)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from gpdpr.collect.received import collected_about
 from gpdpr.db import pseudonym_hash
 from gpdpr.db.models import DeletionReceipt, as_utc
-from gpdpr.errors import UserError
-from gpdpr.lake.tables import EXTRACTED_AT, PACKAGE_ID, PRACTICE
 from gpdpr.transparency.patient import RecordUses
 
 NAMES = {"type1": "Type 1 opt-out", "ndoo": "National Data Opt-out"}
@@ -41,7 +42,7 @@ class Sent:
     package_id: str
     kind: str  # historic or incremental
     extracted_at: datetime
-    rows: int  # of this person's, still in the lake
+    rows: int  # of this person's, as loaded
 
 
 @dataclass(frozen=True)
@@ -96,36 +97,14 @@ class Timeline:
         )
 
 
-def sent_to_lake(home: Path, pseudonym: str) -> list[Sent]:
-    """The packages whose rows about `pseudonym` are in the latest lake version, oldest first.
-    Table and column names come from the lake's own schema; the pseudonym is a bound parameter."""
-    from gpdpr.lake.query import connect
-    from gpdpr.lake.store import Lake
-
-    folder = home / "lake"
-    if not folder.exists():
-        return []
-    try:
-        snapshot = Lake.open(folder).snapshot()
-    except UserError:
-        return []
-    con = connect(snapshot)
-    parts = [
-        f'select "{PRACTICE}", "{PACKAGE_ID}", count(*) as n from "{name}" '
-        f'where "{table.patient}" = $p group by all'
-        for name, table in snapshot.lake.data.items()
-        if table.patient
-    ]
-    if not parts:
-        return []
-    rows = con.execute(
-        f"""select mine.{PRACTICE}, mine.{PACKAGE_ID}, p.kind, p.{EXTRACTED_AT}, sum(mine.n)
-        from ({" union all ".join(parts)}) mine
-        join packages p using ({PACKAGE_ID})
-        group by all order by p.{EXTRACTED_AT}, mine.{PACKAGE_ID}""",
-        {"p": pseudonym},
-    ).fetchall()
-    return [Sent(r[0], r[1], r[2], as_utc(r[3]), int(r[4])) for r in rows]
+def sent_to_lake(engine: sa.Engine, pseudonym: str) -> list[Sent]:
+    """The packages that brought rows about `pseudonym` into the lake, oldest first, from the
+    collections index (erasure deletes a person's rows there with theirs in the lake)."""
+    with Session(engine) as session:
+        return [
+            Sent(c.practice, c.package_id, c.kind, as_utc(c.extracted_at), c.rows)
+            for c in collected_about(session, pseudonym)
+        ]
 
 
 def erasures_of(engine: sa.Engine, pseudonym: str) -> list[dict[str, Any]]:
@@ -153,11 +132,11 @@ PAGE = 50
 
 
 def timeline(
-    home: Path, engine: sa.Engine, pseudonym: str, uses: RecordUses, questions: dict[str, str]
+    engine: sa.Engine, pseudonym: str, uses: RecordUses, questions: dict[str, str]
 ) -> Timeline:
     """The whole timeline, newest first. `questions`: each definition's SHA-256 to the question
     it asks, in words, where known."""
-    made = Timeline(sent_to_lake(home, pseudonym), erasures_of(engine, pseudonym), uses)
+    made = Timeline(sent_to_lake(engine, pseudonym), erasures_of(engine, pseudonym), uses)
     made.moments = moments_of(made, questions)
     return made
 

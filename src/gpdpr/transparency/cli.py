@@ -222,7 +222,7 @@ def my_record_command(
         pseudonym = custodian.pseudonym_for(nhs_number, "patient", "patient view")
         uses = record_uses(custodian, pseudonym, home)
         # First what is held at all: "nothing about you" is not the same as "nobody used it".
-        console.print(timeline(home, custodian.engine, pseudonym, uses, {}).summary)
+        console.print(timeline(custodian.engine, pseudonym, uses, {}).summary)
     except UserError as exc:
         fail(str(exc))
     if not uses.projects:
