@@ -44,6 +44,10 @@ from gpdpr.lake.tables import (
 
 Progress = Callable[[str, int], None]
 
+# A practice's file of a table this small takes the new rows of a load (written again with
+# them), rather than a new file being added beside it.
+TAIL_BYTES = 1 << 20
+
 
 @dataclass
 class Loaded:
@@ -225,10 +229,14 @@ class Merge:
         for package, rows in incoming:
             self.outcome[package.package_id].count("rows", rows.num_rows, self.table.name)
         fresh = [rows for _, rows in incoming if rows.num_rows]
+        if fresh and not kept:
+            tail = min(existing, key=lambda f: f.size, default=None)
+            if tail is not None and tail.size <= TAIL_BYTES:
+                kept.append(self._rewrite(tail, np.zeros(tail.rows, bool)))
         if kept:
-            # The files rewritten and the new rows go into one file: a daily package that
-            # corrects records (most do) then adds no file, and the files of a practice stop
-            # growing by one a day.
+            # New rows go into the file being rewritten anyway (a correction's, a deletion's)
+            # or else into the practice's smallest file, if small: daily packages then add no
+            # file, and a practice's files of a table stay few without waiting for compaction.
             self.tx.write(self.table.name, self.practice, _together([*kept, *fresh]))
         else:
             for rows in fresh:

@@ -63,6 +63,10 @@ META = "_lake"
 VERSIONS = "versions"
 VACUUMED = "vacuumed"  # the last vacuum version whose files are all deleted
 NO_STATS = {"delta.dataSkippingNumIndexedCols": "0"}
+# A table is committed to three or four times a day (load, compaction, erasure) and opened many
+# more: a checkpoint every 10 commits keeps each opening's log replay short (Delta's default, 100,
+# had every opening late in a month replay a hundred commits).
+CHECKPOINTS = {"delta.checkpointInterval": "10"}
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,7 @@ class Lake:
                 mode="ignore",  # a table made by an earlier attempt that died is reused
                 partition_by=self.partition_by(name) or None,
                 name=name,
-                configuration=NO_STATS,
+                configuration=NO_STATS | CHECKPOINTS,
             )
         durable.write_file(self._meta / VACUUMED, b"0\n")
         self._write_version(
@@ -199,8 +203,19 @@ class Lake:
         )
         durable.step(f"lake version {version.number} committed")
 
-    def _delta_versions(self) -> dict[str, int]:
-        return {name: DeltaTable(str(self.path(name))).version() for name in self.schemas}
+    def _delta_versions(self, known: dict[str, int] | None = None) -> dict[str, int]:
+        """Each table's latest Delta version. From `known` (versions held, the lock held since)
+        by looking for the log files of the versions after them: Delta numbers its commits
+        without gaps, and opening every table to ask costs a replay of its log each."""
+        if known is None:
+            return {name: DeltaTable(str(self.path(name))).version() for name in self.schemas}
+        latest = {}
+        for name in self.schemas:
+            version = known[name]
+            while (self.path(name) / "_delta_log" / f"{version + 1:020d}.json").exists():
+                version += 1
+            latest[name] = version
+        return latest
 
     # ---- writing ------------------------------------------------------------------------------
 
@@ -414,7 +429,7 @@ class Transaction:
             self.base.number + 1,
             _now(),
             operation,
-            self.lake._delta_versions(),
+            self.lake._delta_versions(self.base.tables),
             readable_from,
             details,
         )
