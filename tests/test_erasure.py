@@ -4,6 +4,7 @@ and lets them back in when they withdraw it."""
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
@@ -160,3 +161,37 @@ def _held(home: Central, people: dict[str, str]) -> tuple[int, int]:
         "where patient in (select p from them)"
     ).fetchall()[0]
     return int(found[0]), int(found[1])
+
+
+def test_compaction_in_the_cycle_brings_no_one_back_and_leaves_no_copy(
+    home: Central, clean_columnar: Made
+) -> None:
+    """The cycle compacts before it erases: a lake whose files were each split ten ways (as ten
+    daily loads would leave it) is merged, the person is erased from the merged files, and
+    neither the files compaction retired nor anything else on disk still holds them."""
+    practice = practice_folders(clean_columnar.root)[0]
+    people = _people_in_lake(practice, home, 2)
+    lake = Lake.open(home.lake_folder)
+    with lake.writing() as tx:
+        for name in lake.schemas:
+            for file in tx.snapshot.files(name):
+                rows = tx.snapshot.read_file(name, file)
+                for start in range(0, rows.num_rows, max(1, -(-rows.num_rows // 10))):
+                    tx.write(name, file.practice, rows.slice(start, -(-rows.num_rows // 10)))
+                tx.retire(name, file)
+        tx.commit("split", {})
+    erased = set(people.values())
+    held_before = digest(lake.snapshot(), leave_out=erased)
+    registry = Registry(home.engine())
+    for pseudonym in erased:
+        registry.set(pseudonym, "type1", "online")
+
+    cycle = erase_cycle(home)
+
+    assert cycle.compaction is not None and cycle.compaction.files_merged > 0
+    assert cycle.erasure.rows_removed > 0
+    assert _bytes_found(home.lake_folder, [p.encode() for p in erased]) == []
+    after = lake.snapshot()
+    assert digest(after) == held_before, "only the opted-out people's rows went"
+    per_practice = Counter(f.practice for f in after.files("clinical_events"))
+    assert per_practice and max(per_practice.values()) == 1, "the split files were merged"

@@ -197,30 +197,24 @@ def second_writer(url: str) -> Iterator[Writes]:
             writer.kill()
 
 
-def test_a_second_writing_process_makes_no_change_fail(tmp_path: Path) -> None:
-    engine = sqlite_engine(tmp_path)
-    url = str(engine.url)
-    try:
-        registry = Registry(engine)
-        people = [pseudonym(f"busy {n}") for n in range(60)]
-        failures: list[BaseException] = []
+def test_a_second_writing_process_makes_no_change_fail(engine: sa.Engine) -> None:
+    url = engine.url.render_as_string(hide_password=False)
+    registry = Registry(engine)
+    people = [pseudonym(f"busy {n}") for n in range(60)]
+    failures: list[BaseException] = []
 
-        def change(n: int, who: str) -> None:
-            try:
-                writes.after(n // 10)  # six people to each of the other process's writes
-                registry.set(who, "type1", "online", request_id=f"busy-{who[:40]}")
-                registry.set(who, "ndoo", "online")
-            except BaseException as error:  # every failure is what is counted
-                failures.append(error)
+    def change(n: int, who: str) -> None:
+        try:
+            writes.after(n // 10)  # six people to each of the other process's writes
+            registry.set(who, "type1", "online", request_id=f"busy-{who[:40]}")
+            registry.set(who, "ndoo", "online")
+        except BaseException as error:  # every failure is what is counted
+            failures.append(error)
 
-        with second_writer(url) as writes, ThreadPoolExecutor(8) as pool:
-            list(pool.map(change, range(len(people)), people))
-    finally:
-        engine.dispose()
+    with second_writer(url) as writes, ThreadPoolExecutor(8) as pool:
+        list(pool.map(change, range(len(people)), people))
     assert failures == []
-    again = sqlite_engine(tmp_path)
-    history, _ = recorded(again)
-    again.dispose()
+    history, _ = recorded(engine)
     assert all(history[(who, "set")] == 2 for who in people)
 
 

@@ -44,6 +44,10 @@ from gpdpr.lake.tables import (
 
 Progress = Callable[[str, int], None]
 
+# A practice's file of a table this small takes the new rows of a load (written again with
+# them), rather than a new file being added beside it.
+TAIL_BYTES = 1 << 20
+
 
 @dataclass
 class Loaded:
@@ -219,11 +223,24 @@ class Merge:
         deletions = self._deletions(tombstones)
         if deletions is not None:
             incoming = [self._not_deleted(p, rows, deletions) for p, rows in incoming]
+        kept: list[pa.Table] = []  # what is left of the lake files rewritten
         if existing:
-            incoming = self._against_lake(incoming, existing, deletions)
+            incoming = self._against_lake(incoming, existing, deletions, kept)
         for package, rows in incoming:
-            added = self.tx.write(self.table.name, self.practice, rows)
-            self.outcome[package.package_id].count("rows", added, self.table.name)
+            self.outcome[package.package_id].count("rows", rows.num_rows, self.table.name)
+        fresh = [rows for _, rows in incoming if rows.num_rows]
+        if fresh and not kept:
+            tail = min(existing, key=lambda f: f.size, default=None)
+            if tail is not None and tail.size <= TAIL_BYTES:
+                kept.append(self._rewrite(tail, np.zeros(tail.rows, bool)))
+        if kept:
+            # New rows go into the file being rewritten anyway (a correction's, a deletion's)
+            # or else into the practice's smallest file, if small: daily packages then add no
+            # file, and a practice's files of a table stay few without waiting for compaction.
+            self.tx.write(self.table.name, self.practice, _together([*kept, *fresh]))
+        else:
+            for rows in fresh:
+                self.tx.write(self.table.name, self.practice, rows)
 
     def _incoming(self, package: Package) -> tuple[Package, pa.Table]:
         rows = package.read(self.table)
@@ -302,9 +319,10 @@ class Merge:
         incoming: list[tuple[Package, pa.Table]],
         existing: list[LiveFile],
         deletions: pa.Table | None,
+        kept: list[pa.Table],
     ) -> list[tuple[Package, pa.Table]]:
-        """Rewrite the lake files holding copies this batch replaces or deletes; drop incoming
-        rows the lake already holds a newer copy of."""
+        """Retire the lake files holding copies this batch replaces or deletes, adding what is
+        left of them to `kept`; drop incoming rows the lake already holds a newer copy of."""
         key = self.table.key
         parts = [rows.select([key, EXTRACTED_AT]) for _, rows in incoming if rows.num_rows]
         new = pa.concat_tables(parts).combine_chunks() if parts else None
@@ -338,7 +356,7 @@ class Merge:
                     deleted = int(gone_np.sum())
                     remove |= gone_np
             if remove.any():
-                self._rewrite(file, remove)
+                kept.append(self._rewrite(file, remove))
                 self._credit(replaced, deleted)
         if stale_keys:
             stale = pa.chunked_array(stale_keys).combine_chunks()
@@ -350,11 +368,12 @@ class Merge:
             incoming = kept
         return incoming
 
-    def _rewrite(self, file: LiveFile, remove: np.ndarray[Any, np.dtype[np.bool_]]) -> None:
+    def _rewrite(self, file: LiveFile, remove: np.ndarray[Any, np.dtype[np.bool_]]) -> pa.Table:
+        """Retire a file; the rows of it that stay (written again by the caller)."""
         snapshot = self.tx.snapshot
         whole = snapshot.read_file(self.table.name, file, dictionary=self.table.repetitive)
-        self.tx.write(self.table.name, self.practice, whole.filter(pa.array(~remove)))
         self.tx.retire(self.table.name, file)
+        return _lake_types(whole.filter(pa.array(~remove)))
 
     def _credit(self, replaced: int, deleted: int) -> None:
         # Replacements are credited to the newest package of the batch: it carries the copy
@@ -362,6 +381,15 @@ class Merge:
         latest = self.outcome[self.packages[-1].package_id]
         latest.count("replaced", replaced)
         latest.count("deleted", deleted)
+
+
+def _together(parts: list[pa.Table]) -> pa.Table:
+    """Rows of one table from lake files and packages, as one (the same columns, in the same
+    order; text read as a dictionary in some and plain in others is made one type)."""
+    schema = parts[0].schema
+    return pa.concat_tables(
+        [p.select(schema.names).cast(schema) if p.schema != schema else p for p in parts]
+    )
 
 
 def _true(mask: pa.Array | pa.ChunkedArray) -> int:

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gpdpr.errors import UserError
+from gpdpr.lake.store import read_parquet
 from gpdpr.lake.tables import LakeTable
 from gpdpr.practice.kit import SIGNING_PUB, read_public_key
 from gpdpr.practice.package import DELETIONS_SCHEMA, MANIFEST, PackageError, verify
@@ -53,7 +54,7 @@ class Package:
     def read(self, table: LakeTable) -> pa.Table:
         """A table's rows, repetitive text kept dictionary-encoded (it is written back so)."""
         dictionary = [c for c in table.repetitive if c in table.data.names]
-        return pq.read_table(self.file(table.name), read_dictionary=dictionary, use_threads=False)
+        return read_parquet(self.file(table.name), dictionary=dictionary)
 
     def deletions(self) -> pa.Table:
         return pq.read_table(self.folder / str(self.manifest["deletions"]["file"]))

@@ -63,6 +63,10 @@ META = "_lake"
 VERSIONS = "versions"
 VACUUMED = "vacuumed"  # the last vacuum version whose files are all deleted
 NO_STATS = {"delta.dataSkippingNumIndexedCols": "0"}
+# A table is committed to three or four times a day (load, compaction, erasure) and opened many
+# more: a checkpoint every 10 commits keeps each opening's log replay short (Delta's default, 100,
+# had every opening late in a month replay a hundred commits).
+CHECKPOINTS = {"delta.checkpointInterval": "10"}
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,7 @@ class Lake:
                 mode="ignore",  # a table made by an earlier attempt that died is reused
                 partition_by=self.partition_by(name) or None,
                 name=name,
-                configuration=NO_STATS,
+                configuration=NO_STATS | CHECKPOINTS,
             )
         durable.write_file(self._meta / VACUUMED, b"0\n")
         self._write_version(
@@ -199,8 +203,19 @@ class Lake:
         )
         durable.step(f"lake version {version.number} committed")
 
-    def _delta_versions(self) -> dict[str, int]:
-        return {name: DeltaTable(str(self.path(name))).version() for name in self.schemas}
+    def _delta_versions(self, known: dict[str, int] | None = None) -> dict[str, int]:
+        """Each table's latest Delta version. From `known` (versions held, the lock held since)
+        by looking for the log files of the versions after them: Delta numbers its commits
+        without gaps, and opening every table to ask costs a replay of its log each."""
+        if known is None:
+            return {name: DeltaTable(str(self.path(name))).version() for name in self.schemas}
+        latest = {}
+        for name in self.schemas:
+            version = known[name]
+            while (self.path(name) / "_delta_log" / f"{version + 1:020d}.json").exists():
+                version += 1
+            latest[name] = version
+        return latest
 
     # ---- writing ------------------------------------------------------------------------------
 
@@ -238,6 +253,11 @@ class Lake:
         for leftover in (self._meta / VERSIONS).glob(".*.partial"):
             leftover.unlink()
         for name, pinned in base.tables.items():
+            # Delta versions are numbered without gaps, so a commit beyond the one the lake
+            # names shows as the next one's file: looked for first, as opening every table
+            # (replaying its log) at every write is most of a small write's time.
+            if not (self.path(name) / "_delta_log" / f"{pinned + 1:020d}.json").exists():
+                continue
             table = DeltaTable(str(self.path(name)))
             if table.version() > pinned:
                 table.restore(pinned)
@@ -320,12 +340,7 @@ class Snapshot:
         dictionary: list[str] | None = None,
     ) -> pa.Table:
         """One data file as stored: without the practice, which is in its path."""
-        return pq.read_table(
-            self.lake.path(table) / file.path,
-            columns=columns,
-            read_dictionary=dictionary,
-            use_threads=False,
-        )
+        return read_parquet(self.lake.path(table) / file.path, columns, dictionary)
 
 
 @dataclass
@@ -414,7 +429,7 @@ class Transaction:
             self.base.number + 1,
             _now(),
             operation,
-            self.lake._delta_versions(),
+            self.lake._delta_versions(self.base.tables),
             readable_from,
             details,
         )
@@ -438,6 +453,16 @@ class Transaction:
         durable.step("lake vacuumed")
         durable.write_file(self.lake._meta / VACUUMED, f"{version.number}\n".encode())
         return version, removed
+
+
+def read_parquet(
+    path: Path, columns: list[str] | None = None, dictionary: list[str] | None = None
+) -> pa.Table:
+    """One Parquet file, in the calling thread. Not `pq.read_table`, which builds a dataset
+    around the file first: for the lake's many small files that costs more than the reading
+    (loads and erasures read every file of the practices they touch, daily)."""
+    with pq.ParquetFile(path, read_dictionary=dictionary) as parquet:
+        return parquet.read(columns=columns, use_threads=False)
 
 
 def _now() -> str:

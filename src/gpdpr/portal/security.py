@@ -43,7 +43,8 @@ from starlette.responses import HTMLResponse, RedirectResponse
 
 from gpdpr.db.models import core
 from gpdpr.db.transactions import immediate
-from gpdpr.portal.models import SessionRow, SignInCounter
+from gpdpr.portal.models import Credential, SessionRow, SignInCounter
+from gpdpr.portal.second_factors import required_roles
 
 PUBLIC = "public"
 PATIENT = "patient"
@@ -151,6 +152,12 @@ class Sessions:
             roles_now = (
                 None if row is None or row.handle is None else _staff_roles(connection, row.handle)
             )
+            unguarded = (
+                row is not None
+                and roles_now is not None
+                and bool(roles_now & required_roles())
+                and not _has_second_factor(connection, row.handle)
+            )
         if row is None:
             return None
         expired = stamp - row.seen > IDLE_SECONDS or stamp - row.created > LIFETIME_SECONDS
@@ -159,6 +166,17 @@ class Sessions:
         if expired or (roles_now is not None and roles_now != frozenset(row.roles)):
             self._delete(_SESSIONS.c.key == key)
             return None
+        if unguarded:
+            # Their role has come to need a second factor (GPDPR_SECOND_FACTOR_ROLES changed)
+            # and they signed in without one: half signed in from now on, as at a sign-in, so
+            # that nothing but setting one up is theirs until they have.
+            with immediate(self.engine).begin() as connection:
+                connection.execute(
+                    sa.update(_SESSIONS)
+                    .where(_SESSIONS.c.key == key)
+                    .values(handle=None, roles=[], pending={"enrol": row.handle, "next": ""})
+                )
+            return self.get(session_id)
         found = PortalSession(
             session_id,
             row.csrf,
@@ -244,6 +262,17 @@ def _staff_roles(connection: sa.Connection, handle: str) -> frozenset[str]:
         .where(Person.handle == handle)
     ).scalars()
     return frozenset(found) & frozenset(STAFF_ROLES)
+
+
+def _has_second_factor(connection: sa.Connection, handle: str) -> bool:
+    from gpdpr.governance.models import Person
+
+    found = connection.execute(
+        sa.select(Credential.totp_secret)
+        .join(Person, Person.id == Credential.person_id)
+        .where(Person.handle == handle)
+    ).scalar()
+    return found is not None
 
 
 def _row(session: PortalSession) -> dict[str, Any]:
@@ -333,6 +362,8 @@ async def _refusal(
     if allowed is None:  # no declared policy: nobody
         return page_error(request, 403, "This page is not open to anyone.")
     if PUBLIC not in allowed:
+        if session is not None and not session.signed_in and "enrol" in session.pending:
+            return _to_enrolment(request, session)
         if session is None or not session.signed_in:
             if request.method in ("GET", "HEAD"):
                 target = "/patient/sign-in" if allowed == {PATIENT} else "/sign-in"
@@ -367,6 +398,24 @@ async def _refusal(
                 "Go back, reload the page and try again.",
             )
     return None
+
+
+def _to_enrolment(request: Request, session: PortalSession) -> Response:
+    """A person half signed in because their role needs a second factor they have not set up:
+    to its enrolment (and back to this page after), and no further."""
+    from gpdpr.portal.pages import page_error
+
+    if request.method not in ("GET", "HEAD"):
+        return page_error(
+            request,
+            403,
+            "Your role now needs a second factor, so nothing was done. Set one up first: "
+            "open any page and you will be taken there.",
+        )
+    if not session.pending.get("next"):
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        session.pending = {**session.pending, "next": safe_next(path, "")}
+    return RedirectResponse("/sign-in/second-factor", status_code=303)
 
 
 # Text may hold tabs and line breaks; no other C0 or C1 control character (NUL above all, which
