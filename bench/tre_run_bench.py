@@ -19,6 +19,10 @@ bench/tre_bench.py), engine and scale then runs in a fresh child process, which 
   tokens    the use tokens written to the run's folder as a run records them
             (`transparency.uses.keep`)
 
+With more than one engine, each workload's answers (the dataset, or the measure's rows) are
+compared between the engines at every scale, every value of every row: the benchmark stops if
+they differ, and says so when they agree.
+
 What is not timed: the agreement's authorisation and the run's record (a few small rows), which
 do not grow with the lake. Peak MB is the high-water mark of resident memory of the child and
 its descendants (Spark's JVM). DuckDB runs within its memory limit (GPDPR_TRE_MEMORY, default
@@ -37,6 +41,8 @@ import time
 from datetime import date
 from pathlib import Path
 from typing import Any
+
+import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -57,7 +63,7 @@ def child(args: list[str]) -> None:
     from gpdpr.tre.query import nodes as n
     from gpdpr.tre.release.control import control
 
-    workload, engine_name, folder = args[0], args[1], Path(args[2])
+    workload, engine_name, folder, answer = args[0], args[1], Path(args[2]), Path(args[3])
     definition = tre_bench._received(
         tre_bench.dataset_definition() if workload == "dataset" else tre_bench.measure_definition()
     )
@@ -83,6 +89,11 @@ def child(args: list[str]) -> None:
     figures["tokens"] = time.perf_counter() - mark
     figures["whole"] = time.perf_counter() - started
     figures["peak_mb"] = tre_bench.peak_mb()
+    # The answer, in one order, for the parent to compare between engines (not timed).
+    found = (
+        results.dataset if results.dataset is not None else next(iter(results.measures.values()))
+    )
+    pq.write_table(found.sort_by([(c, "ascending") for c in found.column_names]), answer)
     print(json.dumps(figures))
 
 
@@ -100,13 +111,15 @@ def main() -> None:
     header = "| patients | workload | engine | plan s | engine s | control s | tokens s "
     header += "| whole s | s per M patients | peak MB |"
     rows = [header, "|" + "---|" * 10]
+    answers = Path(tempfile.mkdtemp(prefix="gpdpr-bench-answers-"))
     for patients in args.scales:
         print(f"lake of {patients:,} patients …", flush=True)
         folder = tre_lake.ensure(patients)
         for workload in args.workloads:
             for engine in args.engines:
+                answer = answers / f"{patients}-{workload}-{engine}.parquet"
                 done = subprocess.run(
-                    [sys.executable, __file__, CHILD, workload, engine, str(folder)],
+                    [sys.executable, __file__, CHILD, workload, engine, str(folder), str(answer)],
                     capture_output=True,
                     text=True,
                     check=False,
@@ -120,7 +133,23 @@ def main() -> None:
                     f"| {f['whole'] / patients * 1e6:.2f} | {f['peak_mb']:.0f} |"
                 )
                 print(rows[-1], flush=True)
+            _agree(answers, patients, workload, args.engines)
     print("\n".join(rows))
+
+
+def _agree(answers: Path, patients: int, workload: str, engines: list[str]) -> None:
+    """Stop unless every engine gave the same answer (every value, every row)."""
+    found = {e: pq.read_table(answers / f"{patients}-{workload}-{e}.parquet") for e in engines}
+    first = engines[0]
+    for engine in engines[1:]:
+        if not found[engine].equals(found[first]):
+            sys.exit(f"{workload} at {patients:,}: {engine} and {first} gave different answers")
+    if len(engines) > 1:
+        print(
+            f"{workload} at {patients:,}: {' and '.join(engines)} gave the same answer, "
+            f"{found[first].num_rows:,} rows",
+            flush=True,
+        )
 
 
 def _memory() -> str:

@@ -96,3 +96,23 @@ def test_packages_in_the_homes_inbox_are_deleted_once_loaded(
     assert "lake version 1 committed" in done.stdout
     assert not package.exists() and not any((home / "inbox").iterdir())
     assert WARNING not in done.stdout
+
+
+def test_a_refusal_is_told_whole_whatever_names_the_package_holds() -> None:
+    """A package's folder and file names come from outside: shown as they are (not read as the
+    terminal's markup, which would fail or restyle them) and on one line, however long the path
+    (a reason cut over two lines is harder to read and to search for)."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from gpdpr.collect.cli import render_collection
+    from gpdpr.collect.refusals import Refused
+    from gpdpr.collect.service import Collection
+
+    kept = Path("/srv/gpdpr/" + "long-folder-name/" * 12 + "rejected/Z1[bold]")
+    reason = "Z1[bold]'s notes[/].txt are not in the manifest: ask the practice to extract again"
+    refused = Refused(Path("/in/Z1[bold]"), reason, kept)
+    out = StringIO()
+    render_collection(Collection(None, refused=[refused]), Console(file=out, width=80))
+    assert f"refused Z1[bold] (reason kept in {kept}): {reason}" in out.getvalue()

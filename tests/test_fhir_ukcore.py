@@ -1,6 +1,7 @@
-"""NHS England's UK Core examples (converted from their XML; see fixtures/ukcore/README.md) read
-by the extractor: nothing crashes, nothing identifying leaves, and every clinical resource is
-accounted for (sent, left out for a stated reason, or quarantined with its reason)."""
+"""NHS England's UK Core examples (converted from their XML; their source and licence are in
+fixtures/README.md) read by the extractor: nothing crashes, nothing identifying leaves, and
+every clinical resource is accounted for (sent, left out for a stated reason, or quarantined
+with its reason)."""
 
 from __future__ import annotations
 

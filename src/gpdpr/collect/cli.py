@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gpdpr.home import DEFAULT_HOME, Home
@@ -120,7 +121,10 @@ def render_collection(result: Collection, out: Console) -> None:
         out.print(table)
     for refused in result.refused:
         where = f" (reason kept in {refused.moved_to})" if refused.moved_to else ""
-        out.print(f"[bold red]refused[/] {refused.folder.name}{where}: {refused.reason}")
+        # Not wrapped: a terminal keeps the path whole (to copy), and the reason reads as one.
+        # Escaped: a folder's or a file's name in a package is not markup.
+        said = escape(f"{refused.folder.name}{where}: {refused.reason}")
+        out.print(f"[bold red]refused[/] {said}", soft_wrap=True)
     if result.version is not None:
         out.print(
             f"lake version [bold]{result.version.number}[/] committed; Type 1 opt-outs from "
