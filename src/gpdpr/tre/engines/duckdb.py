@@ -63,8 +63,9 @@ DIALECT = sql.DIALECTS["duckdb"]
 
 
 class Sandbox:
-    """A DuckDB connection that reads only the tables registered with it, one SELECT at a
-    time, within the memory limit, and stopped `seconds` after it was made."""
+    """A DuckDB connection that reads only the tables registered with it and the files it is
+    given (a lake version's), one SELECT at a time, within the memory limit, and stopped
+    `seconds` after it was made."""
 
     def __init__(
         self,
