@@ -151,10 +151,10 @@ class Custodian:
         return key
 
     def use_tokens(self, pseudonym: str, runs: Sequence[tuple[str, str]]) -> dict[str, str]:
-        """For the person with this lake pseudonym, the token each (project, run reference)
-        would have kept had it read their record. For the patient's own view of their record:
-        the keys never leave the custodian, and nothing is recorded (the look-up of the
-        pseudonym that comes first is)."""
+        """For the person with this lake pseudonym, the token each (project, run reference or
+        run salt) would have kept had it read their record. For the patient's own view of
+        their record: the keys never leave the custodian, and nothing is recorded (the look-up
+        of the pseudonym that comes first is)."""
         keys: dict[str, bytes] = {}
         tokens = {}
         for project, run in runs:

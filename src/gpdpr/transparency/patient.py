@@ -79,15 +79,21 @@ def record_uses(custodian: Custodian, lake_pseudonym: str, home: Path) -> Record
             .where(Run.status == "succeeded")
             .order_by(Run.id)
         ).all()
+        folders = {ref: run_folder(home, ref) for _, ref, _, _ in runs}
+        salts = {ref: uses.salt(folder) for ref, folder in folders.items()}
+        # One call: the custodian derives each project's key once, however many runs it made.
+        # A run with a file of uses is tested under its salt; one recorded before, under its
+        # reference (its tokens are in the database).
+        tokens = custodian.use_tokens(
+            lake_pseudonym, [(project, salts[ref] or ref) for _, ref, project, _ in runs]
+        )
         seen: set[int] = set()
-        in_database = []  # runs recorded before their tokens were kept in files
-        for run_id, ref, project, _ in runs:
-            folder = run_folder(home, ref)
-            salted = uses.salt(folder)
-            token = custodian.use_tokens(lake_pseudonym, [(project, salted or ref)])
+        in_database = []
+        for run_id, ref, _, _ in runs:
+            salted = salts[ref]
             if salted is None:
-                in_database.append((run_id, token[ref]))
-            elif uses.holds(folder, token[salted]):
+                in_database.append((run_id, tokens[ref]))
+            elif uses.holds(folders[ref], tokens[salted]):
                 seen.add(run_id)
         seen |= _runs_with(session, in_database)
         by_agreement: dict[int, list[Run]] = {}
