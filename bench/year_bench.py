@@ -83,6 +83,7 @@ from gpdpr.collect.load import load
 from gpdpr.collect.verify import Package
 from gpdpr.custodian.keys import init, issue_practice
 from gpdpr.custodian.service import running
+from gpdpr.lake import store
 from gpdpr.lake.compact import compact
 from gpdpr.lake.query import connect
 from gpdpr.lake.store import Lake
@@ -103,7 +104,18 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=120)
     parser.add_argument("--every", type=int, default=0, help="print every N days")
     parser.add_argument("--no-compaction", action="store_true")
+    parser.add_argument(
+        "--tombstone-retention",
+        default="interval 2 minutes",
+        help="how long Delta keeps a removed file in its checkpoints (the service keeps Delta's "
+        "default, a week: at about 14 s a simulated day, 2 minutes is about a simulated week)",
+    )
     args = parser.parse_args()
+    # A simulated year passes in an hour or two of real time: with Delta's week of retention
+    # every removal of the whole run would stay in every checkpoint, which no service sees.
+    store.CHECKPOINTS = store.CHECKPOINTS | {
+        "delta.deletedFileRetentionDuration": args.tombstone_retention
+    }
     every = args.every or max(1, args.days // 8)
     work = Path(tempfile.mkdtemp(prefix="gpdpr-year-"))
     try:
