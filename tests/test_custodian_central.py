@@ -22,6 +22,8 @@ from gpdpr.custodian.central import (
     Custodian,
     identities_sha256,
     project_pseudonyms,
+    run_use_token,
+    use_token,
 )
 from gpdpr.custodian.keys import init
 from gpdpr.db.models import Event, ReidRequest
@@ -116,6 +118,25 @@ def test_project_pseudonyms_are_stable_and_differ_between_projects(
         {"project": "P0001"},
         {"project": "P0002"},
     ]
+
+
+def test_a_persons_use_tokens_are_made_as_each_kind_of_run_kept_them(
+    custodian: Custodian,
+) -> None:
+    """A run that kept a file of uses is named by its salt (tokens of the lake pseudonym), one
+    whose file is of the first version by `v1:` and its salt, one whose tokens are in the
+    database by its reference (both of the project pseudonym)."""
+    key = custodian.project_key("P0001", "tre")
+    salt = "0123456789abcdef" * 2
+    person = pseudonym(1)
+    project = project_pseudonyms(key, pa.array([person])).to_pylist()[0]
+    runs = [("P0001", salt), ("P0001", f"v1:{salt}"), ("P0001", "RUN-000001")]
+    assert custodian.use_tokens(person, runs) == {
+        salt: run_use_token(key, salt, person),
+        f"v1:{salt}": use_token(key, salt, project),
+        "RUN-000001": use_token(key, "RUN-000001", project),
+    }
+    assert len(set(custodian.use_tokens(person, runs).values())) == 3
 
 
 def test_project_pseudonyms_keep_a_columns_encoding(custodian: Custodian) -> None:

@@ -135,6 +135,17 @@ def test_a_role_name_that_is_not_a_staff_role_is_refused() -> None:
         required_roles("patient")
 
 
+def test_a_portal_with_a_mistyped_role_does_not_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused when the portal is made, not at each staff member's request (where it was a bare
+    500 for every one of them)."""
+    monkeypatch.setenv(REQUIRED_ENV, "administrater")
+    with pytest.raises(UserError, match="administrater, which is not a staff role"):
+        create_app(tmp_path / "home", passwords=CountingPasswords(), rate_limit=RateLimit())
+    assert not (tmp_path / "home").exists()  # nothing made of a service that did not start
+
+
 def _browser(url: str) -> httpx.Client:
     return httpx.Client(base_url=url, timeout=600, follow_redirects=False)
 

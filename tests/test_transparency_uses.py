@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpdpr.custodian.central import project_pseudonyms, use_token
+from gpdpr.custodian.central import project_pseudonyms, run_use_token, use_token
 from gpdpr.transparency import uses
 from gpdpr.tre import views
 from gpdpr.tre.engines.base import LakeViews, RunUses, run_uses
@@ -37,7 +37,7 @@ def engine_uses(key: bytes, salt: str, people: list[str]) -> RunUses:
     plan = LakeViews({}, pa.table({"patient": []}), "select * from given", {}, {}, key, salt)
     _CON.register("given", pa.table({"patient": pa.array(people, pa.string())}))
     _CON.register(views.KEYS, views.key_table(key))
-    people_sql = views.keyed_people_sql(plan, DIALECT)
+    people_sql = views.keyed_people_sql(plan)
     _CON.execute(f"create or replace temp table {views.PEOPLE} as {people_sql}")
     tokens = _CON.sql(views.uses_sql(plan, DIALECT)).to_arrow_table().column(0)
     return run_uses(salt, tokens)
@@ -50,16 +50,14 @@ def test_a_run_is_found_for_everyone_it_read_and_no_one_else(
 ) -> None:
     folder = tmp_path_factory.mktemp("run")
     assert uses.keep(folder, engine_uses(KEY, SALT, read)) == len(read)
-    assert uses.salt(folder) == SALT
-    mine = project_pseudonyms(KEY, pa.array(read, pa.string())).to_pylist()
-    for person in mine:  # the custodian's token of each person read is in the file
-        assert uses.holds(folder, use_token(KEY, SALT, person))
+    assert uses.basis(folder) == SALT
+    for person in read:  # the custodian's token of each person read is in the file
+        assert uses.holds(folder, run_use_token(KEY, SALT, person))
         # the same person's token for another run (salt) or project is not
-        assert not uses.holds(folder, use_token(KEY, "f" * 32, person))
-        assert not uses.holds(folder, use_token(OTHER_KEY, SALT, person))
-    unread = [p for p in others if p not in read]
-    for person in project_pseudonyms(KEY, pa.array(unread, pa.string())).to_pylist():
-        assert not uses.holds(folder, use_token(KEY, SALT, person))
+        assert not uses.holds(folder, run_use_token(KEY, "f" * 32, person))
+        assert not uses.holds(folder, run_use_token(OTHER_KEY, SALT, person))
+    for person in [p for p in others if p not in read]:
+        assert not uses.holds(folder, run_use_token(KEY, SALT, person))
 
 
 def test_the_file_holds_nothing_of_anyones_pseudonym(tmp_path: Path) -> None:
@@ -81,16 +79,31 @@ def test_two_runs_of_one_project_share_no_token(tmp_path: Path) -> None:
 
 
 def test_a_run_without_the_file_says_so_and_a_damaged_one_is_refused(tmp_path: Path) -> None:
-    assert uses.salt(tmp_path) is None  # a run recorded before files: the database has them
+    assert uses.basis(tmp_path) is None  # a run recorded before files: the database has them
     (tmp_path / uses.FILE).write_bytes(b"not a uses file, at all, not one")
     with pytest.raises(ValueError, match="not a file of run uses"):
-        uses.salt(tmp_path)
+        uses.basis(tmp_path)
+
+
+def test_a_file_of_the_first_version_is_still_read_by_project_pseudonym(tmp_path: Path) -> None:
+    """Runs kept before tokens were made of the lake pseudonym keep files of the first version:
+    the custodian is told so (`v1:`), and finds their people by their project pseudonyms."""
+    people = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(50)]
+    projected = project_pseudonyms(KEY, pa.array(people)).to_pylist()
+    tokens = pa.array([bytes.fromhex(use_token(KEY, SALT, p))[:16] for p in projected[:30]])
+    uses.keep(tmp_path, run_uses(SALT, tokens))
+    path = tmp_path / uses.FILE
+    path.write_bytes(uses.HEADER_V1 + path.read_bytes()[len(uses.HEADER) :])
+    assert uses.basis(tmp_path) == f"v1:{SALT}"
+    assert all(uses.holds(tmp_path, use_token(KEY, SALT, p)) for p in projected[:30])
+    assert not any(uses.holds(tmp_path, use_token(KEY, SALT, p)) for p in projected[30:])
+    assert not any(uses.holds(tmp_path, run_use_token(KEY, SALT, p)) for p in people)
 
 
 def test_a_run_that_read_nobody_keeps_an_empty_file(tmp_path: Path) -> None:
     assert uses.keep(tmp_path, engine_uses(KEY, SALT, [])) == 0
-    assert uses.salt(tmp_path) == SALT
-    assert not uses.holds(tmp_path, use_token(KEY, SALT, "0" * 64))
+    assert uses.basis(tmp_path) == SALT
+    assert not uses.holds(tmp_path, run_use_token(KEY, SALT, "0" * 64))
 
 
 def test_tokens_of_another_length_are_refused() -> None:

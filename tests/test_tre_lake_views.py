@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import tre_data
 from governing import LEAD
-from gpdpr.custodian.central import Custodian, project_pseudonyms, use_token
+from gpdpr.custodian.central import Custodian, project_pseudonyms, run_use_token
 from gpdpr.governance import agreements
 from gpdpr.lake.store import Lake
 from gpdpr.tre import views
@@ -109,8 +109,13 @@ def test_a_run_says_whom_it_read_by_tokens_only(service: Service, name: str) -> 
     assert results.uses is not None and results.dataset is not None
     assert results.uses.salt == lake.salt
     shown_people = set(results.dataset.column(PATIENT_ID).to_pylist())
-    assert shown_people <= set(project_pseudonyms(key, pa.array(sorted(lake_ids))).to_pylist())
-    expected = sorted(bytes.fromhex(use_token(key, lake.salt, p))[:16] for p in shown_people)
+    ordered = sorted(lake_ids)
+    projected = project_pseudonyms(key, pa.array(ordered)).to_pylist()
+    lake_of = dict(zip(projected, ordered, strict=True))
+    assert shown_people <= set(lake_of)
+    expected = sorted(
+        bytes.fromhex(run_use_token(key, lake.salt, lake_of[p]))[:16] for p in shown_people
+    )
     tokens = results.uses.tokens.tobytes()
     assert [tokens[i : i + 16] for i in range(0, len(tokens), 16)] == expected
     assert len(expected) > 100

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,10 +74,26 @@ def project_pseudonyms(project_key: bytes, pseudonyms: pa.Array | pa.ChunkedArra
     return pc.take(made, pc.index_in(pseudonyms, value_set=distinct))
 
 
+# What a run's use token is made of (see gpdpr.transparency.uses), by the kind of run.
+USE_V1 = "gpdpr run use v1"  # of the project pseudonym: runs before 2026-12-06's second form
+USE_V2 = "gpdpr run use v2"  # of the lake pseudonym: one HMAC a person, made by the engine
+SALT = re.compile(r"[0-9a-f]{32}")  # a run's salt (random, one per run)
+
+
 def use_token(project_key: bytes, run_reference: str, project_pseudonym: str) -> str:
-    """How a run keeps that it read one person's record (see gpdpr.transparency.patient): only
-    someone holding the project's key and the person's pseudonym can make it again."""
-    message = f"gpdpr run use v1\n{run_reference}\n{project_pseudonym}".encode()
+    """How a run kept that it read one person's record, in the first form (runs whose tokens
+    are in the database, or in a file of uses of the first version): only someone holding the
+    project's key and the person's pseudonym can make it again."""
+    message = f"{USE_V1}\n{run_reference}\n{project_pseudonym}".encode()
+    return hmac.digest(project_key, message, "sha256").hex()
+
+
+def run_use_token(project_key: bytes, salt: str, lake_pseudonym: str) -> str:
+    """How a run keeps that it read one person's record now (`tre.views.uses_sql` makes the
+    same in the engine): an HMAC under the project's key of the run's salt and the person's
+    lake pseudonym, which only the custodian can make again (the key never leaves it).
+    Keying the lake pseudonym spares every run a second HMAC a person."""
+    message = f"{USE_V2}\n{salt}\n{lake_pseudonym}".encode()
     return hmac.digest(project_key, message, "sha256").hex()
 
 
@@ -151,16 +168,24 @@ class Custodian:
         return key
 
     def use_tokens(self, pseudonym: str, runs: Sequence[tuple[str, str]]) -> dict[str, str]:
-        """For the person with this lake pseudonym, the token each (project, run reference or
-        run salt) would have kept had it read their record. For the patient's own view of
-        their record: the keys never leave the custodian, and nothing is recorded (the look-up
-        of the pseudonym that comes first is)."""
+        """For the person with this lake pseudonym, the token each (project, run) would have
+        kept had it read their record, by run. A run is named as its tokens were made
+        (`transparency.uses.basis`): by its salt (32 hex digits) if it kept a file of uses,
+        `v1:` and its salt for a file of the first version, or its reference if its tokens
+        are in the database. For the patient's own view of their record: the keys never
+        leave the custodian, and nothing is recorded (the look-up of the pseudonym that comes
+        first is)."""
         keys: dict[str, bytes] = {}
         tokens = {}
         for project, run in runs:
             if project not in keys:
                 keys[project] = _project_key(self._projects, project)
-            tokens[run] = use_token(keys[project], run, _mac(keys[project], pseudonym))
+            key = keys[project]
+            if SALT.fullmatch(run):
+                tokens[run] = run_use_token(key, run, pseudonym)
+            else:
+                first_form = run.removeprefix("v1:")  # the salt, or the run's reference
+                tokens[run] = use_token(key, first_form, _mac(key, pseudonym))
         return tokens
 
     # ---- re-identification: identity -> project pseudonym, never back ------------------------

@@ -33,6 +33,7 @@ from gpdpr.portal import (
 from gpdpr.portal.idp import IdentityProvider
 from gpdpr.portal.pages import page_error
 from gpdpr.portal.research import DUMMY_PATIENTS, DummyRunner
+from gpdpr.portal.second_factors import required_roles
 from gpdpr.portal.security import Passwords, RateLimit, trusted_proxies
 from gpdpr.portal.service import Portal
 
@@ -106,6 +107,7 @@ def create_app(
     (addresses or networks, comma-separated); default GPDPR_TRUSTED_PROXIES, else none.
     `organisation_provider`: the file configuring staff sign-in at their organisation's OpenID
     Connect provider (see `staff_oidc`); default GPDPR_STAFF_OIDC, else none."""
+    required_roles()  # a mistyped role stops the portal here, not each staff request later
     portal = Portal(home, passwords, rate_limit)
 
     @asynccontextmanager

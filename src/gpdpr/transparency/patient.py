@@ -4,7 +4,7 @@ The portal signs the person in, has the custodian turn their NHS number into the
 pseudonym, and calls `record_uses`. Nothing public links a project to a person: the log holds
 only what each run was (project, definition, lake version), and each run's folder keeps one
 token per person read (`gpdpr.transparency.uses`), made with the run's project key from the
-person's project pseudonym (`gpdpr.custodian.central.use_token`). Without the custodian's key
+person's lake pseudonym (`gpdpr.custodian.central.run_use_token`). Without the custodian's key
 and the person's pseudonym, a token cannot be made or tested; with them, a run's uses of one
 person are found by one look-up per run. Runs recorded before the tokens were kept in files
 keep them in the central table of run uses (`gpdpr.transparency.models.RunUse`), which is
@@ -80,7 +80,7 @@ def record_uses(custodian: Custodian, lake_pseudonym: str, home: Path) -> Record
             .order_by(Run.id)
         ).all()
         folders = {ref: run_folder(home, ref) for _, ref, _, _ in runs}
-        salts = {ref: uses.salt(folder) for ref, folder in folders.items()}
+        salts = {ref: uses.basis(folder) for ref, folder in folders.items()}
         # One call: the custodian derives each project's key once, however many runs it made.
         # A run with a file of uses is tested under its salt; one recorded before, under its
         # reference (its tokens are in the database).

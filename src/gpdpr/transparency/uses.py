@@ -2,8 +2,9 @@
 view of their record (`transparency.patient.record_uses`).
 
 The engine makes one token per person the run read (`engines.base.RunUses`): the custodian's
-`use_token`, an HMAC under the project's key of the run's salt (random, one per run) and the
-person's project pseudonym, of which the first 16 bytes are kept. Without the project's key and
+`run_use_token`, an HMAC under the project's key of the run's salt (random, one per run) and the
+person's lake pseudonym, of which the first 16 bytes are kept (files of the first version,
+`HEADER_V1`, were made from the project pseudonym: `use_token`). Without the project's key and
 the person's pseudonym a token can be neither made nor tested, and no two runs' tokens of one
 person match; with them, whether a run read a person is one binary search in its file. A
 national run reads tens of millions of people: as rows of a database table their tokens were
@@ -24,8 +25,9 @@ import numpy as np
 from gpdpr.tre.engines.base import RunUses
 
 FILE = "uses.bin"
-HEADER = b"gpdpr uses v1\n\0\0"
-_START = len(HEADER) + 16  # where the tokens start
+HEADER = b"gpdpr uses v2\n\0\0"
+HEADER_V1 = b"gpdpr uses v1\n\0\0"  # still read: tokens of the project pseudonym
+_START = len(HEADER) + 16  # where the tokens start (both versions)
 
 
 def keep(folder: Path, uses: RunUses) -> int:
@@ -36,18 +38,25 @@ def keep(folder: Path, uses: RunUses) -> int:
     return len(uses.tokens)
 
 
-def salt(folder: Path) -> str | None:
-    """The salt of the run whose folder this is (the custodian makes a person's token from it);
-    None if the run kept no file of uses (runs recorded before tokens were kept in files keep
-    them in the database)."""
+def basis(folder: Path) -> str | None:
+    """What the custodian makes a person's token of the run whose folder this is from
+    (`Custodian.use_tokens`): the run's salt (32 hex digits), or `v1:` and the salt for a file
+    of the first version; None if the run kept no file of uses (runs recorded before tokens
+    were kept in files keep them in the database)."""
     path = folder / FILE
     if not path.exists():
         return None
     with open(path, "rb") as f:
         head = f.read(_START)
-    if len(head) != _START or not head.startswith(HEADER) or (path.stat().st_size - _START) % 16:
+    version = head[: len(HEADER)]
+    if (
+        len(head) != _START
+        or version not in (HEADER, HEADER_V1)
+        or (path.stat().st_size - _START) % 16
+    ):
         raise ValueError(f"{path} is not a file of run uses (see gpdpr.transparency.uses)")
-    return head[len(HEADER) :].hex()
+    salt = head[len(HEADER) :].hex()
+    return salt if version == HEADER else f"v1:{salt}"
 
 
 def holds(folder: Path, token: str) -> bool:

@@ -13,9 +13,9 @@ A run's views are not copied out of the lake: `plan` describes them as SQL over 
 version's own Parquet files (the population, each view, the pseudonym maps), and the engine
 makes them where it runs, reading only the columns and rows they need (engines.duckdb.install,
 engines.spark.Sandbox.install), and keys the people there too: each project pseudonym is an
-HMAC the engine computes (`keyed_people_sql`, `mapping_sql`) from the key's padded blocks, which
-it holds as a one-row table (`key_table`) that no compiled query may name. No row of a table
-passes through Python.
+HMAC the engine computes (`pseudonymised_sql` for a dataset's rows only, `mapping_sql`) from
+the key's padded blocks, which it holds as a one-row table (`key_table`) that no compiled query
+may name. No row of a table passes through Python.
 `made` makes the same views into Arrow tables, for dummy data and tests.
 
 What a definition needs granted to build its views (`required_fields`) covers every read: each
@@ -36,8 +36,9 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from gpdpr.custodian.central import USE_V2
 from gpdpr.lake.store import Snapshot
-from gpdpr.tre.engines.base import LakeViews
+from gpdpr.tre.engines.base import PSEUDONYM, LakeViews
 from gpdpr.tre.engines.sql import DIALECTS, Dialect
 from gpdpr.tre.query.schema import (
     PATIENT_FIELD,
@@ -136,7 +137,8 @@ def made(lake: LakeViews) -> dict[str, pa.Table]:
     con = duckdb.connect(config={"preserve_insertion_order": False})
     try:
         con.execute("set TimeZone = 'UTC'")
-        ids = install(lake, con)
+        install(lake, con)
+        ids = con.sql(PROJECT_IDS).to_arrow_table().column(0)
         tables = {}
         for name in lake.views:
             table = con.sql(f"select * from {view_name(name)}").to_arrow_table()
@@ -256,14 +258,24 @@ def project_sql(dialect: Dialect, column: str) -> str:
     return dialect.hmac_sha256(column, f"{KEYS}.inner", f"{KEYS}.outer")
 
 
-def keyed_people_sql(lake: LakeViews, dialect: Dialect) -> str:
-    """The population, each person with their project pseudonym (`project`) and their
-    whole-number key in lake pseudonym order: the same people get the same keys on every
-    engine."""
+def keyed_people_sql(lake: LakeViews) -> str:
+    """The population, each person with their whole-number key in lake pseudonym order: the
+    same people get the same keys on every engine. Not their project pseudonyms: a measure
+    shows none, and a dataset's are made for its rows only (`pseudonymised_sql`)."""
     return (
-        f"select p.*, {project_sql(dialect, 'p.patient')} as project, "
-        f"cast(row_number() over (order by p.patient) - 1 as bigint) as {KEY} "
-        f"from ({lake.people}) p cross join {KEYS}"
+        f"select p.*, cast(row_number() over (order by p.patient) - 1 as bigint) as {KEY} "
+        f"from ({lake.people}) p"
+    )
+
+
+def pseudonymised_sql(dataset: str, dialect: Dialect) -> str:
+    """A dataset query's rows (`dataset`: its SQL, which reads patients by key), each headed by
+    its patient's project pseudonym (`PSEUDONYM`), keyed by the engine for these rows only.
+    Service SQL around a query the guard has passed: it names the people and the key, which a
+    compiled query never may."""
+    return (
+        f"select {project_sql(dialect, 'p.patient')} as {PSEUDONYM}, d.* from ({dataset}) d "
+        f"join {PEOPLE} p on p.{KEY} = d.{PATIENT_ID} cross join {KEYS}"
     )
 
 
@@ -280,16 +292,19 @@ def mapping_sql(column: str, tables: Iterable[str], dialect: Dialect) -> str:
     )
 
 
-# The people's project pseudonyms, by key: what a run shows a dataset's patients by.
-PROJECT_IDS = f"select project from {PEOPLE} order by {KEY}"
+# Every person's project pseudonym, by key (dummy data and ready-made views: `made`).
+PROJECT_IDS = (
+    f"select {project_sql(DIALECTS['duckdb'], 'p.patient')} as project "
+    f"from {PEOPLE} p cross join {KEYS} order by p.{KEY}"
+)
 
 
 def uses_sql(lake: LakeViews, dialect: Dialect) -> str:
     """A use token for each person read (`engines.base.RunUses`): the first 16 bytes of
-    `custodian.central.use_token(project key, the run's salt, project pseudonym)`, made by the
+    `custodian.central.run_use_token(project key, the run's salt, lake pseudonym)`, made by the
     engine."""
     if not re.fullmatch(r"[0-9a-f]{32}", lake.salt):
         raise ValueError("a run's salt is 32 hex digits")
-    message = f"'gpdpr run use v1' || chr(10) || '{lake.salt}' || chr(10) || p.project"
+    message = f"'{USE_V2}' || chr(10) || '{lake.salt}' || chr(10) || p.patient"
     token = dialect.hmac_sha256(f"({message})", f"{KEYS}.inner", f"{KEYS}.outer")
     return f"select unhex(substr({token}, 1, 32)) as token from {PEOPLE} p cross join {KEYS}"

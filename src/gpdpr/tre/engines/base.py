@@ -205,6 +205,19 @@ def shown(dataset: pa.Table, pseudonyms: Pseudonyms) -> pa.Table:
     return dataset.set_column(index, PATIENT_ID, ids)
 
 
+# The column `views.pseudonymised_sql` puts first: the project pseudonym of each row's patient.
+PSEUDONYM = "project_pseudonym"
+
+
+def pseudonymised(found: pa.Table) -> pa.Table:
+    """A dataset the engine keyed (`views.pseudonymised_sql`: the project pseudonym first, then
+    the query's columns, by key first) as the service shows it: by pseudonym, without keys."""
+    index = found.column_names.index(PSEUDONYM)
+    ids = found.column(index)
+    found = found.remove_column(index)
+    return found.set_column(0, PATIENT_ID, ids)
+
+
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """An engine's answer under the definition's names, by position (the SQL's columns have the
     compiler's names), in the service's types (engines differ in integer widths, decimal sums

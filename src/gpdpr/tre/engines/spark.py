@@ -43,7 +43,7 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +56,6 @@ from gpdpr.lake.tables import PRACTICE as PARTITION
 from gpdpr.tre.engines import guard, sql
 from gpdpr.tre.engines.base import (
     LakeViews,
-    Pseudonyms,
     Results,
     Views,
     arrow_type,
@@ -66,6 +65,7 @@ from gpdpr.tre.engines.base import (
     intervals_table,
     keyed,
     measure_schema,
+    pseudonymised,
     run_seconds,
     run_uses,
     shown,
@@ -77,10 +77,10 @@ from gpdpr.tre.query.schema import TABLES, view_name
 from gpdpr.tre.views import (
     KEYS,
     PEOPLE,
-    PROJECT_IDS,
     key_table,
     keyed_people_sql,
     mapping_sql,
+    pseudonymised_sql,
     source,
     uses_sql,
 )
@@ -90,6 +90,7 @@ if TYPE_CHECKING:
     from pyspark.sql.types import StructType
 
 DIALECT = sql.DIALECTS["spark"]
+ANSWER = source("answer")  # a dataset query's rows, before the service keys their patients
 SUBSTITUTE = "spark.sql.variable.substitute"
 # Set on every run's session, after any settings an engine is given.
 CONFINED = {SUBSTITUTE: "false", "spark.sql.runSQLOnFiles": "false"}
@@ -289,9 +290,9 @@ class SparkEngine:
             box = Sandbox(spark, Path(folder), self.seconds)
             try:
                 uses = None
+                pseudonyms = None
                 if isinstance(views, LakeViews):
-                    ids = box.install(views)
-                    pseudonyms = Pseudonyms(ids, None)
+                    box.install(views)
                     tokens = box._collect(box.spark.sql(uses_sql(views, DIALECT))).column(0)
                     uses = run_uses(views.salt, tokens)
                 else:
@@ -302,8 +303,12 @@ class SparkEngine:
                         box.register(view_name(name), _typed(name, table))
                 dataset = None
                 if definition.population is not None:
-                    found = box.query(sql.dataset_query(definition, DIALECT))
-                    dataset = conform(shown(found, pseudonyms), dataset_schema(definition))
+                    query = sql.dataset_query(definition, DIALECT)
+                    if pseudonyms is None:  # the engine keys the rows' patients
+                        found = pseudonymised(box.query(query, pseudonymised_sql))
+                    else:
+                        found = shown(box.query(query), pseudonyms)
+                    dataset = conform(found, dataset_schema(definition))
                 measures: dict[str, pa.Table] = {}
                 for measure in definition.measures:
                     box.register(sql.INTERVALS, intervals_table(measure.intervals))
@@ -361,18 +366,18 @@ class Sandbox:
         if shown:
             self.relations.add(name)
 
-    def install(self, lake: LakeViews) -> pa.ChunkedArray:
+    def install(self, lake: LakeViews) -> None:
         """Make `lake`'s views, Spark reading the lake version's own Parquet files where they
-        are (on a cluster, the executors see the lake at the same path), and give
-        the project pseudonym of each person by key. The views are defined here, not by any
-        compiled query, and may be the only names a compiled query reads."""
+        are (on a cluster, the executors see the lake at the same path). The views are
+        defined here, not by any compiled query, and may be the only names a compiled query
+        reads."""
         for name, files in lake.sources.items():
             self._read_lake(source(name), files)
         self.register(source("excluded"), lake.excluded, shown=False)
         # The key's blocks as a file of the run's own (removed with its folder), not as text
         # in SQL, which an error message could repeat.
         self.register(KEYS, key_table(lake.project_key), shown=False)
-        people = self.spark.sql(keyed_people_sql(lake, DIALECT)).cache()  # every view joins it
+        people = self.spark.sql(keyed_people_sql(lake)).cache()  # every view joins it
         self.kept.append(people)
         people.createOrReplaceTempView(PEOPLE)
         self.defined.add(PEOPLE)
@@ -385,7 +390,6 @@ class Sandbox:
             self.spark.sql(text).createOrReplaceTempView(view_name(name))
             self.defined.add(view_name(name))
             self.relations.add(view_name(name))
-        return self._collect(self.spark.sql(PROJECT_IDS)).column(0)
 
     def _read_lake(self, name: str, files: ds.Dataset) -> None:
         """One lake table's files at the run's lake version, its partition column (the practice)
@@ -411,10 +415,13 @@ class Sandbox:
         _check_plan(frame, self.folder, self.lake_files)
         return frame
 
-    def query(self, query: sql.Query) -> pa.Table:
+    def query(
+        self, query: sql.Query, around: Callable[[str, sql.Dialect], str] | None = None
+    ) -> pa.Table:
         """A query's answer, each of its common table expressions that is used more than once
         computed once and kept (Spark would otherwise work each out again wherever it is used,
-        and a measure over spans uses some several times over)."""
+        and a measure over spans uses some several times over); inside the service's own SQL
+        `around` it, if given."""
         if self.expired.is_set():
             raise too_long(self.seconds)
         # Every job of this query in the run's group (a setting of this thread's).
@@ -430,7 +437,12 @@ class Sandbox:
                     self.kept.append(frame)
                 frame.createOrReplaceTempView(name)
                 self.relations.add(name)
-            return self._collect(self.frame(query.select))
+            frame = self.frame(query.select)
+            if around is not None:
+                frame.createOrReplaceTempView(ANSWER)
+                self.defined.add(ANSWER)
+                frame = self.spark.sql(around(f"select * from {ANSWER}", DIALECT))
+            return self._collect(frame)
         finally:
             context.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
             for name in query.ctes:
