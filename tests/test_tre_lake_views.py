@@ -24,7 +24,7 @@ from gpdpr.custodian.central import Custodian, project_pseudonyms, run_use_token
 from gpdpr.governance import agreements
 from gpdpr.lake.store import Lake
 from gpdpr.tre import views
-from gpdpr.tre.engines import guard
+from gpdpr.tre.engines import guard, sql
 from gpdpr.tre.engines.base import Engine, LakeViews
 from gpdpr.tre.engines.duckdb import DIALECT as DUCKDB
 from gpdpr.tre.engines.duckdb import DuckDBEngine, install, lake_files
@@ -150,9 +150,9 @@ def test_no_query_reads_what_the_views_are_made_from_on_duckdb(service: Service,
         install(lake, box.con)
         box.relations.update(views.view_name(t) for t in lake.views)
         with pytest.raises(guard.Refused):
-            box.query(_Text(text))  # type: ignore[arg-type]
+            box.query(sql.Query({}, text))
         # and the views themselves are readable: the refusal is of the sources only
-        assert box.query(_Text("select count(*) from v_patients")).num_rows == 1  # type: ignore[arg-type]
+        assert box.query(sql.Query({}, "select count(*) from v_patients")).num_rows == 1
 
 
 def test_no_query_reads_what_the_views_are_made_from_on_spark(service: Service) -> None:
@@ -174,16 +174,6 @@ def test_no_query_reads_what_the_views_are_made_from_on_spark(service: Service) 
             assert box.frame("select count(*) from v_patients").count() == 1
         finally:
             box.close()
-
-
-class _Text:
-    """A query's text as the sandbox takes a compiled one."""
-
-    def __init__(self, text: str) -> None:
-        self.select = text
-
-    def text(self) -> str:
-        return self.select
 
 
 _KEYING = duckdb.connect()  # one connection for every example: making one is slow
