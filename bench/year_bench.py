@@ -34,33 +34,35 @@ touch, so their time follows the number of files):
   - a small Parquet file was read through a dataset built around it (`pq.read_table`), which
     cost more than the reading.
 
-Figures (100 practices):
+Figures (100 practices, 365 days, compaction in the cycle, Delta keeping a removed file for a
+simulated week: `--tombstone-retention "interval 2 minutes"`):
 
-    run             day   live on disk load s compact s erase s query s
-    compaction        1  1,001   1,001   4.46      0.03    1.46    0.24
-    compaction       30  1,506   1,506   6.04      1.88    1.40    0.17
-    compaction       90  1,102   1,102   5.77      0.21    4.42    0.46
-    compaction      180  1,304   1,304   4.79      0.16    4.33    0.36
-    compaction      181  1,405   1,405   4.95      0.15    4.56    0.23
-    no compaction     1  1,001   1,001   4.29      0.00    0.61    0.14
-    no compaction    30  3,930   3,930   7.63      0.00    1.51    0.19
-    no compaction    53  6,253   6,253   8.51      0.00    2.06    0.17
+    day   live on disk load s compact s erase s query s     rows
+      5  1,405   1,405   3.42      0.08    1.00    0.19  158,158
+     90  1,102   1,102   5.90      0.15    1.72    0.45  196,304
+    180  1,304   1,304   5.28      0.08    1.37    0.32  235,265
+    270  1,506   1,506   4.88      0.10    1.58    0.23  271,906
+    365  1,405   1,405   6.72      0.11    2.16    0.41  308,614
 
-Measured on 6 December 2026 with chrt -r 10 on 2 cores shared with six other agents' work (load
-average 15 to 40, others also at real-time priority), so single days spike; the run reached day
-181 of 365 in 41 minutes (13.7 s a day with setup excluded) before the session's deadline.
-Without compaction: the same code, stopped at day 53. What the figures show: with compaction the
-live files stay between about 1,000 and 1,700 (without it they grow by about 100 a day, one
-tombstone file per practice, 6,253 by day 53); the load is flat (median 5.8 s over days 2-30,
-7.5 s over days 31-90 while tests ran beside it, 5.6 s over days 91-180); the erasure rose, then
-levelled (median 1.5 s, 3.4 s, 4.1 s over the same spans). The erasure's rise is mostly the
-bench's own: a simulated year passes in one or two hours, and Delta keeps each file removal in its
-checkpoints for a week of real time, so every removal of the run is still there (a checkpoint of
-clinical_events grew from 48 KB at version 9 to 0.96 MB at version 499, an opening from 14 to 33
-ms) and the erasure opens each table several times; in service a week's removals are kept, not a
-year's. Before this change (the old loader) the live files were 1,358 on day 1 and 4,089 by day
-8, the load 2.5 s rising to 6.7 s. Peak memory (the process's high-water mark at day 181): 768
-MB.
+    days      live files   median load s   median erase s   median query s   most compact s
+    1-90     1,001-1,700       5.3             1.5              0.26             0.52
+    91-180   1,001-1,700       6.0             1.6              0.32             0.88
+    181-270  1,001-1,700       6.5             2.0              0.45             1.03
+    271-365  1,001-1,700       6.2             2.0              0.42             0.55
+
+Measured on 6 December 2026, `chrt -r 5`, on 2 cores shared with four other agents' work and
+with benchmarks at a higher priority for part of it (load average 12 to 23), so single days
+spike: the whole year in 79 minutes (12.9 s a day, setup excluded), peak memory 964 MB. The live
+files stay between 1,001 and 1,700 all year (without compaction they grow by about 100 a day,
+one tombstone file per practice: 6,253 by day 53 in an earlier run of the same code). The load,
+the erasure and the query do not grow with the files; they grow a little with the lake, whose
+rows nearly double over the year (158,158 to 308,614: each day's new records stay), and with
+the machine's other work, which was heaviest over days 150 to 250. An earlier run with Delta's
+default retention of removed files (a week of real time, so the whole simulated year) saw the
+erasure rise from 1.5 s to 4.4 s by day 90, all of it the growing checkpoints: the retention
+the service keeps is a week of days, which this run simulates. Before the loader kept a
+practice's new rows in the file it rewrites anyway, the live files were 1,358 on day 1 and
+4,089 by day 8, the load 2.5 s rising to 6.7 s.
 """
 
 from __future__ import annotations
