@@ -8,10 +8,11 @@ registry, then end to end through `collect`."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -22,7 +23,7 @@ import sqlalchemy as sa
 from collecting import central, resign
 from conftest import Made, make
 from databases import BACKENDS, engines, pseudonym
-from extracting import Keys, run
+from extracting import Keys, patient_pseudonym, run
 from gpdpr.collect.service import Central, collect
 from gpdpr.db.models import Event
 from gpdpr.lake.query import connect
@@ -134,6 +135,7 @@ class Extracted:
     def __init__(self, small: Made, tmp: Path) -> None:
         self.keys = Keys(tmp / "keys")
         practice = sorted(p for p in small.root.iterdir() if p.is_dir())[0]
+        self.practice = practice
         self.package = tmp / "honest"
         self.manifest = run(practice, self.package, self.keys)
         self.rogue_key = self.keys.kit(ROGUE) / "signing.key"
@@ -267,3 +269,59 @@ def test_a_fake_registration_cannot_undo_another_practices_dissent(world: World)
     status = world.registry.status(dissenter)["type1"]
     assert (status["state"], status["source_ref"]) == (SET, ods)
     assert world.rows_of(dissenter) == 0
+
+
+def _registered_on(source: Path, keys: Keys) -> dict[str, bool]:
+    """Each patient's pseudonym, and whether the supplier's own files show them registered on
+    the extract's day (worked out here, not by the extractor's code)."""
+    day = datetime.fromisoformat(
+        json.loads((source / "extract.json").read_text())["extracted_at"]
+    ).date()
+    patients = pq.read_table(source / "patients.parquet", columns=["patient_id", "nhs_number"])
+    current = {
+        r["patient_id"]
+        for r in pq.read_table(source / "registrations.parquet").to_pylist()
+        if r["start_date"] <= day and (r["end_date"] is None or r["end_date"] > day)
+    }
+    return {
+        patient_pseudonym(keys, nhs): ref in current
+        for ref, nhs in zip(*patients.to_pydict().values(), strict=True)
+    }
+
+
+def test_the_extract_says_which_of_its_listed_patients_are_registered(
+    extracted: Extracted, tmp_path: Path
+) -> None:
+    lists = extracted.manifest["type1_opt_out"]
+    registered = _registered_on(extracted.practice, extracted.keys)
+    listed = set(lists["active"]) | set(lists["withdrawn"])
+    assert lists["registered"] == sorted(p for p in listed if registered[p])
+
+    # A dissenter leaves the practice: its next extract still lists them (their record stays
+    # there), but no longer as registered, so the centre will not hear it.
+    moved = tmp_path / "moved" / extracted.practice.name
+    shutil.copytree(extracted.practice, moved)
+    leaver = sorted(set(lists["active"]) & set(lists["registered"]))[0]
+    ref = next(
+        r
+        for r, nhs in zip(
+            *pq.read_table(moved / "patients.parquet", columns=["patient_id", "nhs_number"])
+            .to_pydict()
+            .values(),
+            strict=True,
+        )
+        if patient_pseudonym(extracted.keys, nhs) == leaver
+    )
+    table = pq.read_table(moved / "registrations.parquet")
+    ended = [
+        date(2026, 10, 1) if who == ref else end
+        for who, end in zip(
+            table["patient_id"].to_pylist(), table["end_date"].to_pylist(), strict=True
+        )
+    ]
+    column = table.schema.get_field_index("end_date")
+    table = table.set_column(column, "end_date", pa.array(ended, table.schema.field(column).type))
+    pq.write_table(table, moved / "registrations.parquet")
+    again = run(moved, tmp_path / "again", extracted.keys)["type1_opt_out"]
+    assert leaver in again["active"] and leaver not in again["registered"]
+    assert again["registered"] == sorted(set(lists["registered"]) - {leaver})
