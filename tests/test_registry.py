@@ -254,9 +254,20 @@ def test_a_stale_practice_withdrawal_never_overrides_a_newer_online_opt_out(
 def test_a_practice_withdrawal_after_its_own_dissent_does_count(registry: Registry) -> None:
     p = pseudonym(14)
     registry.apply_practice_assertions("pkg-1", "Z10001", JAN, [p], [])
-    registry.set(p, "type1", "online", at=JAN + timedelta(days=1))  # no change: already set
     registry.apply_practice_assertions("pkg-2", "Z10001", FEB, [], [p])
     assert registry.status(p)["type1"]["state"] == "withdrawn"
+
+
+def test_a_practice_withdrawal_never_undoes_the_persons_own_opt_out(registry: Registry) -> None:
+    p = pseudonym(14)
+    registry.apply_practice_assertions("pkg-1", "Z10001", JAN, [p], [])
+    # Already opted out by the practice, the person also opts out online: that is recorded,
+    # since it is theirs and outlives the practice's.
+    assert registry.set(p, "type1", "online", at=JAN + timedelta(days=1)) is True
+    assert registry.apply_practice_assertions("pkg-2", "Z10001", FEB, [], [p]) == (0, 1)
+    assert registry.status(p)["type1"]["state"] == "set"
+    assert registry.status(p)["type1"]["source"] == "online"
+    assert p in registry.active_type1()
 
 
 def test_practices_are_tracked_apart(registry: Registry) -> None:

@@ -7,10 +7,16 @@ practice register (gpdpr.custodian.register), the practice's key when the packag
 signed (its created_at): issued before then, not replaced before then, and never revoked. The
 supplier's extract time can be earlier than the kit (an extract file made before a key rotation and
 packaged after), so the signing time is the one the key must cover.
+
+An accepted package then speaks only for its own patients (`type1_statements`): what it says of
+anyone else's Type 1 opt-out is not heard. Whose statement outranks whose is the registry's rule
+(gpdpr.optout.registry.decide).
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -51,3 +57,36 @@ def authorise(package: Package, keys: Path, now: datetime | None = None) -> None
             f"package {name} may not speak for {ods}: {reasons[0]}; refused. If {ods}'s kit was "
             "lost, the custodian issues a new one and the practice extracts again"
         )
+
+
+# Why a package's Type 1 statement about someone is not heard: a closed set, published as counts.
+NOT_REGISTERED = "not_registered"
+IGNORED_REASONS = (NOT_REGISTERED,)
+
+
+@dataclass(frozen=True)
+class Type1Statements:
+    """The Type 1 statements of a package that the registry hears, and how many it does not,
+    by reason (one of IGNORED_REASONS)."""
+
+    active: list[str]
+    withdrawn: list[str]
+    ignored: Counter[str] = field(default_factory=Counter)
+
+
+def type1_statements(package: Package) -> Type1Statements:
+    """A practice may set or withdraw a Type 1 opt-out only for people it lists as registered
+    with it at the package's extract time. A statement about anyone else is left out and counted;
+    the package's records still load. Refusing the whole package would gain nothing against a
+    rogue practice (the statement already has no effect) and would hold up an honest practice's
+    whole feed over one patient who left it the day before."""
+    registered = package.type1_registered
+    heard = Type1Statements(
+        [p for p in package.type1_active if p in registered],
+        [p for p in package.type1_withdrawn if p in registered],
+    )
+    listed = len(package.type1_active) + len(package.type1_withdrawn)
+    unheard = listed - len(heard.active) - len(heard.withdrawn)
+    if unheard:
+        heard.ignored[NOT_REGISTERED] = unheard
+    return heard

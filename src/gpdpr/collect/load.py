@@ -58,6 +58,8 @@ class Loaded:
     kind: str
     rows: Counter[str] = field(default_factory=Counter)  # rows added, by table
     type1_dropped: int = 0
+    # Its Type 1 statements not heard, by reason (gpdpr.collect.authority.IGNORED_REASONS).
+    type1_ignored: dict[str, int] = field(default_factory=dict)
     replaced: int = 0  # older copies in the lake that this package's rows replaced
     deleted: int = 0  # rows in the lake its deletions removed
     stale: int = 0  # its rows already superseded by a newer extract, so not loaded
@@ -85,6 +87,7 @@ class Loaded:
             "kind": self.kind,
             "rows": dict(sorted(self.rows.items())),
             "type1_dropped": self.type1_dropped,
+            "type1_ignored": dict(sorted(self.type1_ignored.items())),
             "replaced": self.replaced,
             "deleted": self.deleted,
             "stale": self.stale,
@@ -98,16 +101,21 @@ def load(
     workers: int = 4,
     on_progress: Progress | None = None,
     record: Callable[[], object] | None = None,
+    type1_ignored: dict[str, dict[str, int]] | None = None,
 ) -> tuple[LakeVersion | None, list[Loaded]]:
     """Load the packages in one lake version (None when every one was already loaded).
     `record` makes the public record of every load committed and not yet recorded; it is called
-    with the lake's lock held, before loading (for a run killed after its commit) and after."""
+    with the lake's lock held, before loading (for a run killed after its commit) and after.
+    `type1_ignored`: by package id, its Type 1 statements the registry did not hear, by reason
+    (kept in the load's record)."""
     with lake.writing() as tx:
         if record is not None:
             record()
         snapshot = tx.snapshot
         loaded_in, historic = _ledger(snapshot)
         fresh, reports = _sort_out(packages, loaded_in, tx.base.number + 1)
+        for report in reports:
+            report.type1_ignored = dict((type1_ignored or {}).get(report.package_id, {}))
         if not fresh:
             return None, reports
         batch = Batch(

@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from gpdpr import db, durable
 from gpdpr import spec as specification
-from gpdpr.collect.authority import authorise
+from gpdpr.collect.authority import authorise, type1_statements
 from gpdpr.collect.erase import ANSWERS, Erasure, erase
 from gpdpr.collect.load import Loaded, Progress, load
 from gpdpr.collect.received import forget, index_loads
@@ -152,13 +152,12 @@ def _collect(
     refuse(central.rejected, engine, result.refused)
 
     # The practices' Type 1 lists first: a dissent in this very batch keeps its own rows out.
+    ignored: dict[str, dict[str, int]] = {}
     for package in good:
+        heard = type1_statements(package)
+        ignored[package.package_id] = dict(heard.ignored)
         sets, withdrawals = registry.apply_practice_assertions(
-            package.package_id,
-            package.practice,
-            package.until,
-            package.type1_active,
-            package.type1_withdrawn,
+            package.package_id, package.practice, package.until, heard.active, heard.withdrawn
         )
         result.type1_set += sets
         result.type1_withdrawn += withdrawals
@@ -170,6 +169,7 @@ def _collect(
             workers,
             on_progress,
             record=lambda: record_committed_loads(engine, lake),
+            type1_ignored=ignored,
         )
         for package in good:
             if package.folder in removed:

@@ -67,6 +67,13 @@ class Package:
     def type1_withdrawn(self) -> list[str]:
         return list(self.manifest["type1_opt_out"]["withdrawn"])
 
+    @property
+    def type1_registered(self) -> set[str]:
+        """Of the people its Type 1 lists name, those the package says are registered with the
+        practice at its extract time (none, from an extractor that did not say)."""
+        listed = self.manifest["type1_opt_out"].get("registered")
+        return {p for p in listed if isinstance(p, str)} if isinstance(listed, list) else set()
+
 
 def practice_of(folder: Path) -> str:
     """The practice a package says it is from (not yet trusted: it picks the key to check)."""

@@ -6,8 +6,12 @@ by proxy (through the custodian, who turns the NHS number into the pseudonym), c
 practice's extract manifest (its Type 1 lists). History is kept whole, so a person can see every
 change and the collector can prove each erasure with a receipt.
 
-A person's current state for a kind is their latest event, ordered by (effective_at, id): the
-time the change took effect, then the order it was recorded in.
+Who may say what (see `decide`, the one place the rule is written): each source speaks for
+itself. The person's own channel (online, proxy, or the centre on their behalf) is one source; each
+practice is another, and a practice may only withdraw what it itself recorded. A person dissents
+while any source's latest statement is a dissent, unless the person's own channel withdrew later
+than that practice's dissent: a practice's record never overrides a later online statement. Where
+dates tie, the dissent stands.
 """
 
 from __future__ import annotations
@@ -79,6 +83,55 @@ class _Change:
         return f"optout.{self.action}", actor, details
 
 
+@dataclass(frozen=True)
+class Statement:
+    """One source's word about one person's opt-out of one kind (an opt-out event)."""
+
+    id: int
+    action: str
+    effective_at: datetime
+    source: str
+    source_ref: str | None
+
+    @property
+    def channel(self) -> str:
+        return channel_of(self.source, self.source_ref)
+
+
+def channel_of(source: str, source_ref: str | None) -> str:
+    """Whose statement it is: each practice its own, every other source the person's."""
+    return f"practice:{source_ref}" if source == "practice" else PERSON
+
+
+PERSON = "person"
+
+
+def decide(latest: Iterable[Statement]) -> Statement | None:
+    """The statement that decides a person's opt-out of one kind, given each source's latest
+    statement (one per channel): a dissent when they are opted out, else the latest withdrawal;
+    None if no source ever said anything.
+
+    - The person's own latest statement (online, proxy or central) stands as they made it.
+    - A practice's dissent stands unless the person's own channel withdrew strictly later (a tie
+      keeps the dissent). A practice's withdrawal undoes only that practice's own dissent (it is
+      that practice's latest statement); it never touches the person's own or another practice's.
+    - Of several dissents standing, the first recorded decides (so another practice's dissent
+      arriving later asks for no new erasure).
+    """
+    statements = list(latest)
+    own = next((s for s in statements if s.channel == PERSON), None)
+    withdrawn_at = own.effective_at if own is not None and own.action == WITHDRAWN else None
+    standing = [
+        s
+        for s in statements
+        if s.action == SET
+        and (s.channel == PERSON or withdrawn_at is None or s.effective_at >= withdrawn_at)
+    ]
+    if standing:
+        return min(standing, key=lambda s: s.id)
+    return max(statements, key=lambda s: (s.effective_at, s.id), default=None)
+
+
 class Registry:
     """Every person's opt-outs, over the central database. Each change is an opt-out event
     (the history) and a public event naming the person by hash only."""
@@ -148,15 +201,20 @@ class Registry:
                 sa.select(OptOutEvent.id).where(OptOutEvent.request_id == request_id)
             ):
                 return False
-            latest = _latest(session, change.pseudonym, change.kind)
-            current = NEVER if latest is None else latest.action
-            # An event back-dated before the latest one would not become current.
-            superseded = latest is not None and change.effective_at < latest.effective_at
-            if (
-                superseded
-                or current == change.action
-                or (current == NEVER and change.action == WITHDRAWN)
-            ):
+            latest = _latest_by_channel(session, change.pseudonym, change.kind)
+            mine = latest.get(channel_of(change.source, change.source_ref))
+            # An event back-dated before its source's latest one would not become current.
+            if mine is not None and change.effective_at < mine.effective_at:
+                return False
+            proposed = Statement(
+                _UNRECORDED, change.action, change.effective_at, change.source, change.source_ref
+            )
+            after = {**latest, proposed.channel: proposed}
+            # Recorded when it changes what this source says (a dissent made online stays even
+            # while a practice's dissent already opts the person out) or what the rule decides.
+            if _dissents(mine) == _dissents(proposed) and _dissents(
+                decide(latest.values())
+            ) == _dissents(decide(after.values())):
                 return False
             event = OptOutEvent(**change.row(now()), request_id=request_id)
             session.add(event)
@@ -176,6 +234,11 @@ class Registry:
                 .order_by(OptOutEvent.effective_at, OptOutEvent.id)
             ).all()
         return {kind: _kind_status([r for r in rows if r.kind == kind]) for kind in KINDS}
+
+    def current(self, kind: str) -> dict[str, Statement]:
+        """Each person's deciding statement of one kind (see `decide`), everyone ever heard of."""
+        with Session(self.engine) as session:
+            return _current(session, kind)
 
     # ---- a practice's Type 1 lists -------------------------------------------------------------
 
@@ -242,40 +305,28 @@ class Registry:
         return self._active("ndoo")
 
     def _active(self, kind: str) -> builtins.set[str]:
-        current = _current(kind)
-        with Session(self.engine) as session:
-            return set(
-                session.scalars(sa.select(current.c.pseudonym).where(current.c.action == SET)).all()
-            )
+        return {p for p, s in self.current(kind).items() if s.action == SET}
 
     def restored_type1(self, since: datetime | None = None) -> builtins.set[str]:
         """Everyone whose Type 1 opt-out is now withdrawn, the withdrawal effective after `since`
         (all of them when None): the centre erased their history and asks practices to send it
         again (see gpdpr.practice.resend)."""
-        current = _current("type1")
-        query = (
-            sa.select(current.c.pseudonym)
-            .join(OptOutEvent, OptOutEvent.id == current.c.id)
-            .where(current.c.action == WITHDRAWN)
-        )
-        if since is not None:
-            query = query.where(OptOutEvent.effective_at > as_utc(since))
-        with Session(self.engine) as session:
-            return set(session.scalars(query).all())
+        after = None if since is None else as_utc(since)
+        return {
+            p
+            for p, s in self.current("type1").items()
+            if s.action == WITHDRAWN and (after is None or as_utc(s.effective_at) > after)
+        }
 
     # ---- deletion receipts ---------------------------------------------------------------------
 
     def awaiting_receipt(self) -> dict[str, int]:
         """Active Type 1 pseudonyms whose latest set event has no deletion receipt yet, each with
         that event's id (the collector erases them, then calls `record_receipt`)."""
-        current = _current("type1")
-        query = (
-            sa.select(current.c.pseudonym, current.c.id)
-            .outerjoin(DeletionReceipt, DeletionReceipt.opt_out_event_id == current.c.id)
-            .where(current.c.action == SET, DeletionReceipt.id.is_(None))
-        )
         with Session(self.engine) as session:
-            return {p: i for p, i in session.execute(query)}
+            current = _current(session, "type1")
+            answered = set(session.scalars(sa.select(DeletionReceipt.opt_out_event_id)))
+        return {p: s.id for p, s in current.items() if s.action == SET and s.id not in answered}
 
     def record_receipt(
         self,
@@ -362,25 +413,53 @@ def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:
         raise UserError(f"{value!r} is not a valid {what}: use one of {', '.join(allowed)}")
 
 
-def _latest(session: Session, pseudonym: str, kind: str) -> OptOutEvent | None:
-    return session.scalars(
+_UNRECORDED = 1 << 62  # the id a statement not yet recorded would rank by: after every other
+
+
+def _dissents(statement: Statement | None) -> bool:
+    return statement is not None and statement.action == SET
+
+
+def _statement(event: OptOutEvent) -> Statement:
+    return Statement(event.id, event.action, event.effective_at, event.source, event.source_ref)
+
+
+def _latest_by_channel(session: Session, pseudonym: str, kind: str) -> dict[str, Statement]:
+    rows = session.scalars(
         sa.select(OptOutEvent)
         .where(OptOutEvent.pseudonym == pseudonym, OptOutEvent.kind == kind)
-        .order_by(OptOutEvent.effective_at.desc(), OptOutEvent.id.desc())
-        .limit(1)
-    ).first()
+        .order_by(OptOutEvent.effective_at, OptOutEvent.id)
+    ).all()
+    return _by_channel(_statement(r) for r in rows)
 
 
-def _current(kind: str) -> sa.Subquery:
-    """Each person's latest event of one kind (columns pseudonym, id, action)."""
+def _by_channel(ordered: Iterable[Statement]) -> dict[str, Statement]:
+    """Each channel's latest statement, from statements oldest first."""
+    return {s.channel: s for s in ordered}
+
+
+def _current(session: Session, kind: str) -> dict[str, Statement]:
+    """Each person's deciding statement of one kind: the database gives each source's latest
+    statement about each person, and `decide` (in Python, the one place the rule is written)
+    picks among them."""
+    channel = sa.case(
+        (
+            OptOutEvent.source == "practice",
+            sa.literal("practice:") + sa.func.coalesce(OptOutEvent.source_ref, ""),
+        ),
+        else_=PERSON,
+    )
     ranked = (
         sa.select(
             OptOutEvent.pseudonym,
             OptOutEvent.id,
             OptOutEvent.action,
+            OptOutEvent.effective_at,
+            OptOutEvent.source,
+            OptOutEvent.source_ref,
             sa.func.row_number()
             .over(
-                partition_by=OptOutEvent.pseudonym,
+                partition_by=(OptOutEvent.pseudonym, channel),
                 order_by=(OptOutEvent.effective_at.desc(), OptOutEvent.id.desc()),
             )
             .label("rank"),
@@ -388,15 +467,21 @@ def _current(kind: str) -> sa.Subquery:
         .where(OptOutEvent.kind == kind)
         .subquery()
     )
-    return (
-        sa.select(ranked.c.pseudonym, ranked.c.id, ranked.c.action)
-        .where(ranked.c.rank == 1)
-        .subquery("current")
-    )
+    latest: dict[str, list[Statement]] = {}
+    query = sa.select(ranked).where(ranked.c.rank == 1)
+    for row in session.execute(query):
+        statement = Statement(
+            row.id, row.action, as_utc(row.effective_at), row.source, row.source_ref
+        )
+        latest.setdefault(row.pseudonym, []).append(statement)
+    decided = {p: decide(statements) for p, statements in latest.items()}
+    return {p: s for p, s in decided.items() if s is not None}
 
 
 def _kind_status(history: list[OptOutEvent]) -> dict[str, Any]:
-    latest = history[-1] if history else None
+    """The state the rule decides (`decide`), and the whole history."""
+    deciding = decide(_by_channel(_statement(e) for e in history).values())
+    latest = None if deciding is None else next(e for e in history if e.id == deciding.id)
     return {
         "state": NEVER if latest is None else latest.action,
         "since": None if latest is None else latest.effective_at,

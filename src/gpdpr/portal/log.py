@@ -88,6 +88,7 @@ LABELS = {
     "definition_sha256": "Definition SHA-256",
     "package_id": "Package",
     "type1_dropped": "People left out (Type 1)",
+    "type1_ignored": "Type 1 statements not heard",
     "rows_removed": "Rows removed",
     "national_data_opt_out": "National Data Opt-out",
     "reid": "Re-identification",

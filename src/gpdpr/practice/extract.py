@@ -264,7 +264,11 @@ def _build(
         "quarantined": {"rows": len(quarantined), "by_reason": dict(sorted(by_reason.items()))},
         "replaced_outside_allowlist": dict(sorted(tally.replaced.items())),
         "not_read": dict(sorted(practice.not_read.items())),
-        "type1_opt_out": {"active": active, "withdrawn": withdrawn},
+        "type1_opt_out": {
+            "active": active,
+            "withdrawn": withdrawn,
+            "registered": sorted(p for p in (*active, *withdrawn) if p in rules.registered),
+        },
         "resent_on_request": rules.resent_on_request,
     }
     return manifest, quarantined

@@ -381,6 +381,10 @@ class Rules:
             sorted(spec.dissent_codes() | spec.withdrawal_codes()), pa.string()
         )
         self.deletions: list[tuple[str, str]] = []
+        # Patients with a registration current at the extract: the manifest says which of its
+        # Type 1 statements are about them, since the centre heeds no other (a dissenter's
+        # registration rows are withheld with the rest of their record).
+        self.registered: set[str] = set()
         self._seen: dict[str, SeenIds] = {}
         self._precisions = {
             name: [f.name for f in t.fields if f.name.endswith(PRECISION)]
@@ -487,6 +491,8 @@ class Rules:
         _first(outcome, ~registered, UNKNOWN_SUBJECT)
         _first(outcome, repeat, DUPLICATE)
         _first(outcome, registered & index.type1[where], TYPE1)
+        if table == "registrations":
+            self._note_registered(t, registered, index, position)
 
         set_hit = np.zeros(n, bool)
         set_which = np.zeros(n, np.int64)
@@ -556,6 +562,27 @@ class Rules:
         if "staff_ref" in kept.column_names:
             columns["staff"] = _encode(staff.pseudonyms, staff_positions(staff, kept["staff_ref"]))
         return self._project(table, columns)
+
+    def _note_registered(
+        self,
+        t: pa.Table,
+        known: BoolArray,
+        index: PatientIndex,
+        position: pa.Array | pa.ChunkedArray,
+    ) -> None:
+        """Remember who these registration rows show registered on the extract's day: begun by
+        then and not ended by then, a date missing or unreadable counting as registered (where
+        it is unclear, a dissent is heard). The whole table is read, changed or not, so an
+        incremental extract knows it too."""
+        day = pa.scalar(self.window.extracted_at.date(), pa.date32())
+        begun = pc.fill_null(pc.less_equal(t["start_date"], day), True)
+        not_ended = pc.fill_null(pc.greater(t["end_date"], day), True)
+        in_force = pc.fill_null(pc.not_equal(t["status"], ENTERED_IN_ERROR), True)
+        current = _np(pc.and_(pc.and_(begun, not_ended), in_force))
+        current &= known
+        if current.any():
+            picked = position.filter(pa.array(current))
+            self.registered.update(pc.take(index.pseudonyms, picked).to_pylist())
 
     def table_done(self, table: str) -> None:
         """Forget the table's record ids: duplicates are found within a table, so the memory

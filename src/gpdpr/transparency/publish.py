@@ -72,13 +72,16 @@ KINDS: dict[str, Kind] = {
     "package.loaded": Kind(
         "collector",
         "a practice's package was verified and loaded into the lake: rows per table, people "
-        "left out for a Type 1 opt-out, records replaced, deleted, or stale",
+        "left out for a Type 1 opt-out, its Type 1 statements not heard by reason (not_registered: "
+        "about someone it does not list as registered with it), records replaced, deleted, or "
+        "stale",
         (
             "package_id",
             "practice",
             "kind",
             "rows",
             "type1_dropped",
+            "type1_ignored",
             "replaced",
             "deleted",
             "stale",
