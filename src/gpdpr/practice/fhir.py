@@ -28,8 +28,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gpdpr.errors import UserError
+from gpdpr.practice import fhir_ages as ages
 from gpdpr.practice import fhir_read as read
 from gpdpr.practice import fhir_stream as stream
+from gpdpr.practice.fhir_ages import AgeSpan, Uncollected
 from gpdpr.practice.fhir_bundle import FHIR_ID as ID_FORM
 from gpdpr.practice.fhir_bundle import REPEATED, Entry, unpack
 from gpdpr.practice.rules import PARTIAL_TIMES
@@ -243,6 +245,7 @@ class FhirReader:
         self._medication_codes: dict[str, str | None] | None = None
         self._merged: dict[str, str] | None = None
         self._identified: dict[str, tuple[str | None, bool]] | None = None
+        self._births: dict[str, str] | None = None
 
     def _open_export(self, about: dict[str, Any], ods_code: str | None) -> None:
         spec, folder = self.spec, self.folder
@@ -629,6 +632,16 @@ class FhirReader:
             return ref if found is None else found
         return self._survivor(ref)
 
+    def _birth(self, ref: str | None) -> str | None:
+        """A patient's birth date as their record gives it, for a date given as an age."""
+        if self._births is None:
+            self._births = {}
+            for _, _, rid, p in self._resources("Patient", quiet=True):
+                birth = p.get("birthDate")
+                if type(birth) is str:
+                    self._births[rid] = birth
+        return self._births.get(ref) if ref is not None else None
+
     def _survivor(self, ref: str | None) -> str | None:
         merged = self.merged()
         seen = 0
@@ -678,6 +691,7 @@ class FhirReader:
             registrations = kind == "EpisodeOfCare"
             medicines = kind in ("MedicationRequest", "MedicationStatement")
             remap = bool(merged) and not patients
+            dated = None if patients else self.spec.tables[table].date
             for file, number, rid, resource in self._resources(kind):
                 if file != source and rows:
                     yield self._batch(rows, positions, ids, columns, kind, source)
@@ -708,6 +722,8 @@ class FhirReader:
                     row["patient_ref"] = found
                 elif remap:
                     row["patient_ref"] = self._survivor(subject)
+                if dated is not None and type(row.get(dated)) is AgeSpan:
+                    row[dated] = ages.date_of(row[dated], self._birth(row["patient_ref"]))
                 if medicines and row["_medication"] is not None:
                     row["code"] = self._medication(row["_medication"])
                 rows.append(row)
@@ -739,6 +755,7 @@ class FhirReader:
             out["staff_ref"] = pa.array([r.get("staff_ref") for r in rows], pa.string())
         bad = pa.array([False] * len(rows), pa.bool_())
         path: pa.Array | None = None
+        forms = None if patients else _date_forms(rows, self.spec.tables[TABLE_OF[kind]].date)
         for name, kind_type in columns.items():
             given = [r.get(name) for r in rows]
             if kind_type == DATE and not patients:
@@ -759,6 +776,9 @@ class FhirReader:
                 path = pc.if_else(pc.and_(flags, pc.is_null(path)), here, path)
                 bad = pc.or_(bad, flags)
         out["_bad_date"] = bad
+        if forms is not None:
+            out["_date_form"] = pc.is_valid(forms)
+            path = forms if path is None else pc.coalesce(path, forms)
         out["_path"] = path if path is not None else pa.nulls(len(rows), pa.string())
         if patients:
             for name in ("_date_of_birth_precision", "_date_of_death_precision"):
@@ -843,6 +863,20 @@ class FhirReader:
                     f"{path} holds {read_here:,} resources but {MANIFEST} says {count:,}: the "
                     "file changed after the export; ask the supplier for the export again"
                 )
+
+
+def _date_forms(rows: list[Row], column: str | None) -> pa.Array | None:
+    """Where a row's date was given only in words or as an age too vague for a month or year:
+    the element's path (the date itself left empty), or None where no row's was."""
+    if column is None:
+        return None
+    found = [r.get(column) for r in rows]
+    if not any(type(v) is Uncollected for v in found):
+        return None
+    for r in rows:
+        if type(r.get(column)) is Uncollected:
+            r[column] = None
+    return pa.array([v.path if type(v) is Uncollected else None for v in found], pa.string())
 
 
 def _opt_out_day(value: Any, latest: bool) -> tuple[date | None, bool]:
