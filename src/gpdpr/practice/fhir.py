@@ -33,7 +33,7 @@ from gpdpr.practice import fhir_read as read
 from gpdpr.practice import fhir_stream as stream
 from gpdpr.practice.fhir_ages import AgeSpan, Uncollected
 from gpdpr.practice.fhir_bundle import FHIR_ID as ID_FORM
-from gpdpr.practice.fhir_bundle import REPEATED, Entry, unpack
+from gpdpr.practice.fhir_bundle import REPEATED, Entry, Repeats, unpack
 from gpdpr.practice.rules import PARTIAL_TIMES
 from gpdpr.practice.source import (
     DATE,
@@ -237,6 +237,7 @@ class FhirReader:
         self._skipped: dict[str, int] = {}
         self._spill: tempfile.TemporaryDirectory[str] | None = None
         self._streamed: dict[str, stream.Streamed] = {}
+        self._bundle_sources: list[str] = []
         try:
             self._open_export(about, ods_code)
         except BaseException:
@@ -476,63 +477,86 @@ class FhirReader:
             source = file.name
             for number, line in self._lines(file):
                 yield source, number, line
-        for source, number, entry in self.unpacked.get(name, ()):
-            yield source, number, entry.line
-        for source, streamed in self._streamed.items():
-            if name in streamed.files:
-                for index, line in stream.spilled_lines(streamed.files[name]):
-                    yield source, index, line
+        entries = self.unpacked.get(name, [])
+        k = 0
+        for source in self._bundle_sources:  # in the order they were read
+            streamed = self._streamed.get(source)
+            if streamed is not None:
+                if name in streamed.files:
+                    for index, line in stream.spilled_lines(streamed.files[name]):
+                        yield source, index, line
+                continue
+            while k < len(entries) and entries[k][0] == source:
+                yield source, entries[k][1], entries[k][2].line
+                k += 1
 
     def _bundles(self, files: list[Path]) -> dict[str, list[tuple[str, int, Entry]]]:
         """The resources every Bundle of the export holds, by type. A Bundle of the wrong shape is
-        quarantined whole, named by file, line and the FHIR path at fault."""
+        quarantined whole, named by file, line and the FHIR path at fault. The Bundles are taken
+        in one order (the NDJSON files' lines, then the files that are one Bundle, by name),
+        whether a file is parsed whole or streamed, so which copy of a repeated resource is read
+        first never depends on a file's size."""
         found: dict[str, list[tuple[str, int, Entry]]] = {}
-        seen: set[tuple[str, str]] = set()
-        lines: list[tuple[str, int, bytes]] = [
-            (file.name, number, line) for file in files for number, line in self._lines(file)
-        ]
+        repeats = Repeats()
+        for file in files:
+            self._bundle_sources.append(file.name)
+            for number, line in self._lines(file):
+                self._unpack(file.name, number, line, repeats, found, whole_file=False)
         for path in sorted(self.folder.glob("*.json")):
             if path.name == MANIFEST:
                 continue
+            self._bundle_sources.append(path.name)
             try:
                 if path.stat().st_size > stream.STREAM_BYTES:
-                    self._stream(path, seen)
+                    self._stream(path, repeats)
                 else:
-                    lines.append((path.name, 1, path.read_bytes().removeprefix(BOM)))
+                    content = path.read_bytes().removeprefix(BOM)
+                    self._unpack(path.name, 1, content, repeats, found, whole_file=True)
             except OSError as exc:
                 raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
-        for source, number, line in lines:
-            try:
-                bundle = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                self._fault(source, number, None, NOT_JSON, "Bundle")
-                continue
-            if not isinstance(bundle, dict):
-                self._fault(source, number, None, NOT_OBJECT, "Bundle")
-                continue
-            bid = bundle.get("id")
-            bid = bid if isinstance(bid, str) and ID_FORM.match(bid) else None
-            if bundle.get("resourceType") != "Bundle":
-                self._fault(source, number, bid, WRONG_TYPE, None, "resourceType")
-                continue
-            try:
-                unpacked = unpack(bundle)
-            except read.Shape as shape:
-                self._fault(source, number, bid, WRONG_SHAPE, "Bundle", shape.path)
-                continue
-            for why, n in unpacked.skipped.items():
-                self._skipped[why] = self._skipped.get(why, 0) + n
-            for entry in unpacked.entries:
-                if entry.rid is not None:
-                    if (entry.kind, entry.rid) in seen:  # a searchset's include, page on page
-                        self._skipped[REPEATED] = self._skipped.get(REPEATED, 0) + 1
-                        continue
-                    seen.add((entry.kind, entry.rid))
-                self._entry_paths[(source, number, entry.rid)] = entry.path
-                found.setdefault(entry.kind, []).append((source, number, entry))
         return found
 
-    def _stream(self, path: Path, seen: set[tuple[str, str]]) -> None:
+    def _unpack(
+        self,
+        source: str,
+        number: int,
+        line: bytes,
+        repeats: Repeats,
+        found: dict[str, list[tuple[str, int, Entry]]],
+        whole_file: bool,
+    ) -> None:
+        """One Bundle parsed whole: a line of an NDJSON file, or a file that is one Bundle (whose
+        entries are then named by their index, as a streamed Bundle's are)."""
+        try:
+            bundle = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            self._fault(source, number, None, NOT_JSON, "Bundle")
+            return
+        if not isinstance(bundle, dict):
+            self._fault(source, number, None, NOT_OBJECT, "Bundle")
+            return
+        bid = bundle.get("id")
+        bid = bid if isinstance(bid, str) and ID_FORM.match(bid) else None
+        if bundle.get("resourceType") != "Bundle":
+            self._fault(source, number, bid, WRONG_TYPE, None, "resourceType")
+            return
+        try:
+            unpacked = unpack(bundle)
+        except read.Shape as shape:
+            self._fault(source, number, bid, WRONG_SHAPE, "Bundle", shape.path)
+            return
+        for why, n in unpacked.skipped.items():
+            self._skipped[why] = self._skipped.get(why, 0) + n
+        for entry in unpacked.entries:
+            if repeats.repeated(entry):
+                self._skipped[REPEATED] = self._skipped.get(REPEATED, 0) + 1
+                continue
+            position = entry.index if whole_file else number
+            self._entry_paths[(source, position, entry.rid)] = entry.path
+            found.setdefault(entry.kind, []).append((source, position, entry))
+        repeats.bundle_read()
+
+    def _stream(self, path: Path, repeats: Repeats) -> None:
         """A Bundle file too large to parse whole: its resources are spilled to files of their
         own, a type to a file, in a private folder removed with the reader (see fhir_stream)."""
         if self._spill is None:
@@ -540,13 +564,13 @@ class FhirReader:
         into = Path(self._spill.name) / str(len(self._streamed))
         into.mkdir()
         try:
-            done = stream.stream(path, into, seen, REPEATED)
+            done = stream.stream(path, into, repeats, REPEATED)
         except stream.BundleFault as fault:
             reason = {"json": NOT_JSON, "object": NOT_OBJECT, "type": WRONG_TYPE}.get(
                 fault.kind, WRONG_SHAPE
             )
             kind = None if fault.kind == "type" else "Bundle"
-            self._fault(path.name, 1, None, reason, kind, fault.path)
+            self._fault(path.name, 1, fault.bundle_id, reason, kind, fault.path)
             shutil.rmtree(into, ignore_errors=True)
             return
         self._streamed[path.name] = done

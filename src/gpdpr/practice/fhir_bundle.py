@@ -49,6 +49,12 @@ class Entry:
     rid: str | None
     line: bytes
     path: str  # FHIR path of the entry, e.g. "Bundle.entry[3]"
+    include: bool = False  # a searchset's include, which each page may give again
+
+    @property
+    def index(self) -> int:
+        """The index of the entry of the outermost Bundle that holds it: its position."""
+        return int(self.path[len("Bundle.entry[") :].split("]", 1)[0])
 
 
 @dataclass
@@ -57,7 +63,44 @@ class Unpacked:
     skipped: Counter[str] = field(default_factory=Counter)
 
 
-Held = tuple[str, str | None, dict[str, Any], str]  # (type, id, resource, FHIR path)
+Held = tuple[str, str | None, dict[str, Any], str, bool]  # (type, id, resource, path, include)
+
+
+class Repeats:
+    """Which entries repeat a resource already read from a Bundle, the same whether a Bundle is
+    parsed whole or streamed. An include is context a search gives again on each page (or twice
+    on one): an include of a resource already read, or any entry repeating one read as an
+    include, is the same resource and is read once, the others counted. Any other repeat is
+    read, and the rules quarantine it as a duplicate record id, keeping the first. What a Bundle
+    gave counts only once the whole Bundle has been read: one refused half way gives nothing."""
+
+    def __init__(self) -> None:
+        self.read: set[tuple[str, str]] = set()
+        self.included: set[tuple[str, str]] = set()
+        self.pending_read: set[tuple[str, str]] = set()
+        self.pending_included: set[tuple[str, str]] = set()
+
+    def repeated(self, entry: Entry) -> bool:
+        if entry.rid is None:
+            return False
+        named = (entry.kind, entry.rid)
+        if entry.include:
+            if named in self.read or named in self.pending_read:
+                return True
+            self.pending_included.add(named)
+        elif named in self.included or named in self.pending_included:
+            return True
+        self.pending_read.add(named)
+        return False
+
+    def bundle_read(self) -> None:
+        self.read |= self.pending_read
+        self.included |= self.pending_included
+        self.bundle_refused()
+
+    def bundle_refused(self) -> None:
+        self.pending_read = set()
+        self.pending_included = set()
 
 
 class Walker:
@@ -130,14 +173,15 @@ class Walker:
             self.versions.add((rtype, rid))
         if rid is not None and full_url is not None:
             self.targets[full_url] = f"{rtype}/{rid}"
-        return (rtype, rid if type(rid) is str else None, resource, where), []
+        include = mode == "include"
+        return (rtype, rid if type(rid) is str else None, resource, where, include), []
 
 
 def resolved(held: Held, targets: dict[str, str]) -> Entry:
     """A held resource as an entry, its references to names the Bundle gives rewritten."""
-    rtype, rid, resource, where = held
+    rtype, rid, resource, where, include = held
     value = resolve_references(resource, targets) if targets else resource
-    return Entry(rtype, rid, orjson.dumps(value), where)
+    return Entry(rtype, rid, orjson.dumps(value), where, include)
 
 
 def unpack(bundle: dict[str, Any], path: str = "Bundle", depth: int = 0) -> Unpacked:
