@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from gpdpr.practice.fhir_read import Shape, local_id, obj, seq, text
+from gpdpr.practice.fhir_read import Shape, local_id, seq, text
 
 # The Bundle types whose entries are read as records. A document's Composition and a message's
 # header are never records (the one never collected, the other skipped); a history holds versions
@@ -122,15 +122,15 @@ class Walker:
         """Entry `i`: the resource it holds as data (its references not yet resolved), or none,
         and the resources of a Bundle it holds (resolved within that Bundle)."""
         where = f"{self.path}.entry[{i}]"
-        entry = obj(value, where)
-        if entry is None:
+        if type(value) is not dict:
             raise Shape(where)
-        full_url = text(entry.get("fullUrl"), f"{where}.fullUrl")
-        request = obj(entry.get("request"), f"{where}.request") or {}
-        method = text(request.get("method"), f"{where}.request.method")
-        search = obj(entry.get("search"), f"{where}.search") or {}
-        mode = text(search.get("mode"), f"{where}.search.mode")
-        resource = obj(entry.get("resource"), f"{where}.resource")
+        # Each element's shape is checked in turn; its path is written only when it is wrong.
+        full_url = _shaped(value.get("fullUrl"), str, where, ".fullUrl")
+        request = _shaped(value.get("request"), dict, where, ".request") or {}
+        method = _shaped(request.get("method"), str, where, ".request.method")
+        search = _shaped(value.get("search"), dict, where, ".search") or {}
+        mode = _shaped(search.get("mode"), str, where, ".search.mode")
+        resource = _shaped(value.get("resource"), dict, where, ".resource")
         if mode is not None and mode not in DATA_MODES and mode != "outcome":
             raise Shape(f"{where}.search.mode")
         if method == "DELETE":
@@ -175,6 +175,12 @@ class Walker:
             self.targets[full_url] = f"{rtype}/{rid}"
         include = mode == "include"
         return (rtype, rid if type(rid) is str else None, resource, where, include), []
+
+
+def _shaped(value: Any, kind: type, where: str, element: str) -> Any:
+    if value is None or type(value) is kind:
+        return value
+    raise Shape(f"{where}{element}")
 
 
 def resolved(held: Held, targets: dict[str, str]) -> Entry:
