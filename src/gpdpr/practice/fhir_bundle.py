@@ -75,15 +75,17 @@ class Repeats:
     gave counts only once the whole Bundle has been read: one refused half way gives nothing."""
 
     def __init__(self) -> None:
-        self.read: set[tuple[str, str]] = set()
-        self.included: set[tuple[str, str]] = set()
-        self.pending_read: set[tuple[str, str]] = set()
-        self.pending_included: set[tuple[str, str]] = set()
+        # Every resource read from a Bundle is remembered, by a hash of its type and id alone
+        # (not the two strings: a third of the memory), as a large Bundle has millions.
+        self.read: set[int] = set()
+        self.included: set[int] = set()
+        self.pending_read: set[int] = set()
+        self.pending_included: set[int] = set()
 
     def repeated(self, entry: Entry) -> bool:
         if entry.rid is None:
             return False
-        named = (entry.kind, entry.rid)
+        named = hash((entry.kind, entry.rid))
         if entry.include:
             if named in self.read or named in self.pending_read:
                 return True
