@@ -15,12 +15,15 @@ import orjson
 import pytest
 
 from extracting import Keys, run, tables
-from fhir_exports import ODS, SNOMED, coded, practice, write
+from fhir_exports import ODS, SNOMED, coded, patient, practice, records, support, write
 from gpdpr.practice import fhir_stream
 from gpdpr.practice.extract import quarantine_path
-from gpdpr.practice.fhir_bundle import OLDER, REPEATED
+from gpdpr.practice.fhir import WRONG_SHAPE
+from gpdpr.practice.fhir_bundle import OLDER, REPEATED, Repeats
+from gpdpr.practice.rules import DUPLICATE, REASONS
 from test_fhir_bundles import transaction
 
+VARYING = {"package_id", "created_at"}  # of every package, however it was read
 NOTE = "A long narrative the extractor never reads. " * 100  # ~4.5 kB an entry
 
 
@@ -171,7 +174,7 @@ def _peak(tmp_path: Path, name: str, content: bytes) -> int:
     (tmp_path / name).mkdir()
     tracemalloc.start()
     try:
-        done = fhir_stream.stream(path, tmp_path / name, set(), "repeated")
+        done = fhir_stream.stream(path, tmp_path / name, Repeats(), "repeated")
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -224,3 +227,67 @@ def test_streamed_history_and_searchset_pages_read_as_small_ones_are(
     assert manifest["not_read"][REPEATED] == manifest["not_read"][OLDER] == 1
     codes = tables(tmp_path / "package")["clinical_events"]["code"].to_pylist()
     assert SNOMED[6] in codes and codes.count(SNOMED[0]) == 1  # p2's; p1's is the newer version
+
+
+def _repeating_export(folder: Path) -> Path:
+    """An export whose Bundles repeat resources every way they come: the same id twice in one
+    Bundle (with other content), a resource of an NDJSON file given again in a Bundle, one given
+    in two Bundle files, a searchset's include of a patient already read, and an entry out of
+    shape; some Bundles a line of `Bundle.ndjson`, others a file each."""
+    people = {f"p{i}": [patient(f"p{i}", i), *records(f"p{i}")] for i in range(1, 6)}
+    write(folder, [*support(), *people["p1"]])
+
+    def collection(bid: str, resources: list[dict[str, Any]]) -> dict[str, Any]:
+        entries = [{"resource": r} for r in resources]
+        return {"resourceType": "Bundle", "id": bid, "type": "collection", "entry": entries}
+
+    again = {**people["p2"][2], "code": coded(SNOMED[5])}  # p2-c again, another code
+    damaged = {**people["p3"][3], "id": "p3-bad", "subject": "Patient/p3"}
+    a = transaction([*people["p2"], again])
+    b = collection("b", [*people["p3"], damaged, people["p1"][2]])  # p1-c is in Condition.ndjson
+    c = {
+        "resourceType": "Bundle",
+        "id": "c",
+        "type": "searchset",
+        "entry": [
+            {"resource": people["p4"][2], "search": {"mode": "match"}},
+            {"resource": people["p2"][0], "search": {"mode": "include"}},  # read already, in a
+            {"resource": people["p4"][0], "search": {"mode": "include"}},
+            {"resource": people["p4"][0], "search": {"mode": "include"}},  # twice on one page
+        ],
+    }
+    # p4's Condition was in c; p3's Observation is in b as well
+    d = collection("d", [people["p4"][1], *people["p4"][3:], people["p3"][3]])
+    lines = [collection("l1", people["p5"]), collection("l2", [people["p5"][2]])]
+    (folder / "Bundle.ndjson").write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
+    for name, bundle in (("a", a), ("b", b), ("c", c), ("d", d)):
+        (folder / f"{name}.json").write_bytes(orjson.dumps(bundle, option=orjson.OPT_INDENT_2))
+    return folder
+
+
+def test_a_bundle_streamed_or_parsed_whole_gives_the_same_package(
+    tmp_path: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch, spill: Path
+) -> None:
+    folder = _repeating_export(tmp_path / "export" / ODS)
+    made = {}
+    for how, threshold in (("whole", 1 << 40), ("streamed", 0)):
+        monkeypatch.setattr(fhir_stream, "STREAM_BYTES", threshold)
+        out = tmp_path / how
+        manifest = run(folder, out, keys)
+        held = quarantine_path(out).read_bytes().splitlines()
+        made[how] = (
+            {name: t.to_pylist() for name, t in tables(out).items()},
+            {k: v for k, v in manifest.items() if k not in VARYING},
+            [orjson.loads(x) for x in held],
+        )
+        assert list(spill.iterdir()) == []
+    whole, streamed = made["whole"], made["streamed"]
+    assert whole[0] == streamed[0]
+    assert whole[1] == streamed[1]
+    assert whole[2] == streamed[2]
+    # What the repeats came to, both ways: each resource read once, the others accounted for.
+    by_reason = whole[1]["quarantined"]["by_reason"]
+    assert by_reason == {REASONS[DUPLICATE]: 4, WRONG_SHAPE: 1}
+    assert whole[1]["not_read"][REPEATED] == 2
+    assert {q["source"] for q in whole[2]} == {"a.json", "b.json", "d.json", "Bundle.ndjson"}
+    assert len(whole[0]["patients"]) == 5

@@ -28,10 +28,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from gpdpr.errors import UserError
+from gpdpr.practice import fhir_ages as ages
 from gpdpr.practice import fhir_read as read
 from gpdpr.practice import fhir_stream as stream
+from gpdpr.practice.fhir_ages import AgeSpan, Uncollected
 from gpdpr.practice.fhir_bundle import FHIR_ID as ID_FORM
-from gpdpr.practice.fhir_bundle import REPEATED, Entry, unpack
+from gpdpr.practice.fhir_bundle import REPEATED, Entry, Repeats, unpack
 from gpdpr.practice.rules import PARTIAL_TIMES
 from gpdpr.practice.source import (
     DATE,
@@ -235,6 +237,7 @@ class FhirReader:
         self._skipped: dict[str, int] = {}
         self._spill: tempfile.TemporaryDirectory[str] | None = None
         self._streamed: dict[str, stream.Streamed] = {}
+        self._bundle_sources: list[str] = []
         try:
             self._open_export(about, ods_code)
         except BaseException:
@@ -243,6 +246,7 @@ class FhirReader:
         self._medication_codes: dict[str, str | None] | None = None
         self._merged: dict[str, str] | None = None
         self._identified: dict[str, tuple[str | None, bool]] | None = None
+        self._births: dict[str, str] | None = None
 
     def _open_export(self, about: dict[str, Any], ods_code: str | None) -> None:
         spec, folder = self.spec, self.folder
@@ -473,63 +477,86 @@ class FhirReader:
             source = file.name
             for number, line in self._lines(file):
                 yield source, number, line
-        for source, number, entry in self.unpacked.get(name, ()):
-            yield source, number, entry.line
-        for source, streamed in self._streamed.items():
-            if name in streamed.files:
-                for index, line in stream.spilled_lines(streamed.files[name]):
-                    yield source, index, line
+        entries = self.unpacked.get(name, [])
+        k = 0
+        for source in self._bundle_sources:  # in the order they were read
+            streamed = self._streamed.get(source)
+            if streamed is not None:
+                if name in streamed.files:
+                    for index, line in stream.spilled_lines(streamed.files[name]):
+                        yield source, index, line
+                continue
+            while k < len(entries) and entries[k][0] == source:
+                yield source, entries[k][1], entries[k][2].line
+                k += 1
 
     def _bundles(self, files: list[Path]) -> dict[str, list[tuple[str, int, Entry]]]:
         """The resources every Bundle of the export holds, by type. A Bundle of the wrong shape is
-        quarantined whole, named by file, line and the FHIR path at fault."""
+        quarantined whole, named by file, line and the FHIR path at fault. The Bundles are taken
+        in one order (the NDJSON files' lines, then the files that are one Bundle, by name),
+        whether a file is parsed whole or streamed, so which copy of a repeated resource is read
+        first never depends on a file's size."""
         found: dict[str, list[tuple[str, int, Entry]]] = {}
-        seen: set[tuple[str, str]] = set()
-        lines: list[tuple[str, int, bytes]] = [
-            (file.name, number, line) for file in files for number, line in self._lines(file)
-        ]
+        repeats = Repeats()
+        for file in files:
+            self._bundle_sources.append(file.name)
+            for number, line in self._lines(file):
+                self._unpack(file.name, number, line, repeats, found, whole_file=False)
         for path in sorted(self.folder.glob("*.json")):
             if path.name == MANIFEST:
                 continue
+            self._bundle_sources.append(path.name)
             try:
                 if path.stat().st_size > stream.STREAM_BYTES:
-                    self._stream(path, seen)
+                    self._stream(path, repeats)
                 else:
-                    lines.append((path.name, 1, path.read_bytes().removeprefix(BOM)))
+                    content = path.read_bytes().removeprefix(BOM)
+                    self._unpack(path.name, 1, content, repeats, found, whole_file=True)
             except OSError as exc:
                 raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
-        for source, number, line in lines:
-            try:
-                bundle = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                self._fault(source, number, None, NOT_JSON, "Bundle")
-                continue
-            if not isinstance(bundle, dict):
-                self._fault(source, number, None, NOT_OBJECT, "Bundle")
-                continue
-            bid = bundle.get("id")
-            bid = bid if isinstance(bid, str) and ID_FORM.match(bid) else None
-            if bundle.get("resourceType") != "Bundle":
-                self._fault(source, number, bid, WRONG_TYPE, None, "resourceType")
-                continue
-            try:
-                unpacked = unpack(bundle)
-            except read.Shape as shape:
-                self._fault(source, number, bid, WRONG_SHAPE, "Bundle", shape.path)
-                continue
-            for why, n in unpacked.skipped.items():
-                self._skipped[why] = self._skipped.get(why, 0) + n
-            for entry in unpacked.entries:
-                if entry.rid is not None:
-                    if (entry.kind, entry.rid) in seen:  # a searchset's include, page on page
-                        self._skipped[REPEATED] = self._skipped.get(REPEATED, 0) + 1
-                        continue
-                    seen.add((entry.kind, entry.rid))
-                self._entry_paths[(source, number, entry.rid)] = entry.path
-                found.setdefault(entry.kind, []).append((source, number, entry))
         return found
 
-    def _stream(self, path: Path, seen: set[tuple[str, str]]) -> None:
+    def _unpack(
+        self,
+        source: str,
+        number: int,
+        line: bytes,
+        repeats: Repeats,
+        found: dict[str, list[tuple[str, int, Entry]]],
+        whole_file: bool,
+    ) -> None:
+        """One Bundle parsed whole: a line of an NDJSON file, or a file that is one Bundle (whose
+        entries are then named by their index, as a streamed Bundle's are)."""
+        try:
+            bundle = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            self._fault(source, number, None, NOT_JSON, "Bundle")
+            return
+        if not isinstance(bundle, dict):
+            self._fault(source, number, None, NOT_OBJECT, "Bundle")
+            return
+        bid = bundle.get("id")
+        bid = bid if isinstance(bid, str) and ID_FORM.match(bid) else None
+        if bundle.get("resourceType") != "Bundle":
+            self._fault(source, number, bid, WRONG_TYPE, None, "resourceType")
+            return
+        try:
+            unpacked = unpack(bundle)
+        except read.Shape as shape:
+            self._fault(source, number, bid, WRONG_SHAPE, "Bundle", shape.path)
+            return
+        for why, n in unpacked.skipped.items():
+            self._skipped[why] = self._skipped.get(why, 0) + n
+        for entry in unpacked.entries:
+            if repeats.repeated(entry):
+                self._skipped[REPEATED] = self._skipped.get(REPEATED, 0) + 1
+                continue
+            position = entry.index if whole_file else number
+            self._entry_paths[(source, position, entry.rid)] = entry.path
+            found.setdefault(entry.kind, []).append((source, position, entry))
+        repeats.bundle_read()
+
+    def _stream(self, path: Path, repeats: Repeats) -> None:
         """A Bundle file too large to parse whole: its resources are spilled to files of their
         own, a type to a file, in a private folder removed with the reader (see fhir_stream)."""
         if self._spill is None:
@@ -537,13 +564,13 @@ class FhirReader:
         into = Path(self._spill.name) / str(len(self._streamed))
         into.mkdir()
         try:
-            done = stream.stream(path, into, seen, REPEATED)
+            done = stream.stream(path, into, repeats, REPEATED)
         except stream.BundleFault as fault:
             reason = {"json": NOT_JSON, "object": NOT_OBJECT, "type": WRONG_TYPE}.get(
                 fault.kind, WRONG_SHAPE
             )
             kind = None if fault.kind == "type" else "Bundle"
-            self._fault(path.name, 1, None, reason, kind, fault.path)
+            self._fault(path.name, 1, fault.bundle_id, reason, kind, fault.path)
             shutil.rmtree(into, ignore_errors=True)
             return
         self._streamed[path.name] = done
@@ -629,6 +656,16 @@ class FhirReader:
             return ref if found is None else found
         return self._survivor(ref)
 
+    def _birth(self, ref: str | None) -> str | None:
+        """A patient's birth date as their record gives it, for a date given as an age."""
+        if self._births is None:
+            self._births = {}
+            for _, _, rid, p in self._resources("Patient", quiet=True):
+                birth = p.get("birthDate")
+                if type(birth) is str:
+                    self._births[rid] = birth
+        return self._births.get(ref) if ref is not None else None
+
     def _survivor(self, ref: str | None) -> str | None:
         merged = self.merged()
         seen = 0
@@ -678,6 +715,7 @@ class FhirReader:
             registrations = kind == "EpisodeOfCare"
             medicines = kind in ("MedicationRequest", "MedicationStatement")
             remap = bool(merged) and not patients
+            dated = None if patients else self.spec.tables[table].date
             for file, number, rid, resource in self._resources(kind):
                 if file != source and rows:
                     yield self._batch(rows, positions, ids, columns, kind, source)
@@ -708,6 +746,8 @@ class FhirReader:
                     row["patient_ref"] = found
                 elif remap:
                     row["patient_ref"] = self._survivor(subject)
+                if dated is not None and type(row.get(dated)) is AgeSpan:
+                    row[dated] = ages.date_of(row[dated], self._birth(row["patient_ref"]))
                 if medicines and row["_medication"] is not None:
                     row["code"] = self._medication(row["_medication"])
                 rows.append(row)
@@ -739,6 +779,7 @@ class FhirReader:
             out["staff_ref"] = pa.array([r.get("staff_ref") for r in rows], pa.string())
         bad = pa.array([False] * len(rows), pa.bool_())
         path: pa.Array | None = None
+        forms = None if patients else _date_forms(rows, self.spec.tables[TABLE_OF[kind]].date)
         for name, kind_type in columns.items():
             given = [r.get(name) for r in rows]
             if kind_type == DATE and not patients:
@@ -759,6 +800,9 @@ class FhirReader:
                 path = pc.if_else(pc.and_(flags, pc.is_null(path)), here, path)
                 bad = pc.or_(bad, flags)
         out["_bad_date"] = bad
+        if forms is not None:
+            out["_date_form"] = pc.is_valid(forms)
+            path = forms if path is None else pc.coalesce(path, forms)
         out["_path"] = path if path is not None else pa.nulls(len(rows), pa.string())
         if patients:
             for name in ("_date_of_birth_precision", "_date_of_death_precision"):
@@ -843,6 +887,20 @@ class FhirReader:
                     f"{path} holds {read_here:,} resources but {MANIFEST} says {count:,}: the "
                     "file changed after the export; ask the supplier for the export again"
                 )
+
+
+def _date_forms(rows: list[Row], column: str | None) -> pa.Array | None:
+    """Where a row's date was given only in words or as an age too vague for a month or year:
+    the element's path (the date itself left empty), or None where no row's was."""
+    if column is None:
+        return None
+    found = [r.get(column) for r in rows]
+    if not any(type(v) is Uncollected for v in found):
+        return None
+    for r in rows:
+        if type(r.get(column)) is Uncollected:
+            r[column] = None
+    return pa.array([v.path if type(v) is Uncollected else None for v in found], pa.string())
 
 
 def _opt_out_day(value: Any, latest: bool) -> tuple[date | None, bool]:

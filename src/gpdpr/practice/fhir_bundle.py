@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from gpdpr.practice.fhir_read import Shape, local_id, obj, seq, text
+from gpdpr.practice.fhir_read import Shape, local_id, seq, text
 
 # The Bundle types whose entries are read as records. A document's Composition and a message's
 # header are never records (the one never collected, the other skipped); a history holds versions
@@ -49,6 +49,12 @@ class Entry:
     rid: str | None
     line: bytes
     path: str  # FHIR path of the entry, e.g. "Bundle.entry[3]"
+    include: bool = False  # a searchset's include, which each page may give again
+
+    @property
+    def index(self) -> int:
+        """The index of the entry of the outermost Bundle that holds it: its position."""
+        return int(self.path[len("Bundle.entry[") :].split("]", 1)[0])
 
 
 @dataclass
@@ -57,7 +63,46 @@ class Unpacked:
     skipped: Counter[str] = field(default_factory=Counter)
 
 
-Held = tuple[str, str | None, dict[str, Any], str]  # (type, id, resource, FHIR path)
+Held = tuple[str, str | None, dict[str, Any], str, bool]  # (type, id, resource, path, include)
+
+
+class Repeats:
+    """Which entries repeat a resource already read from a Bundle, the same whether a Bundle is
+    parsed whole or streamed. An include is context a search gives again on each page (or twice
+    on one): an include of a resource already read, or any entry repeating one read as an
+    include, is the same resource and is read once, the others counted. Any other repeat is
+    read, and the rules quarantine it as a duplicate record id, keeping the first. What a Bundle
+    gave counts only once the whole Bundle has been read: one refused half way gives nothing."""
+
+    def __init__(self) -> None:
+        # Every resource read from a Bundle is remembered, by a hash of its type and id alone
+        # (not the two strings: a third of the memory), as a large Bundle has millions.
+        self.read: set[int] = set()
+        self.included: set[int] = set()
+        self.pending_read: set[int] = set()
+        self.pending_included: set[int] = set()
+
+    def repeated(self, entry: Entry) -> bool:
+        if entry.rid is None:
+            return False
+        named = hash((entry.kind, entry.rid))
+        if entry.include:
+            if named in self.read or named in self.pending_read:
+                return True
+            self.pending_included.add(named)
+        elif named in self.included or named in self.pending_included:
+            return True
+        self.pending_read.add(named)
+        return False
+
+    def bundle_read(self) -> None:
+        self.read |= self.pending_read
+        self.included |= self.pending_included
+        self.bundle_refused()
+
+    def bundle_refused(self) -> None:
+        self.pending_read = set()
+        self.pending_included = set()
 
 
 class Walker:
@@ -79,15 +124,15 @@ class Walker:
         """Entry `i`: the resource it holds as data (its references not yet resolved), or none,
         and the resources of a Bundle it holds (resolved within that Bundle)."""
         where = f"{self.path}.entry[{i}]"
-        entry = obj(value, where)
-        if entry is None:
+        if type(value) is not dict:
             raise Shape(where)
-        full_url = text(entry.get("fullUrl"), f"{where}.fullUrl")
-        request = obj(entry.get("request"), f"{where}.request") or {}
-        method = text(request.get("method"), f"{where}.request.method")
-        search = obj(entry.get("search"), f"{where}.search") or {}
-        mode = text(search.get("mode"), f"{where}.search.mode")
-        resource = obj(entry.get("resource"), f"{where}.resource")
+        # Each element's shape is checked in turn; its path is written only when it is wrong.
+        full_url = _shaped(value.get("fullUrl"), str, where, ".fullUrl")
+        request = _shaped(value.get("request"), dict, where, ".request") or {}
+        method = _shaped(request.get("method"), str, where, ".request.method")
+        search = _shaped(value.get("search"), dict, where, ".search") or {}
+        mode = _shaped(search.get("mode"), str, where, ".search.mode")
+        resource = _shaped(value.get("resource"), dict, where, ".resource")
         if mode is not None and mode not in DATA_MODES and mode != "outcome":
             raise Shape(f"{where}.search.mode")
         if method == "DELETE":
@@ -130,14 +175,21 @@ class Walker:
             self.versions.add((rtype, rid))
         if rid is not None and full_url is not None:
             self.targets[full_url] = f"{rtype}/{rid}"
-        return (rtype, rid if type(rid) is str else None, resource, where), []
+        include = mode == "include"
+        return (rtype, rid if type(rid) is str else None, resource, where, include), []
+
+
+def _shaped(value: Any, kind: type, where: str, element: str) -> Any:
+    if value is None or type(value) is kind:
+        return value
+    raise Shape(f"{where}{element}")
 
 
 def resolved(held: Held, targets: dict[str, str]) -> Entry:
     """A held resource as an entry, its references to names the Bundle gives rewritten."""
-    rtype, rid, resource, where = held
+    rtype, rid, resource, where, include = held
     value = resolve_references(resource, targets) if targets else resource
-    return Entry(rtype, rid, orjson.dumps(value), where)
+    return Entry(rtype, rid, orjson.dumps(value), where, include)
 
 
 def unpack(bundle: dict[str, Any], path: str = "Bundle", depth: int = 0) -> Unpacked:

@@ -18,6 +18,8 @@ from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qsl
 
+from gpdpr.practice import fhir_ages as ages
+from gpdpr.practice.fhir_ages import AgeSpan, Uncollected
 from gpdpr.practice.rules import ENTERED_IN_ERROR, NOT_A_FACT_STATUS, NOT_IN_FORCE
 from gpdpr.terminology import (
     NHS_NUMBER_SYSTEM,
@@ -202,24 +204,38 @@ def first_code(concept: Any, path: str) -> str | None:
     return None
 
 
-_CHOICES: dict[str, tuple[str, str, str]] = {}
+_CHOICES: dict[str, tuple[str, ...]] = {}
 
 
-def when(r: Row, base: str, kind: str) -> str | None:
-    """A date from a `[x]` choice: its dateTime, instant or the start of its period."""
+def when(r: Row, base: str, kind: str) -> str | AgeSpan | Uncollected | None:
+    """A date from a `[x]` choice: its dateTime, instant or the start of its period; an age or
+    range of ages, made a date once the patient's birth date is known (see fhir_ages); or, for
+    words or a schedule, Uncollected: no date is made from them."""
     keys = _CHOICES.get(base)
     if keys is None:
-        keys = _CHOICES[base] = (f"{base}DateTime", f"{base}Instant", f"{base}Period")
+        keys = _CHOICES[base] = tuple(
+            f"{base}{form}"
+            for form in ("DateTime", "Instant", "Period", "Age", "Range", "String", "Timing")
+        )
     for key in keys[:2]:
         value = r.get(key)
         if value is not None:
             return value if type(value) is str else _raise(f"{kind}.{key}")
     period = r.get(keys[2])
-    if period is None:
-        return None
-    if type(period) is not dict:
-        raise Shape(f"{kind}.{keys[2]}")
-    return text(period.get("start"), f"{kind}.{keys[2]}.start")
+    if period is not None:
+        if type(period) is not dict:
+            raise Shape(f"{kind}.{keys[2]}")
+        return text(period.get("start"), f"{kind}.{keys[2]}.start")
+    value = r.get(keys[3])
+    if value is not None:
+        return ages.age(value, f"{kind}.{keys[3]}")
+    value = r.get(keys[4])
+    if value is not None:
+        return ages.age_range(value, f"{kind}.{keys[4]}")
+    for key in keys[5:]:
+        if r.get(key) is not None:
+            return Uncollected(f"{kind}.{key}")
+    return None
 
 
 def _raise(path: str) -> str:

@@ -58,11 +58,12 @@ BAD_DATE, NO_SUBJECT, UNKNOWN_SUBJECT, DUPLICATE = 1, 2, 3, 4
 TYPE1 = 5
 UNKNOWN_CODE, MISSING_DATE, IMPLAUSIBLE_DATE = 6, 7, 8
 IN_ERROR, OPT_OUT_CODE, CODE_SET, RETENTION, NOT_A_FACT = 9, 10, 11, 12, 13
+DATE_FORM = 14  # decided with MISSING_DATE, which it comes before
 NOT_A_FACT_STATUS = (
     "not-a-fact"  # the status a reader gives an entry its record says did not happen
 )
 QUARANTINE = {BAD_DATE, NO_SUBJECT, UNKNOWN_SUBJECT, DUPLICATE, UNKNOWN_CODE, MISSING_DATE}
-QUARANTINE |= {IMPLAUSIBLE_DATE}
+QUARANTINE |= {IMPLAUSIBLE_DATE, DATE_FORM}
 REASONS = {
     BAD_DATE: "a date or time that cannot be read",
     NO_SUBJECT: "no patient (subject) given",
@@ -70,6 +71,7 @@ REASONS = {
     DUPLICATE: "duplicate record id (the first is kept)",
     UNKNOWN_CODE: "code missing or not a valid SNOMED CT identifier",
     MISSING_DATE: "no date",
+    DATE_FORM: "a date given only in words, or as an age that falls in no one month or year",
     IMPLAUSIBLE_DATE: "implausible date (before birth, before 1900 or after the extract)",
 }
 EXCLUSIONS = {
@@ -521,6 +523,8 @@ class Rules:
         if spec_table.date is not None:
             when = t[spec_table.date]
             day = when.cast(pa.date32()) if pa.types.is_timestamp(when.type) else when
+            if "_date_form" in t.column_names:
+                _first(outcome, _np(t["_date_form"]), DATE_FORM)
             _first(outcome, ~_np(pc.is_valid(day)), MISSING_DATE)
             _first(
                 outcome,
@@ -603,7 +607,10 @@ class Rules:
         values = _days(day)
         birth = index.birth_days[where]
         early = values < _day_number(EARLIEST)
-        before_birth = registered & (birth != _NO_DAY) & (values < birth)
+        # A date known only to its year or month is stored as its first day: it is before the
+        # birth only if the whole of that year or month is.
+        latest = _last_days(values, t, f"{self.spec.tables[table].date}{PRECISION}")
+        before_birth = registered & (birth != _NO_DAY) & (latest < birth)
         future = values > _day_number(self.window.extracted_at.date())
         if table == "appointments":
             future &= ~_np(pc.equal(t["status"], "booked"))
@@ -733,6 +740,24 @@ def _days(values: pa.Array | pa.ChunkedArray) -> npt.NDArray[np.int32]:
     return np.asarray(
         pc.fill_null(values.cast(pa.int32()), _NO_DAY).to_numpy(zero_copy_only=False), np.int32
     )
+
+
+def _last_days(values: npt.NDArray[np.int32], t: pa.Table, precision: str) -> npt.NDArray[np.int32]:
+    """The last day each date may mean, by how much of it was given (`precision`)."""
+    if precision not in t.column_names:
+        return values
+    given = t[precision]
+    year = _np(pc.equal(given, "year"))
+    month = _np(pc.equal(given, "month"))
+    if not (year.any() or month.any()):
+        return values
+    days = np.where(values == _NO_DAY, 0, values).astype("datetime64[D]")
+    ends = {
+        "Y": (days.astype("datetime64[Y]") + 1).astype("datetime64[D]") - 1,
+        "M": (days.astype("datetime64[M]") + 1).astype("datetime64[D]") - 1,
+    }
+    out = np.where(year, ends["Y"], np.where(month, ends["M"], days)).astype(np.int64)
+    return np.where(values == _NO_DAY, _NO_DAY, out).astype(np.int32)
 
 
 def _day_number(day: date) -> int:
