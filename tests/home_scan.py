@@ -3,7 +3,8 @@ each file as it is on disk and as what it holds once decoded:
 
 - every file, byte for byte (binary needles, such as a run's 16-byte use tokens, only so);
 - Parquet (the lake's data files, Delta checkpoints), by magic number whatever its name: every
-  value of every column, as text;
+  distinct value of every text or binary column, and nested columns as JSON (numbers, dates and
+  flags cannot hold a needle: every needle is 16 bytes or more of a hash);
 - SQLite (central.db, the custodian's counts, a dummy centre's database): every value of every
   row of every table, and every page of the file and of its write-ahead log, each page owned by
   its table or index (dbstat) or free. A needle may be allowed in some tables' columns (the
@@ -17,13 +18,14 @@ so that nothing passes unsearched.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import ahocorasick
 import orjson
 import pyarrow as pa
-import pyarrow.csv as pacsv
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 SQLITE = b"SQLite format 3\x00"
@@ -48,6 +50,7 @@ class Hit:
 
 def scan(home: Path, needles: list[Needle]) -> list[Hit]:
     """Every hit of every needle under `home` (see the module's docstring)."""
+    finder = _finder(needles)
     hits: set[Hit] = set()
     files = sorted(p for p in home.rglob("*") if p.is_file() and not p.is_symlink())
     sqlite_files = {p for p in files if p.read_bytes()[:16] == SQLITE}
@@ -58,33 +61,54 @@ def scan(home: Path, needles: list[Needle]) -> list[Hit]:
             continue  # page by page, below
         if data.startswith(COMPRESSED):
             hits.add(Hit(name, "not searchable", "compressed"))
-        hits |= {Hit(name, "bytes", n.label) for n in needles if n.value in data}
+        hits |= {Hit(name, "bytes", needles[i].label) for _, i in _found(finder, data)}
         if data[:4] == PARQUET:
             text = _as_text(pq.read_table(path))
-            hits |= {Hit(name, "decoded", n.label) for n in needles if n.value in text}
+            hits |= {Hit(name, "decoded", needles[i].label) for _, i in _found(finder, text)}
     for path in sqlite_files:
-        hits |= _sqlite(home, path, needles)
+        hits |= _sqlite(home, path, needles, finder)
     return sorted(hits)
 
 
+def _finder(needles: list[Needle]) -> ahocorasick.Automaton:
+    """All needles in one automaton, over bytes read as Latin-1 (one character a byte)."""
+    automaton = ahocorasick.Automaton()
+    for i, needle in enumerate(needles):
+        key = needle.value.decode("latin-1")
+        automaton.add_word(key, [*automaton.get(key, []), i])
+    automaton.make_automaton()
+    return automaton
+
+
+def _found(finder: ahocorasick.Automaton, data: bytes) -> Iterator[tuple[int, int]]:
+    """(where it starts, which needle) for every needle in `data`."""
+    text = data.decode("latin-1")
+    for end, which in finder.iter(text):
+        for i in which:
+            yield end, i
+
+
 def _as_text(table: pa.Table) -> bytes:
-    flat = [c for c, f in zip(table.columns, table.schema, strict=True) if not _nested(f.type)]
-    names = [f.name for f in table.schema if not _nested(f.type)]
-    sink = pa.BufferOutputStream()
-    if flat:
-        plain = [c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in flat]
-        pacsv.write_csv(pa.table(plain, names=names), sink)
-    nested = [
-        c.to_pylist() for c, f in zip(table.columns, table.schema, strict=True) if _nested(f.type)
-    ]
-    return bytes(sink.getvalue()) + orjson.dumps(nested, default=str)
+    """What a needle could be in once decoded: each distinct value of every text or binary
+    column, and nested columns (a Delta checkpoint's actions) as JSON. Numbers, dates and
+    flags cannot hold a pseudonym or a token, and are left out."""
+    parts = []
+    for column in table.columns:
+        kind = column.type
+        if pa.types.is_dictionary(kind):
+            column, kind = column.cast(kind.value_type), kind.value_type
+        if pa.types.is_nested(kind):
+            parts.append(orjson.dumps(column.to_pylist(), default=str))
+        elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            parts.append("\n".join(v for v in pc.unique(column).to_pylist() if v).encode())
+        elif pa.types.is_binary(kind) or pa.types.is_fixed_size_binary(kind):
+            parts.append(b"\n".join(v for v in pc.unique(column).to_pylist() if v))
+    return b"\n".join(parts)
 
 
-def _nested(kind: pa.DataType) -> bool:
-    return pa.types.is_nested(kind) or pa.types.is_binary(kind)
-
-
-def _sqlite(home: Path, path: Path, needles: list[Needle]) -> set[Hit]:
+def _sqlite(
+    home: Path, path: Path, needles: list[Needle], finder: ahocorasick.Automaton
+) -> set[Hit]:
     name = str(path.relative_to(home))
     body = path.read_bytes()
     wal = path.with_name(path.name + "-wal")
@@ -98,38 +122,30 @@ def _sqlite(home: Path, path: Path, needles: list[Needle]) -> set[Hit]:
         }
         hits: set[Hit] = set()
         frame = FRAME_HEADER + size
-        for needle in needles:
-            for at in _all(body, needle.value):
-                table = owner.get(at // size + 1, "free space")
-                if table not in needle.allowed:
-                    hits.add(Hit(name, f"page of {table}", needle.label))
-            for at in _all(log, needle.value):
-                start = WAL_HEADER + (at - WAL_HEADER) // frame * frame
-                table = owner.get(int.from_bytes(log[start : start + 4], "big"), "free space")
-                if table not in needle.allowed:
-                    hits.add(Hit(name + "-wal", f"page of {table}", needle.label))
+        for end, i in _found(finder, body):
+            table = owner.get(end // size + 1, "free space")
+            if table not in needles[i].allowed:
+                hits.add(Hit(name, f"page of {table}", needles[i].label))
+        for end, i in _found(finder, log):
+            start = WAL_HEADER + (end - WAL_HEADER) // frame * frame
+            table = owner.get(int.from_bytes(log[start : start + 4], "big"), "free space")
+            if table not in needles[i].allowed:
+                hits.add(Hit(name + "-wal", f"page of {table}", needles[i].label))
         tables = [r[0] for r in con.execute("select name from sqlite_master where type='table'")]
         for table in tables:
             cursor = con.execute(f'select * from "{table}"')
             columns = [d[0] for d in cursor.description]
+            values: list[list[bytes]] = [[] for _ in columns]
             for row in cursor:
-                for column, value in zip(columns, row, strict=True):
-                    if value is None:
-                        continue
-                    text = value if isinstance(value, bytes) else str(value).encode()
-                    hits |= {
-                        Hit(name, f"row {table}.{column}", n.label)
-                        for n in needles
-                        if n.value in text and column not in n.allowed.get(table, ())
-                    }
+                for held, value in zip(values, row, strict=True):
+                    if value is not None:
+                        held.append(value if isinstance(value, bytes) else str(value).encode())
+            for column, held in zip(columns, values, strict=True):
+                hits |= {
+                    Hit(name, f"row {table}.{column}", needles[i].label)
+                    for _, i in _found(finder, b"\0".join(held))
+                    if column not in needles[i].allowed.get(table, ())
+                }
         return hits
     finally:
         con.close()
-
-
-def _all(data: bytes, needle: bytes) -> list[int]:
-    found, at = [], data.find(needle)
-    while at != -1:
-        found.append(at)
-        at = data.find(needle, at + 1)
-    return found
