@@ -1,5 +1,5 @@
 """Nothing erased survives anywhere: after a whole cycle (collect, a research run with a
-dataset, a release, a dummy run, a refused package, a patient signed in to the portal), people
+dataset, a release, a dummy run, a refused package), people
 who opt out are erased by `gpdpr erase`, and then no file under the home holds any form of them
 (their lake pseudonym, its hash, their project pseudonym, any run's use token of them, as text
 or as bytes, raw or decoded), except the opt-out itself and its receipt. Someone else is still
@@ -32,7 +32,6 @@ from gpdpr.governance.form import Item, Population
 from gpdpr.lake.query import connect as lake_sql
 from gpdpr.lake.store import Lake
 from gpdpr.optout.registry import Registry
-from gpdpr.portal.security import Sessions
 from gpdpr.transparency import uses
 from gpdpr.transparency.models import RunUse
 from gpdpr.tre import dummy, runs
@@ -192,11 +191,6 @@ def cycled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Home]:
         session.add_all(
             RunUse(run_id=_run_id(session, legacy.reference), token=p.tokens[1]) for p in followed
         )
-    sessions = Sessions(engine)
-    for person in (followed[0], followed[-1]):  # signed in to the portal, as patients
-        signed_in = sessions.new()
-        signed_in.pseudonym, signed_in.roles = person.lake, frozenset({"patient"})
-        sessions.save(signed_in)
 
     # A package refused (damaged in transfer): what is kept of it is its reason.
     refused = shutil.copytree(aside / "refused", home / "inbox" / f"{first}-damaged")
@@ -240,7 +234,6 @@ def test_nothing_of_an_erased_person_survives_anywhere_under_the_home(cycled: Ho
     for label in [f"erased {i}" for i in range(ERASED)] + ["other"]:
         for kind in ("lake pseudonym", "token 0, as kept", "token 1"):
             assert (label, kind) in before, (label, kind, sorted(before))
-    assert Hit("central.db", "row portal_sessions.pseudonym", "erased 0: lake pseudonym") in first
 
     registry = Registry(cycled.engine)
     for person in cycled.erased:
@@ -248,9 +241,9 @@ def test_nothing_of_an_erased_person_survives_anywhere_under_the_home(cycled: Ho
     shutil.copytree(cycled.waiting, home / "inbox" / "waiting")  # arrives before the cycle
 
     said = _cli(home, "erase")
-    assert "Beyond the lake: 6 use tokens removed from 2 research runs" in said, said
-    assert "2 portal sessions ended" not in said and "1 portal sessions ended" in said, said
-    assert "Waiting in" in said and "1 packages" in said, said
+    beyond = "Beyond the lake: 6 use tokens removed from the records of whom 2 research runs read"
+    assert beyond in said, said
+    assert f"Waiting in {home / 'inbox'}: 1 package, not yet collected" in said, said
     _cli(home, "collect")  # what the cycle asks for: the waiting package, loaded and deleted
     assert not (home / "inbox" / "waiting").exists()
 
@@ -261,7 +254,6 @@ def test_nothing_of_an_erased_person_survives_anywhere_under_the_home(cycled: Ho
     assert ("decoded", "lake pseudonym") in theirs  # still in the lake
     assert ("bytes", "token 0, as kept") in theirs  # still in the run's file of uses
     assert ("row tre_run_uses.token", "token 1") in theirs  # and in the older uses
-    assert ("row portal_sessions.pseudonym", "lake pseudonym") in theirs
     # The registry keeps the opt-outs, and each its receipt: nothing else of them is left.
     assert len(registry.receipts()) >= ERASED
     # The run's file still finds whom it read, and no longer the erased.

@@ -193,24 +193,24 @@ def render_beyond(cycle: Cycle, out: Console) -> None:
     if cycle.erasure.version is not None:
         say(
             out,
-            f"Beyond the lake: {beyond.tokens:,} use tokens removed from {beyond.runs:,} "
-            f"research runs' records of whom they read; {beyond.sessions:,} portal sessions "
-            "ended. Kept, naming no one: run outputs and the counts behind them, released "
-            "files, dummy data (synthetic), the public log (totals only); the opt-outs "
-            "themselves and their receipts.",
+            f"Beyond the lake: {counted(beyond.tokens, 'use token')} removed from the records "
+            f"of whom {counted(beyond.runs, 'research run')} read. Kept, naming no one: run "
+            "outputs and the counts behind them, released files, dummy data (synthetic), the "
+            "public log (totals only); the opt-outs themselves and their receipts.",
         )
     if beyond.refusals:
         say(
             out,
-            f"{beyond.refusals:,} refusals a killed `gpdpr collect` left staged were finished: "
-            "only their reasons and manifest summaries are kept.",
+            f"{counted(beyond.refusals, 'refusal')} a killed `gpdpr collect` left staged "
+            "finished: only their reasons and manifest summaries are kept.",
         )
     if beyond.waiting:
         say(
             out,
-            f"Waiting in {beyond.waiting[0].parent}: {len(beyond.waiting):,} packages, not yet "
-            "collected, which may hold people just erased. Run `gpdpr collect` now: it loads "
-            "none of an opted-out person's rows and deletes each package.",
+            f"Waiting in {beyond.waiting[0].parent}: "
+            f"{counted(len(beyond.waiting), 'package')}, not yet collected, which may hold "
+            "people just erased. Run `gpdpr collect` now: it loads none of an opted-out "
+            "person's rows and deletes each package.",
         )
     if not beyond.settled:
         say(
@@ -219,6 +219,10 @@ def render_beyond(cycle: Cycle, out: Console) -> None:
             "held it open): it may still hold index rows just deleted. Run `gpdpr erase` again "
             "when the portal is quiet.",
         )
+
+
+def counted(n: int, thing: str) -> str:
+    return f"{n:,} {thing}{'' if n == 1 else 's'}"
 
 
 def say(out: Console, text: str) -> None:

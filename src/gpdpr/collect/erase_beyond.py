@@ -8,10 +8,10 @@ place:
 
 - the research environment's run folders: each run's `uses.bin` loses their tokens, and runs
   recorded before tokens were kept in files lose their rows in the database's table of uses.
-  A token names no one, but the custodian can make it again and so tell that the run read them:
-  they asked to be erased, and their record of uses goes with the rest (their timeline says
-  "we hold nothing about you now"). Run folders a run killed part-way left are removed;
-- the portal: their sessions (which hold the lake pseudonym of whoever signed in) are ended;
+  A token names no one, but the custodian can make it again and so tell that the run read them,
+  which is to say that they were in its population: people with some condition, medicine or
+  history, known from the record they asked to have erased. So their tokens go with the rest.
+  Run folders a run killed part-way left are removed;
 - refused packages: a refusal a killed `collect` left staged whole is finished, so only its
   reason and its manifest's summary remain; renamed packages a killed run was deleting are
   deleted (gpdpr.collect.service.sweep_loaded);
@@ -23,9 +23,12 @@ people per cell, keyed by what was counted, never by whom), released files (the 
 after disclosure control, published), dummy data (a synthetic nation: nobody in it exists),
 the transparency log (totals only). What must be kept of the person: the opt-out itself (the
 registry, by lake pseudonym, to keep them out of every later load) and its receipt (by the
-pseudonym's hash). Packages waiting in HOME/inbox are not touched (rewriting one would break its
-signature): the cycle says how many wait, and `gpdpr collect` loads none of an opted-out
-person's rows from them and deletes them.
+pseudonym's hash). A patient's portal session holds the same lake pseudonym as the registry, for
+at most eight hours: a person who opted out and is still reading their record is not signed out.
+
+Packages waiting in HOME/inbox are not touched (rewriting one would break its signature): the
+cycle says how many wait, and `gpdpr collect` loads none of an opted-out person's rows from them
+and deletes them.
 """
 
 from __future__ import annotations
@@ -39,8 +42,8 @@ from sqlalchemy.orm import Session
 
 from gpdpr import db
 from gpdpr.custodian.central import Custodian
-from gpdpr.db.models import core
 from gpdpr.db.transactions import immediate
+from gpdpr.errors import UserError
 from gpdpr.governance.models import Agreement, Application
 from gpdpr.transparency import uses
 from gpdpr.transparency.models import RunUse
@@ -56,7 +59,6 @@ class Beyond:
 
     runs: int = 0  # runs whose record of whom they read held someone erased
     tokens: int = 0  # use tokens removed, from files and the database
-    sessions: int = 0  # portal sessions ended
     refusals: int = 0  # refusals left staged by a killed `collect`, finished
     waiting: list[Path] = field(default_factory=list)  # packages waiting in HOME/inbox
     settled: bool = True  # SQLite's write-ahead log emptied
@@ -64,7 +66,6 @@ class Beyond:
     def add(self, other: Beyond) -> None:
         self.runs += other.runs
         self.tokens += other.tokens
-        self.sessions += other.sessions
         self.refusals += other.refusals
         self.waiting = other.waiting
         self.settled = other.settled
@@ -85,7 +86,6 @@ def sweep(home: Path, keys: Path, engine: sa.Engine, people: Collection[str]) ->
     tre_runs.tidy(home)
     if people:
         found.runs, found.tokens = _forget_uses(home, keys, engine, people)
-        found.sessions = _end_sessions(engine, people)
     found.settled = db.settle(engine)
     return found
 
@@ -100,6 +100,7 @@ def _forget_uses(
             sa.select(Run.id, Run.reference, Application.reference)
             .join(Agreement, Agreement.id == Run.agreement_id)
             .join(Application, Application.id == Agreement.application_id)
+            .where(Run.status == "succeeded")  # only a run that succeeded keeps whom it read
             .order_by(Run.id)
         ).all()
     in_files: dict[str, Path] = {}
@@ -107,7 +108,15 @@ def _forget_uses(
     in_table: dict[str, int] = {}
     for run_id, reference, project in made:
         folder = tre_runs.run_folder(home, reference)
-        salt = uses.salt(folder)
+        try:
+            salt = uses.salt(folder)
+        except ValueError as exc:
+            raise UserError(
+                f"{exc}: the erasure cycle cannot take the people it erases out of it, so it "
+                f"stopped before their receipts. Restore {uses.FILE} of {reference} from a "
+                "backup (or, if none, delete it: the run's record of whom it read is lost), "
+                "then run `gpdpr erase` again"
+            ) from None
         if salt is not None:
             in_files[salt] = folder
             salted.append((project, salt))
@@ -134,20 +143,3 @@ def _forget_uses(
                 n += int(getattr(done, "rowcount", 0) or 0)
             touched, removed = touched + (n > 0), removed + n
     return touched, removed
-
-
-def _end_sessions(engine: sa.Engine, people: Collection[str]) -> int:
-    """End the portal sessions of these people: a session holds the lake pseudonym of the
-    patient signed in, and lasts hours."""
-    from gpdpr.portal.models import SessionRow
-
-    table = core(SessionRow)
-    listed = sorted(people)
-    ended = 0
-    with immediate(engine).begin() as connection:
-        for start in range(0, len(listed), BATCH):
-            done = connection.execute(
-                sa.delete(table).where(table.c.pseudonym.in_(listed[start : start + BATCH]))
-            )
-            ended += done.rowcount
-    return ended
