@@ -143,13 +143,15 @@ def test_the_timeline_shows_collection_use_opt_out_and_erasure_with_its_receipt(
     assert f"(receipt {receipt.group(1)})" in after
     assert f"Your record was erased: receipt {receipt.group(1)}" in after
     assert "Type 1 opt-out set You did this online." in after
-    assert f"Run {site.run}" in after  # a use before the opt-out stays on the record
+    # Which runs read them goes too: a run's population is people with something in common,
+    # known from the record they asked to have erased (gpdpr.collect.erase_beyond).
+    assert f"Run {site.run}" not in after
     assert f"Practice {site.practice} sent data about you" not in after  # nothing held now
     # nothing of what was erased is shown: not its practice, its extracts or its entries
     raw = browser.get("/patient/record").text
     for erased in (site.practice, "entries about you", "entry about you", "extract"):
         assert erased not in raw, erased
-    assert "which practices had sent it, went with it: this receipt is all the service" in after
+    assert "which research runs read it went with it: this receipt is all the service" in after
     # newest first: the erasure, then the opt-out
     assert after.index("Your record was erased") < after.index("Type 1 opt-out set")
 

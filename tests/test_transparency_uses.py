@@ -8,6 +8,7 @@ import hashlib
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
@@ -109,3 +110,25 @@ def test_a_run_that_read_nobody_keeps_an_empty_file(tmp_path: Path) -> None:
 def test_tokens_of_another_length_are_refused() -> None:
     with pytest.raises(pa.ArrowInvalid):
         run_uses(SALT, pa.array([b"short"]))
+
+
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(read=lake_pseudonyms, erased=st.sets(st.integers(0, 39)))
+def test_an_erased_persons_token_is_gone_and_everyone_else_is_still_found(
+    tmp_path_factory: pytest.TempPathFactory, read: list[str], erased: set[int]
+) -> None:
+    folder = tmp_path_factory.mktemp("run")
+    uses.keep(folder, engine_uses(KEY, SALT, read))
+    mine = project_pseudonyms(KEY, pa.array(read, pa.string())).to_pylist()
+    gone = [p for i, p in enumerate(mine) if i in erased]
+    tokens = [use_token(KEY, SALT, p) for p in gone]
+    assert uses.forget(folder, tokens) == len(gone)
+    assert uses.forget(folder, tokens) == 0  # a second cycle finds nothing of them
+    body = (folder / uses.FILE).read_bytes()
+    for person in mine:
+        token = use_token(KEY, SALT, person)
+        assert uses.holds(folder, token) is (person not in gone)
+        assert (bytes.fromhex(token[:32]) in body) is (person not in gone)
+    assert uses.salt(folder) == SALT
+    kept = np.frombuffer(body[len(uses.HEADER) + 16 :], ">u8").reshape(-1, 2)
+    assert [tuple(t) for t in kept] == sorted(tuple(t) for t in kept)  # still in order

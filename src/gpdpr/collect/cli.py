@@ -169,6 +169,7 @@ def render_cycle(cycle: Cycle, out: Console) -> None:
     erasure = cycle.erasure
     if erasure.version is None:
         out.print("erasure cycle: no one awaiting erasure and nothing of anyone opted out held")
+        render_beyond(cycle, out)
         return
     table = Table(title="Erasure cycle", title_justify="left")
     table.add_column("table")
@@ -182,6 +183,50 @@ def render_cycle(cycle: Cycle, out: Console) -> None:
         f"physically deleted; lake version [bold]{erasure.version.number}[/]; "
         f"{cycle.receipts:,} deletion receipts recorded"
     )
+    render_beyond(cycle, out)
+
+
+def render_beyond(cycle: Cycle, out: Console) -> None:
+    """What the cycle did outside the lake, what it keeps there (naming no one), and what it
+    could not reach."""
+    beyond = cycle.beyond
+    if cycle.erasure.version is not None:
+        say(
+            out,
+            f"Beyond the lake: {counted(beyond.tokens, 'use token')} removed from the records "
+            f"of whom {counted(beyond.runs, 'research run')} read. Kept, naming no one: run "
+            "outputs and the counts behind them, released files, dummy data (synthetic), the "
+            "public log (totals only); the opt-outs themselves and their receipts.",
+        )
+    if beyond.refusals:
+        say(
+            out,
+            f"{counted(beyond.refusals, 'refusal')} a killed `gpdpr collect` left staged "
+            "finished: only their reasons and manifest summaries are kept.",
+        )
+    if beyond.waiting:
+        say(
+            out,
+            f"Waiting in {beyond.waiting[0].parent}: "
+            f"{counted(len(beyond.waiting), 'package')}, not yet collected, which may hold "
+            "people just erased. Run `gpdpr collect` now: it loads none of an opted-out "
+            "person's rows and deletes each package.",
+        )
+    if not beyond.settled:
+        say(
+            out,
+            "The central database's write-ahead log could not be emptied (another process "
+            "held it open): it may still hold index rows just deleted. Run `gpdpr erase` again "
+            "when the portal is quiet.",
+        )
+
+
+def counted(n: int, thing: str) -> str:
+    return f"{n:,} {thing}{'' if n == 1 else 's'}"
+
+
+def say(out: Console, text: str) -> None:
+    out.print(text, soft_wrap=True, markup=False, highlight=False)
 
 
 @lake_app.command("show")

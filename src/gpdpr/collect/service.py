@@ -36,6 +36,7 @@ from gpdpr import db, durable
 from gpdpr import spec as specification
 from gpdpr.collect.authority import authorise, type1_statements
 from gpdpr.collect.erase import ANSWERS, Erasure, erase
+from gpdpr.collect.erase_beyond import Beyond, sweep
 from gpdpr.collect.load import Loaded, Progress, load
 from gpdpr.collect.received import forget, index_loads
 from gpdpr.collect.refusals import Refused, finish, refuse
@@ -240,6 +241,7 @@ class Cycle:
     erasure: Erasure
     receipts: int
     compaction: Compaction | None = None
+    beyond: Beyond = field(default_factory=Beyond)  # what was swept outside the lake
 
 
 def erase_cycle(central: Central, workers: int = 4) -> Cycle:
@@ -255,6 +257,8 @@ def erase_cycle(central: Central, workers: int = 4) -> Cycle:
         # Everyone not yet receipted, before a cycle killed earlier is receipted below: the
         # collections index forgets them too, even if their rows went in that earlier cycle.
         unreceipted = set(registry.awaiting_receipt())
+        # Beyond the lake first for them: once receipted, they are no longer found awaiting.
+        beyond = sweep(central.home, central.keys, engine, unreceipted)
         earlier = receipt_committed(engine, registry, lake)
         awaiting = registry.awaiting_receipt()
         erasure = erase(lake, registry.active_type1(), awaiting, workers)
@@ -263,8 +267,16 @@ def erase_cycle(central: Central, workers: int = 4) -> Cycle:
         with Session(engine) as session, session.begin():
             forget(session, unreceipted | set(awaiting) | set(erasure.by_person))
         durable.step("collections index erased")
+        beyond.add(
+            sweep(
+                central.home,
+                central.keys,
+                engine,
+                (set(awaiting) | set(erasure.by_person)) - unreceipted,
+            )
+        )
         receipts = earlier + receipt_committed(engine, registry, lake)
-        return Cycle(erasure, receipts, compaction)
+        return Cycle(erasure, receipts, compaction, beyond)
 
 
 ERASE_ADVICE = (

@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -186,6 +186,23 @@ class Custodian:
             else:
                 first_form = run.removeprefix("v1:")  # the salt, or the run's reference
                 tokens[run] = use_token(key, first_form, _mac(key, pseudonym))
+        return tokens
+
+    def erased_tokens(
+        self, pseudonyms: Collection[str], runs: Sequence[tuple[str, str]]
+    ) -> dict[str, set[str]]:
+        """For the erasure cycle: for each (project, run reference or salt), the tokens these
+        people (lake pseudonyms) would have in it, so that they can be taken out. Each project's
+        key is derived once and each person's project pseudonym once per project."""
+        by_project: dict[str, list[str]] = {}
+        for project, run in runs:
+            by_project.setdefault(project, []).append(run)
+        tokens: dict[str, set[str]] = {}
+        for project, made in by_project.items():
+            key = _project_key(self._projects, project)
+            theirs = [_mac(key, p) for p in sorted(pseudonyms)]
+            for run in made:
+                tokens[run] = {use_token(key, run, p) for p in theirs}
         return tokens
 
     # ---- re-identification: identity -> project pseudonym, never back ------------------------

@@ -29,7 +29,14 @@ WRITER_OPTION = "gpdpr_writer"
 MIGRATIONS = Path(__file__).parent / "migrations"
 BUSY_SECONDS = 60.0
 
-__all__ = ["DATABASE_URL_ENV", "connect", "metadata", "pseudonym_hash", "url_for_home"]
+__all__ = [
+    "DATABASE_URL_ENV",
+    "connect",
+    "metadata",
+    "pseudonym_hash",
+    "settle",
+    "url_for_home",
+]
 
 
 def metadata() -> sa.MetaData:
@@ -99,6 +106,23 @@ def upgrade(engine: sa.Engine) -> None:
         command.upgrade(config, "head")
 
 
+def settle(engine: sa.Engine) -> bool:
+    """Copy SQLite's write-ahead log into the database and empty it, so that the pages as they
+    were before a deletion (which the log keeps until then) are gone from disk; whether it
+    could (not while another process holds a read open past the busy timeout). PostgreSQL
+    keeps deleted rows until it vacuums them: nothing is done here for it."""
+    if engine.dialect.name != "sqlite":
+        return True
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        busy, _, _ = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        cursor.close()
+    finally:
+        raw.close()
+    return not busy
+
+
 def _json(value: Any) -> str:
     """JSON columns written with orjson: bulk writes of events spend much of their time here."""
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
@@ -116,12 +140,15 @@ def _check_sqlite_folder(database: str | None) -> None:
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
-    """Foreign keys enforced, write-ahead logging (readers never block the writer), and
+    """Foreign keys enforced, write-ahead logging (readers never block the writer), deleted
+    rows overwritten with zeros where they were (an erased person's index rows must not
+    survive in the file's free space; not every SQLite build does it by default), and
     transactions begun by SQLAlchemy rather than the sqlite3 driver (see `_sqlite_begin`)."""
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA secure_delete = ON")
         cursor.execute("PRAGMA journal_mode = WAL")
     finally:
         cursor.close()

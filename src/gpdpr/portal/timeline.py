@@ -165,8 +165,9 @@ def moments_of(made: Timeline, questions: dict[str, str]) -> list[Moment]:
                 f"Your record was erased: receipt {receipt['receipt']}",
                 f"{receipt['rows_removed']:,} entries removed ({tables or 'none were held'}) "
                 f"in lake version {receipt['lake_version']}, and every older copy deleted from "
-                "disk. What was erased, and which practices had sent it, went with it: this "
-                "receipt is all the service keeps. It is in the public log as an erasure entry.",
+                "disk. What was erased, which practices had sent it and which research runs "
+                "read it went with it: this receipt is all the service keeps. It is in the "
+                "public log as an erasure entry.",
                 "/log?type=erasure",
                 "Erasures in the public log",
             )

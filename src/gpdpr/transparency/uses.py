@@ -13,11 +13,14 @@ cost 16 bytes each. Sixteen bytes (128 bits) make a false match between two peop
 practically impossible at any number of runs and people.
 
 Layout: a 16-byte header (`HEADER`), the run's salt (16 bytes), then each token as two
-big-endian unsigned 64-bit numbers, in ascending order.
+big-endian unsigned 64-bit numbers, in ascending order. The erasure cycle takes an erased
+person's token out (`forget`), so that no run's file says it read someone who has been erased.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +74,44 @@ def holds(folder: Path, token: str) -> bool:
     first = int(np.searchsorted(tokens[:, 0], hi, "left"))
     last = int(np.searchsorted(tokens[:, 0], hi, "right"))
     return bool((tokens[first:last, 1] == lo).any())
+
+
+def forget(folder: Path, tokens: Iterable[str]) -> int:
+    """Take these people's tokens (hex, as `use_token` makes them with the run's salt) out of
+    the run's file: the erasure cycle does this for everyone it erases, since the custodian
+    could otherwise still tell that this run read them. How many were found and removed.
+
+    Each is overwritten in place by its nearest kept neighbour, so the file stays in order and
+    only 16-byte slots are written (a national run's file is a gigabyte, and is touched at each
+    cycle that erases someone it read): the file may then list a kept person twice, never an
+    erased one. A slot never straddles a disk sector, so a crash leaves it old or new. With no
+    one left, the file keeps its header and salt only."""
+    path = folder / FILE
+    people = (path.stat().st_size - _START) // 16
+    if people == 0:
+        return 0
+    slots = np.memmap(path, ">u8", "r+", offset=_START, shape=(people, 2))
+    doomed: set[int] = set()
+    for token in tokens:
+        hi, lo = int(token[:16], 16), int(token[16:32], 16)
+        first = int(np.searchsorted(slots[:, 0], hi, "left"))
+        last = int(np.searchsorted(slots[:, 0], hi, "right"))
+        doomed.update(first + int(i) for i in np.flatnonzero(slots[first:last, 1] == lo))
+    if not doomed:
+        return 0
+    if len(doomed) == people:
+        del slots
+        with open(path, "r+b") as f:
+            f.truncate(_START)
+            os.fsync(f.fileno())
+        return people
+    kept = np.setdiff1d(np.arange(people), np.fromiter(doomed, np.int64))
+    for slot in sorted(doomed):
+        # The kept slot just before it (or, at the start, just after): order is kept.
+        at = int(np.searchsorted(kept, slot))
+        slots[slot] = slots[kept[at - 1] if at > 0 else kept[at]]
+    slots.flush()
+    del slots
+    with open(path, "r+b") as f:
+        os.fsync(f.fileno())
+    return len(doomed)

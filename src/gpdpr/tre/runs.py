@@ -342,6 +342,13 @@ def _keep(
     return RunRecord(reference, lake_version, final, about)
 
 
+def tidy(home: Path) -> None:
+    """Remove the folders runs killed part-way left in the home (see `_tidy_pending`); the
+    erasure cycle calls it, so that none outlives it holding someone erased."""
+    if (home / RUNS).is_dir():
+        _tidy_pending(home / RUNS)
+
+
 def _tidy_pending(runs: Path) -> None:
     """Remove what a run killed mid-way left (`.pending-PID-...` of a process that is gone):
     a run that was not recorded never happened, and its files must not linger."""
