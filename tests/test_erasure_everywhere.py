@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from governing import ADMIN, CHECKERS, COLLEAGUE, LEAD, act, agreement_of, cast, form, votes
 from gpdpr.cli import app
 from gpdpr.collect.service import Central, collect
-from gpdpr.custodian.central import Custodian, project_pseudonyms, use_token
+from gpdpr.custodian.central import Custodian, project_pseudonyms, run_use_token, use_token
 from gpdpr.db import DATABASE_URL_ENV, connect, url_for_home
 from gpdpr.governance import agreements, applications, panel
 from gpdpr.governance.form import Item, Population
@@ -183,9 +183,12 @@ def cycled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Home]:
     followed = []
     for lake_pseudonym in people[: ERASED + 1]:
         project = project_pseudonyms(key, pa.array([lake_pseudonym])).to_pylist()[0]
-        salt = uses.salt(made.folder)
+        salt = uses.basis(made.folder)
         assert salt is not None
-        tokens = [use_token(key, salt, project), use_token(key, legacy.reference, project)]
+        tokens = [
+            run_use_token(key, salt, lake_pseudonym),
+            use_token(key, legacy.reference, project),
+        ]
         followed.append(Person(lake_pseudonym, project, tokens))
     with Session(engine) as session, session.begin():
         session.add_all(

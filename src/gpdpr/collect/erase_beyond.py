@@ -109,7 +109,7 @@ def _forget_uses(
     for run_id, reference, project in made:
         folder = tre_runs.run_folder(home, reference)
         try:
-            salt = uses.salt(folder)
+            salt = uses.basis(folder)
         except ValueError as exc:
             raise UserError(
                 f"{exc}: the erasure cycle cannot take the people it erases out of it, so it "

@@ -97,6 +97,15 @@ def run_use_token(project_key: bytes, salt: str, lake_pseudonym: str) -> str:
     return hmac.digest(project_key, message, "sha256").hex()
 
 
+def _token_of(key: bytes, run: str, lake_pseudonym: str) -> str:
+    """A person's token in a run named as `Custodian.use_tokens` names it: by its salt (made of
+    the lake pseudonym), or `v1:` and its salt, or its reference (made of the project
+    pseudonym)."""
+    if SALT.fullmatch(run):
+        return run_use_token(key, run, lake_pseudonym)
+    return use_token(key, run.removeprefix("v1:"), _mac(key, lake_pseudonym))
+
+
 def _mac(key: bytes, text: str) -> str:
     return hmac.digest(key, text.encode(), "sha256").hex()
 
@@ -180,29 +189,23 @@ class Custodian:
         for project, run in runs:
             if project not in keys:
                 keys[project] = _project_key(self._projects, project)
-            key = keys[project]
-            if SALT.fullmatch(run):
-                tokens[run] = run_use_token(key, run, pseudonym)
-            else:
-                first_form = run.removeprefix("v1:")  # the salt, or the run's reference
-                tokens[run] = use_token(key, first_form, _mac(key, pseudonym))
+            tokens[run] = _token_of(keys[project], run, pseudonym)
         return tokens
 
     def erased_tokens(
         self, pseudonyms: Collection[str], runs: Sequence[tuple[str, str]]
     ) -> dict[str, set[str]]:
-        """For the erasure cycle: for each (project, run reference or salt), the tokens these
-        people (lake pseudonyms) would have in it, so that they can be taken out. Each project's
-        key is derived once and each person's project pseudonym once per project."""
+        """For the erasure cycle: for each (project, run), the run named as `use_tokens` names
+        it, the tokens these people (lake pseudonyms) would have in it, so that they can be
+        taken out. Each project's key is derived once."""
         by_project: dict[str, list[str]] = {}
         for project, run in runs:
             by_project.setdefault(project, []).append(run)
         tokens: dict[str, set[str]] = {}
         for project, made in by_project.items():
             key = _project_key(self._projects, project)
-            theirs = [_mac(key, p) for p in sorted(pseudonyms)]
             for run in made:
-                tokens[run] = {use_token(key, run, p) for p in theirs}
+                tokens[run] = {_token_of(key, run, p) for p in sorted(pseudonyms)}
         return tokens
 
     # ---- re-identification: identity -> project pseudonym, never back ------------------------

@@ -77,7 +77,7 @@ def holds(folder: Path, token: str) -> bool:
 
 
 def forget(folder: Path, tokens: Iterable[str]) -> int:
-    """Take these people's tokens (hex, as `use_token` makes them with the run's salt) out of
+    """Take these people's tokens (hex, as the custodian makes them for this run) out of
     the run's file: the erasure cycle does this for everyone it erases, since the custodian
     could otherwise still tell that this run read them. How many were found and removed.
 
