@@ -7,6 +7,7 @@ from pathlib import Path
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import example, given, settings
@@ -15,13 +16,15 @@ from hypothesis import strategies as st
 from collecting import central, copies, state
 from conftest import Extracted
 from extracting import Keys
+from gpdpr.collect.codes import CentreCodes
 from gpdpr.collect.service import REFUSED_NOTE, collect
 from gpdpr.lake.query import connect
 from gpdpr.lake.store import Lake
 from gpdpr.practice.kit import SIGNING_KEY, read_private_key
 from gpdpr.practice.package import MANIFEST, SIGNATURE, seal
+from gpdpr.spec import shipped
 from gpdpr.terminology.sctid import check_digit, concept_mask, is_concept_id
-from gpdpr.terminology.store import ENV, load
+from gpdpr.terminology.store import ENV, active, load
 from terminology_release import IVF, IVF_CHILD, made, write_release
 
 OLD_IVF = made(9100005)  # retired; the release says IVF replaced it
@@ -45,6 +48,22 @@ def _plant(package: Path, keys: Keys, table: str, column: str, code: str, rows: 
     seal(package, manifest, read_private_key(keys.kit(package.name) / SIGNING_KEY, "key"))
 
 
+def _hide(package: Path, keys: Keys, table: str, column: str, code: str) -> None:
+    """A file whose dictionary page holds `code` though no row uses it, sealed and signed."""
+    path = package / f"{table}.parquet"
+    data = pq.read_table(path)
+    values = data[column].combine_chunks().cast(pa.string())
+    encoded = pc.dictionary_encode(values)
+    dictionary = pa.concat_arrays([encoded.dictionary, pa.array([code])])
+    index = data.schema.get_field_index(column)
+    hidden = pa.DictionaryArray.from_arrays(encoded.indices, dictionary)
+    data = data.set_column(index, pa.field(column, hidden.type), hidden)
+    pq.write_table(data, path)
+    manifest = orjson.loads((package / MANIFEST).read_bytes())
+    (package / SIGNATURE).unlink()
+    seal(package, manifest, read_private_key(keys.kit(package.name) / SIGNING_KEY, "key"))
+
+
 @pytest.fixture
 def centre_release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The centre's release is newer than the practices' (the embedded one): it knows a child
@@ -59,8 +78,8 @@ def test_rogue_packages_are_refused_with_their_reason_and_the_good_ones_load(
     clean_columnar_packages: Extracted, keys: Keys, tmp_path: Path, centre_release: None
 ) -> None:
     home = central(tmp_path, keys)
-    names = ["Z10001", "Z10002", "Z10003", "Z10004", "Z10005"]
-    child, retired, bad_digit, two_faults, good = copies(
+    names = ["Z10001", "Z10002", "Z10003", "Z10004", "Z10005", "Z10006"]
+    child, retired, bad_digit, two_faults, good, hiding = copies(
         clean_columnar_packages.packages, tmp_path / "in", names
     )
     _plant(child, keys, "clinical_events", "code", IVF_CHILD, rows=2)
@@ -69,16 +88,19 @@ def test_rogue_packages_are_refused_with_their_reason_and_the_good_ones_load(
     _plant(two_faults, keys, "immunisations", "vaccine_code", "12345")
     _plant(two_faults, keys, "allergies", "code", IVF)
     _plant(good, keys, "clinical_events", "code", UNKNOWN)  # valid, unknown: sent and loaded
+    _hide(hiding, keys, "clinical_events", "code", IVF_CHILD)
 
-    result = collect(home, [child, retired, bad_digit, two_faults, good])
+    result = collect(home, [child, retired, bad_digit, two_faults, good, hiding])
 
     reasons = {r.folder.name: r.reason for r in result.refused}
-    assert set(reasons) == {"Z10001", "Z10002", "Z10003", "Z10004"}
+    assert set(reasons) == {"Z10001", "Z10002", "Z10003", "Z10004", "Z10006"}
     assert f"clinical_events.code has 2 row(s) with {NEVER}" in reasons["Z10001"]
     assert f"referrals.code has 1 row(s) with {NEVER}" in reasons["Z10002"]
     assert "medications.code has 3 row(s) with not a valid SNOMED CT" in reasons["Z10003"]
     assert "immunisations.vaccine_code has 1 row(s) with not a valid" in reasons["Z10004"]
     assert f"allergies.code has 1 row(s) with {NEVER}" in reasons["Z10004"]
+    assert "clinical_events.code holds a code of a set" in reasons["Z10006"]
+    assert "though no row uses it" in reasons["Z10006"]
     for name, reason in reasons.items():
         assert "nothing of the package was loaded" in reason
         refused = next(r for r in result.refused if r.folder.name == name)
@@ -129,6 +151,32 @@ def test_a_code_the_practice_listed_in_a_never_collected_set_is_refused_at_the_c
     assert not result.loaded and result.version is None
     version, tables = state(home)
     assert version == 0 and all(rows == 0 for rows, _ in tables.values()), "an empty lake"
+
+
+def test_a_package_holds_no_never_collected_code_even_where_no_row_uses_it(
+    clean_columnar_packages: Extracted,
+) -> None:
+    """The extractor drops the rows of restricted, sensitive and opt-out codes; the source's
+    dictionary of codes must go with them, or the codes would still be in the file."""
+    centre = CentreCodes.of(shipped(), active())
+    never = set().union(*centre.never.values())
+    left_out = 0
+    for package in sorted(clean_columnar_packages.packages.iterdir()):
+        if not package.is_dir():
+            continue
+        manifest = orjson.loads((package / MANIFEST).read_bytes())
+        left_out += sum(
+            n
+            for counts in manifest["excluded_by_table"].values()
+            for reason, n in counts.items()
+            if reason.startswith(("restricted_code", "sensitive_code", "opt_out_code"))
+        )
+        for table, columns in centre.columns.items():
+            read = pq.ParquetFile(package / f"{table}.parquet", read_dictionary=columns).read()
+            for column in columns:
+                for chunk in read[column].chunks:
+                    assert not never & set(chunk.dictionary.to_pylist()), (package.name, table)
+    assert left_out > 0, "the practices' records held such codes, and they were left out"
 
 
 def _sctid_like() -> st.SearchStrategy[str]:

@@ -71,11 +71,13 @@ def check_codes(package: Package, centre: CentreCodes) -> None:
     for table, columns in centre.columns.items():
         read = read_parquet(package.file(table), list(columns), dictionary=list(columns))
         for column in columns:
-            invalid, forbidden = _faults(read[column], never)
+            invalid, forbidden, unused = _faults(read[column], never)
             for fault, rows in ((INVALID, invalid), (NEVER, forbidden)):
                 if rows:
                     found.append(f"{table}.{column} has {rows:,} row(s) with {fault}")
-            kept_out |= forbidden > 0
+            if unused and not forbidden:
+                found.append(f"{table}.{column} holds {NEVER} in its file, though no row uses it")
+            kept_out |= forbidden > 0 or unused
     if not found:
         return
     hint = ""
@@ -93,11 +95,13 @@ def check_codes(package: Package, centre: CentreCodes) -> None:
     )
 
 
-def _faults(values: pa.ChunkedArray, never: pa.Array) -> tuple[int, int]:
-    """How many rows hold an invalid identifier, and how many a never-collected code. Each
-    chunk's distinct values are judged, not its rows: millions of rows hold a few thousand
-    codes."""
+def _faults(values: pa.ChunkedArray, never: pa.Array) -> tuple[int, int, bool]:
+    """How many rows hold an invalid identifier, how many a never-collected code, and whether
+    the file holds a never-collected code that no row uses (in a dictionary page: still in the
+    file, so still sent). Each chunk's distinct values are judged, not its rows: millions of
+    rows hold a few thousand codes."""
     invalid = forbidden = 0
+    unused = False
     for chunk in values.chunks:
         if not isinstance(chunk, pa.DictionaryArray):
             chunk = pc.dictionary_encode(chunk)
@@ -107,8 +111,10 @@ def _faults(values: pa.ChunkedArray, never: pa.Array) -> tuple[int, int]:
             invalid += _rows_using(chunk, bad)
         kept_out = pc.is_in(distinct, value_set=never)
         if pc.any(kept_out).as_py():
-            forbidden += _rows_using(chunk, kept_out)
-    return invalid, forbidden
+            rows = _rows_using(chunk, kept_out)
+            forbidden += rows
+            unused |= rows == 0
+    return invalid, forbidden, unused
 
 
 def _rows_using(chunk: pa.DictionaryArray, values: pa.Array) -> int:

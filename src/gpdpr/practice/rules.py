@@ -204,6 +204,25 @@ def package_schema(table: Table) -> pa.Schema:
 TEXT = pa.dictionary(pa.int32(), pa.string())
 
 
+def used_only(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """A dictionary column with only the entries its rows use. A column read from the source
+    keeps the source's whole dictionary when rows are filtered out, and the Parquet writer
+    writes a dictionary as given: a restricted code, or an opted-out patient's pseudonym, that
+    no row sent would still be in the file."""
+    if isinstance(values, pa.ChunkedArray):
+        return pa.chunked_array([used_only(c) for c in values.chunks], values.type)
+    indices = values.indices.fill_null(0).to_numpy(zero_copy_only=False)
+    valid = values.indices.is_valid().to_numpy(zero_copy_only=False)
+    used = np.zeros(len(values.dictionary), bool)
+    used[indices[valid]] = True
+    if used.all():
+        return values
+    renumber = (np.cumsum(used) - 1).astype(indices.dtype)
+    kept = pa.array(renumber[np.where(valid, indices, 0)], values.type.index_type, mask=~valid)
+    dictionary = values.dictionary.filter(pa.array(used))
+    return pa.DictionaryArray.from_arrays(kept, dictionary)
+
+
 def writing_schema(table: Table) -> pa.Schema:
     """The same, with pseudonyms handed to the Parquet writer already dictionary-encoded: each
     patient's 64-character code is stored once per row group, and the writer need not hash
@@ -745,6 +764,8 @@ def _encode(dictionary: pa.Array, positions: pa.Array | pa.ChunkedArray) -> pa.D
 def _cast(values: pa.Array | pa.ChunkedArray, kind: pa.DataType) -> pa.Array | pa.ChunkedArray:
     if pa.types.is_dictionary(kind) and not pa.types.is_dictionary(values.type):
         return pc.dictionary_encode(values).cast(kind)
+    if pa.types.is_dictionary(values.type):
+        values = used_only(values)
     # Naive times here are UTC already, so giving them the UTC zone changes no value.
     if pa.types.is_timestamp(kind) and pa.types.is_timestamp(values.type):
         values = values.cast(pa.timestamp(values.type.unit, tz="UTC"))
