@@ -203,3 +203,19 @@ def test_the_column_check_agrees_with_the_identifier_rules(
     column = pa.array(values, pa.string()).slice(min(skip, len(values)))
     expected = [v is not None and is_concept_id(v) for v in values[skip:]]
     assert concept_mask(column).tolist() == expected
+
+
+def test_a_lake_file_keeps_no_trace_of_a_row_filtered_out(tmp_path: Path) -> None:
+    """Rows dropped from a dictionary-encoded column (a person opted out at load, or erased)
+    leave the dictionary whole; what the lake writes holds only the values its rows use."""
+    lake = Lake.open(tmp_path / "lake")
+    people = pc.dictionary_encode(pa.array(["a" * 64, "b" * 64, "c" * 64]))
+    rows = pa.table({"patient": people, "n": [1, 2, 3]}).filter(pa.array([True, False, True]))
+    assert "b" * 64 in rows["patient"].chunks[0].dictionary.to_pylist()
+    with lake.writing() as tx:
+        tx.write("clinical_events", "Z10001", rows)
+        tx.commit("load", {})
+    [written] = (tmp_path / "lake").rglob("*.parquet")
+    read = pq.ParquetFile(written, read_dictionary=["patient"]).read()
+    assert read["patient"].to_pylist() == ["a" * 64, "c" * 64]
+    assert read["patient"].chunks[0].dictionary.to_pylist() == ["a" * 64, "c" * 64]

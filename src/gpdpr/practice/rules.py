@@ -36,6 +36,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gpdpr.dictionaries import used_only
 from gpdpr.errors import UserError
 from gpdpr.practice.pseudonyms import Pseudonymiser, normalise_postcode
 from gpdpr.practice.source import CODE_SYSTEMS, DATE, RECORD_COLUMNS, Batch, Staff
@@ -202,25 +203,6 @@ def package_schema(table: Table) -> pa.Schema:
 
 
 TEXT = pa.dictionary(pa.int32(), pa.string())
-
-
-def used_only(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
-    """A dictionary column with only the entries its rows use. A column read from the source
-    keeps the source's whole dictionary when rows are filtered out, and the Parquet writer
-    writes a dictionary as given: a restricted code, or an opted-out patient's pseudonym, that
-    no row sent would still be in the file."""
-    if isinstance(values, pa.ChunkedArray):
-        return pa.chunked_array([used_only(c) for c in values.chunks], values.type)
-    indices = values.indices.fill_null(0).to_numpy(zero_copy_only=False)
-    valid = values.indices.is_valid().to_numpy(zero_copy_only=False)
-    used = np.zeros(len(values.dictionary), bool)
-    used[indices[valid]] = True
-    if used.all():
-        return values
-    renumber = (np.cumsum(used) - 1).astype(indices.dtype)
-    kept = pa.array(renumber[np.where(valid, indices, 0)], values.type.index_type, mask=~valid)
-    dictionary = values.dictionary.filter(pa.array(used))
-    return pa.DictionaryArray.from_arrays(kept, dictionary)
 
 
 def writing_schema(table: Table) -> pa.Schema:
