@@ -645,6 +645,9 @@ def project(
     out = {}
     for spec_field, arrow_field in zip(spec_table.fields, schema, strict=True):
         values = columns[spec_field.name]
+        if spec_field.type == "code" and pa.types.is_dictionary(values.type):
+            # The source's dictionary names every code it held, those left out too.
+            values = used_only(values)
         if pa.types.is_string(values.type) or pa.types.is_dictionary(values.type):
             values, n = allowed(spec_field, values)
             if n:
@@ -746,8 +749,6 @@ def _encode(dictionary: pa.Array, positions: pa.Array | pa.ChunkedArray) -> pa.D
 def _cast(values: pa.Array | pa.ChunkedArray, kind: pa.DataType) -> pa.Array | pa.ChunkedArray:
     if pa.types.is_dictionary(kind) and not pa.types.is_dictionary(values.type):
         return pc.dictionary_encode(values).cast(kind)
-    if pa.types.is_dictionary(values.type):
-        values = used_only(values)
     # Naive times here are UTC already, so giving them the UTC zone changes no value.
     if pa.types.is_timestamp(kind) and pa.types.is_timestamp(values.type):
         values = values.cast(pa.timestamp(values.type.unit, tz="UTC"))
