@@ -27,9 +27,14 @@ REFSET = made(9100003)
 HEADACHE = made(9100004)
 
 
-def write_release(folder: Path, more: list[tuple[str, str]] | None = None) -> Path:
+def write_release(
+    folder: Path,
+    more: list[tuple[str, str]] | None = None,
+    retired: list[tuple[str, str]] | None = None,
+) -> Path:
     """A small RF2 Snapshot: a hierarchy, an inactive concept with its replacement, a refset;
-    and `more` (concept, parent) pairs."""
+    and `more` (concept, parent) pairs, and `retired` (inactive concept, REPLACED BY) pairs."""
+    retired = [(OLD_DISSENT, DISSENT), *(retired or [])]
     folder.mkdir(parents=True)
     concepts = [
         *(more or []),
@@ -46,7 +51,7 @@ def write_release(folder: Path, more: list[tuple[str, str]] | None = None) -> Pa
     head = ["20260101", "1", "900000000207008"]
     rows = {
         "concepts": [[c, *head, "900000000000074008"] for c, _ in concepts]
-        + [[OLD_DISSENT, "20260101", "0", "900000000207008", "900000000000074008"]],
+        + [[old, "20260101", "0", "900000000207008", "900000000000074008"] for old, _ in retired],
         "descriptions": [
             [str(n), *head, c, "en", "900000000000013009", f'term {c} "quoted"', "x"]
             for n, (c, _) in enumerate(concepts, start=1)
@@ -59,7 +64,10 @@ def write_release(folder: Path, more: list[tuple[str, str]] | None = None) -> Pa
         # An inactive is-a is history, not hierarchy.
         + [["99", "20260101", "0", "900000000207008", HEADACHE, IVF, "0", "116680003", "x", "x"]],
         "refsets": [[f"u{n}", *head, REFSET, c] for n, c in enumerate([IVF, HEADACHE], start=1)],
-        "associations": [["a1", *head, str(REPLACED_BY), OLD_DISSENT, DISSENT]],
+        "associations": [
+            [f"a{n}", *head, str(REPLACED_BY), old, new]
+            for n, (old, new) in enumerate(retired, start=1)
+        ],
     }
     for kind, lines in rows.items():
         spec = KINDS[kind]

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 from gpdpr import db, durable
 from gpdpr import spec as specification
 from gpdpr.collect.authority import authorise, type1_statements
+from gpdpr.collect.codes import CentreCodes, check_codes
 from gpdpr.collect.erase import ANSWERS, Erasure, erase
 from gpdpr.collect.erase_beyond import Beyond, sweep
 from gpdpr.collect.load import Loaded, Progress, load
@@ -49,6 +50,7 @@ from gpdpr.lake.compact import Compaction, compact
 from gpdpr.lake.store import Lake, LakeVersion
 from gpdpr.optout.registry import Registry
 from gpdpr.practice.package import PackageError
+from gpdpr.terminology import store as terminology
 
 ACTOR = "collector"
 
@@ -130,6 +132,7 @@ def _collect(
     engine = central.engine()
     registry = Registry(engine)
     accepted = specification.released_versions()
+    codes = CentreCodes.of(specification.shipped(), terminology.active())
     for parent in {folder.parent for folder in folders}:
         sweep_loaded(parent)
 
@@ -139,6 +142,7 @@ def _collect(
         try:
             package = check(folder, central.keys, accepted, lake.data)
             authorise(package, central.keys)
+            check_codes(package, codes)
             return package
         except PackageError as exc:
             return Refused(folder, str(exc), None, left=folder not in removed)

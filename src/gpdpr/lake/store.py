@@ -48,6 +48,7 @@ from deltalake.transaction import AddAction, RemoveAction
 
 from gpdpr import durable
 from gpdpr import spec as specification
+from gpdpr.dictionaries import table_used_only
 from gpdpr.errors import UserError
 from gpdpr.lake.tables import (
     LEDGER,
@@ -369,7 +370,7 @@ class Transaction:
         path.parent.mkdir(parents=True, exist_ok=True)
         repetitive = self.lake.data[table].repetitive if table in self.lake.data else True
         pq.write_table(
-            data,
+            table_used_only(data),  # no trace of a row filtered out: see gpdpr.dictionaries
             path,
             compression="zstd",
             compression_level=1,

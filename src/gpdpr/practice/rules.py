@@ -36,6 +36,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gpdpr.dictionaries import used_only
 from gpdpr.errors import UserError
 from gpdpr.practice.pseudonyms import Pseudonymiser, normalise_postcode
 from gpdpr.practice.source import CODE_SYSTEMS, DATE, RECORD_COLUMNS, Batch, Staff
@@ -678,6 +679,9 @@ def project(
     out = {}
     for spec_field, arrow_field in zip(spec_table.fields, schema, strict=True):
         values = columns[spec_field.name]
+        if spec_field.type == "code" and pa.types.is_dictionary(values.type):
+            # The source's dictionary names every code it held, those left out too.
+            values = used_only(values)
         if pa.types.is_string(values.type) or pa.types.is_dictionary(values.type):
             values, n = allowed(spec_field, values)
             if n:
