@@ -6,10 +6,11 @@ query's columns and filters down to the files, is several times faster than read
 through Arrow): external access is off but for exactly those files (no other file, no network,
 no ATTACH, no COPY, no extensions installed or loaded), Python variables are not read by name
 (replacement scans off), and the configuration is locked once set up, so no query can turn any
-of this back on. It runs one
-statement per call, a SELECT (checked with DuckDB's own parser, after `engines.guard` has
-checked the text), within a memory limit (spilling only to a folder of the run's own, removed
-after) and a time limit (a watchdog interrupts the query). Dummy runs use the same engine.
+of this back on. A compiled query, once `engines.guard` has checked its whole text, runs a
+step at a time (`Sandbox.query`): each step one SELECT, checked with DuckDB's own parser, whose
+answer is either kept as a table of the run's own for the next step or handed back. All of it
+within a memory limit (spilling only to a folder of the run's own, removed after) and a time
+limit (a watchdog interrupts the step). Dummy runs use the same engine.
 """
 
 from __future__ import annotations
