@@ -35,6 +35,13 @@ def make(tmp: Path, name: str, **kwargs: object) -> Made:
     return Made(request.out, summary, nation)
 
 
+def one_practice(tmp: Path, patients: int, seed: int) -> Made:
+    """One clean columnar practice: the small world a test of keys or authority starts from."""
+    return make(
+        tmp, "columnar", format="columnar", practices=1, patients=patients, seed=seed, mess_rate=0.0
+    )
+
+
 CLEAN = {"practices": 6, "patients": 12_000, "seed": 7, "mess_rate": 0.0}
 MESSY = {"practices": 3, "patients": 6_000, "seed": 8, "mess_rate": 0.02}
 

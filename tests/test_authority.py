@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from collecting import central, resign, state
-from conftest import Made, make
+from conftest import Made, one_practice
 from extracting import Keys, run
 from gpdpr.collect.service import collect
 from gpdpr.custodian.keys import issue_practice, revoke_practice
@@ -23,15 +23,7 @@ from gpdpr.custodian.register import REGISTER, read_register
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Made:
-    return make(
-        tmp_path_factory.mktemp("small"),
-        "columnar",
-        format="columnar",
-        practices=1,
-        patients=150,
-        seed=9,
-        mess_rate=0.0,
-    )
+    return one_practice(tmp_path_factory.mktemp("small"), patients=150, seed=9)
 
 
 @pytest.fixture

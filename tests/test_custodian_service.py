@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from conftest import Made, make
+from conftest import Made, one_practice
 from extracting import Keys, run, tables
 from gpdpr.custodian.keys import init, issue_practice
 from gpdpr.custodian.service import Counts, counts_folder, running
@@ -33,15 +33,7 @@ from gpdpr.practice.pseudonyms import nhs_input
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Made:
-    return make(
-        tmp_path_factory.mktemp("small"),
-        "columnar",
-        format="columnar",
-        practices=1,
-        patients=300,
-        seed=5,
-        mess_rate=0.0,
-    )
+    return one_practice(tmp_path_factory.mktemp("small"), patients=300, seed=5)
 
 
 @pytest.fixture(scope="module")

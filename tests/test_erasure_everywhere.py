@@ -39,6 +39,7 @@ from gpdpr.tre.engines.duckdb import DuckDBEngine
 from gpdpr.tre.query import nodes
 from gpdpr.tre.query.serial import from_json
 from home_scan import Hit, Needle, scan
+from portal_home import study
 
 ITEMS = tuple(
     Item(table, column, "the study")
@@ -56,16 +57,7 @@ ITEMS = tuple(
         ("clinical_events", "effective_date"),
     ]
 )
-STUDY = """
-from gpdpr.tre.language import *
-
-index = "2025-01-01"
-dataset = Dataset()
-registered = practice_registrations.for_patient_on(index)
-dataset.define_population(registered.exists_for_patient() & (patients.age_on(index) >= 18))
-dataset.sex = patients.sex
-dataset.add_table("by_sex", by=["sex"])
-"""
+STUDY = study("by_sex", 18)  # the portal tests' study, its table named for this test
 TABLE = "table_by_sex.csv"
 ERASED = 3
 # Where the opt-out itself is kept (by lake pseudonym, to keep them out of every later load)

@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from collecting import central, resign
-from conftest import Made, make
+from conftest import Made, one_practice
 from databases import BACKENDS, engines, pseudonym
 from extracting import Keys, patient_pseudonym, run
 from gpdpr.collect.service import Central, collect
@@ -118,15 +118,7 @@ def test_the_person_can_withdraw_a_practice_dissent_online_but_not_the_reverse(
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Made:
-    return make(
-        tmp_path_factory.mktemp("small"),
-        "columnar",
-        format="columnar",
-        practices=1,
-        patients=150,
-        seed=9,
-        mess_rate=0.0,
-    )
+    return one_practice(tmp_path_factory.mktemp("small"), patients=150, seed=9)
 
 
 class Extracted:
