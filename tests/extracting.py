@@ -66,3 +66,24 @@ def patient_pseudonym(keys: Keys, nhs_number: str) -> str:
     """A patient's pseudonym from their NHS number, by the documented method: the first 32
     bytes of the custodian's OPRF of the NHS-number input, in hex."""
     return keys.oprf_output(nhs_input(nhs_number))[:32].hex()
+
+
+def nation(
+    synth_to: Path, keys: Path, packages: Path, practices: int, patients: int, seed: int, **kw: Any
+) -> list[Path]:
+    """A small clean columnar nation made for a service's home: `practices` synthesised into
+    `synth_to`, a custodian made at `keys` (its service running while they extract) issuing
+    each its kit, and each extracted into `packages` (`kw`: to `extract_many`). The practice
+    folders."""
+    from gpdpr.practice.many import extract_many
+    from gpdpr.synth.run import SynthRequest, synthesise
+
+    request = SynthRequest(synth_to, practices, patients, seed, "columnar", mess_rate=0)
+    synthesise(request)
+    folders = sorted(p for p in request.out.iterdir() if p.is_dir())
+    init(keys)
+    with running(keys) as url:  # the practices' pseudonyms come from its service
+        for folder in folders:
+            issue_practice(keys, folder.name, url)
+        extract_many(folders, packages, keys / "practices", **kw)
+    return folders

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from argon2 import PasswordHasher
 
 from databases import POSTGRES_ENV, postgres_url
+from extracting import nation
 from governing import ADMIN, COLLEAGUE, LEAD, act, agreement_of, cast, form, votes
 from gpdpr.db import DATABASE_URL_ENV, connect, url_for_home
 from gpdpr.governance import agreements, applications, panel
@@ -109,21 +110,12 @@ def database(backend: str) -> Iterator[None]:
 def build(folder: Path, patients: int = 60) -> Home:
     """Build the home in `folder` (on the database GPDPR_DATABASE_URL names, if set)."""
     from gpdpr.collect.service import Central, collect
-    from gpdpr.custodian.keys import init, issue_practice
-    from gpdpr.custodian.service import running
-    from gpdpr.practice.many import extract_many
-    from gpdpr.synth.run import SynthRequest, synthesise
 
     home = folder / "home"
     home.mkdir(parents=True)
-    request = SynthRequest(home / "practices", 2, 1_500, 11, "columnar", mess_rate=0)
-    synthesise(request)
-    practices = sorted(p for p in request.out.iterdir() if p.is_dir())
-    init(home / "keys")
-    with running(home / "keys") as url:
-        for practice in practices:
-            issue_practice(home / "keys", practice.name, url)
-        extract_many(practices, home / "packages", home / "keys" / "practices", workers=1)
+    practices = nation(
+        home / "practices", home / "keys", home / "packages", 2, 1_500, 11, workers=1
+    )
     collect(Central(home), sorted(p for p in (home / "packages").iterdir()))
     engine = connect(url_for_home(home))
     cast(engine)

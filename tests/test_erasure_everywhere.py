@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
+from extracting import nation
 from governing import ADMIN, CHECKERS, COLLEAGUE, LEAD, act, agreement_of, cast, form, votes
 from gpdpr.cli import app
 from gpdpr.collect.service import Central, collect
@@ -120,22 +121,10 @@ def _cli(home: Path, *args: str) -> str:
 @pytest.fixture
 def cycled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Home]:
     """A service home after a whole cycle, with three people and one other to follow."""
-    from gpdpr.custodian.keys import init, issue_practice
-    from gpdpr.custodian.service import running
-    from gpdpr.practice.many import extract_many
-    from gpdpr.synth.run import SynthRequest, synthesise
-
     monkeypatch.delenv(DATABASE_URL_ENV, raising=False)  # the scan reads the home's SQLite
     home = tmp_path / "home"
     home.mkdir()
-    request = SynthRequest(tmp_path / "practices", 2, 1_200, 5, "columnar", mess_rate=0)
-    synthesise(request)
-    folders = sorted(p for p in request.out.iterdir() if p.is_dir())
-    init(home / "keys")
-    with running(home / "keys") as url:
-        for folder in folders:
-            issue_practice(home / "keys", folder.name, url)
-        extract_many(folders, tmp_path / "packages", home / "keys" / "practices")
+    folders = nation(tmp_path / "practices", home / "keys", tmp_path / "packages", 2, 1_200, 5)
     first = folders[0].name
     aside = tmp_path / "aside"
     for copy in ("refused", "waiting"):

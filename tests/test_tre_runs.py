@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
+from extracting import nation
 from governing import (
     ADMIN,
     BOTH,
@@ -116,21 +117,10 @@ def approve(engine: sa.Engine, **changes: object) -> str:
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     from gpdpr.collect.service import Central, collect
-    from gpdpr.custodian.keys import init, issue_practice
-    from gpdpr.custodian.service import running
-    from gpdpr.practice.many import extract_many
-    from gpdpr.synth.run import SynthRequest, synthesise
 
     home = tmp_path_factory.mktemp("tre") / "home"
     home.mkdir()
-    request = SynthRequest(home / "practices", 2, 4_000, 11, "columnar", mess_rate=0)
-    synthesise(request)
-    folders = sorted(p for p in request.out.iterdir() if p.is_dir())
-    init(home / "keys")
-    with running(home / "keys") as url:  # the practices' pseudonyms come from its service
-        for folder in folders:
-            issue_practice(home / "keys", folder.name, url)
-        extract_many(folders, home / "packages", home / "keys" / "practices")
+    nation(home / "practices", home / "keys", home / "packages", 2, 4_000, 11)
     collect(Central(home), sorted(p for p in (home / "packages").iterdir()))
     engine = connect(url_for_home(home))
     cast(engine)
@@ -148,7 +138,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     folder.mkdir()
     (folder / "htn.csv").write_text("code,term\n59621000,Essential hypertension\n")
     (folder / "study.py").write_text(STUDY)
-    yield Service(home, engine, request.out, folder / "study.py", applied, exempt)
+    yield Service(home, engine, home / "practices", folder / "study.py", applied, exempt)
     engine.dispose()
 
 
