@@ -20,7 +20,7 @@ import math
 import os
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, TypeAlias
 
@@ -216,6 +216,29 @@ def pseudonymised(found: pa.Table) -> pa.Table:
     ids = found.column(index)
     found = found.remove_column(index)
     return found.set_column(0, PATIENT_ID, ids)
+
+
+# An engine's sandbox's query: a compiled query's answer, inside the service's SQL around it.
+Around = Callable[[str, sql.Dialect], str]
+Ask = Callable[[sql.Query, Around | None], pa.Table]
+
+
+def dataset_answer(
+    ask: Ask,
+    definition: n.Definition,
+    dialect: sql.Dialect,
+    pseudonyms: Pseudonyms | None,
+    keyed_by_engine: Around,
+) -> pa.Table:
+    """A definition's dataset as the service shows it, by project pseudonym: keyed by the engine
+    around the answer (`keyed_by_engine`, `views.pseudonymised_sql`) when it read the lake's
+    views, or looked up in `pseudonyms` for views handed to it ready-made."""
+    query = sql.dataset_query(definition, dialect)
+    if pseudonyms is None:
+        found = pseudonymised(ask(query, keyed_by_engine))
+    else:
+        found = shown(ask(query, None), pseudonyms)
+    return conform(found, dataset_schema(definition))
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

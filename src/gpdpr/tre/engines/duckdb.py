@@ -37,15 +37,13 @@ from gpdpr.tre.engines.base import (
     Results,
     Views,
     conform,
-    dataset_schema,
+    dataset_answer,
     failed,
     intervals_table,
     keyed,
     measure_schema,
-    pseudonymised,
     run_seconds,
     run_uses,
-    shown,
     too_long,
 )
 from gpdpr.tre.engines.base import memory as memory_limit
@@ -238,12 +236,9 @@ class DuckDBEngine:
                         box.register(view_name(name), table)
                 dataset = None
                 if definition.population is not None:
-                    query = sql.dataset_query(definition, DIALECT)
-                    if pseudonyms is None:  # the engine keys the rows' patients
-                        found = pseudonymised(box.query(query, pseudonymised_sql))
-                    else:
-                        found = shown(box.query(query), pseudonyms)
-                    dataset = conform(found, dataset_schema(definition))
+                    dataset = dataset_answer(
+                        box.query, definition, DIALECT, pseudonyms, pseudonymised_sql
+                    )
                 measures: dict[str, pa.Table] = {}
                 for measure in definition.measures:
                     box.register(sql.INTERVALS, intervals_table(measure.intervals))

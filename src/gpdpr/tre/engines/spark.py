@@ -60,15 +60,13 @@ from gpdpr.tre.engines.base import (
     Views,
     arrow_type,
     conform,
-    dataset_schema,
+    dataset_answer,
     failed,
     intervals_table,
     keyed,
     measure_schema,
-    pseudonymised,
     run_seconds,
     run_uses,
-    shown,
     too_long,
 )
 from gpdpr.tre.query import limits
@@ -303,12 +301,9 @@ class SparkEngine:
                         box.register(view_name(name), _typed(name, table))
                 dataset = None
                 if definition.population is not None:
-                    query = sql.dataset_query(definition, DIALECT)
-                    if pseudonyms is None:  # the engine keys the rows' patients
-                        found = pseudonymised(box.query(query, pseudonymised_sql))
-                    else:
-                        found = shown(box.query(query), pseudonyms)
-                    dataset = conform(found, dataset_schema(definition))
+                    dataset = dataset_answer(
+                        box.query, definition, DIALECT, pseudonyms, pseudonymised_sql
+                    )
                 measures: dict[str, pa.Table] = {}
                 for measure in definition.measures:
                     box.register(sql.INTERVALS, intervals_table(measure.intervals))
