@@ -27,7 +27,6 @@ read (runs.submit, governance.agreements.authorise).
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
@@ -36,7 +35,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from gpdpr.custodian.central import USE_V2
+from gpdpr.custodian.central import SALT, USE_V2
 from gpdpr.lake.store import Snapshot
 from gpdpr.tre.engines.base import PSEUDONYM, LakeViews
 from gpdpr.tre.engines.sql import DIALECTS, Dialect
@@ -303,7 +302,7 @@ def uses_sql(lake: LakeViews, dialect: Dialect) -> str:
     """A use token for each person read (`engines.base.RunUses`): the first 16 bytes of
     `custodian.central.run_use_token(project key, the run's salt, lake pseudonym)`, made by the
     engine."""
-    if not re.fullmatch(r"[0-9a-f]{32}", lake.salt):
+    if not SALT.fullmatch(lake.salt):
         raise ValueError("a run's salt is 32 hex digits")
     message = f"'{USE_V2}' || chr(10) || '{lake.salt}' || chr(10) || p.patient"
     token = dialect.hmac_sha256(f"({message})", f"{KEYS}.inner", f"{KEYS}.outer")
