@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -106,8 +107,14 @@ def main() -> None:
     parser.add_argument(
         "--workloads", nargs="*", default=["dataset", "measure"], choices=["dataset", "measure"]
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run each this many times (a fresh child each) and show the median of each figure",
+    )
     args = parser.parse_args()
-    print(f"cores: {os.cpu_count()}; DuckDB memory limit: {_memory()}")
+    print(f"cores: {os.cpu_count()}; DuckDB memory limit: {_memory()}; runs each: {args.repeat}")
     header = "| patients | workload | engine | plan s | engine s | control s | tokens s "
     header += "| whole s | s per M patients | peak MB |"
     rows = [header, "|" + "---|" * 10]
@@ -118,15 +125,7 @@ def main() -> None:
         for workload in args.workloads:
             for engine in args.engines:
                 answer = answers / f"{patients}-{workload}-{engine}.parquet"
-                done = subprocess.run(
-                    [sys.executable, __file__, CHILD, workload, engine, str(folder), str(answer)],
-                    capture_output=True,
-                    text=True,
-                    check=False,
-                )
-                if done.returncode != 0:
-                    sys.exit(f"{workload} on {engine} at {patients:,} failed:\n{done.stderr}")
-                f = json.loads(done.stdout.strip().splitlines()[-1])
+                f = _median([_once(workload, engine, folder, answer) for _ in range(args.repeat)])
                 rows.append(
                     f"| {patients:,} | {workload} | {engine} | {f['plan']:.2f} | {f['engine']:.2f} "
                     f"| {f['control']:.2f} | {f['tokens']:.2f} | {f['whole']:.2f} "
@@ -135,6 +134,26 @@ def main() -> None:
                 print(rows[-1], flush=True)
             _agree(answers, patients, workload, args.engines)
     print("\n".join(rows))
+
+
+def _once(workload: str, engine: str, folder: Path, answer: Path) -> dict[str, float]:
+    """One run's figures, timed in a fresh child process."""
+    done = subprocess.run(
+        [sys.executable, __file__, CHILD, workload, engine, str(folder), str(answer)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        sys.exit(f"{workload} on {engine} at {folder.name} failed:\n{done.stderr}")
+    figures: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures
+
+
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the runs (each figure on its own: the run of the median
+    whole time need not have the median peak)."""
+    return {name: statistics.median(run[name] for run in runs) for name in runs[0]}
 
 
 def _agree(answers: Path, patients: int, workload: str, engines: list[str]) -> None:

@@ -8,6 +8,7 @@ agreements approved by the panel)."""
 # ruff: noqa: F811
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 import duckdb
@@ -219,3 +220,48 @@ def test_a_sandbox_reads_the_versions_own_files_and_no_other(service: Service) -
         assert not (Path(files[0]).parent / "out.csv").exists()
     finally:
         beside.unlink()
+
+
+def test_a_lake_kept_under_folders_named_like_columns_reads_each_practice_from_its_own_folder(
+    service: Service, tmp_path: Path
+) -> None:
+    """DuckDB takes every `name=value` folder in a path as a column: a lake kept below folders
+    named like a practice or a patient column gives the same answers as anywhere else, each
+    registration's practice its own folder's, and nothing of the folders' names."""
+    import shutil
+
+    definition = serial.from_json(
+        document(
+            service,
+            """
+            from gpdpr.tre.language import *
+            dataset = Dataset()
+            dataset.define_population(patients.exists_for_patient())
+            dataset.sex = patients.sex
+            dataset.practice = practice_registrations.for_patient_on("2024-01-01").practice
+            dataset.add_table("by_sex", by=["sex"])
+            """,
+        )
+    )
+    _, key = planned(service, definition)
+    moved = tmp_path / "practice=CANARY1" / "patient=CANARY2" / "lake"
+    shutil.copytree(service.home / "lake", moved)
+    elsewhere = views.plan(
+        Lake.open(moved).snapshot(),
+        views.ViewScope(date(2000, 1, 1), date(2030, 1, 1), {}, frozenset()),
+        n.columns_used(definition),
+        key,
+    )
+    at_home = views.plan(
+        Lake.open(service.home / "lake").snapshot(),
+        views.ViewScope(date(2000, 1, 1), date(2030, 1, 1), {}, frozenset()),
+        n.columns_used(definition),
+        key,
+    )
+    found = answers(DuckDBEngine(), definition, elsewhere)["dataset"]
+    assert found == answers(DuckDBEngine(), definition, at_home)["dataset"]
+    practices = {p for p in found.column("practice").to_pylist() if p is not None}
+    folders = {p.name.split("=", 1)[1] for p in (service.home / "lake").glob("*/practice=*")}
+    assert practices and practices <= folders
+    shown = "".join(str(v) for column in found.columns for v in column.to_pylist())
+    assert "CANARY" not in shown

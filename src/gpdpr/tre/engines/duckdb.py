@@ -109,6 +109,8 @@ class Sandbox:
             self.con.execute("set enable_external_access = false")
             self.con.execute("set TimeZone = 'UTC'")
             self.con.execute("set enable_progress_bar = false")
+            # Each file's footer read once a run, not again by every step that reads the file.
+            self.con.execute("set parquet_metadata_cache = true")
             self.con.execute("set lock_configuration = true")
         except BaseException:
             shutil.rmtree(self.folder, ignore_errors=True)
@@ -293,23 +295,41 @@ def parquet_sql(con: duckdb.DuckDBPyConnection, files: ds.FileSystemDataset) -> 
     """A lake table's files at the run's version as DuckDB reads them, with the table's
     columns whatever version of the specification each file was written under (a column no
     file has is null): None if there are no files. The practice, which the lake keeps in the
-    folder's name (`practice=A81001`), is read from each file's path: DuckDB's own reading of
-    such names would also take any `name=value` folder above the lake, even over a column."""
+    folder's name (`practice=A81001`), is read from each file's path: as a hive partition when
+    that folder is the only `name=value` in every path (DuckDB takes every such name in a path,
+    so one above the lake could stand in for a column), else by pattern, row by row."""
     paths = sorted(str(Path(f).resolve()) for f in files.files)
     if not paths:
         return None
     listed = ", ".join(DIALECT.string(p) for p in paths)
     read = f"read_parquet([{listed}], hive_partitioning = false, union_by_name = true)"
     found = set(con.sql(f"select * from {read} limit 0").columns)
+    by_folder = PARTITION not in found and all(_partitioned_only(path) for path in paths)
+    if by_folder:
+        # Read as text whatever it looks like: a practice code of digits stays a code.
+        read = (
+            f"read_parquet([{listed}], hive_partitioning = true, "
+            "hive_types_autocast = false, union_by_name = true)"
+        )
     wanted = con.from_arrow(files.schema.empty_table())
     columns = []
     for name, kind in zip(wanted.columns, wanted.dtypes, strict=True):
         quoted = DIALECT.identifier(name)
         if name == PARTITION and name not in found:
-            pattern = DIALECT.string(f"/{PARTITION}=([^/]+)/[^/]+$")
-            columns.append(f"regexp_extract(filename, {pattern}, 1) as {quoted}")
+            if by_folder:
+                columns.append(quoted)
+            else:
+                pattern = DIALECT.string(f"/{PARTITION}=([^/]+)/[^/]+$")
+                columns.append(f"regexp_extract(filename, {pattern}, 1) as {quoted}")
         elif name in found:
             columns.append(quoted)
         else:
             columns.append(f"cast(null as {kind}) as {quoted}")
     return f"select {', '.join(columns)} from {read}"
+
+
+def _partitioned_only(path: str) -> bool:
+    """Whether the only `name=value` folder in `path` is the practice's, holding the file."""
+    *folders, _ = Path(path).parts
+    named = [folder for folder in folders if "=" in folder]
+    return named == [folders[-1]] and folders[-1].startswith(f"{PARTITION}=")
