@@ -31,7 +31,7 @@ from terminology_release import (
     made,
     use_release,
 )
-from tre_data import column, engine, make_views
+from tre_data import by_id, column, engine, make_views
 
 # opensafely/asthma-diagnosis-snomed as OpenCodelists downloads it: code and term columns.
 ASTHMA = """code,term
@@ -172,5 +172,5 @@ def test_an_ecl_codelist_travels_with_the_definition_and_runs(
             {"patient_id": "p2", "code": PROCEDURE},
         ],
     )
-    results = engine("duckdb").run(definition, views)
+    results = by_id(engine("duckdb").run(definition, views), views)
     assert column(results, "found") == {"p1": 2, "p2": 0}

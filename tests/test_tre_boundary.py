@@ -46,7 +46,7 @@ from gpdpr.tre.query.language import (
 )
 from gpdpr.tre.query.names import check_name
 from gpdpr.tre.query.schema import TABLES
-from tre_data import column, make_views, run, through_json
+from tre_data import by_id, column, make_views, run, through_json
 from tre_data import engine as engine_named
 
 HOSTILE = "x\" from v_patients; copy (select * from v_patients) to '/tmp/out.csv'; --"
@@ -213,7 +213,7 @@ def test_a_hostile_name_built_by_hand_reaches_no_sql(engine: Engine, tmp_path: P
     definition = n.Definition(
         n.Aggregate("exists", P), ((hostile, sex), ("imd", n.Column(P, "imd_decile"))), (measure,)
     )
-    results = engine.run(definition, PEOPLE)
+    results = by_id(engine.run(definition, PEOPLE), PEOPLE)
     assert results.dataset is not None
     assert results.dataset.column_names == ["patient_id", hostile, "imd"]
     assert column(results, hostile) == {"p1": "F", "p2": "M"}
@@ -233,7 +233,7 @@ TEXT = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x0
 
 @pytest.fixture(scope="module")
 def duckdb_box() -> Iterator[Sandbox]:
-    by_key, _ = keyed(PEOPLE)
+    by_key = keyed(PEOPLE)
     with DuckDBEngine().sandbox(by_key) as box:
         yield box
 
@@ -414,7 +414,7 @@ def test_the_duckdb_sandbox_refuses_files_and_second_statements_even_past_the_gu
 
 def test_a_duckdb_run_is_stopped_at_its_time_limit_and_leaves_nothing() -> None:
     many = make_views(patients=[{"patient_id": f"p{i}", "imd_decile": i} for i in range(3000)])
-    by_key, _ = keyed(many)
+    by_key = keyed(many)
     engine = DuckDBEngine(threads=1, seconds=0.5)
     with engine.sandbox(by_key) as box:
         forever = sql.Query(
@@ -436,7 +436,7 @@ def test_duckdb_limits_come_from_the_environment(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("GPDPR_TRE_RUN_SECONDS", "90")
     engine = DuckDBEngine()
     assert engine.seconds == 90
-    with engine.sandbox(keyed(PEOPLE)[0]) as box:
+    with engine.sandbox(keyed(PEOPLE)) as box:
         found = box.execute("select current_setting('memory_limit') as m").to_pylist()
     assert found == [{"m": "300.0 MiB"}]
     monkeypatch.setenv("GPDPR_TRE_MEMORY", "lots'; set x=1; --")
@@ -493,7 +493,7 @@ def test_a_spark_run_is_stopped_at_its_time_limit(tmp_path: Path) -> None:
     session = spark.session().newSession()
     box = spark.Sandbox(session, tmp_path, 1.0)
     try:
-        box.register("v_patients", keyed(many)[0]["patients"])
+        box.register("v_patients", keyed(many)["patients"])
         forever = sql.Query(
             {},
             "select sum(a.imd_decile * b.imd_decile * c.imd_decile) as v0 "

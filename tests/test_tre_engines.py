@@ -65,7 +65,10 @@ def values(engine: Engine, views: dict[str, pa.Table], **variables: Series) -> d
     made.add_table("everyone", by=["in_data"])
     results = run(engine, views, made)
     assert results.dataset is not None
-    assert results.dataset.schema == dataset_schema(through_json(definition_of(made, None)))
+    # Each variable in the service's type (the patient is named by tre_data.run, not the
+    # engine, which keeps a whole-number key).
+    expected = dataset_schema(through_json(definition_of(made, None)))
+    assert results.dataset.schema.remove(0) == expected.remove(0)
     found: dict[str, Any] = {name: column(results, name) for name in variables}
     return found
 

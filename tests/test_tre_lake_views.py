@@ -31,7 +31,7 @@ from gpdpr.tre.engines.duckdb import DIALECT as DUCKDB
 from gpdpr.tre.engines.duckdb import DuckDBEngine, install, lake_files
 from gpdpr.tre.query import nodes as n
 from gpdpr.tre.query import serial
-from gpdpr.tre.query.schema import PATIENT_ID
+from gpdpr.tre.query.schema import PATIENT_ID, PATIENT_KEY
 
 # The research service fixture is shared with test_tre_runs: imported, so a test naming it
 # as an argument "redefines" it as far as ruff can tell.
@@ -99,8 +99,9 @@ def test_views_read_in_place_answer_as_the_same_views_made_first(
 @pytest.mark.parametrize("name", ["duckdb", "spark"])
 def test_a_run_says_whom_it_read_by_tokens_only(service: Service, name: str) -> None:
     """The engine's use tokens are exactly the custodian's tokens of the people the dataset
-    shows (under the run's salt); nothing of a lake pseudonym, a patient's or a member of
-    staff's, comes back in the dataset or the tokens."""
+    counts (under the run's salt); the dataset keeps them by whole-number key, and nothing of
+    a lake pseudonym, a patient's or a member of staff's, comes back in the dataset or the
+    tokens."""
     definition = staff_study(service)
     lake, key = planned(service, definition)
     results = tre_data.engine(name).run(definition, lake)
@@ -109,7 +110,13 @@ def test_a_run_says_whom_it_read_by_tokens_only(service: Service, name: str) -> 
     staff_ids = set(snapshot.read("staff", ["staff"]).column("staff").to_pylist())
     assert results.uses is not None and results.dataset is not None
     assert results.uses.salt == lake.salt
-    shown_people = set(results.dataset.column(PATIENT_ID).to_pylist())
+    keys = results.dataset.column(PATIENT_ID).to_pylist()
+    assert sorted(keys) == list(range(len(keys)))  # the run's own numbers, nothing else
+    made = views.made(lake)["patients"]  # who each key is, as the views made first say
+    project_of = dict(
+        zip(made.column(PATIENT_KEY).to_pylist(), made.column(PATIENT_ID).to_pylist(), strict=True)
+    )
+    shown_people = {project_of[k] for k in keys}
     ordered = sorted(lake_ids)
     projected = project_pseudonyms(key, pa.array(ordered)).to_pylist()
     lake_of = dict(zip(projected, ordered, strict=True))

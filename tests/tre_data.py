@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import date
 from typing import Any
 
@@ -27,7 +28,7 @@ import pyarrow as pa
 import pytest
 
 from gpdpr.errors import UserError
-from gpdpr.tre.engines.base import Engine, Results, arrow_type
+from gpdpr.tre.engines.base import Engine, Results, arrow_type, keyed
 from gpdpr.tre.engines.duckdb import DuckDBEngine
 from gpdpr.tre.query import nodes as n
 from gpdpr.tre.query import serial
@@ -129,7 +130,19 @@ def run(
     something, so that the dataset itself can be checked."""
     if dataset is not None and not dataset.tables and dataset.population is not None:
         dataset.add_table("everyone", by=[_any_groupable(dataset)])
-    return engine.run(through_json(definition_of(dataset, measures)), views)
+    return by_id(engine.run(through_json(definition_of(dataset, measures)), views), views)
+
+
+def by_id(results: Results, views: Mapping[str, pa.Table]) -> Results:
+    """The results with each dataset row under the test's own name for its patient (the
+    patients view's `patient_id`), where the engine keeps it by the run's whole-number key."""
+    if results.dataset is None:
+        return results
+    keys = keyed(views)["patients"].column(PATIENT_ID).to_pylist()
+    name_of = dict(zip(keys, views["patients"].column(PATIENT_ID).to_pylist(), strict=True))
+    dataset = results.dataset
+    names = pa.array([name_of[k] for k in dataset.column(PATIENT_ID).to_pylist()], pa.string())
+    return replace(results, dataset=dataset.set_column(0, PATIENT_ID, names))
 
 
 def _any_groupable(dataset: Dataset) -> str:

@@ -4,18 +4,21 @@ From one lake version, for one agreement: only the tables and columns the defini
 within the agreement's scope, checked before this is reached), only records in the agreement's
 period, only patients in its population, never anyone with a Type 1 opt-out awaiting erasure,
 never anyone with a National Data Opt-out unless the agreement records an exemption, and every
-pseudonym (patient, staff, postcode) replaced by the project's own, made with the key the
+pseudonym a run can show (staff, postcode) replaced by the project's own, made with the key the
 custodian derives for the project. Two projects' views therefore share no identifier. Each
-person also has a whole-number key for this set of views only (`patient_key`, 0 .. people - 1),
-which the engines join by.
+person has a whole-number key for this set of views only (`patient_key`, 0 .. people - 1),
+which the engines join by and a run's dataset is kept by. (Views made ready-made, `made`,
+also carry each person's project pseudonym, for dummy data and tests.)
 
 A run's views are not copied out of the lake: `plan` describes them as SQL over the lake
 version's own Parquet files (the population, each view, the pseudonym maps), and the engine
 makes them where it runs, reading only the columns and rows they need (engines.duckdb.install,
-engines.spark.Sandbox.install), and keys the people there too: each project pseudonym is an
-HMAC the engine computes (`pseudonymised_sql` for a dataset's rows only, `mapping_sql`) from
-the key's padded blocks, which it holds as a one-row table (`key_table`) that no compiled query
-may name. No row of a table passes through Python.
+engines.spark.Sandbox.install), and keys there what a run may show: each project pseudonym of
+a member of staff or a postcode is an HMAC the engine computes (`mapping_sql`), and so is each
+person's use token (`uses_sql`), from the key's padded blocks, which it holds as a one-row
+table (`key_table`) that no compiled query may name. A person's own project pseudonym is made
+nowhere: a run's dataset stays inside it, by each person's whole-number key, and only tables
+leave. No row of a table passes through Python.
 `made` makes the same views into Arrow tables, for dummy data and tests.
 
 What a definition needs granted to build its views (`required_fields`) covers every read: each
@@ -37,7 +40,7 @@ import pyarrow as pa
 
 from gpdpr.custodian.central import SALT, USE_V2
 from gpdpr.lake.store import Snapshot
-from gpdpr.tre.engines.base import PSEUDONYM, LakeViews
+from gpdpr.tre.engines.base import LakeViews
 from gpdpr.tre.engines.sql import DIALECTS, Dialect
 from gpdpr.tre.query.schema import (
     PATIENT_FIELD,
@@ -229,11 +232,11 @@ def source(name: str) -> str:
     return f"source_{name}"
 
 
-# The people in the population, each with their whole-number key and project pseudonym: an
-# engine makes this table (`keyed_people_sql`) before any view is read.
+# The people in the population, each with their lake pseudonym and whole-number key: an engine
+# makes this table (`keyed_people_sql`) before any view is read.
 PEOPLE = source("people")
 KEY = PATIENT_KEY
-# One row: the project key's padded blocks (`key_table`), which the engine keys people with.
+# One row: the project key's padded blocks (`key_table`), which the engine keys pseudonyms with.
 KEYS = source("key")
 
 
@@ -259,22 +262,11 @@ def project_sql(dialect: Dialect, column: str) -> str:
 
 def keyed_people_sql(lake: LakeViews) -> str:
     """The population, each person with their whole-number key in lake pseudonym order: the
-    same people get the same keys on every engine. Not their project pseudonyms: a measure
-    shows none, and a dataset's are made for its rows only (`pseudonymised_sql`)."""
+    same people get the same keys on every engine. Not their project pseudonyms: no run
+    shows one (see `engines.base.Results`)."""
     return (
         f"select p.*, cast(row_number() over (order by p.patient) - 1 as bigint) as {KEY} "
         f"from ({lake.people}) p"
-    )
-
-
-def pseudonymised_sql(dataset: str, dialect: Dialect) -> str:
-    """A dataset query's rows (`dataset`: its SQL, which reads patients by key), each headed by
-    its patient's project pseudonym (`PSEUDONYM`), keyed by the engine for these rows only.
-    Service SQL around a query the guard has passed: it names the people and the key, which a
-    compiled query never may."""
-    return (
-        f"select {project_sql(dialect, 'p.patient')} as {PSEUDONYM}, d.* from ({dataset}) d "
-        f"join {PEOPLE} p on p.{KEY} = d.{PATIENT_ID} cross join {KEYS}"
     )
 
 

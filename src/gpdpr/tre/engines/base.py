@@ -70,7 +70,10 @@ Views: TypeAlias = Mapping[str, pa.Table] | LakeViews
 class Results:
     """What a run computed, before disclosure control: none of it leaves as it is."""
 
-    dataset: pa.Table | None  # one row per patient (patient_id, each variable): stays inside
+    # One row per patient: `patient_id` (the run's whole-number key of the person, which means
+    # nothing outside the run), then each variable. It stays inside: only the tables made from
+    # it leave, so no pseudonym of its people is made at all (each would be an HMAC per row).
+    dataset: pa.Table | None
     measures: dict[str, pa.Table]  # measure name -> interval, groups, numerator, denominator
     # A use token for everyone whose record the run read (see `RunUses`); None when the views
     # were handed over ready-made.
@@ -123,7 +126,7 @@ def intervals_table(intervals: n.Intervals) -> pa.Table:
 
 def dataset_schema(definition: n.Definition) -> pa.Schema:
     return pa.schema(
-        [(PATIENT_ID, pa.string())]
+        [(PATIENT_ID, pa.int64())]
         + [(name, arrow_type(s.type)) for name, s in definition.variables]
     )
 
@@ -136,48 +139,26 @@ def measure_schema(measure: n.Measure) -> pa.Schema:
     )
 
 
-class Pseudonyms:
-    """Each patient's pseudonym by their whole-number key, looked up for the rows a dataset
-    shows only (a measure shows none: taking a million pseudonyms in key order up front would
-    cost it time for nothing)."""
-
-    def __init__(self, ids: pa.ChunkedArray, row_of_key: pa.Array | None) -> None:
-        self.ids = ids
-        self.row_of_key = row_of_key  # the patients view's row of each key; None: key = row
-
-    def of(self, keys: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
-        rows = keys if self.row_of_key is None else self.row_of_key.take(keys)
-        return self.ids.take(rows)
-
-
-def keyed(views: Mapping[str, pa.Table]) -> tuple[dict[str, pa.Table], Pseudonyms]:
+def keyed(views: Mapping[str, pa.Table]) -> dict[str, pa.Table]:
     """The views as the compiled SQL reads them, with each patient's whole-number key in place
-    of `patient_id`; and the pseudonyms by key, to show the patients of a dataset by. Views
-    made by `views.build` carry the keys; others (made by hand) are given them here: a row
-    whose patient is not in the patients view gets none (null), so a row has a key if and
-    only if its patient is in the patients view."""
+    of `patient_id`. Views made by `views.build` carry the keys; others (made by hand) are
+    given them here (the patient's row in the patients view): a row whose patient is not in
+    the patients view gets none (null), so a row has a key if and only if its patient is in
+    the patients view."""
     patients = views["patients"]
     ids = patients.column(PATIENT_ID)
     people = patients.num_rows
     given = people > 0 and all(PATIENT_KEY in v.column_names for v in views.values())
-    order = None
     if (
         given
         and patients.column(PATIENT_KEY).null_count == 0
         and all(_within(view.column(PATIENT_KEY), people) for view in views.values())
-    ):
         # The keys must number the people 0 .. people - 1, once each, to stand for them, and
         # every other row's key must be one of them.
-        keys = patients.column(PATIENT_KEY).to_numpy()
-        order = np.full(people, -1, np.int64)
-        order[keys] = np.arange(people)  # order[key]: the row of the patient with that key
-        if (order < 0).any():
-            order = None  # a key given twice (so another not at all)
-    if order is not None:
-        pseudonyms = Pseudonyms(ids, pa.array(order))
+        and len(np.unique(patients.column(PATIENT_KEY).to_numpy())) == people
+    ):
         key_of = {name: view.column(PATIENT_KEY) for name, view in views.items()}
     else:
-        pseudonyms = Pseudonyms(ids, None)
         key_of = {
             name: pc.index_in(view.column(PATIENT_ID), value_set=ids.combine_chunks())
             for name, view in views.items()
@@ -186,7 +167,7 @@ def keyed(views: Mapping[str, pa.Table]) -> tuple[dict[str, pa.Table], Pseudonym
     for name, view in views.items():
         plain = view.drop_columns([c for c in (PATIENT_ID, PATIENT_KEY) if c in view.column_names])
         out[name] = plain.add_column(0, PATIENT_ID, key_of[name].cast(pa.int64()))
-    return out, pseudonyms
+    return out
 
 
 def _within(keys: pa.ChunkedArray, people: int) -> bool:
@@ -196,49 +177,14 @@ def _within(keys: pa.ChunkedArray, people: int) -> bool:
     return lowest.as_py() is None or (lowest.as_py() >= 0 and highest.as_py() < people)
 
 
-def shown(dataset: pa.Table, pseudonyms: Pseudonyms) -> pa.Table:
-    """A dataset computed by key, showing each patient's pseudonym."""
-    index = dataset.column_names.index(PATIENT_ID)
-    ids = (
-        pseudonyms.of(dataset.column(PATIENT_ID)) if dataset.num_rows else pa.array([], pa.string())
-    )
-    return dataset.set_column(index, PATIENT_ID, ids)
+# An engine's sandbox's query: a compiled query's answer.
+Ask = Callable[[sql.Query], pa.Table]
 
 
-# The column `views.pseudonymised_sql` puts first: the project pseudonym of each row's patient.
-PSEUDONYM = "project_pseudonym"
-
-
-def pseudonymised(found: pa.Table) -> pa.Table:
-    """A dataset the engine keyed (`views.pseudonymised_sql`: the project pseudonym first, then
-    the query's columns, by key first) as the service shows it: by pseudonym, without keys."""
-    index = found.column_names.index(PSEUDONYM)
-    ids = found.column(index)
-    found = found.remove_column(index)
-    return found.set_column(0, PATIENT_ID, ids)
-
-
-# An engine's sandbox's query: a compiled query's answer, inside the service's SQL around it.
-Around = Callable[[str, sql.Dialect], str]
-Ask = Callable[[sql.Query, Around | None], pa.Table]
-
-
-def dataset_answer(
-    ask: Ask,
-    definition: n.Definition,
-    dialect: sql.Dialect,
-    pseudonyms: Pseudonyms | None,
-    keyed_by_engine: Around,
-) -> pa.Table:
-    """A definition's dataset as the service shows it, by project pseudonym: keyed by the engine
-    around the answer (`keyed_by_engine`, `views.pseudonymised_sql`) when it read the lake's
-    views, or looked up in `pseudonyms` for views handed to it ready-made."""
-    query = sql.dataset_query(definition, dialect)
-    if pseudonyms is None:
-        found = pseudonymised(ask(query, keyed_by_engine))
-    else:
-        found = shown(ask(query, None), pseudonyms)
-    return conform(found, dataset_schema(definition))
+def dataset_answer(ask: Ask, definition: n.Definition, dialect: sql.Dialect) -> pa.Table:
+    """A definition's dataset as a run keeps it: by the run's whole-number key of each person
+    (see `Results.dataset`)."""
+    return conform(ask(sql.dataset_query(definition, dialect)), dataset_schema(definition))
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

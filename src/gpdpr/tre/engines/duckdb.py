@@ -56,7 +56,6 @@ from gpdpr.tre.views import (
     key_table,
     keyed_people_sql,
     mapping_sql,
-    pseudonymised_sql,
     source,
     uses_sql,
 )
@@ -65,7 +64,6 @@ DIALECT = sql.DIALECTS["duckdb"]
 BATCH = 1_000_000  # rows of an answer DuckDB hands over at a time
 NAME = re.compile(r"[a-z][a-z0-9_]*")  # a common table expression's name, as compiled
 T = TypeVar("T")
-ANSWER = source("answer")  # a query's answer, before the service's SQL around it
 
 
 class Sandbox:
@@ -126,20 +124,17 @@ class Sandbox:
         self.con.unregister(name)
         self.relations.discard(name)
 
-    def query(
-        self, query: sql.Query, around: Callable[[str, sql.Dialect], str] | None = None
-    ) -> pa.Table:
-        """A compiled query's answer: checked by the guard, then run (inside the service's own
-        SQL `around` it, if given).
+    def query(self, query: sql.Query) -> pa.Table:
+        """A compiled query's answer: checked by the guard, then run.
 
         Run a step at a time: each common table expression the answer needs is made into a
-        table of the run's own, in order, then the select over those (and the service's SQL
-        around its answer, another step). As one statement, DuckDB runs every operator of the
-        query at once (each join's hash table held while the aggregates and windows beneath
-        are still being made), and at national scale that cannot spill: at 10 million people
-        the dataset and the measure ran out of a 2.5 GB limit. Made one at a time, each step
-        spills on its own; at 1 million people the answer came as fast, or within a tenth of
-        a second per step (Spark does the same with the expressions it uses twice)."""
+        table of the run's own, in order, then the select over those. As one statement,
+        DuckDB runs every operator of the query at once (each join's hash table held while the
+        aggregates and windows beneath are still being made), and at national scale that
+        cannot spill: at 10 million people the dataset and the measure ran out of a 2.5 GB
+        limit. Made one at a time, each step spills on its own; at 1 million people the
+        answer came as fast, or within a tenth of a second per step (Spark does the same with
+        the expressions it uses twice)."""
         guard.check(query.text(), DIALECT.name, self.relations)
         needed = _needed(query)
         made: list[str] = []
@@ -154,10 +149,7 @@ class Sandbox:
             for name, select in query.ctes.items():  # each reads only those before it
                 if name in needed:
                     self._timed(partial(make, name, select))
-            if around is None:
-                return self.execute(query.select)
-            self._timed(partial(make, ANSWER, query.select))
-            return self.execute(around(f"select * from {ANSWER}", DIALECT))
+            return self.execute(query.select)
         finally:
             for name in made:
                 self.con.execute(f"drop table if exists {name}")
@@ -226,21 +218,17 @@ class DuckDBEngine:
         with self.sandbox({}, files) as box:
             try:
                 uses = None
-                pseudonyms = None
                 if isinstance(views, LakeViews):
                     install(views, box.con)
                     box.relations.update(view_name(name) for name in views.views)
                     tokens = box.execute(uses_sql(views, DIALECT)).column(0)
                     uses = run_uses(views.salt, tokens)
                 else:
-                    by_key, pseudonyms = keyed(views)
-                    for name, table in by_key.items():
+                    for name, table in keyed(views).items():
                         box.register(view_name(name), table)
                 dataset = None
                 if definition.population is not None:
-                    dataset = dataset_answer(
-                        box.query, definition, DIALECT, pseudonyms, pseudonymised_sql
-                    )
+                    dataset = dataset_answer(box.query, definition, DIALECT)
                 measures: dict[str, pa.Table] = {}
                 for measure in definition.measures:
                     box.register(sql.INTERVALS, intervals_table(measure.intervals))

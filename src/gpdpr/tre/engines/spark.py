@@ -43,7 +43,7 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,7 +78,6 @@ from gpdpr.tre.views import (
     key_table,
     keyed_people_sql,
     mapping_sql,
-    pseudonymised_sql,
     source,
     uses_sql,
 )
@@ -88,7 +87,6 @@ if TYPE_CHECKING:
     from pyspark.sql.types import StructType
 
 DIALECT = sql.DIALECTS["spark"]
-ANSWER = source("answer")  # a dataset query's rows, before the service keys their patients
 SUBSTITUTE = "spark.sql.variable.substitute"
 # Set on every run's session, after any settings an engine is given.
 CONFINED = {SUBSTITUTE: "false", "spark.sql.runSQLOnFiles": "false"}
@@ -288,7 +286,6 @@ class SparkEngine:
             box = Sandbox(spark, Path(folder), self.seconds)
             try:
                 uses = None
-                pseudonyms = None
                 if isinstance(views, LakeViews):
                     box.install(views)
                     tokens = box._collect(box.spark.sql(uses_sql(views, DIALECT))).column(0)
@@ -296,14 +293,12 @@ class SparkEngine:
                 else:
                     # The views the definition reads (the others would only cost time to load).
                     wanted = {"patients", *n.columns_used(definition)}
-                    by_key, pseudonyms = keyed({k: v for k, v in views.items() if k in wanted})
+                    by_key = keyed({k: v for k, v in views.items() if k in wanted})
                     for name, table in by_key.items():
                         box.register(view_name(name), _typed(name, table))
                 dataset = None
                 if definition.population is not None:
-                    dataset = dataset_answer(
-                        box.query, definition, DIALECT, pseudonyms, pseudonymised_sql
-                    )
+                    dataset = dataset_answer(box.query, definition, DIALECT)
                 measures: dict[str, pa.Table] = {}
                 for measure in definition.measures:
                     box.register(sql.INTERVALS, intervals_table(measure.intervals))
@@ -410,13 +405,10 @@ class Sandbox:
         _check_plan(frame, self.folder, self.lake_files)
         return frame
 
-    def query(
-        self, query: sql.Query, around: Callable[[str, sql.Dialect], str] | None = None
-    ) -> pa.Table:
+    def query(self, query: sql.Query) -> pa.Table:
         """A query's answer, each of its common table expressions that is used more than once
         computed once and kept (Spark would otherwise work each out again wherever it is used,
-        and a measure over spans uses some several times over); inside the service's own SQL
-        `around` it, if given."""
+        and a measure over spans uses some several times over)."""
         if self.expired.is_set():
             raise too_long(self.seconds)
         # Every job of this query in the run's group (a setting of this thread's).
@@ -432,12 +424,7 @@ class Sandbox:
                     self.kept.append(frame)
                 frame.createOrReplaceTempView(name)
                 self.relations.add(name)
-            frame = self.frame(query.select)
-            if around is not None:
-                frame.createOrReplaceTempView(ANSWER)
-                self.defined.add(ANSWER)
-                frame = self.spark.sql(around(f"select * from {ANSWER}", DIALECT))
-            return self._collect(frame)
+            return self._collect(self.frame(query.select))
         finally:
             context.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
             for name in query.ctes:
