@@ -19,7 +19,9 @@ Each run has two fresh child processes. The first synthesises the practices (`gp
 into a temporary folder and issues each practice a key kit; none of that is timed. The second
 starts the custodian's pseudonym service (a real HTTP server, in that process, on the same cores)
 and the worker pool, has every worker import the extractor, then times from the first practice
-handed out to the last package sealed: each extract's one round trip to the service included.
+handed out (largest first) to the last package sealed: each extract's one round trip to the
+service included. Every extract is a historic one with nothing cached: every pseudonym is
+evaluated by the service in that extract's round trip.
 Source rows are the supplier tables' row counts in each extract.json; FHIR resources are the
 non-empty lines of the *.ndjson files (for fhir-bundle, the Bundle's entries). Peak MB is the
 largest ru_maxrss of any worker, each worker reporting its own after every practice; cores used
@@ -179,13 +181,18 @@ def _child(script: str, *args: str) -> dict[str, Any]:
     return figures
 
 
-def run_one(kind: Kind, patients: int) -> dict[str, float]:
+def run_one(kind: Kind, patients: int) -> dict[str, Any]:
     practices = kind.practices(patients)
     with tempfile.TemporaryDirectory(prefix="gpdpr-bench-") as tmp:
         layout = "bundle" if kind.one_bundle else "files"
         made = _child(_SYNTH, kind.fmt, str(patients), str(practices), tmp, layout)
-        codes = [str(code) for code, _ in made["practices"]]
+        # Largest practice first (longest-processing-time order), as a national run would hand
+        # them out: a large practice left to the end keeps one worker busy while the other waits.
+        by_size = sorted(made["practices"], key=lambda p: (-p[1], p[0]))
+        codes = [str(code) for code, _ in by_size]
+        load_before = os.getloadavg()[0]
         timed = _child(_EXTRACT, tmp, str(kind.workers), *codes)
+        load_after = os.getloadavg()[0]
     return {
         "practices": len(codes),
         "largest": max(n for _, n in made["practices"]),
@@ -194,6 +201,7 @@ def run_one(kind: Kind, patients: int) -> dict[str, float]:
         "cpu_seconds": timed["cpu_seconds"],
         "worker_mb": timed["worker_mb"],
         "busy": min(kind.workers, len(codes)),
+        "load": f"{load_before:.1f} / {load_after:.1f}",
     }
 
 
@@ -218,6 +226,7 @@ def main() -> None:
         "rows/s per core",
         "cores used",
         "peak MB worker",
+        "load avg",
     ]:
         table.add_column(column, justify="left" if column == "run" else "right")
     for name, patients in runs:
@@ -237,13 +246,15 @@ def main() -> None:
             f"{rate / f['busy']:,.0f}",
             f"{f['cpu_seconds'] / f['seconds']:.2f}",
             f"{f['worker_mb']:,.0f}",
+            f["load"],
         )
         console.print(f"done: {name} {patients:,} in {f['seconds']:.1f}s")
     console.print(table)
     console.print(
         "workers: busy workers of the pool (never more than there are practices); rows/s per core ="
         " rows/s / busy workers; cores used = the workers' CPU seconds in extract() / seconds (well"
-        " under the busy workers: uneven practices, or the machine was shared)."
+        " under the busy workers: uneven practices, or the machine was shared); load avg = the"
+        " machine's 1-minute load average before / after the timed child (above 2: shared cores)."
     )
 
 

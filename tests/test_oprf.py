@@ -3,12 +3,14 @@ and the properties the custodian relies on."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
 
 import orjson
 import pytest
+import rbcl
 
 from gpdpr.practice import oprf
 
@@ -53,6 +55,36 @@ def test_random_blinds_give_the_same_output_and_hide_the_input() -> None:
 def test_the_custodian_refuses_what_is_not_an_element(element: bytes) -> None:
     with pytest.raises(oprf.OprfError):
         oprf.blind_evaluate(oprf.generate_key(), [element])
+
+
+def _crafted_elements() -> list[bytes]:
+    """Valid elements, and the same spoiled in each way an encoding can be: random bytes, the
+    top bit set or the sign bit flipped (non-canonical or negative field elements)."""
+    made = [oprf.hash_to_group(b"%d" % i) for i in range(40)]
+    spoiled = [bytes([*e[:31], e[31] | 0x80]) for e in made]
+    spoiled += [bytes([e[0] ^ 1, *e[1:]]) for e in made]
+    noise = [hashlib.sha256(b"%d" % i).digest() for i in range(120)]
+    return [*made, *spoiled, *noise, bytes(32)]
+
+
+def test_what_either_side_refuses_is_exactly_what_libsodium_calls_invalid_or_the_identity() -> None:
+    """Both sides leave the decoding check to libsodium's multiplication (one decode, not two):
+    it must refuse exactly the encodings the RFC says to refuse, at the custodian (blinded
+    elements) and at the practice (evaluated ones)."""
+    key = oprf.generate_key()
+    blind = oprf.new_blinds(1)
+    for element in _crafted_elements():
+        invalid = element == bytes(32) or not rbcl.crypto_core_ristretto255_is_valid_point(element)
+        for step in (
+            lambda e: oprf.blind_evaluate(key, [e]),
+            lambda e: oprf.finalize([b"x"], blind, [e]),
+        ):
+            try:
+                step(element)
+                refused = False
+            except oprf.OprfError:
+                refused = True
+            assert refused == invalid, element.hex()
 
 
 def test_a_batch_split_across_threads_gives_what_one_input_at_a_time_gives() -> None:
