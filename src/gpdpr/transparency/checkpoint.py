@@ -37,6 +37,7 @@ from gpdpr.transparency.note import NoteError, Verifier
 ORIGIN = "gpdpr.example/transparency-log"
 KEY_FOLDER = "log"  # inside HOME/keys
 PRIVATE_KEY = "log.key"
+NEXT_KEY = "next.key"  # a key change under way (gpdpr.transparency.rotation)
 
 
 class CheckpointError(UserError):
@@ -153,10 +154,11 @@ def public_file(key: Ed25519PrivateKey) -> bytes:
     return log_verifier(key).vkey.encode() + b"\n"
 
 
-def load_or_create_key(keys: Path) -> Ed25519PrivateKey:
-    """The log's signing key from KEYS/log/log.key, made (owner-only) the first time."""
+def load_or_create_key(keys: Path, name: str = PRIVATE_KEY) -> Ed25519PrivateKey:
+    """The log's signing key from KEYS/log/log.key (or the next one, `name` NEXT_KEY, during a
+    key change), made (owner-only) the first time."""
     folder = keys / KEY_FOLDER
-    path = folder / PRIVATE_KEY
+    path = folder / name
     if path.exists():
         durable.sweep(path)
     else:
@@ -187,3 +189,16 @@ def load_or_create_key(keys: Path) -> Ed25519PrivateKey:
     if not isinstance(loaded, Ed25519PrivateKey):
         raise UserError(f"{path} is not an Ed25519 private key")
     return loaded
+
+
+def settle_key_change(keys: Path, published: Path) -> None:
+    """Finish a key change a crash interrupted between publishing the new key and taking it up:
+    log.pub already holds the next key's public half, so the next key becomes the log's key."""
+    folder = keys / KEY_FOLDER
+    following = folder / NEXT_KEY
+    if not following.exists() or not published.exists():
+        return
+    loaded = serialization.load_pem_private_key(following.read_bytes(), password=None)
+    if isinstance(loaded, Ed25519PrivateKey) and published.read_bytes() == public_file(loaded):
+        os.replace(following, folder / PRIVATE_KEY)
+        durable.fsync_dir(folder)
