@@ -16,6 +16,8 @@ place:
   where the registry stood when it planned (`Mark`), and as it records, drops the tokens of
   everyone opted out or erased since (`forget_since`), before its file is in place and again
   once its record is committed (a cycle that ran in between swept only recorded runs);
+- the engines' scratch folders in the system's temporary folder (gpdpr.tre.scratch): those of a
+  process that is gone (an engine killed part-way) are removed; they may hold rows it computed on;
 - refused packages: a refusal a killed `collect` left staged whole is finished, so only its
   reason and its manifest's summary remain; renamed packages a killed run was deleting are
   deleted (gpdpr.collect.service.sweep_loaded);
@@ -53,6 +55,7 @@ from gpdpr.governance.models import Agreement, Application
 from gpdpr.transparency import uses
 from gpdpr.transparency.models import RunUse
 from gpdpr.tre import runs as tre_runs
+from gpdpr.tre import scratch
 from gpdpr.tre.models import Run
 
 BATCH = 500  # rows a statement
@@ -65,6 +68,7 @@ class Beyond:
     runs: int = 0  # runs whose record of whom they read held someone erased
     tokens: int = 0  # use tokens removed, from files and the database
     refusals: int = 0  # refusals left staged by a killed `collect`, finished
+    scratch: int = 0  # scratch folders killed engines left, removed
     waiting: list[Path] = field(default_factory=list)  # packages waiting in HOME/inbox
     settled: bool = True  # SQLite's write-ahead log emptied
 
@@ -72,6 +76,7 @@ class Beyond:
         self.runs += other.runs
         self.tokens += other.tokens
         self.refusals += other.refusals
+        self.scratch += other.scratch
         self.waiting = other.waiting
         self.settled = other.settled
 
@@ -89,6 +94,7 @@ def sweep(home: Path, keys: Path, engine: sa.Engine, people: Collection[str]) ->
         sweep_loaded(inbox)
         found.waiting = sorted(p for p in inbox.iterdir() if not p.name.startswith("."))
     tre_runs.tidy(home)
+    found.scratch = scratch.sweep()
     if people:
         found.runs, found.tokens = _forget_uses(home, keys, engine, people)
     found.settled = db.settle(engine)
