@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
-from gpdpr import cli
+from gpdpr import cli, durable
 from gpdpr.transparency import checkpoint as cp
 from gpdpr.transparency import cosigning, key_change, note, policy, store, witness
 from gpdpr.transparency.merkle import Tree
@@ -240,3 +240,26 @@ def test_the_cli_rotates_the_key_and_a_witness_follows_it_from_the_public_files(
         cli.app, ["log", "verify", "--log-dir", log_dir, "--policy", str(old_policy)]
     )
     assert ok.exit_code == 0 and "co-signed by 2 of 2" in ok.output, ok.output
+
+
+@pytest.mark.parametrize("step", ["key change recorded", "new log key published"])
+def test_a_rotation_cut_once_the_change_is_final_is_finished_at_the_next_start(
+    home: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    old_policy = pinned_at_start(home)
+
+    def cut(name: str) -> None:
+        if name == step:
+            raise KeyboardInterrupt(name)  # as a kill would stop it
+
+    monkeypatch.setattr(durable, "step", cut)
+    with pytest.raises(KeyboardInterrupt):
+        rotate(home, NOW + 60)
+    monkeypatch.undo()
+    with pytest.raises(policy.PolicyError, match="0 of the pinned witnesses"):
+        check(home, old_policy, NOW + 60)  # as after any cut publish: not yet co-signed
+    later = grow(home, 2, NOW + 120)  # the next start takes the new key up
+    assert not later.notes, later.notes  # the witnesses follow, shown the recorded change
+    assert later.checkpoint.key == pinned_at_start(home).log.id.hex()
+    assert not (home / "keys" / "log" / cp.NEXT_KEY).exists()
+    assert check(home, old_policy, NOW + 120) == 10

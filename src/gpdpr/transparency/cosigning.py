@@ -31,7 +31,7 @@ from gpdpr.transparency.witness import (
 
 WITNESSES = "witnesses"  # in HOME/keys/log
 POLICY = "policy"  # in HOME/keys/log
-CHANGES = "changes"  # in HOME/keys/log: each key change's seq and entry, to show witnesses
+CHANGES = cp.CHANGES  # in HOME/keys/log: each key change's seq and entry, to show witnesses
 REWITNESS_SECONDS = 3_600  # a checkpoint is co-signed again once its cosignatures are this old
 
 

@@ -5,9 +5,10 @@ accept (gpdpr.transparency.key_change), under the publish lock:
 2. the log is signed with the old key and co-signed; unless a quorum of the operator's pinned
    witnesses co-signs, nothing is switched (the change waits; run the command again);
 3. that witnessed checkpoint is appended as the handover entry, and the log signed by both keys;
-4. log.pub becomes the new key, then next.key becomes log.key (a crash between the two is
-   finished at the next start: gpdpr.transparency.checkpoint.settle_key_change);
-5. the operator's policy pins the new key, and the witnesses are shown the change and follow.
+4. the change is recorded as final (HOME/keys/log/changes) and the operator's policy pins the
+   new key; log.pub becomes the new key, then next.key becomes log.key (a crash anywhere in
+   this step is finished at the next start: gpdpr.transparency.checkpoint.settle_key_change);
+5. the witnesses are shown the change and follow.
 
 Each step can be run again: a change or handover already in the log is found, not written twice.
 The old private key is removed: a key that no longer signs anything must not lie about.
@@ -83,13 +84,15 @@ def rotate(home: Path, now: int | None = None, keys: Path | None = None) -> Rota
             writer.append([key_change.handover_entry(change, gathered.checkpoint, stamp)])
         both = key_change.signed_by_both(old, new, writer.size, writer.contents.tree.root())
         writer.publish(both)  # a reader holding either log.pub verifies it
+        new_key = cp.log_verifier(new)
+        # Final from here: whatever starts next finishes the switch (settle_key_change).
+        cosigning.record_change(keys, change, line)
+        cosigning.repin(keys, new_key)
+        durable.step("key change recorded")
         durable.write_file(folder / store.PUBLIC_KEY, cp.public_file(new))
         durable.step("new log key published")
         cp.settle_key_change(keys, folder / store.PUBLIC_KEY)
         writer.key = new
-        new_key = cp.log_verifier(new)
-        cosigning.record_change(keys, change, line)
-        cosigning.repin(keys, new_key)
         for witness_folder in cosigning.enrolled(keys):
             try:
                 cosigning.show_changes(writer, keys, open_witness(witness_folder))
