@@ -65,7 +65,7 @@ def test_the_file_holds_nothing_of_anyones_pseudonym(tmp_path: Path) -> None:
     people = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(500)]
     uses.keep(tmp_path, engine_uses(KEY, SALT, people))
     body = (tmp_path / uses.FILE).read_bytes()
-    assert len(body) == len(uses.HEADER) + 16 + 16 * 500
+    assert len(body) == len(uses.HEADER) + 16 + 16 * 500 + uses.TRAILER
     projected = project_pseudonyms(KEY, pa.array(people)).to_pylist()
     for pseudonym in [*people, *projected]:  # as text, or 8 bytes of it
         assert pseudonym.encode() not in body
@@ -94,7 +94,7 @@ def test_a_file_of_the_first_version_is_still_read_by_project_pseudonym(tmp_path
     tokens = pa.array([bytes.fromhex(use_token(KEY, SALT, p))[:16] for p in projected[:30]])
     uses.keep(tmp_path, run_uses(SALT, tokens))
     path = tmp_path / uses.FILE
-    path.write_bytes(uses.HEADER_V1 + path.read_bytes()[len(uses.HEADER) :])
+    path.write_bytes(uses.HEADER_V1 + path.read_bytes()[len(uses.HEADER) : -uses.TRAILER])
     assert uses.basis(tmp_path) == f"v1:{SALT}"
     assert all(uses.holds(tmp_path, use_token(KEY, SALT, p)) for p in projected[:30])
     assert not any(uses.holds(tmp_path, use_token(KEY, SALT, p)) for p in projected[30:])
@@ -130,5 +130,5 @@ def test_an_erased_persons_token_is_gone_and_everyone_else_is_still_found(
         assert uses.holds(folder, token) is (person not in gone)
         assert (bytes.fromhex(token[:32]) in body) is (person not in gone)
     assert uses.basis(folder) == SALT
-    kept = np.frombuffer(body[len(uses.HEADER) + 16 :], ">u8").reshape(-1, 2)
+    kept = np.frombuffer(body[len(uses.HEADER) + 16 : -uses.TRAILER], ">u8").reshape(-1, 2)
     assert [tuple(t) for t in kept] == sorted(tuple(t) for t in kept)  # still in order

@@ -11,7 +11,13 @@ place:
   A token names no one, but the custodian can make it again and so tell that the run read them,
   which is to say that they were in its population: people with some condition, medicine or
   history, known from the record they asked to have erased. So their tokens go with the rest.
-  Run folders a run killed part-way left are removed;
+  Run folders a run killed part-way left are removed. A run that was planned before someone
+  opted out and is recorded only after their cycle would escape the sweep: so a run notes
+  where the registry stood when it planned (`Mark`), and as it records, drops the tokens of
+  everyone opted out or erased since (`forget_since`), before its file is in place and again
+  once its record is committed (a cycle that ran in between swept only recorded runs);
+- the engines' scratch folders in the system's temporary folder (gpdpr.tre.scratch): those of a
+  process that is gone (an engine killed part-way) are removed; they may hold rows it computed on;
 - refused packages: a refusal a killed `collect` left staged whole is finished, so only its
   reason and its manifest's summary remain; renamed packages a killed run was deleting are
   deleted (gpdpr.collect.service.sweep_loaded);
@@ -42,12 +48,14 @@ from sqlalchemy.orm import Session
 
 from gpdpr import db
 from gpdpr.custodian.central import Custodian
+from gpdpr.db.models import DeletionReceipt, OptOutEvent
 from gpdpr.db.transactions import immediate
 from gpdpr.errors import UserError
 from gpdpr.governance.models import Agreement, Application
 from gpdpr.transparency import uses
 from gpdpr.transparency.models import RunUse
 from gpdpr.tre import runs as tre_runs
+from gpdpr.tre import scratch
 from gpdpr.tre.models import Run
 
 BATCH = 500  # rows a statement
@@ -60,6 +68,7 @@ class Beyond:
     runs: int = 0  # runs whose record of whom they read held someone erased
     tokens: int = 0  # use tokens removed, from files and the database
     refusals: int = 0  # refusals left staged by a killed `collect`, finished
+    scratch: int = 0  # scratch folders killed engines left, removed
     waiting: list[Path] = field(default_factory=list)  # packages waiting in HOME/inbox
     settled: bool = True  # SQLite's write-ahead log emptied
 
@@ -67,6 +76,7 @@ class Beyond:
         self.runs += other.runs
         self.tokens += other.tokens
         self.refusals += other.refusals
+        self.scratch += other.scratch
         self.waiting = other.waiting
         self.settled = other.settled
 
@@ -84,6 +94,7 @@ def sweep(home: Path, keys: Path, engine: sa.Engine, people: Collection[str]) ->
         sweep_loaded(inbox)
         found.waiting = sorted(p for p in inbox.iterdir() if not p.name.startswith("."))
     tre_runs.tidy(home)
+    found.scratch = scratch.sweep()
     if people:
         found.runs, found.tokens = _forget_uses(home, keys, engine, people)
     found.settled = db.settle(engine)
@@ -143,3 +154,49 @@ def _forget_uses(
                 n += int(getattr(done, "rowcount", 0) or 0)
             touched, removed = touched + (n > 0), removed + n
     return touched, removed
+
+
+@dataclass(frozen=True)
+class Mark:
+    """Where the opt-out registry stood when a run planned its views: its last opt-out event
+    and last deletion receipt (each only ever appended to, by id)."""
+
+    event: int
+    receipt: int
+
+
+def mark(engine: sa.Engine) -> Mark:
+    with Session(engine) as session:
+        event = session.scalar(sa.select(sa.func.max(OptOutEvent.id))) or 0
+        receipt = session.scalar(sa.select(sa.func.max(DeletionReceipt.id))) or 0
+    return Mark(event, receipt)
+
+
+def opted_out_since(engine: sa.Engine, since: Mark) -> set[str]:
+    """Everyone (lake pseudonyms) who set a Type 1 opt-out, or was erased, after `since`: a run
+    planned then may have read them, and must not keep that it did."""
+    with Session(engine) as session:
+        set_since = session.scalars(
+            sa.select(OptOutEvent.pseudonym).where(
+                OptOutEvent.id > since.event,
+                OptOutEvent.kind == "type1",
+                OptOutEvent.action == "set",
+            )
+        )
+        erased_since = session.scalars(
+            sa.select(OptOutEvent.pseudonym)
+            .join(DeletionReceipt, DeletionReceipt.opt_out_event_id == OptOutEvent.id)
+            .where(DeletionReceipt.id > since.receipt)
+        )
+        return set(set_since) | set(erased_since)
+
+
+def forget_since(keys: Path, engine: sa.Engine, project: str, folder: Path, since: Mark) -> int:
+    """Take out of a run's file of uses (in `folder`, for `project`) everyone opted out or erased
+    since the run planned (`since`); how many tokens were removed."""
+    people = opted_out_since(engine, since)
+    salt = uses.basis(folder)
+    if not people or salt is None:
+        return 0
+    tokens = Custodian(keys, engine).erased_tokens(people, [(project, salt)])
+    return uses.forget(folder, tokens[salt])

@@ -37,6 +37,8 @@ from gpdpr.transparency.note import NoteError, Verifier
 ORIGIN = "gpdpr.example/transparency-log"
 KEY_FOLDER = "log"  # inside HOME/keys
 PRIVATE_KEY = "log.key"
+NEXT_KEY = "next.key"  # a key change under way (gpdpr.transparency.rotation)
+CHANGES = "changes"  # each key change made final: its seq and entry (to show witnesses)
 
 
 class CheckpointError(UserError):
@@ -153,10 +155,11 @@ def public_file(key: Ed25519PrivateKey) -> bytes:
     return log_verifier(key).vkey.encode() + b"\n"
 
 
-def load_or_create_key(keys: Path) -> Ed25519PrivateKey:
-    """The log's signing key from KEYS/log/log.key, made (owner-only) the first time."""
+def load_or_create_key(keys: Path, name: str = PRIVATE_KEY) -> Ed25519PrivateKey:
+    """The log's signing key from KEYS/log/log.key (or the next one, `name` NEXT_KEY, during a
+    key change), made (owner-only) the first time."""
     folder = keys / KEY_FOLDER
-    path = folder / PRIVATE_KEY
+    path = folder / name
     if path.exists():
         durable.sweep(path)
     else:
@@ -187,3 +190,36 @@ def load_or_create_key(keys: Path) -> Ed25519PrivateKey:
     if not isinstance(loaded, Ed25519PrivateKey):
         raise UserError(f"{path} is not an Ed25519 private key")
     return loaded
+
+
+def settle_key_change(keys: Path, published: Path) -> None:
+    """Finish a key change a crash interrupted after it became final: once its change is
+    recorded in KEYS/log/changes (its handover logged, gpdpr.transparency.rotation) or the
+    next key's public half is already in log.pub, the next key becomes the log's key."""
+    folder = keys / KEY_FOLDER
+    following = folder / NEXT_KEY
+    if not following.exists():
+        return
+    loaded = serialization.load_pem_private_key(following.read_bytes(), password=None)
+    if not isinstance(loaded, Ed25519PrivateKey):
+        return
+    public = public_file(loaded)
+    shown = published.exists() and published.read_bytes() == public
+    if not (shown or log_verifier(loaded).vkey in _recorded_changes(folder)):
+        return
+    if not shown:
+        durable.write_file(published, public)
+    os.replace(following, folder / PRIVATE_KEY)
+    durable.fsync_dir(folder)
+
+
+def _recorded_changes(folder: Path) -> set[str]:
+    """The new keys (vkeys) of the key changes recorded final in FOLDER/changes."""
+    path = folder / CHANGES
+    if not path.exists():
+        return set()
+    found = set()
+    for line in path.read_bytes().splitlines():
+        entry = orjson.loads(orjson.loads(line)["entry"])
+        found.add(str(entry["details"]["new_key"]))
+    return found

@@ -9,17 +9,29 @@ and published in HOME/log/policy for convenience: verifiers pin their own copy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import orjson
 
 from gpdpr import durable
 from gpdpr.errors import UserError
 from gpdpr.transparency import checkpoint as cp
-from gpdpr.transparency import policy, store
-from gpdpr.transparency.witness import Conflict, add_checkpoint, open_witness, request_body
+from gpdpr.transparency import note, policy, store
+from gpdpr.transparency.witness import (
+    Conflict,
+    Witness,
+    WitnessRefused,
+    add_checkpoint,
+    follow,
+    kept_size,
+    open_witness,
+    request_body,
+)
 
 WITNESSES = "witnesses"  # in HOME/keys/log
 POLICY = "policy"  # in HOME/keys/log
+CHANGES = cp.CHANGES  # in HOME/keys/log: each key change's seq and entry, to show witnesses
 REWITNESS_SECONDS = 3_600  # a checkpoint is co-signed again once its cosignatures are this old
 
 
@@ -54,6 +66,40 @@ def enrol(keys: Path, folder: Path, quorum: int) -> policy.Policy:
     return pinned
 
 
+def repin(keys: Path, log_key: note.Verifier) -> None:
+    """After a key change: the operator's policy (the portal's) pins the key now in force."""
+    pinned = operator_policy(keys)
+    if pinned is not None:
+        renewed = replace(pinned, log=log_key).render().encode()
+        durable.write_file(keys / cp.KEY_FOLDER / POLICY, renewed)
+
+
+def record_change(keys: Path, seq: int, line: bytes) -> None:
+    path = keys / cp.KEY_FOLDER / CHANGES
+    known = path.read_bytes() if path.exists() else b""
+    record = orjson.dumps({"seq": seq, "entry": line.decode()}) + b"\n"
+    if record not in known.splitlines(keepends=True):
+        durable.write_file(path, known + record)
+
+
+def show_changes(writer: store.Writer, keys: Path, witness: Witness) -> None:
+    """Show a witness every key change recorded, with its inclusion proof in the last tree the
+    witness co-signed, so it can follow the log's key (gpdpr.transparency.witness.follow)."""
+    path = keys / cp.KEY_FOLDER / CHANGES
+    if not path.exists():
+        return
+    for line in path.read_bytes().splitlines():
+        change = orjson.loads(line)
+        seq, entry = int(change["seq"]), str(change["entry"]).encode()
+        size = min(kept_size(witness, cp.ORIGIN), writer.size)
+        if seq < size:
+            try:
+                follow(witness, entry, seq, writer.contents.tree.inclusion_proof(seq, size))
+            except WitnessRefused as refused:
+                if refused.status != 403:  # 403: it follows a later key already
+                    raise
+
+
 def operator_policy(keys: Path) -> policy.Policy | None:
     path = keys / cp.KEY_FOLDER / POLICY
     return policy.parse(path.read_text("utf-8"), str(path)) if path.exists() else None
@@ -76,8 +122,8 @@ def gather(writer: store.Writer, keys: Path, signed: cp.Checkpoint, now: int) ->
     for folder in enrolled(keys):
         try:
             witness = open_witness(folder)
-            old = 0
-            for _ in range(2):  # the first answer may tell us the size it last co-signed
+            old, shown = 0, False
+            for _ in range(3):  # an answer may give the size it last co-signed, or a key change
                 proof = writer.contents.tree.consistency_proof(min(old, signed.size), signed.size)
                 try:
                     body = request_body(old, proof, signed.to_bytes())
@@ -87,6 +133,11 @@ def gather(writer: store.Writer, keys: Path, signed: cp.Checkpoint, now: int) ->
                     break
                 except Conflict as conflict:
                     old = conflict.size
+                except WitnessRefused as refused:
+                    if refused.status != 403 or shown:
+                        raise
+                    shown = True  # it watches an older key: show it the logged changes
+                    show_changes(writer, keys, witness)
         except UserError as exc:
             done.notes.append(f"witness {folder} did not co-sign: {exc}")
     if pinned is not None:

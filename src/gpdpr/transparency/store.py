@@ -276,9 +276,10 @@ class Writer:
 def open_verified(folder: Path, keys: Path) -> Writer:
     """The service's log, verified, for appending: made (with its key) if there is none yet.
     Refuses a log that does not verify, or whose published key is not the service's."""
+    published = folder / PUBLIC_KEY
+    cp.settle_key_change(keys, published)
     key = cp.load_or_create_key(keys)
     pem = cp.public_file(key)
-    published = folder / PUBLIC_KEY
     if _unstarted(folder):
         _create(folder, key)
     elif not published.exists():

@@ -4,7 +4,9 @@ serving the same files. Nothing here reads the service's database or keys.
 - `verify`: every entry well-formed and numbered in order, the whole tree recomputed, the current
   checkpoint's root checked against it, its signature by the pinned log key and a quorum of fresh
   cosignatures by the pinned witnesses (gpdpr.transparency.policy): that is what refuses a
-  rolled-back, forked or re-keyed log to a verifier that kept nothing; and, given a checkpoint
+  rolled-back, forked or re-keyed log to a verifier that kept nothing. The pinned key may have
+  been changed since, but only by key-change entries in the log, each signed by the key before
+  it and witnessed by a quorum (gpdpr.transparency.key_change); and, given a checkpoint
   kept from before,
   a consistency proof (RFC 9162 section 2.1.4) that the current tree extends the kept one, so a
   rewrite, deletion, reordering or insertion since then cannot go unnoticed.
@@ -16,15 +18,16 @@ from __future__ import annotations
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from gpdpr.errors import UserError
 from gpdpr.transparency import checkpoint as cp
-from gpdpr.transparency import store
+from gpdpr.transparency import key_change, store
 from gpdpr.transparency.merkle import leaf_hash, verify_consistency, verify_inclusion
-from gpdpr.transparency.policy import Policy, accept
+from gpdpr.transparency.note import Verifier
+from gpdpr.transparency.policy import Policy, PolicyError, accept
 
 
 @dataclass(frozen=True)
@@ -103,11 +106,24 @@ def check(
     current = contents.checkpoint
     assert current is not None
     moment = int(time.time()) if now is None else now
-    witnesses = accept(current, pinned, moment, f"{store.CHECKPOINT} of {contents.size} entries")
+    found = key_change.find(contents.data, contents.offsets, current.size)
+    keys = key_change.in_force(
+        found, pinned.log, pinned.witnesses, pinned.quorum, contents.tree.root, moment
+    )
+    where = f"{store.CHECKPOINT} of {contents.size} entries"
+    try:
+        witnesses = accept(current, replace(pinned, log=keys[-1]), moment, where)
+    except PolicyError:
+        raise
+    except cp.CheckpointError as exc:
+        raise cp.CheckpointError(
+            f"{exc}, nor by a key the log hands over to from the pinned one in a witnessed key "
+            "change: it was re-signed with a key of someone's own"
+        ) from None
     since, proof = None, []
     if kept is not None:
         since = cp.parse(kept, kept_name or "the kept checkpoint")
-        cp.check_signature(since, pinned.log, kept_name or "the kept checkpoint")
+        _signed_by_one(since, keys, kept_name or "the kept checkpoint")
         if since.size > current.size:
             raise store.LogDamaged(
                 f"the kept checkpoint signs {since.size} entries, the current one only "
@@ -125,6 +141,18 @@ def check(
         proof,
         witnesses,
     )
+
+
+def _signed_by_one(signed: cp.Checkpoint, keys: list[Verifier], where: str) -> None:
+    """Signed by one of the keys the log has had since the pinned one (any of them signed a
+    tree that the consistency proof then ties to the current one)."""
+    for key in keys[:-1]:
+        try:
+            cp.check_signature(signed, key, where)
+            return
+        except cp.CheckpointError:
+            continue
+    cp.check_signature(signed, keys[-1], where)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,12 @@ Its state is one folder, kept by whoever runs the witness, apart from the log:
     logs               the verifier keys (vkeys) of the logs it watches, one a line
     latest/<id>        the last checkpoint it co-signed for each log (id: the log key's ID, hex)
 
+When the log's key changes (gpdpr.transparency.key_change), `follow` is shown the change's
+entry and its inclusion proof in the last checkpoint this witness co-signed: if it holds, the
+witness watches the new key instead, its kept checkpoint carried over, and from then on co-signs
+only checkpoints the new key signed that extend it. Nothing else ever changes the key it
+watches.
+
 `add_checkpoint` takes and answers the tlog-witness add-checkpoint request body ("old N", the
 proof's hashes in base64 a line, a blank line, the checkpoint), so the same bytes could travel
 over HTTP to any witness that speaks the protocol.
@@ -21,17 +27,26 @@ import base64
 import binascii
 import fcntl
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gpdpr import durable
 from gpdpr.errors import UserError
 from gpdpr.transparency import checkpoint as cp
-from gpdpr.transparency import note
-from gpdpr.transparency.merkle import EMPTY_ROOT, ProofError, verify_consistency
+from gpdpr.transparency import key_change, note
+from gpdpr.transparency.merkle import (
+    EMPTY_ROOT,
+    ProofError,
+    Tree,
+    leaf_hash,
+    verify_consistency,
+    verify_inclusion,
+)
 
 KEY, NAME, LOGS, LATEST, LOCK = "witness.key", "name", "logs", "latest", ".lock"
 
@@ -170,3 +185,68 @@ def add_checkpoint(witness: Witness, body: bytes, now: int) -> note.Signature:
         (witness.folder / LATEST).mkdir(exist_ok=True)
         durable.write_file(witness.folder / LATEST / log.id.hex(), data)
         return signature
+
+
+def follow(witness: Witness, line: bytes, seq: int, proof: list[bytes]) -> note.Verifier:
+    """Watch a log's new key, given the key change's entry (its exact bytes) at `seq` and its
+    inclusion proof in the last checkpoint this witness co-signed; WitnessRefused unless the
+    change is from the key it watches, signed by both keys, and in a tree it co-signed."""
+    try:
+        entry = orjson.loads(line)
+        old = note.parse_vkey(str(entry["details"]["old_key"]), "the change's old key")
+    except (orjson.JSONDecodeError, KeyError, TypeError, UserError):
+        raise WitnessRefused(400, f"entry {seq} is not a key change") from None
+    if not isinstance(entry, dict) or entry.get("seq") != seq or cp.canonical(entry) != line:
+        raise WitnessRefused(400, f"the entry shown is not entry {seq} as the log holds it")
+    with open(witness.folder / LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        logs = watched(witness)
+        log = logs.get(old.name)
+        if log is None:
+            raise WitnessRefused(404, f"this witness does not watch a log {old.name!r}")
+        if log != old:
+            raise WitnessRefused(
+                403, f"the change at entry {seq} is from a key this witness does not watch"
+            )
+        kept = latest(witness, log)
+        if kept is None or kept.size <= seq:
+            raise WitnessRefused(
+                422,
+                f"this witness has not co-signed a checkpoint that includes entry {seq}: show it "
+                "that checkpoint first",
+            )
+        try:
+            verify_inclusion(leaf_hash(line), seq, kept.size, proof, kept.root)
+            new = key_change.check_change(entry, seq, log)
+        except (ProofError, UserError) as exc:
+            raise WitnessRefused(422, f"refused the key change at entry {seq}: {exc}") from None
+        (witness.folder / LATEST).mkdir(exist_ok=True)
+        durable.write_file(witness.folder / LATEST / new.id.hex(), kept.to_bytes())
+        logs[new.name] = new
+        durable.write_file(
+            witness.folder / LOGS, "".join(f"{v.vkey}\n" for v in logs.values()).encode()
+        )
+        return new
+
+
+def kept_size(witness: Witness, origin: str) -> int:
+    """The size of the last checkpoint co-signed for the log of this origin (0 if none)."""
+    log = watched(witness).get(origin)
+    kept = latest(witness, log) if log is not None else None
+    return kept.size if kept is not None else 0
+
+
+def follow_from(witness: Witness, data: bytes, offsets: Sequence[int], tree: Tree) -> list[str]:
+    """Follow every key change, from the key this witness watches, in the log's public files
+    (its entries' bytes, where each starts, its tree) up to the last checkpoint it co-signed."""
+    followed = []
+    for origin in list(watched(witness)):
+        size = min(kept_size(witness, origin), tree.size)
+        found = key_change.find(data, offsets, size)
+        for seq in sorted(found.changes):
+            line = data[offsets[seq] : offsets[seq + 1] - 1]
+            if found.changes[seq]["details"].get("old_key") != watched(witness)[origin].vkey:
+                continue
+            new = follow(witness, line, seq, tree.inclusion_proof(seq, size))
+            followed.append(f"now watching {new.vkey} (the key change at entry {seq})")
+    return followed

@@ -42,6 +42,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from gpdpr.collect import erase_beyond
 from gpdpr.db import connect, url_for_home
 from gpdpr.db.models import now
 from gpdpr.errors import UserError
@@ -220,6 +221,7 @@ def submit(
         _record_refusal(record, refusal)
         raise
     progress("planning the project's views")
+    since = erase_beyond.mark(database)  # before the registry is read: see `keep_uses`
     planned = _planned_views(home, database, scope, handle, used, version)
     progress(f"running on {engine.name}")
     try:
@@ -236,14 +238,24 @@ def submit(
     read = results.uses
     assert read is not None  # an engine given a plan says whom it read
     progress("keeping whom the run read, for each person's own view")
-    return _keep(
+
+    def keep_uses(folder: Path) -> None:
+        # Someone who opted out since the views were planned, and whose erasure cycle may have
+        # run already (sweeping only recorded runs), leaves no token here.
+        uses.keep(folder, read)
+        erase_beyond.forget_since(home / "keys", database, scope.application, folder, since)
+
+    kept = _keep(
         home,
         outputs,
         text,
         lambda about, then: record("succeeded", "", about, then),
         version,
-        lambda folder: uses.keep(folder, read),
+        keep_uses,
     )
+    # And once recorded: a cycle that ran while the record was being made did not see it.
+    erase_beyond.forget_since(home / "keys", database, scope.application, kept.folder, since)
+    return kept
 
 
 def project_views(

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -31,6 +30,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from gpdpr.lake.tables import PRACTICE as PARTITION
+from gpdpr.tre import scratch
 from gpdpr.tre.engines import guard, sql
 from gpdpr.tre.engines.base import (
     LakeViews,
@@ -81,7 +81,7 @@ class Sandbox:
         """`files`: the only files it may read (absolute paths)."""
         self.seconds = seconds
         self.deadline = time.monotonic() + seconds
-        self.folder = tempfile.mkdtemp(prefix="gpdpr-duckdb-")
+        self.folder = scratch.folder("duckdb")  # named for this process: see tre.scratch
         allowed = sorted(set(files))
         config: dict[str, str | bool | int | float | list[str]] = {
             "autoinstall_known_extensions": False,

@@ -40,7 +40,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
@@ -53,6 +52,7 @@ import pyarrow.parquet as pq
 
 from gpdpr.errors import UserError
 from gpdpr.lake.tables import PRACTICE as PARTITION
+from gpdpr.tre import scratch
 from gpdpr.tre.engines import guard, sql
 from gpdpr.tre.engines.base import (
     LakeViews,
@@ -155,7 +155,7 @@ def session(
                 f"the Spark engine needs pyspark, which is not installed: {INSTALL}"
             ) from None
         _java()
-        folder = Path(tempfile.mkdtemp(prefix="gpdpr-spark-"))
+        folder = Path(scratch.folder("spark"))  # named for this process: see tre.scratch
         level = os.environ.get(LOG_LEVEL, "fatal").lower()
         if level not in PYTHON_LEVELS:
             raise UserError(f"{LOG_LEVEL} is one of {', '.join(PYTHON_LEVELS)}, not {level!r}")
@@ -282,7 +282,7 @@ class SparkEngine:
         limits.check(definition)
         for key, value in {**self.settings, **CONFINED}.items():
             spark.conf.set(key, value)
-        with tempfile.TemporaryDirectory(prefix="gpdpr-spark-run-") as folder:
+        with scratch.temporary("spark-run") as folder:
             box = Sandbox(spark, Path(folder), self.seconds)
             try:
                 uses = None
