@@ -26,7 +26,7 @@ from databases import BACKENDS
 from governing import CHECKERS, COLLEAGUE, LEAD, PANEL
 from gpdpr.db.events import record
 from gpdpr.portal.app import create_app
-from gpdpr.portal.log import PER_PAGE, TITLES, state_of
+from gpdpr.portal.log import KEY_ENTRIES, PER_PAGE, TITLES, meaning_of, state_of
 from gpdpr.portal.security import RateLimit
 from gpdpr.portal.serve import publish_now, running
 from gpdpr.transparency import cosigning, store
@@ -234,7 +234,8 @@ def test_verify_it_yourself_explains_honestly_with_the_commands_for_this_site(si
 
 
 def test_every_entry_type_has_plain_words() -> None:
-    assert set(KINDS) | set(AGGREGATES) <= set(TITLES)
+    assert set(KINDS) | set(AGGREGATES) | set(KEY_ENTRIES) <= set(TITLES)
+    assert all(meaning_of(kind) for kind in set(KINDS) | set(AGGREGATES) | set(KEY_ENTRIES))
 
 
 # ---- the public files --------------------------------------------------------------------------

@@ -103,6 +103,30 @@ def adult_read_by_the_run(site: Site) -> str:
     raise AssertionError("the run read none of the patients with accounts")
 
 
+def test_a_damaged_file_of_uses_tells_the_patient_the_page_cannot_be_shown_now(
+    site: Site,
+) -> None:
+    """A run's file of uses cut short: the patient's page says it cannot be shown (a page that
+    left a project out would not be true), and shows nothing of the service's machine."""
+    email = adult_read_by_the_run(site)
+    browser = signed_in(site, email)
+    files = sorted(site.built.home.rglob("uses.bin"))
+    assert files
+    kept = {path: path.read_bytes() for path in files}
+    try:
+        for path, body in kept.items():
+            path.write_bytes(body[:-3])
+        response = browser.get("/patient/record")
+        assert response.status_code == 503
+        said = words(response.text)
+        assert "cannot be shown just now" in said and "operators have been told" in said
+        assert str(site.built.home) not in response.text and "uses.bin" not in response.text
+    finally:
+        for path, body in kept.items():
+            path.write_bytes(body)
+    assert browser.get("/patient/record").status_code == 200
+
+
 def test_the_timeline_shows_collection_use_opt_out_and_erasure_with_its_receipt(
     site: Site,
 ) -> None:

@@ -30,6 +30,7 @@ from gpdpr.errors import UserError
 from gpdpr.portal.pages import not_found, page_error, render
 from gpdpr.portal.security import PUBLIC, GuardedRoute, allow
 from gpdpr.transparency import cosigning, store
+from gpdpr.transparency.key_change import CHANGE, HANDOVER
 from gpdpr.transparency.merkle import Tree, leaf_hash
 from gpdpr.transparency.policy import Policy, accept
 from gpdpr.transparency.publish import AGGREGATES, KINDS, log_folder
@@ -79,6 +80,15 @@ TITLES = {
     "optout.daily": "Opt-outs in a day",
     "custodian.pseudonym.daily": "Pseudonym look-ups in a day",
     "erasure": "Erasure cycle",
+    CHANGE: "Log key changed",
+    HANDOVER: "Log key handed over",
+}
+# What the log's own entries mean (written by `gpdpr log rotate-key`, transparency.rotation).
+KEY_ENTRIES = {
+    CHANGE: "the log's signing key changed: the old and the new public keys, each signing the "
+    "change, so that no one can put in a key of their own",
+    HANDOVER: "the last checkpoint signed by the old key alone, co-signed by the witnesses: "
+    "what a verifier follows from the old key to the new",
 }
 LABELS = {
     "type1": "Type 1 opt-outs",
@@ -109,7 +119,7 @@ def entry_title(state: LogState, kind: str, seq: int) -> str:
 def meaning_of(kind: str) -> str:
     if kind in KINDS:
         return KINDS[kind].meaning
-    return AGGREGATES.get(kind, "")
+    return AGGREGATES.get(kind) or KEY_ENTRIES.get(kind, "")
 
 
 def label_of(key: str) -> str:

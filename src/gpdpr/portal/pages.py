@@ -98,6 +98,7 @@ def page_error(request: Request, status: int, message: str) -> HTMLResponse:
         404: "Page not found",
         409: "That could not be done",
         429: "Too many attempts",
+        503: "Not available just now",
     }
     return render(
         request,

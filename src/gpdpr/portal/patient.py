@@ -11,6 +11,7 @@ The identity provider's pages are here too, under /idp/: in a deployment they ar
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 from typing import Any
@@ -40,6 +41,8 @@ router = APIRouter(route_class=GuardedRoute)
 NAMES = {"type1": "Type 1 opt-out", "ndoo": "National Data Opt-out"}
 ACTIONS = ("set", "withdraw")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+
+LOG = logging.getLogger("gpdpr.portal")
 
 
 def idp_of(request: Request) -> IdentityProvider:
@@ -154,11 +157,24 @@ def patient_record(request: Request, page: int = 1) -> Response:
     nothing anyone else can read links a project to them."""
     from gpdpr.portal.timeline import page_of, timeline
     from gpdpr.transparency.patient import record_uses
+    from gpdpr.transparency.uses import UsesDamaged
 
     session = current(request)
     assert session is not None and session.pseudonym is not None
     portal = portal_of(request)
-    uses = record_uses(portal.custodian, session.pseudonym, portal.home)
+    try:
+        uses = record_uses(portal.custodian, session.pseudonym, portal.home)
+    except UsesDamaged as damaged:
+        # The operators are told where and what (the file's path); the patient is told that
+        # the page cannot be trusted now, not a path on the service's machine.
+        LOG.error("patient record page: %s", damaged)
+        return page_error(
+            request,
+            503,
+            "Which projects used your record cannot be shown just now: one of the service's "
+            "records of research runs is damaged, and a page that left a project out would "
+            "not be true. The service's operators have been told. Please try again later.",
+        )
     asked = questions(portal, uses)
     told = timeline(portal.engine, session.pseudonym, uses, asked)
     return render(
