@@ -49,7 +49,7 @@ from gpdpr.errors import UserError
 from gpdpr.governance.agreements import Scope, authorise, expire_due
 from gpdpr.lake.store import Lake
 from gpdpr.transparency import uses
-from gpdpr.tre import views
+from gpdpr.tre import scratch, views
 from gpdpr.tre.engines.base import Engine, LakeViews, Results
 from gpdpr.tre.engines.duckdb import DuckDBEngine
 from gpdpr.tre.query import nodes as n
@@ -366,20 +366,8 @@ def _tidy_pending(runs: Path) -> None:
     a run that was not recorded never happened, and its files must not linger."""
     for stray in runs.glob(f"{PENDING}*"):
         pid = stray.name[len(PENDING) :].split("-", 1)[0]
-        if not pid.isdigit() or not _alive(int(pid)):
+        if not pid.isdigit() or not scratch.alive(int(pid)):
             shutil.rmtree(stray, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def cells_of(home: Path, run_reference: str, files: set[str]) -> list[disclosure.Cell]:

@@ -41,13 +41,15 @@ def sweep(root: Path | None = None) -> int:
         match = _NAME.fullmatch(path.name)
         if match is None or not path.is_dir() or path.is_symlink():
             continue
-        if not _alive(int(match.group(1))):
+        if not alive(int(match.group(1))):
             shutil.rmtree(path, ignore_errors=True)
             removed += not path.exists()
     return removed
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether the process `pid` (one of this machine's) may still be running: what it left is
+    not to be removed while it might be."""
     if pid == os.getpid():
         return True
     try:
