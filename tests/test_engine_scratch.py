@@ -14,8 +14,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from gpdpr.collect import erase_beyond
+from gpdpr.collect.cli import render_beyond
+from gpdpr.collect.erase import Erasure
+from gpdpr.collect.service import Cycle
 from gpdpr.db import DATABASE_URL_ENV, connect, url_for_home
 from gpdpr.tre import scratch
 from gpdpr.tre.engines.duckdb import Sandbox
@@ -64,6 +68,11 @@ def test_the_cycle_removes_a_killed_engines_scratch_folder_and_no_running_ones(
     swept = erase_beyond.sweep(home, home / "keys", engine, [])
     engine.dispose()
     assert swept.scratch == 2  # the DuckDB spill folder and the Spark run's
+    told = Console(record=True, width=200)
+    render_beyond(Cycle(Erasure(None), 0, beyond=swept), told)
+    assert "2 scratch folders of research engines that were stopped part-way removed" in (
+        told.export_text()
+    )
     assert [h.needle for h in scan(system_tmp, needles)] == ["running"]
     assert (system_tmp / "not-gpdpr").is_dir()
     scratch.sweep()  # a second cycle, the engine still alive: its folder stays

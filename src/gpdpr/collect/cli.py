@@ -204,6 +204,12 @@ def render_beyond(cycle: Cycle, out: Console) -> None:
             f"{counted(beyond.refusals, 'refusal')} a killed `gpdpr collect` left staged "
             "finished: only their reasons and manifest summaries are kept.",
         )
+    if beyond.scratch:
+        say(
+            out,
+            f"{counted(beyond.scratch, 'scratch folder')} of research engines that were "
+            "stopped part-way removed from the system's temporary folder.",
+        )
     if beyond.waiting:
         say(
             out,
