@@ -30,7 +30,7 @@ def collect_command(
     packages: Annotated[
         list[Path] | None,
         typer.Argument(
-            metavar="[PACKAGE_FOLDER]...",
+            metavar="PACKAGE_FOLDER",
             help="Package folders. Default: every package in HOME/inbox.",
         ),
     ] = None,
