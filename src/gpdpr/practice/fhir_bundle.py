@@ -83,10 +83,13 @@ class Repeats:
         self.pending_included: set[int] = set()
 
     def repeated(self, entry: Entry) -> bool:
-        if entry.rid is None:
+        return self.repeats(entry.kind, entry.rid, entry.include)
+
+    def repeats(self, kind: str, rid: str | None, include: bool) -> bool:
+        if rid is None:
             return False
-        named = hash((entry.kind, entry.rid))
-        if entry.include:
+        named = hash((kind, rid))
+        if include:
             if named in self.read or named in self.pending_read:
                 return True
             self.pending_included.add(named)
