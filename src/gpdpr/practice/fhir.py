@@ -34,7 +34,7 @@ from gpdpr.practice import fhir_stream as stream
 from gpdpr.practice.fhir_ages import AgeSpan, Uncollected
 from gpdpr.practice.fhir_bundle import FHIR_ID as ID_FORM
 from gpdpr.practice.fhir_bundle import REPEATED, Entry, Repeats, unpack
-from gpdpr.practice.rules import PARTIAL_TIMES
+from gpdpr.practice.rules import PARTIAL_TIMES, RECORDED_ONLY
 from gpdpr.practice.source import (
     DATE,
     PATIENT_COLUMNS,
@@ -100,6 +100,14 @@ FAULT_REASONS = (
     UNVERIFIED,
 )
 # Where each canonical date column comes from, to name the element of an unreadable date.
+# The resource types sent with no clinical date when they say when they were entered into the
+# record (`recordedDate`: the day the clinician entered it, which for an allergy found in
+# childhood may be decades after its onset). That day is never written as the onset: the row
+# leaves with its onset empty and the time it was recorded, and the plausibility checks look at
+# that time instead. Only types whose table is collected for the whole record are listed (a
+# retention cut-off needs the clinical date; the specification's test checks this).
+DATED_BY_RECORDING = frozenset({"AllergyIntolerance", "Condition"})
+
 DATE_PATHS = {
     ("Condition", "effective_date"): "Condition.onset[x]",
     ("Condition", "recorded_at"): "Condition.recordedDate",
@@ -800,6 +808,9 @@ class FhirReader:
                 path = pc.if_else(pc.and_(flags, pc.is_null(path)), here, path)
                 bad = pc.or_(bad, flags)
         out["_bad_date"] = bad
+        dated = self.spec.tables[TABLE_OF[kind]].date if kind in DATED_BY_RECORDING else None
+        if dated is not None:
+            out[RECORDED_ONLY] = pc.and_(pc.is_null(out[dated]), pc.is_valid(out["recorded_at"]))
         if forms is not None:
             out["_date_form"] = pc.is_valid(forms)
             path = forms if path is None else pc.coalesce(path, forms)
