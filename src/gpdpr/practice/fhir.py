@@ -375,7 +375,7 @@ class FhirReader:
                 raise UserError(f"{where}: {key} entry {n} does not give a type and a url")
             name = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
             path = self.folder / name
-            if not LISTED_NAME.match(name) or name == MANIFEST or not path.is_file():
+            if not LISTED_NAME.match(name) or name == MANIFEST or not path.exists():
                 raise UserError(
                     f"{where}: {key} entry {n} lists a file that is not in {self.folder}; "
                     "the export is incomplete: ask the supplier for the whole export"
