@@ -385,7 +385,7 @@ def test_several_files_per_type_extract_as_one(tmp_path: Path, keys: Keys) -> No
     [
         ("missing", "lists a file that is not in"),
         ("count", "holds 4 resources but export.json says 5"),
-        ("renamed", "is not named as a Bulk Data export file"),
+        ("renamed", "lists a file that is not in"),
     ],
 )
 def test_an_export_that_is_not_what_the_server_listed_is_refused(

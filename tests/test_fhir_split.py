@@ -91,3 +91,43 @@ def test_an_entry_key_inside_a_string_or_a_nested_object_is_not_the_array() -> N
 def test_a_file_whose_array_starts_late_is_left_to_the_incremental_parser() -> None:
     text = orjson.dumps({"meta": "x" * (fhir_split.HEAD + 1), "entry": [{"a": 1}]})
     assert fhir_split.entries(io.BytesIO(text)) is None
+
+
+# Entries as Bundles hold them, with strings and nested objects that look like an entry's end.
+LOOKALIKE = st.sampled_from(['},{"resource":', '}, {"fullUrl":"', "}]}", '\\"},{"request"', "x"])
+ENTRY_LIKE = st.fixed_dictionaries(
+    {"resource": st.dictionaries(TRICKY | LOOKALIKE, VALUES | LOOKALIKE, max_size=3)},
+    optional={"fullUrl": LOOKALIKE | TRICKY, "search": st.just({"mode": "match"})},
+)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    entries=st.lists(ENTRY_LIKE, max_size=8),
+    indent=st.sampled_from([None, 1, 2]),
+    chunk=st.integers(1, 96),
+)
+def test_entries_taken_a_chunk_at_a_time_by_a_guessed_end_are_the_parsers(
+    entries: list[Any], indent: int | None, chunk: int
+) -> None:
+    text = json.dumps({"resourceType": "Bundle", "entry": entries}, indent=indent).encode()
+    with pytest.MonkeyPatch.context() as patch:
+        assert _read(text, chunk, patch) == entries
+
+
+def test_a_large_bundle_is_taken_by_guessed_ends_and_not_byte_by_byte(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    entries = [
+        {"fullUrl": f"urn:uuid:{i}", "resource": {"id": str(i), "a": '},{"resource":'}}
+        for i in range(2000)
+    ]
+    text = orjson.dumps({"resourceType": "Bundle", "entry": entries})
+    exact = []
+    monkeypatch.setattr(fhir_split, "_structure", lambda buf: exact.append(len(buf)) or _real(buf))
+    assert _read(text, 4096, monkeypatch) == entries
+    # Only the last bytes, after the last guessed end, are found by every structural byte.
+    assert sum(exact) < 4096 * 3
+
+
+_real = fhir_split._structure

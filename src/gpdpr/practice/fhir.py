@@ -34,7 +34,7 @@ from gpdpr.practice import fhir_stream as stream
 from gpdpr.practice.fhir_ages import AgeSpan, Uncollected
 from gpdpr.practice.fhir_bundle import FHIR_ID as ID_FORM
 from gpdpr.practice.fhir_bundle import REPEATED, Entry, Repeats, unpack
-from gpdpr.practice.rules import PARTIAL_TIMES
+from gpdpr.practice.rules import PARTIAL_TIMES, RECORDED_ONLY
 from gpdpr.practice.source import (
     DATE,
     PATIENT_COLUMNS,
@@ -76,6 +76,8 @@ EXPORT_FILE = re.compile(r"^([A-Z][A-Za-z]{0,63})(\.[0-9]{1,6})?\.ndjson$")
 RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{0,63}$")
 # A file that is one Bundle, as some servers list a Bundle in the export's output.
 BUNDLE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.json$")
+# The last part of a manifest's url, as the name of a file in the export folder: never a path.
+LISTED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 NOT_GP_REGISTRATION = "EpisodeOfCare (not a GP registration)"
 
 # Reasons a line is not read at all: a closed set (they are counted in the manifest).
@@ -100,6 +102,14 @@ FAULT_REASONS = (
     UNVERIFIED,
 )
 # Where each canonical date column comes from, to name the element of an unreadable date.
+# The resource types sent with no clinical date when they say when they were entered into the
+# record (`recordedDate`: the day the clinician entered it, which for an allergy found in
+# childhood may be decades after its onset). That day is never written as the onset: the row
+# leaves with its onset empty and the time it was recorded, and the plausibility checks look at
+# that time instead. Only types whose table is collected for the whole record are listed (a
+# retention cut-off needs the clinical date; the specification's test checks this).
+DATED_BY_RECORDING = frozenset({"AllergyIntolerance", "Condition"})
+
 DATE_PATHS = {
     ("Condition", "effective_date"): "Condition.onset[x]",
     ("Condition", "recorded_at"): "Condition.recordedDate",
@@ -303,37 +313,15 @@ class FhirReader:
         """The files of each type, checked against the manifest's `output` list: a file it lists
         that is missing, or one of another type than listed, means the export is not the one the
         server finished, and nothing is extracted from it (the line counts are checked as the
-        files are read). Files it does not list are read all the same: nothing is left out."""
+        files are read). A server names its files as it likes; a file the manifest lists is of
+        the type it gives, one it does not list must be named `Type.ndjson` or `Type.000.ndjson`,
+        and is read all the same: nothing is left out. The files of the `error` and `deleted`
+        lists are checked, never read as records (see _check_errors, _check_deleted)."""
         where = self.folder / MANIFEST
-        found: dict[str, list[Path]] = {}
-        for path in sorted(self.folder.glob("*.ndjson")):
-            named = EXPORT_FILE.match(path.name)
-            if named is None:
-                raise UserError(
-                    f"{path} is not named as a Bulk Data export file (Type.ndjson or "
-                    "Type.000.ndjson); rename it or remove it from the export folder"
-                )
-            found.setdefault(named.group(1), []).append(path)
-        output = about.get("output")
-        if output is None:
-            return found
-        if not isinstance(output, list):
-            raise UserError(f"{where}: `output` is not a list of the export's files")
         self._expected: dict[Path, int] = {}
-        listed: set[Path] = set()
-        for n, entry in enumerate(output, start=1):
-            url = entry.get("url") if isinstance(entry, dict) else None
-            kind = entry.get("type") if isinstance(entry, dict) else None
-            if not isinstance(url, str) or not isinstance(kind, str):
-                raise UserError(f"{where}: output entry {n} does not give a type and a url")
-            name = url.rstrip("/").rsplit("/", 1)[-1]
-            path = self.folder / name
-            if kind == "Bundle" and name != MANIFEST and BUNDLE_FILE.match(name):
-                if not path.is_file():
-                    raise UserError(
-                        f"{where}: output entry {n} lists a file that is not in {self.folder}; "
-                        "the export is incomplete: ask the supplier for the whole export"
-                    )
+        listed: dict[Path, str] = {}
+        for n, kind, path, entry in self._listed(about, "output"):
+            if kind == "Bundle" and path.suffix == ".json":
                 count = entry.get("count")
                 if count not in (None, 1):  # a .json file is one resource: the Bundle
                     raise UserError(
@@ -341,22 +329,101 @@ class FhirReader:
                         "that holds one Bundle; ask the supplier for the export again"
                     )
                 continue
-            named = EXPORT_FILE.match(name)
-            if named is None or not path.exists():
-                raise UserError(
-                    f"{where}: output entry {n} lists a file that is not in {self.folder}; "
-                    "the export is incomplete: ask the supplier for the whole export"
-                )
-            if named.group(1) != kind:
+            named = EXPORT_FILE.match(path.name)
+            if not RESOURCE_TYPE.match(kind) or (named is not None and named.group(1) != kind):
                 raise UserError(
                     f"{where}: output entry {n} says its file holds another resource type than "
-                    "its name does; ask the supplier for the export again"
+                    "its name does, or no resource type; ask the supplier for the export again"
                 )
-            listed.add(path)
+            listed[path] = kind
             count = entry.get("count")
             if isinstance(count, int) and not isinstance(count, bool):
                 self._expected[path] = count
+        errors = [path for _, _, path, _ in self._listed(about, "error")]
+        deleted = [path for _, _, path, _ in self._listed(about, "deleted")]
+        self._check_errors(errors)
+        self._check_deleted(deleted)
+        found: dict[str, list[Path]] = {}
+        for path in sorted(set(self.folder.glob("*.ndjson")) | set(listed)):
+            if path in errors or path in deleted:
+                continue
+            named = EXPORT_FILE.match(path.name)
+            if path not in listed and named is None:
+                raise UserError(
+                    f"{path} is not named as a Bulk Data export file (Type.ndjson or "
+                    f"Type.000.ndjson) nor listed in {MANIFEST}; rename it or remove it "
+                    "from the export folder"
+                )
+            found.setdefault(listed[path] if named is None else named.group(1), []).append(path)
         return found
+
+    def _listed(self, about: dict[str, Any], key: str) -> list[tuple[int, str, Path, Any]]:
+        """(position, type, file, item) of each file a list of the manifest names. A url's last
+        part names a file of the export folder, never a path: a name of any other form, or of
+        a file that is not there, means the export is not the one the server wrote."""
+        where = self.folder / MANIFEST
+        items = about.get(key)
+        if items is None:
+            return []
+        if not isinstance(items, list):
+            raise UserError(f"{where}: `{key}` is not a list of the export's files")
+        out = []
+        for n, item in enumerate(items, start=1):
+            url = item.get("url") if isinstance(item, dict) else None
+            kind = item.get("type") if isinstance(item, dict) else None
+            if not isinstance(url, str) or not isinstance(kind, str):
+                raise UserError(f"{where}: {key} entry {n} does not give a type and a url")
+            name = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+            path = self.folder / name
+            if not LISTED_NAME.match(name) or name == MANIFEST or not path.exists():
+                raise UserError(
+                    f"{where}: {key} entry {n} lists a file that is not in {self.folder}; "
+                    "the export is incomplete: ask the supplier for the whole export"
+                )
+            out.append((n, kind, path, item))
+        return out
+
+    def _check_errors(self, files: list[Path]) -> None:
+        """The server's own messages about the export (OperationOutcome): an error or a fatal
+        one means resources it should have written may be missing, and half a record must not
+        be sent as the whole of it. A message the server could not write whole counts as an
+        error. Information and warnings are read no further."""
+        found = 0
+        for path in files:
+            for _, line in self._lines(path):
+                try:
+                    outcome = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    outcome = None
+                issues = outcome.get("issue") if isinstance(outcome, dict) else None
+                if not isinstance(issues, list):
+                    found += 1
+                    continue
+                found += sum(
+                    1
+                    for i in issues
+                    if not isinstance(i, dict)
+                    or i.get("severity") not in ("information", "warning")
+                )
+        if found:
+            names = ", ".join(p.name for p in files)
+            raise UserError(
+                f"{self.folder / MANIFEST}: the server reported {found:,} error(s) while "
+                f"exporting (in {names}): the export may be incomplete; ask the supplier to run "
+                "it again"
+            )
+
+    def _check_deleted(self, files: list[Path]) -> None:
+        """An export since a date lists what was deleted since; the extractor does not yet take
+        a deletion from the source to the lake, so such an export is refused rather than its
+        deletions lost (a record deleted at the practice would stay in use)."""
+        for path in files:
+            if any(True for _ in self._lines(path)):
+                raise UserError(
+                    f"{self.folder / MANIFEST}: the export lists resources deleted since its "
+                    f"`_since` date (in {path.name}), which cannot yet be applied; ask the "
+                    "supplier for a whole export (without `_since`)"
+                )
 
     def _open(self, path: Path) -> Any:
         try:
@@ -800,6 +867,9 @@ class FhirReader:
                 path = pc.if_else(pc.and_(flags, pc.is_null(path)), here, path)
                 bad = pc.or_(bad, flags)
         out["_bad_date"] = bad
+        dated = self.spec.tables[TABLE_OF[kind]].date if kind in DATED_BY_RECORDING else None
+        if dated is not None:
+            out[RECORDED_ONLY] = pc.and_(pc.is_null(out[dated]), pc.is_valid(out["recorded_at"]))
         if forms is not None:
             out["_date_form"] = pc.is_valid(forms)
             path = forms if path is None else pc.coalesce(path, forms)

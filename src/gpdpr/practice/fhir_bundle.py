@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,10 +84,13 @@ class Repeats:
         self.pending_included: set[int] = set()
 
     def repeated(self, entry: Entry) -> bool:
-        if entry.rid is None:
+        return self.repeats(entry.kind, entry.rid, entry.include)
+
+    def repeats(self, kind: str, rid: str | None, include: bool) -> bool:
+        if rid is None:
             return False
-        named = hash((entry.kind, entry.rid))
-        if entry.include:
+        named = hash((kind, rid))
+        if include:
             if named in self.read or named in self.pending_read:
                 return True
             self.pending_included.add(named)
@@ -120,43 +124,57 @@ class Walker:
         self.targets: dict[str, str] = {}  # a name the Bundle gives a resource -> "Type/id"
         self.skipped: Counter[str] = Counter()
 
-    def entry(self, i: int, value: Any) -> tuple[Held | None, list[Entry]]:
+    def entry(self, i: int, value: Any) -> tuple[Held | None, Sequence[Entry]]:
         """Entry `i`: the resource it holds as data (its references not yet resolved), or none,
         and the resources of a Bundle it holds (resolved within that Bundle)."""
-        where = f"{self.path}.entry[{i}]"
         if type(value) is not dict:
-            raise Shape(where)
-        # Each element's shape is checked in turn; its path is written only when it is wrong.
-        full_url = _shaped(value.get("fullUrl"), str, where, ".fullUrl")
-        request = _shaped(value.get("request"), dict, where, ".request") or {}
-        method = _shaped(request.get("method"), str, where, ".request.method")
-        search = _shaped(value.get("search"), dict, where, ".search") or {}
-        mode = _shaped(search.get("mode"), str, where, ".search.mode")
-        resource = _shaped(value.get("resource"), dict, where, ".resource")
-        if mode is not None and mode not in DATA_MODES and mode != "outcome":
-            raise Shape(f"{where}.search.mode")
-        if method == "DELETE":
+            raise Shape(f"{self.path}.entry[{i}]")
+        # Each element's shape is checked in turn (inline: a large Bundle has millions of
+        # entries); its path is written only when it is wrong.
+        get = value.get
+        full_url, request, search, resource = (
+            get("fullUrl"),
+            get("request"),
+            get("search"),
+            get("resource"),
+        )
+        if full_url is not None and type(full_url) is not str:
+            raise Shape(f"{self.path}.entry[{i}].fullUrl")
+        method = mode = None
+        if request is not None:
+            method = _shaped(request, dict, self.path, i, ".request").get("method")
+            _shaped(method, str, self.path, i, ".request.method")
+        if search is not None:
+            mode = _shaped(search, dict, self.path, i, ".search").get("mode")
+            _shaped(mode, str, self.path, i, ".search.mode")
+            if mode is not None and mode not in DATA_MODES and mode != "outcome":
+                raise Shape(f"{self.path}.entry[{i}].search.mode")
+        if resource is not None and type(resource) is not dict:
+            raise Shape(f"{self.path}.entry[{i}].resource")
+        if method == "DELETE" and request is not None:  # (a method is only ever a request's)
             if self.history:  # the resource's newest version is its deletion: read none of it
-                deleted = _target(text(request.get("url"), f"{where}.request.url"))
+                url = text(request.get("url"), f"{self.path}.entry[{i}].request.url")
+                deleted = _target(url)
                 if deleted is not None and deleted in self.versions:
                     self.skipped[OLDER] += 1
-                    return None, []
+                    return None, ()
                 if deleted is not None:
                     self.versions.add(deleted)
             self.skipped[DELETED] += 1
-            return None, []
+            return None, ()
         if resource is None:
             self.skipped[NO_RESOURCE] += 1
-            return None, []
+            return None, ()
         rtype = resource.get("resourceType")
-        if type(rtype) is not str or not RESOURCE_TYPE.match(rtype):
-            raise Shape(f"{where}.resource.resourceType")
+        if type(rtype) is not str or (rtype not in _TYPES_SEEN and not _type_named(rtype)):
+            raise Shape(f"{self.path}.entry[{i}].resource.resourceType")
         if mode == "outcome" or rtype == "OperationOutcome":
             self.skipped[OUTCOME] += 1
-            return None, []
+            return None, ()
         if rtype == "MessageHeader":
             self.skipped[HEADER] += 1
-            return None, []
+            return None, ()
+        where = f"{self.path}.entry[{i}]"
         if rtype == "Bundle":
             if self.depth + 1 >= MAX_DEPTH:
                 raise Shape(f"{where}.resource")
@@ -171,18 +189,29 @@ class Walker:
         if self.history and type(rid) is str:
             if (rtype, rid) in self.versions:
                 self.skipped[OLDER] += 1
-                return None, []
+                return None, ()
             self.versions.add((rtype, rid))
         if rid is not None and full_url is not None:
             self.targets[full_url] = f"{rtype}/{rid}"
         include = mode == "include"
-        return (rtype, rid if type(rid) is str else None, resource, where, include), []
+        return (rtype, rid if type(rid) is str else None, resource, where, include), ()
 
 
-def _shaped(value: Any, kind: type, where: str, element: str) -> Any:
+_TYPES_SEEN: set[str] = set()  # resource types already found well formed
+
+
+def _type_named(rtype: str) -> bool:
+    if not RESOURCE_TYPE.match(rtype):
+        return False
+    if len(_TYPES_SEEN) < 1_000:  # FHIR has about 150; any others are checked each time
+        _TYPES_SEEN.add(rtype)
+    return True
+
+
+def _shaped(value: Any, kind: type, path: str, i: int, element: str) -> Any:
     if value is None or type(value) is kind:
         return value
-    raise Shape(f"{where}{element}")
+    raise Shape(f"{path}.entry[{i}]{element}")
 
 
 def resolved(held: Held, targets: dict[str, str]) -> Entry:

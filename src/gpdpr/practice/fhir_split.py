@@ -7,6 +7,11 @@ the entries' boundaries are found without parsing them: the bytes that give JSON
 backslashes dropped, brackets inside strings dropped, and where the depth returns to that of the
 array an entry ends. Each entry is then parsed on its own with orjson, which checks it.
 
+Finding every structural byte costs about what parsing does, so it is the way taken only where
+the quicker one fails: each few dozen entries, the last place that looks like the end of an entry
+(`},{"resource":`, found looking back from the end of a piece) is taken as one, and what comes
+before it is parsed in one call. A wrong guess cannot parse (see _taken), and is then dropped.
+
 A chunk always starts between two entries (what follows the last whole entry of a chunk is read
 again with the next), so no state crosses a chunk but the depth of the array, which is fixed.
 Memory is a chunk plus the largest entry. What is around the array (`resourceType`, `type`, any
@@ -33,6 +38,14 @@ CHUNK = 128 * 1024  # small enough that memory does not grow with the Bundle (se
 HEAD = 64 * 1024  # where the `entry` array must start for this way of reading to be taken
 MAX_TAIL = 16 * 1024 * 1024  # what may follow the entries, read whole to be checked
 ENTRY_KEY = re.compile(rb'"entry"\s*:\s*\[')
+# Where one entry most likely ends and the next begins: a closing bracket, a comma, and an object
+# opening with a key only a Bundle entry has (or may have first). Only a guess, which the parse
+# then proves (see _taken): a guess inside a string, or inside an entry, is never valid JSON.
+LIKELY_END = re.compile(
+    rb'\}\s*,\s*\{\s*"(?:fullUrl|resource|request|response|search|link|id|extension|modifierExtension)"'
+)
+LEADING_COMMA = re.compile(rb"\s*,")
+PIECE = 16 * 1024  # entries parsed in one call: a few dozen, so memory stays a few hundred KB
 QUOTE, BACKSLASH = ord('"'), ord("\\")
 # Structural bytes as 1, the rest as 0, by bytes.translate (as fast as a copy).
 _MARK = bytes(1 if chr(c) in '"\\{}[]' else 0 for c in range(256))
@@ -110,11 +123,55 @@ def entries(f: IO[bytes]) -> Iterator[tuple[int, Any]] | None:
     return _entries(f, *started)
 
 
+def _taken(buf: bytes, at: int, leading: bool) -> tuple[list[Any], int] | None:
+    """(the entries of `buf` from `at` up to the last likely end of one within PIECE bytes, or
+    beyond where one entry is larger; where that end is), parsed in one call, or None where no
+    likely end is found or the guess is wrong. A guessed end is right exactly when what comes
+    before it, between brackets, parses: cut inside a string, the string is left open; cut
+    inside an entry, its brackets are. So what is taken here is what the exact way of finding
+    the entries (by every structural byte, about as costly as parsing them) finds."""
+    start = at
+    if leading:  # the entries before were taken: a comma must come first
+        comma = LEADING_COMMA.match(buf, at)
+        if comma is None:
+            return None
+        start = comma.end()
+    end = _likely_end(buf, start, min(len(buf), start + PIECE))
+    if end is None:  # an entry larger than a piece
+        end = _likely_end(buf, start, len(buf))
+    if end is None:
+        return None
+    try:
+        values = orjson.loads(b"[" + buf[start:end] + b"]")
+    except orjson.JSONDecodeError:
+        return None
+    return values, end
+
+
+def _likely_end(buf: bytes, start: int, stop: int) -> int | None:
+    """Where the last entry that seems to end before `stop` ends, looking back from `stop`."""
+    close = buf.rfind(b"}", start, stop)
+    while close >= 0:
+        if LIKELY_END.match(buf, close):
+            return close + 1
+        close = buf.rfind(b"}", start, close)
+    return None
+
+
 def _entries(f: IO[bytes], head: bytes, buf: bytes) -> Iterator[tuple[int, Any]]:
     index = 0
     while True:
         more = f.read(max(CHUNK, len(buf)))  # an entry larger than a chunk: read twice as much
         buf += more
+        at = 0
+        while more and (taken := _taken(buf, at, index > 0)) is not None:
+            values, at = taken
+            for value in values:
+                yield index, value
+                index += 1
+        if at:
+            buf = buf[at:]
+            continue
         pos, change, _ = _structure(buf)
         depth = np.cumsum(change, dtype=np.int64)
         ends = np.flatnonzero(depth == 0)

@@ -52,6 +52,9 @@ NOT_IN_FORCE = "not-in-force"
 PRECISION = "_precision"
 # Times a source may give only to the year or month (a FHIR dateTime), so they have one too.
 PARTIAL_TIMES = frozenset({"recorded_at"})
+# A batch column (FHIR only) marking rows with no clinical date that say when they were entered
+# into the record: sent undated, their recorded time checked for plausibility instead.
+RECORDED_ONLY = "_recorded_only"
 
 # Outcomes, in the order they are decided.
 KEPT = 0
@@ -526,7 +529,16 @@ class Rules:
             day = when.cast(pa.date32()) if pa.types.is_timestamp(when.type) else when
             if "_date_form" in t.column_names:
                 _first(outcome, _np(t["_date_form"]), DATE_FORM)
-            _first(outcome, ~_np(pc.is_valid(day)), MISSING_DATE)
+            missing = ~_np(pc.is_valid(day))
+            recorded_only = _np(t[RECORDED_ONLY]) if RECORDED_ONLY in t.column_names else None
+            if recorded_only is not None and table not in self.spec.retention_tables:
+                missing &= ~recorded_only
+                recorded = t["recorded_at"].cast(pa.date32())
+                late = self._implausible(
+                    table, t, recorded, index, where, registered, "recorded_at"
+                )
+                _first(outcome, recorded_only & late, IMPLAUSIBLE_DATE)
+            _first(outcome, missing, MISSING_DATE)
             _first(
                 outcome,
                 self._implausible(table, t, day, index, where, registered),
@@ -602,15 +614,17 @@ class Rules:
         index: PatientIndex,
         where: npt.NDArray[np.int64],
         registered: BoolArray,
+        column: str | None = None,
     ) -> BoolArray:
         """Before 1900, before the patient was born, or after the extract was taken (except
-        appointments booked for the days ahead)."""
+        appointments booked for the days ahead): the table's date, or `column`'s."""
         values = _days(day)
         birth = index.birth_days[where]
         early = values < _day_number(EARLIEST)
         # A date known only to its year or month is stored as its first day: it is before the
         # birth only if the whole of that year or month is.
-        latest = _last_days(values, t, f"{self.spec.tables[table].date}{PRECISION}")
+        column = column or self.spec.tables[table].date
+        latest = _last_days(values, t, f"{column}{PRECISION}")
         before_birth = registered & (birth != _NO_DAY) & (latest < birth)
         future = values > _day_number(self.window.extracted_at.date())
         if table == "appointments":
