@@ -354,16 +354,59 @@ def witness_cosign(
 
 @witness_app.command("enrol")
 def witness_enrol(
-    state: StateDir,
+    state: Annotated[
+        Path | None, typer.Option("--state", help="The witness's own folder, if it is local.")
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(help="The base URL of a witness served over HTTP (c2sp.org/tlog-witness)."),
+    ] = None,
+    vkey: Annotated[
+        str | None,
+        typer.Option(help="With --url: the witness's verifier key, as its operator gave it."),
+    ] = None,
     quorum: Annotated[int, typer.Option(help="How many witnesses a verifier requires.")] = 1,
     home: PlainHome = DEFAULT_HOME,
 ) -> None:
-    """Have the service ask this witness to co-sign each checkpoint, and write the policy
-    verifiers pin (HOME/keys/log/policy; published as HOME/log/policy)."""
-    from gpdpr.transparency.cosigning import enrol
+    """Have the service ask this witness (its folder, or its URL and key) to co-sign each
+    checkpoint, and write the policy verifiers pin (HOME/keys/log/policy; published as
+    HOME/log/policy)."""
+    from gpdpr.transparency.cosigning import enrol, enrol_url
 
+    if (state is None) == (url is None) or (url is None) != (vkey is None):
+        fail("give --state FOLDER, or --url URL and --vkey KEY")
     try:
-        pinned = enrol(home / "keys", state, quorum)
+        if url is not None and vkey is not None:
+            pinned = enrol_url(home / "keys", url, vkey, quorum)
+        else:
+            assert state is not None
+            pinned = enrol(home / "keys", state, quorum)
     except UserError as exc:
         fail(str(exc))
     console.print(pinned.render(), end="", soft_wrap=True)
+
+
+@witness_app.command("serve")
+def witness_serve(
+    state: StateDir,
+    port: Annotated[int, typer.Option(help="The port to listen on.")],
+    host: Annotated[str, typer.Option(help="The address to listen on.")] = "127.0.0.1",
+) -> None:
+    """Serve the witness over HTTP (c2sp.org/tlog-witness POST /add-checkpoint), so any log
+    that speaks the protocol can ask it to co-sign; put it behind HTTPS to expose it."""
+    from gpdpr.transparency.witness import open_witness
+    from gpdpr.transparency.witness_http import server
+
+    try:
+        served = server(open_witness(state), host, port)
+    except UserError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {exc.strerror}")
+    console.print(f"witness listening on http://{host}:{served.server_address[1]}")
+    try:
+        served.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        served.server_close()

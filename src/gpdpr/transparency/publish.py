@@ -256,7 +256,7 @@ def _publish(home: Path, engine: sa.Engine, when: datetime, keys: Path | None) -
         writer.append(entries)
         signed = writer.contents.checkpoint
         keys = keys or home / "keys"
-        witnessed = bool(cosigning.enrolled(keys))
+        witnessed = cosigning.witnessed(keys)
         moment = int(time.time())  # a witness's clock, not the publish's `at` (events' day)
         if (
             entries

@@ -50,7 +50,7 @@ def rotate(home: Path, now: int | None = None, keys: Path | None = None) -> Rota
     with locked(home):
         writer = store.open_verified(folder, keys)
         pinned = cosigning.operator_policy(keys)
-        if pinned is None or not cosigning.enrolled(keys):
+        if pinned is None or not cosigning.witnessed(keys):
             raise key_change.RotationError(
                 "no witness is enrolled: a key change must be witnessed, or no verifier will "
                 "accept the new key. Enrol witnesses (`gpdpr log witness enrol`) first"
