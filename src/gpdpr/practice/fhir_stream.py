@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -100,38 +101,17 @@ def stream(path: Path, into: Path, repeats: Repeats, repeated: str) -> Streamed:
         out = Streamed(bundle_id=bundle_id)
         handles: dict[str, IO[bytes]] = {}
         try:
+            spill = partial(_spill, out, handles, into, repeats, repeated)
             with _no_cycles():
                 for i, value in _entries(path):
                     one, inner = walker.entry(i, value)
                     for entry in inner:
                         out.nested[(i, entry.rid)] = entry.path
-                        _spill(
-                            out,
-                            handles,
-                            into,
-                            repeats,
-                            repeated,
-                            i,
-                            entry.kind,
-                            entry.rid,
-                            entry.include,
-                            entry.line,
-                        )
+                        spill(i, entry.kind, entry.rid, entry.include, entry.line)
                     if one is not None:
                         # References to names other entries give are resolved once all are known.
                         kind, rid, resource, _, include = one
-                        _spill(
-                            out,
-                            handles,
-                            into,
-                            repeats,
-                            repeated,
-                            i,
-                            kind,
-                            rid,
-                            include,
-                            orjson.dumps(resource),
-                        )
+                        spill(i, kind, rid, include, orjson.dumps(resource))
         finally:
             for handle in handles.values():
                 handle.close()
