@@ -29,13 +29,17 @@ import traceback
 from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout, suppress
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
 from gpdpr import durable
 from gpdpr.db import DATABASE_URL_ENV
+
+T = TypeVar("T")
 
 PRELOAD = [
     "gpdpr.cli",
@@ -404,15 +408,23 @@ def hammer(
     left is checked (`op.between`), the command is run again, and the result must equal the
     clean run's. Returns what was done, for the report."""
     work.mkdir(parents=True, exist_ok=True)
-    clean = _fresh(op, work, "clean")
     trace, fs_trace = work / "steps.txt", work / "fs-steps.txt"
-    done = run(
-        op.command(clean),
-        _env(clean, **{durable.TRACE: str(trace), FS_ROOT: str(clean), FS_TRACE: str(fs_trace)}),
-        work,
-    )
-    assert done.code in op.ok, f"{op.name}: the clean run failed:\n{done.output}"
-    expected = op.observe(clean)
+
+    def clean_run() -> dict[str, Any]:
+        """The operation run uncut, its steps traced: what every cut run must come back to."""
+        trace.unlink(missing_ok=True)
+        fs_trace.unlink(missing_ok=True)
+        clean = _fresh(op, work, "clean")
+        environment = {durable.TRACE: str(trace), FS_ROOT: str(clean), FS_TRACE: str(fs_trace)}
+        done = run(op.command(clean), _env(clean, **environment), work)
+        assert done.code in op.ok, f"{op.name}: the clean run failed:\n{done.output}"
+        found = op.observe(clean)
+        _discard(op, clean)
+        return found
+
+    day, first = _on_one_day(clean_run)
+    clean_on = {day: first}  # the clean run's result by the UTC day it ran on
+    expected = first
     steps = trace.read_text().splitlines() if trace.exists() else []
     fs_total = int(fs_trace.read_text())
     report = Report(op.name, steps, fs_total, compared={k: _count(v) for k, v in expected.items()})
@@ -433,32 +445,52 @@ def hammer(
     for variable, n, what in points + fulls:
         kill = variable in (durable.CRASH_AT, FS_KILL_AT)
         label = f"{op.name}, {'killed' if kill else 'disk full'} at {what} ({variable}={n})"
-        home = _fresh(op, work, f"{variable.lower()}-{n}")
-        cut = run(op.command(home), _env(home, **{variable: str(n), FS_ROOT: str(home)}), work)
-        if kill:
-            assert cut.code == KILLED, f"{label}: not killed ({cut.code}):\n{cut.output}"
-            report.kills.append(what)
-        else:
-            assert "Traceback" not in cut.output, (
-                f"{label}: a traceback, not a message:\n{cut.output}"
-            )
-            assert cut.code in (*op.ok, 2), f"{label}: exit {cut.code}:\n{cut.output}"
-            if cut.code == 2:
-                assert "disk is full" in cut.output, f"{label}: no message:\n{cut.output}"
-            report.full_disks.append(what)
-        if op.between is not None:
-            op.between(home)
-        again = run((op.again or op.command)(home), _env(home), work)
-        assert "Traceback" not in again.output, f"{label}: the re-run crashed:\n{again.output}"
-        assert again.code in op.again_ok, f"{label}: the re-run failed:\n{again.output}"
-        got = op.observe(home)
+
+        day, got = _on_one_day(partial(_cut_and_again, op, work, variable, n, label))
+        if day not in clean_on:  # midnight passed since the clean run: compare like with like
+            clean_on[day] = _on_one_day(clean_run)[1]
+        expected = clean_on[day]
+        (report.kills if kill else report.full_disks).append(what)
         for key in expected:
             assert got[key] == expected[key], (
                 f"{label}: {key} differs after the re-run: {_difference(expected[key], got[key])}"
             )
-        _discard(op, home)
-    _discard(op, clean)
     return report
+
+
+def _cut_and_again(op: Operation, work: Path, variable: str, n: int, label: str) -> dict[str, Any]:
+    """`op` cut at step `n` (as `variable` says how), then run again: what it came back to."""
+    kill = variable in (durable.CRASH_AT, FS_KILL_AT)
+    home = _fresh(op, work, f"{variable.lower()}-{n}")
+    cut = run(op.command(home), _env(home, **{variable: str(n), FS_ROOT: str(home)}), work)
+    if kill:
+        assert cut.code == KILLED, f"{label}: not killed ({cut.code}):\n{cut.output}"
+    else:
+        assert "Traceback" not in cut.output, f"{label}: a traceback, not a message:\n{cut.output}"
+        assert cut.code in (*op.ok, 2), f"{label}: exit {cut.code}:\n{cut.output}"
+        if cut.code == 2:
+            assert "disk is full" in cut.output, f"{label}: no message:\n{cut.output}"
+    if op.between is not None:
+        op.between(home)
+    again = run((op.again or op.command)(home), _env(home), work)
+    assert "Traceback" not in again.output, f"{label}: the re-run crashed:\n{again.output}"
+    assert again.code in op.again_ok, f"{label}: the re-run failed:\n{again.output}"
+    found = op.observe(home)
+    _discard(op, home)
+    return found
+
+
+def _on_one_day(work: Callable[[], T]) -> tuple[date, T]:
+    """`work` done within one UTC day, and that day: done again if midnight passed while it
+    ran. A day-counted event (an opt-out, a pseudonym look-up) is published only once its day
+    is over, so what a run leaves depends on the day it ran and on whether it ran across a
+    midnight; a cut run and the clean run it must equal are compared on the same day."""
+    day = datetime.now(UTC).date()
+    found = work()
+    if datetime.now(UTC).date() != day:
+        day = datetime.now(UTC).date()
+        found = work()  # a run takes minutes at most: no second midnight within it
+    return day, found
 
 
 def _difference(expected: Any, got: Any) -> str:
