@@ -162,9 +162,10 @@ class World:
         self, name: str, active: list[str], withdrawn: list[str], registered: list[str]
     ) -> Path:
         """The honest package's records relabelled as the rogue's, saying what the rogue likes,
-        signed with the rogue's own key and dated now (the future is refused)."""
+        signed with the rogue's own key and dated now, to the second (the future is refused, and
+        so is a date before the rogue's kit was issued, which may be this same second)."""
         folder = self._copy(self.honest, name)
-        now = (datetime.now(UTC) - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         change = {
             "practice/ods_code": ROGUE,
             "package_id": str(uuid.uuid4()),
