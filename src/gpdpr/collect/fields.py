@@ -133,8 +133,7 @@ def _judge(table: str, path: Path, columns: dict[str, Allowed]) -> list[str]:
             found.append(f"{table}.{column} has {rows:,} row(s) with a value {allowed.fault}")
         if unused:
             found.append(
-                f"{table}.{column} holds a value {allowed.fault} in its file, though no row "
-                "uses it"
+                f"{table}.{column} holds a value {allowed.fault} in its file, though no row uses it"
             )
     return found
 
