@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -25,13 +26,14 @@ from gpdpr.collect.fields import NOT_LOOKUP, NOT_PSEUDONYM, CentreFields, check_
 from gpdpr.collect.service import REFUSED_NOTE, collect
 from gpdpr.collect.verify import Package, check
 from gpdpr.db.models import Event
+from gpdpr.errors import UserError
 from gpdpr.lake.query import connect
 from gpdpr.lake.store import Lake
 from gpdpr.lake.tables import data_tables
 from gpdpr.practice.kit import SIGNING_KEY, read_private_key
 from gpdpr.practice.package import MANIFEST, SIGNATURE, PackageError, seal
 from gpdpr.practice.rules import Geography
-from gpdpr.spec import released_versions, shipped
+from gpdpr.spec import Field, released_versions, shipped
 
 NHS_NUMBER = "9434765919"  # the shape of an NHS number (valid check digit)
 NAME = "Ada Canarywright"
@@ -155,7 +157,7 @@ def test_rogue_text_is_refused_whole_and_kept_nowhere_at_the_centre(
     )
     assert "registrations.patient has" not in reasons["Z10004"], "no row uses it"
     assert f"deletions.record_id has 1 row(s) with a value {NOT_PSEUDONYM}" in reasons["Z10006"]
-    assert f"type1_opt_out.active has 1 entries {NOT_PSEUDONYM}" in reasons["Z10001-2"]
+    assert f"type1_opt_out.active has 1 entry(ies) {NOT_PSEUDONYM}" in reasons["Z10001-2"]
     for refused in result.refused:
         assert "nothing of the package was loaded" in refused.reason
         assert refused.moved_to is not None
@@ -264,3 +266,13 @@ def test_a_pseudonym_field_takes_nothing_but_a_pseudonym(
         assert f"{table}.{column} has 1 row(s) with a value {NOT_PSEUDONYM}" in str(refused.value)
         if value.strip():
             assert value not in str(refused.value)
+
+
+def test_a_text_field_of_a_kind_the_centre_cannot_judge_stops_it_before_any_package() -> None:
+    """An allowlist that passed what it does not know would be none."""
+    spec = shipped()
+    patients = spec.tables["patients"]
+    odd = Field("postcode_district", "string", "a kind with neither values nor a known lookup")
+    changed = replace(patients, fields=(*patients.fields, odd))
+    with pytest.raises(UserError, match="cannot check text fields of kind 'lookup:None'"):
+        CentreFields.of(replace(spec, tables={**spec.tables, "patients": changed}))

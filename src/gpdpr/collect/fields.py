@@ -168,5 +168,5 @@ def _type1_lists(package: Package) -> list[str]:
         strings = pa.array([e if isinstance(e, str) else "" for e in entries], pa.string())
         bad = int(pc.sum(PSEUDONYM.outside(strings)).as_py() or 0)
         if bad:
-            found.append(f"type1_opt_out.{name} has {bad:,} entries {NOT_PSEUDONYM}")
+            found.append(f"type1_opt_out.{name} has {bad:,} entry(ies) {NOT_PSEUDONYM}")
     return found
