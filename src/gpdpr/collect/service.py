@@ -38,6 +38,7 @@ from gpdpr.collect.authority import authorise, type1_statements
 from gpdpr.collect.codes import CentreCodes, check_codes
 from gpdpr.collect.erase import ANSWERS, Erasure, erase
 from gpdpr.collect.erase_beyond import Beyond, sweep
+from gpdpr.collect.fields import CentreFields, check_fields
 from gpdpr.collect.load import Loaded, Progress, load
 from gpdpr.collect.received import forget, index_loads
 from gpdpr.collect.refusals import Refused, finish, refuse
@@ -132,7 +133,9 @@ def _collect(
     engine = central.engine()
     registry = Registry(engine)
     accepted = specification.released_versions()
-    codes = CentreCodes.of(specification.shipped(), terminology.active())
+    spec = specification.shipped()
+    codes = CentreCodes.of(spec, terminology.active())
+    fields = CentreFields.of(spec)
     for parent in {folder.parent for folder in folders}:
         sweep_loaded(parent)
 
@@ -143,6 +146,7 @@ def _collect(
             package = check(folder, central.keys, accepted, lake.data)
             authorise(package, central.keys)
             check_codes(package, codes)
+            check_fields(package, fields)
             return package
         except PackageError as exc:
             return Refused(folder, str(exc), None, left=folder not in removed)
