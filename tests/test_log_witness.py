@@ -5,11 +5,13 @@ refused by a verifier that kept nothing but the pinned policy."""
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -133,6 +135,32 @@ def test_an_honest_log_is_co_signed_as_it_grows_and_verifies_with_the_quorum(
     }
     published = (writer.contents.folder / store.CHECKPOINT).read_text("utf-8")
     assert published.count("\n— ") == 3  # the log's signature and two cosignatures
+
+
+def test_a_folder_witness_whose_key_was_replaced_is_not_published_as_cosigning(
+    log: tuple[store.Writer, Path, policy.Policy], tmp_path: Path
+) -> None:
+    """Someone with the witness's folder but not its key writes a key of their own there: its
+    cosignatures are not the enrolled witness's, so none is published."""
+    writer, keys, pinned = log
+    folder = tmp_path / "w1"
+    (folder / witness.KEY).unlink()
+    rogue = Ed25519PrivateKey.generate()
+    (folder / witness.KEY).write_bytes(
+        rogue.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    gathered = grow(writer, keys, 2, NOW + 60)
+    assert any("w1" in n and "enrolled with" in n for n in gathered.notes), gathered.notes
+    published = (writer.contents.folder / store.CHECKPOINT).read_text("utf-8")
+    rogue_id = note.verifier_for("witness.example/w1", rogue.public_key(), note.COSIGNATURE)
+    assert published.count("\n— ") == 2  # the log's own and w2's only
+    assert f" {base64.b64encode(rogue_id.id).decode()[:5]}" not in published
+    with pytest.raises(UserError):  # the quorum of two is not met: a verifier says so
+        pinned_verify(writer.contents.folder, pinned, NOW + 60)
 
 
 def test_a_rolled_back_log_is_refused_by_a_verifier_that_kept_nothing(

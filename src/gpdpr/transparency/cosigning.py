@@ -209,6 +209,19 @@ def cosignature(signed: cp.Checkpoint, answer: bytes, verifier: note.Verifier) -
     raise UserError(f"its answer holds no cosignature that verifies with {verifier.vkey}")
 
 
+def _as_enrolled(
+    signed: cp.Checkpoint, given: note.Signature, name: str, pinned: policy.Policy | None
+) -> note.Signature:
+    """A folder witness's cosignature, checked against the key it was enrolled with (pinned
+    in the policy), as a witness over HTTP's is: its folder's key may since have been
+    replaced, and a cosignature no verifier accepts is never published."""
+    keys = [w for w in pinned.witnesses if w.name == name] if pinned is not None else []
+    for verifier in keys:
+        if note.cosignature_time(note.Note(signed.signed.text, (given,)), verifier) is not None:
+            return given
+    raise UserError(f"its cosignature does not verify with the key {name} was enrolled with")
+
+
 def _printable(data: bytes) -> str:
     """A witness's answer as it may be shown in a note: printable ASCII only."""
     return "".join(c if c.isprintable() else " " for c in data.decode("ascii", "replace")).strip()
@@ -227,8 +240,9 @@ def gather(writer: store.Writer, keys: Path, signed: cp.Checkpoint, now: int) ->
                 proof = writer.contents.tree.consistency_proof(min(old, signed.size), signed.size)
                 try:
                     body = request_body(old, proof, signed.to_bytes())
+                    given = add_checkpoint(witness, body, now)
                     done.checkpoint = done.checkpoint.with_signature(
-                        add_checkpoint(witness, body, now)
+                        _as_enrolled(signed, given, witness.name, pinned)
                     )
                     break
                 except Conflict as conflict:
