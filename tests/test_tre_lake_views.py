@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
-from hypothesis import example, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tre_data
@@ -199,34 +199,6 @@ def test_the_engine_keys_a_pseudonym_as_the_custodian_does(key: bytes, texts: li
         f"select {views.project_sql(DUCKDB, 't')} from texts cross join {views.KEYS}"
     ).fetchall()
     assert [row[0] for row in found] == project_pseudonyms(key, pa.array(texts)).to_pylist()
-
-
-_HEX = st.text("0123456789abcdef", min_size=64, max_size=64)
-
-
-@settings(max_examples=60, deadline=None, derandomize=True)
-@given(pseudonyms=st.lists(_HEX, min_size=1, max_size=6), other=st.text(max_size=80))
-@example(pseudonyms=["a" * 64], other="0x" + "a" * 62)
-@example(pseudonyms=["a" * 64], other="a" * 63 + "é")  # 64 characters, 65 bytes
-@example(pseudonyms=["a" * 64], other="9434765919".ljust(64))
-@example(pseudonyms=["a" * 64, "a" * 32 + "b" * 32], other="A" * 64)
-def test_duckdb_joins_a_pseudonym_by_a_number_that_is_its_alone(
-    pseudonyms: list[str], other: str
-) -> None:
-    """DuckDB joins people by `Dialect.person` (the first 32 hex digits as a number), not by the
-    text: two pseudonyms that differ in those digits never meet, and any text that is not 64
-    characters, or not hex digits in the first 32, is no number and joins no one."""
-    texts = [*pseudonyms, other]
-    _KEYING.register("texts", pa.table({"t": pa.array(texts, pa.string())}))
-    found = [row[0] for row in _KEYING.sql(f"select {DUCKDB.person('t')} from texts").fetchall()]
-    for text, number in zip(texts, found, strict=True):
-        prefix = text[:32]
-        if len(text.encode()) == 64 and all(c in "0123456789abcdefABCDEF" for c in prefix):
-            assert number == int(prefix, 16)
-        else:
-            assert number is None, f"{text!r} joins as {number}"
-    by_prefix = {p[:32] for p in pseudonyms}
-    assert len(set(found[: len(pseudonyms)])) == len(by_prefix)
 
 
 def test_a_sandbox_reads_the_versions_own_files_and_no_other(service: Service) -> None:

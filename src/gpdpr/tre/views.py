@@ -7,10 +7,8 @@ never anyone with a National Data Opt-out unless the agreement records an exempt
 pseudonym a run can show (staff, postcode) replaced by the project's own, made with the key the
 custodian derives for the project. Two projects' views therefore share no identifier. Each
 person has a whole-number key for this set of views only (`patient_key`, 0 .. people - 1),
-which the engines join by and a run's dataset is kept by. The views find each lake row's person
-by `PERSON`, which each engine reads beside a lake table's patient pseudonym as what it joins
-fastest (`Dialect.person`: in DuckDB, the pseudonym's first 128 bits as a number). (Views
-made ready-made, `made`, also carry each person's project pseudonym, for dummy data and tests.)
+which the engines join by and a run's dataset is kept by. (Views made ready-made, `made`,
+also carry each person's project pseudonym, for dummy data and tests.)
 
 A run's views are not copied out of the lake: `plan` describes them as SQL over the lake
 version's own Parquet files (the population, each view, the pseudonym maps), and the engine
@@ -173,8 +171,7 @@ def _people_sql(scope: ViewScope, fields: Iterable[str]) -> str:
         "select *, row_number() over (partition by patient order by last_modified desc nulls "
         f"last, extracted_at desc, practice) as latest from {source('patients')}"
     )
-    conditions.append(f"{PERSON} is not null")
-    kept = ", ".join(sorted({PATIENT_FIELD, PERSON, *fields}))
+    kept = ", ".join(sorted({PATIENT_FIELD, *fields}))
     return f"select {kept} from ({latest}) where latest = 1 and {' and '.join(conditions)}"
 
 
@@ -205,7 +202,7 @@ def _view_sql(name: str, columns: set[str], scope: ViewScope) -> str:
         selected = ", ".join([f"r.{KEY} as {PATIENT_ID}", *columns_sql])
         return f"select {selected} from {PEOPLE} r{joins}"
     selected = ", ".join([f"p.{KEY} as {PATIENT_ID}", *columns_sql])
-    rows = f"{source(table.lake)} r join {PEOPLE} p on p.{PERSON} = r.{PERSON}{joins}"
+    rows = f"{source(table.lake)} r join {PEOPLE} p on p.patient = r.patient{joins}"
     start, end = (f"date '{d.isoformat()}'" for d in (scope.data_from, scope.data_to))
     if period_fields(table) == ("start_date", "end_date"):
         # A registration counts if any of it falls in the period.
@@ -233,11 +230,6 @@ def source(name: str) -> str:
     """The name an engine reads a lake table (or the opt-outs, or a pseudonym map) by: never a
     view's name, so no compiled query can name it (the guard allows views only)."""
     return f"source_{name}"
-
-
-# What every view joins its rows to their person by: each engine reads every lake table that
-# has a patient pseudonym with this column beside it (`Dialect.person`), one it joins fastest.
-PERSON = "person"
 
 
 # The people in the population, each with their lake pseudonym and whole-number key: an engine

@@ -49,11 +49,10 @@ from gpdpr.tre.engines.base import (
 from gpdpr.tre.engines.base import memory as memory_limit
 from gpdpr.tre.query import limits
 from gpdpr.tre.query import nodes as n
-from gpdpr.tre.query.schema import PATIENT_FIELD, view_name
+from gpdpr.tre.query.schema import view_name
 from gpdpr.tre.views import (
     KEYS,
     PEOPLE,
-    PERSON,
     key_table,
     keyed_people_sql,
     mapping_sql,
@@ -262,9 +261,9 @@ def install(lake: LakeViews, con: duckdb.DuckDBPyConnection) -> None:
     for name, files in lake.sources.items():
         read = parquet_sql(con, files)
         if read is None:  # no files: an empty table
-            con.register(f"{source(name)}_none", files.schema.empty_table())
-            read = f"select * from {source(name)}_none"
-        con.execute(f"create temp view {source(name)} as {with_person(read, files.schema)}")
+            con.register(source(name), files.schema.empty_table())
+        else:
+            con.execute(f"create temp view {source(name)} as {read}")
     con.register(source("excluded"), lake.excluded)
     con.register(KEYS, key_table(lake.project_key))
     con.execute(f"create temp table {PEOPLE} as {keyed_people_sql(lake)}")
@@ -273,15 +272,6 @@ def install(lake: LakeViews, con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"create temp table {source('map_' + column)} as {mapping}")
     for name, text in lake.views.items():
         con.execute(f"create temp view {view_name(name)} as {text}")
-
-
-def with_person(read: str, schema: pa.Schema) -> str:
-    """A lake table as `read`, with the number its rows join their person by (`PERSON`) if
-    it has a patient pseudonym."""
-    if PATIENT_FIELD not in schema.names:
-        return read
-    person = DIALECT.person(DIALECT.identifier(PATIENT_FIELD))
-    return f"select *, {person} as {PERSON} from ({read})"
 
 
 def lake_files(lake: LakeViews) -> list[str]:

@@ -71,11 +71,10 @@ from gpdpr.tre.engines.base import (
 )
 from gpdpr.tre.query import limits
 from gpdpr.tre.query import nodes as n
-from gpdpr.tre.query.schema import PATIENT_FIELD, TABLES, view_name
+from gpdpr.tre.query.schema import TABLES, view_name
 from gpdpr.tre.views import (
     KEYS,
     PEOPLE,
-    PERSON,
     key_table,
     keyed_people_sql,
     mapping_sql,
@@ -387,19 +386,14 @@ class Sandbox:
         read from their folders' names."""
         paths = sorted(str(Path(f).resolve()) for f in files.files)
         if not paths:  # an empty table is a file with no rows
-            self.register(f"{name}_none", files.schema.empty_table(), shown=False)
-            rows = self.spark.table(f"{name}_none")
-        else:
-            partitioned = Path(paths[0]).parent.name.startswith(f"{PARTITION}=")
-            base = Path(paths[0]).parent.parent if partitioned else Path(paths[0]).parent
-            schema = _spark_schema(files.schema)
-            rows = self.spark.read.schema(schema).option("basePath", str(base)).parquet(*paths)
-            self.lake_files.update(Path(p) for p in paths)
-        if PATIENT_FIELD in files.schema.names:  # what the views join people by (views.PERSON)
-            person = DIALECT.person(DIALECT.identifier(PATIENT_FIELD))
-            rows = rows.selectExpr("*", f"{person} as {PERSON}")
-        rows.createOrReplaceTempView(name)
+            self.register(name, files.schema.empty_table(), shown=False)
+            return
+        partitioned = Path(paths[0]).parent.name.startswith(f"{PARTITION}=")
+        base = Path(paths[0]).parent.parent if partitioned else Path(paths[0]).parent
+        reader = self.spark.read.schema(_spark_schema(files.schema)).option("basePath", str(base))
+        reader.parquet(*paths).createOrReplaceTempView(name)
         self.defined.add(name)
+        self.lake_files.update(Path(p) for p in paths)
 
     def frame(self, text: str) -> DataFrame:
         """A query as a DataFrame, checked by the guard and by its plan, not yet run."""

@@ -93,11 +93,6 @@ class Dialect:
             DATE: "date '0001-01-01'",
         }.get(kind, "''")
 
-    def person(self, pseudonym: str) -> str:
-        """What an engine joins a lake row to its person by (`views.PERSON`), from the row's
-        lake pseudonym: here the pseudonym itself."""
-        return pseudonym
-
     def hmac_sha256(self, message: str, inner: str, outer: str) -> str:
         """HMAC-SHA256 (RFC 2104) of the UTF-8 text `message`, as lowercase hex, where `inner`
         and `outer` are the key's padded blocks (`views.key_table`): the engine keys people
@@ -178,18 +173,6 @@ class DuckDBDialect(Dialect):
 
     def whole_sum_done(self, aggregate: str) -> str:
         return f"try_cast({aggregate} as bigint)"  # DuckDB sums into 128 bits
-
-    def person(self, pseudonym: str) -> str:
-        """The pseudonym's first 128 bits as a number (its first 32 hex digits): DuckDB joins
-        16-byte numbers several times faster than 64-character strings, whose hash table of
-        10 million people would not fit its memory limit. Exact for every lake pseudonym (64
-        hex digits of an HMAC-SHA256, held so at the centre): two people sharing 128 bits is
-        as likely as two sharing a use token. Text of another length in bytes, or with other
-        than hex digits in the first 32, is no number and joins no one. (Text differing from
-        a pseudonym only in case, or after the 32nd digit, would join its person; the lake
-        holds none, and anyone able to write one could write the pseudonym itself.)"""
-        number = f"try_cast('0x' || left({pseudonym}, 32) as uhugeint)"
-        return f"(case when strlen({pseudonym}) = 64 then {number} end)"
 
     # Dates within Spark's calendar (0001-01-01 to 9999-12-31) on DuckDB too, which would go
     # further: the same definition gives the same answer on every engine.
