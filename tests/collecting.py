@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -15,7 +18,8 @@ from extracting import Keys
 from gpdpr.collect.service import Central
 from gpdpr.lake.query import digest
 from gpdpr.lake.store import Lake
-from gpdpr.practice.package import MANIFEST, SIGNATURE, canonical_json
+from gpdpr.practice.kit import SIGNING_KEY, read_private_key
+from gpdpr.practice.package import MANIFEST, SIGNATURE, canonical_json, seal
 
 
 def central(tmp: Path, keys: Keys) -> Central:
@@ -63,3 +67,40 @@ def resign(package: Path, signing_key: Path, change: dict[str, Any] | None = Non
     signature = orjson.loads((package / SIGNATURE).read_bytes())
     signature["signature"] = base64.b64encode(key.sign(body)).decode()
     (package / SIGNATURE).write_bytes(canonical_json(signature))
+
+
+# What a rogue or faulty extractor would send: a package's files changed, then the package sealed
+# and signed again with its practice's own key (`reseal`), so that all but the change verifies.
+
+
+def plant(package: Path, table: str, column: str, value: str, rows: int = 1) -> None:
+    """The first `rows` rows of the package's `table` given `value` in `column` (as text)."""
+    path = package / f"{table}.parquet"
+    data = pq.read_table(path)
+    values = data[column].combine_chunks().cast(pa.string()).to_pylist()
+    values[:rows] = [value] * rows
+    index = data.schema.get_field_index(column)
+    field = data.schema.field(index).with_type(pa.string())
+    pq.write_table(data.set_column(index, field, pa.array(values, pa.string())), path)
+
+
+def hide(package: Path, table: str, column: str, value: str) -> None:
+    """`value` in the dictionary page of the package's `table`'s `column`, though no row uses it."""
+    path = package / f"{table}.parquet"
+    data = pq.read_table(path)
+    encoded = pc.dictionary_encode(data[column].combine_chunks().cast(pa.string()))
+    dictionary = pa.concat_arrays([encoded.dictionary, pa.array([value])])
+    hidden = pa.DictionaryArray.from_arrays(encoded.indices, dictionary)
+    index = data.schema.get_field_index(column)
+    pq.write_table(data.set_column(index, pa.field(column, hidden.type), hidden), path)
+    read = pq.ParquetFile(path, read_dictionary=[column]).read()[column]
+    assert value in read.chunks[0].dictionary.to_pylist() and value not in read.to_pylist()
+
+
+def reseal(package: Path, keys: Keys, practice: str | None = None) -> None:
+    """Seal the package again and sign it with its practice's own key (by default the
+    practice the package's folder is named for)."""
+    manifest = orjson.loads((package / MANIFEST).read_bytes())
+    (package / SIGNATURE).unlink()
+    kit = keys.kit(practice or package.name)
+    seal(package, manifest, read_private_key(kit / SIGNING_KEY, "key"))

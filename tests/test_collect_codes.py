@@ -13,15 +13,14 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from collecting import central, copies, state
+from collecting import central, copies, hide, plant, reseal, state
 from conftest import Extracted
 from extracting import Keys
 from gpdpr.collect.codes import CentreCodes
 from gpdpr.collect.service import REFUSED_NOTE, collect
 from gpdpr.lake.query import connect
 from gpdpr.lake.store import Lake
-from gpdpr.practice.kit import SIGNING_KEY, read_private_key
-from gpdpr.practice.package import MANIFEST, SIGNATURE, seal
+from gpdpr.practice.package import MANIFEST
 from gpdpr.spec import shipped
 from gpdpr.terminology.sctid import check_digit, concept_mask, is_concept_id
 from gpdpr.terminology.store import ENV, active, load
@@ -34,34 +33,15 @@ NEVER = "a code of a set the specification never collects"
 
 
 def _plant(package: Path, keys: Keys, table: str, column: str, code: str, rows: int = 1) -> None:
-    """What a rogue extractor would send: `rows` rows of `table` given `code`, and the package
-    sealed and signed with the practice's own key, so that everything but its codes verifies."""
-    path = package / f"{table}.parquet"
-    data = pq.read_table(path)
-    values = data[column].combine_chunks().to_pylist()
-    values[:rows] = [code] * rows
-    index = data.schema.get_field_index(column)
-    data = data.set_column(index, data.schema.field(index), pa.array(values, pa.string()))
-    pq.write_table(data, path)
-    manifest = orjson.loads((package / MANIFEST).read_bytes())
-    (package / SIGNATURE).unlink()
-    seal(package, manifest, read_private_key(keys.kit(package.name) / SIGNING_KEY, "key"))
+    """`rows` rows of `table` given `code`, the package signed again: all but its codes verify."""
+    plant(package, table, column, code, rows)
+    reseal(package, keys)
 
 
 def _hide(package: Path, keys: Keys, table: str, column: str, code: str) -> None:
     """A file whose dictionary page holds `code` though no row uses it, sealed and signed."""
-    path = package / f"{table}.parquet"
-    data = pq.read_table(path)
-    values = data[column].combine_chunks().cast(pa.string())
-    encoded = pc.dictionary_encode(values)
-    dictionary = pa.concat_arrays([encoded.dictionary, pa.array([code])])
-    index = data.schema.get_field_index(column)
-    hidden = pa.DictionaryArray.from_arrays(encoded.indices, dictionary)
-    data = data.set_column(index, pa.field(column, hidden.type), hidden)
-    pq.write_table(data, path)
-    manifest = orjson.loads((package / MANIFEST).read_bytes())
-    (package / SIGNATURE).unlink()
-    seal(package, manifest, read_private_key(keys.kit(package.name) / SIGNING_KEY, "key"))
+    hide(package, table, column, code)
+    reseal(package, keys)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import sqlalchemy as sa
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from collecting import central, copies
+from collecting import central, copies, hide, plant, reseal
 from conftest import Extracted
 from extracting import Keys
 from gpdpr.collect.fields import NOT_LOOKUP, NOT_PSEUDONYM, CentreFields, check_fields
@@ -30,8 +29,7 @@ from gpdpr.errors import UserError
 from gpdpr.lake.query import connect
 from gpdpr.lake.store import Lake
 from gpdpr.lake.tables import data_tables
-from gpdpr.practice.kit import SIGNING_KEY, read_private_key
-from gpdpr.practice.package import MANIFEST, SIGNATURE, PackageError, seal
+from gpdpr.practice.package import MANIFEST, PackageError
 from gpdpr.practice.rules import Geography
 from gpdpr.spec import Field, released_versions, shipped
 
@@ -43,44 +41,6 @@ DELETED = "4010232137"
 OPTED_OUT = "6541237890"
 CANARIES = (NHS_NUMBER, NAME, POSTCODE, HIDDEN, DELETED, OPTED_OUT)
 PSEUDONYM = re.compile(r"[0-9a-f]{64}")
-
-
-def _sealed(package: Path, keys: Keys, practice: str) -> None:
-    """Seal and sign the package again with its practice's own key, as a rogue extractor would."""
-    manifest = orjson.loads((package / MANIFEST).read_bytes())
-    (package / SIGNATURE).unlink()
-    seal(package, manifest, read_private_key(keys.kit(practice) / SIGNING_KEY, "key"))
-
-
-def _rewrite(package: Path, file: str, column: str, change: Callable[[list[object]], None]) -> None:
-    """Rewrite one column of one of the package's files, its values changed in place."""
-    path = package / file
-    data = pq.read_table(path)
-    values = data[column].combine_chunks().cast(pa.string()).to_pylist()
-    change(values)
-    index = data.schema.get_field_index(column)
-    data = data.set_column(index, pa.field(column, pa.string()), pa.array(values, pa.string()))
-    pq.write_table(data, path)
-
-
-def _plant(package: Path, file: str, column: str, value: str) -> None:
-    def first(values: list[object]) -> None:
-        values[0] = value
-
-    _rewrite(package, file, column, first)
-
-
-def _hide(package: Path, file: str, column: str, value: str) -> None:
-    """A file whose dictionary page holds `value` though no row uses it."""
-    path = package / file
-    data = pq.read_table(path)
-    encoded = pc.dictionary_encode(data[column].combine_chunks().cast(pa.string()))
-    dictionary = pa.concat_arrays([encoded.dictionary, pa.array([value])])
-    hidden = pa.DictionaryArray.from_arrays(encoded.indices, dictionary)
-    index = data.schema.get_field_index(column)
-    pq.write_table(data.set_column(index, pa.field(column, hidden.type), hidden), path)
-    read = pq.ParquetFile(path, read_dictionary=[column]).read()[column]
-    assert value in read.chunks[0].dictionary.to_pylist() and value not in read.to_pylist()
 
 
 def _delete(package: Path, record_id: str) -> None:
@@ -132,14 +92,14 @@ def test_rogue_text_is_refused_whole_and_kept_nowhere_at_the_centre(
     nhs, name, area, hiding, good, deleting, opting = copies(
         clean_columnar_packages.packages, tmp_path / "in", names
     )
-    _plant(nhs, "medications.parquet", "patient", NHS_NUMBER)
-    _plant(name, "clinical_events.parquet", "unit", NAME)
-    _plant(area, "patients.parquet", "lsoa_code", POSTCODE)
-    _hide(hiding, "registrations.parquet", "patient", HIDDEN)
+    plant(nhs, "medications", "patient", NHS_NUMBER)
+    plant(name, "clinical_events", "unit", NAME)
+    plant(area, "patients", "lsoa_code", POSTCODE)
+    hide(hiding, "registrations", "patient", HIDDEN)
     _delete(deleting, DELETED)
     _type1(opting, OPTED_OUT)
     for package in (nhs, name, area, hiding, deleting, opting):
-        _sealed(package, keys, package.name[:6])
+        reseal(package, keys, package.name[:6])
 
     result = collect(home, [nhs, name, area, hiding, good, deleting, opting])
 
@@ -255,7 +215,7 @@ def test_a_pseudonym_field_takes_nothing_but_a_pseudonym(
         if not kept.exists():
             shutil.copy(one_package.folder / name, kept)
         shutil.copy(kept, one_package.folder / name)
-    _plant(one_package.folder, file, column, value)
+    plant(one_package.folder, file.removesuffix(".parquet"), column, value)
 
     if PSEUDONYM.fullmatch(value):
         check_fields(one_package, centre)
