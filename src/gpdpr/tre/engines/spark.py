@@ -17,6 +17,9 @@ What confines a run (`Sandbox`, and `CONFINED` set on its session whatever else 
   - text: ${...} substitution is off (it would replace text even inside quotes with settings
     or environment variables);
   - time: every job of the run is in one job group, cancelled by a watchdog at the time limit;
+    a run still not ended `GRACE_SECONDS` later (Spark stuck outside any job, such as a
+    collection whose serving thread died, or a JVM that no longer answers) ends the process's
+    Spark session, JVM and all (`_Deadline`): a run ends, whatever Spark does;
   - memory: the driver's JVM heap (`memory`, set when the session starts) bounds what a run
     holds; Spark spills to the session's own folder (`spark.local.dir`), removed on exit;
   - visibility: each run has a session of its own (`newSession`), so runs never see each
@@ -35,6 +38,7 @@ imports pyspark only when a session starts, so gpdpr works without them.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import logging
 import os
@@ -92,6 +96,10 @@ SUBSTITUTE = "spark.sql.variable.substitute"
 CONFINED = {SUBSTITUTE: "false", "spark.sql.runSQLOnFiles": "false"}
 DEFAULT_MASTER = "local[2]"
 DEFAULT_MEMORY = "1g"
+# How long a run may go on after its time limit, its jobs cancelled, before its Spark session is
+# ended: cancelling stops jobs, and a run can be stuck outside any (seen in a collection to
+# Arrow whose serving thread was gone, the driver short of memory).
+GRACE_SECONDS = 60.0
 
 INSTALL = (
     "install it with `pip install 'gpdpr[spark]'` (pyspark 4.1) and a Java runtime, version 17 "
@@ -127,6 +135,9 @@ PYTHON_LEVELS = {
 _lock = threading.Lock()
 _session: SparkSession | None = None
 _folder: Path | None = None
+# What the process's first session was started with: a session started after one was ended
+# (`_end_stuck`) is started the same way.
+_started_with: tuple[str | None, str | None, tuple[str, ...]] | None = None
 
 
 def _java() -> str:
@@ -144,10 +155,13 @@ def session(
 ) -> SparkSession:
     """The process's Spark session, started on first use (later arguments are ignored):
     `master` local[N], the driver's `memory`, and any more options for its JVM."""
-    global _session, _folder
+    global _session, _folder, _started_with
     with _lock:
         if _session is not None:
             return _session
+        if _started_with is None:
+            _started_with = (master, memory, tuple(java_options))
+        master, memory, java_options = _started_with
         try:
             from pyspark.sql import SparkSession
         except ImportError:
@@ -224,6 +238,54 @@ def session(
         return made
 
 
+def _end_stuck(made: SparkSession) -> None:
+    """End the process's Spark session `made` when it no longer answers: its JVM killed, not
+    asked (asking one that is stuck would wait with it), so that every call waiting on it fails
+    at once; pyspark's record of it cleared, so that the next run starts a new one."""
+    global _session, _folder
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    with _lock:
+        if _session is not made:
+            return  # ended already
+        gateway = made.sparkContext._gateway
+        process = getattr(gateway, "proc", None)
+        if process is not None:
+            process.kill()
+            process.wait()
+        if gateway is not None:
+            with contextlib.suppress(Exception):  # its JVM is gone: only Python's side is left
+                gateway.shutdown()
+        SparkContext._active_spark_context = None
+        SparkContext._gateway = None
+        SparkContext._jvm = None
+        SparkSession._instantiatedSession = None
+        SparkSession._activeSession = None
+        if _folder is not None:
+            shutil.rmtree(_folder, ignore_errors=True)
+        _session, _folder = None, None
+
+
+class _Deadline:
+    """Ends the process's Spark session (`_end_stuck`) if a run has not ended `seconds` after
+    it began: the last resort behind the job group's cancelling (`Sandbox`)."""
+
+    def __init__(self, made: SparkSession, seconds: float) -> None:
+        self.ended = threading.Event()
+
+        def end() -> None:
+            self.ended.set()
+            _end_stuck(made)
+
+        self.timer = threading.Timer(seconds, end)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def cancel(self) -> None:
+        self.timer.cancel()
+
+
 def stop() -> None:
     """Stop the process's Spark session, if one was started."""
     global _session, _folder
@@ -267,19 +329,36 @@ class SparkEngine:
         memory: str | None = None,
         settings: Mapping[str, str] | None = None,
         seconds: float | None = None,
+        grace: float = GRACE_SECONDS,
     ) -> None:
         """`master` and `memory` apply if this is the first Spark engine of the process (the
         session is shared); `settings` are Spark SQL settings for this engine's runs only
         (never those that confine it: `CONFINED`); `seconds` limits each run (by default
-        GPDPR_TRE_RUN_SECONDS, see engines.base)."""
+        GPDPR_TRE_RUN_SECONDS, see engines.base), and `grace` seconds after it a run not yet
+        ended ends the process's Spark session (`_Deadline`)."""
         self.master = master
         self.memory = memory
         self.settings = dict(settings or {})
         self.seconds = run_seconds(seconds)
+        self.grace = grace
 
     def run(self, definition: n.Definition, views: Views) -> Results:
-        spark = session(self.master, self.memory).newSession()
         limits.check(definition)
+        made = session(self.master, self.memory)  # started (once a process) outside the limit
+        deadline = _Deadline(made, self.seconds + self.grace)
+        try:
+            return self._run(made, definition, views, deadline)
+        except Exception:
+            if deadline.ended.is_set():  # whatever Spark's calls raised as their JVM went
+                raise too_long(self.seconds) from None
+            raise
+        finally:
+            deadline.cancel()
+
+    def _run(
+        self, made: SparkSession, definition: n.Definition, views: Views, deadline: _Deadline
+    ) -> Results:
+        spark = made.newSession()
         for key, value in {**self.settings, **CONFINED}.items():
             spark.conf.set(key, value)
         with scratch.temporary("spark-run") as folder:
@@ -306,7 +385,10 @@ class SparkEngine:
                     measures[measure.name] = conform(found, measure_schema(measure))
                 return Results(dataset, measures, uses)
             finally:
-                box.close()
+                if deadline.ended.is_set():  # an ended session has nothing left to close
+                    box.abandon()
+                else:
+                    box.close()
 
 
 class Sandbox:
@@ -336,7 +418,8 @@ class Sandbox:
             # first job) would otherwise run on unstopped.
             self.expired.set()
             while True:
-                context.cancelJobGroup(self.group)
+                with contextlib.suppress(Exception):  # the session may have been ended
+                    context.cancelJobGroup(self.group)
                 if self.closed.wait(0.5):
                     return
 
@@ -439,9 +522,13 @@ class Sandbox:
                 raise too_long(self.seconds) from None
             raise failed("Spark", error) from error
 
-    def close(self) -> None:
+    def abandon(self) -> None:
+        """Stop the watchdog, asking Spark nothing: its session was ended (`_Deadline`)."""
         self.closed.set()
         self.watchdog.cancel()
+
+    def close(self) -> None:
+        self.abandon()
         for frame in self.kept:
             frame.unpersist()
         for name in self.defined | self.relations:
