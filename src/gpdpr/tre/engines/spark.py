@@ -347,13 +347,16 @@ class SparkEngine:
         made = session(self.master, self.memory)  # started (once a process) outside the limit
         deadline = _Deadline(made, self.seconds + self.grace)
         try:
-            return self._run(made, definition, views, deadline)
+            results = self._run(made, definition, views, deadline)
         except Exception:
             if deadline.ended.is_set():  # whatever Spark's calls raised as their JVM went
                 raise too_long(self.seconds) from None
             raise
         finally:
-            deadline.cancel()
+            deadline.cancel()  # after which `ended` can no longer change
+        if deadline.ended.is_set():  # an answer read as its JVM went may be cut short
+            raise too_long(self.seconds)
+        return results
 
     def _run(
         self, made: SparkSession, definition: n.Definition, views: Views, deadline: _Deadline
