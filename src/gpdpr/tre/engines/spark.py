@@ -343,8 +343,8 @@ class SparkEngine:
         self.grace = grace
 
     def run(self, definition: n.Definition, views: Views) -> Results:
-        limits.check(definition)
         made = session(self.master, self.memory)  # started (once a process) outside the limit
+        limits.check(definition)
         deadline = _Deadline(made, self.seconds + self.grace)
         try:
             results = self._run(made, definition, views, deadline)
