@@ -45,3 +45,19 @@ def test_a_run_stuck_on_a_spark_that_does_not_answer_ends_and_the_next_run_works
     after = tre_data.run(engine, NUMBERS, definition)  # a new session, started as before
     assert after.dataset == before.dataset
     assert after.dataset is not None and after.dataset.num_rows == 4
+
+
+def test_a_run_after_sparks_jvm_exited_starts_a_new_session() -> None:
+    """A driver that runs out of memory exits (`-XX:+ExitOnOutOfMemoryError`) rather than
+    leave runs waiting on its dead threads: the next run starts Spark again, as it was
+    started, and works."""
+    engine = tre_data.engine("spark")
+    definition = dataset()
+    definition.sex = patients.sex
+    before = tre_data.run(engine, NUMBERS, definition)
+    jvm = spark.session().sparkContext._gateway.proc  # type: ignore[union-attr]
+    jvm.kill()  # as the JVM exits on running out of memory
+    jvm.wait(timeout=60)
+    after = tre_data.run(engine, NUMBERS, definition)
+    assert after.dataset == before.dataset
+    assert spark.session().sparkContext._gateway.proc.pid != jvm.pid  # type: ignore[union-attr]

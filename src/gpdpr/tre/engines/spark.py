@@ -19,7 +19,8 @@ What confines a run (`Sandbox`, and `CONFINED` set on its session whatever else 
   - time: every job of the run is in one job group, cancelled by a watchdog at the time limit;
     a run still not ended `GRACE_SECONDS` later (Spark stuck outside any job, such as a
     collection whose serving thread died, or a JVM that no longer answers) ends the process's
-    Spark session, JVM and all (`_Deadline`): a run ends, whatever Spark does;
+    Spark session, JVM and all (`_Deadline`): a run ends, whatever Spark does; a JVM out of
+    memory exits, and the next run starts a new session;
   - memory: the driver's JVM heap (`memory`, set when the session starts) bounds what a run
     holds; Spark spills to the session's own folder (`spark.local.dir`), removed on exit;
   - visibility: each run has a session of its own (`newSession`), so runs never see each
@@ -157,8 +158,10 @@ def session(
     `master` local[N], the driver's `memory`, and any more options for its JVM."""
     global _session, _folder, _started_with
     with _lock:
-        if _session is not None:
+        if _session is not None and _running(_session):
             return _session
+        if _session is not None:  # its JVM exited (out of memory, or killed): start anew
+            _forget(_session)
         if _started_with is None:
             _started_with = (master, memory, tuple(java_options))
         master, memory, java_options = _started_with
@@ -185,6 +188,10 @@ def session(
                 # Plans as deep as limits.MAX_DEPTH allows are serialised recursively: the
                 # default thread stack overflows on a deep enough one.
                 "-Xss16m",
+                # A driver out of memory leaves threads dead and others waiting on them for
+                # ever (a collection to Arrow was seen to): it exits instead, its runs fail at
+                # once, and the next run starts a new session (`session`).
+                "-XX:+ExitOnOutOfMemoryError",
                 *java_options,
             ]
         )
@@ -241,30 +248,41 @@ def session(
 def _end_stuck(made: SparkSession) -> None:
     """End the process's Spark session `made` when it no longer answers: its JVM killed, not
     asked (asking one that is stuck would wait with it), so that every call waiting on it fails
-    at once; pyspark's record of it cleared, so that the next run starts a new one."""
+    at once; then forgotten, so that the next run starts a new one."""
+    with _lock:
+        if _session is made:  # else ended already
+            _forget(made)
+
+
+def _running(made: SparkSession) -> bool:
+    """Whether the session's JVM is still running (one pyspark started, as here)."""
+    process = getattr(made.sparkContext._gateway, "proc", None)
+    return process is None or process.poll() is None
+
+
+def _forget(made: SparkSession) -> None:
+    """Kill the session's JVM if it still runs, and clear pyspark's record of it and ours
+    (`_lock` held)."""
     global _session, _folder
     from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
-    with _lock:
-        if _session is not made:
-            return  # ended already
-        gateway = made.sparkContext._gateway
-        process = getattr(gateway, "proc", None)
-        if process is not None:
-            process.kill()
-            process.wait()
-        if gateway is not None:
-            with contextlib.suppress(Exception):  # its JVM is gone: only Python's side is left
-                gateway.shutdown()
-        SparkContext._active_spark_context = None
-        SparkContext._gateway = None
-        SparkContext._jvm = None
-        SparkSession._instantiatedSession = None
-        SparkSession._activeSession = None
-        if _folder is not None:
-            shutil.rmtree(_folder, ignore_errors=True)
-        _session, _folder = None, None
+    gateway = made.sparkContext._gateway
+    process = getattr(gateway, "proc", None)
+    if process is not None:
+        process.kill()
+        process.wait()
+    if gateway is not None:
+        with contextlib.suppress(Exception):  # its JVM is gone: only Python's side is left
+            gateway.shutdown()
+    SparkContext._active_spark_context = None
+    SparkContext._gateway = None
+    SparkContext._jvm = None
+    SparkSession._instantiatedSession = None
+    SparkSession._activeSession = None
+    if _folder is not None:
+        shutil.rmtree(_folder, ignore_errors=True)
+    _session, _folder = None, None
 
 
 class _Deadline:
@@ -290,6 +308,8 @@ def stop() -> None:
     """Stop the process's Spark session, if one was started."""
     global _session, _folder
     with _lock:
+        if _session is not None and not _running(_session):
+            _forget(_session)  # nothing to ask a JVM that is gone
         if _session is not None:
             _session.stop()
         if _folder is not None:
