@@ -44,6 +44,11 @@ from gpdpr.spec import Field, Specification, Table
 from gpdpr.terminology import Status, classify_all, store
 
 EARLIEST = date(1900, 1, 2)  # 1900-01-01 is a common "date unknown" placeholder
+# No one alive and registered was born before this: an earlier date of birth is a mistake.
+EARLIEST_BIRTH = date(1880, 1, 1)
+# The one kind of record that may be dated after the extract was taken: an appointment booked for
+# the days ahead (table -> the status that lets its date be in the future).
+BOOKED_AHEAD = {"appointments": "booked"}
 ENTERED_IN_ERROR = "entered-in-error"
 # The status a reader gives an opt-out entry that no longer records a decision (an inactive
 # Consent or Flag): it is not counted, as an entry in error is not.
@@ -412,7 +417,7 @@ class Rules:
             repeat = self._seen.setdefault("patients", SeenIds()).repeats(t["_key"].to_numpy())
             birth = t["date_of_birth"]
             too_late = pc.fill_null(pc.greater(birth, self.window.extracted_at.date()), False)
-            too_early = pc.fill_null(pc.less(birth, date(1880, 1, 1)), False)
+            too_early = pc.fill_null(pc.less(birth, EARLIEST_BIRTH), False)
             _first(outcome, t["_bad_date"].to_numpy(zero_copy_only=False), BAD_DATE)
             _first(outcome, repeat, DUPLICATE)
             _first(outcome, _np(pc.or_(too_late, too_early)), IMPLAUSIBLE_DATE)
@@ -627,8 +632,8 @@ class Rules:
         latest = _last_days(values, t, f"{column}{PRECISION}")
         before_birth = registered & (birth != _NO_DAY) & (latest < birth)
         future = values > _day_number(self.window.extracted_at.date())
-        if table == "appointments":
-            future &= ~_np(pc.equal(t["status"], "booked"))
+        if table in BOOKED_AHEAD:
+            future &= ~_np(pc.equal(t["status"], BOOKED_AHEAD[table]))
         implausible: BoolArray = (values != _NO_DAY) & (early | before_birth | future)
         return implausible
 
