@@ -1,7 +1,8 @@
 """The centre holds every number, date and time of a package to a range: a practice whose
 extractor is rogue or faulty, signing its packages properly, still cannot put an NHS number in a
 deprivation decile, a month 13, a birth in 1850 or 3000, a date in 1800 or after its extract, a
-NaN or an infinity in a measurement, or a negative appointment length in the lake."""
+referral older than the specification keeps, a NaN or an infinity in a measurement, or a negative
+appointment length in the lake."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from gpdpr.collect.numbers import (
     MINUTES_PER_DAY,
     NOT_DECILE,
     NOT_FINITE,
+    RETAINED,
     CentreNumbers,
     check_numbers,
 )
@@ -72,6 +74,7 @@ ATTACKS = [
     Attack("medications", "quantity", float("-inf"), NOT_FINITE),
     Attack("appointments", "duration_minutes", -45, BELOW),
     Attack("allergies", "recorded_at", datetime(2031, 7, 1, 9, tzinfo=UTC), LATE),
+    Attack("referrals", "referral_date", date(2010, 3, 1), RETAINED),  # kept 10 years only
 ]
 
 
@@ -264,6 +267,8 @@ def test_an_int_outside_its_range_is_refused_and_one_inside_passes(
 
 
 DAY = timedelta(days=1)
+# The first day of the specification's retention period, written out apart from the check's own.
+KEPT_FROM = UNTIL.date().replace(year=UNTIL.year - shipped().retention_years)
 START_OF = datetime.combine(EARLIEST, time(), UTC)
 END_OF = datetime.combine(UNTIL.date(), time(23, 59, 59), UTC)
 
@@ -280,6 +285,11 @@ END_OF = datetime.combine(UNTIL.date(), time(23, 59, 59), UTC)
         ("appointments", "booked_at", END_OF, None),
         ("appointments", "booked_at", END_OF + timedelta(seconds=1), LATE),
         ("patients", "birth_month", None, None),  # null is always allowed
+        ("medications", "issue_date", KEPT_FROM, None),
+        ("medications", "issue_date", KEPT_FROM - DAY, RETAINED),
+        ("appointments", "start", datetime.combine(KEPT_FROM, time(), UTC), None),
+        ("appointments", "start", datetime.combine(KEPT_FROM, time(), UTC) - DAY / 24, RETAINED),
+        ("clinical_events", "effective_date", KEPT_FROM - DAY, None),  # kept for the whole record
         ("clinical_events", "value", float("inf"), NOT_FINITE),
         ("clinical_events", "value", -1e308, None),  # a number, however odd
     ],
@@ -292,8 +302,9 @@ def test_each_end_of_a_range_is_where_the_extractor_puts_it(
     value: object,
     fault: str | None,
 ) -> None:
-    """Dates from EARLIEST to the day of the extract (UTC) as the extractor compares them, a
-    time by its day; not a day either side."""
+    """Dates from EARLIEST (or the retention period's first day, in a table kept for one) to
+    the day of the extract (UTC) as the extractor compares them, a time by its day; not a day
+    (an hour) either side."""
     _restored(one_package)
     _planted(one_package, table, column, value)
     if fault is None:

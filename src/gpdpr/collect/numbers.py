@@ -14,7 +14,9 @@ these types to a range of its own, from the specification and the extractor's ow
   minutes   (appointments.duration_minutes)                   0 .. a day's minutes
   date, timestamp                                             EARLIEST .. the day the package
             was extracted (UTC), the day as the extractor compares it; except an appointment
-            booked ahead (BOOKED_AHEAD), which the extractor lets be dated after the extract
+            booked ahead (BOOKED_AHEAD), which the extractor lets be dated after the extract;
+            and the date of a table the specification keeps for a retention period (medicines,
+            referrals, appointments) from the first day of that period, as the extractor's window
   float                                                       finite (no NaN, no infinity)
   bool                                                        true or false: nothing to check
 
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time
+from datetime import UTC, datetime, time
 from typing import Any
 
 import pyarrow as pa
@@ -49,6 +51,8 @@ from gpdpr.practice.rules import (
     EARLIEST,
     EARLIEST_BIRTH,
     Geography,
+    Window,
+    window_for,
 )
 from gpdpr.spec import Field, Specification, Table
 
@@ -57,9 +61,10 @@ BELOW = "below its field's range"
 ABOVE = "above its field's range"
 EARLY = f"dated before {EARLIEST.isoformat()}"
 LATE = "dated after the day the package was extracted"
+RETAINED = "dated before the specification's retention period"
 NOT_FINITE = "that is not a finite number (NaN or infinite)"
 NOT_DECILE = "not a deprivation decile of the postcode lookup"
-FAULTS = (BELOW, ABOVE, EARLY, LATE, NOT_FINITE, NOT_DECILE)
+FAULTS = (BELOW, ABOVE, EARLY, LATE, RETAINED, NOT_FINITE, NOT_DECILE)
 
 # An appointment is held within one day: nothing a practice books lasts longer, and a count of
 # minutes beyond it is a different number in the wrong field.
@@ -83,14 +88,18 @@ class Range:
 @dataclass(frozen=True)
 class Held:
     """What one column is held to: a kind (see the module's docstring), the lookup's deciles for
-    a decile, and for a column that may be dated ahead, the column and value that allow it."""
+    a decile, for a column that may be dated ahead the column and value that allow it, and
+    whether it is the date of a table kept for a retention period."""
 
     kind: str
     values: pa.Array | None = None
     ahead: tuple[str, str] | None = None
+    retained: bool = False
 
-    def range(self, extracted: date, kind: pa.DataType) -> Range | None:
-        """The range for a package extracted on `extracted` (UTC), in the column's Arrow type."""
+    def range(self, window: Window, kind: pa.DataType) -> Range | None:
+        """The range for a package of the extract `window`, in the column's Arrow type."""
+        extracted = window.extracted_at.date()
+        first, before = (window.retention_from, RETAINED) if self.retained else (EARLIEST, EARLY)
         if self.kind == "year":
             return Range(EARLIEST_BIRTH.year, extracted.year)
         if self.kind == "month":
@@ -98,11 +107,11 @@ class Held:
         if self.kind == "minutes":
             return Range(0, MINUTES_PER_DAY)
         if self.kind == "date":
-            return Range(EARLIEST, extracted, EARLY, LATE)
+            return Range(first, extracted, before, LATE)
         if self.kind == "timestamp":
-            first = datetime.combine(EARLIEST, time(), UTC)
+            start = datetime.combine(first, time(), UTC)
             last = datetime.combine(extracted, time(23, 59, 59, 999_000), UTC)
-            return Range(pa.scalar(first, kind), pa.scalar(last, kind), EARLY, LATE)
+            return Range(pa.scalar(start, kind), pa.scalar(last, kind), before, LATE)
         return None  # float, decile, bool: not a range
 
 
@@ -111,6 +120,7 @@ class CentreNumbers:
     """What the centre holds each number, date, time and flag column to, table by table."""
 
     tables: dict[str, dict[str, Held]]
+    spec: Specification  # its retention period, for each package's window
 
     @classmethod
     def of(cls, spec: Specification) -> CentreNumbers:
@@ -121,10 +131,10 @@ class CentreNumbers:
             judged = [f for f in table.fields if f.type in ("int", "float", "date", "timestamp")]
             judged += [f for f in table.fields if f.type == "bool"]
             tables[table.name] = {
-                f.name: _held(table, f, names, pa.array(deciles, ARROW_TYPES["int"]))
+                f.name: _held(spec, table, f, names, pa.array(deciles, ARROW_TYPES["int"]))
                 for f in judged
             }
-        return cls(tables)
+        return cls(tables, spec)
 
 
 def _year_and_month(spec: Specification) -> dict[str, str]:
@@ -137,7 +147,9 @@ def _year_and_month(spec: Specification) -> dict[str, str]:
     return kinds
 
 
-def _held(table: Table, field: Field, names: dict[str, str], deciles: pa.Array) -> Held:
+def _held(
+    spec: Specification, table: Table, field: Field, names: dict[str, str], deciles: pa.Array
+) -> Held:
     if field.type in ("float", "bool"):
         return Held(field.type)
     if field.type in ("date", "timestamp"):
@@ -146,7 +158,9 @@ def _held(table: Table, field: Field, names: dict[str, str], deciles: pa.Array) 
         # something that has happened by the time the extract was taken.
         status = BOOKED_AHEAD.get(table.name)
         ahead = ("status", status) if status is not None and field.name == table.date else None
-        return Held(field.type, ahead=ahead)
+        # Nor older than the retention period, where the specification keeps one (its `RETENTION`).
+        retained = table.name in spec.retention_tables and field.name == table.date
+        return Held(field.type, ahead=ahead, retained=retained)
     if field.name in names:
         return Held(names[field.name])
     if field.name == DECILE:
@@ -161,10 +175,11 @@ def _held(table: Table, field: Field, names: dict[str, str], deciles: pa.Array) 
 
 def check_numbers(package: Package, centre: CentreNumbers) -> None:
     """PackageError naming every column of the package with a value outside its range."""
-    extracted = package.until.astimezone(UTC).date()
+    # The extractor's own window for the package: the day it was taken, the retention cut-off.
+    window = window_for(centre.spec, package.until.astimezone(UTC), None)
     found: list[str] = []
     for table, columns in centre.tables.items():
-        found += _judge(package, table, columns, extracted)
+        found += _judge(package, table, columns, window)
     if found:
         raise PackageError(
             f"package {package.folder.name}: {'; '.join(found)}. A practice may not send them, "
@@ -173,7 +188,7 @@ def check_numbers(package: Package, centre: CentreNumbers) -> None:
         )
 
 
-def _judge(package: Package, table: str, columns: dict[str, Held], extracted: date) -> list[str]:
+def _judge(package: Package, table: str, columns: dict[str, Held], window: Window) -> list[str]:
     judged = {name: held for name, held in columns.items() if held.kind != "bool"}
     if not judged:
         return []
@@ -182,7 +197,7 @@ def _judge(package: Package, table: str, columns: dict[str, Held], extracted: da
     found = []
     for column, held in judged.items():
         ahead = read[held.ahead[0]] if held.ahead else None
-        faults = _outside(read[column], held, extracted, ahead)
+        faults = _outside(read[column], held, window, ahead)
         found += [
             f"{table}.{column} has {rows:,} row(s) with a value {fault}"
             for fault, rows in sorted(faults.items())
@@ -191,11 +206,11 @@ def _judge(package: Package, table: str, columns: dict[str, Held], extracted: da
 
 
 def _outside(
-    values: pa.ChunkedArray, held: Held, extracted: date, ahead: pa.ChunkedArray | None
+    values: pa.ChunkedArray, held: Held, window: Window, ahead: pa.ChunkedArray | None
 ) -> Counter[str]:
     """How many rows hold a value outside `held`, by fault. A null is never outside."""
     faults: Counter[str] = Counter()
-    limits = held.range(extracted, values.type)
+    limits = held.range(window, values.type)
     start = 0
     for chunk in values.chunks:
         # The same rows of the column that may allow a date ahead (zero-copy).
