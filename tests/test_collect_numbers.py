@@ -339,3 +339,7 @@ def test_a_number_or_date_field_the_centre_has_no_range_for_stops_it_before_any_
     changed = replace(patients, fields=(*patients.fields, odd))
     with pytest.raises(UserError, match=r"cannot check the int field patients\.household_size"):
         CentreNumbers.of(replace(spec, tables={**spec.tables, "patients": changed}))
+    novel = Field("weight", "decimal", "a type no check of the centre's judges")
+    changed = replace(patients, fields=(*patients.fields, novel))
+    with pytest.raises(UserError, match=r"cannot check patients\.weight of type 'decimal'"):
+        CentreNumbers.of(replace(spec, tables={**spec.tables, "patients": changed}))

@@ -20,8 +20,9 @@ these types to a range of its own, from the specification and the extractor's ow
   float                                                       finite (no NaN, no infinity)
   bool                                                        true or false: nothing to check
 
-or null, for each. A field of these types with no rule here cannot be judged, so the centre will
-not start (an allowlist that passes what it does not know is none).
+or null, for each. A field of these types with no rule here cannot be judged, nor can a field of
+a type no check of the centre's knows, so the centre will not start (an allowlist that passes
+what it does not know is none).
 
 Each chunk's minimum and maximum are compared first (and a float's NaNs counted): an honest
 package costs one pass over each column, and rows are counted only in a chunk found outside. The
@@ -72,12 +73,14 @@ MINUTES_PER_DAY = 24 * 60
 DURATION = ("appointments", "duration_minutes")
 DECILE = "imd_decile"  # the postcode lookup's column of deprivation deciles (Geography's third)
 YEAR_AND_MONTH = "year and month"  # a coarsening the specification leaves as [year, month] fields
+JUDGED = ("int", "float", "date", "timestamp", "bool")
+# The other field types, and the checks that judge them: a type in neither is judged by none.
+JUDGED_ELSEWHERE = {"pseudonym": "fields", "string": "fields", "code": "codes"}
 
 
 @dataclass(frozen=True)
 class Range:
-    """The values a column may hold, both ends inclusive (None: open), and what a value beyond
-    each end is."""
+    """The values a column may hold, both ends inclusive, and what a value beyond each end is."""
 
     low: Any
     high: Any
@@ -124,16 +127,20 @@ class CentreNumbers:
 
     @classmethod
     def of(cls, spec: Specification) -> CentreNumbers:
-        deciles = sorted({area[2] for area in Geography.load(spec).areas.values()})
+        lookup = sorted({area[2] for area in Geography.load(spec).areas.values()})
+        deciles = pa.array(lookup, ARROW_TYPES["int"])
         names = _year_and_month(spec)
         tables = {}
         for table in spec.tables.values():
-            judged = [f for f in table.fields if f.type in ("int", "float", "date", "timestamp")]
-            judged += [f for f in table.fields if f.type == "bool"]
-            tables[table.name] = {
-                f.name: _held(spec, table, f, names, pa.array(deciles, ARROW_TYPES["int"]))
-                for f in judged
-            }
+            for field in table.fields:
+                if field.type not in JUDGED and field.type not in JUDGED_ELSEWHERE:
+                    raise UserError(
+                        f"the centre cannot check {table.name}.{field.name} of type "
+                        f"{field.type!r}: no check judges it; update the collector with the "
+                        "specification"
+                    )
+            judged = [f for f in table.fields if f.type in JUDGED]
+            tables[table.name] = {f.name: _held(spec, table, f, names, deciles) for f in judged}
         return cls(tables, spec)
 
 
