@@ -31,7 +31,6 @@ from gpdpr.collect.numbers import (
     EARLY,
     FAULTS,
     LATE,
-    MINUTES_PER_DAY,
     NOT_DECILE,
     NOT_FINITE,
     RETAINED,
@@ -46,7 +45,15 @@ from gpdpr.lake.query import connect
 from gpdpr.lake.store import Lake
 from gpdpr.lake.tables import data_tables
 from gpdpr.practice.package import PackageError
-from gpdpr.practice.rules import BOOKED_AHEAD, EARLIEST, EARLIEST_BIRTH, Geography
+from gpdpr.practice.ranges import (
+    BOOKED_AHEAD,
+    CLOCK_SKEW,
+    EARLIEST,
+    EARLIEST_BIRTH,
+    MINUTES_PER_DAY,
+    PLANNED_AHEAD,
+)
+from gpdpr.practice.rules import Geography
 from gpdpr.spec import Field, released_versions, shipped
 
 NHS_NUMBER = 2095768434  # the shape of an NHS number (valid check digit), and an int32
@@ -282,8 +289,11 @@ END_OF = datetime.combine(UNTIL.date(), time(23, 59, 59), UTC)
         ("registrations", "start_date", UNTIL.date() + DAY, LATE),
         ("patients", "last_modified", START_OF, None),
         ("patients", "last_modified", START_OF - timedelta(seconds=1), EARLY),
-        ("appointments", "booked_at", END_OF, None),
-        ("appointments", "booked_at", END_OF + timedelta(seconds=1), LATE),
+        ("registrations", "end_date", UNTIL.date() + PLANNED_AHEAD, None),  # a planned end
+        ("registrations", "end_date", UNTIL.date() + PLANNED_AHEAD + DAY, LATE),
+        ("appointments", "booked_at", END_OF + CLOCK_SKEW, None),  # the GP system's clock
+        ("appointments", "booked_at", END_OF + CLOCK_SKEW + timedelta(seconds=1), LATE),
+        ("patients", "last_modified", END_OF + CLOCK_SKEW + timedelta(seconds=1), LATE),
         ("patients", "birth_month", None, None),  # null is always allowed
         ("medications", "issue_date", KEPT_FROM, None),
         ("medications", "issue_date", KEPT_FROM - DAY, RETAINED),
@@ -304,7 +314,8 @@ def test_each_end_of_a_range_is_where_the_extractor_puts_it(
 ) -> None:
     """Dates from EARLIEST (or the retention period's first day, in a table kept for one) to
     the day of the extract (UTC) as the extractor compares them, a time by its day; not a day
-    (an hour) either side."""
+    (an hour) either side. A time the GP system stamps may be a day later (its clock), a
+    registration's planned end a year later."""
     _restored(one_package)
     _planted(one_package, table, column, value)
     if fault is None:
