@@ -1,7 +1,8 @@
 """An honest practice whose source holds messy numbers and dates is collected, not refused: the
 extractor holds every field to the range the centre holds it to (gpdpr.practice.ranges). A value
-outside leaves as null, counted in the manifest; a registration's planned end a few weeks ahead
-and a time the GP system stamped a few hours after the extract (its clock) leave as they are."""
+outside leaves as null, counted in the manifest and the practice's report; a registration's
+planned end a few weeks ahead and a time the GP system stamped a few hours after the extract (its
+clock) leave as they are."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from rich.console import Console
 
 from collecting import central
 from conftest import one_practice
@@ -20,6 +22,7 @@ from extracting import run as run_extract
 from gpdpr.collect.service import collect
 from gpdpr.lake.query import connect
 from gpdpr.lake.store import Lake
+from gpdpr.practice.report import render
 from readers import practice_folders
 
 UNTIL = datetime(2026, 10, 31, 23, 59, 59)  # the synthetic practice's extract time (UTC)
@@ -110,6 +113,12 @@ def test_an_honest_practice_with_messy_numbers_and_dates_is_collected_not_refuse
         f"{t}.{FIELDS.get((t, f), f)}": 1 for (t, f, legitimate) in planted if not legitimate
     }
     assert manifest["replaced_outside_allowlist"] == before["replaced_outside_allowlist"] | outside
+
+    console = Console(record=True, width=200)
+    render(manifest, package, console)
+    told = console.export_text()
+    for name, count in outside.items():
+        assert f"sent as other or null: {name}, {count:,}." in told
 
     home = central(tmp_path, keys)
     result = collect(home, [package])

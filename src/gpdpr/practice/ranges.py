@@ -19,8 +19,8 @@ honest practice's package always passes and a rogue one, however properly signed
   bool                                       true or false: nothing to hold
 
 or null, for each. Days are UTC days, a time's by the day it falls on, as the extractor has
-always compared them. An int field with no rule here, or a date or time the extract's day does
-not bound, is an error on both sides: a range neither side knows would be none.
+always compared them. An int field with no rule here is an error on both sides (the extractor
+and the centre will not start): a range neither side knows would be none.
 
 What the extractor does with a value outside: a table's own date quarantines its record as an
 implausible date, or excludes it as older than the retention period, as it always has (a patient
