@@ -73,15 +73,20 @@ def resign(package: Path, signing_key: Path, change: dict[str, Any] | None = Non
 # and signed again with its practice's own key (`reseal`), so that all but the change verifies.
 
 
-def plant(package: Path, table: str, column: str, value: str, rows: int = 1) -> None:
-    """The first `rows` rows of the package's `table` given `value` in `column` (as text)."""
+def plant(package: Path, table: str, column: str, value: object, rows: int = 1) -> None:
+    """The first `rows` rows of the package's `table` given `value` in `column`: as text in a
+    text column, in the column's own type in any other (a number, date or time of the right
+    type, which only the centre's range can refuse)."""
     path = package / f"{table}.parquet"
     data = pq.read_table(path)
-    values = data[column].combine_chunks().cast(pa.string()).to_pylist()
-    values[:rows] = [value] * rows
     index = data.schema.get_field_index(column)
-    field = data.schema.field(index).with_type(pa.string())
-    pq.write_table(data.set_column(index, field, pa.array(values, pa.string())), path)
+    kind = data.schema.field(index).type
+    if pa.types.is_string(kind) or pa.types.is_dictionary(kind):
+        kind = pa.string()
+    values = data[column].combine_chunks().cast(kind).to_pylist()
+    values[:rows] = [value] * rows
+    field = data.schema.field(index).with_type(kind)
+    pq.write_table(data.set_column(index, field, pa.array(values, kind)), path)
 
 
 def hide(package: Path, table: str, column: str, value: str) -> None:

@@ -40,6 +40,7 @@ from gpdpr.collect.erase import ANSWERS, Erasure, erase
 from gpdpr.collect.erase_beyond import Beyond, sweep
 from gpdpr.collect.fields import CentreFields, check_fields
 from gpdpr.collect.load import Loaded, Progress, load
+from gpdpr.collect.numbers import CentreNumbers, check_numbers
 from gpdpr.collect.received import forget, index_loads
 from gpdpr.collect.refusals import Refused, finish, refuse
 from gpdpr.collect.refused import REFUSED_NOTE as REFUSED_NOTE
@@ -136,6 +137,7 @@ def _collect(
     spec = specification.shipped()
     codes = CentreCodes.of(spec, terminology.active())
     fields = CentreFields.of(spec)
+    numbers = CentreNumbers.of(spec)
     for parent in {folder.parent for folder in folders}:
         sweep_loaded(parent)
 
@@ -147,6 +149,7 @@ def _collect(
             authorise(package, central.keys)
             check_codes(package, codes)
             check_fields(package, fields)
+            check_numbers(package, numbers)
             return package
         except PackageError as exc:
             return Refused(folder, str(exc), None, left=folder not in removed)

@@ -60,6 +60,9 @@ def render(manifest: dict[str, Any], out: Path, console: Console) -> None:
         console.print(f"{manifest['deletions']['rows']:,} earlier records to be removed centrally.")
     for name, count in manifest["not_read"].items():
         console.print(f"Not read (never collected): {name}, {count:,} items.")
+    for name, count in manifest["replaced_outside_allowlist"].items():
+        # Text outside its field's vocabulary or shape, a number, date or time outside its range.
+        console.print(f"Outside what its field allows, sent as other or null: {name}, {count:,}.")
     console.print(f"Package [bold]{out}[/], signed; quarantine file {quarantine_path(out)}.")
 
 

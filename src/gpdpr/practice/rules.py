@@ -12,7 +12,9 @@ applies wins):
               a proposal: the specification's [facts]), an opt-out code itself, a restricted or
               uncollected sensitive code, older than the retention cut-off
   kept        everything else, projected onto exactly the specification's fields, each field
-              held to its allowlist (a value outside it becomes `other` or null, and is counted)
+              held to its allowlist (a value outside it becomes `other` or null, and is counted):
+              a text field to its kind, a number, date or time to its range, the one table of
+              them the centre holds packages to (gpdpr.practice.ranges)
 
 Record ids leave as keyed pseudonyms; only the quarantine file, which stays at the practice, names
 a record by the id the practice's system gave it.
@@ -39,11 +41,11 @@ import pyarrow.compute as pc
 from gpdpr.dictionaries import used_only
 from gpdpr.errors import UserError
 from gpdpr.practice.pseudonyms import Pseudonymiser, normalise_postcode
+from gpdpr.practice.ranges import EARLIEST, EARLIEST_BIRTH, Ranges, Rule, outside, ranges
 from gpdpr.practice.source import CODE_SYSTEMS, DATE, RECORD_COLUMNS, Batch, Staff
 from gpdpr.spec import Field, Specification, Table
 from gpdpr.terminology import Status, classify_all, store
 
-EARLIEST = date(1900, 1, 2)  # 1900-01-01 is a common "date unknown" placeholder
 ENTERED_IN_ERROR = "entered-in-error"
 # The status a reader gives an opt-out entry that no longer records a decision (an inactive
 # Consent or Flag): it is not counted, as an entry in error is not.
@@ -260,6 +262,11 @@ class Geography:
 
     areas: dict[str, tuple[str, str, int]]
 
+    @property
+    def deciles(self) -> set[int]:
+        """The deprivation deciles the lookup holds."""
+        return {area[2] for area in self.areas.values()}
+
     @classmethod
     def load(cls, spec: Specification) -> Geography:
         return _geography(spec.raw["coarsening"]["postcode"]["lookup"], spec.source)
@@ -379,6 +386,7 @@ class Rules:
         self.tally = tally
         self.quarantine = quarantine
         self.release = store.active()
+        self.ranges: Ranges = ranges(spec, Geography.load(spec).deciles)
         excluded = spec.excluded_codes()
         self.set_codes = pa.array(list(excluded), pa.string())
         self.set_names = np.array(list(excluded.values()) or [""], dtype=object)
@@ -412,7 +420,7 @@ class Rules:
             repeat = self._seen.setdefault("patients", SeenIds()).repeats(t["_key"].to_numpy())
             birth = t["date_of_birth"]
             too_late = pc.fill_null(pc.greater(birth, self.window.extracted_at.date()), False)
-            too_early = pc.fill_null(pc.less(birth, date(1880, 1, 1)), False)
+            too_early = pc.fill_null(pc.less(birth, EARLIEST_BIRTH), False)
             _first(outcome, t["_bad_date"].to_numpy(zero_copy_only=False), BAD_DATE)
             _first(outcome, repeat, DUPLICATE)
             _first(outcome, _np(pc.or_(too_late, too_early)), IMPLAUSIBLE_DATE)
@@ -616,8 +624,8 @@ class Rules:
         registered: BoolArray,
         column: str | None = None,
     ) -> BoolArray:
-        """Before 1900, before the patient was born, or after the extract was taken (except
-        appointments booked for the days ahead): the table's date, or `column`'s."""
+        """Before 1900, before the patient was born, or after the latest day its range allows
+        (except appointments booked for the days ahead): the table's date, or `column`'s."""
         values = _days(day)
         birth = index.birth_days[where]
         early = values < _day_number(EARLIEST)
@@ -626,9 +634,13 @@ class Rules:
         column = column or self.spec.tables[table].date
         latest = _last_days(values, t, f"{column}{PRECISION}")
         before_birth = registered & (birth != _NO_DAY) & (latest < birth)
-        future = values > _day_number(self.window.extracted_at.date())
-        if table == "appointments":
-            future &= ~_np(pc.equal(t["status"], "booked"))
+        # As late as the field's range (gpdpr.practice.ranges) lets it be: the extract's day,
+        # or for a time the GP system stamps a day after; a booked appointment any day ahead.
+        rule = self.ranges[table].get(str(column), Rule("date"))
+        latest_allowed = self.window.extracted_at.date() + rule.after
+        future = values > _day_number(latest_allowed)
+        if rule.booked is not None:
+            future &= ~_np(pc.equal(t[rule.booked[0]], rule.booked[1]))
         implausible: BoolArray = (values != _NO_DAY) & (early | before_birth | future)
         return implausible
 
@@ -680,7 +692,41 @@ class Rules:
                 self.tally.exclude(table, f"{self.set_rules[name]}_code:{name}", count)
 
     def _project(self, table: str, columns: dict[str, pa.Array | pa.ChunkedArray]) -> pa.Table:
-        return project(self.spec.tables[table], columns, self.tally.replaced)
+        spec_table = self.spec.tables[table]
+        held = hold(spec_table, columns, self.ranges[table], self.window, self.tally.replaced)
+        return project(spec_table, held, self.tally.replaced)
+
+
+def hold(
+    spec_table: Table,
+    columns: dict[str, pa.Array | pa.ChunkedArray],
+    rules: dict[str, Rule],
+    window: Window,
+    replaced: Counter[str],
+) -> dict[str, pa.Array | pa.ChunkedArray]:
+    """Each number, date and time column held to its range (gpdpr.practice.ranges), as the
+    centre will hold it: a value outside becomes null, and is counted as a text value outside
+    its vocabulary is; a year's month goes with it. A table's own date was held before, by
+    quarantine (`_implausible`) and the retention cut-off, to the same range: were one outside
+    here, it would leave null too, never as it was."""
+    held = dict(columns)
+    types = {f.name: ARROW_TYPES[f.type] for f in spec_table.fields}
+    for name, rule in rules.items():
+        values = _whole(_cast(held[name], types[name]))
+        beside = _whole(held[rule.booked[0]]).cast(pa.string()) if rule.booked else None
+        masks = outside(values, rule, window.extracted_at.date(), window.retention_from, beside)
+        held[name] = values
+        if not masks:
+            continue
+        out = masks.popitem()[1]
+        for mask in masks.values():
+            out = pc.or_(out, mask)
+        replaced[f"{spec_table.name}.{name}"] += int(pc.sum(out).as_py() or 0)
+        for emptied in (name, rule.month):
+            if emptied is not None:
+                column = _whole(_cast(held[emptied], types[emptied]))
+                held[emptied] = pc.if_else(out, pa.scalar(None, column.type), column)
+    return held
 
 
 def project(
@@ -810,6 +856,13 @@ def _encode(dictionary: pa.Array, positions: pa.Array | pa.ChunkedArray) -> pa.D
     renumber = np.cumsum(used, dtype=np.int32) - 1 if len(dictionary) else np.zeros(1, np.int32)
     indices = pa.array(renumber[where], pa.int32(), mask=missing)
     return pa.DictionaryArray.from_arrays(indices, dictionary.take(pa.array(np.flatnonzero(used))))
+
+
+def _whole(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One array of a column's values, however many chunks it came in."""
+    if isinstance(values, pa.ChunkedArray):
+        return values.combine_chunks() if values.num_chunks else pa.array([], values.type)
+    return values
 
 
 def _cast(values: pa.Array | pa.ChunkedArray, kind: pa.DataType) -> pa.Array | pa.ChunkedArray:
