@@ -16,10 +16,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from extracting import Keys
 from gpdpr.collect.service import Central
+from gpdpr.collect.verify import Package, check
 from gpdpr.lake.query import digest
 from gpdpr.lake.store import Lake
+from gpdpr.lake.tables import data_tables
 from gpdpr.practice.kit import SIGNING_KEY, read_private_key
 from gpdpr.practice.package import MANIFEST, SIGNATURE, canonical_json, seal
+from gpdpr.spec import released_versions, shipped
 
 
 def central(tmp: Path, keys: Keys) -> Central:
@@ -109,3 +112,15 @@ def reseal(package: Path, keys: Keys, practice: str | None = None) -> None:
     (package / SIGNATURE).unlink()
     kit = keys.kit(practice or package.name)
     seal(package, manifest, read_private_key(kit / SIGNING_KEY, "key"))
+
+
+def verified(folder: Path, keys: Keys) -> Package:
+    """The package in `folder` as the centre verifies it, before its own checks of content."""
+    return check(folder, keys.folder, released_versions(), data_tables(shipped()))
+
+
+def one_verified(packages: Path, keys: Keys, into: Path) -> Package:
+    """One verified package (the first practice's, copied into `into`) to rewrite again and
+    again: the centre's checks read what is on disk."""
+    [folder] = copies(packages, into, ["Z10001"])
+    return verified(folder, keys)

@@ -18,20 +18,19 @@ import sqlalchemy as sa
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from collecting import central, copies, hide, plant, reseal
+from collecting import central, copies, hide, one_verified, plant, reseal, verified
 from conftest import Extracted
 from extracting import Keys
 from gpdpr.collect.fields import NOT_LOOKUP, NOT_PSEUDONYM, CentreFields, check_fields
 from gpdpr.collect.service import REFUSED_NOTE, collect
-from gpdpr.collect.verify import Package, check
+from gpdpr.collect.verify import Package
 from gpdpr.db.models import Event
 from gpdpr.errors import UserError
 from gpdpr.lake.query import connect
 from gpdpr.lake.store import Lake
-from gpdpr.lake.tables import data_tables
 from gpdpr.practice.package import MANIFEST, PackageError
 from gpdpr.practice.rules import Geography
-from gpdpr.spec import Field, released_versions, shipped
+from gpdpr.spec import Field, shipped
 
 NHS_NUMBER = "9434765919"  # the shape of an NHS number (valid check digit)
 NAME = "Ada Canarywright"
@@ -158,7 +157,7 @@ def test_every_field_of_an_honest_package_is_within_its_kind(
     centre = CentreFields.of(shipped())
     packages = sorted(p for p in clean_columnar_packages.packages.iterdir() if p.is_dir())
     for folder in packages:
-        check_fields(_verified(folder, keys), centre)
+        check_fields(verified(folder, keys), centre)
     registrations = pq.read_table(packages[0] / "registrations.parquet")
     assert 0 < registrations["end_reason"].null_count < len(registrations), "nulls pass"
     areas = {area[0] for area in Geography.load(shipped()).areas.values()}
@@ -169,13 +168,7 @@ def test_every_field_of_an_honest_package_is_within_its_kind(
 def one_package(
     clean_columnar_packages: Extracted, keys: Keys, tmp_path_factory: pytest.TempPathFactory
 ) -> Package:
-    """One verified package to rewrite again and again (the check reads what is on disk)."""
-    [folder] = copies(clean_columnar_packages.packages, tmp_path_factory.mktemp("fuzz"), ["Z10001"])
-    return _verified(folder, keys)
-
-
-def _verified(folder: Path, keys: Keys) -> Package:
-    return check(folder, keys.folder, released_versions(), data_tables(shipped()))
+    return one_verified(clean_columnar_packages.packages, keys, tmp_path_factory.mktemp("fuzz"))
 
 
 @pytest.fixture(scope="module")

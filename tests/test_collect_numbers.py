@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from collecting import central, copies, plant, reseal
+from collecting import central, copies, one_verified, plant, reseal, verified
 from conftest import Extracted
 from extracting import Keys
 from gpdpr.collect.numbers import (
@@ -38,12 +38,11 @@ from gpdpr.collect.numbers import (
     check_numbers,
 )
 from gpdpr.collect.service import REFUSED_NOTE, collect
-from gpdpr.collect.verify import Package, check
+from gpdpr.collect.verify import Package
 from gpdpr.db.models import Event
 from gpdpr.errors import UserError
 from gpdpr.lake.query import connect
 from gpdpr.lake.store import Lake
-from gpdpr.lake.tables import data_tables
 from gpdpr.practice.package import PackageError
 from gpdpr.practice.ranges import (
     BOOKED_AHEAD,
@@ -54,7 +53,7 @@ from gpdpr.practice.ranges import (
     PLANNED_AHEAD,
 )
 from gpdpr.practice.rules import Geography
-from gpdpr.spec import Field, released_versions, shipped
+from gpdpr.spec import Field, shipped
 
 NHS_NUMBER = 2095768434  # the shape of an NHS number (valid check digit), and an int32
 UNTIL = datetime(2026, 10, 31, 23, 59, 59, tzinfo=UTC)  # the fixtures' extract time
@@ -163,10 +162,6 @@ def test_rogue_numbers_are_refused_whole_and_kept_nowhere_at_the_centre(
     assert str(NHS_NUMBER).encode() not in published
 
 
-def _verified(folder: Path, keys: Keys) -> Package:
-    return check(folder, keys.folder, released_versions(), data_tables(shipped()))
-
-
 @pytest.fixture(scope="module")
 def centre() -> CentreNumbers:
     return CentreNumbers.of(shipped())
@@ -179,7 +174,7 @@ def test_every_number_and_date_of_an_honest_package_is_within_its_range(
     for after the extract (the honest packages load in the test above too)."""
     packages = sorted(p for p in clean_columnar_packages.packages.iterdir() if p.is_dir())
     for folder in packages:
-        package = _verified(folder, keys)
+        package = verified(folder, keys)
         assert package.until == UNTIL, "the ranges these tests write out are the fixtures'"
         check_numbers(package, centre)
     people = pq.read_table(packages[0] / "patients.parquet")
@@ -193,9 +188,7 @@ def test_every_number_and_date_of_an_honest_package_is_within_its_range(
 def one_package(
     clean_columnar_packages: Extracted, keys: Keys, tmp_path_factory: pytest.TempPathFactory
 ) -> Package:
-    """One verified package to rewrite again and again (the check reads what is on disk)."""
-    [folder] = copies(clean_columnar_packages.packages, tmp_path_factory.mktemp("nums"), ["Z10001"])
-    return _verified(folder, keys)
+    return one_verified(clean_columnar_packages.packages, keys, tmp_path_factory.mktemp("nums"))
 
 
 def _restored(package: Package) -> None:
