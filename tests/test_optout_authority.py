@@ -15,7 +15,9 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
@@ -29,6 +31,10 @@ from gpdpr.db.models import Event
 from gpdpr.lake.query import connect
 from gpdpr.lake.store import Lake
 from gpdpr.optout.registry import SET, WITHDRAWN, Registry, Statement, decide
+from gpdpr.practice.kit import read_private_key
+from gpdpr.practice.package import MANIFEST, seal
+from gpdpr.practice.rules import window_for
+from gpdpr.spec import shipped
 
 JAN = datetime(2026, 1, 10, tzinfo=UTC)
 FEB = datetime(2026, 2, 10, tzinfo=UTC)
@@ -138,6 +144,24 @@ def extracted(small: Made, tmp_path_factory: pytest.TempPathFactory) -> Extracte
     return Extracted(small, tmp_path_factory.mktemp("extracted"))
 
 
+def _only_within_window(package: Path, taken: datetime) -> dict[str, object]:
+    """Keep only the records an extract taken at `taken` would send: none of a table kept for
+    the retention period dated before that period (the centre refuses a package that holds
+    one; the honest package was taken earlier, so its period began earlier). The manifest's
+    changed row counts, as `resign` takes them."""
+    spec = shipped()
+    start = window_for(spec, taken, None).retention_from
+    counts: dict[str, object] = {}
+    for name in sorted(spec.retention_tables):
+        path = package / f"{name}.parquet"
+        rows = pq.read_table(path)
+        day = pc.cast(rows[spec.tables[name].date], pa.date32())
+        kept = rows.filter(pc.fill_null(pc.greater_equal(day, pa.scalar(start, pa.date32())), True))
+        pq.write_table(kept, path)
+        counts[f"tables/{name}/rows"] = kept.num_rows
+    return counts
+
+
 class World:
     """A fresh centre, given the honest practice's package and the rogue's kit."""
 
@@ -165,8 +189,10 @@ class World:
         signed with the rogue's own key and dated now, to the second (the future is refused, and
         so is a date before the rogue's kit was issued, which may be this same second)."""
         folder = self._copy(self.honest, name)
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        change = {
+        taken = datetime.now(UTC).replace(microsecond=0)
+        now = taken.strftime("%Y-%m-%dT%H:%M:%SZ")
+        change: dict[str, object] = _only_within_window(folder, taken)
+        change |= {
             "practice/ods_code": ROGUE,
             "package_id": str(uuid.uuid4()),
             "created_at": now,
@@ -174,6 +200,8 @@ class World:
             "type1_opt_out": {"active": active, "withdrawn": withdrawn, "registered": registered},
         }
         resign(folder, self.rogue_key, change)
+        manifest = orjson.loads((folder / MANIFEST).read_bytes())
+        seal(folder, manifest, read_private_key(self.rogue_key, "key"))  # the files' digests
         return folder
 
     def rows_of(self, person: str) -> int:
