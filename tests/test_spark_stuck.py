@@ -23,8 +23,6 @@ from test_tre_engines import NUMBERS, dataset
 
 
 def test_a_run_stuck_on_a_spark_that_does_not_answer_ends_and_the_next_run_works() -> None:
-    if not hasattr(signal, "SIGSTOP"):
-        pytest.skip("no SIGSTOP on this system")
     engine = tre_data.engine("spark")  # started with the tests' settings
     definition = dataset()
     definition.sex = patients.sex

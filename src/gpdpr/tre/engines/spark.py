@@ -136,8 +136,8 @@ PYTHON_LEVELS = {
 _lock = threading.Lock()
 _session: SparkSession | None = None
 _folder: Path | None = None
-# What the process's first session was started with: a session started after one was ended
-# (`_end_stuck`) is started the same way.
+# What the process's first session was started with: a session started after one was ended or
+# its JVM exited (`_forget`) is started the same way.
 _started_with: tuple[str | None, str | None, tuple[str, ...]] | None = None
 
 
