@@ -13,6 +13,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
@@ -25,6 +26,7 @@ from gpdpr.custodian.central import Custodian, project_pseudonyms, run_use_token
 from gpdpr.governance import agreements
 from gpdpr.lake.store import Lake
 from gpdpr.tre import views
+from gpdpr.tre.engines import duckdb as duckdb_engine
 from gpdpr.tre.engines import guard, sql
 from gpdpr.tre.engines.base import Engine, LakeViews
 from gpdpr.tre.engines.duckdb import DIALECT as DUCKDB
@@ -272,3 +274,37 @@ def test_a_lake_kept_under_folders_named_like_columns_reads_each_practice_from_i
     assert practices and practices <= folders
     shown = "".join(str(v) for column in found.columns for v in column.to_pylist())
     assert "CANARY" not in shown
+
+
+def test_files_written_under_different_columns_read_as_the_tables_columns(tmp_path: Path) -> None:
+    """A lake table's files can come from different versions of the specification: one without
+    a column added since (read as null), one with a column since dropped (not read), one with a
+    number written narrower (read as the table's type). Each row reads as the table's schema,
+    every file read once, its practice from its own folder."""
+    schema = pa.schema([("patient", pa.string()), ("value", pa.int64()), ("added", pa.string())])
+    written = {
+        "A81001": pa.table({"patient": ["a"], "value": pa.array([1], pa.int64()), "added": ["x"]}),
+        "A81002": pa.table({"patient": ["b", "c"], "value": pa.array([2, 3], pa.int32())}),
+        "A81003": pa.table({"patient": ["d"], "dropped": ["gone"], "value": [4], "added": ["y"]}),
+        "A81004": pa.table({"patient": ["e"], "value": pa.array([5], pa.int64()), "added": ["z"]}),
+    }
+    for practice, table in written.items():
+        (tmp_path / f"practice={practice}").mkdir()
+        pq.write_table(table, tmp_path / f"practice={practice}" / "part-0.parquet")
+    files = pa.dataset.dataset(
+        sorted(str(p) for p in tmp_path.rglob("*.parquet")),
+        schema=schema.append(pa.field("practice", pa.string())),
+        format="parquet",
+    )
+    con = duckdb.connect()
+    text = duckdb_engine.parquet_sql(con, files)
+    assert text is not None
+    read = con.sql(f"select * from ({text}) order by patient").to_arrow_table()
+    assert read.schema == files.schema
+    assert read.to_pylist() == [
+        {"patient": "a", "value": 1, "added": "x", "practice": "A81001"},
+        {"patient": "b", "value": 2, "added": None, "practice": "A81002"},
+        {"patient": "c", "value": 3, "added": None, "practice": "A81002"},
+        {"patient": "d", "value": 4, "added": "y", "practice": "A81003"},
+        {"patient": "e", "value": 5, "added": "z", "practice": "A81004"},
+    ]

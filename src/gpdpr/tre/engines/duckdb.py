@@ -281,38 +281,67 @@ def lake_files(lake: LakeViews) -> list[str]:
 
 def parquet_sql(con: duckdb.DuckDBPyConnection, files: ds.FileSystemDataset) -> str | None:
     """A lake table's files at the run's version as DuckDB reads them, with the table's
-    columns whatever version of the specification each file was written under (a column no
-    file has is null): None if there are no files. The practice, which the lake keeps in the
+    columns whatever version of the specification each file was written under (a column a file
+    lacks is null): None if there are no files. The practice, which the lake keeps in the
     folder's name (`practice=A81001`), is read from each file's path: as a hive partition when
     that folder is the only `name=value` in every path (DuckDB takes every such name in a path,
-    so one above the lake could stand in for a column), else by pattern, row by row."""
+    so one above the lake could stand in for a column), else by pattern, row by row.
+
+    Files are read in groups of those with the same columns, found from their footers once
+    here, rather than matched by name (`union_by_name`), which reads every file's footer again
+    each time a query over them is planned: at 10 million patients, 5,000 files a table, that
+    was a sixth of a second for every step of a run."""
     paths = sorted(str(Path(f).resolve()) for f in files.files)
     if not paths:
         return None
-    listed = ", ".join(DIALECT.string(p) for p in paths)
-    read = f"read_parquet([{listed}], hive_partitioning = false, union_by_name = true)"
-    found = set(con.sql(f"select * from {read} limit 0").columns)
-    by_folder = PARTITION not in found and all(_partitioned_only(path) for path in paths)
-    if by_folder:
-        # Read as text whatever it looks like: a practice code of digits stays a code.
-        read = (
-            f"read_parquet([{listed}], hive_partitioning = true, "
-            "hive_types_autocast = false, union_by_name = true)"
-        )
     wanted = con.from_arrow(files.schema.empty_table())
+    by_folder = all(_partitioned_only(path) for path in paths)
+    reads = [
+        _read_sql(group, found, zip(wanted.columns, wanted.dtypes, strict=True), by_folder)
+        for found, group in _by_columns(con, paths).items()
+    ]
+    return " union all ".join(reads)
+
+
+def _by_columns(
+    con: duckdb.DuckDBPyConnection, paths: list[str]
+) -> dict[frozenset[str], list[str]]:
+    """`paths` grouped by the columns their files hold (from each file's footer)."""
+    listed = ", ".join(DIALECT.string(p) for p in paths)
+    found = con.sql(
+        f"select file_name, list(name) from parquet_schema([{listed}]) "
+        "where num_children is null group by file_name"
+    ).fetchall()
+    columns = {path: frozenset(names) for path, names in found}
+    groups: dict[frozenset[str], list[str]] = {}
+    for path in paths:  # in order, and every one: a file with no columns is still read
+        groups.setdefault(columns.get(path, frozenset()), []).append(path)
+    return groups
+
+
+def _read_sql(
+    paths: list[str], found: frozenset[str], wanted: Iterable[tuple[str, object]], by_folder: bool
+) -> str:
+    """Files that hold the same columns (`found`), read as the table's (`wanted`: names and
+    DuckDB types)."""
+    listed = ", ".join(DIALECT.string(p) for p in paths)
+    by_folder = by_folder and PARTITION not in found
+    # Read as text whatever it looks like: a practice code of digits stays a code.
+    hive = "true, hive_types_autocast = false" if by_folder else "false"
     columns = []
-    for name, kind in zip(wanted.columns, wanted.dtypes, strict=True):
+    for name, kind in wanted:
         quoted = DIALECT.identifier(name)
         if name == PARTITION and name not in found:
             if by_folder:
-                columns.append(quoted)
+                columns.append(f"cast({quoted} as {kind}) as {quoted}")
             else:
                 pattern = DIALECT.string(f"/{PARTITION}=([^/]+)/[^/]+$")
                 columns.append(f"regexp_extract(filename, {pattern}, 1) as {quoted}")
-        elif name in found:
-            columns.append(quoted)
+        elif name in found:  # a cast to the type it has already is no cast
+            columns.append(f"cast({quoted} as {kind}) as {quoted}")
         else:
             columns.append(f"cast(null as {kind}) as {quoted}")
+    read = f"read_parquet([{listed}], hive_partitioning = {hive})"
     return f"select {', '.join(columns)} from {read}"
 
 
