@@ -50,6 +50,7 @@ FUNCTIONS = frozenset(
         "month",
         "named_struct",  # spark
         "nullif",
+        "row_number",
         "struct_pack",  # duckdb
         "sum",
         "to_months",  # duckdb

@@ -4,8 +4,9 @@ A patient-level query is a base of one row per patient (`v_patients`), with each
 aggregate or picked row computed once in a common table expression keyed by patient and left
 joined onto it. Patients are joined by the whole-number key the engines put in `patient_id`
 (engines.keyed). A table filtered on its rows alone is read in one pass for all its filters
-(`read_<table>`, a flag per filter), and the per-patient aggregates and picks of those rows are
-one grouping by patient (`reduced_<table>`). A frame with other conditions becomes a CTE of its
+(`read_<table>`, a flag per filter), the per-patient aggregates of those rows are one grouping
+by patient (`reduced_<table>`), and each row picked from them is found by numbering each
+patient's rows in order (`picked_<n>`). A frame with other conditions becomes a CTE of its
 own; a sorted frame only carries its keys until a row is picked from it.
 
 Measures are computed in one pass over spans of intervals (`spans`); one that uses INTERVAL
@@ -320,6 +321,7 @@ class Compiler:
         self.flags: dict[n.Frame, tuple[str, int]] = {}  # frame read in one pass -> its flag
         # table -> {per-patient aggregate of it: its number}
         self.reductions: dict[str, dict[str, int]] = {}
+        self.picks: dict[str, str] = {}  # a row picked from rows read in one pass: its CTE
 
     def _cte(self, prefix: str, sql: str) -> str:
         name = f"{prefix}_{len(self.ctes)}"
@@ -359,19 +361,39 @@ class Compiler:
         return f"reduced_{table}.r{number}"
 
     def _reduced_pick(self, frame: n.PickOne, row: Row) -> str | None:
-        """The row picked from a frame read in one pass (sorted, not filtered after), as a
-        struct of the columns read (c0, c1, ..) from its table's reduction; None otherwise."""
+        """The row picked from a frame read in one pass (sorted, not filtered after), as the
+        name of a table of one row per patient with the columns read (c0, c1, ..), joined to
+        `row`; None otherwise.
+
+        Picked by numbering each patient's rows in order (a window), not by a grouped
+        min_by/max_by of structs as the other aggregates of the pass are: a struct kept per
+        patient is compared and copied field by field, and at 10 million patients, where the
+        groups no longer fit in memory, the grouping took 6 seconds where the window took
+        under 2 (at 1 million, 0.38 and 0.19)."""
         source = frame.source
         if not isinstance(source, n.SortBy) or not _of_the_rows(source.keys, source.source):
             return None
         self.frame(source.source)
         if source.source not in self.flags:
             return None
+        table, flag = self.flags[source.source]
         columns, ordering = self._ordering(frame, Row("s", source.source, None))
-        value = self.d.struct([(f"c{i}", f"s.{c}") for i, c in enumerate(columns)] or [("c", "1")])
-        keys = self.d.struct(self._key_fields(ordering, source.source))
-        chosen = "min_by" if frame.position == "first" else "max_by"
-        return self._reduction(source.source, f"{chosen}({value}, {keys})", None, row)
+        keys = self._key_fields(ordering, source.source)
+        direction = "asc" if frame.position == "first" else "desc"
+        order = ", ".join(f"{sql} {direction}" for _, sql in keys)
+        chosen = [f"s.{c} as c{i}" for i, c in enumerate(columns)]
+        numbered = (
+            f"select {', '.join([f's.{PATIENT_ID}', *chosen])}, row_number() over "
+            f"(partition by s.{PATIENT_ID} order by {order}) as place "
+            f"from read_{table} s where f{flag}"
+        )
+        kept = ", ".join([PATIENT_ID, *(f"c{i}" for i in range(len(columns)))])
+        sql = f"select {kept} from ({numbered}) n where place = 1"
+        name = self.picks.get(sql)
+        if name is None:
+            name = self.picks[sql] = self._cte("picked", sql)
+        row.joins[name] = False
+        return name
 
     def _read_once(self) -> dict[str, str]:
         """For each table filtered by conditions on its rows alone: the rows any of them keeps,
@@ -664,7 +686,7 @@ class Compiler:
         if frame.rows() in n.lineage(row.frame) or (row.patients and frame == PATIENTS):
             return "true"
         if isinstance(frame, n.PickOne) and (picked := self._reduced_pick(frame, row)):
-            return f"({picked} is not null)"
+            return f"({picked}.{PATIENT_ID} is not null)"
         compiled = self.frame(frame)
         row.joins[compiled.name] = compiled.by_interval
         return f"({compiled.name}.{PATIENT_ID} is not null)"
