@@ -23,6 +23,9 @@ import tre_data
 from gpdpr.lake.store import Lake
 
 CACHE = Path(__file__).resolve().parent / "out" / "tre-lake"
+# The lake's layout, in the cache folder's name: 2 since every table naming a patient carries
+# their number (gpdpr.lake.tables.PERSON), which a lake made before would lack.
+LAYOUT = 2
 # bench/tre_data.py's view -> the lake table it is read from.
 LAKE_TABLE = {
     "patients": "patients",
@@ -35,7 +38,7 @@ LAKE_TABLE = {
 def ensure(patients: int, say: Callable[[str], None] = print) -> Path:
     """The folder of the lake of `patients` people (its `lake` inside), made if not there."""
     views, _ = tre_data.ensure(patients)
-    folder = CACHE / views.name
+    folder = CACHE / f"lake{LAYOUT}-{views.name}"
     if (folder / "lake" / "_lake").exists() and (folder / "done").exists():
         return folder
     shutil.rmtree(folder, ignore_errors=True)

@@ -342,6 +342,8 @@ def _found(folder: Path, people: list[str]) -> list[str]:
     """Files under `folder` holding any of the people: as bytes, or as a value once decoded."""
     needles = [p.encode() for p in people]
     texts = pa.array(people)
+    # A pseudonym is also kept as a number: its first 16 bytes (lake.tables.PERSON).
+    numbers = pa.array([bytes.fromhex(p[:32]) for p in people], pa.binary())
     found = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         if any(n in path.read_bytes() for n in needles):
@@ -350,6 +352,9 @@ def _found(folder: Path, people: list[str]) -> list[str]:
             for column in pq.read_table(path).columns:
                 text = pa.types.is_string(column.type) or pa.types.is_dictionary(column.type)
                 if text and pc.any(pc.is_in(column.cast(pa.string()), value_set=texts)).as_py():
+                    found.append(str(path.relative_to(folder)))
+                number = pa.types.is_binary(column.type)
+                if number and pc.any(pc.is_in(column, value_set=numbers)).as_py():
                     found.append(str(path.relative_to(folder)))
     return found
 

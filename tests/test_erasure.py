@@ -34,16 +34,24 @@ def _bytes_found(folder: Path, needles: list[bytes]) -> list[str]:
     every column once decoded. A file that cannot be decoded fails the test rather than pass
     unsearched."""
     texts = pa.array([n.decode() for n in needles])
+    # A pseudonym is also kept as a number: its first 16 bytes (lake.tables.PERSON).
+    numbers = pa.array([bytes.fromhex(n.decode()[:32]) for n in needles], pa.binary())
     found = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         data = path.read_bytes()
         found += [f"{path.relative_to(folder)}: {n[:12]!r}" for n in needles if n in data]
         if path.suffix == ".parquet":
             table = pq.read_table(path)
-            for column in table.columns:
-                values = column.cast(pa.string()) if not pa.types.is_string(column.type) else column
-                if pc.any(pc.is_in(values, value_set=texts)).as_py():
-                    found.append(f"{path.relative_to(folder)}: a value of {column}")
+            for name, column in zip(table.column_names, table.columns, strict=True):
+                kind = column.type
+                if pa.types.is_dictionary(kind):
+                    column, kind = column.cast(kind.value_type), kind.value_type
+                if pa.types.is_binary(kind) or pa.types.is_fixed_size_binary(kind):
+                    values, wanted = column.cast(pa.binary()), numbers
+                else:
+                    values, wanted = column.cast(pa.string()), texts
+                if pc.any(pc.is_in(values, value_set=wanted)).as_py():
+                    found.append(f"{path.relative_to(folder)}: a value of {name}")
     return found
 
 

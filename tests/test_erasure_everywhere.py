@@ -79,6 +79,7 @@ class Person:
         made = [
             Needle(self.lake.encode(), f"{label}: lake pseudonym", REGISTRY if kept else {}),
             Needle(digest.encode(), f"{label}: its hash", RECEIPT if kept else {}),
+            Needle(bytes.fromhex(self.lake[:32]), f"{label}: lake pseudonym, as a number"),
             Needle(self.project.encode(), f"{label}: project pseudonym"),
         ]
         for n, token in enumerate(self.tokens):

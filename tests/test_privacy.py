@@ -126,6 +126,12 @@ def assert_absent(package: Path, needles: set[str]) -> None:
 
 
 def _as_text(table: pa.Table) -> bytes:
+    """Every value of the table as CSV text, bytes (a person's number, lake.tables.PERSON) as
+    lower-case hex."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_binary(field.type) or pa.types.is_fixed_size_binary(field.type):
+            values = [None if v is None else v.hex() for v in table.column(i).to_pylist()]
+            table = table.set_column(i, field.name, pa.array(values, pa.string()))
     sink = pa.BufferOutputStream()
     pacsv.write_csv(table, sink)
     text = bytes(sink.getvalue())

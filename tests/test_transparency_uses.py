@@ -34,13 +34,14 @@ _CON = duckdb.connect()  # one connection for every example: making one is slow
 
 def engine_uses(key: bytes, salt: str, people: list[str]) -> RunUses:
     """What an engine gives for a run that read `people` (lake pseudonyms): the people table
-    made as the engines make it, then `views.uses_sql` over it."""
-    plan = LakeViews({}, pa.table({"patient": []}), "select * from given", {}, {}, key, salt)
+    made as the engines make it, then `views.USES` over it."""
+    given = "select patient, patient as person from given"
+    plan = LakeViews({}, pa.table({"patient": []}), given, {}, {}, key, salt)
     _CON.register("given", pa.table({"patient": pa.array(people, pa.string())}))
     _CON.register(views.KEYS, views.key_table(key))
-    people_sql = views.keyed_people_sql(plan)
+    people_sql = views.keyed_people_sql(plan, DIALECT)
     _CON.execute(f"create or replace temp table {views.PEOPLE} as {people_sql}")
-    tokens = _CON.sql(views.uses_sql(plan, DIALECT)).to_arrow_table().column(0)
+    tokens = _CON.sql(views.USES).to_arrow_table().column(0)
     return run_uses(salt, tokens)
 
 

@@ -24,7 +24,8 @@ import tre_data
 from governing import LEAD
 from gpdpr.custodian.central import Custodian, project_pseudonyms, run_use_token
 from gpdpr.governance import agreements
-from gpdpr.lake.store import Lake
+from gpdpr.lake.store import Lake, Snapshot
+from gpdpr.lake.tables import PERSON
 from gpdpr.tre import views
 from gpdpr.tre.engines import duckdb as duckdb_engine
 from gpdpr.tre.engines import guard, sql
@@ -40,12 +41,15 @@ from gpdpr.tre.query.schema import PATIENT_ID, PATIENT_KEY
 from test_tre_runs import Service, document, service  # noqa: F401
 
 
-def planned(service: Service, definition: n.Definition) -> tuple[LakeViews, bytes]:
+def planned(
+    service: Service, definition: n.Definition, snapshot: Snapshot | None = None
+) -> tuple[LakeViews, bytes]:
+    """The definition's views over the service's lake (or `snapshot`), as a run has them."""
     used = n.columns_used(definition)
     with sa.orm.Session(service.engine) as session:
         scope = agreements.authorise(session, LEAD, service.applied, views.required_fields(used))
     key = Custodian(service.home / "keys", service.engine).project_key(scope.application, LEAD)
-    snapshot = Lake.open(service.home / "lake").snapshot()
+    snapshot = snapshot or Lake.open(service.home / "lake").snapshot()
     excluded: frozenset[str] = frozenset()
     view_scope = views.ViewScope(scope.data_from, scope.data_to, scope.population, excluded)
     return views.plan(snapshot, view_scope, used, key), key
@@ -308,3 +312,60 @@ def test_files_written_under_different_columns_read_as_the_tables_columns(tmp_pa
         {"patient": "d", "value": 4, "added": "y", "practice": "A81003"},
         {"patient": "e", "value": 5, "added": "z", "practice": "A81004"},
     ]
+
+
+class _MadeBeforeNumbers:
+    """A lake version as a lake made before people had numbers has it: no table's schema has
+    `person` (its files may hold one, written since; what the schema lacks is not read)."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def dataset(self, table: str) -> pyarrow.dataset.Dataset:
+        files = self.snapshot.dataset(table)
+        schema = pa.schema([f for f in files.schema if f.name != PERSON])
+        return pyarrow.dataset.dataset(files.files, schema=schema, format="parquet")
+
+
+@pytest.mark.parametrize("name", ["duckdb", "spark"])
+def test_a_lake_made_before_people_had_numbers_answers_the_same(
+    service: Service, name: str
+) -> None:
+    """Views join people by their number (`person`) where the lake has one, and by pseudonym
+    where it has none (a lake made before): the same people, with the same keys, so the same
+    answers."""
+    definition = staff_study(service)
+    now, _ = planned(service, definition)
+    snapshot = Lake.open(service.home / "lake").snapshot()
+    before, _ = planned(service, definition, _MadeBeforeNumbers(snapshot))  # type: ignore[arg-type]
+    assert "= r.person" in now.views["clinical_events"]
+    assert "= r.patient" in before.views["clinical_events"]
+    engine = tre_data.engine(name)
+    found = answers(engine, definition, now)
+    assert found == answers(engine, definition, before)
+    assert found["dataset"].num_rows > 100
+
+
+def test_every_row_naming_a_patient_carries_their_number(service: Service) -> None:
+    """Each table that names a patient holds their number, the first 16 bytes of their
+    pseudonym, in every row (lake.tables.PERSON), and no run's answer shows it."""
+    snapshot = Lake.open(service.home / "lake").snapshot()
+    counted = 0
+    for table in ("patients", "registrations", "clinical_events", "medications"):
+        rows = snapshot.read(table, ["patient", PERSON])
+        expected = [bytes.fromhex(p[:32]) for p in rows.column("patient").to_pylist()]
+        assert rows.column(PERSON).to_pylist() == expected
+        counted += rows.num_rows
+    assert counted > 1000
+    definition = staff_study(service)
+    lake, _ = planned(service, definition)
+    results = DuckDBEngine().run(definition, lake)
+    assert results.dataset is not None and results.uses is not None
+    shown = results.uses.tokens.tobytes() + b"".join(
+        str(v).encode() + (v if isinstance(v, bytes) else b"")
+        for column in results.dataset.columns
+        for v in column.to_pylist()
+        if v is not None
+    )
+    numbers = snapshot.read("patients", [PERSON]).column(PERSON).to_pylist()
+    assert not [number for number in numbers if number in shown]

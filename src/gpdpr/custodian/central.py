@@ -89,7 +89,7 @@ def use_token(project_key: bytes, run_reference: str, project_pseudonym: str) ->
 
 
 def run_use_token(project_key: bytes, salt: str, lake_pseudonym: str) -> str:
-    """How a run keeps that it read one person's record now (`tre.views.uses_sql` makes the
+    """How a run keeps that it read one person's record now (`tre.views.keyed_people_sql` makes the
     same in the engine): an HMAC under the project's key of the run's salt and the person's
     lake pseudonym, which only the custodian can make again (the key never leaves it).
     Keying the lake pseudonym spares every run a second HMAC a person."""

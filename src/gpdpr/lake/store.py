@@ -53,11 +53,13 @@ from gpdpr.errors import UserError
 from gpdpr.lake.tables import (
     LEDGER,
     LEDGER_SCHEMA,
+    PERSON,
     PRACTICE,
     TOMBSTONE_SCHEMA,
     TOMBSTONES,
     LakeTable,
     data_tables,
+    with_person,
 )
 
 META = "_lake"
@@ -340,8 +342,11 @@ class Snapshot:
         columns: list[str] | None = None,
         dictionary: list[str] | None = None,
     ) -> pa.Table:
-        """One data file as stored: without the practice, which is in its path."""
-        return read_parquet(self.lake.path(table) / file.path, columns, dictionary)
+        """One data file as stored: without the practice, which is in its path, or the person's
+        number, which is made again whenever rows are written (`Transaction.write`), so rows
+        read from files of before it and after it are alike."""
+        rows = read_parquet(self.lake.path(table) / file.path, columns, dictionary)
+        return rows.drop_columns([PERSON]) if PERSON in rows.column_names else rows
 
 
 @dataclass
@@ -368,7 +373,10 @@ class Transaction:
             relative = f"{PRACTICE}={practice}/{relative}"
         path = self.lake.path(table) / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        repetitive = self.lake.data[table].repetitive if table in self.lake.data else True
+        repetitive: list[str] | bool = True
+        if table in self.lake.data:
+            data = with_person(self.lake.data[table], data)
+            repetitive = self.lake.data[table].repetitive
         pq.write_table(
             table_used_only(data),  # no trace of a row filtered out: see gpdpr.dictionaries
             path,

@@ -8,18 +8,29 @@ out of order, which copy of a record is the newer).
 Each table has a key that identifies a row within its practice: the record id for records, the
 patient pseudonym for patients, the staff pseudonym for staff. A newer copy of a key replaces the
 older one; a deletion removes it.
+
+Every table that names a patient also carries them as a number (`person`): the first 16 bytes
+of their pseudonym, as bytes. The research environment joins a person's rows by it: 16 bytes
+compared where the pseudonym is 64 characters, which at 10 million patients halved the time a
+run took to make its views (tre.views). It is no new identifier (anyone holding the pseudonym
+can make it, and it is erased with the rows), and two people cannot share one unless two
+pseudonyms, which are HMAC-SHA256 outputs, agree in their first 128 bits: as likely as guessing
+a 128-bit key.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from gpdpr.practice.rules import package_schema
 from gpdpr.spec import Specification
 
 PRACTICE = "practice"
+PERSON = "person"
 PACKAGE_ID = "package_id"
 EXTRACTED_AT = "extracted_at"
 INSTANT = pa.timestamp("us", tz="UTC")  # Delta Lake's timestamp
@@ -59,8 +70,11 @@ class LakeTable:
 
     @property
     def schema(self) -> pa.Schema:
-        """The Delta table's schema: the data, then provenance; the practice is the partition."""
+        """The Delta table's schema: the data, the person's number if it names a patient, then
+        provenance; the practice is the partition."""
         fields = [pa.field(f.name, _lake_type(f.type)) for f in self.data]
+        if self.patient is not None:
+            fields.append(pa.field(PERSON, pa.binary()))
         fields += [pa.field(PACKAGE_ID, pa.string()), pa.field(EXTRACTED_AT, INSTANT)]
         return pa.schema([*fields, pa.field(PRACTICE, pa.string())])
 
@@ -71,10 +85,60 @@ class LakeTable:
 
     @property
     def repetitive(self) -> list[str]:
-        """Text columns worth a dictionary: all but the key, which is unique in a practice."""
+        """Text columns worth a dictionary: all but the key, which is unique in a practice (and
+        so is the person's number where the key is the patient's)."""
+        unique = {self.key, PERSON} if self.key == self.patient else {self.key}
         return [
-            f.name for f in self.file_schema if pa.types.is_string(f.type) and f.name != self.key
+            f.name
+            for f in self.file_schema
+            if (pa.types.is_string(f.type) or f.name == PERSON) and f.name not in unique
         ]
+
+
+def with_person(table: LakeTable, rows: pa.Table) -> pa.Table:
+    """`rows` of `table` with each patient's number (`PERSON`) made from their pseudonym, in
+    place of any they had (a file rewritten is numbered again, never trusted)."""
+    if table.patient is None:
+        return rows
+    if PERSON in rows.column_names:
+        rows = rows.drop_columns([PERSON])
+    at = rows.schema.get_field_index(table.patient) + 1
+    column = rows.column(table.patient)
+    if column.num_chunks == 0:
+        return rows.add_column(at, PERSON, pa.array([], pa.binary()))
+    numbers = pa.chunked_array([person_numbers(chunk) for chunk in column.chunks], pa.binary())
+    return rows.add_column(at, PERSON, numbers)
+
+
+# Each byte's value as a lower-case hex digit, 255 for any other byte.
+_NIBBLE = np.full(256, 255, np.uint8)
+_NIBBLE[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
+
+
+def person_numbers(pseudonyms: pa.Array) -> pa.Array:
+    """Each pseudonym's first 32 hex digits as 16 bytes (null for null). A dictionary's
+    entries are read once each."""
+    if pa.types.is_dictionary(pseudonyms.type):
+        return pc.take(person_numbers(pseudonyms.dictionary), pseudonyms.indices)
+    text = pc.utf8_slice_codeunits(pc.cast(pseudonyms, pa.string()), 0, 32)
+    lengths = pc.fill_null(pc.binary_length(text), 32).to_numpy(zero_copy_only=False)
+    if not (lengths == 32).all():
+        raise ValueError("a patient pseudonym does not start with 32 hex digits")
+    filled = pc.fill_null(text, "0" * 32)  # a null's number is null (below), not read
+    start = np.frombuffer(filled.buffers()[1], np.int32)[filled.offset]
+    data = np.frombuffer(filled.buffers()[2] or b"", np.uint8)
+    digits = data[start : start + len(text) * 32].reshape(-1, 2)
+    nibbles = _NIBBLE[digits]
+    if (nibbles > 15).any():
+        raise ValueError("a patient pseudonym is not lower-case hex")
+    numbers = (nibbles[:, 0] * 16 + nibbles[:, 1]).astype(np.uint8)
+    offsets = np.arange(0, 16 * (len(text) + 1), 16, dtype=np.int32)
+    return pa.Array.from_buffers(
+        pa.binary(),
+        len(text),
+        [text.buffers()[0], pa.py_buffer(offsets), pa.py_buffer(numbers.tobytes())],
+        null_count=text.null_count,
+    )
 
 
 def _lake_type(kind: pa.DataType) -> pa.DataType:

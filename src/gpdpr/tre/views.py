@@ -15,7 +15,7 @@ version's own Parquet files (the population, each view, the pseudonym maps), and
 makes them where it runs, reading only the columns and rows they need (engines.duckdb.install,
 engines.spark.Sandbox.install), and keys there what a run may show: each project pseudonym of
 a member of staff or a postcode is an HMAC the engine computes (`mapping_sql`), and so is each
-person's use token (`uses_sql`), from the key's padded blocks, which it holds as a one-row
+person's use token (`keyed_people_sql`), from the key's padded blocks, which it holds as a one-row
 table (`key_table`) that no compiled query may name. A person's own project pseudonym is made
 nowhere: a run's dataset stays inside it, by each person's whole-number key, and only tables
 leave. No row of a table passes through Python.
@@ -40,6 +40,7 @@ import pyarrow as pa
 
 from gpdpr.custodian.central import SALT, USE_V2
 from gpdpr.lake.store import Snapshot
+from gpdpr.lake.tables import PERSON
 from gpdpr.tre.engines.base import LakeViews
 from gpdpr.tre.engines.sql import DIALECTS, Dialect
 from gpdpr.tre.query.schema import (
@@ -109,13 +110,18 @@ def plan(
         for column in PSEUDONYM_COLUMNS:
             if column in columns:
                 mapped.setdefault(column, set()).add(TABLES[name].lake)
+    sources = {t: snapshot.dataset(t) for t in sorted(lake_tables)}
+    # People are joined by their number (lake.tables.PERSON); a lake made before it had one
+    # is joined by pseudonym, as it was then.
+    person = PERSON if all(PERSON in f.schema.names for f in sources.values()) else PATIENT_FIELD
     return LakeViews(
-        sources={t: snapshot.dataset(t) for t in sorted(lake_tables)},
+        sources=sources,
         excluded=pa.table({"patient": pa.array(sorted(scope.excluded), pa.string())}),
-        people=_people_sql(scope, shown),
-        views={name: _view_sql(name, columns, scope) for name, columns in tables.items()},
+        people=_people_sql(scope, shown, person),
+        views={name: _view_sql(name, columns, scope, person) for name, columns in tables.items()},
         mapped={column: tuple(sorted(t)) for column, t in sorted(mapped.items())},
         project_key=project_key,
+        shown=tuple(sorted(shown)),
     )
 
 
@@ -139,7 +145,7 @@ def made(lake: LakeViews) -> dict[str, pa.Table]:
     con = duckdb.connect(config={"preserve_insertion_order": False})
     try:
         con.execute("set TimeZone = 'UTC'")
-        install(lake, con)
+        install(lake, con, pseudonyms=True)
         ids = con.sql(PROJECT_IDS).to_arrow_table().column(0)
         tables = {}
         for name in lake.views:
@@ -152,9 +158,10 @@ def made(lake: LakeViews) -> dict[str, pa.Table]:
         con.close()
 
 
-def _people_sql(scope: ViewScope, fields: Iterable[str]) -> str:
+def _people_sql(scope: ViewScope, fields: Iterable[str], person: str) -> str:
     """Each person once (their most recently changed patient row, if they moved practice),
-    within the population and not excluded: their pseudonym and the patients' `fields`."""
+    within the population and not excluded: their pseudonym, what they are joined by (the
+    lake's `person` column, as `person`) and the patients' `fields`."""
     conditions = [f"patient not in (select patient from {source('excluded')})"]
     population = scope.population
     born = "make_date(birth_year, birth_month, 1)"
@@ -168,10 +175,10 @@ def _people_sql(scope: ViewScope, fields: Iterable[str]) -> str:
             values = ", ".join(_quote(str(v)) for v in listed)
             conditions.append(f"{column} in ({values})")
     latest = (
-        "select *, row_number() over (partition by patient order by last_modified desc nulls "
+        f"select *, row_number() over (partition by {person} order by last_modified desc nulls "
         f"last, extracted_at desc, practice) as latest from {source('patients')}"
     )
-    kept = ", ".join(sorted({PATIENT_FIELD, *fields}))
+    kept = ", ".join([*sorted({PATIENT_FIELD, *fields} - {PERSON}), f"{person} as {PERSON}"])
     return f"select {kept} from ({latest}) where latest = 1 and {' and '.join(conditions)}"
 
 
@@ -187,9 +194,9 @@ def _quote(text: str) -> str:
     return DIALECTS["duckdb"].string(text)  # the one way text becomes SQL (engines.sql)
 
 
-def _view_sql(name: str, columns: set[str], scope: ViewScope) -> str:
+def _view_sql(name: str, columns: set[str], scope: ViewScope, person: str) -> str:
     """A view's rows: each person's key (as `patient_id`), then the columns read, for people in
-    `PEOPLE` only and records in the period only."""
+    `PEOPLE` only (joined by the lake's `person` column) and records in the period only."""
     table = TABLES[name]
     columns_sql = [_column_sql(c) for c in sorted(columns)]
     joins = "".join(
@@ -202,7 +209,7 @@ def _view_sql(name: str, columns: set[str], scope: ViewScope) -> str:
         selected = ", ".join([f"r.{KEY} as {PATIENT_ID}", *columns_sql])
         return f"select {selected} from {PEOPLE} r{joins}"
     selected = ", ".join([f"p.{KEY} as {PATIENT_ID}", *columns_sql])
-    rows = f"{source(table.lake)} r join {PEOPLE} p on p.patient = r.patient{joins}"
+    rows = f"{source(table.lake)} r join {PEOPLE} p on p.{PERSON} = r.{person}{joins}"
     start, end = (f"date '{d.isoformat()}'" for d in (scope.data_from, scope.data_to))
     if period_fields(table) == ("start_date", "end_date"):
         # A registration counts if any of it falls in the period.
@@ -260,14 +267,30 @@ def project_sql(dialect: Dialect, column: str) -> str:
     return dialect.hmac_sha256(column, f"{KEYS}.inner", f"{KEYS}.outer")
 
 
-def keyed_people_sql(lake: LakeViews) -> str:
-    """The population, each person with their whole-number key in lake pseudonym order: the
-    same people get the same keys on every engine. Not their project pseudonyms: no run
-    shows one (see `engines.base.Results`)."""
+def keyed_people_sql(lake: LakeViews, dialect: Dialect, pseudonyms: bool = False) -> str:
+    """The population, each person with their whole-number key in the order of what they are
+    joined by (the same people get the same keys on every engine), and their use token for
+    the run (`USES`). Not their pseudonym, unless `pseudonyms` (ready-made views, `made`, show
+    their project pseudonyms), nor their project pseudonym: no run shows one (see
+    `engines.base.Results`)."""
+    if not SALT.fullmatch(lake.salt):
+        raise ValueError("a run's salt is 32 hex digits")
+    kept = [PERSON, *(f for f in lake.shown if f not in (PERSON, PATIENT_FIELD))]
+    if pseudonyms:
+        kept.append(PATIENT_FIELD)
+    key = f"cast(row_number() over (order by p.{PERSON}) - 1 as bigint) as {KEY}"
     return (
-        f"select p.*, cast(row_number() over (order by p.patient) - 1 as bigint) as {KEY} "
-        f"from ({lake.people}) p"
+        f"select {', '.join(f'p.{c}' for c in kept)}, {key}, {_token_sql(lake, dialect)} as token "
+        f"from ({lake.people}) p cross join {KEYS}"
     )
+
+
+def _token_sql(lake: LakeViews, dialect: Dialect) -> str:
+    """A person's use token (`engines.base.RunUses`): the first 16 bytes of
+    `custodian.central.run_use_token(project key, the run's salt, lake pseudonym)`."""
+    message = f"'{USE_V2}' || chr(10) || '{lake.salt}' || chr(10) || p.patient"
+    token = dialect.hmac_sha256(f"({message})", f"{KEYS}.inner", f"{KEYS}.outer")
+    return f"unhex(substr({token}, 1, 32))"
 
 
 def mapping_sql(column: str, tables: Iterable[str], dialect: Dialect) -> str:
@@ -290,12 +313,5 @@ PROJECT_IDS = (
 )
 
 
-def uses_sql(lake: LakeViews, dialect: Dialect) -> str:
-    """A use token for each person read (`engines.base.RunUses`): the first 16 bytes of
-    `custodian.central.run_use_token(project key, the run's salt, lake pseudonym)`, made by the
-    engine."""
-    if not SALT.fullmatch(lake.salt):
-        raise ValueError("a run's salt is 32 hex digits")
-    message = f"'{USE_V2}' || chr(10) || '{lake.salt}' || chr(10) || p.patient"
-    token = dialect.hmac_sha256(f"({message})", f"{KEYS}.inner", f"{KEYS}.outer")
-    return f"select unhex(substr({token}, 1, 32)) as token from {PEOPLE} p cross join {KEYS}"
+# A use token for each person read, made with the people (`keyed_people_sql`).
+USES = f"select token from {PEOPLE}"

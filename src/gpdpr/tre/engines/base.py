@@ -55,11 +55,14 @@ class LakeViews:
 
     sources: Mapping[str, ds.Dataset]  # lake table -> its files at the run's lake version
     excluded: pa.Table  # `patient`: lake pseudonyms never to be shown (opt-outs)
-    people: str  # SQL: `patient`, each person in the population once
+    # SQL: each person in the population once: `patient` (their lake pseudonym), `person`
+    # (what views join them by) and the patients' fields in `shown`
+    people: str
     views: Mapping[str, str]  # view table -> SQL: patient_id (the key), then its columns
     mapped: Mapping[str, tuple[str, ...]]  # pseudonym column -> the lake tables it is read from
     project_key: bytes = field(repr=False)  # makes the project's pseudonyms; never shown
     salt: str = field(default_factory=lambda: secrets.token_hex(16))  # the run's, for its uses
+    shown: tuple[str, ...] = ()  # the patients' fields `people` has, for the views
 
 
 # What every engine runs on: views already made (tests, dummy data), or a plan to make them.

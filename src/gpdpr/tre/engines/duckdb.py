@@ -53,11 +53,11 @@ from gpdpr.tre.query.schema import view_name
 from gpdpr.tre.views import (
     KEYS,
     PEOPLE,
+    USES,
     key_table,
     keyed_people_sql,
     mapping_sql,
     source,
-    uses_sql,
 )
 
 DIALECT = sql.DIALECTS["duckdb"]
@@ -221,7 +221,7 @@ class DuckDBEngine:
                 if isinstance(views, LakeViews):
                     install(views, box.con)
                     box.relations.update(view_name(name) for name in views.views)
-                    tokens = box.execute(uses_sql(views, DIALECT)).column(0)
+                    tokens = box.execute(USES).column(0)
                     uses = run_uses(views.salt, tokens)
                 else:
                     for name, table in keyed(views).items():
@@ -254,10 +254,11 @@ def _needed(query: sql.Query) -> set[str]:
     return needed
 
 
-def install(lake: LakeViews, con: duckdb.DuckDBPyConnection) -> None:
+def install(lake: LakeViews, con: duckdb.DuckDBPyConnection, pseudonyms: bool = False) -> None:
     """Make `lake`'s views on `con`, reading the lake's files in place (DuckDB pushes each
     query's columns and filters down to them). Only this, the service's own code, names the
-    sources: compiled queries may name the views alone."""
+    sources: compiled queries may name the views alone. `pseudonyms`: the people table keeps
+    each person's lake pseudonym (ready-made views, tre.views.made)."""
     for name, files in lake.sources.items():
         read = parquet_sql(con, files)
         if read is None:  # no files: an empty table
@@ -266,7 +267,7 @@ def install(lake: LakeViews, con: duckdb.DuckDBPyConnection) -> None:
             con.execute(f"create temp view {source(name)} as {read}")
     con.register(source("excluded"), lake.excluded)
     con.register(KEYS, key_table(lake.project_key))
-    con.execute(f"create temp table {PEOPLE} as {keyed_people_sql(lake)}")
+    con.execute(f"create temp table {PEOPLE} as {keyed_people_sql(lake, DIALECT, pseudonyms)}")
     for column, tables in lake.mapped.items():
         mapping = mapping_sql(column, tables, DIALECT)
         con.execute(f"create temp table {source('map_' + column)} as {mapping}")

@@ -80,11 +80,11 @@ from gpdpr.tre.query.schema import TABLES, view_name
 from gpdpr.tre.views import (
     KEYS,
     PEOPLE,
+    USES,
     key_table,
     keyed_people_sql,
     mapping_sql,
     source,
-    uses_sql,
 )
 
 if TYPE_CHECKING:
@@ -390,7 +390,7 @@ class SparkEngine:
                 uses = None
                 if isinstance(views, LakeViews):
                     box.install(views)
-                    tokens = box._collect(box.spark.sql(uses_sql(views, DIALECT))).column(0)
+                    tokens = box._collect(box.spark.sql(USES)).column(0)
                     uses = run_uses(views.salt, tokens)
                 else:
                     # The views the definition reads (the others would only cost time to load).
@@ -473,7 +473,7 @@ class Sandbox:
         # The key's blocks as a file of the run's own (removed with its folder), not as text
         # in SQL, which an error message could repeat.
         self.register(KEYS, key_table(lake.project_key), shown=False)
-        people = self.spark.sql(keyed_people_sql(lake)).cache()  # every view joins it
+        people = self.spark.sql(keyed_people_sql(lake, DIALECT)).cache()  # every view joins it
         self.kept.append(people)
         people.createOrReplaceTempView(PEOPLE)
         self.defined.add(PEOPLE)
