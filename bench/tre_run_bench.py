@@ -12,9 +12,9 @@ bench/tre_bench.py), engine and scale then runs in a fresh child process, which 
   plan      `views.plan`: the project's views as queries over the lake version's files (reads
             the Delta logs, no data)
   engine    `engine.run(definition, plan)`: the engine reads the lake's files in place (only the
-            columns and rows the views need), makes the population, the project's pseudonym of
-            everyone it read (HMAC-SHA256 under the project's key, in the engine's SQL),
-            computes the dataset or measure, and a use token per person read (another HMAC)
+            columns and rows the views need), makes the population with a use token per person
+            read (HMAC-SHA256 under the project's key, in the engine's SQL), and computes the
+            dataset or measure
   control   disclosure control (`release.control.control`)
   tokens    the use tokens written to the run's folder as a run records them
             (`transparency.uses.keep`)

@@ -97,6 +97,9 @@ def _as_text(table: pa.Table) -> bytes:
         kind = column.type
         if pa.types.is_dictionary(kind):
             column, kind = column.cast(kind.value_type), kind.value_type
+        if isinstance(kind, pa.BaseExtensionType):  # a UUID (a person's number): 16 bytes
+            column = pa.chunked_array([c.storage for c in column.chunks], kind.storage_type)
+            kind = kind.storage_type
         if pa.types.is_nested(kind):
             parts.append(orjson.dumps(column.to_pylist(), default=str))
         elif pa.types.is_string(kind) or pa.types.is_large_string(kind):

@@ -353,8 +353,12 @@ def _found(folder: Path, people: list[str]) -> list[str]:
                 text = pa.types.is_string(column.type) or pa.types.is_dictionary(column.type)
                 if text and pc.any(pc.is_in(column.cast(pa.string()), value_set=texts)).as_py():
                     found.append(str(path.relative_to(folder)))
-                number = pa.types.is_binary(column.type)
-                if number and pc.any(pc.is_in(column, value_set=numbers)).as_py():
+                if isinstance(column.type, pa.BaseExtensionType):  # a UUID: 16 bytes
+                    column = pa.chunked_array([c.storage for c in column.chunks])
+                number = pa.types.is_binary(column.type) or pa.types.is_fixed_size_binary(
+                    column.type
+                )
+                if number and pc.any(pc.is_in(column.cast(pa.binary()), value_set=numbers)).as_py():
                     found.append(str(path.relative_to(folder)))
     return found
 

@@ -46,6 +46,9 @@ def _bytes_found(folder: Path, needles: list[bytes]) -> list[str]:
                 kind = column.type
                 if pa.types.is_dictionary(kind):
                     column, kind = column.cast(kind.value_type), kind.value_type
+                if isinstance(kind, pa.BaseExtensionType):  # a UUID: 16 bytes
+                    column = pa.chunked_array([c.storage for c in column.chunks])
+                    kind = kind.storage_type
                 if pa.types.is_binary(kind) or pa.types.is_fixed_size_binary(kind):
                     values, wanted = column.cast(pa.binary()), numbers
                 else:

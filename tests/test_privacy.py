@@ -129,8 +129,13 @@ def _as_text(table: pa.Table) -> bytes:
     """Every value of the table as CSV text, bytes (a person's number, lake.tables.PERSON) as
     lower-case hex."""
     for i, field in enumerate(table.schema):
-        if pa.types.is_binary(field.type) or pa.types.is_fixed_size_binary(field.type):
-            values = [None if v is None else v.hex() for v in table.column(i).to_pylist()]
+        kind = field.type
+        column = table.column(i)
+        if isinstance(kind, pa.BaseExtensionType):  # a UUID (a person's number): 16 bytes
+            column = pa.chunked_array([c.storage for c in column.chunks], kind.storage_type)
+            kind = kind.storage_type
+        if pa.types.is_binary(kind) or pa.types.is_fixed_size_binary(kind):
+            values = [None if v is None else v.hex() for v in column.to_pylist()]
             table = table.set_column(i, field.name, pa.array(values, pa.string()))
     sink = pa.BufferOutputStream()
     pacsv.write_csv(table, sink)

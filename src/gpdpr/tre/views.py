@@ -275,20 +275,20 @@ def keyed_people_sql(lake: LakeViews, dialect: Dialect, pseudonyms: bool = False
     `engines.base.Results`)."""
     if not SALT.fullmatch(lake.salt):
         raise ValueError("a run's salt is 32 hex digits")
-    kept = [PERSON, *(f for f in lake.shown if f not in (PERSON, PATIENT_FIELD))]
+    kept = [PERSON, *(f for f in lake.shown if f not in (PERSON, PATIENT_FIELD)), "token"]
     if pseudonyms:
         kept.append(PATIENT_FIELD)
+    # The tokens made before the people are numbered, not after: numbering them in one order
+    # is one thread's work, and so would be all that came after it.
+    tokens = f"select q.*, {_token_sql(lake, dialect)} as token from ({lake.people}) q"
     key = f"cast(row_number() over (order by p.{PERSON}) - 1 as bigint) as {KEY}"
-    return (
-        f"select {', '.join(f'p.{c}' for c in kept)}, {key}, {_token_sql(lake, dialect)} as token "
-        f"from ({lake.people}) p cross join {KEYS}"
-    )
+    return f"select {', '.join(f'p.{c}' for c in kept)}, {key} from ({tokens} cross join {KEYS}) p"
 
 
 def _token_sql(lake: LakeViews, dialect: Dialect) -> str:
     """A person's use token (`engines.base.RunUses`): the first 16 bytes of
     `custodian.central.run_use_token(project key, the run's salt, lake pseudonym)`."""
-    message = f"'{USE_V2}' || chr(10) || '{lake.salt}' || chr(10) || p.patient"
+    message = f"'{USE_V2}' || chr(10) || '{lake.salt}' || chr(10) || q.patient"
     token = dialect.hmac_sha256(f"({message})", f"{KEYS}.inner", f"{KEYS}.outer")
     return f"unhex(substr({token}, 1, 32))"
 

@@ -29,6 +29,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from gpdpr.lake.tables import PERSON
 from gpdpr.lake.tables import PRACTICE as PARTITION
 from gpdpr.tre import scratch
 from gpdpr.tre.engines import guard, sql
@@ -296,9 +297,15 @@ def parquet_sql(con: duckdb.DuckDBPyConnection, files: ds.FileSystemDataset) -> 
     if not paths:
         return None
     wanted = con.from_arrow(files.schema.empty_table())
+    # A person's number is bytes in Delta's schema, and a UUID, a 128-bit number, in the files
+    # (lake.tables.NUMBER): read as the number.
+    kinds = [
+        (name, "UUID" if name == PERSON else kind)
+        for name, kind in zip(wanted.columns, wanted.dtypes, strict=True)
+    ]
     by_folder = all(_partitioned_only(path) for path in paths)
     reads = [
-        _read_sql(group, found, zip(wanted.columns, wanted.dtypes, strict=True), by_folder)
+        _read_sql(group, found, kinds, by_folder)
         for found, group in _by_columns(con, paths).items()
     ]
     return " union all ".join(reads)
