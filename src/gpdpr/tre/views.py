@@ -280,9 +280,10 @@ def keyed_people_sql(lake: LakeViews, dialect: Dialect, pseudonyms: bool = False
         kept.append(PATIENT_FIELD)
     # The tokens made before the people are numbered, not after: numbering them in one order
     # is one thread's work, and so would be all that came after it.
-    tokens = f"select q.*, {_token_sql(lake, dialect)} as token from ({lake.people}) q"
+    token = _token_sql(lake, dialect)
+    tokens = f"select q.*, {token} as token from ({lake.people}) q cross join {KEYS}"
     key = f"cast(row_number() over (order by p.{PERSON}) - 1 as bigint) as {KEY}"
-    return f"select {', '.join(f'p.{c}' for c in kept)}, {key} from ({tokens} cross join {KEYS}) p"
+    return f"select {', '.join(f'p.{c}' for c in kept)}, {key} from ({tokens}) p"
 
 
 def _token_sql(lake: LakeViews, dialect: Dialect) -> str:
