@@ -10,12 +10,12 @@ patient pseudonym for patients, the staff pseudonym for staff. A newer copy of a
 older one; a deletion removes it.
 
 Every table that names a patient also carries them as a number (`person`): the first 16 bytes
-of their pseudonym, as bytes. The research environment joins a person's rows by it: 16 bytes
-compared where the pseudonym is 64 characters, which at 10 million patients halved the time a
-run took to make its views (tre.views). It is no new identifier (anyone holding the pseudonym
-can make it, and it is erased with the rows), and two people cannot share one unless two
-pseudonyms, which are HMAC-SHA256 outputs, agree in their first 128 bits: as likely as guessing
-a 128-bit key.
+of their pseudonym (`NUMBER`). The research environment joins a person's rows by it: a 128-bit
+number compared where the pseudonym is 64 characters, and held in its people table in place of
+the pseudonym (tre.views); at 10 million patients a dataset run read its three tables in 14.8 s
+where it took 18.6 s. It is no new identifier (anyone holding the pseudonym can make it, and it
+is erased with the rows), and two people cannot share one unless two pseudonyms, which are
+HMAC-SHA256 outputs, agree in their first 128 bits: as likely as guessing a 128-bit key.
 """
 
 from __future__ import annotations
