@@ -88,18 +88,26 @@ def _found(finder: ahocorasick.Automaton, data: bytes) -> Iterator[tuple[int, in
             yield end, i
 
 
+def stored(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A column as its values are: a dictionary's values looked up, and a UUID's (the lake's
+    number for a person, gpdpr.lake.tables.NUMBER) 16 bytes, which scanners search like any
+    other bytes."""
+    kind = column.type
+    if pa.types.is_dictionary(kind):
+        column, kind = column.cast(kind.value_type), kind.value_type
+    if isinstance(kind, pa.BaseExtensionType):
+        column = pa.chunked_array([c.storage for c in column.chunks], kind.storage_type)
+    return column
+
+
 def _as_text(table: pa.Table) -> bytes:
     """What a needle could be in once decoded: each distinct value of every text or binary
     column, and nested columns (a Delta checkpoint's actions) as JSON. Numbers, dates and
     flags cannot hold a pseudonym or a token, and are left out."""
     parts = []
     for column in table.columns:
+        column = stored(column)
         kind = column.type
-        if pa.types.is_dictionary(kind):
-            column, kind = column.cast(kind.value_type), kind.value_type
-        if isinstance(kind, pa.BaseExtensionType):  # a UUID (a person's number): 16 bytes
-            column = pa.chunked_array([c.storage for c in column.chunks], kind.storage_type)
-            kind = kind.storage_type
         if pa.types.is_nested(kind):
             parts.append(orjson.dumps(column.to_pylist(), default=str))
         elif pa.types.is_string(kind) or pa.types.is_large_string(kind):

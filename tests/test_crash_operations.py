@@ -38,6 +38,7 @@ from gpdpr.practice.kit import read_kit
 from gpdpr.synth.run import SynthRequest, synthesise
 from gpdpr.transparency import store
 from gpdpr.transparency.publish import log_folder, publish
+from home_scan import stored
 from readers import practice_folders
 
 ERASED = 3  # people who opt out before the erasure is cut
@@ -349,12 +350,10 @@ def _found(folder: Path, people: list[str]) -> list[str]:
         if any(n in path.read_bytes() for n in needles):
             found.append(str(path.relative_to(folder)))
         elif path.suffix == ".parquet":
-            for column in pq.read_table(path).columns:
-                text = pa.types.is_string(column.type) or pa.types.is_dictionary(column.type)
-                if text and pc.any(pc.is_in(column.cast(pa.string()), value_set=texts)).as_py():
+            for column in map(stored, pq.read_table(path).columns):
+                text = pa.types.is_string(column.type)
+                if text and pc.any(pc.is_in(column, value_set=texts)).as_py():
                     found.append(str(path.relative_to(folder)))
-                if isinstance(column.type, pa.BaseExtensionType):  # a UUID: 16 bytes
-                    column = pa.chunked_array([c.storage for c in column.chunks])
                 number = pa.types.is_binary(column.type) or pa.types.is_fixed_size_binary(
                     column.type
                 )

@@ -22,6 +22,7 @@ from gpdpr.lake.query import connect, digest
 from gpdpr.lake.store import Lake
 from gpdpr.optout.registry import Registry
 from gpdpr.practice.resend import write_resend_list
+from home_scan import stored
 from readers import practice_folders
 
 PEOPLE = 6
@@ -43,12 +44,8 @@ def _bytes_found(folder: Path, needles: list[bytes]) -> list[str]:
         if path.suffix == ".parquet":
             table = pq.read_table(path)
             for name, column in zip(table.column_names, table.columns, strict=True):
+                column = stored(column)
                 kind = column.type
-                if pa.types.is_dictionary(kind):
-                    column, kind = column.cast(kind.value_type), kind.value_type
-                if isinstance(kind, pa.BaseExtensionType):  # a UUID: 16 bytes
-                    column = pa.chunked_array([c.storage for c in column.chunks])
-                    kind = kind.storage_type
                 if pa.types.is_binary(kind) or pa.types.is_fixed_size_binary(kind):
                     values, wanted = column.cast(pa.binary()), numbers
                 else:

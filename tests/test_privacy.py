@@ -31,6 +31,7 @@ from gpdpr.custodian.keys import read_pseudonym_key
 from gpdpr.practice.extract import quarantine_path
 from gpdpr.practice.kit import SIGNING_KEY
 from gpdpr.spec import shipped
+from home_scan import stored
 from readers import practice_folders
 
 GIVEN, FAMILY = "Zebediah", "Quillfeather"
@@ -129,11 +130,8 @@ def _as_text(table: pa.Table) -> bytes:
     """Every value of the table as CSV text, bytes (a person's number, lake.tables.PERSON) as
     lower-case hex."""
     for i, field in enumerate(table.schema):
-        kind = field.type
-        column = table.column(i)
-        if isinstance(kind, pa.BaseExtensionType):  # a UUID (a person's number): 16 bytes
-            column = pa.chunked_array([c.storage for c in column.chunks], kind.storage_type)
-            kind = kind.storage_type
+        column = stored(table.column(i))
+        kind = column.type
         if pa.types.is_binary(kind) or pa.types.is_fixed_size_binary(kind):
             values = [None if v is None else v.hex() for v in column.to_pylist()]
             table = table.set_column(i, field.name, pa.array(values, pa.string()))
