@@ -108,6 +108,22 @@ def test_a_run_that_read_nobody_keeps_an_empty_file(tmp_path: Path) -> None:
     assert not uses.holds(tmp_path, run_use_token(KEY, SALT, "0" * 64))
 
 
+@settings(max_examples=50, deadline=None, derandomize=True)
+@given(
+    tokens=st.lists(st.binary(min_size=16, max_size=16), max_size=60),
+    skip=st.integers(0, 5),
+)
+def test_tokens_are_kept_in_the_order_of_their_bytes_as_a_search_needs(
+    tokens: list[bytes], skip: int
+) -> None:
+    """Every token in ascending order of its 16 bytes (as two big-endian numbers: what `holds`
+    searches), from any part of an engine's answer (an array may start part way into its
+    buffer), however many zero bytes it has."""
+    given_tokens = pa.array(tokens, pa.binary()).slice(min(skip, len(tokens)))
+    kept = run_uses(SALT, given_tokens).tokens
+    assert [row.tobytes() for row in kept.astype(">u8")] == sorted(tokens[skip:])
+
+
 def test_tokens_of_another_length_are_refused() -> None:
     with pytest.raises(pa.ArrowInvalid):
         run_uses(SALT, pa.array([b"short"]))

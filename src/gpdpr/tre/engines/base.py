@@ -102,12 +102,16 @@ def run_uses(salt: str, tokens: pa.Array | pa.ChunkedArray) -> RunUses:
     fixed = tokens.cast(pa.binary(16))  # refuses a token of any other length
     if fixed.null_count:
         raise ValueError("a run's use tokens have a null among them")
-    start = fixed.offset * 16
     body = fixed.buffers()[1]
-    raw = b"" if body is None else body.to_pybytes()[start : start + 16 * len(fixed)]
-    matrix = np.frombuffer(raw, ">u8").reshape(-1, 2)
-    order = np.lexsort((matrix[:, 1], matrix[:, 0]))
-    return RunUses(salt, np.ascontiguousarray(matrix[order]))
+    found = (
+        np.frombuffer(body, "S16", count=len(fixed), offset=fixed.offset * 16)
+        if len(fixed)
+        else np.empty(0, "S16")
+    )
+    # Sorted as 16-byte strings, which compare byte by byte as big-endian numbers do: at 10
+    # million people a quarter of the time of sorting them as pairs of numbers (np.lexsort).
+    ordered = np.sort(found)
+    return RunUses(salt, ordered.view(">u8").reshape(-1, 2))
 
 
 class Engine(Protocol):
