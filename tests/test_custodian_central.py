@@ -14,6 +14,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import sqlalchemy as sa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy.orm import Session
 
 from databases import BACKENDS, engines, pseudonym
@@ -22,7 +24,9 @@ from gpdpr.custodian.central import (
     Custodian,
     identities_sha256,
     project_pseudonyms,
+    run_key,
     run_use_token,
+    run_use_token_v2,
     use_token,
 )
 from gpdpr.custodian.keys import init
@@ -123,20 +127,49 @@ def test_project_pseudonyms_are_stable_and_differ_between_projects(
 def test_a_persons_use_tokens_are_made_as_each_kind_of_run_kept_them(
     custodian: Custodian,
 ) -> None:
-    """A run that kept a file of uses is named by its salt (tokens of the lake pseudonym), one
-    whose file is of the first version by `v1:` and its salt, one whose tokens are in the
-    database by its reference (both of the project pseudonym)."""
+    """A run that kept a file of uses is named by its salt (tokens of the person's number
+    under the run's key), one whose file is of the second or third version by `v2:` and its
+    salt (an HMAC of the lake pseudonym), one of the first version by `v1:` and its salt, one
+    whose tokens are in the database by its reference (both of the project pseudonym)."""
     key = custodian.project_key("P0001", "tre")
     salt = "0123456789abcdef" * 2
     person = pseudonym(1)
     project = project_pseudonyms(key, pa.array([person])).to_pylist()[0]
-    runs = [("P0001", salt), ("P0001", f"v1:{salt}"), ("P0001", "RUN-000001")]
+    runs = [
+        ("P0001", salt),
+        ("P0001", f"v2:{salt}"),
+        ("P0001", f"v1:{salt}"),
+        ("P0001", "RUN-000001"),
+    ]
     assert custodian.use_tokens(person, runs) == {
         salt: run_use_token(key, salt, person),
+        f"v2:{salt}": run_use_token_v2(key, salt, person),
         f"v1:{salt}": use_token(key, salt, project),
         "RUN-000001": use_token(key, "RUN-000001", project),
     }
-    assert len(set(custodian.use_tokens(person, runs).values())) == 3
+    assert len(set(custodian.use_tokens(person, runs).values())) == 4
+
+
+def test_a_use_token_is_sha256_of_the_runs_key_and_the_persons_number(
+    custodian: Custodian,
+) -> None:
+    """The third form, worked by hand from its definition (HKDF-SHA256 of the project's key
+    for the run's key, then one SHA-256): what the engines make must be this."""
+    key = custodian.project_key("P0001", "tre")
+    salt = "00ff" * 8
+    person = pseudonym(2)
+    run = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"gpdpr run use v3\n" + salt.encode()
+    ).derive(key)
+    assert run_key(key, salt) == run
+    number = bytes.fromhex(person)[:16]
+    assert run_use_token(key, salt, person) == hashlib.sha256(run + number).hexdigest()
+    assert run_use_token(key, "11ff" * 8, person) != run_use_token(key, salt, person)
+    for bad in (person.upper(), person[:-1], person + "0", "g" * 64):
+        with pytest.raises(ValueError, match="64 lowercase hex digits"):
+            run_use_token(key, salt, bad)
+    with pytest.raises(ValueError, match="32 hex digits"):
+        run_key(key, "not a salt")
 
 
 def test_project_pseudonyms_keep_a_columns_encoding(custodian: Custodian) -> None:

@@ -38,9 +38,10 @@ def engine_uses(key: bytes, salt: str, people: list[str]) -> RunUses:
     given = "select patient, patient as person from given"
     plan = LakeViews({}, pa.table({"patient": []}), given, {}, {}, key, salt)
     _CON.register("given", pa.table({"patient": pa.array(people, pa.string())}))
-    _CON.register(views.KEYS, views.key_table(key))
-    people_sql = views.keyed_people_sql(plan, DIALECT)
-    _CON.execute(f"create or replace temp table {views.PEOPLE} as {people_sql}")
+    _CON.register(views.RUN_KEY, views.run_key_table(plan))
+    people_sql = views.people_sql(plan, DIALECT)
+    _CON.execute(f"create or replace temp table {views.READ_PEOPLE} as {people_sql}")
+    _CON.execute(f"create or replace temp table {views.PEOPLE} as {views.NUMBERED}")
     tokens = _CON.sql(views.USES).to_arrow_table().column(0)
     return run_uses(salt, tokens)
 

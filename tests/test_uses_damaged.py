@@ -108,10 +108,24 @@ def test_an_erasure_stopped_part_way_is_reported_then_finished_by_the_next(tmp_p
     assert len(path.read_bytes()) == TOKENS_AT + uses.TRAILER
 
 
+def test_a_file_of_the_third_version_is_read_as_tokens_of_the_second_form(tmp_path: Path) -> None:
+    """Files of uses before 2026-12-07 hold tokens of the second form (an HMAC of the lake
+    pseudonym): the custodian is told so (`v2:`), with the same trailer checked."""
+    path = kept(tmp_path)
+    path.write_bytes(uses.HEADER_V3 + path.read_bytes()[len(uses.HEADER) :])
+    assert uses.basis(tmp_path) == f"v2:{SALT}"
+    assert all(uses.holds(tmp_path, t) for t in TOKENS[:30])
+    assert uses.forget(tmp_path, TOKENS[:2]) == 2 and not uses.holds(tmp_path, TOKENS[0])
+    assert path.read_bytes()[: len(uses.HEADER)] == uses.HEADER_V3  # and kept as it was
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(uses.UsesDamaged, match="cut short"):
+        uses.basis(tmp_path)
+
+
 def test_a_file_of_the_second_version_is_still_read(tmp_path: Path) -> None:
     path = kept(tmp_path)
     path.write_bytes(uses.HEADER_V2 + path.read_bytes()[len(uses.HEADER) : -uses.TRAILER])
-    assert uses.basis(tmp_path) == SALT
+    assert uses.basis(tmp_path) == f"v2:{SALT}"
     assert all(uses.holds(tmp_path, t) for t in TOKENS[:30])
     assert not any(uses.holds(tmp_path, t) for t in TOKENS[30:])
     assert uses.forget(tmp_path, TOKENS[:2]) == 2 and not uses.holds(tmp_path, TOKENS[0])

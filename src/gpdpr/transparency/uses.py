@@ -2,9 +2,11 @@
 view of their record (`transparency.patient.record_uses`).
 
 The engine makes one token per person the run read (`engines.base.RunUses`): the custodian's
-`run_use_token`, an HMAC under the project's key of the run's salt (random, one per run) and the
-person's lake pseudonym, of which the first 16 bytes are kept (files of the first version,
-`HEADER_V1`, were made from the project pseudonym: `use_token`). Without the project's key and
+`run_use_token`, SHA-256 of the run's own key (derived from the project's key and the run's
+salt, random, one per run) and the person's number, of which the first 16 bytes are kept (files
+of the second and third versions, `HEADER_V2` and `HEADER_V3`, hold the second form,
+`run_use_token_v2`, an HMAC of the lake pseudonym; files of the first version, `HEADER_V1`,
+were made from the project pseudonym: `use_token`). Without the project's key and
 the person's pseudonym a token can be neither made nor tested, and no two runs' tokens of one
 person match; with them, whether a run read a person is one binary search in its file. A
 national run reads tens of millions of people: as rows of a database table their tokens were
@@ -40,12 +42,13 @@ from gpdpr.errors import UserError
 from gpdpr.tre.engines.base import RunUses
 
 FILE = "uses.bin"
-HEADER = b"gpdpr uses v3\n\0\0"
-HEADER_V2 = b"gpdpr uses v2\n\0\0"  # still read: no trailer
+HEADER = b"gpdpr uses v4\n\0\0"
+HEADER_V3 = b"gpdpr uses v3\n\0\0"  # still read: tokens of the second form
+HEADER_V2 = b"gpdpr uses v2\n\0\0"  # still read: tokens of the second form, no trailer
 HEADER_V1 = b"gpdpr uses v1\n\0\0"  # still read: tokens of the project pseudonym
 _MAGIC = b"gpdpr uses v"
 _START = len(HEADER) + 16  # where the tokens start (every version)
-TRAILER = 16  # bytes after the tokens (third version)
+TRAILER = 16  # bytes after the tokens (third and fourth versions)
 _WHOLE, _ERASING, _CHECK = b"=", b"~", b"check\0\0"
 _CHUNK = 1 << 20  # tokens summed at a time
 # splitmix64's constants: each token's mix is a bijection of it, so one flipped bit always
@@ -69,8 +72,8 @@ class _Layout:
     version: bytes
     salt: bytes
     people: int
-    state: bytes  # _WHOLE or _ERASING (third version); _WHOLE for the first two
-    check: int | None  # the sum the trailer holds (third version)
+    state: bytes  # _WHOLE or _ERASING (from the third version); _WHOLE for the first two
+    check: int | None  # the sum the trailer holds (from the third version)
 
 
 def keep(folder: Path, uses: RunUses) -> int:
@@ -86,16 +89,20 @@ def keep(folder: Path, uses: RunUses) -> int:
 
 def basis(folder: Path) -> str | None:
     """What the custodian makes a person's token of the run whose folder this is from
-    (`Custodian.use_tokens`): the run's salt (32 hex digits), or `v1:` and the salt for a file
-    of the first version; None if the run kept no file of uses (runs recorded before tokens
-    were kept in files keep them in the database). UsesDamaged if its shape is wrong (its sum
-    is checked by `holds`)."""
+    (`Custodian.use_tokens`): the run's salt (32 hex digits), or `v2:` and the salt for a file
+    of the second or third version, `v1:` and the salt for one of the first; None if the run
+    kept no file of uses (runs recorded before tokens were kept in files keep them in the
+    database). UsesDamaged if its shape is wrong (its sum is checked by `holds`)."""
     path = folder / FILE
     if not path.exists():
         return None
     found = _layout(path)
     salt = found.salt.hex()
-    return f"v1:{salt}" if found.version == HEADER_V1 else salt
+    if found.version == HEADER_V1:
+        return f"v1:{salt}"
+    if found.version in (HEADER_V2, HEADER_V3):
+        return f"v2:{salt}"
+    return salt
 
 
 def _layout(path: Path) -> _Layout:
@@ -112,13 +119,13 @@ def _layout(path: Path) -> _Layout:
             f"{path} is not a file of run uses: it starts {head[:16]!r}, not {_MAGIC!r}. {ADVICE}"
         )
     version = head[: len(HEADER)]
-    if version not in (HEADER, HEADER_V2, HEADER_V1):
+    if version not in (HEADER, HEADER_V3, HEADER_V2, HEADER_V1):
         raise UsesDamaged(
             f"{path} is a file of run uses of a version this gpdpr does not read "
-            f"({version.rstrip(bytes(1))!r}; it reads versions 1 to 3): it was made by another "
+            f"({version.rstrip(bytes(1))!r}; it reads versions 1 to 4): it was made by another "
             f"version of gpdpr, or its header was altered. Run that version, or: {ADVICE}"
         )
-    trailer = TRAILER if version == HEADER else 0
+    trailer = TRAILER if version in (HEADER, HEADER_V3) else 0
     body = size - _START - trailer
     if body < 0 or body % 16:
         raise UsesDamaged(
@@ -128,7 +135,7 @@ def _layout(path: Path) -> _Layout:
     if not trailer:
         if len(tail) == TRAILER and tail[:1] in (_WHOLE, _ERASING) and tail[1:8] == _CHECK:
             raise UsesDamaged(
-                f"{path} says it is of an older version, but it ends as the third does: its "
+                f"{path} says it is of an older version, but it ends as the later ones do: its "
                 f"header was altered. {ADVICE}"
             )
         return _Layout(version, head[len(HEADER) :], body // 16, _WHOLE, None)

@@ -54,11 +54,15 @@ from gpdpr.tre.query import nodes as n
 from gpdpr.tre.query.schema import view_name
 from gpdpr.tre.views import (
     KEYS,
+    NUMBERED,
     PEOPLE,
+    READ_PEOPLE,
+    RUN_KEY,
     USES,
     key_table,
-    keyed_people_sql,
     mapping_sql,
+    people_sql,
+    run_key_table,
     source,
 )
 
@@ -269,7 +273,10 @@ def install(lake: LakeViews, con: duckdb.DuckDBPyConnection, pseudonyms: bool = 
             con.execute(f"create temp view {source(name)} as {read}")
     con.register(source("excluded"), lake.excluded)
     con.register(KEYS, key_table(lake.project_key))
-    con.execute(f"create temp table {PEOPLE} as {keyed_people_sql(lake, DIALECT, pseudonyms)}")
+    con.register(RUN_KEY, run_key_table(lake))
+    con.execute(f"create temp table {READ_PEOPLE} as {people_sql(lake, DIALECT, pseudonyms)}")
+    con.execute(f"create temp table {PEOPLE} as {NUMBERED}")
+    con.execute(f"drop table {READ_PEOPLE}")
     for column, tables in lake.mapped.items():
         mapping = mapping_sql(column, tables, DIALECT)
         con.execute(f"create temp table {source('map_' + column)} as {mapping}")

@@ -79,11 +79,15 @@ from gpdpr.tre.query import nodes as n
 from gpdpr.tre.query.schema import TABLES, view_name
 from gpdpr.tre.views import (
     KEYS,
+    NUMBERED,
     PEOPLE,
+    READ_PEOPLE,
+    RUN_KEY,
     USES,
     key_table,
-    keyed_people_sql,
     mapping_sql,
+    people_sql,
+    run_key_table,
     source,
 )
 
@@ -473,7 +477,12 @@ class Sandbox:
         # The key's blocks as a file of the run's own (removed with its folder), not as text
         # in SQL, which an error message could repeat.
         self.register(KEYS, key_table(lake.project_key), shown=False)
-        people = self.spark.sql(keyed_people_sql(lake, DIALECT)).cache()  # every view joins it
+        self.register(RUN_KEY, run_key_table(lake), shown=False)
+        read = self.spark.sql(people_sql(lake, DIALECT)).cache()  # numbered, then read again
+        self.kept.append(read)
+        read.createOrReplaceTempView(READ_PEOPLE)
+        self.defined.add(READ_PEOPLE)
+        people = self.spark.sql(NUMBERED).cache()  # every view joins it
         self.kept.append(people)
         people.createOrReplaceTempView(PEOPLE)
         self.defined.add(PEOPLE)

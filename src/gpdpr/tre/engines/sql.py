@@ -101,6 +101,10 @@ class Dialect:
         first = f"unhex(sha256({inner} || encode({message})))"
         return f"sha256({outer} || {first})"
 
+    def sha256(self, first: str, second: str) -> str:
+        """SHA-256, as lowercase hex, of the bytes of `first` followed by those of `second`."""
+        return f"sha256({first} || {second})"
+
     def struct(self, fields: list[tuple[str, str]]) -> str:
         return "struct_pack(" + ", ".join(f"{name} := {sql}" for name, sql in fields) + ")"
 
@@ -209,6 +213,9 @@ class SparkDialect(Dialect):
     def hmac_sha256(self, message: str, inner: str, outer: str) -> str:
         first = f"unhex(sha2(concat({inner}, encode({message}, 'UTF-8')), 256))"
         return f"sha2(concat({outer}, {first}), 256)"
+
+    def sha256(self, first: str, second: str) -> str:
+        return f"sha2(concat({first}, {second}), 256)"
 
     def struct(self, fields: list[tuple[str, str]]) -> str:
         return (
