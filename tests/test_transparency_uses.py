@@ -36,7 +36,7 @@ def engine_uses(key: bytes, salt: str, people: list[str]) -> RunUses:
     """What an engine gives for a run that read `people` (lake pseudonyms): the people table
     made as the engines make it, then `views.USES` over it."""
     given = "select patient, patient as person from given"
-    plan = LakeViews({}, pa.table({"patient": []}), given, {}, {}, key, salt)
+    plan = LakeViews({}, views.excluded_table([]), given, {}, {}, key, salt, numbered=False)
     _CON.register("given", pa.table({"patient": pa.array(people, pa.string())}))
     _CON.register(views.RUN_KEY, views.run_key_table(plan))
     people_sql = views.people_sql(plan, DIALECT)

@@ -42,15 +42,18 @@ from test_tre_runs import Service, document, service  # noqa: F401
 
 
 def planned(
-    service: Service, definition: n.Definition, snapshot: Snapshot | None = None
+    service: Service,
+    definition: n.Definition,
+    snapshot: Snapshot | None = None,
+    excluded: frozenset[str] = frozenset(),
 ) -> tuple[LakeViews, bytes]:
-    """The definition's views over the service's lake (or `snapshot`), as a run has them."""
+    """The definition's views over the service's lake (or `snapshot`), as a run has them,
+    with the people `excluded` (lake pseudonyms) opted out."""
     used = n.columns_used(definition)
     with sa.orm.Session(service.engine) as session:
         scope = agreements.authorise(session, LEAD, service.applied, views.required_fields(used))
     key = Custodian(service.home / "keys", service.engine).project_key(scope.application, LEAD)
     snapshot = snapshot or Lake.open(service.home / "lake").snapshot()
-    excluded: frozenset[str] = frozenset()
     view_scope = views.ViewScope(scope.data_from, scope.data_to, scope.population, excluded)
     return views.plan(snapshot, view_scope, used, key), key
 
@@ -146,8 +149,37 @@ def test_a_run_says_whom_it_read_by_tokens_only(service: Service, name: str) -> 
     assert staff and staff <= set(project_pseudonyms(key, pa.array(sorted(staff_ids))).to_pylist())
 
 
+@pytest.mark.parametrize("name", ["duckdb", "spark"])
+def test_no_one_opted_out_is_read_by_the_people_or_the_tokens(service: Service, name: str) -> None:
+    """People opted out (matched by their number in the lake's rows) are in neither the
+    dataset nor the run's tokens; everyone else the same run would read is in both."""
+    definition = staff_study(service)
+    snapshot = Lake.open(service.home / "lake").snapshot()
+    everyone = sorted(set(snapshot.read("patients", ["patient"]).column("patient").to_pylist()))
+    opted_out = frozenset(everyone[::7])
+
+    def read(excluded: frozenset[str]) -> tuple[set[str], int]:
+        """Whom a run read (found by the custodian's tokens of everyone), and its rows."""
+        lake, key = planned(service, definition, excluded=excluded)
+        assert lake.numbered
+        results = tre_data.engine(name).run(definition, lake)
+        assert results.uses is not None and results.dataset is not None
+        tokens = results.uses.tokens.tobytes()
+        kept = {tokens[i : i + 16] for i in range(0, len(tokens), 16)}
+        of = {bytes.fromhex(run_use_token(key, lake.salt, p))[:16]: p for p in everyone}
+        assert kept <= set(of)  # every token is someone's
+        return {of[t] for t in kept}, results.dataset.num_rows
+
+    everyone_read, rows = read(frozenset())
+    without, rows_without = read(opted_out)
+    assert without == everyone_read - opted_out
+    assert len(everyone_read & opted_out) > 10  # some who would have been read were not
+    assert rows_without == rows - len(everyone_read & opted_out)
+
+
 SOURCES = [
     "select * from source_people",
+    "select key from source_run_key",
     "select patient from source_clinical_events",
     "select * from source_excluded",
     "select lake, project from source_map_staff",

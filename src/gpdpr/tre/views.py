@@ -41,7 +41,7 @@ import pyarrow as pa
 
 from gpdpr.custodian.central import SALT, run_key
 from gpdpr.lake.store import Snapshot
-from gpdpr.lake.tables import PERSON
+from gpdpr.lake.tables import PERSON, person_numbers
 from gpdpr.tre.engines.base import LakeViews
 from gpdpr.tre.engines.sql import DIALECTS, Dialect
 from gpdpr.tre.query.schema import (
@@ -117,13 +117,24 @@ def plan(
     person = PERSON if all(PERSON in f.schema.names for f in sources.values()) else PATIENT_FIELD
     return LakeViews(
         sources=sources,
-        excluded=pa.table({"patient": pa.array(sorted(scope.excluded), pa.string())}),
+        excluded=excluded_table(scope.excluded),
         people=_people_sql(scope, shown, person),
         views={name: _view_sql(name, columns, scope, person) for name, columns in tables.items()},
         mapped={column: tuple(sorted(t)) for column, t in sorted(mapped.items())},
         project_key=project_key,
         shown=tuple(sorted(shown)),
+        numbered=person == PERSON,
     )
+
+
+def excluded_table(excluded: Iterable[str]) -> pa.Table:
+    """The people never to be shown (opt-outs), by lake pseudonym (`patient`) and by number
+    (`person`, as bytes, as Delta's schema has it), so that the population is drawn without
+    reading anyone's pseudonym when the lake's rows carry their numbers. A pseudonym that is
+    not one refuses the run (person_numbers' ValueError): an opt-out is never passed over."""
+    patients = pa.array(sorted(excluded), pa.string())
+    numbers = person_numbers(patients).storage.cast(pa.binary())
+    return pa.table({PATIENT_FIELD: patients, PERSON: numbers})
 
 
 def build(
@@ -163,7 +174,7 @@ def _people_sql(scope: ViewScope, fields: Iterable[str], person: str) -> str:
     """Each person once (their most recently changed patient row, if they moved practice),
     within the population and not excluded: their pseudonym, what they are joined by (the
     lake's `person` column, as `person`) and the patients' `fields`."""
-    conditions = [f"patient not in (select patient from {source('excluded')})"]
+    conditions = [f"{person} not in (select {person} from {source('excluded')})"]
     population = scope.population
     born = "make_date(birth_year, birth_month, 1)"
     if population.get("min_age") is not None:
@@ -288,7 +299,10 @@ def people_sql(lake: LakeViews, dialect: Dialect, pseudonyms: bool = False) -> s
     if pseudonyms:
         kept.append(PATIENT_FIELD)
     columns = ", ".join(f"q.{c}" for c in kept)
-    token = _token_sql(dialect)
+    # The number as bytes: read as such, or, from a lake made before people had numbers, the
+    # pseudonym's first 32 hex digits (what the number is made of).
+    number = dialect.number("q.person") if lake.numbered else "unhex(substr(q.person, 1, 32))"
+    token = _token_sql(dialect, number)
     return f"select {columns}, {token} as token from ({lake.people}) q cross join {RUN_KEY}"
 
 
@@ -305,12 +319,10 @@ NUMBERED = (
 )
 
 
-def _token_sql(dialect: Dialect) -> str:
+def _token_sql(dialect: Dialect, number: str) -> str:
     """A person's use token (`engines.base.RunUses`): the first 16 bytes of
     `custodian.central.run_use_token(project key, the run's salt, lake pseudonym)`, of the
-    person's number as the pseudonym's first 16 bytes (the same whether or not the lake's
-    files hold the number)."""
-    number = "unhex(substr(q.patient, 1, 32))"
+    person's `number` (SQL of their 16 bytes: the pseudonym's first 16)."""
     return f"unhex(substr({dialect.sha256(f'{RUN_KEY}.key', number)}, 1, 32))"
 
 

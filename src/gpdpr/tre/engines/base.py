@@ -54,7 +54,8 @@ class LakeViews:
     (see `tre.views.key_table`)."""
 
     sources: Mapping[str, ds.Dataset]  # lake table -> its files at the run's lake version
-    excluded: pa.Table  # `patient`: lake pseudonyms never to be shown (opt-outs)
+    # `patient` and `person`: lake pseudonyms never to be shown (opt-outs), and their numbers
+    excluded: pa.Table
     # SQL: each person in the population once: `patient` (their lake pseudonym), `person`
     # (what views join them by) and the patients' fields in `shown`
     people: str
@@ -63,6 +64,9 @@ class LakeViews:
     project_key: bytes = field(repr=False)  # makes the project's pseudonyms; never shown
     salt: str = field(default_factory=lambda: secrets.token_hex(16))  # the run's, for its uses
     shown: tuple[str, ...] = ()  # the patients' fields `people` has, for the views
+    # whether the lake's rows carry people's numbers (lake.tables.PERSON), which `people`
+    # then joins by; else by pseudonym (a lake made before they had numbers)
+    numbered: bool = True
 
 
 # What every engine runs on: views already made (tests, dummy data), or a plan to make them.

@@ -30,7 +30,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from gpdpr.lake.tables import PERSON
+from gpdpr.lake.tables import NUMBER, PERSON
 from gpdpr.lake.tables import PRACTICE as PARTITION
 from gpdpr.tre import scratch
 from gpdpr.tre.engines import guard, sql
@@ -271,7 +271,7 @@ def install(lake: LakeViews, con: duckdb.DuckDBPyConnection, pseudonyms: bool = 
             con.register(source(name), files.schema.empty_table())
         else:
             con.execute(f"create temp view {source(name)} as {read}")
-    con.register(source("excluded"), lake.excluded)
+    con.register(source("excluded"), _numbers_as_read(lake.excluded))
     con.register(KEYS, key_table(lake.project_key))
     con.register(RUN_KEY, run_key_table(lake))
     con.execute(f"create temp table {READ_PEOPLE} as {people_sql(lake, DIALECT, pseudonyms)}")
@@ -282,6 +282,19 @@ def install(lake: LakeViews, con: duckdb.DuckDBPyConnection, pseudonyms: bool = 
         con.execute(f"create temp table {source('map_' + column)} as {mapping}")
     for name, text in lake.views.items():
         con.execute(f"create temp view {view_name(name)} as {text}")
+
+
+def _numbers_as_read(table: pa.Table) -> pa.Table:
+    """`table` with people's numbers as DuckDB reads them from the lake's files (a UUID, as
+    `parquet_sql` reads them), so that the two compare."""
+    if PERSON not in table.column_names:
+        return table
+    index = table.column_names.index(PERSON)
+    storage = table.column(index).cast(pa.binary(16))
+    numbers = pa.chunked_array(
+        [pa.ExtensionArray.from_storage(NUMBER, chunk) for chunk in storage.chunks], NUMBER
+    )
+    return table.set_column(index, PERSON, numbers)
 
 
 def lake_files(lake: LakeViews) -> list[str]:

@@ -105,6 +105,11 @@ class Dialect:
         """SHA-256, as lowercase hex, of the bytes of `first` followed by those of `second`."""
         return f"sha256({first} || {second})"
 
+    def number(self, column: str) -> str:
+        """A person's number (lake.tables.PERSON) as its 16 bytes: DuckDB reads it as a UUID,
+        whose text is those bytes in hex, with dashes."""
+        return f"unhex(replace(cast({column} as varchar), '-', ''))"
+
     def struct(self, fields: list[tuple[str, str]]) -> str:
         return "struct_pack(" + ", ".join(f"{name} := {sql}" for name, sql in fields) + ")"
 
@@ -216,6 +221,9 @@ class SparkDialect(Dialect):
 
     def sha256(self, first: str, second: str) -> str:
         return f"sha2(concat({first}, {second}), 256)"
+
+    def number(self, column: str) -> str:
+        return column  # read as the bytes they are (Delta's schema: binary)
 
     def struct(self, fields: list[tuple[str, str]]) -> str:
         return (
