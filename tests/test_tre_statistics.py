@@ -10,6 +10,7 @@ import statistics as py_statistics
 from datetime import date, timedelta
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
@@ -41,6 +42,8 @@ from gpdpr.tre.release.tables import (
     BECAUSE_MEDIAN,
     BECAUSE_NK,
     BECAUSE_P,
+    COUNTED,
+    _numbered,
     control_table,
 )
 
@@ -284,3 +287,20 @@ def test_no_published_number_gives_back_a_small_group(
     again, _ = control_table(by_group(altered), definition, definition.tables[0], "t.csv", rule)
     assert render_csv(again) == render_csv(table)
     assert all(c.reason in REASONS for c in cells)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    codes=st.lists(st.integers(0, 40), max_size=200),
+    combinations=st.sampled_from([41, 64, COUNTED, COUNTED + 1, 1 << 40]),
+)
+def test_groups_are_numbered_as_a_sort_of_every_row_would_number_them(
+    codes: list[int], combinations: int
+) -> None:
+    """Counting the combinations (few of them) or sorting the rows (many) gives the groups in
+    the same order and each row the same group."""
+    code = np.array(codes, np.int64) * (combinations // 41)
+    present, of_row = _numbered(code, combinations)
+    expected, expected_of_row = np.unique(code, return_inverse=True)
+    assert present.tolist() == expected.tolist()
+    assert of_row.tolist() == expected_of_row.reshape(-1).tolist()
