@@ -107,8 +107,8 @@ class Dialect:
 
     def number(self, column: str) -> str:
         """A person's number (lake.tables.PERSON) as its 16 bytes: DuckDB reads it as a UUID,
-        whose text is those bytes in hex, with dashes."""
-        return f"unhex(replace(cast({column} as varchar), '-', ''))"
+        which it casts to those bytes, first to last."""
+        return f"cast({column} as blob)"
 
     def struct(self, fields: list[tuple[str, str]]) -> str:
         return "struct_pack(" + ", ".join(f"{name} := {sql}" for name, sql in fields) + ")"
