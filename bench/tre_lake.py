@@ -24,8 +24,9 @@ from gpdpr.lake.store import Lake
 
 CACHE = Path(__file__).resolve().parent / "out" / "tre-lake"
 # The lake's layout, in the cache folder's name: 3 since every table naming a patient carries
-# their number (gpdpr.lake.tables.PERSON), which a lake made before would lack.
-LAYOUT = 3
+# their number (gpdpr.lake.tables.PERSON), which a lake made before would lack; 4 since each
+# file's name says which columns it holds (gpdpr.lake.tables.columns_tag).
+LAYOUT = 4
 # bench/tre_data.py's view -> the lake table it is read from.
 LAKE_TABLE = {
     "patients": "patients",

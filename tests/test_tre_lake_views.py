@@ -25,7 +25,7 @@ from governing import LEAD
 from gpdpr.custodian.central import Custodian, project_pseudonyms, run_use_token
 from gpdpr.governance import agreements
 from gpdpr.lake.store import Lake, Snapshot
-from gpdpr.lake.tables import PERSON
+from gpdpr.lake.tables import PERSON, columns_tag, file_name, written_tag
 from gpdpr.tre import views
 from gpdpr.tre.engines import duckdb as duckdb_engine
 from gpdpr.tre.engines import guard, sql
@@ -312,11 +312,15 @@ def test_a_lake_kept_under_folders_named_like_columns_reads_each_practice_from_i
     assert "CANARY" not in shown
 
 
-def test_files_written_under_different_columns_read_as_the_tables_columns(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tagged", [False, True])
+def test_files_written_under_different_columns_read_as_the_tables_columns(
+    tmp_path: Path, tagged: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A lake table's files can come from different versions of the specification: one without
     a column added since (read as null), one with a column since dropped (not read), one with a
     number written narrower (read as the table's type). Each row reads as the table's schema,
-    every file read once, its practice from its own folder."""
+    every file read once, its practice from its own folder, whether or not the files' names
+    say which columns they hold (`tagged`, as the lake names them since 7 December 2026)."""
     schema = pa.schema([("patient", pa.string()), ("value", pa.int64()), ("added", pa.string())])
     written = {
         "A81001": pa.table({"patient": ["a"], "value": pa.array([1], pa.int64()), "added": ["x"]}),
@@ -324,17 +328,33 @@ def test_files_written_under_different_columns_read_as_the_tables_columns(tmp_pa
         "A81003": pa.table({"patient": ["d"], "dropped": ["gone"], "value": [4], "added": ["y"]}),
         "A81004": pa.table({"patient": ["e"], "value": pa.array([5], pa.int64()), "added": ["z"]}),
     }
-    for practice, table in written.items():
+    for number, (practice, table) in enumerate(written.items()):
+        name = (
+            file_name(f"{number:032x}", table.column_names)
+            if tagged
+            else f"part-{number:032x}.zstd.parquet"
+        )
         (tmp_path / f"practice={practice}").mkdir()
-        pq.write_table(table, tmp_path / f"practice={practice}" / "part-0.parquet")
+        pq.write_table(table, tmp_path / f"practice={practice}" / name)
     files = pa.dataset.dataset(
         sorted(str(p) for p in tmp_path.rglob("*.parquet")),
         schema=schema.append(pa.field("practice", pa.string())),
         format="parquet",
     )
+    footers_read: list[str] = []
+    by_columns = duckdb_engine._by_columns
+
+    def spied(con: duckdb.DuckDBPyConnection, paths: list[str]) -> dict[frozenset[str], list[str]]:
+        footers_read.extend(paths)
+        return by_columns(con, paths)
+
+    monkeypatch.setattr(duckdb_engine, "_by_columns", spied)
     con = duckdb.connect()
     text = duckdb_engine.parquet_sql(con, files)
     assert text is not None
+    assert text.count("read_parquet") == 3  # the two with every column read together
+    read_for = {Path(path).parent.name.removeprefix("practice=") for path in footers_read}
+    assert read_for == ({"A81002", "A81003"} if tagged else set(written))
     read = con.sql(f"select * from ({text}) order by patient").to_arrow_table()
     assert read.schema == files.schema
     assert read.to_pylist() == [
@@ -344,6 +364,43 @@ def test_files_written_under_different_columns_read_as_the_tables_columns(tmp_pa
         {"patient": "d", "value": 4, "added": "y", "practice": "A81003"},
         {"patient": "e", "value": 5, "added": "z", "practice": "A81004"},
     ]
+
+
+def test_a_file_whose_name_wrongly_says_it_is_whole_is_an_error_not_a_wrong_answer(
+    tmp_path: Path,
+) -> None:
+    """If a file's name said it held a column it lacks, reading it fails, loudly: no value of
+    another column is ever read in its place, and no column is taken to be empty."""
+    schema = pa.schema([("patient", pa.string()), ("added", pa.string())])
+    every = file_name("1" * 32, ["patient", "added"])
+    pq.write_table(pa.table({"patient": ["a"], "added": ["x"]}), tmp_path / every)
+    pq.write_table(
+        pa.table({"patient": ["b"]}), tmp_path / file_name("2" * 32, ["patient", "added"])
+    )
+    files = pa.dataset.dataset(sorted(str(p) for p in tmp_path.iterdir()), schema=schema)
+    con = duckdb.connect()
+    text = duckdb_engine.parquet_sql(con, files)
+    assert text is not None
+    with pytest.raises(duckdb.Error, match="added"):
+        con.sql(f"select * from ({text})").fetchall()
+
+
+def test_the_lake_names_each_file_for_the_columns_it_holds(tmp_path: Path) -> None:
+    """Every file the lake writes is named with the tag of its columns (every column of its
+    table, the person's number included), so a run reads no footer to find them."""
+    lake = Lake.open(tmp_path / "lake")
+    schema = lake.data["patients"].file_schema
+    rows = pa.table({f.name: pa.nulls(1, f.type) for f in schema if f.name != PERSON})
+    rows = rows.set_column(rows.column_names.index("patient"), "patient", pa.array(["ab" * 32]))
+    with lake.writing() as tx:
+        tx.write("patients", "A81001", rows)
+        tx.commit("load", {})
+    files = lake.snapshot().dataset("patients")
+    (path,) = files.files
+    held = pq.read_schema(path).names
+    every = [f.name for f in files.schema if f.name != "practice"]
+    assert sorted(held) == sorted(every) and PERSON in held
+    assert written_tag(path) == columns_tag(every)
 
 
 class _MadeBeforeNumbers:

@@ -59,6 +59,7 @@ from gpdpr.lake.tables import (
     TOMBSTONES,
     LakeTable,
     data_tables,
+    file_name,
     with_person,
 )
 
@@ -368,15 +369,15 @@ class Transaction:
         """Write rows (without the partition column) as a new file of `table`."""
         if data.num_rows == 0:
             return 0
-        relative = f"part-{uuid.uuid4().hex}.zstd.parquet"
-        if practice is not None:
-            relative = f"{PRACTICE}={practice}/{relative}"
-        path = self.lake.path(table) / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
         repetitive: list[str] | bool = True
         if table in self.lake.data:
             data = with_person(self.lake.data[table], data)
             repetitive = self.lake.data[table].repetitive
+        relative = file_name(uuid.uuid4().hex, data.column_names)
+        if practice is not None:
+            relative = f"{PRACTICE}={practice}/{relative}"
+        path = self.lake.path(table) / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(
             table_used_only(data),  # no trace of a row filtered out: see gpdpr.dictionaries
             path,

@@ -20,6 +20,9 @@ HMAC-SHA256 outputs, agree in their first 128 bits: as likely as guessing a 128-
 
 from __future__ import annotations
 
+import hashlib
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -163,3 +166,28 @@ def data_tables(spec: Specification) -> dict[str, LakeTable]:
             key, patient = "record_id", "patient"
         tables[name] = LakeTable(name, schema, key, patient if patient in schema.names else None)
     return tables
+
+
+# A data file's name: `part-`, 32 hex digits of its own, `-` and the tag of the columns it was
+# written with (`columns_tag`), `.zstd.parquet`. Files written before 7 December 2026 have no
+# tag (`part-<hex>.zstd.parquet`).
+FILE_NAME = re.compile(r"part-[0-9a-f]{32}(?:-([0-9a-f]{16}))?\.zstd\.parquet")
+
+
+def file_name(unique: str, columns: Iterable[str]) -> str:
+    """A new data file's name (`FILE_NAME`), saying which `columns` it holds."""
+    return f"part-{unique}-{columns_tag(columns)}.zstd.parquet"
+
+
+def columns_tag(columns: Iterable[str]) -> str:
+    """Sixteen hex digits naming a set of columns (SHA-256 of their sorted names): a reader that
+    wants to know whether a file holds every column of its table compares its name's tag with
+    the table's, and need not open the file's footer. A name whose tag lied would make the
+    reader fail, not read one column as another (see engines.duckdb.parquet_sql)."""
+    return hashlib.sha256("\n".join(sorted(columns)).encode()).hexdigest()[:16]
+
+
+def written_tag(path: str) -> str | None:
+    """The columns tag in a data file's name (the last part of `path`), if it has one."""
+    found = FILE_NAME.fullmatch(path.rsplit("/", 1)[-1])
+    return found.group(1) if found else None
