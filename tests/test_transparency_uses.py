@@ -120,14 +120,29 @@ def test_tokens_are_kept_in_the_order_of_their_bytes_as_a_search_needs(
     """Every token in ascending order of its 16 bytes (as two big-endian numbers: what `holds`
     searches), from any part of an engine's answer (an array may start part way into its
     buffer), however many zero bytes it has."""
+    expected = sorted(tokens[skip:])
     given_tokens = pa.array(tokens, pa.binary()).slice(min(skip, len(tokens)))
     kept = run_uses(SALT, given_tokens).tokens
-    assert [row.tobytes() for row in kept.astype(">u8")] == sorted(tokens[skip:])
+    assert [row.tobytes() for row in kept.astype(">u8")] == expected
+    halves = pa.chunked_array(
+        [given_tokens[: len(expected) // 2], given_tokens[len(expected) // 2 :]]
+    )
+    for other in (halves, given_tokens.cast(pa.binary(16)), given_tokens.cast(pa.large_binary())):
+        assert [row.tobytes() for row in run_uses(SALT, other).tokens] == expected
 
 
-def test_tokens_of_another_length_are_refused() -> None:
-    with pytest.raises(pa.ArrowInvalid):
-        run_uses(SALT, pa.array([b"short"]))
+@pytest.mark.parametrize(
+    "tokens",
+    [
+        pa.array([b"short"]),
+        pa.array([b"x" * 16, b"y" * 17]),
+        pa.array([b"x" * 16, None]),
+        pa.chunked_array([pa.array([b"x" * 16]), pa.array([b"y" * 15, b"z" * 17])]),
+    ],
+)
+def test_tokens_of_another_length_are_refused(tokens: pa.Array) -> None:
+    with pytest.raises(ValueError, match=r"16 bytes|null"):
+        run_uses(SALT, tokens)
 
 
 @settings(max_examples=12, deadline=None, derandomize=True)

@@ -319,7 +319,9 @@ class Snapshot:
         column read from the files' folders."""
         root = self.lake.path(table)
         delta = self.delta(table)
-        schema = delta.to_pyarrow_dataset().schema
+        # The schema as deltalake's own dataset takes it, without making that dataset (a
+        # fragment a file: 0.15 s a table at 10 million patients).
+        schema = pa.schema(delta.schema().to_arrow())
         partitioned = PRACTICE in self.lake.partition_by(table)
         return ds.dataset(
             [str(root / f.path) for f in self.files(table, delta)],

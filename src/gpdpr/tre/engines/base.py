@@ -101,21 +101,33 @@ class RunUses:
 
 def run_uses(salt: str, tokens: pa.Array | pa.ChunkedArray) -> RunUses:
     """The engine's tokens (16 bytes each, in any order) as `RunUses`."""
-    if isinstance(tokens, pa.ChunkedArray):
-        tokens = tokens.combine_chunks() if tokens.num_chunks else pa.array([], pa.binary())
-    fixed = tokens.cast(pa.binary(16))  # refuses a token of any other length
-    if fixed.null_count:
+    chunks = tokens.chunks if isinstance(tokens, pa.ChunkedArray) else [tokens]
+    found = np.concatenate([np.empty(0, "S16"), *(_sixteen_bytes(c) for c in chunks)])
+    # Sorted (in the copy just made) as 16-byte strings, which compare byte by byte as
+    # big-endian numbers do: at 10 million people a quarter of the time of sorting them as
+    # pairs of numbers (np.lexsort).
+    found.sort()
+    return RunUses(salt, found.view(">u8").reshape(-1, 2))
+
+
+def _sixteen_bytes(tokens: pa.Array) -> np.ndarray:
+    """An engine's tokens as 16-byte strings, read where they lie: each must be 16 bytes, and
+    none null."""
+    if tokens.null_count:
         raise ValueError("a run's use tokens have a null among them")
-    body = fixed.buffers()[1]
-    found = (
-        np.frombuffer(body, "S16", count=len(fixed), offset=fixed.offset * 16)
-        if len(fixed)
-        else np.empty(0, "S16")
-    )
-    # Sorted as 16-byte strings, which compare byte by byte as big-endian numbers do: at 10
-    # million people a quarter of the time of sorting them as pairs of numbers (np.lexsort).
-    ordered = np.sort(found)
-    return RunUses(salt, ordered.view(">u8").reshape(-1, 2))
+    if not len(tokens):
+        return np.empty(0, "S16")
+    if pa.types.is_fixed_size_binary(tokens.type) and tokens.type.byte_width == 16:
+        body = tokens.buffers()[1]
+        return np.frombuffer(body, "S16", count=len(tokens), offset=tokens.offset * 16)
+    if not pa.types.is_binary(tokens.type):
+        tokens = tokens.cast(pa.binary())  # what cannot be bytes is refused here
+    at = tokens.offset
+    offsets = np.frombuffer(tokens.buffers()[1], np.int32)[at : at + len(tokens) + 1]
+    if not (np.diff(offsets) == 16).all():
+        raise ValueError("a run's use token is not 16 bytes long")
+    body = tokens.buffers()[2]
+    return np.frombuffer(body, "S16", count=len(tokens), offset=int(offsets[0]))
 
 
 class Engine(Protocol):
