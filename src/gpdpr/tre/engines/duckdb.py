@@ -107,9 +107,8 @@ class Sandbox:
             self.con = duckdb.connect(config=config)
             # In this order: DuckDB takes the allowed files only while external access is on
             # and once the database is started.
-            if allowed:
-                listed = ", ".join(DIALECT.string(path) for path in allowed)
-                self.con.execute(f"set allowed_paths = [{listed}]")
+            if allowed:  # as a parameter: never SQL text, and no 20,000 literals to parse
+                self.con.execute("set allowed_paths = ?", [allowed])
             self.con.execute("set enable_external_access = false")
             self.con.execute("set TimeZone = 'UTC'")
             self.con.execute("set enable_progress_bar = false")
