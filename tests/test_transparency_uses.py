@@ -41,7 +41,7 @@ def engine_uses(key: bytes, salt: str, people: list[str]) -> RunUses:
     _CON.register(views.RUN_KEY, views.run_key_table(plan))
     people_sql = views.people_sql(plan, DIALECT)
     _CON.execute(f"create or replace temp table {views.READ_PEOPLE} as {people_sql}")
-    _CON.execute(f"create or replace temp table {views.PEOPLE} as {views.NUMBERED}")
+    _CON.execute(f"create or replace temp table {views.PEOPLE} as {views.numbered_sql(plan)}")
     tokens = _CON.sql(views.USES).to_arrow_table().column(0)
     return run_uses(salt, tokens)
 

@@ -180,6 +180,7 @@ def test_no_one_opted_out_is_read_by_the_people_or_the_tokens(service: Service, 
 SOURCES = [
     "select * from source_people",
     "select key from source_run_key",
+    "select token from source_people_read",
     "select patient from source_clinical_events",
     "select * from source_excluded",
     "select lake, project from source_map_staff",

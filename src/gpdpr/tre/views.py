@@ -252,7 +252,7 @@ def source(name: str) -> str:
 
 
 # The people in the population, each with their whole-number key and use token: an engine
-# makes this table (`people_sql`, then `NUMBERED`) before any view is read.
+# makes this table (`people_sql`, then `numbered_sql`) before any view is read.
 PEOPLE = source("people")
 KEY = PATIENT_KEY
 # One row: the project key's padded blocks (`key_table`), which the engine keys pseudonyms with.
@@ -289,16 +289,13 @@ def project_sql(dialect: Dialect, column: str) -> str:
 
 def people_sql(lake: LakeViews, dialect: Dialect, pseudonyms: bool = False) -> str:
     """The population, each person with their use token for the run (`USES`), before they are
-    numbered (an engine makes this `READ_PEOPLE`, then `PEOPLE` from it by `NUMBERED`). Not
-    their pseudonym, unless `pseudonyms` (ready-made views, `made`, show their project
+    numbered (an engine makes this `READ_PEOPLE`, then `PEOPLE` from it by `numbered_sql`).
+    Not their pseudonym, unless `pseudonyms` (ready-made views, `made`, show their project
     pseudonyms), nor their project pseudonym: no run shows one (see
     `engines.base.Results`)."""
     if not SALT.fullmatch(lake.salt):
         raise ValueError("a run's salt is 32 hex digits")
-    kept = [PERSON, *(f for f in lake.shown if f not in (PERSON, PATIENT_FIELD))]
-    if pseudonyms:
-        kept.append(PATIENT_FIELD)
-    columns = ", ".join(f"q.{c}" for c in kept)
+    columns = ", ".join(f"q.{c}" for c in _kept(lake, pseudonyms))
     # The number as bytes: read as such, or, from a lake made before people had numbers, the
     # pseudonym's first 32 hex digits (what the number is made of).
     number = dialect.number("q.person") if lake.numbered else "unhex(substr(q.person, 1, 32))"
@@ -306,17 +303,33 @@ def people_sql(lake: LakeViews, dialect: Dialect, pseudonyms: bool = False) -> s
     return f"select {columns}, {token} as token from ({lake.people}) q cross join {RUN_KEY}"
 
 
-# The people as `people_sql` reads them; an engine numbers them into `PEOPLE`.
+def _kept(lake: LakeViews, pseudonyms: bool) -> list[str]:
+    """What `PEOPLE` keeps of each person: their number, the patients' fields shown, and their
+    pseudonym if `pseudonyms`."""
+    kept = [PERSON, *(f for f in lake.shown if f not in (PERSON, PATIENT_FIELD))]
+    return [*kept, PATIENT_FIELD] if pseudonyms else kept
+
+
+# The people as `people_sql` reads them, with their tokens (`USES`); an engine numbers them
+# into `PEOPLE` (`numbered_sql`).
 READ_PEOPLE = source("people_read")
-# Each person with their whole-number key, in the order of what they are joined by (the same
-# people get the same keys on every engine). Numbered on their own and joined back: a window
-# carries every column it is given through its sort, and at 10 million people, numbering the
-# people whole took 9.7 s; this way, 2.3 s.
-NUMBERED = (
-    f"select p.*, n.{KEY} from {READ_PEOPLE} p join (select {PERSON}, "
-    f"cast(row_number() over (order by {PERSON}) - 1 as bigint) as {KEY} from {READ_PEOPLE}) n "
-    f"on n.{PERSON} = p.{PERSON}"
-)
+
+
+def numbered_sql(lake: LakeViews, pseudonyms: bool = False) -> str:
+    """Each person in `READ_PEOPLE` with their whole-number key, in the order of what they are
+    joined by (the same people get the same keys on every engine), without their token.
+    Numbered on their own and joined back: a window carries every column it is given through
+    its sort, and at 10 million people, numbering the people whole took 9.7 s; this way, 1.9
+    s."""
+    columns = ", ".join(f"p.{c}" for c in _kept(lake, pseudonyms))
+    numbers = (
+        f"select {PERSON}, cast(row_number() over (order by {PERSON}) - 1 as bigint) as {KEY} "
+        f"from {READ_PEOPLE}"
+    )
+    return (
+        f"select {columns}, n.{KEY} from {READ_PEOPLE} p join ({numbers}) n "
+        f"on n.{PERSON} = p.{PERSON}"
+    )
 
 
 def _token_sql(dialect: Dialect, number: str) -> str:
@@ -347,4 +360,4 @@ PROJECT_IDS = (
 
 
 # A use token for each person read, made with the people (`people_sql`).
-USES = f"select token from {PEOPLE}"
+USES = f"select token from {READ_PEOPLE}"

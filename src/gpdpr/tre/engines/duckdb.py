@@ -54,13 +54,13 @@ from gpdpr.tre.query import nodes as n
 from gpdpr.tre.query.schema import view_name
 from gpdpr.tre.views import (
     KEYS,
-    NUMBERED,
     PEOPLE,
     READ_PEOPLE,
     RUN_KEY,
     USES,
     key_table,
     mapping_sql,
+    numbered_sql,
     people_sql,
     run_key_table,
     source,
@@ -228,6 +228,7 @@ class DuckDBEngine:
                     box.relations.update(view_name(name) for name in views.views)
                     tokens = box.execute(USES).column(0)
                     uses = run_uses(views.salt, tokens)
+                    box.con.execute(f"drop table {READ_PEOPLE}")  # its tokens are all it held
                 else:
                     for name, table in keyed(views).items():
                         box.register(view_name(name), table)
@@ -274,8 +275,7 @@ def install(lake: LakeViews, con: duckdb.DuckDBPyConnection, pseudonyms: bool = 
     con.register(KEYS, key_table(lake.project_key))
     con.register(RUN_KEY, run_key_table(lake))
     con.execute(f"create temp table {READ_PEOPLE} as {people_sql(lake, DIALECT, pseudonyms)}")
-    con.execute(f"create temp table {PEOPLE} as {NUMBERED}")
-    con.execute(f"drop table {READ_PEOPLE}")
+    con.execute(f"create temp table {PEOPLE} as {numbered_sql(lake, pseudonyms)}")
     for column, tables in lake.mapped.items():
         mapping = mapping_sql(column, tables, DIALECT)
         con.execute(f"create temp table {source('map_' + column)} as {mapping}")

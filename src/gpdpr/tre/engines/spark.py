@@ -79,13 +79,13 @@ from gpdpr.tre.query import nodes as n
 from gpdpr.tre.query.schema import TABLES, view_name
 from gpdpr.tre.views import (
     KEYS,
-    NUMBERED,
     PEOPLE,
     READ_PEOPLE,
     RUN_KEY,
     USES,
     key_table,
     mapping_sql,
+    numbered_sql,
     people_sql,
     run_key_table,
     source,
@@ -482,7 +482,7 @@ class Sandbox:
         self.kept.append(read)
         read.createOrReplaceTempView(READ_PEOPLE)
         self.defined.add(READ_PEOPLE)
-        people = self.spark.sql(NUMBERED).cache()  # every view joins it
+        people = self.spark.sql(numbered_sql(lake)).cache()  # every view joins it
         self.kept.append(people)
         people.createOrReplaceTempView(PEOPLE)
         self.defined.add(PEOPLE)
