@@ -56,6 +56,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from gpdpr.errors import UserError
+from gpdpr.lake.tables import PERSON
 from gpdpr.lake.tables import PRACTICE as PARTITION
 from gpdpr.tre import scratch
 from gpdpr.tre.engines import guard, sql
@@ -78,6 +79,7 @@ from gpdpr.tre.query import limits
 from gpdpr.tre.query import nodes as n
 from gpdpr.tre.query.schema import TABLES, view_name
 from gpdpr.tre.views import (
+    KEY,
     KEYS,
     PEOPLE,
     READ_PEOPLE,
@@ -85,7 +87,6 @@ from gpdpr.tre.views import (
     USES,
     key_table,
     mapping_sql,
-    numbered_sql,
     people_sql,
     run_key_table,
     source,
@@ -478,14 +479,16 @@ class Sandbox:
         # in SQL, which an error message could repeat.
         self.register(KEYS, key_table(lake.project_key), shown=False)
         self.register(RUN_KEY, run_key_table(lake), shown=False)
-        read = self.spark.sql(people_sql(lake, DIALECT)).cache()  # numbered, then read again
-        self.kept.append(read)
-        read.createOrReplaceTempView(READ_PEOPLE)
-        self.defined.add(READ_PEOPLE)
-        people = self.spark.sql(numbered_sql(lake)).cache()  # every view joins it
+        # Numbered as they are read, in one statement: Spark carries a window's columns
+        # through its sort without the cost DuckDB has for it (`views.numbered_sql`), and the
+        # people read and numbered as two cached tables ran the driver out of memory.
+        key = f"cast(row_number() over (order by {PERSON}) - 1 as bigint) as {KEY}"
+        numbered = f"select p.*, {key} from ({people_sql(lake, DIALECT)}) p"
+        people = self.spark.sql(numbered).cache()  # every view joins it; `USES` reads it
         self.kept.append(people)
-        people.createOrReplaceTempView(PEOPLE)
-        self.defined.add(PEOPLE)
+        for name in (PEOPLE, READ_PEOPLE):
+            people.createOrReplaceTempView(name)
+            self.defined.add(name)
         for column, tables in lake.mapped.items():
             mapping = self.spark.sql(mapping_sql(column, tables, DIALECT)).cache()
             self.kept.append(mapping)
