@@ -328,9 +328,10 @@ def parquet_sql(con: duckdb.DuckDBPyConnection, files: ds.FileSystemDataset) -> 
     by_folder = all(_partitioned_only(path) for path in paths)
     every = frozenset(name for name, _ in kinds if name != PARTITION)
     whole = columns_tag(every)
-    groups = _by_columns(con, [p for p in paths if written_tag(p) != whole])
-    if any(written_tag(p) == whole for p in paths):
-        groups.setdefault(every, []).extend(p for p in paths if written_tag(p) == whole)
+    named_whole = {p for p in paths if written_tag(p) == whole}
+    groups = _by_columns(con, [p for p in paths if p not in named_whole])
+    if named_whole:
+        groups.setdefault(every, []).extend(named_whole)
     reads = [_read_sql(sorted(group), found, kinds, by_folder) for found, group in groups.items()]
     return " union all ".join(reads)
 
