@@ -13,7 +13,7 @@ bench/tre_bench.py), engine and scale then runs in a fresh child process, which 
             the Delta logs, no data)
   engine    `engine.run(definition, plan)`: the engine reads the lake's files in place (only the
             columns and rows the views need), makes the population with a use token per person
-            read (HMAC-SHA256 under the project's key, in the engine's SQL), and computes the
+            read (one SHA-256 under the run's own key, in the engine's SQL), and computes the
             dataset or measure
   control   disclosure control (`release.control.control`)
   tokens    the use tokens written to the run's folder as a run records them

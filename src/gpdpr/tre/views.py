@@ -313,6 +313,8 @@ def _kept(lake: LakeViews, pseudonyms: bool) -> list[str]:
 # The people as `people_sql` reads them, with their tokens (`USES`); an engine numbers them
 # into `PEOPLE` (`numbered_sql`).
 READ_PEOPLE = source("people_read")
+# Each person's whole-number key, in the order of their number: every engine numbers them so.
+KEYED = f"cast(row_number() over (order by {PERSON}) - 1 as bigint) as {KEY}"
 
 
 def numbered_sql(lake: LakeViews, pseudonyms: bool = False) -> str:
@@ -322,10 +324,7 @@ def numbered_sql(lake: LakeViews, pseudonyms: bool = False) -> str:
     through its sort, and at 10 million people, numbering the people whole took 9.7 s; this
     way, 1.9 s. (Spark numbers them as it reads them: engines.spark.Sandbox.install.)"""
     columns = ", ".join(f"p.{c}" for c in _kept(lake, pseudonyms))
-    numbers = (
-        f"select {PERSON}, cast(row_number() over (order by {PERSON}) - 1 as bigint) as {KEY} "
-        f"from {READ_PEOPLE}"
-    )
+    numbers = f"select {PERSON}, {KEYED} from {READ_PEOPLE}"
     return (
         f"select {columns}, n.{KEY} from {READ_PEOPLE} p join ({numbers}) n "
         f"on n.{PERSON} = p.{PERSON}"

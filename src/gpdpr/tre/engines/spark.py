@@ -56,7 +56,6 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from gpdpr.errors import UserError
-from gpdpr.lake.tables import PERSON
 from gpdpr.lake.tables import PRACTICE as PARTITION
 from gpdpr.tre import scratch
 from gpdpr.tre.engines import guard, sql
@@ -79,7 +78,7 @@ from gpdpr.tre.query import limits
 from gpdpr.tre.query import nodes as n
 from gpdpr.tre.query.schema import TABLES, view_name
 from gpdpr.tre.views import (
-    KEY,
+    KEYED,
     KEYS,
     PEOPLE,
     READ_PEOPLE,
@@ -482,8 +481,7 @@ class Sandbox:
         # Numbered as they are read, in one statement: Spark carries a window's columns
         # through its sort without the cost DuckDB has for it (`views.numbered_sql`), and the
         # people read and numbered as two cached tables ran the driver out of memory.
-        key = f"cast(row_number() over (order by {PERSON}) - 1 as bigint) as {KEY}"
-        numbered = f"select p.*, {key} from ({people_sql(lake, DIALECT)}) p"
+        numbered = f"select p.*, {KEYED} from ({people_sql(lake, DIALECT)}) p"
         people = self.spark.sql(numbered).cache()  # every view joins it; `USES` reads it
         self.kept.append(people)
         for name in (PEOPLE, READ_PEOPLE):
