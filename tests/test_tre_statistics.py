@@ -43,6 +43,7 @@ from gpdpr.tre.release.tables import (
     BECAUSE_NK,
     BECAUSE_P,
     COUNTED,
+    _by_group_then_value,
     _numbered,
     control_table,
 )
@@ -304,3 +305,25 @@ def test_groups_are_numbered_as_a_sort_of_every_row_would_number_them(
     expected, expected_of_row = np.unique(code, return_inverse=True)
     assert present.tolist() == expected.tolist()
     assert of_row.tolist() == expected_of_row.reshape(-1).tolist()
+
+
+@settings(max_examples=80, deadline=None, derandomize=True)
+@given(
+    rows=st.lists(
+        st.tuples(st.integers(0, 5), st.floats(allow_nan=False, allow_infinity=False)),
+        max_size=200,
+    ),
+    groups=st.sampled_from([6, 1 << 16, (1 << 16) + 1]),
+)
+def test_rows_are_ordered_by_group_then_value_as_a_lexsort_orders_them(
+    rows: list[tuple[int, float]], groups: int
+) -> None:
+    """The two sorts (few groups) or the lexsort (many) put the same values in the same
+    places: each group's run of values, ascending, in group order."""
+    group = np.array([g * (groups // 6) for g, _ in rows], np.int64)
+    value = np.array([v for _, v in rows], np.float64)
+    order = _by_group_then_value(group, value, groups)
+    expected = np.lexsort((value, group))
+    assert sorted(order.tolist()) == list(range(len(rows)))  # every row, once
+    assert group[order].tolist() == group[expected].tolist()
+    assert value[order].tolist() == value[expected].tolist()

@@ -141,7 +141,8 @@ class Sandbox:
         answer came as fast, or within a tenth of a second per step (Spark does the same with
         the expressions it uses twice)."""
         guard.check(query.text(), DIALECT.name, self.relations)
-        needed = _needed(query)
+        steps = [name for name in query.ctes if name in _needed(query)]
+        last = _last_readers(query, steps)
         made: list[str] = []
 
         def make(name: str, select: str) -> None:
@@ -150,14 +151,22 @@ class Sandbox:
             self.con.execute(f"create temp table {name} as {self._one_select(select)}")
             made.append(name)
 
+        def drop(name: str) -> None:
+            self.con.execute(f"drop table if exists {name}")
+            made.remove(name)
+
         try:
-            for name, select in query.ctes.items():  # each reads only those before it
-                if name in needed:
-                    self._timed(partial(make, name, select))
+            for name in steps:  # each reads only those before it
+                self._timed(partial(make, name, query.ctes[name]))
+                # A table no step still to come reads is dropped now, not at the end: held
+                # to the end, at 10 million people the tables read from the lake filled
+                # DuckDB's memory and the answer spilled to disk.
+                for done in [m for m in made if last[m] == name]:
+                    drop(done)
             return self.execute(query.select)
         finally:
-            for name in made:
-                self.con.execute(f"drop table if exists {name}")
+            for name in list(made):
+                drop(name)
 
     def execute(self, text: str) -> pa.Table:
         """Run one SELECT statement, interrupted at the time limit."""
@@ -254,10 +263,30 @@ def _needed(query: sql.Query) -> set[str]:
     while texts:
         text = texts.pop()
         for name, select in query.ctes.items():
-            if name not in needed and re.search(rf"\b{re.escape(name)}\b", text):
+            if name not in needed and _names(text, name):
                 needed.add(name)
                 texts.append(select)
     return needed
+
+
+def _last_readers(query: sql.Query, steps: list[str]) -> dict[str, str | None]:
+    """Each step's last reader: the last of `steps` (in order) whose select names it, or None
+    if the query's own select does (or nothing does)."""
+    last: dict[str, str | None] = dict.fromkeys(steps)
+    for reader in steps:
+        for name in steps[: steps.index(reader)]:
+            if _names(query.ctes[reader], name):
+                last[name] = reader
+    for name in steps:
+        if _names(query.select, name):
+            last[name] = None
+    return last
+
+
+def _names(text: str, name: str) -> bool:
+    """Whether `text` names `name` (as a word: a name inside a text literal counts, so a
+    table is never dropped while a step might read it)."""
+    return re.search(rf"\b{re.escape(name)}\b", text) is not None
 
 
 def install(lake: LakeViews, con: duckdb.DuckDBPyConnection, pseudonyms: bool = False) -> None:

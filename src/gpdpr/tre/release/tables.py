@@ -186,10 +186,12 @@ def _groups(dataset: pa.Table, by: list[str]) -> _Groups:
         return _Groups(np.zeros(dataset.num_rows, np.int64), [[] for _ in by], size)
     sizes = [len(d) for d in dictionaries]
     if np.prod(np.array(sizes, dtype=np.float64)) < 2**62:
-        # One whole number per combination of ranks, first column most significant.
-        code = np.zeros(dataset.num_rows, np.int64)
-        for rank, size in zip(ranks, sizes, strict=True):
-            code = code * size + rank
+        # One whole number per combination of ranks, first column most significant (made in
+        # place: at 10 million people each new array of them cost a tenth of a second).
+        code = ranks[0].astype(np.int64)
+        for rank, size in zip(ranks[1:], sizes[1:], strict=True):
+            code *= size
+            code += rank
         present_codes, of_row = _numbered(code, int(np.prod(sizes)))
         present = np.empty((len(present_codes), len(by)), np.int64)
         for j in range(len(by) - 1, -1, -1):
@@ -198,7 +200,7 @@ def _groups(dataset: pa.Table, by: list[str]) -> _Groups:
     else:  # too many combinations for one number: compare them as rows
         present, of_row = np.unique(np.stack(ranks, axis=1), axis=0, return_inverse=True)
     values = [[dictionaries[j][r] for r in present[:, j]] for j in range(len(by))]
-    return _Groups(of_row.reshape(-1).astype(np.int64), values, len(present))
+    return _Groups(of_row.reshape(-1).astype(np.int64, copy=False), values, len(present))
 
 
 # Combinations few enough to count in a table of them all (32 MB of counts at most).
@@ -241,7 +243,7 @@ class _Values:
         self.size, self.group, self.value = size, group, value
         self.people = np.bincount(group, minlength=size).astype(np.int64)
         self.starts = np.cumsum(self.people) - self.people
-        order = np.lexsort((value, group))  # by group, then value
+        order = _by_group_then_value(group, value, size)
         self.ordered, in_group = value[order], group[order]
         # Distinct values per group: where the value changes within a group's sorted run.
         first = np.ones(len(self.ordered), bool)
@@ -290,6 +292,18 @@ class _Values:
         shown = np.full(size, np.nan)
         shown[published] = [float(f"{v:.{SIGNIFICANT_FIGURES}g}") for v in rounded[published]]
         return _Computed(people, shown, status, reason)
+
+
+def _by_group_then_value(group: np.ndarray, value: np.ndarray, groups: int) -> np.ndarray:
+    """The rows in order of group, then value (equal values in either order: nothing told
+    apart by it differs), as `np.lexsort((value, group))` orders them but in two cheaper
+    sorts when there are few groups: by value, then by group keeping that order, which NumPy
+    does by counting (a radix sort) for whole numbers of 16 bits. At 10 million people the
+    lexsort was half of release control's time."""
+    if groups > 1 << 16:
+        return np.lexsort((value, group))
+    by_value = np.argsort(value, kind="stable")
+    return by_value[np.argsort(group[by_value].astype(np.uint16), kind="stable")]
 
 
 def _largest_absolute(
