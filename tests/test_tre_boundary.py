@@ -372,6 +372,60 @@ def test_compiled_queries_pass_the_guard_and_name_only_their_own_tables() -> Non
 # ---- the DuckDB sandbox ----------------------------------------------------------------------
 
 
+class _Statements:
+    """A DuckDB connection that keeps the text of every statement executed on it."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+        self.texts: list[str] = []
+
+    def execute(self, text: str, *args: Any) -> Any:
+        self.texts.append(text)
+        return self.con.execute(text, *args)
+
+    def sql(self, text: str) -> Any:
+        self.texts.append(text)
+        return self.con.sql(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.con, name)
+
+
+def test_a_step_table_is_dropped_once_no_step_to_come_reads_it() -> None:
+    """A run's steps are made into tables a step at a time; each is dropped as soon as no
+    later step reads it (so that, at national scale, what has been read does not fill the
+    memory the answer needs), and none is left after the answer, which is the same."""
+    query = sql.Query(
+        {
+            "s_a": "select patient_id from v_patients",
+            "s_b": "select patient_id from s_a where patient_id < 3",
+            "s_c": "select count(*) as n from s_b",
+            "s_unread": "select 1 as one",
+        },
+        "select s_c.n, (select count(*) from s_a) as everyone from s_c",
+    )
+    with DuckDBEngine().sandbox(keyed(PEOPLE)) as box:
+        real = box.con
+        spy = _Statements(real)
+        box.con = spy
+        try:
+            answer = box.query(query).to_pylist()
+        finally:
+            box.con = real
+        left = real.execute("select table_name from duckdb_tables() where temporary").fetchall()
+    people = PEOPLE["patients"].num_rows
+    assert answer == [{"n": min(people, 3), "everyone": people}]
+    made = [t.split()[3] for t in spy.texts if t.startswith("create temp table")]
+    dropped = [t.split()[-1] for t in spy.texts if t.startswith("drop table")]
+    assert made == ["s_a", "s_b", "s_c"]  # a step nothing reads is never made
+    # s_b is dropped as soon as s_c (its last reader) is made; s_a and s_c, which the
+    # answer reads, only after it
+    assert spy.texts.index("drop table if exists s_b") < next(
+        i for i, t in enumerate(spy.texts) if t.startswith("select s_c.n")
+    )
+    assert sorted(dropped) == ["s_a", "s_b", "s_c"] and left == []
+
+
 def test_duckdb_reads_its_views_with_external_access_off(duckdb_box: Sandbox) -> None:
     settings = duckdb_box.execute(
         "select current_setting('enable_external_access') as a, "
