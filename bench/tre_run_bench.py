@@ -19,6 +19,10 @@ bench/tre_bench.py), engine and scale then runs in a fresh child process, which 
   tokens    the use tokens written to the run's folder as a run records them
             (`transparency.uses.keep`)
 
+Before and after each scale's runs it times a fixed piece of work (SHA-256 and arithmetic, one
+core) and prints the machine's pace: on a shared machine the same run can take a tenth longer
+from one turn to the next, and a slower pace says the machine, not the code, was slower.
+
 With more than one engine, each workload's answers (the dataset, or the measure's rows) are
 compared between the engines at every scale, every value of every row: the benchmark stops if
 they differ, and says so when they agree.
@@ -32,6 +36,7 @@ engines.base.DEFAULT_MEMORY), spilling beyond it to a folder of the run's own.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -122,6 +127,7 @@ def main() -> None:
     for patients in args.scales:
         print(f"lake of {patients:,} patients …", flush=True)
         folder = tre_lake.ensure(patients)
+        before = _machine_pace()
         for workload in args.workloads:
             for engine in args.engines:
                 answer = answers / f"{patients}-{workload}-{engine}.parquet"
@@ -133,6 +139,12 @@ def main() -> None:
                 )
                 print(rows[-1], flush=True)
             _agree(answers, patients, workload, args.engines)
+        print(
+            f"the machine's pace at {patients:,}: a fixed piece of work took {before:.2f} s "
+            f"before these runs and {_machine_pace():.2f} s after (the same work: a slower "
+            "machine takes longer)",
+            flush=True,
+        )
     print("\n".join(rows))
 
 
@@ -169,6 +181,21 @@ def _agree(answers: Path, patients: int, workload: str, engines: list[str]) -> N
             f"{found[first].num_rows:,} rows",
             flush=True,
         )
+
+
+def _machine_pace() -> float:
+    """Seconds a fixed piece of work (SHA-256 and integer arithmetic, one core) takes now: on a
+    shared machine the same run can take a tenth longer from one turn to the next, and this
+    says whether the machine, not the code, was slower. The fastest of three tries."""
+    tries = []
+    for _ in range(3):
+        started = time.perf_counter()
+        digest = b""
+        for _ in range(600_000):
+            digest = hashlib.sha256(digest).digest()
+        sum(i * i for i in range(1_500_000))
+        tries.append(time.perf_counter() - started)
+    return min(tries)
 
 
 def _memory() -> str:
