@@ -141,7 +141,8 @@ class Sandbox:
         answer came as fast, or within a tenth of a second per step (Spark does the same with
         the expressions it uses twice)."""
         guard.check(query.text(), DIALECT.name, self.relations)
-        steps = [name for name in query.ctes if name in _needed(query)]
+        needed = _needed(query)
+        steps = [name for name in query.ctes if name in needed]
         last = _last_readers(query, steps)
         made: list[str] = []
 
@@ -273,8 +274,8 @@ def _last_readers(query: sql.Query, steps: list[str]) -> dict[str, str | None]:
     """Each step's last reader: the last of `steps` (in order) whose select names it, or None
     if the query's own select does (or nothing does)."""
     last: dict[str, str | None] = dict.fromkeys(steps)
-    for reader in steps:
-        for name in steps[: steps.index(reader)]:
+    for place, reader in enumerate(steps):
+        for name in steps[:place]:
             if _names(query.ctes[reader], name):
                 last[name] = reader
     for name in steps:
