@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from gpdpr.db import metadata
 from gpdpr.governance import agreements, applications, panel, people
 from gpdpr.governance.form import ApplicationForm, Item, Population
+from gpdpr.governance.models import Agreement
 
 T = TypeVar("T")
 
@@ -95,21 +96,26 @@ def cast(engine: sa.Engine) -> None:
 
 
 def new_draft(engine: sa.Engine, lead: str = LEAD, **changes: Any) -> str:
-    return act(engine, lambda s: applications.create_draft(s, lead, form(**changes)).reference)
+    reference: str = act(
+        engine, lambda s: applications.create_draft(s, lead, form(**changes)).reference
+    )
+    return reference
 
 
 def votes(engine: sa.Engine, reference: str, choices: tuple[str, ...] = ("approve",) * 3) -> None:
     for member, choice in zip(PANEL, choices, strict=False):
-        act(engine, lambda s, m=member, c=choice: panel.vote(s, m, reference, c))
+
+        def vote(s: Session, m: str = member, c: str = choice) -> object:
+            return panel.vote(s, m, reference, c)
+
+        act(engine, vote)
 
 
 def agreement_of(engine: sa.Engine, reference: str) -> str | None:
     def find(session: Session) -> str | None:
         app = applications.application(session, reference)
         return session.scalar(
-            sa.select(agreements.Agreement.reference).where(
-                agreements.Agreement.application_id == app.id
-            )
+            sa.select(Agreement.reference).where(Agreement.application_id == app.id)
         )
 
     return act(engine, find)
@@ -122,20 +128,19 @@ def bring_to(engine: sa.Engine, state: str) -> str:
         act(engine, lambda s: applications.submit(s, LEAD, reference))
         return reference
     reference = new_draft(engine)
+
+    def approve() -> None:
+        votes(engine, reference)
+        act(engine, lambda s: panel.decide(s, ADMIN, reference, "Approved."))
+
     steps: dict[str, list[Callable[[], object]]] = {
         "draft": [],
         "withdrawn": [lambda: act(engine, lambda s: applications.withdraw(s, LEAD, reference, ""))],
     }
-    path = [
+    path: list[tuple[str, Callable[[], object]]] = [
         ("submitted", lambda: act(engine, lambda s: applications.submit(s, LEAD, reference))),
         ("under_review", lambda: act(engine, lambda s: panel.start_review(s, ADMIN, reference))),
-        (
-            "approved",
-            lambda: (
-                votes(engine, reference),
-                act(engine, lambda s: panel.decide(s, ADMIN, reference, "Approved.")),
-            ),
-        ),
+        ("approved", approve),
         ("agreement_active", lambda: act(engine, lambda s: agreements.issue(s, ADMIN, reference))),
     ]
     done: list[Callable[[], object]] = []
@@ -157,7 +162,8 @@ def bring_to(engine: sa.Engine, state: str) -> str:
 
 
 def state_of(engine: sa.Engine, reference: str) -> str:
-    return act(engine, lambda s: applications.application(s, reference).state)
+    state: str = act(engine, lambda s: applications.application(s, reference).state)
+    return state
 
 
 def snapshot(engine: sa.Engine) -> dict[str, list[str]]:

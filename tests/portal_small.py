@@ -22,7 +22,7 @@ from gpdpr.portal.serve import demo_accounts
 from portal_home import FAST, PASSWORD
 
 
-class CountingPasswords(Passwords):
+class CountingPasswords(Passwords):  # type: ignore[misc]
     """FAST's hashing, counting how many passwords were checked."""
 
     def __init__(self) -> None:
@@ -33,7 +33,8 @@ class CountingPasswords(Passwords):
     def verify(self, stored: str | None, password: str) -> bool:
         with self._lock:
             self.checked += 1
-        return super().verify(stored, password)
+        verified: bool = super().verify(stored, password)
+        return verified
 
 
 @dataclass

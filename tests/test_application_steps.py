@@ -8,6 +8,8 @@ from __future__ import annotations
 import html
 import re
 
+from fastapi.testclient import TestClient
+
 from governing import CHARITY, COLLEAGUE, LEAD, VENDOR, snapshot
 from gpdpr.portal.applications import readable_items
 from gpdpr.spec import shipped
@@ -32,10 +34,10 @@ def statuses(page: str) -> dict[str, str]:
     return dict(found)
 
 
-def start(lead: object) -> str:
-    made = post(lead, "/applications/new", "/applications/new", step="about", **ABOUT)  # type: ignore[arg-type]
-    assert made.status_code == 303, made.text  # type: ignore[attr-defined]
-    location: str = made.headers["location"]  # type: ignore[attr-defined]
+def start(lead: TestClient) -> str:
+    made = post(lead, "/applications/new", "/applications/new", step="about", **ABOUT)
+    assert made.status_code == 303, made.text
+    location: str = made.headers["location"]
     assert location.endswith("/edit")
     return location.removesuffix("/edit")
 
@@ -165,7 +167,7 @@ def test_what_an_applicant_types_is_escaped_on_the_task_list_and_check_pages(
     made = post(
         lead, "/applications/new", "/applications/new", step="about", **{**ABOUT, "title": canary}
     )
-    app = made.headers["location"].removesuffix("/edit")  # type: ignore[attr-defined]
+    app = made.headers["location"].removesuffix("/edit")
     for path in ("/edit", "/check", "/edit/about"):
         page = lead.get(f"{app}{path}").text
         assert canary not in page and "&lt;script&gt;" in page, path

@@ -8,7 +8,7 @@ import contextlib
 import hashlib
 import hmac
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from gpdpr.custodian.service import Counts, counts_folder, running
 from gpdpr.errors import UserError
 from gpdpr.practice import custodian_client, oprf
 from gpdpr.practice.custodian_client import EVALUATE_PATH, request_message
-from gpdpr.practice.kit import read_kit
+from gpdpr.practice.kit import PracticeKit, read_kit
 from gpdpr.practice.pseudonyms import nhs_input
 
 
@@ -162,9 +162,10 @@ def test_an_extract_is_one_round_trip_and_its_count_is_what_was_evaluated(
     calls: list[int] = []
     real = custodian_client.evaluate
 
-    def counted(kit: object, inputs: list[bytes], url: str | None = None) -> list[bytes]:
+    def counted(kit: PracticeKit, inputs: Sequence[bytes], url: str | None = None) -> list[bytes]:
         calls.append(len(inputs))
-        return real(kit, inputs, url)  # type: ignore[arg-type]
+        outputs: list[bytes] = real(kit, inputs, url)
+        return outputs
 
     monkeypatch.setattr(custodian_client, "evaluate", counted)
     practice = sorted(p for p in small.root.iterdir() if p.is_dir())[0]
@@ -298,4 +299,5 @@ def _lake_pseudonym(home: Path, number: str) -> str:
     from gpdpr.custodian.central import lake_pseudonym
     from gpdpr.custodian.keys import read_pseudonym_key
 
-    return lake_pseudonym(read_pseudonym_key(home / "keys"), number)
+    pseudonym: str = lake_pseudonym(read_pseudonym_key(home / "keys"), number)
+    return pseudonym

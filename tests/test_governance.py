@@ -5,8 +5,10 @@ access they give (and stop giving), and releases. On SQLite, and on PostgreSQL w
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -45,7 +47,7 @@ DEFINITION = '{"population":"adults"}'
 DEFINITION_SHA = hashlib.sha256(DEFINITION.encode()).hexdigest()
 
 
-def refused(engine: sa.Engine, do: object, *words: str) -> str:
+def refused(engine: sa.Engine, do: Callable[[Session], object], *words: str) -> str:
     """Run `do`, which must be refused with a message holding `words`, changing nothing."""
     before = snapshot(engine)
     with pytest.raises(UserError) as error:
@@ -83,7 +85,7 @@ def submit(engine: sa.Engine, reference: str, lead: str = LEAD) -> Application:
     ],
 )
 def test_excluded_purposes_are_refused_at_once_with_the_reason(
-    gov: sa.Engine, changes: dict[str, object], reason: str
+    gov: sa.Engine, changes: dict[str, Any], reason: str
 ) -> None:
     reference = new_draft(gov, **changes)
     app = submit(gov, reference)
@@ -113,11 +115,11 @@ def test_items_outside_the_specification_are_rejected_and_nothing_is_saved(
         ((Item("letters", "text", "x"),), ("no table 'letters'",)),
         ((Item("patients", "sex", "a"), Item("patients", "sex", "b")), ("asked for twice",)),
     ):
-        refused(
-            gov,
-            lambda s, i=items: applications.create_draft(s, LEAD, form(items=i)),
-            *words,
-        )
+
+        def draft(s: Session, i: tuple[Item, ...] = items) -> object:
+            return applications.create_draft(s, LEAD, form(items=i))
+
+        refused(gov, draft, *words)
     with Session(gov) as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(Application)) == 0
 
@@ -138,7 +140,7 @@ def test_items_outside_the_specification_are_rejected_and_nothing_is_saved(
     ],
 )
 def test_a_draft_that_cannot_be_right_is_refused_naming_the_field(
-    gov: sa.Engine, changes: dict[str, object], words: tuple[str, ...]
+    gov: sa.Engine, changes: dict[str, Any], words: tuple[str, ...]
 ) -> None:
     refused(gov, lambda s: applications.create_draft(s, LEAD, form(**changes)), *words)
 
@@ -266,8 +268,9 @@ def test_a_tie_is_not_an_approval(gov: sa.Engine) -> None:
 # ---- agreements and access ---------------------------------------------------------------------
 
 
-def issue(gov: sa.Engine, reference: str, **kwargs: object) -> str:
-    return act(gov, lambda s: agreements.issue(s, ADMIN, reference, **kwargs).reference)
+def issue(gov: sa.Engine, reference: str, **kwargs: Any) -> str:
+    dsa: str = act(gov, lambda s: agreements.issue(s, ADMIN, reference, **kwargs).reference)
+    return dsa
 
 
 def test_an_agreement_grants_what_was_approved_for_as_long_as_approved(gov: sa.Engine) -> None:
@@ -305,7 +308,11 @@ def test_access_is_only_for_the_team_and_only_within_scope(gov: sa.Engine) -> No
         (PANEL[0], {}, ("not named on its team",)),
         (LEAD, {"patients": ["sex", "patient"], "medications": ["code"]}, ("medications.code",)),
     ):
-        refused(gov, lambda s, h=handle, w=wanted: agreements.authorise(s, h, dsa, w), *words)
+
+        def authorise(s: Session, h: str = handle, w: dict[str, list[str]] = wanted) -> object:
+            return agreements.authorise(s, h, dsa, w)
+
+        refused(gov, authorise, *words)
 
 
 def test_access_stops_at_the_end_date_with_nobody_acting(gov: sa.Engine) -> None:
@@ -374,7 +381,9 @@ def test_a_stale_read_cannot_move_an_application(gov: sa.Engine) -> None:
 # ---- releases ----------------------------------------------------------------------------------
 
 
-def release(dsa: str, requester: str = LEAD, checkers: tuple[str, str] = CHECKERS) -> object:
+def release(
+    dsa: str, requester: str = LEAD, checkers: tuple[str, str] = CHECKERS
+) -> Callable[[Session], object]:
     return lambda s: releases.record_release(
         s, dsa, requester, checkers, "HbA1c checks by decile", "", DEFINITION_SHA,
         {"table.csv": SHA}, run_reference="RUN-000001", lake_version=1, definition=DEFINITION,
@@ -442,7 +451,9 @@ def test_an_nhs_number_in_a_title_never_reaches_the_public_record(gov: sa.Engine
 def test_people_and_organisations_are_checked(gov: sa.Engine) -> None:
     from gpdpr.governance import people
 
-    def person(handle: str, email: str, roles: list[str], by: str | None = ADMIN) -> object:
+    def person(
+        handle: str, email: str, roles: list[str], by: str | None = ADMIN
+    ) -> Callable[[Session], object]:
         return lambda s: people.add_person(s, by, handle, "E", email, None, roles)
 
     refused(gov, lambda s: people.add_organisation(s, ADMIN, PHARMA, "commercial"), "already")

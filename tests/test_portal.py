@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import httpx
 import jwt
 import pytest
 import sqlalchemy as sa
@@ -106,9 +107,10 @@ def patient(portal: Portal, n: int = 1) -> TestClient:
     return browser
 
 
-def post(browser: TestClient, path: str, form_page: str, **data: object) -> object:
+def post(browser: TestClient, path: str, form_page: str, **data: object) -> httpx.Response:
     page = browser.get(form_page)
-    return browser.post(path, data={**data, "csrf_token": token_of(page.text)})
+    answer: httpx.Response = browser.post(path, data={**data, "csrf_token": token_of(page.text)})
+    return answer
 
 
 # ---- deny by default ---------------------------------------------------------------------------
@@ -135,7 +137,7 @@ def test_a_route_without_a_policy_is_refused_to_everyone() -> None:
         return {"secret": "leaked"}
 
     @app.get("/open")
-    @allow("public")
+    @allow("public")  # type: ignore[untyped-decorator]
     def open_page(request: Request) -> dict[str, str]:
         return {"ok": "yes"}
 
@@ -398,7 +400,7 @@ def test_an_id_token_is_verified_signature_issuer_audience_expiry_and_nonce(port
                 jwt.encode({**fresh, **changed}, idp._key, algorithm="EdDSA"), jwks, "n" * 20
             )
     with pytest.raises(UserError):  # alg none
-        verify_id_token(jwt.encode(fresh, None, algorithm="none"), jwks, "n" * 20)
+        verify_id_token(jwt.encode(fresh, None, algorithm="none"), jwks, "n" * 20)  # type: ignore[arg-type]
 
 
 def test_a_code_is_used_once_and_only_with_its_pkce_verifier(portal: Portal) -> None:
@@ -439,7 +441,7 @@ APPLICATION = {
 }
 
 
-def apply(browser: TestClient, **changes: object) -> object:
+def apply(browser: TestClient, **changes: object) -> httpx.Response:
     return post(browser, "/applications/new", "/applications/new", **{**APPLICATION, **changes})
 
 
@@ -582,7 +584,8 @@ def compiled(folder: Path, text: str) -> bytes:
     from gpdpr.tre import runs
 
     (folder / "study.py").write_text(text)
-    return runs.compile_file(folder / "study.py")
+    document: bytes = runs.compile_file(folder / "study.py")
+    return document
 
 
 @pytest.fixture(scope="module")
@@ -596,13 +599,14 @@ def only_leads(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return compiled(tmp_path_factory.mktemp("matrix"), STUDY.replace("adults_by_sex", "matrix"))
 
 
-def upload(browser: TestClient, document: bytes, name: str = "study.json") -> object:
+def upload(browser: TestClient, document: bytes, name: str = "study.json") -> httpx.Response:
     page = browser.get("/research")
-    return browser.post(
+    answer: httpx.Response = browser.post(
         "/research/definitions",
         data={"csrf_token": token_of(page.text)},
         files={"definition": (name, document, "application/json")},
     )
+    return answer
 
 
 def run_of(browser: TestClient, portal: Portal, document: bytes) -> str:
@@ -1391,7 +1395,7 @@ def test_every_other_form_refuses_bad_input_with_the_reason_and_changes_nothing(
         "location"
     ]
     lead.get(run_path)  # its outputs seen once: what is shown is remembered, once
-    cases = [
+    cases: list[tuple[TestClient, str, dict[str, object], str]] = [
         (lead, f"/applications/{incomplete}/submit", {}, "stays a draft"),
         (member, f"/panel/{reviewing}/vote", {}, "approve or refuse"),
         (member, f"/panel/{reviewing}/vote", {"vote": "maybe"}, "approve or refuse"),

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, FilePayload, Page, sync_playwright
 
 from governing import ADMIN, CHECKERS, LEAD, PANEL, act, form
 from gpdpr.portal.app import create_app
@@ -65,7 +65,7 @@ def asked_for(built: Home, folder: Path, text: str, title: str) -> str:
         for name, about in made.outputs.items()
     }
     cells = runs.cells_of(built.home, made.reference, set(files))
-    return act(
+    reference: str = act(
         built.engine,
         lambda s: (
             checking.request_release(
@@ -73,6 +73,7 @@ def asked_for(built: Home, folder: Path, text: str, title: str) -> str:
             ).reference
         ),
     )
+    return reference
 
 
 @pytest.fixture(scope="module")
@@ -598,11 +599,11 @@ def test_every_page_of_every_role_fits_a_phone_and_passes_axe(site: Site, tmp_pa
     study.write_text(STUDY)
     page.get_by_label("Definition file (JSON)").set_input_files(
         files=[
-            {
-                "name": "study.json",
-                "mimeType": "application/json",
-                "buffer": runs.compile_file(study),
-            }
+            FilePayload(
+                name="study.json",
+                mimeType="application/json",
+                buffer=runs.compile_file(study),
+            )
         ]
     )
     page.get_by_role("button", name="Upload and check").click()

@@ -85,7 +85,8 @@ def visitor(site: Site) -> TestClient:
 
 
 def folder(site: Site) -> Path:
-    return log_folder(site.built.home)
+    found: Path = log_folder(site.built.home)
+    return found
 
 
 def texts(html: str) -> str:

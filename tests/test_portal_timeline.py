@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime, timedelta
 
-from gpdpr.portal.timeline import PAGE, Sent, Timeline, moments_of, page_of
+from gpdpr.portal.timeline import PAGE, Moment, Sent, Timeline, moments_of, page_of
 from gpdpr.transparency.patient import ProjectUse, RecordUses, RunSeen
 
 START = datetime(2025, 1, 1, 6, tzinfo=UTC)
@@ -60,6 +60,13 @@ def busy_patient() -> Timeline:
     return Timeline(sent, [], uses)
 
 
+def entries_in(detail: str) -> int:
+    """The number of entries a collected moment says it counts."""
+    found = re.search(r"([\d,]+) entr(?:y|ies) about you", detail)
+    assert found is not None, detail
+    return int(found.group(1).replace(",", ""))
+
+
 def test_a_year_of_daily_packages_is_one_moment_a_practice_a_month_with_every_entry_counted() -> (
     None
 ):
@@ -67,10 +74,7 @@ def test_a_year_of_daily_packages_is_one_moment_a_practice_a_month_with_every_en
     moments = moments_of(made, {"ab" * 32: "how many fell"})
     collected = [m for m in moments if m.kind == "collected"]
     assert len(collected) == 12 + 12  # each practice, each month
-    counted = sum(
-        int(re.search(r"([\d,]+) entr(?:y|ies) about you", m.detail).group(1).replace(",", ""))  # type: ignore[union-attr]
-        for m in collected
-    )
+    counted = sum(entries_in(m.detail) for m in collected)
     assert counted == sum(s.rows for s in made.sent) == 365 * 2 + 12 * 5
     january = [
         m for m in collected if m.title.endswith("Z10001 sent data about you") and m.at.month == 1
@@ -91,7 +95,7 @@ def test_pages_hold_every_moment_once_newest_first_and_a_page_past_the_end_is_th
     total = len(moments)
     assert total == 24 + 120 + 80
     pages = -(-total // PAGE)
-    seen = []
+    seen: list[Moment] = []
     for number in range(1, pages + 1):
         page = page_of(moments, number)
         assert (page.number, page.pages, page.total) == (number, pages, total)

@@ -16,6 +16,7 @@ import re
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -80,20 +81,20 @@ class Visit:
         self.pages: list[str] = []
 
     def get(self, path: str) -> str:
-        answer = self.browser.get(path)
+        answer: httpx.Response = self.browser.get(path)
         self.pages.append(answer.text)
         return answer.text
 
     def post(self, path: str, form_page: str, **data: object) -> tuple[int, str, str]:
         """(status, location, page) of a form's POST, with the CSRF token of `form_page`."""
         csrf = token(self.get(form_page))
-        answer = self.browser.post(path, data={**data, "csrf_token": csrf})
+        answer: httpx.Response = self.browser.post(path, data={**data, "csrf_token": csrf})
         self.pages.append(answer.text)
         return answer.status_code, answer.headers.get("location", ""), answer.text
 
     def upload(self, document: bytes) -> tuple[int, str]:
         csrf = token(self.get("/research"))
-        answer = self.browser.post(
+        answer: httpx.Response = self.browser.post(
             "/research/definitions",
             data={"csrf_token": csrf},
             files={"definition": ("study.json", document, "application/json")},

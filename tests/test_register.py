@@ -7,9 +7,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-from datetime import timedelta
+from datetime import datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
@@ -37,12 +38,13 @@ DEFINITION = '{"population":"adults with type 2 diabetes"}'
 DEFINITION_SHA = hashlib.sha256(DEFINITION.encode()).hexdigest()
 
 
-def built(engine: sa.Engine, at: object = None) -> dict[str, object]:
+def built(engine: sa.Engine, at: datetime | None = None) -> dict[str, Any]:
     with Session(engine) as session:
-        return register.build(session, at)
+        reg: dict[str, Any] = register.build(session, at)
+        return reg
 
 
-def by_reference(reg: dict[str, object], key: str = "agreements") -> dict[str, dict[str, object]]:
+def by_reference(reg: dict[str, Any], key: str = "agreements") -> dict[str, dict[str, Any]]:
     rows = reg[key]
     assert isinstance(rows, list)
     return {r.get("agreement") or r["application"]: r for r in rows}
