@@ -43,7 +43,8 @@ class Keys:
     def oprf_output(self, data: bytes) -> bytes:
         """The custodian's function, straight from its key (tests/test_oprf.py checks it is
         the RFC's)."""
-        return oprf.evaluate(read_pseudonym_key(self.folder).key, data)
+        output: bytes = oprf.evaluate(read_pseudonym_key(self.folder).key, data)
+        return output
 
 
 def record_pseudonyms(keys: Keys, ods: str, table: str, ids: Iterable[object]) -> set[str]:
@@ -55,7 +56,10 @@ def record_pseudonyms(keys: Keys, ods: str, table: str, ids: Iterable[object]) -
 
 
 def run(practice: Path, out: Path, keys: Keys, **kwargs: Any) -> dict[str, Any]:
-    return extract(ExtractRequest(practice, out, keys.kit(practice.name), **kwargs))
+    manifest: dict[str, Any] = extract(
+        ExtractRequest(practice, out, keys.kit(practice.name), **kwargs)
+    )
+    return manifest
 
 
 def tables(package: Path) -> dict[str, pa.Table]:

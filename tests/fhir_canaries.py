@@ -112,7 +112,8 @@ def planted(canaries: Canaries, base: dict[str, Any]) -> dict[str, Any]:
         canaries.maximal(model("Medication"), f"{kind}.contained(Medication)", 1)
         | {"resourceType": "Medication"}
     ]
-    return merged(base, full)
+    out: dict[str, Any] = merged(base, full)
+    return out
 
 
 def _leaves(value: Any, trail: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

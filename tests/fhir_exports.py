@@ -34,7 +34,8 @@ def nhs_number(n: int) -> str:
     body = 999_000_000 + n * 20  # room to step past bodies without a check digit
     while nhs_check_digit(body) is None:
         body += 1
-    return format_nhs_number(body * 10 + int(nhs_check_digit(body) or 0))
+    number: str = format_nhs_number(body * 10 + int(nhs_check_digit(body) or 0))
+    return number
 
 
 def _codes(system: str) -> list[str]:

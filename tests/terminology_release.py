@@ -18,7 +18,8 @@ IVF, DISSENT, WITHDRAWN = "52637005", "827241000000103", "827261000000102"
 def made(item: int) -> str:
     """A valid concept id no real release has (short format, partition 00)."""
     body = f"{item}00"
-    return body + check_digit(body)
+    digit: str = check_digit(body)
+    return body + digit
 
 
 IVF_CHILD = made(9100001)  # a kind of IVF the specification never names

@@ -8,6 +8,7 @@ import os
 import shutil
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -44,9 +45,9 @@ def test_a_batch_is_loaded_whole_in_one_version_with_provenance_on_every_row(
     active = Registry(home.engine()).active_type1()
     assert active, "the clean nation has practice-recorded Type 1 opt-outs"
     for loaded in result.loaded:
-        manifest = clean_columnar_packages.manifests[loaded.practice]
+        manifest: dict[str, Any] = clean_columnar_packages.manifests[loaded.practice]
         assert loaded.package_id == manifest["package_id"]
-        sent = sum(t["rows"] for t in manifest["tables"].values())  # type: ignore[union-attr]
+        sent = sum(t["rows"] for t in manifest["tables"].values())
         assert loaded.total == sent - loaded.type1_dropped
         for table, rows in loaded.rows.items():
             got = con.sql(

@@ -60,9 +60,10 @@ def _type1(package: Path, pseudonym: str) -> None:
 
 
 def _textual(kind: pa.DataType) -> bool:
-    return pa.types.is_string(kind) or (
+    textual: bool = pa.types.is_string(kind) or (
         pa.types.is_dictionary(kind) and pa.types.is_string(kind.value_type)
     )
+    return textual
 
 
 def _holds(path: Path, canary: str) -> bool:

@@ -6,6 +6,7 @@ import json
 import shutil
 from datetime import date, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import orjson
@@ -25,6 +26,13 @@ from readers import practice_folders
 SPEC = specification.shipped()
 DISSENT = SPEC.dissent.code
 WITHDRAWN = SPEC.dissent_withdrawn.code
+
+
+def _select(query: str) -> duckdb.DuckDBPyRelation:
+    """A SELECT's relation (duckdb.sql gives None only for a statement that returns nothing)."""
+    relation = duckdb.sql(query)
+    assert relation is not None
+    return relation
 
 
 def _sorted(table: pa.Table, by: list[str]) -> pa.Table:
@@ -128,7 +136,7 @@ def test_faults_are_quarantined_with_file_line_and_reason_and_the_rest_goes_thro
 
 def _expected_opt_outs(practice: Path) -> tuple[set[int], set[int]]:
     """(active, withdrawn) local patient ids, worked out independently with SQL."""
-    rows = duckdb.sql(
+    rows = _select(
         f"""
         select patient_id, arg_max(code, (effective_date, recorded_at, code = '{DISSENT}')) latest
         from '{practice}/clinical_events.parquet'
@@ -166,9 +174,9 @@ def test_type1_patients_send_nothing_and_withdrawn_ones_are_back(
         active_ids, withdrawn_ids = _expected_opt_outs(practice)
         active = _pseudonyms_of(practice, active_ids, key)
         withdrawn = _pseudonyms_of(practice, withdrawn_ids, key)
-        manifest = clean_columnar_packages.manifests[practice.name]
-        assert set(manifest["type1_opt_out"]["active"]) == active  # type: ignore[index]
-        assert set(manifest["type1_opt_out"]["withdrawn"]) == withdrawn  # type: ignore[index]
+        manifest: dict[str, Any] = clean_columnar_packages.manifests[practice.name]
+        assert set(manifest["type1_opt_out"]["active"]) == active
+        assert set(manifest["type1_opt_out"]["withdrawn"]) == withdrawn
         written = tables(clean_columnar_packages.packages / practice.name)
         for name, table in written.items():
             if "patient" in table.column_names:
@@ -187,8 +195,8 @@ def test_the_ten_year_cut_off_holds_and_only_where_the_spec_says(
     clean_columnar: Made, clean_columnar_packages: Extracted
 ) -> None:
     for practice in practice_folders(clean_columnar.root)[:2]:
-        manifest = clean_columnar_packages.manifests[practice.name]
-        cut_off = date.fromisoformat(manifest["window"]["retention_from"])  # type: ignore[index]
+        manifest: dict[str, Any] = clean_columnar_packages.manifests[practice.name]
+        cut_off = date.fromisoformat(manifest["window"]["retention_from"])
         assert cut_off == date(2016, 10, 31)
         written = tables(clean_columnar_packages.packages / practice.name)
         for name, column in [
@@ -218,8 +226,8 @@ def test_restricted_and_sensitive_codes_stay_and_sensitive_sets_are_configurable
         for column in ("code", "procedure_code", "vaccine_code"):
             if column in table.column_names:
                 assert not set(table[column].unique().to_pylist()) & set(excluded), name
-    manifest = clean_columnar_packages.manifests[practice.name]
-    assert manifest["excluded"]["sensitive_code:sexually_transmitted_infection"] > 0  # type: ignore[index]
+    manifest: dict[str, Any] = clean_columnar_packages.manifests[practice.name]
+    assert manifest["excluded"]["sensitive_code:sexually_transmitted_infection"] > 0
 
     text = (Path(specification.__file__).parent / "specification.toml").read_text()
     collecting = text.replace(
@@ -231,7 +239,7 @@ def test_restricted_and_sensitive_codes_stay_and_sensitive_sets_are_configurable
     alternative.write_text(collecting)
     other = run(practice, tmp_path / "package", keys, spec=alternative)
     assert other["sensitive_sets_collected"] == ["sexually_transmitted_infection"]
-    assert other["specification"]["sha256"] != manifest["specification"]["sha256"]  # type: ignore[index]
+    assert other["specification"]["sha256"] != manifest["specification"]["sha256"]
     sti = {c.code for c in SPEC.code_sets["sexually_transmitted_infection"].codes}
     codes = set(tables(tmp_path / "package")["clinical_events"]["code"].unique().to_pylist())
     assert codes & sti
@@ -260,7 +268,7 @@ def test_a_person_registered_at_two_practices_has_one_pseudonym(
     key = keys
     movers = {
         nhs
-        for (nhs,) in duckdb.sql(
+        for (nhs,) in _select(
             f"""
             select nhs_number from '{clean_columnar.root}/*/patients.parquet'
             group by nhs_number having count(*) > 1
@@ -271,13 +279,13 @@ def test_a_person_registered_at_two_practices_has_one_pseudonym(
     checked = 0
     for practice in practice_folders(clean_columnar.root):
         held = set(pq.read_table(practice / "patients.parquet")["nhs_number"].to_pylist())
-        manifest = clean_columnar_packages.manifests[practice.name]
+        manifest: dict[str, Any] = clean_columnar_packages.manifests[practice.name]
         sent = set(
             tables(clean_columnar_packages.packages / practice.name)["patients"][
                 "patient"
             ].to_pylist()
         )
-        sent |= set(manifest["type1_opt_out"]["active"])  # type: ignore[index]
+        sent |= set(manifest["type1_opt_out"]["active"])
         for nhs in movers & held:
             assert _pseudonym(key, nhs) in sent  # the same code at every practice that holds them
             checked += 1
@@ -296,7 +304,7 @@ def test_coarsening_year_month_of_birth_and_small_area(
     }
     geography = {
         postcode: (lsoa, int(decile))
-        for postcode, lsoa, decile in duckdb.sql(
+        for postcode, lsoa, decile in _select(
             "select postcode, lsoa_code, imd_decile "
             "from read_csv('src/gpdpr/synth/data/geography.csv', all_varchar=true)"
         ).fetchall()
@@ -406,7 +414,7 @@ def test_an_incremental_extract_sends_changes_deletions_and_opt_out_changes(
     # The restored patient's whole record comes back; of everyone else only what changed.
     events = written["clinical_events"]
     restored_rows = events.filter(pc.is_in(events["patient"], pa.array(sorted(restored))))
-    before = duckdb.sql(
+    before = _select(
         f"""
         select count(*) from '{practice}/clinical_events.parquet'
         where patient_id = {next(iter(changed["restored"]))} and status = 'active'
@@ -423,7 +431,7 @@ def test_an_incremental_extract_sends_changes_deletions_and_opt_out_changes(
     assert set(others["value"].to_pylist()) == {42.0}
     medications = set(written["medications"]["patient"].to_pylist())
     assert medications and medications <= restored  # nothing else changed
-    assert manifest["unchanged_since_watermark"]["medications"] > 0  # type: ignore[index]
+    assert manifest["unchanged_since_watermark"]["medications"] > 0
 
 
 def test_a_watermark_is_a_time_or_the_previous_package(

@@ -6,13 +6,15 @@ import re
 from collections import Counter
 from datetime import date
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from conftest import Made
 from gpdpr.supplier.schema import ID_COLUMN, RECORD_TABLES
 from gpdpr.synth.records import BOTH_FORMAT_FAULTS, FAULT_NAMES, FHIR_ONLY_FAULTS
 from gpdpr.terminology import load_catalogue
-from readers import read_columnar
+from readers import FhirOutput, read_columnar
 
 RATE = 0.02
 KINDS = len(BOTH_FORMAT_FAULTS) + len(FHIR_ONLY_FAULTS)
@@ -33,7 +35,7 @@ CODE = {
 
 
 @pytest.fixture(scope="module")
-def tables(messy_columnar):
+def tables(messy_columnar: Made) -> dict[str, pa.Table]:
     return read_columnar(messy_columnar.root)
 
 
@@ -42,7 +44,7 @@ def expected(n: int, kinds: int = KINDS) -> tuple[float, float]:
     return 0.6 * mean - 5, 1.4 * mean + 5
 
 
-def test_summary_counts_every_kind_and_they_are_near_the_rate(messy_columnar) -> None:
+def test_summary_counts_every_kind_and_they_are_near_the_rate(messy_columnar: Made) -> None:
     rows = messy_columnar.summary.total_rows()
     faults = messy_columnar.summary.total_faults()
     records = sum(rows[t] for t in RECORD_TABLES)
@@ -51,10 +53,12 @@ def test_summary_counts_every_kind_and_they_are_near_the_rate(messy_columnar) ->
 
 
 @pytest.mark.parametrize("table", list(CODE))
-def test_columnar_faults_are_in_the_files(messy_columnar, tables, table: str) -> None:
+def test_columnar_faults_are_in_the_files(
+    messy_columnar: Made, tables: dict[str, pa.Table], table: str
+) -> None:
     t = tables[table]
     planted = messy_columnar.summary
-    per_kind = Counter()
+    per_kind: Counter[str] = Counter()
     for practice in planted.practices:
         per_kind.update(practice.faults.get(table, {}))
 
@@ -77,7 +81,9 @@ def test_columnar_faults_are_in_the_files(messy_columnar, tables, table: str) ->
         assert low <= per_kind[kind] <= high, (table, kind, per_kind[kind])
 
 
-def test_fhir_has_truncated_lines_and_dates_that_do_not_parse(messy_fhir, messy_fhir_read) -> None:
+def test_fhir_has_truncated_lines_and_dates_that_do_not_parse(
+    messy_fhir: Made, messy_fhir_read: FhirOutput
+) -> None:
     faults = messy_fhir.summary.total_faults()
     assert len(messy_fhir_read.bad_lines) == faults["truncated_line"] > 0
     iso = re.compile(r"^\d{4}-\d{2}-\d{2}")
@@ -107,7 +113,7 @@ def _real_date(text: str) -> bool:
     return True
 
 
-def test_zero_mess_rate_means_no_faults(clean_columnar) -> None:
+def test_zero_mess_rate_means_no_faults(clean_columnar: Made) -> None:
     assert clean_columnar.summary.total_faults() == {}
     events = read_columnar(clean_columnar.root)["clinical_events"]
     assert events["patient_id"].null_count == 0

@@ -35,7 +35,7 @@ from gpdpr.errors import UserError
 from gpdpr.practice import fhir
 from gpdpr.practice.extract import quarantine_path
 from gpdpr.practice.rules import REASONS, project
-from gpdpr.terminology import DMD_SYSTEM, SNOMED_SYSTEM
+from gpdpr.terminology import DMD_SYSTEM, REGISTRATION_END_EXT, SNOMED_SYSTEM
 
 SPEC = specification.shipped()
 DISSENT = SPEC.dissent.code
@@ -136,9 +136,7 @@ def test_the_seven_text_columns_and_record_ids_leave_nothing_of_the_source(
         if kind == "Appointment":
             r["appointmentType"] = {"text": f"{CANARY} mode"}
         elif kind == "EpisodeOfCare":
-            r["extension"] = [
-                {"url": fhir.read.REGISTRATION_END_EXT, "valueString": f"{CANARY} end"}
-            ]
+            r["extension"] = [{"url": REGISTRATION_END_EXT, "valueString": f"{CANARY} end"}]
             r["type"] = [{"text": f"{CANARY} GP registration"}]
         elif kind == "Observation":
             r["valueQuantity"] = {"value": 5, "unit": f"{CANARY} unit", "code": "{" + CANARY + "}"}
@@ -297,7 +295,7 @@ def test_dissent_codes_come_from_the_specification() -> None:
 
 def test_only_facts_are_sent_as_the_specification_declares(tmp_path: Path, keys: Keys) -> None:
     resources = practice(1)
-    not_facts = {
+    not_facts: dict[str, dict[str, Any]] = {
         "p1-c": {"verificationStatus": coded("refuted", "http://hl7.org/fhir/ver")},
         "p1-o": {"status": "cancelled"},
         "p1-p": {"status": "not-done"},

@@ -24,7 +24,7 @@ def as_served(folder: Path, into: Path) -> dict[str, Any]:
     """The export in `folder` as a server lays it out: each file under a name of its own
     choosing (`output_<n>.ndjson`), the type given only in the manifest. Its manifest."""
     into.mkdir(parents=True)
-    about = orjson.loads((folder / "export.json").read_bytes())
+    about: dict[str, Any] = orjson.loads((folder / "export.json").read_bytes())
     for n, item in enumerate(about["output"], start=1):
         name = item["url"].rsplit("/", 1)[-1]
         shutil.copy(folder / name, into / f"output_{n}.ndjson")

@@ -164,7 +164,7 @@ def test_a_bundle_of_the_wrong_shape_is_quarantined_by_file_line_and_path(
 ) -> None:
     good = transaction(practice(1))
     condition = {"resourceType": "Condition", "id": "c-bad", "subject": CANARY}
-    wrong = [
+    wrong: list[tuple[dict[str, Any], str]] = [
         ({"type": "batch-response", "id": "b1"}, "Bundle.type"),
         ({"type": "collection", "id": "b2", "entry": {"resource": {}}}, "Bundle.entry"),
         ({"type": "collection", "id": "b3", "entry": [{}, CANARY]}, "Bundle.entry[1]"),

@@ -121,7 +121,7 @@ def test_an_allergy_procedure_or_vaccination_given_in_words_is_quarantined_witho
     tmp_path: Path, keys: Keys
 ) -> None:
     resources = [*support(), patient("p1", 1)]
-    words = {
+    words: dict[str, tuple[str, dict[str, Any]]] = {
         "p1-a": ("onsetDateTime", {"onsetString": f"{CANARY} as a child"}),
         "p1-p": ("performedDateTime", {"performedString": f"{CANARY} last spring"}),
         "p1-i": ("occurrenceDateTime", {"occurrenceString": f"{CANARY} at school"}),

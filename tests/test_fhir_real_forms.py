@@ -309,7 +309,7 @@ def test_an_nhs_number_not_verified_links_no_record_within_the_export(
 
 def test_a_partial_date_leaves_with_its_precision(tmp_path: Path, keys: Keys) -> None:
     resources = people(1)
-    partial = {
+    partial: dict[str, dict[str, Any]] = {
         "p1-c": {"onsetDateTime": "2019", "recordedDate": "2019-04"},
         "p1-o": {"effectiveDateTime": "2019-03", "issued": "2019-03-05T10:00:00+01:00"},
         "p1-i": {"occurrenceDateTime": "2020-05"},

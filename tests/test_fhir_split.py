@@ -123,8 +123,13 @@ def test_a_large_bundle_is_taken_by_guessed_ends_and_not_byte_by_byte(
         for i in range(2000)
     ]
     text = orjson.dumps({"resourceType": "Bundle", "entry": entries})
-    exact = []
-    monkeypatch.setattr(fhir_split, "_structure", lambda buf: exact.append(len(buf)) or _real(buf))
+    exact: list[int] = []
+
+    def counted(buf: bytes) -> Any:
+        exact.append(len(buf))
+        return _real(buf)
+
+    monkeypatch.setattr(fhir_split, "_structure", counted)
     assert _read(text, 4096, monkeypatch) == entries
     # Only the last bytes, after the last guessed end, are found by every structural byte.
     assert sum(exact) < 4096 * 3

@@ -10,6 +10,7 @@ import pytest
 from fhirclient.models.fhirabstractbase import FHIRValidationError
 
 from gpdpr.synth.fhir import RESOURCE_TYPES
+from readers import FhirOutput
 
 SAMPLE = 300
 MODULE = {kind: kind.lower() for kind in RESOURCE_TYPES}
@@ -20,7 +21,7 @@ def model(kind: str) -> type:
 
 
 @pytest.mark.parametrize("kind", RESOURCE_TYPES)
-def test_resources_parse_as_r4(clean_fhir_read, kind: str) -> None:
+def test_resources_parse_as_r4(clean_fhir_read: FhirOutput, kind: str) -> None:
     resources = clean_fhir_read.of(kind)
     assert resources, f"no {kind} resources written"
     step = max(1, len(resources) // SAMPLE)
@@ -31,7 +32,7 @@ def test_resources_parse_as_r4(clean_fhir_read, kind: str) -> None:
         assert re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", resource["id"])
 
 
-def test_the_r4_model_does_reject_what_is_not_r4(clean_fhir_read) -> None:
+def test_the_r4_model_does_reject_what_is_not_r4(clean_fhir_read: FhirOutput) -> None:
     patient = dict(clean_fhir_read.of("Patient")[0])
     patient.pop("_ods")
     patient["favouriteColour"] = "blue"

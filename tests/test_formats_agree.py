@@ -5,7 +5,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from readers import local_id, read_columnar
+from conftest import Made
+from readers import FhirOutput, local_id, read_columnar
 
 
 def by_key(rows: Iterable[tuple[Any, ...]]) -> dict[tuple[Any, Any], tuple[Any, ...]]:
@@ -29,7 +30,7 @@ def columnar_rows(table: pa.Table, id_col: str, *cols: str) -> list[tuple[Any, .
     ]
 
 
-def test_same_patients(clean_columnar, clean_fhir_read) -> None:
+def test_same_patients(clean_columnar: Made, clean_fhir_read: FhirOutput) -> None:
     patients = read_columnar(clean_columnar.root)["patients"]
     expected = by_key(
         (ods, pid, nhs, iso(dob), sex, postcode, iso(dod))
@@ -60,7 +61,7 @@ def test_same_patients(clean_columnar, clean_fhir_read) -> None:
     assert actual == expected
 
 
-def test_same_registrations(clean_columnar, clean_fhir_read) -> None:
+def test_same_registrations(clean_columnar: Made, clean_fhir_read: FhirOutput) -> None:
     regs = read_columnar(clean_columnar.root)["registrations"]
     expected = by_key(
         (ods, rid, pid, iso(start), iso(end))
@@ -81,7 +82,7 @@ def test_same_registrations(clean_columnar, clean_fhir_read) -> None:
     assert actual == expected
 
 
-def test_same_clinical_records(clean_columnar, clean_fhir_read) -> None:
+def test_same_clinical_records(clean_columnar: Made, clean_fhir_read: FhirOutput) -> None:
     tables = read_columnar(clean_columnar.root)
     fhir = clean_fhir_read
     assert not fhir.bad_lines
@@ -217,7 +218,7 @@ def test_same_clinical_records(clean_columnar, clean_fhir_read) -> None:
     assert fhir_referrals == referrals
 
 
-def test_bulk_manifest_counts_match_the_files(clean_fhir) -> None:
+def test_bulk_manifest_counts_match_the_files(clean_fhir: Made) -> None:
     import json
 
     for folder in sorted(p for p in clean_fhir.root.iterdir() if p.is_dir()):

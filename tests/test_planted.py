@@ -9,10 +9,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from conftest import Made
 from gpdpr.identifiers import is_test_range_nhs_number
 from gpdpr.synth.params import load_params
 from gpdpr.terminology import load_catalogue
-from readers import read_columnar
+from readers import FhirOutput, read_columnar
 
 PARAMS = load_params()
 POSTCODE = re.compile(r"^[A-Z]{1,2}\d{1,2} \d[A-Z]{2}$")
@@ -23,11 +24,11 @@ def codes(key: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def big(nation_50k):
+def big(nation_50k: Made) -> dict[str, pa.Table]:
     return read_columnar(nation_50k.root)
 
 
-def test_every_patient_carries_identifiers_in_clear(big) -> None:
+def test_every_patient_carries_identifiers_in_clear(big: dict[str, pa.Table]) -> None:
     patients = big["patients"].to_pydict()
     n = len(patients["nhs_number"])
     assert all(is_test_range_nhs_number(x) for x in patients["nhs_number"])
@@ -44,7 +45,9 @@ def test_every_patient_carries_identifiers_in_clear(big) -> None:
     )
 
 
-def test_free_text_notes_at_the_stated_rate_some_naming_people_and_nhs_numbers(big) -> None:
+def test_free_text_notes_at_the_stated_rate_some_naming_people_and_nhs_numbers(
+    big: dict[str, pa.Table],
+) -> None:
     events = big["clinical_events"]
     clinical = events.filter(pc.invert(pc.equal(events["category"], "observation")))
     notes = [t for t in clinical["free_text"].to_pylist() if t]
@@ -63,7 +66,7 @@ def test_free_text_notes_at_the_stated_rate_some_naming_people_and_nhs_numbers(b
     assert [t for t in big["referrals"]["free_text"].to_pylist() if t]
 
 
-def _people_with(big, key: str) -> int:
+def _people_with(big: dict[str, pa.Table], key: str) -> int:
     events = big["clinical_events"]
     hit = events.filter(pc.is_in(events["code"], value_set=pa.array(sorted(codes(key)))))
     joined = hit.join(big["patients"], keys=["ods", "patient_id"])
@@ -85,7 +88,7 @@ def _people_with(big, key: str) -> int:
     ],
 )
 def test_restricted_and_sensitive_codes_are_planted_at_their_rates(
-    big, key, share, low, high
+    big: dict[str, pa.Table], key: str, share: float, low: float, high: float
 ) -> None:
     people = len(set(big["patients"]["nhs_number"].to_pylist()))
     found = _people_with(big, key) / people
@@ -93,7 +96,9 @@ def test_restricted_and_sensitive_codes_are_planted_at_their_rates(
     assert low * share <= found <= high * share, f"{key}: {found:.4%} of people, asked {share:.4%}"
 
 
-def test_type1_dissent_in_about_three_percent_a_fifth_later_withdrawn(big) -> None:
+def test_type1_dissent_in_about_three_percent_a_fifth_later_withdrawn(
+    big: dict[str, pa.Table],
+) -> None:
     events = big["clinical_events"].join(big["patients"], keys=["ods", "patient_id"])
     rows = events.filter(
         pc.is_in(
@@ -120,7 +125,7 @@ def test_type1_dissent_in_about_three_percent_a_fifth_later_withdrawn(big) -> No
     assert min(first_dissent.values()) >= PARAMS.type1_first_possible
 
 
-def test_fhir_carries_the_same_identifiers_and_narrative_text(clean_fhir_read) -> None:
+def test_fhir_carries_the_same_identifiers_and_narrative_text(clean_fhir_read: FhirOutput) -> None:
     fhir = clean_fhir_read
     patients = fhir.of("Patient")
     assert all(p["name"][0]["family"] in p["text"]["div"] for p in patients)

@@ -14,6 +14,7 @@ import duckdb
 import numpy as np
 import pytest
 
+from conftest import Made
 from gpdpr.synth.nation import _age_table
 from gpdpr.synth.params import load_params
 from gpdpr.terminology import load_catalogue
@@ -22,7 +23,7 @@ AS_OF = date(2026, 10, 31)
 
 
 @pytest.fixture(scope="module")
-def db(nation_50k) -> duckdb.DuckDBPyConnection:
+def db(nation_50k: Made) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     root = nation_50k.root
     for table in [
@@ -65,7 +66,9 @@ CONDITIONS = {c.name: c for c in load_params().conditions}
 
 
 @pytest.mark.parametrize("name", list(CONDITIONS))
-def test_recorded_prevalence_matches_published_figures(db, name: str) -> None:
+def test_recorded_prevalence_matches_published_figures(
+    db: duckdb.DuckDBPyConnection, name: str
+) -> None:
     condition = CONDITIONS[name]
     keys = [condition.codes, *condition.alternative_codes]
     share = one(
@@ -87,7 +90,7 @@ def test_recorded_prevalence_matches_published_figures(db, name: str) -> None:
     )
 
 
-def test_age_and_sex_structure_follows_england(db) -> None:
+def test_age_and_sex_structure_follows_england(db: duckdb.DuckDBPyConnection) -> None:
     mid, counts = _age_table(load_params())
     ons_65 = counts[mid >= 65].sum() / counts.sum()
     ons_under_18 = counts[mid < 18].sum() / counts.sum()
@@ -102,13 +105,15 @@ def test_age_and_sex_structure_follows_england(db) -> None:
     assert abs(got[2] - ons_female) < 0.01
 
 
-def test_list_sizes_vary_around_the_mean(db) -> None:
+def test_list_sizes_vary_around_the_mean(db: duckdb.DuckDBPyConnection) -> None:
     sizes = [r[0] for r in db.execute("select count(*) from patients group by ods").fetchall()]
     assert len(sizes) == 10 and sum(sizes) == 50_000
     assert max(sizes) / min(sizes) > 1.5
 
 
-def test_people_move_between_practices_without_overlapping_registrations(db) -> None:
+def test_people_move_between_practices_without_overlapping_registrations(
+    db: duckdb.DuckDBPyConnection,
+) -> None:
     movers = db.execute("""
         select p.nhs_number, r.start_date, r.end_date, r.end_reason, p.ods
         from patients p join registrations r using (ods, patient_id)
@@ -126,7 +131,7 @@ def test_people_move_between_practices_without_overlapping_registrations(db) -> 
             assert earlier[3] == "moved" and earlier[2] is not None and earlier[2] <= later[1]
 
 
-def test_births_and_deaths(db) -> None:
+def test_births_and_deaths(db: duckdb.DuckDBPyConnection) -> None:
     born_here = one(
         db,
         """
@@ -174,7 +179,11 @@ def test_births_and_deaths(db) -> None:
     ],
 )
 def test_medicines_follow_conditions_and_are_reissued_for_years(
-    db, condition, drugs, least, also_for
+    db: duckdb.DuckDBPyConnection,
+    condition: list[str],
+    drugs: list[str],
+    least: float,
+    also_for: list[str],
 ) -> None:
     """Most people with the condition get its medicines, issued again and again; almost nobody
     gets them without a diagnosis that calls for them."""
@@ -206,7 +215,7 @@ def test_medicines_follow_conditions_and_are_reissued_for_years(
         assert untreated_share < 0.05
 
 
-def test_observation_values_are_plausible_with_units(db) -> None:
+def test_observation_values_are_plausible_with_units(db: duckdb.DuckDBPyConnection) -> None:
     expected = {
         "obs.bmi": ("kg/m2", 14, 65),
         "obs.systolic": ("mm[Hg]", 80, 230),
@@ -242,7 +251,7 @@ def test_observation_values_are_plausible_with_units(db) -> None:
     assert hba1c is not None and hba1c[0] > hba1c[1] + 12
 
 
-def test_fifteen_years_of_history_and_some_older_than_ten(db) -> None:
+def test_fifteen_years_of_history_and_some_older_than_ten(db: duckdb.DuckDBPyConnection) -> None:
     first, old_share = db.execute("""
         select min(issue_date),
                avg((issue_date < date '2016-10-31')::int)
@@ -252,7 +261,7 @@ def test_fifteen_years_of_history_and_some_older_than_ten(db) -> None:
     assert 0.15 < old_share < 0.6
 
 
-def test_immunisation_programmes(db) -> None:
+def test_immunisation_programmes(db: duckdb.DuckDBPyConnection) -> None:
     flu_months = db.execute(
         """
         select avg((month(date) in (9, 10, 11, 12))::int) from immunisations
@@ -271,7 +280,9 @@ def test_immunisation_programmes(db) -> None:
     assert covid is not None and covid[0] > 50_000 and covid[1] >= date(2020, 12, 8)
 
 
-def test_every_record_names_a_member_of_staff_of_its_practice(db) -> None:
+def test_every_record_names_a_member_of_staff_of_its_practice(
+    db: duckdb.DuckDBPyConnection,
+) -> None:
     for table in [
         "clinical_events",
         "medications",
@@ -289,7 +300,7 @@ def test_every_record_names_a_member_of_staff_of_its_practice(db) -> None:
         assert orphans == 0, table
 
 
-def test_ethnicity_and_sexual_orientation_are_coded(db) -> None:
+def test_ethnicity_and_sexual_orientation_are_coded(db: duckdb.DuckDBPyConnection) -> None:
     params = load_params()
     ethnicity = codes(*params.ethnicity)
     share = one(
@@ -314,7 +325,7 @@ def test_ethnicity_and_sexual_orientation_are_coded(db) -> None:
     assert len(orientations) == 3 and sum(orientations.values()) > 5000
 
 
-def test_appointments_include_the_fortnight_already_booked(db) -> None:
+def test_appointments_include_the_fortnight_already_booked(db: duckdb.DuckDBPyConnection) -> None:
     rows = dict(db.execute("select status, count(*) from appointments group by 1").fetchall())
     assert set(rows) == {"fulfilled", "noshow", "cancelled", "booked"}
     assert 0.85 < rows["fulfilled"] / sum(rows.values()) < 0.93
@@ -338,7 +349,7 @@ def test_appointments_include_the_fortnight_already_booked(db) -> None:
     assert fortnight == 0
 
 
-def test_report_agrees_with_the_files(nation_50k, db) -> None:
+def test_report_agrees_with_the_files(nation_50k: Made, db: duckdb.DuckDBPyConnection) -> None:
     from gpdpr.synth import report
 
     hypertension = next(

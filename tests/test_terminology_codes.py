@@ -28,7 +28,8 @@ def sctids(draw: st.DrawFn, kind: str = "0") -> str:
         body = f"{item}{namespace:07d}1{kind}"
     else:
         body = f"{draw(st.integers(100, 10**15 - 1))}0{kind}"
-    return body + check_digit(body)
+    digit: str = check_digit(body)
+    return body + digit
 
 
 def test_real_identifiers_are_valid_concepts() -> None:
