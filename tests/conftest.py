@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -29,8 +30,8 @@ class Made:
     nation: Nation
 
 
-def make(tmp: Path, name: str, **kwargs: object) -> Made:
-    request = SynthRequest(out=tmp / name, **kwargs)  # type: ignore[arg-type]
+def make(tmp: Path, name: str, **kwargs: Any) -> Made:
+    request = SynthRequest(out=tmp / name, **kwargs)
     summary, nation = synthesise(request)
     return Made(request.out, summary, nation)
 

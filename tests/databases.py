@@ -25,7 +25,8 @@ def pseudonym(n: int | str) -> str:
 
 
 def sqlite_engine(folder: Path) -> sa.Engine:
-    return connect(f"sqlite:///{folder / 'central.db'}")
+    engine: sa.Engine = connect(f"sqlite:///{folder / 'central.db'}")
+    return engine
 
 
 @contextmanager

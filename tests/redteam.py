@@ -463,7 +463,8 @@ def _views(
 
     with Session(db) as session:
         scope = agreements.authorise(session, handle, reference, views.required_fields(USED))
-    return runs.project_views(home, db, scope, handle, USED, version)
+    projected: dict[str, pa.Table] = runs.project_views(home, db, scope, handle, USED, version)
+    return projected
 
 
 def _pseudonym_of(views: Mapping[str, pa.Table], known: tuple[Any, ...]) -> str | None:
@@ -495,7 +496,8 @@ def compile_study(folder: Path, body: str, name: str = "study.py") -> bytes:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
     path.write_text("from gpdpr.tre.language import *\n" + textwrap.dedent(body))
-    return runs.compile_file(path)
+    document: bytes = runs.compile_file(path)
+    return document
 
 
 def edited(document: bytes, change: Callable[[dict[str, Any]], None]) -> bytes:
@@ -512,7 +514,8 @@ def base_dataset() -> bytes:
     dataset.define_population(patients.sex == "F")
     dataset.sex = patients.sex
     dataset.add_table("by_sex", by=["sex"])
-    return serial.to_json(definition_of(dataset, None))
+    document: bytes = serial.to_json(definition_of(dataset, None))
+    return document
 
 
 def base_measure() -> bytes:
@@ -525,7 +528,8 @@ def base_measure() -> bytes:
         group_by={"sex": patients.sex},
         intervals=months(1).starting_on("2024-01-01"),
     )
-    return serial.to_json(definition_of(None, measures))
+    document: bytes = serial.to_json(definition_of(None, measures))
+    return document
 
 
 def prelude(target: Target, code: str | None = None) -> str:
@@ -761,7 +765,8 @@ def _population_is(value: str) -> bytes:
     dataset.define_population(patients.sex == value)
     dataset.sex = patients.sex
     dataset.add_table("by_sex", by=["sex"])
-    return serial.to_json(definition_of(dataset, None))
+    document: bytes = serial.to_json(definition_of(dataset, None))
+    return document
 
 
 def _sex_is_in(codes: list[str]) -> bytes:
@@ -769,7 +774,8 @@ def _sex_is_in(codes: list[str]) -> bytes:
     dataset.define_population(patients.sex.is_in(codes))
     dataset.sex = patients.sex
     dataset.add_table("by_sex", by=["sex"])
-    return serial.to_json(definition_of(dataset, None))
+    document: bytes = serial.to_json(definition_of(dataset, None))
+    return document
 
 
 def _published_value(value: str) -> bytes:
@@ -778,7 +784,8 @@ def _published_value(value: str) -> bytes:
     dataset.define_population(patients.sex.is_not_null())
     dataset.label = case(when(patients.sex == "F").then(value), otherwise="others")
     dataset.add_table("labelled", by=["label"])
-    return serial.to_json(definition_of(dataset, None))
+    document: bytes = serial.to_json(definition_of(dataset, None))
+    return document
 
 
 # ---- acting --------------------------------------------------------------------------------
@@ -946,7 +953,8 @@ def release(
 
 
 def output(world: World, run: str, name: str) -> bytes:
-    return (runs.run_folder(world.home, run) / runs.OUTPUTS / name).read_bytes()
+    path: Path = runs.run_folder(world.home, run) / runs.OUTPUTS / name
+    return path.read_bytes()
 
 
 def control_function() -> Callable[..., Any]:

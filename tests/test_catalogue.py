@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
+from conftest import Made
 from gpdpr.terminology import DMD_SYSTEM, SNOMED_SYSTEM, load_catalogue
-from readers import codes_in, read_columnar
+from readers import FhirOutput, codes_in, read_columnar
 
 # SNOMED CT identifiers (and dm+d ids, which are SNOMED identifiers) end in a Verhoeff check digit.
 _D = [
@@ -63,7 +64,7 @@ def test_catalogue_has_no_duplicate_codes_and_says_where_each_was_checked() -> N
 
 
 def test_every_code_written_is_in_the_catalogue_in_both_formats(
-    clean_columnar, clean_fhir_read
+    clean_columnar: Made, clean_fhir_read: FhirOutput
 ) -> None:
     catalogue = load_catalogue()
     tables = read_columnar(clean_columnar.root)

@@ -186,7 +186,12 @@ def test_demo_ends_serving_the_portal_with_its_accounts_until_stopped(tmp_path: 
         text=True,
     )
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout or ()], daemon=True).start()
+
+    def pump() -> None:
+        for x in proc.stdout or ():
+            lines.put(x)
+
+    threading.Thread(target=pump, daemon=True).start()
     said: list[str] = []
 
     def heard() -> str:

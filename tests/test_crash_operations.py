@@ -107,7 +107,8 @@ def _lake(home: Path) -> dict[str, Any]:
 
 def _engine(home: Path) -> sa.Engine:
     """The database of a run's home: its own SQLite, or the PostgreSQL copy named beside it."""
-    return db.connect(database_url(home.parent) or db.url_for_home(home))
+    engine: sa.Engine = db.connect(database_url(home.parent) or db.url_for_home(home))
+    return engine
 
 
 def _events(home: Path) -> list[str]:
@@ -148,7 +149,7 @@ def _log(home: Path) -> list[str]:
 def _receipts(home: Path) -> list[dict[str, Any]]:
     engine = _engine(home)
     try:
-        receipts = Registry(engine).receipts()
+        receipts: list[dict[str, Any]] = Registry(engine).receipts()
     finally:
         engine.dispose()
     for receipt in receipts:

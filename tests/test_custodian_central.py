@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import os
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -59,7 +60,7 @@ def published(engine: sa.Engine) -> list[Event]:
 
 
 def approved(custodian: Custodian, numbers: list[str] = NUMBERS) -> int:
-    request = custodian.request_reidentification(
+    request: int = custodian.request_reidentification(
         "P0042", "court_order_or_legal_requirement", "a court order", numbers, "ada"
     )
     custodian.approve(request, "brian")
@@ -81,7 +82,7 @@ def test_the_pseudonym_is_exactly_what_every_practice_makes(
     with running(key_folder) as url:
         for ods in ("Z10001", "Z10002"):  # the same person at two practices: one pseudonym
             kit = read_kit(issue_practice(key_folder, ods, url))
-            made, linkable = Pseudonymiser(lambda i, k=kit: evaluate(k, i), ods).patients(
+            made, linkable = Pseudonymiser(partial(evaluate, kit), ods).patients(
                 pa.array(NUMBERS), [1, 2, 3]
             )
             assert linkable.all()

@@ -4,11 +4,14 @@ tables, and no count at all for a cycle of fewer than ten people."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from governing import act
 from gpdpr.db.events import record
+from gpdpr.db.models import Event
 from gpdpr.transparency import store
 from gpdpr.transparency.publish import ERASURE_THRESHOLD, publish
 
@@ -21,7 +24,11 @@ def _erased(gov: sa.Engine, version: int, people: int) -> None:
             "rows_removed": 4 + n,
             "lake_version": version,
         }
-        act(gov, lambda s, d=details: record(s, "erasure", "gpdpr", d))
+
+        def add(s: Session, d: dict[str, Any] = details) -> Event:
+            return record(s, "erasure", "gpdpr", d)
+
+        act(gov, add)
 
 
 def test_a_cycle_is_published_as_totals_and_a_small_one_as_too_few_to_count(

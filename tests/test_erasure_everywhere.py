@@ -104,7 +104,7 @@ def _approve(engine: sa.Engine) -> str:
     """An application for the study taken through the panel to an agreement in force."""
     changes = {"items": ITEMS, "data_from": date(2016, 1, 1), "data_to": date(2026, 1, 1)}
     made = form(population=Population(min_age=18), team=(COLLEAGUE,), **changes)
-    reference = act(engine, lambda s: applications.create_draft(s, LEAD, made).reference)
+    reference: str = act(engine, lambda s: applications.create_draft(s, LEAD, made).reference)
     act(engine, lambda s: applications.submit(s, LEAD, reference))
     act(engine, lambda s: panel.start_review(s, ADMIN, reference))
     votes(engine, reference)
@@ -205,7 +205,8 @@ def _people(home: Path, practice: Path, custodian: Custodian, run: Path) -> list
 def _run_id(session: Session, reference: str) -> int:
     from gpdpr.tre.models import Run
 
-    return session.scalars(sa.select(Run.id).where(Run.reference == reference)).one()
+    run_id: int = session.scalars(sa.select(Run.id).where(Run.reference == reference)).one()
+    return run_id
 
 
 def test_nothing_of_an_erased_person_survives_anywhere_under_the_home(cycled: Home) -> None:

@@ -61,7 +61,8 @@ def pinned_at_start(home: Path) -> policy.Policy:
 
 
 def check(home: Path, pinned: policy.Policy, now: int) -> int:
-    return verify(Source(folder=home / "log"), pinned, now=now).size
+    size: int = verify(Source(folder=home / "log"), pinned, now=now).size
+    return size
 
 
 def test_the_honest_rotation_verifies_end_to_end_for_a_verifier_that_pinned_the_old_key(
@@ -112,7 +113,8 @@ def test_a_log_re_signed_with_a_new_key_and_no_logged_change_is_refused(
 
 
 def _root(home: Path, size: int) -> bytes:
-    return store.read(home / "log").tree.root(size)
+    root: bytes = store.read(home / "log").tree.root(size)
+    return root
 
 
 def _public(home: Path) -> tuple[bytes, array[int], Tree]:

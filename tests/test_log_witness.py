@@ -118,7 +118,8 @@ def log(tmp_path: Path) -> tuple[store.Writer, Path, policy.Policy]:
 
 
 def pinned_verify(folder: Path, pinned: policy.Policy, now: int = NOW) -> int:
-    return verify(Source(folder=folder), pinned, now=now).size
+    size: int = verify(Source(folder=folder), pinned, now=now).size
+    return size
 
 
 def test_an_honest_log_is_co_signed_as_it_grows_and_verifies_with_the_quorum(
@@ -314,7 +315,12 @@ def test_the_service_extends_its_kept_tree_and_gets_the_root_a_recomputation_get
     recomputed = store.read(folder).tree  # every entry hashed again
     assert writer.contents.tree.root() == recomputed.root() and recomputed.size == 55
     hashed: list[bytes] = []
-    counting = lambda line: hashed.append(line) or leaf_hash(line)  # noqa: E731
+
+    def counting(line: bytes) -> bytes:
+        hashed.append(line)
+        digest: bytes = leaf_hash(line)
+        return digest
+
     monkeypatch.setattr(store, "leaf_hash", counting)
     reopened = store.open_verified(folder, keys)
     assert hashed == [] and reopened.contents.tree.root() == recomputed.root()

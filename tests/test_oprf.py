@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -75,10 +76,11 @@ def test_what_either_side_refuses_is_exactly_what_libsodium_calls_invalid_or_the
     blind = oprf.new_blinds(1)
     for element in _crafted_elements():
         invalid = element == bytes(32) or not rbcl.crypto_core_ristretto255_is_valid_point(element)
-        for step in (
+        steps: tuple[Callable[[bytes], object], ...] = (
             lambda e: oprf.blind_evaluate(key, [e]),
             lambda e: oprf.finalize([b"x"], blind, [e]),
-        ):
+        )
+        for step in steps:
             try:
                 step(element)
                 refused = False

@@ -220,7 +220,7 @@ class World:
         who opted out online an hour ago; the honest package is then loaded."""
         listed = set(self.manifest["type1_opt_out"]["active"])
         sent = pq.read_table(self.honest / "clinical_events.parquet", columns=["patient"])
-        victim = sorted(set(sent["patient"].to_pylist()) - listed)[0]
+        victim: str = sorted(set(sent["patient"].to_pylist()) - listed)[0]
         an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
         assert self.registry.set(victim, "type1", "online", at=an_hour_ago)
         self.collect_honest()

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -74,9 +75,10 @@ def test_a_double_click_records_the_change_once(engine: sa.Engine) -> None:
     people = [pseudonym(f"double {n}") for n in range(PAIRS)]
     for n, who in enumerate(people):
         request = f"form-{n:04d}-0123456789abcdef"
-        answers = together(
-            [lambda w=who, r=request: registry.set(w, "type1", "online", request_id=r)] * 2
+        click: Callable[[], bool] = partial(
+            registry.set, who, "type1", "online", request_id=request
         )
+        answers = together([click] * 2)
         assert sorted(answers) == [False, True], (n, answers)
     history, public = recorded(engine)
     assert history == Counter({(who, "set"): 1 for who in people})
@@ -91,15 +93,20 @@ def test_two_requests_for_the_same_change_at_once_record_it_once(engine: sa.Engi
     for n, who in enumerate(people):
         answers = together(
             [
-                lambda w=who, i=i, n=n: registry.set(
-                    w, "ndoo", "online", request_id=f"tab-{i}-{n:04d}-0123456789abcdef"
+                partial(
+                    registry.set,
+                    who,
+                    "ndoo",
+                    "online",
+                    request_id=f"tab-{i}-{n:04d}-0123456789abcdef",
                 )
                 for i in range(2)
             ]
         )
         assert sorted(answers) == [False, True], (n, answers)
         # ...and the withdrawal that follows, sent twice without any id
-        answers = together([lambda w=who: registry.withdraw(w, "ndoo", "central")] * 2)
+        withdraw: Callable[[], bool] = partial(registry.withdraw, who, "ndoo", "central")
+        answers = together([withdraw] * 2)
         assert sorted(answers) == [False, True], (n, answers)
     history, public = recorded(engine)
     assert history == Counter({(w, a): 1 for w in people for a in ("set", "withdrawn")})

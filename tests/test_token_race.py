@@ -11,7 +11,6 @@ import shutil
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -27,21 +26,22 @@ from gpdpr.db import DATABASE_URL_ENV, connect, url_for_home
 from gpdpr.optout.registry import Registry
 from gpdpr.transparency import uses
 from gpdpr.tre import runs
-from gpdpr.tre.engines.base import LakeViews, Results
+from gpdpr.tre.engines.base import Results, Views
 from gpdpr.tre.engines.duckdb import DuckDBEngine
+from gpdpr.tre.query import nodes
 from home_scan import Needle, scan
 from portal_home import study
 from test_erasure_everywhere import RECEIPT, REGISTRY, _approve
 
 
-class Racing(DuckDBEngine):
+class Racing(DuckDBEngine):  # type: ignore[misc, unused-ignore]
     """An engine during whose run, after the views were planned, `meanwhile` happens."""
 
     def __init__(self, meanwhile: Callable[[], None]) -> None:
         super().__init__(threads=1)
         self.meanwhile = meanwhile
 
-    def run(self, definition: Any, views: LakeViews) -> Results:
+    def run(self, definition: nodes.Definition, views: Views) -> Results:
         results = super().run(definition, views)
         self.meanwhile()
         return results

@@ -53,7 +53,7 @@ class Demo:
 
 def _agreement(engine: sa.Engine, title: str) -> str:
     with Session(engine) as session:
-        found = session.scalar(
+        found: str | None = session.scalar(
             sa.select(Agreement.reference)
             .join(Agreement.application)
             .where(Agreement.application.property.mapper.class_.title == title)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -254,7 +255,8 @@ def made_log(tmp_path: Path, n: int = 10) -> Path:
 
 
 def lines(folder: Path) -> list[bytes]:
-    return (folder / store.ENTRIES).read_bytes().splitlines()
+    path: Path = folder / store.ENTRIES
+    return path.read_bytes().splitlines()
 
 
 def rewrite(folder: Path, new_lines: list[bytes]) -> None:
@@ -426,7 +428,7 @@ def test_the_service_refuses_a_log_published_under_another_key(tmp_path: Path) -
 # ---- publishing the event record -------------------------------------------------------------
 
 
-def published(home: Path) -> list[dict[str, object]]:
+def published(home: Path) -> list[dict[str, Any]]:
     contents = store.read(home / "log")
     return [contents.entry(seq) for seq in range(contents.size)]
 
@@ -512,7 +514,11 @@ def test_a_crash_mid_append_republishes_the_torn_entries_once(
     publish(tmp_path, gov)
     size = store.read(tmp_path / "log").size
     for n in range(3):
-        act(gov, lambda s, n=n: record(s, "tre.run", ADMIN, {"run": f"RUN-00000{n}"}))
+
+        def add(s: Session, n: int = n) -> Event:
+            return record(s, "tre.run", ADMIN, {"run": f"RUN-00000{n}"})
+
+        act(gov, add)
     publish(tmp_path, gov)
     entries_file = tmp_path / "log" / store.ENTRIES
     data = entries_file.read_bytes()
@@ -523,7 +529,7 @@ def test_a_crash_mid_append_republishes_the_torn_entries_once(
         (tmp_path / "log" / store.CHECKPOINTS / str(size)).read_bytes()
     )
     publish(tmp_path, gov)
-    runs = [e["details"]["run"] for e in published(tmp_path) if e["type"] == "tre.run"]  # type: ignore[index]
+    runs = [e["details"]["run"] for e in published(tmp_path) if e["type"] == "tre.run"]
     assert runs == ["RUN-000000", "RUN-000001", "RUN-000002"]
 
 
@@ -549,16 +555,16 @@ def test_a_changed_specification_is_published(gov: sa.Engine, tmp_path: Path) ->
     publish(tmp_path, gov)
     publish(tmp_path, gov)
     [first] = [e for e in published(tmp_path) if e["type"] == "spec.version"]
-    assert first["details"]["version"] == spec.shipped().version  # type: ignore[index]
+    assert first["details"]["version"] == spec.shipped().version
     changed = {**spec.released_versions(), "9.9.9": "0" * 64}
     original = spec.released_versions
     try:
-        spec.released_versions = lambda: changed  # type: ignore[assignment]
+        spec.released_versions = lambda: changed
         publish(tmp_path, gov)
     finally:
-        spec.released_versions = original  # type: ignore[assignment]
+        spec.released_versions = original
     versions = [e for e in published(tmp_path) if e["type"] == "spec.version"]
-    assert len(versions) == 2 and "9.9.9" in versions[1]["details"]["released"]  # type: ignore[index,operator]
+    assert len(versions) == 2 and "9.9.9" in versions[1]["details"]["released"]
 
 
 def test_files_keep_private_permissions_and_checkpoints_are_kept(
@@ -578,8 +584,8 @@ def test_a_practices_whole_type1_list_is_one_count(gov: sa.Engine, tmp_path: Pat
     Registry(gov).apply_practice_assertions("PKG-1", "Z10001", yesterday, listed, [])
     publish(tmp_path, gov, datetime.now(UTC) + timedelta(days=1))  # counted by when recorded
     [daily] = [e for e in published(tmp_path) if e["type"] == "optout.daily"]
-    assert daily["details"]["type1"] == {"set": 40_000, "withdrawn": 0}  # type: ignore[index]
-    assert daily["details"]["sources"] == {"practice": 40_000}  # type: ignore[index]
+    assert daily["details"]["type1"] == {"set": 40_000, "withdrawn": 0}
+    assert daily["details"]["sources"] == {"practice": 40_000}
     with gov.connect() as connection:
         waiting = connection.scalar(sa.select(sa.func.count()).where(Event.log_seq.is_(None)))
     assert waiting == 0

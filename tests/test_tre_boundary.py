@@ -228,7 +228,7 @@ def test_a_hostile_name_built_by_hand_reaches_no_sql(engine: Engine, tmp_path: P
 
 # ---- values: one literal function per dialect ------------------------------------------------
 
-TEXT = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=40)
+TEXT = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=40)
 
 
 @pytest.fixture(scope="module")
@@ -407,7 +407,7 @@ def test_a_step_table_is_dropped_once_no_step_to_come_reads_it() -> None:
     with DuckDBEngine().sandbox(keyed(PEOPLE)) as box:
         real = box.con
         spy = _Statements(real)
-        box.con = spy
+        box.con = spy  # type: ignore[assignment, unused-ignore]
         try:
             answer = box.query(query).to_pylist()
         finally:
@@ -747,7 +747,8 @@ def counting_children(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     def counted(node: n.Node) -> list[n.Node]:
         calls[0] += 1
-        return real(node)
+        found: list[n.Node] = real(node)
+        return found
 
     monkeypatch.setattr(n, "children", counted)
     return calls
@@ -891,7 +892,7 @@ def test_the_sql_compiled_is_no_larger_than_the_expanded_size_allows(data: st.Da
 
     made: n.Definition = data.draw(st.one_of(definitions(), read_in_one_pass()))
     measure: n.Measure = data.draw(spannable())
-    day = n.Column(P, "date_of_birth")
+    day: n.Series = n.Column(P, "date_of_birth")
     for _ in range(data.draw(st.integers(0, 3))):  # each level writes `day` out 18 times
         day = n.Apply("add_days", (day, n.Apply("years_between", (day, day))))
     nested = (("nested", n.Apply("year", (day,))),)

@@ -129,12 +129,13 @@ def new_run(
             started, started,
         ),
     )  # fmt: skip
+    reference: str = run.reference
     if home is not None:
-        folder = home / "tre" / "runs" / run.reference / "outputs"
+        folder = home / "tre" / "runs" / reference / "outputs"
         folder.mkdir(parents=True)
         for name, data in files.items():
             (folder / name).write_bytes(data)
-    return run.reference
+    return reference
 
 
 def new_request(
@@ -146,7 +147,7 @@ def new_request(
     title: str = "Patients by sex",
 ) -> str:
     files = {"table.csv": TABLE} if files is None else files
-    return act(
+    reference: str = act(
         engine,
         lambda s: (
             checking.request_release(
@@ -154,6 +155,7 @@ def new_request(
             ).reference
         ),
     )
+    return reference
 
 
 def review(
@@ -165,9 +167,10 @@ def review(
     for word in ("reject", "return"):
         if comment.startswith(f"{word}:"):
             decision = word
-    return act(
+    state: str = act(
         engine, lambda s: checking.review(s, checker, request, file, decision, comment).state
     )
+    return state
 
 
 def approve(engine: sa.Engine, checker: str, request: str, file: str = "table.csv") -> Any:
@@ -181,7 +184,8 @@ def agreement_for(engine: sa.Engine, lead: str = LEAD, **changes: Any) -> str:
     act(engine, lambda s: panel.start_review(s, ADMIN, reference))
     votes(engine, reference)
     act(engine, lambda s: panel.decide(s, ADMIN, reference, "Approved."))
-    return act(engine, lambda s: agreements.issue(s, ADMIN, reference).reference)
+    agreement: str = act(engine, lambda s: agreements.issue(s, ADMIN, reference).reference)
+    return agreement
 
 
 def in_force(engine: sa.Engine) -> str:
@@ -594,12 +598,11 @@ def test_a_checker_from_an_organisation_of_the_application_cannot_check(gov: sa.
     """The funder (or a collaborator) of a project is no independent checker of its outputs,
     whoever the author is."""
     for handle, organisation in (("k.funder", CHARITY), ("k.pharma", PHARMA)):
-        act(
-            gov,
-            lambda s, h=handle, o=organisation: people.add_person(
-                s, ADMIN, h, h, f"{h}@example.org", o, ["output_checker"]
-            ),
-        )
+
+        def add(s: Session, h: str = handle, o: str = organisation) -> Person:
+            return people.add_person(s, ADMIN, h, h, f"{h}@example.org", o, ["output_checker"])
+
+        act(gov, add)
     dsa = agreement_for(gov, collaborators=(PHARMA,))  # funded by CHARITY, as every FORM is
     request = new_request(gov, new_run(gov, dsa))
     for handle, organisation, role in (
@@ -788,6 +791,7 @@ def released(engine: sa.Engine, home: Path, files: dict[str, bytes]) -> Release:
     for name in files:
         for checker in CHECKERS:
             review(engine, checker, request, name)
+    release: Release
     [release] = rows(engine, Release)
     return release
 

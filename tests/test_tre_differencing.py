@@ -205,11 +205,13 @@ def new_run(engine: sa.Engine, dsa: str, by: str = LEAD) -> int:
             7, "duckdb", "round5", "succeeded", "", {}, started, started,
         ),
     )  # fmt: skip
-    return made.id
+    run_id: int = made.id
+    return run_id
 
 
 def person_id(engine: sa.Engine, handle: str) -> int:
-    return act(engine, lambda s: person(s, handle).id)
+    found: int = act(engine, lambda s: person(s, handle).id)
+    return found
 
 
 def check(engine: sa.Engine, handle: str, cells: list[Cell]) -> None:
@@ -221,6 +223,7 @@ def show(engine: sa.Engine, handle: str, run: int, cells: list[Cell], released: 
 
 
 def measure_cells(name: str, numerator: int, denominator: int, rule: Rule = "round5") -> list[Cell]:
+    cells: list[Cell]
     _, cells = control_measure(
         raw(numerator, denominator), checks(name), f"measure_{name}.csv", rule
     )

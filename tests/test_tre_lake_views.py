@@ -29,12 +29,12 @@ from gpdpr.lake.tables import PERSON, columns_tag, file_name, written_tag
 from gpdpr.tre import views
 from gpdpr.tre.engines import duckdb as duckdb_engine
 from gpdpr.tre.engines import guard, sql
-from gpdpr.tre.engines.base import Engine, LakeViews
+from gpdpr.tre.engines.base import Engine, LakeViews, Views
 from gpdpr.tre.engines.duckdb import DIALECT as DUCKDB
 from gpdpr.tre.engines.duckdb import DuckDBEngine, install, lake_files
 from gpdpr.tre.query import nodes as n
 from gpdpr.tre.query import serial
-from gpdpr.tre.query.schema import PATIENT_ID, PATIENT_KEY
+from gpdpr.tre.query.schema import PATIENT_ID, PATIENT_KEY, view_name
 
 # The research service fixture is shared with test_tre_runs: imported, so a test naming it
 # as an argument "redefines" it as far as ruff can tell.
@@ -82,8 +82,8 @@ def staff_study(service: Service) -> n.Definition:
     )
 
 
-def answers(engine: Engine, definition: n.Definition, given: object) -> dict[str, pa.Table]:
-    results = engine.run(definition, given)  # type: ignore[arg-type]
+def answers(engine: Engine, definition: n.Definition, given: Views) -> dict[str, pa.Table]:
+    results = engine.run(definition, given)
     found = {name: table for name, table in results.measures.items()}
     if results.dataset is not None:
         found["dataset"] = results.dataset.sort_by(PATIENT_ID)
@@ -195,7 +195,7 @@ def test_no_query_reads_what_the_views_are_made_from_on_duckdb(service: Service,
     lake, _ = planned(service, staff_study(service))
     with DuckDBEngine().sandbox({}, lake_files(lake)) as box:
         install(lake, box.con)
-        box.relations.update(views.view_name(t) for t in lake.views)
+        box.relations.update(view_name(t) for t in lake.views)
         with pytest.raises(guard.Refused):
             box.query(sql.Query({}, text))
         # and the views themselves are readable: the refusal is of the sources only
@@ -347,7 +347,8 @@ def test_files_written_under_different_columns_read_as_the_tables_columns(
 
     def spied(con: duckdb.DuckDBPyConnection, paths: list[str]) -> dict[frozenset[str], list[str]]:
         footers_read.extend(paths)
-        return by_columns(con, paths)
+        found: dict[frozenset[str], list[str]] = by_columns(con, paths)
+        return found
 
     monkeypatch.setattr(duckdb_engine, "_by_columns", spied)
     con = duckdb.connect()
@@ -427,7 +428,7 @@ def test_a_lake_made_before_people_had_numbers_answers_the_same(
     definition = staff_study(service)
     now, _ = planned(service, definition)
     snapshot = Lake.open(service.home / "lake").snapshot()
-    before, _ = planned(service, definition, _MadeBeforeNumbers(snapshot))  # type: ignore[arg-type]
+    before, _ = planned(service, definition, _MadeBeforeNumbers(snapshot))  # type: ignore[arg-type, unused-ignore]
     assert "= r.person" in now.views["clinical_events"]
     assert "= r.patient" in before.views["clinical_events"]
     engine = tre_data.engine(name)

@@ -47,6 +47,7 @@ from gpdpr.governance.form import Item, Population
 from gpdpr.lake.store import Lake
 from gpdpr.optout.registry import Registry
 from gpdpr.tre import runs, views
+from gpdpr.tre.engines.base import Results
 from gpdpr.tre.models import Run
 from gpdpr.tre.query import serial
 
@@ -147,7 +148,8 @@ def document(service: Service, body: str | None = None) -> bytes:
     if body is not None:
         path = service.study.with_name("other.py")
         path.write_text(textwrap.dedent(body))
-    return runs.compile_file(path)
+    compiled: bytes = runs.compile_file(path)
+    return compiled
 
 
 def runs_in_db(service: Service) -> list[tuple[str, str, str]]:
@@ -250,11 +252,11 @@ def test_an_engine_failure_is_recorded_but_its_words_are_not_shown(service: Serv
     class Failing:
         name = "duckdb"
 
-        def run(self, definition: object, views: object) -> object:
+        def run(self, definition: object, views: object) -> Results:
             raise RuntimeError("Conversion Error: value 99999 of patient X is out of range")
 
     with pytest.raises(UserError) as refused:
-        runs.submit(service.home, LEAD, service.applied, document(service), Failing())  # type: ignore[arg-type]
+        runs.submit(service.home, LEAD, service.applied, document(service), Failing())
     assert "99999" not in str(refused.value) and "patient X" not in str(refused.value)
     reference, status, message = runs_in_db(service)[-1]
     assert (status, reference in str(refused.value)) == ("failed", True)
@@ -298,7 +300,10 @@ def view_under(service: Service, reference: str) -> dict[str, pa.Table]:
     with sa.orm.Session(service.engine) as session:
         scope = agreements.authorise(session, LEAD, reference, views.required_fields(USED))
     version = Lake.open(service.home / "lake").latest().number
-    return runs.project_views(service.home, service.engine, scope, LEAD, USED, version)
+    projected: dict[str, pa.Table] = runs.project_views(
+        service.home, service.engine, scope, LEAD, USED, version
+    )
+    return projected
 
 
 def lake_pseudonyms(service: Service) -> set[str]:

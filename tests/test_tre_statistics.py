@@ -7,6 +7,7 @@ when at least eight people have it), each a cell with its status."""
 from __future__ import annotations
 
 import statistics as py_statistics
+from collections.abc import Sequence
 from datetime import date, timedelta
 from typing import Any
 
@@ -160,11 +161,13 @@ def test_two_group_columns_come_out_as_text_with_missing_and_a_blank_beside_tota
 # --- statistics -------------------------------------------------------------------------------
 
 
-def stats(values: list[float | None], statistic: str = "mean", sex: str = "F") -> dict[str, Any]:
+def stats(
+    values: Sequence[float | None], statistic: str = "mean", sex: str = "F"
+) -> dict[str, Any]:
     """The published row of one group with these values, and its statistic's cell."""
     size = len(values)
     definition = study(statistics={"value": [statistic]})
-    rows, cells = run(people(sex=[sex] * size, value=values), definition)
+    rows, cells = run(people(sex=[sex] * size, value=list(values)), definition)
     [cell] = [c for c in cells if c.column == f"value_{statistic}"]
     return {"shown": rows[0][f"value_{statistic}"], "cell": cell}
 

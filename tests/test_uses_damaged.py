@@ -27,7 +27,8 @@ TOKENS = [run_use_token(KEY, SALT, p) for p in PEOPLE]
 
 def kept(folder: Path, read: int = 30) -> Path:
     uses.keep(folder, run_uses(SALT, pa.array([bytes.fromhex(t[:32]) for t in TOKENS[:read]])))
-    return folder / uses.FILE
+    path: Path = folder / uses.FILE
+    return path
 
 
 def flip(at: int) -> Callable[[bytes], bytes]:
@@ -35,7 +36,7 @@ def flip(at: int) -> Callable[[bytes], bytes]:
 
 
 HEADER, SALT_AT, TOKENS_AT = 0, len(uses.HEADER), len(uses.HEADER) + 16
-DAMAGE = {
+DAMAGE: dict[str, tuple[Callable[[bytes], bytes], str]] = {
     "cut mid-token": (lambda b: b[:-5], "cut short or has bytes added"),
     "cut to the header": (lambda b: b[:10], "cut short"),
     "its trailer cut off": (lambda b: b[: -uses.TRAILER], "does not end with its trailer"),
