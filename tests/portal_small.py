@@ -22,7 +22,7 @@ from gpdpr.portal.serve import demo_accounts
 from portal_home import FAST, PASSWORD
 
 
-class CountingPasswords(Passwords):  # type: ignore[misc]
+class CountingPasswords(Passwords):
     """FAST's hashing, counting how many passwords were checked."""
 
     def __init__(self) -> None:

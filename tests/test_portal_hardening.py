@@ -39,7 +39,7 @@ def app(
         home = small_home(tmp_path_factory.mktemp(f"hardening-{request.param}"))
         made = create_app(home, passwords=FAST, rate_limit=RateLimit())
 
-        @allow(PUBLIC)  # type: ignore[untyped-decorator]
+        @allow(PUBLIC)
         def broken(request: Request) -> dict[str, str]:
             raise RuntimeError(f"{CANARY} the database password is hunter2")
 

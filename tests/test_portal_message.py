@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
@@ -36,6 +37,7 @@ NEVER_HELD = "nobody@example.org"
 class Site:
     built: Home
     client: TestClient
+    app: FastAPI
     run: str
     practice: str
 
@@ -73,14 +75,14 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         )
         app = create_app(built.home, passwords=FAST, rate_limit=RateLimit(), dummy_patients=400)
         try:
-            yield Site(built, TestClient(app), made.reference, practices[0].name)
+            yield Site(built, TestClient(app), app, made.reference, practices[0].name)
         finally:
             app.state.portal.close()
             built.engine.dispose()
 
 
 def signed_in(site: Site, email: str) -> TestClient:
-    browser = TestClient(site.client.app, follow_redirects=False)
+    browser = TestClient(site.app, follow_redirects=False)
     start = browser.get("/patient/sign-in")
     login = browser.get(start.headers["location"])
     fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', login.text))
@@ -250,7 +252,7 @@ def test_the_register_downloads_are_the_records_the_page_shows(site: Site) -> No
 
 
 def test_the_application_form_offers_only_items_a_run_can_read(site: Site) -> None:
-    browser = TestClient(site.client.app, follow_redirects=False)
+    browser = TestClient(site.app, follow_redirects=False)
     page = browser.get("/sign-in").text
     browser.post(
         "/sign-in",
@@ -313,7 +315,7 @@ def test_the_verifier_the_log_page_offers_runs_as_written_and_catches_a_changed_
     from gpdpr.transparency.publish import log_folder
 
     demo_witness(site.built.home)  # a witness co-signs: the policy verify.py carries needs one
-    publish_now(site.client.app)
+    publish_now(site.app)
     page = words(site.client.get("/log/verify").text)
     served = site.client.get("/log/verify.py")
     assert served.status_code == 200
@@ -342,7 +344,7 @@ def test_the_verifier_the_log_page_offers_runs_as_written_and_catches_a_changed_
             timeout=120,
         )
 
-    with running(site.client.app) as url:
+    with running(site.app) as url:
         done = check("--url", f"{url}/log/files")
     assert done.returncode == 0 and "the log verifies" in done.stdout, done.stderr
     copy = Path(shutil.copytree(log_folder(site.built.home), tmp_path / "copy"))

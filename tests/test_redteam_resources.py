@@ -23,6 +23,8 @@ import sqlalchemy as sa
 from governing import LEAD
 from gpdpr.errors import UserError
 from gpdpr.tre import runs
+from gpdpr.tre.engines.base import Results, Views
+from gpdpr.tre.query import nodes as n
 from redteam import (
     ENGINES,
     World,
@@ -173,7 +175,7 @@ class Broken:
 
     name = "duckdb"
 
-    def run(self, definition: object, views: object) -> object:
+    def run(self, definition: n.Definition, views: Views) -> Results:
         raise MemoryError("the engine ran out of memory")
 
 

@@ -18,7 +18,8 @@ runner = CliRunner()
 def test_the_spark_master_named_is_the_one_a_run_uses(monkeypatch: pytest.MonkeyPatch) -> None:
     engine = engine_named("spark", "spark://centre-cluster:7077")
     assert isinstance(engine, SparkEngine) and engine.master == "spark://centre-cluster:7077"
-    assert engine_named("spark").master is None  # this machine, local[2]
+    local = engine_named("spark")
+    assert isinstance(local, SparkEngine) and local.master is None  # this machine, local[2]
 
 
 def test_a_spark_master_for_duckdb_is_refused_not_ignored(tmp_path: Path) -> None:

@@ -1280,9 +1280,11 @@ def test_gpdpr_works_without_pyspark_and_says_how_to_install_it() -> None:
 
 
 def test_spark_without_java_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
     from gpdpr.tre.engines import spark
 
     monkeypatch.delenv("JAVA_HOME", raising=False)
-    monkeypatch.setattr(spark.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(UserError, match=r"needs Java.*apt-get install default-jre-headless"):
         spark._java()

@@ -194,7 +194,7 @@ class Graphs:
         value = self.pick(LITERALS[kind])
         return n.Value(value, kind)
 
-    def column(self, kind: str, rows: n.Frame) -> n.Series | None:
+    def column(self, kind: str, rows: n.Frame) -> n.Column | None:
         table = n.table_of(rows)
         names = COLUMNS[table].get(kind)
         if not names:
