@@ -25,8 +25,7 @@ def pseudonym(n: int | str) -> str:
 
 
 def sqlite_engine(folder: Path) -> sa.Engine:
-    engine: sa.Engine = connect(f"sqlite:///{folder / 'central.db'}")
-    return engine
+    return connect(f"sqlite:///{folder / 'central.db'}")
 
 
 @contextmanager

@@ -43,8 +43,7 @@ class Keys:
     def oprf_output(self, data: bytes) -> bytes:
         """The custodian's function, straight from its key (tests/test_oprf.py checks it is
         the RFC's)."""
-        output: bytes = oprf.evaluate(read_pseudonym_key(self.folder).key, data)
-        return output
+        return oprf.evaluate(read_pseudonym_key(self.folder).key, data)
 
 
 def record_pseudonyms(keys: Keys, ods: str, table: str, ids: Iterable[object]) -> set[str]:
@@ -56,10 +55,7 @@ def record_pseudonyms(keys: Keys, ods: str, table: str, ids: Iterable[object]) -
 
 
 def run(practice: Path, out: Path, keys: Keys, **kwargs: Any) -> dict[str, Any]:
-    manifest: dict[str, Any] = extract(
-        ExtractRequest(practice, out, keys.kit(practice.name), **kwargs)
-    )
-    return manifest
+    return extract(ExtractRequest(practice, out, keys.kit(practice.name), **kwargs))
 
 
 def tables(package: Path) -> dict[str, pa.Table]:

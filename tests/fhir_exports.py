@@ -34,8 +34,7 @@ def nhs_number(n: int) -> str:
     body = 999_000_000 + n * 20  # room to step past bodies without a check digit
     while nhs_check_digit(body) is None:
         body += 1
-    number: str = format_nhs_number(body * 10 + int(nhs_check_digit(body) or 0))
-    return number
+    return format_nhs_number(body * 10 + int(nhs_check_digit(body) or 0))
 
 
 def _codes(system: str) -> list[str]:

@@ -33,8 +33,7 @@ class CountingPasswords(Passwords):
     def verify(self, stored: str | None, password: str) -> bool:
         with self._lock:
             self.checked += 1
-        verified: bool = super().verify(stored, password)
-        return verified
+        return super().verify(stored, password)
 
 
 @dataclass

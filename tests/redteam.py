@@ -463,8 +463,7 @@ def _views(
 
     with Session(db) as session:
         scope = agreements.authorise(session, handle, reference, views.required_fields(USED))
-    projected: dict[str, pa.Table] = runs.project_views(home, db, scope, handle, USED, version)
-    return projected
+    return runs.project_views(home, db, scope, handle, USED, version)
 
 
 def _pseudonym_of(views: Mapping[str, pa.Table], known: tuple[Any, ...]) -> str | None:
@@ -496,8 +495,7 @@ def compile_study(folder: Path, body: str, name: str = "study.py") -> bytes:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
     path.write_text("from gpdpr.tre.language import *\n" + textwrap.dedent(body))
-    document: bytes = runs.compile_file(path)
-    return document
+    return runs.compile_file(path)
 
 
 def edited(document: bytes, change: Callable[[dict[str, Any]], None]) -> bytes:
@@ -514,8 +512,7 @@ def base_dataset() -> bytes:
     dataset.define_population(patients.sex == "F")
     dataset.sex = patients.sex
     dataset.add_table("by_sex", by=["sex"])
-    document: bytes = serial.to_json(definition_of(dataset, None))
-    return document
+    return serial.to_json(definition_of(dataset, None))
 
 
 def base_measure() -> bytes:
@@ -528,8 +525,7 @@ def base_measure() -> bytes:
         group_by={"sex": patients.sex},
         intervals=months(1).starting_on("2024-01-01"),
     )
-    document: bytes = serial.to_json(definition_of(None, measures))
-    return document
+    return serial.to_json(definition_of(None, measures))
 
 
 def prelude(target: Target, code: str | None = None) -> str:
@@ -765,8 +761,7 @@ def _population_is(value: str) -> bytes:
     dataset.define_population(patients.sex == value)
     dataset.sex = patients.sex
     dataset.add_table("by_sex", by=["sex"])
-    document: bytes = serial.to_json(definition_of(dataset, None))
-    return document
+    return serial.to_json(definition_of(dataset, None))
 
 
 def _sex_is_in(codes: list[str]) -> bytes:
@@ -774,8 +769,7 @@ def _sex_is_in(codes: list[str]) -> bytes:
     dataset.define_population(patients.sex.is_in(codes))
     dataset.sex = patients.sex
     dataset.add_table("by_sex", by=["sex"])
-    document: bytes = serial.to_json(definition_of(dataset, None))
-    return document
+    return serial.to_json(definition_of(dataset, None))
 
 
 def _published_value(value: str) -> bytes:
@@ -784,8 +778,7 @@ def _published_value(value: str) -> bytes:
     dataset.define_population(patients.sex.is_not_null())
     dataset.label = case(when(patients.sex == "F").then(value), otherwise="others")
     dataset.add_table("labelled", by=["label"])
-    document: bytes = serial.to_json(definition_of(dataset, None))
-    return document
+    return serial.to_json(definition_of(dataset, None))
 
 
 # ---- acting --------------------------------------------------------------------------------

@@ -107,8 +107,7 @@ def _lake(home: Path) -> dict[str, Any]:
 
 def _engine(home: Path) -> sa.Engine:
     """The database of a run's home: its own SQLite, or the PostgreSQL copy named beside it."""
-    engine: sa.Engine = db.connect(database_url(home.parent) or db.url_for_home(home))
-    return engine
+    return db.connect(database_url(home.parent) or db.url_for_home(home))
 
 
 def _events(home: Path) -> list[str]:

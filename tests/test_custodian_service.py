@@ -164,8 +164,7 @@ def test_an_extract_is_one_round_trip_and_its_count_is_what_was_evaluated(
 
     def counted(kit: PracticeKit, inputs: Sequence[bytes], url: str | None = None) -> list[bytes]:
         calls.append(len(inputs))
-        outputs: list[bytes] = real(kit, inputs, url)
-        return outputs
+        return real(kit, inputs, url)
 
     monkeypatch.setattr(custodian_client, "evaluate", counted)
     practice = sorted(p for p in small.root.iterdir() if p.is_dir())[0]
@@ -299,5 +298,4 @@ def _lake_pseudonym(home: Path, number: str) -> str:
     from gpdpr.custodian.central import lake_pseudonym
     from gpdpr.custodian.keys import read_pseudonym_key
 
-    pseudonym: str = lake_pseudonym(read_pseudonym_key(home / "keys"), number)
-    return pseudonym
+    return lake_pseudonym(read_pseudonym_key(home / "keys"), number)

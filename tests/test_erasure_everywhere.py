@@ -205,8 +205,7 @@ def _people(home: Path, practice: Path, custodian: Custodian, run: Path) -> list
 def _run_id(session: Session, reference: str) -> int:
     from gpdpr.tre.models import Run
 
-    run_id: int = session.scalars(sa.select(Run.id).where(Run.reference == reference)).one()
-    return run_id
+    return session.scalars(sa.select(Run.id).where(Run.reference == reference)).one()
 
 
 def test_nothing_of_an_erased_person_survives_anywhere_under_the_home(cycled: Home) -> None:

@@ -269,8 +269,7 @@ def test_a_tie_is_not_an_approval(gov: sa.Engine) -> None:
 
 
 def issue(gov: sa.Engine, reference: str, **kwargs: Any) -> str:
-    dsa: str = act(gov, lambda s: agreements.issue(s, ADMIN, reference, **kwargs).reference)
-    return dsa
+    return act(gov, lambda s: agreements.issue(s, ADMIN, reference, **kwargs).reference)
 
 
 def test_an_agreement_grants_what_was_approved_for_as_long_as_approved(gov: sa.Engine) -> None:

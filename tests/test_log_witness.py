@@ -318,8 +318,7 @@ def test_the_service_extends_its_kept_tree_and_gets_the_root_a_recomputation_get
 
     def counting(line: bytes) -> bytes:
         hashed.append(line)
-        digest: bytes = leaf_hash(line)
-        return digest
+        return leaf_hash(line)
 
     monkeypatch.setattr(store, "leaf_hash", counting)
     reopened = store.open_verified(folder, keys)

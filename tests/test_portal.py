@@ -584,8 +584,7 @@ def compiled(folder: Path, text: str) -> bytes:
     from gpdpr.tre import runs
 
     (folder / "study.py").write_text(text)
-    document: bytes = runs.compile_file(folder / "study.py")
-    return document
+    return runs.compile_file(folder / "study.py")
 
 
 @pytest.fixture(scope="module")

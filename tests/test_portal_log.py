@@ -85,8 +85,7 @@ def visitor(site: Site) -> TestClient:
 
 
 def folder(site: Site) -> Path:
-    found: Path = log_folder(site.built.home)
-    return found
+    return log_folder(site.built.home)
 
 
 def texts(html: str) -> str:

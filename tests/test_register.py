@@ -40,8 +40,7 @@ DEFINITION_SHA = hashlib.sha256(DEFINITION.encode()).hexdigest()
 
 def built(engine: sa.Engine, at: datetime | None = None) -> dict[str, Any]:
     with Session(engine) as session:
-        reg: dict[str, Any] = register.build(session, at)
-        return reg
+        return register.build(session, at)
 
 
 def by_reference(reg: dict[str, Any], key: str = "agreements") -> dict[str, dict[str, Any]]:

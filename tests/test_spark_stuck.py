@@ -28,7 +28,7 @@ def test_a_run_stuck_on_a_spark_that_does_not_answer_ends_and_the_next_run_works
     definition.sex = patients.sex
     definition.imd = patients.imd_decile
     before = tre_data.run(engine, NUMBERS, definition)
-    jvm = spark.session().sparkContext._gateway.proc  # type: ignore[union-attr, unused-ignore]
+    jvm = spark.session().sparkContext._gateway.proc  # type: ignore[union-attr]
     stuck = spark.SparkEngine(settings=tre_data.SPARK_SETTINGS, seconds=2, grace=1)
     os.kill(jvm.pid, signal.SIGSTOP)
     try:
@@ -53,9 +53,9 @@ def test_a_run_after_sparks_jvm_exited_starts_a_new_session() -> None:
     definition = dataset()
     definition.sex = patients.sex
     before = tre_data.run(engine, NUMBERS, definition)
-    jvm = spark.session().sparkContext._gateway.proc  # type: ignore[union-attr, unused-ignore]
+    jvm = spark.session().sparkContext._gateway.proc  # type: ignore[union-attr]
     jvm.kill()  # as the JVM exits on running out of memory
     jvm.wait(timeout=60)
     after = tre_data.run(engine, NUMBERS, definition)
     assert after.dataset == before.dataset
-    assert spark.session().sparkContext._gateway.proc.pid != jvm.pid  # type: ignore[union-attr, unused-ignore]
+    assert spark.session().sparkContext._gateway.proc.pid != jvm.pid  # type: ignore[union-attr]

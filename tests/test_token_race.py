@@ -34,7 +34,7 @@ from portal_home import study
 from test_erasure_everywhere import RECEIPT, REGISTRY, _approve
 
 
-class Racing(DuckDBEngine):  # type: ignore[misc, unused-ignore]
+class Racing(DuckDBEngine):
     """An engine during whose run, after the views were planned, `meanwhile` happens."""
 
     def __init__(self, meanwhile: Callable[[], None]) -> None:

@@ -407,7 +407,7 @@ def test_a_step_table_is_dropped_once_no_step_to_come_reads_it() -> None:
     with DuckDBEngine().sandbox(keyed(PEOPLE)) as box:
         real = box.con
         spy = _Statements(real)
-        box.con = spy  # type: ignore[assignment, unused-ignore]
+        box.con = spy  # type: ignore[assignment]
         try:
             answer = box.query(query).to_pylist()
         finally:
@@ -747,8 +747,7 @@ def counting_children(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     def counted(node: n.Node) -> list[n.Node]:
         calls[0] += 1
-        found: list[n.Node] = real(node)
-        return found
+        return real(node)
 
     monkeypatch.setattr(n, "children", counted)
     return calls

@@ -184,8 +184,7 @@ def agreement_for(engine: sa.Engine, lead: str = LEAD, **changes: Any) -> str:
     act(engine, lambda s: panel.start_review(s, ADMIN, reference))
     votes(engine, reference)
     act(engine, lambda s: panel.decide(s, ADMIN, reference, "Approved."))
-    agreement: str = act(engine, lambda s: agreements.issue(s, ADMIN, reference).reference)
-    return agreement
+    return act(engine, lambda s: agreements.issue(s, ADMIN, reference).reference)
 
 
 def in_force(engine: sa.Engine) -> str:

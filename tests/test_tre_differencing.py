@@ -205,13 +205,11 @@ def new_run(engine: sa.Engine, dsa: str, by: str = LEAD) -> int:
             7, "duckdb", "round5", "succeeded", "", {}, started, started,
         ),
     )  # fmt: skip
-    run_id: int = made.id
-    return run_id
+    return made.id
 
 
 def person_id(engine: sa.Engine, handle: str) -> int:
-    found: int = act(engine, lambda s: person(s, handle).id)
-    return found
+    return act(engine, lambda s: person(s, handle).id)
 
 
 def check(engine: sa.Engine, handle: str, cells: list[Cell]) -> None:

@@ -127,12 +127,12 @@ def test_no_count_publishes_nothing(rule: Rule) -> None:
 @pytest.mark.parametrize("bad", [-1, 2.5, True, "8"])
 def test_a_count_that_cannot_be_a_number_of_people_is_refused(bad: object) -> None:
     with pytest.raises(UserError, match="count"):
-        control_count(bad)  # type: ignore[arg-type, unused-ignore]
+        control_count(bad)  # type: ignore[arg-type]
 
 
 def test_an_unknown_rule_is_refused_with_the_rules_there_are() -> None:
     with pytest.raises(UserError, match="round5, midpoint6"):
-        control_count(10, "round10")  # type: ignore[arg-type, unused-ignore]
+        control_count(10, "round10")  # type: ignore[arg-type]
 
 
 @settings(max_examples=300)

@@ -69,8 +69,7 @@ def values(engine: Engine, views: dict[str, pa.Table], **variables: Series) -> d
     # engine, which keeps a whole-number key).
     expected = dataset_schema(through_json(definition_of(made, None)))
     assert results.dataset.schema.remove(0) == expected.remove(0)
-    found: dict[str, Any] = {name: column(results, name) for name in variables}
-    return found
+    return {name: column(results, name) for name in variables}
 
 
 def by_patient(*found: Any) -> dict[str, Any]:

@@ -347,8 +347,7 @@ def test_files_written_under_different_columns_read_as_the_tables_columns(
 
     def spied(con: duckdb.DuckDBPyConnection, paths: list[str]) -> dict[frozenset[str], list[str]]:
         footers_read.extend(paths)
-        found: dict[frozenset[str], list[str]] = by_columns(con, paths)
-        return found
+        return by_columns(con, paths)
 
     monkeypatch.setattr(duckdb_engine, "_by_columns", spied)
     con = duckdb.connect()
@@ -428,7 +427,7 @@ def test_a_lake_made_before_people_had_numbers_answers_the_same(
     definition = staff_study(service)
     now, _ = planned(service, definition)
     snapshot = Lake.open(service.home / "lake").snapshot()
-    before, _ = planned(service, definition, _MadeBeforeNumbers(snapshot))  # type: ignore[arg-type, unused-ignore]
+    before, _ = planned(service, definition, _MadeBeforeNumbers(snapshot))  # type: ignore[arg-type]
     assert "= r.person" in now.views["clinical_events"]
     assert "= r.patient" in before.views["clinical_events"]
     engine = tre_data.engine(name)

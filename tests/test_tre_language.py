@@ -322,7 +322,7 @@ def test_a_codelist_is_read_relative_to_the_definition(tmp_path: Path) -> None:
     definition = serial.from_json(compile_file(path))
     assert any(
         isinstance(x, n.IsIn) and x.codelist == "htn.csv"
-        for x in n.walk(definition.population)  # type: ignore[arg-type, unused-ignore]
+        for x in n.walk(definition.population)  # type: ignore[arg-type]
     )
 
 
@@ -366,4 +366,4 @@ def test_columns_used_are_what_the_agreement_is_asked_for() -> None:
 def test_durations_shift_dates_by_calendar_units() -> None:
     shifted = (patients.date_of_birth + years(18)).node
     assert isinstance(shifted, n.Apply) and shifted.op == "add_years"
-    assert (medications.issue_date - months(3)).node.args[1] == n.Value(-3, "int")  # type: ignore[attr-defined, unused-ignore]
+    assert (medications.issue_date - months(3)).node.args[1] == n.Value(-3, "int")  # type: ignore[attr-defined]

@@ -148,8 +148,7 @@ def document(service: Service, body: str | None = None) -> bytes:
     if body is not None:
         path = service.study.with_name("other.py")
         path.write_text(textwrap.dedent(body))
-    compiled: bytes = runs.compile_file(path)
-    return compiled
+    return runs.compile_file(path)
 
 
 def runs_in_db(service: Service) -> list[tuple[str, str, str]]:
@@ -300,10 +299,7 @@ def view_under(service: Service, reference: str) -> dict[str, pa.Table]:
     with sa.orm.Session(service.engine) as session:
         scope = agreements.authorise(session, LEAD, reference, views.required_fields(USED))
     version = Lake.open(service.home / "lake").latest().number
-    projected: dict[str, pa.Table] = runs.project_views(
-        service.home, service.engine, scope, LEAD, USED, version
-    )
-    return projected
+    return runs.project_views(service.home, service.engine, scope, LEAD, USED, version)
 
 
 def lake_pseudonyms(service: Service) -> set[str]:

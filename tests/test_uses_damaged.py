@@ -27,8 +27,7 @@ TOKENS = [run_use_token(KEY, SALT, p) for p in PEOPLE]
 
 def kept(folder: Path, read: int = 30) -> Path:
     uses.keep(folder, run_uses(SALT, pa.array([bytes.fromhex(t[:32]) for t in TOKENS[:read]])))
-    path: Path = folder / uses.FILE
-    return path
+    return folder / uses.FILE
 
 
 def flip(at: int) -> Callable[[bytes], bytes]:
