@@ -302,7 +302,7 @@ def _by_group_then_value(group: np.ndarray, value: np.ndarray, groups: int) -> n
     lexsort was half of release control's time."""
     if groups > 1 << 16:
         return np.lexsort((value, group))
-    by_value = np.argsort(value, kind="stable")
+    by_value = np.argsort(value)  # equal values need no order of their own: not stable
     return by_value[np.argsort(group[by_value].astype(np.uint16), kind="stable")]
 
 
